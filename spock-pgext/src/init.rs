@@ -16,7 +16,6 @@ pub fn loading_at_server_start() -> bool {
 }
 
 #[pg_guard]
-#[unsafe(no_mangle)]
 pub extern "C-unwind" fn _PG_init() {
     if loading_at_server_start() {
         pgrx::debug1!("spock: loaded from shared_preload_libraries");

@@ -6,7 +6,6 @@
 //! `spock_core`; unsafe code is confined to small commented functions.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use pgrx::prelude::*;
 
 mod init;
 mod sql_api;
@@ -27,7 +26,7 @@ pub mod pg_test {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
+#[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
 

