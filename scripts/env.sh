@@ -9,4 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 install_extension() {
     echo "[spock] building and installing the extension into $("$SPOCK_PG_CONFIG" --sharedir)/extension" >&2
     cargo pgrx install -p spock ${1:-} --pg-config "$SPOCK_PG_CONFIG" >/dev/null
+    # The output plugin library spock_output.so (a shim that loads spock.so).
+    cargo build --quiet -p spock-output ${1:-}
+    local profile=debug
+    [ "${1:-}" = "--release" ] && profile=release
+    install -m 0755 "target/$profile/libspock_output.so" "$("$SPOCK_PG_CONFIG" --pkglibdir)/spock_output.so"
 }

@@ -7,7 +7,10 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 
+mod catalog;
+mod error;
 mod init;
+pub mod output_plugin;
 mod sql_api;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -15,6 +15,8 @@
 //!   `postgres`).
 //! * `SPOCK_TEST_KEEP=1`: keep data directories and logs of failed tests.
 
+pub mod decoding;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,109 @@
+//! Reads of spock's catalog tables through SPI. Used by the output plugin at
+//! startup (normal snapshot) and on relation-cache misses (historic snapshot: the
+//! tables read then are user catalog tables).
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
+use spock_core::repset::{Membership, RepSet};
+
+use crate::error::{spi_failed, PgError};
+
+/// The node this database is.
+pub struct LocalNode {
+    /// 16-bit node id.
+    pub id: u16,
+    /// Node name.
+    pub name: String,
+}
+
+fn first_row<T, F>(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], f: F) -> Option<T>
+where
+    F: FnOnce(&pgrx::spi::SpiHeapTupleData<'_>) -> T,
+{
+    let table = client.select(sql, Some(1), args).unwrap_or_else(|e| spi_failed(sql, e));
+    table.into_iter().next().map(|row| f(&row))
+}
+
+/// The local node, or an error telling the user to create it.
+pub fn local_node() -> LocalNode {
+    Spi::connect(|client| {
+        first_row(
+            &client,
+            "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
+            &[],
+            |row| LocalNode {
+                id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u16,
+                name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
+            },
+        )
+    })
+    .unwrap_or_else(|| {
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "current database is not configured as spock node",
+        )
+        .hint("create a spock node first with spock.node_create()")
+        .raise()
+    })
+}
+
+/// Every replication set of node `node_id`.
+pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
+    Spi::connect(|client| {
+        let table = client
+            .select(
+                "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
+                        replicate_truncate FROM spock.replication_set WHERE set_nodeid = $1::int8::oid",
+                None,
+                &[i64::from(node_id).into()],
+            )
+            .unwrap_or_else(|e| spi_failed("reading replication sets", e));
+        table
+            .into_iter()
+            .map(|row| RepSet {
+                id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u32,
+                name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
+                replicate_insert: row.get::<bool>(3).ok().flatten().unwrap_or(false),
+                replicate_update: row.get::<bool>(4).ok().flatten().unwrap_or(false),
+                replicate_delete: row.get::<bool>(5).ok().flatten().unwrap_or(false),
+                replicate_truncate: row.get::<bool>(6).ok().flatten().unwrap_or(false),
+            })
+            .collect()
+    })
+}
+
+/// A table's memberships in replication sets, with row filters as node strings.
+pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
+    Spi::connect(|client| {
+        let table = client
+            .select(
+                "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
+                 WHERE set_reloid = $1::int8::oid",
+                None,
+                &[i64::from(u32::from(relid)).into()],
+            )
+            .unwrap_or_else(|e| spi_failed("reading replication set tables", e));
+        table
+            .into_iter()
+            .map(|row| Membership {
+                set_id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u32,
+                columns: row.get::<Vec<String>>(2).ok().flatten(),
+                row_filter: row.get::<String>(3).ok().flatten(),
+            })
+            .collect()
+    })
+}
+
+/// The name of node `node_id`, when known.
+pub fn node_name(node_id: u16) -> Option<String> {
+    Spi::connect(|client| {
+        first_row(
+            &client,
+            "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
+            &[i64::from(node_id).into()],
+            |row| row.get::<String>(1).ok().flatten(),
+        )
+        .flatten()
+    })
+}

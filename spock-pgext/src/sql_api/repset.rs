@@ -1,0 +1,131 @@
+//! Rust helpers behind the node and replication-set SQL API (the functions
+//! themselves are in `sql/spock_api.sql`): ids derived from names, relation-cache
+//! invalidation so walsenders see membership changes, row-filter parsing, slot names.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgList, PgSqlErrorCode};
+
+use crate::error::PgError;
+
+/// `spock._scoped_id(node_id, name)`: the id Spock gives an interface or a
+/// replication set of a node.
+#[pg_extern(immutable, parallel_safe, name = "_scoped_id")]
+fn scoped_id(node_id: pg_sys::Oid, name: &str) -> pg_sys::Oid {
+    pg_sys::Oid::from(spock_core::names::node_scoped_id(u32::from(node_id), name))
+}
+
+/// `spock._invalidate_relcache(relation)`: makes every session (walsenders
+/// included) rebuild what it cached about the table when this transaction commits.
+#[pg_extern(volatile, name = "_invalidate_relcache")]
+fn invalidate_relcache(relation: pg_sys::Oid) {
+    // SAFETY: registers an invalidation message for the current transaction; the
+    // function only records the oid and is valid inside any transaction.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relation) }
+}
+
+/// `spock._invalidate_all()`: the same for every relation (replication set flags
+/// changed, or a set or node went away).
+#[pg_extern(volatile, name = "_invalidate_all")]
+fn invalidate_all() {
+    // SAFETY: as above; registers a transactional "invalidate everything" message.
+    unsafe { pg_sys::CacheInvalidateRelcacheAll() }
+}
+
+/// `spock.spock_gen_slot_name(dbname, provider_node, subscription)`.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) -> String {
+    spock_core::names::slot_name(dbname, provider_node, subscription)
+}
+
+fn invalid_row_filter(row_filter: &str) -> ! {
+    PgError::new(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, format!("invalid row_filter expression \"{row_filter}\""))
+        .hint("A row filter is one boolean expression over the table's columns, as in a CHECK constraint.")
+        .raise()
+}
+
+/// Whether a parsed `SELECT <expr> FROM <table>` is exactly that: one target, no
+/// other clause (which a crafted filter could smuggle in).
+///
+/// SAFETY: `stmt` must point to a valid `SelectStmt` node.
+unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option<*mut pg_sys::Node> {
+    // SAFETY: the caller guarantees `stmt` is a valid SelectStmt.
+    let s = unsafe { &*stmt };
+    let clean = s.distinctClause.is_null()
+        && s.intoClause.is_null()
+        && s.whereClause.is_null()
+        && s.groupClause.is_null()
+        && s.havingClause.is_null()
+        && s.windowClause.is_null()
+        && s.valuesLists.is_null()
+        && s.sortClause.is_null()
+        && s.limitOffset.is_null()
+        && s.limitCount.is_null()
+        && s.lockingClause.is_null()
+        && s.withClause.is_null()
+        && s.op == pg_sys::SetOperation::SETOP_NONE;
+    if !clean {
+        return None;
+    }
+    // SAFETY: targetList is a List of ResTarget nodes (or NIL) in a parsed SELECT.
+    let targets = unsafe { PgList::<pg_sys::ResTarget>::from_pg(s.targetList) };
+    if targets.len() != 1 {
+        return None;
+    }
+    let target = targets.get_ptr(0)?;
+    // SAFETY: element of a valid List of ResTarget.
+    let t = unsafe { &*target };
+    if !t.name.is_null() || !t.indirection.is_null() || t.val.is_null() {
+        return None;
+    }
+    Some(t.val)
+}
+
+/// `spock._parse_row_filter(relation, row_filter) RETURNS pg_node_tree`: parses and
+/// checks a row filter the way a CHECK constraint is checked (only the table's
+/// columns, immutable functions, no subqueries), coerced to boolean, and returns its
+/// node tree. Declared in `sql/spock_api.sql` because pgrx has no pg_node_tree type
+/// (it is a text varlena, so returning text is binary-identical).
+#[pg_extern(sql = false, volatile, name = "_parse_row_filter")]
+fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
+    // SAFETY: every call below is a plain backend function used as the server's own
+    // CHECK-constraint code uses it, inside the current transaction; the relation
+    // stays open (AccessShareLock) for the whole parse and is closed at the end.
+    unsafe {
+        let rel = pg_sys::table_open(relation, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let relform = &*(*rel).rd_rel;
+        let nspname = pg_sys::get_namespace_name(relform.relnamespace);
+        let qualified = pg_sys::quote_qualified_identifier(nspname, relform.relname.data.as_ptr());
+        let qualified = CStr::from_ptr(qualified).to_string_lossy().into_owned();
+        let query = CString::new(format!("SELECT {row_filter} FROM {qualified}"))
+            .unwrap_or_else(|_| invalid_row_filter(row_filter));
+        let raw = PgList::<pg_sys::RawStmt>::from_pg(pg_sys::pg_parse_query(query.as_ptr()));
+        if raw.len() != 1 {
+            invalid_row_filter(row_filter);
+        }
+        let stmt = (*raw.get_ptr(0).unwrap_or_else(|| invalid_row_filter(row_filter))).stmt;
+        if stmt.is_null() || (*stmt).type_ != pg_sys::NodeTag::T_SelectStmt {
+            invalid_row_filter(row_filter);
+        }
+        let expr = is_plain_single_target_select(stmt.cast()).unwrap_or_else(|| invalid_row_filter(row_filter));
+
+        let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
+        let nsitem = pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            pg_sys::AccessShareLock as pg_sys::LOCKMODE,
+            std::ptr::null_mut(),
+            false,
+            true,
+        );
+        pg_sys::addNSItemToQuery(pstate, nsitem, true, true, true);
+        let expr = pg_sys::transformExpr(pstate, expr, pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT);
+        let expr = pg_sys::coerce_to_boolean(pstate, expr, c"row_filter".as_ptr());
+        pg_sys::assign_expr_collations(pstate, expr);
+        let tree = CStr::from_ptr(pg_sys::nodeToString(expr.cast())).to_string_lossy().into_owned();
+        pg_sys::free_parsestate(pstate);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        tree
+    }
+}

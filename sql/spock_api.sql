@@ -1,0 +1,474 @@
+-- spock-rs SQL API for nodes and replication sets: Spock 6.0's names, argument
+-- names, types and defaults. Errors carry SQLSTATEs:
+--   55000 object_not_in_prerequisite_state  no local node / still in use
+--   42704 undefined_object                  unknown node, interface or set
+--   42710 duplicate_object                  duplicate name, node-id collision
+--   42P17 invalid_object_definition         table cannot join the set
+--   22023 invalid_parameter_value           bad argument
+-- Helpers written in Rust: spock._scoped_id, spock._invalidate_relcache,
+-- spock._invalidate_all, spock._parse_row_filter.
+
+CREATE FUNCTION spock._parse_row_filter(relation regclass, row_filter text) RETURNS pg_node_tree
+    STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'parse_row_filter_wrapper';
+
+CREATE FUNCTION spock._local_node_id() RETURNS oid
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.local_node;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'current database is not configured as spock node'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'create a spock node first with spock.node_create()';
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION spock._repset(p_set_name name, OUT set_id oid, OUT replicate_update boolean,
+                              OUT replicate_delete boolean)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT s.set_id, s.replicate_update, s.replicate_delete
+      INTO set_id, replicate_update, replicate_delete
+      FROM spock.replication_set s
+     WHERE s.set_nodeid = spock._local_node_id() AND s.set_name = p_set_name;
+    IF set_id IS NULL THEN
+        RAISE EXCEPTION 'replication set % not found', p_set_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION spock._create_repset(p_node_id oid, p_name name, p_ins boolean, p_upd boolean,
+                                     p_del boolean, p_trunc boolean) RETURNS oid
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid := spock._scoped_id(p_node_id, p_name);
+BEGIN
+    IF p_name = '' THEN
+        RAISE EXCEPTION 'replication set name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.replication_set WHERE set_nodeid = p_node_id AND set_name = p_name) THEN
+        RAISE EXCEPTION 'replication set % already exists', p_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    INSERT INTO spock.replication_set (set_id, set_nodeid, set_name, replicate_insert,
+                                       replicate_update, replicate_delete, replicate_truncate)
+    VALUES (v_id, p_node_id, p_name, p_ins, p_upd, p_del, p_trunc);
+    RETURN v_id;
+END;
+$$;
+
+-- Whether a table can be in a set that replicates UPDATE/DELETE: it needs a
+-- replica identity (primary key, REPLICA IDENTITY USING INDEX, or FULL).
+CREATE FUNCTION spock._has_replica_identity(p_rel regclass) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE c.relreplident
+             WHEN 'f' THEN true
+             WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+             WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+             ELSE false
+           END
+      FROM pg_class c WHERE c.oid = p_rel;
+$$;
+
+CREATE FUNCTION spock.node_create(node_name name, dsn text,
+    location text DEFAULT NULL, country text DEFAULT NULL, info jsonb DEFAULT NULL)
+RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_name name := node_create.node_name;
+    v_id oid;
+    v_if oid;
+    v_other name;
+BEGIN
+    IF v_name IS NULL OR node_create.dsn IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF v_name = '' THEN
+        RAISE EXCEPTION 'node name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.node n WHERE n.node_name = v_name) THEN
+        RAISE EXCEPTION 'node % already exists', v_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.local_node) THEN
+        RAISE EXCEPTION 'current database is already configured as spock node'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('The local node is %s.', (SELECT n.node_name FROM spock.node n JOIN spock.local_node l USING (node_id)));
+    END IF;
+    v_id := (hashtext(v_name::text)::bigint & 65535)::oid;
+    SELECT n.node_name INTO v_other FROM spock.node n WHERE n.node_id = v_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'node id % (computed from name "%") collides with existing node "%"', v_id, v_name, v_other
+            USING ERRCODE = 'duplicate_object', HINT = 'Rename this node to resolve the collision.';
+    END IF;
+    INSERT INTO spock.node (node_id, node_name, location, country, info)
+    VALUES (v_id, v_name, node_create.location, node_create.country, node_create.info);
+    v_if := spock._scoped_id(v_id, v_name);
+    INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn)
+    VALUES (v_if, v_name, v_id, node_create.dsn);
+    PERFORM spock._create_repset(v_id, 'default', true, true, true, true);
+    PERFORM spock._create_repset(v_id, 'default_insert_only', true, false, false, true);
+    PERFORM spock._create_repset(v_id, 'ddl_sql', true, false, false, false);
+    INSERT INTO spock.local_node (node_id, node_local_interface) VALUES (v_id, v_if);
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION spock.node_drop(node_name name, ifexists boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid;
+    v_slot record;
+BEGIN
+    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_drop.node_name;
+    IF v_id IS NULL THEN
+        IF ifexists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'node % not found', node_drop.node_name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.subscription WHERE sub_origin = v_id OR sub_target = v_id) THEN
+        RAISE EXCEPTION 'cannot drop node "%" because it still has subscriptions associated with it', node_drop.node_name
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'drop the subscriptions first';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.local_node l WHERE l.node_id = v_id) THEN
+        FOR v_slot IN SELECT slot_name, active FROM pg_catalog.pg_replication_slots
+                       WHERE plugin = 'spock_output' AND database = current_database()
+                         AND slot_name ~ '^spk_'
+        LOOP
+            IF v_slot.active THEN
+                RAISE EXCEPTION 'cannot drop node "%" because replication slot "%" is still active',
+                                node_drop.node_name, v_slot.slot_name
+                    USING ERRCODE = 'object_not_in_prerequisite_state',
+                          HINT = 'drop the subscriptions connected to the node first';
+            END IF;
+            PERFORM pg_catalog.pg_drop_replication_slot(v_slot.slot_name);
+        END LOOP;
+        DELETE FROM spock.local_node WHERE node_id = v_id;
+    END IF;
+    DELETE FROM spock.replication_set_table t USING spock.replication_set s
+     WHERE t.set_id = s.set_id AND s.set_nodeid = v_id;
+    DELETE FROM spock.replication_set_seq q USING spock.replication_set s
+     WHERE q.set_id = s.set_id AND s.set_nodeid = v_id;
+    DELETE FROM spock.replication_set WHERE set_nodeid = v_id;
+    DELETE FROM spock.node_interface WHERE if_nodeid = v_id;
+    DELETE FROM spock.node WHERE node_id = v_id;
+    PERFORM spock._invalidate_all();
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.node_add_interface(node_name name, interface_name name, dsn text)
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid;
+    v_if oid;
+BEGIN
+    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_add_interface.node_name;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'node "%" not found', node_add_interface.node_name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.node_interface WHERE if_nodeid = v_id AND if_name = interface_name) THEN
+        RAISE EXCEPTION 'node "%" already has interface named "%"', node_add_interface.node_name, interface_name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    v_if := spock._scoped_id(v_id, interface_name);
+    INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn) VALUES (v_if, interface_name, v_id, dsn);
+    RETURN v_if;
+END;
+$$;
+
+CREATE FUNCTION spock.node_drop_interface(node_name name, interface_name name)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid;
+    v_if oid;
+    v_sub name;
+BEGIN
+    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_drop_interface.node_name;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'node "%" not found', node_drop_interface.node_name USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v_id AND if_name = interface_name;
+    IF v_if IS NULL THEN
+        RAISE EXCEPTION 'interface "%" for node "%" not found', interface_name, node_drop_interface.node_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.local_node WHERE node_local_interface = v_if) THEN
+        RAISE EXCEPTION 'cannot drop interface "%" of node "%" because it is the local node''s interface',
+                        interface_name, node_drop_interface.node_name
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    SELECT sub_name INTO v_sub FROM spock.subscription WHERE sub_origin_if = v_if OR sub_target_if = v_if LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot drop interface "%" for node "%" because subscription "%" is using it',
+                        interface_name, node_drop_interface.node_name, v_sub
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'change the subscription interface first';
+    END IF;
+    DELETE FROM spock.node_interface WHERE if_id = v_if;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.node_info(OUT node_id oid, OUT node_name text, OUT sysid text, OUT dbname text,
+    OUT replication_sets text, OUT location text, OUT country text, OUT info jsonb)
+RETURNS record STABLE STRICT LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT n.node_id, n.node_name::text, n.location, n.country, n.info
+      INTO node_id, node_name, location, country, info
+      FROM spock.node n WHERE n.node_id = spock._local_node_id();
+    sysid := (SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s);
+    dbname := current_database();
+    replication_sets := (SELECT string_agg(quote_ident(s.set_name), ',' ORDER BY s.set_name)
+                           FROM spock.replication_set s WHERE s.set_nodeid = node_info.node_id);
+END;
+$$;
+
+CREATE FUNCTION spock.repset_create(set_name name, replicate_insert boolean = true,
+    replicate_update boolean = true, replicate_delete boolean = true, replicate_truncate boolean = true)
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN spock._create_repset(spock._local_node_id(), set_name, replicate_insert,
+                                replicate_update, replicate_delete, replicate_truncate);
+END;
+$$;
+
+CREATE FUNCTION spock.repset_alter(set_name name,
+    replicate_insert boolean DEFAULT NULL, replicate_update boolean DEFAULT NULL,
+    replicate_delete boolean DEFAULT NULL, replicate_truncate boolean DEFAULT NULL)
+RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+    v_bad regclass;
+BEGIN
+    IF set_name IS NULL THEN
+        RAISE EXCEPTION 'set_name cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    IF coalesce(replicate_update, v_set.replicate_update) OR coalesce(replicate_delete, v_set.replicate_delete) THEN
+        SELECT t.set_reloid INTO v_bad FROM spock.replication_set_table t
+         WHERE t.set_id = v_set.set_id AND NOT spock._has_replica_identity(t.set_reloid) LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'replication set % cannot be altered to replicate UPDATEs or DELETEs because it contains tables without PRIMARY KEY', set_name
+                USING ERRCODE = 'invalid_object_definition',
+                      DETAIL = format('Table %s has no replica identity.', v_bad);
+        END IF;
+    END IF;
+    UPDATE spock.replication_set s
+       SET replicate_insert = coalesce(repset_alter.replicate_insert, s.replicate_insert),
+           replicate_update = coalesce(repset_alter.replicate_update, s.replicate_update),
+           replicate_delete = coalesce(repset_alter.replicate_delete, s.replicate_delete),
+           replicate_truncate = coalesce(repset_alter.replicate_truncate, s.replicate_truncate)
+     WHERE s.set_id = v_set.set_id;
+    PERFORM spock._invalidate_all();
+    RETURN v_set.set_id;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_drop(set_name name, ifexists boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT s.set_id INTO v_id FROM spock.replication_set s
+     WHERE s.set_nodeid = spock._local_node_id() AND s.set_name = repset_drop.set_name;
+    IF v_id IS NULL THEN
+        IF ifexists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'replication set % not found', set_name USING ERRCODE = 'undefined_object';
+    END IF;
+    DELETE FROM spock.replication_set_table WHERE set_id = v_id;
+    DELETE FROM spock.replication_set_seq WHERE set_id = v_id;
+    DELETE FROM spock.replication_set WHERE set_id = v_id;
+    PERFORM spock._invalidate_all();
+    RETURN true;
+END;
+$$;
+
+-- Adds one relation to a set, checking what Spock checks. p_skip: return false
+-- with a WARNING instead of failing when the table cannot be replicated.
+CREATE FUNCTION spock._repset_add_relation(p_set_name name, p_rel regclass, p_columns text[],
+                                           p_row_filter text, p_skip boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+    v_class record;
+    v_col text;
+    v_missing text;
+    v_filter pg_node_tree;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(p_set_name);
+    SELECT c.relkind, c.relpersistence, n.nspname INTO v_class
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    IF v_class.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', p_rel USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF v_class.relpersistence <> 'p' THEN
+        RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_class.nspname = 'spock' THEN
+        RAISE EXCEPTION 'table % belongs to spock itself and cannot be added to a replication set', p_rel
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (v_set.replicate_update OR v_set.replicate_delete) AND NOT spock._has_replica_identity(p_rel) THEN
+        IF p_skip THEN
+            RAISE WARNING 'skipping table % for replication set %: it has no PRIMARY KEY or replica identity', p_rel, p_set_name;
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+            USING ERRCODE = 'invalid_object_definition',
+                  DETAIL = 'table does not have PRIMARY KEY and given replication set is configured to replicate UPDATEs and/or DELETEs',
+                  HINT = 'Add a PRIMARY KEY (or REPLICA IDENTITY FULL) to the table, or use an insert-only set.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = p_rel) THEN
+        RAISE EXCEPTION 'table % is already in replication set %', p_rel, p_set_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF p_columns IS NOT NULL THEN
+        FOREACH v_col IN ARRAY p_columns LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = p_rel AND attname = v_col
+                                                         AND attnum > 0 AND NOT attisdropped) THEN
+                RAISE EXCEPTION 'table % does not have column %', p_rel, v_col USING ERRCODE = 'undefined_column';
+            END IF;
+        END LOOP;
+        SELECT string_agg(a.attname, ', ') INTO v_missing
+          FROM pg_attribute a
+         WHERE a.attrelid = p_rel AND a.attnum > 0
+           AND a.attnum = ANY (SELECT unnest(i.indkey) FROM pg_index i
+                                WHERE i.indrelid = p_rel
+                                  AND (i.indisreplident OR (i.indisprimary AND
+                                       (SELECT relreplident FROM pg_class WHERE oid = p_rel) = 'd')))
+           AND NOT (a.attname = ANY (p_columns));
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'REPLICA IDENTITY columns must be replicated'
+                USING ERRCODE = 'invalid_column_reference', DETAIL = format('Missing: %s.', v_missing);
+        END IF;
+    END IF;
+    IF p_row_filter IS NOT NULL THEN
+        v_filter := spock._parse_row_filter(p_rel, p_row_filter);
+    END IF;
+    INSERT INTO spock.replication_set_table (set_id, set_reloid, set_att_list, set_row_filter)
+    VALUES (v_set.set_id, p_rel, p_columns, v_filter);
+    PERFORM spock._invalidate_relcache(p_rel);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_add_table(set_name name, relation regclass,
+    synchronize_data boolean DEFAULT false, columns text[] DEFAULT NULL,
+    row_filter text DEFAULT NULL, include_partitions boolean DEFAULT true)
+RETURNS boolean CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_part regclass;
+BEGIN
+    IF set_name IS NULL THEN
+        RAISE EXCEPTION 'set_name cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF relation IS NULL THEN
+        RAISE EXCEPTION 'relation cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF synchronize_data IS NULL THEN
+        RAISE EXCEPTION 'synchronize_data cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF synchronize_data THEN
+        RAISE EXCEPTION 'repset_add_table(..., synchronize_data := true) is not supported yet'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Add the table with synchronize_data := false and copy its data first.';
+    END IF;
+    PERFORM spock._repset_add_relation(set_name, relation, columns, row_filter, false);
+    IF coalesce(include_partitions, true) THEN
+        FOR v_part IN SELECT relid FROM pg_partition_tree(relation) WHERE relid <> relation AND isleaf LOOP
+            PERFORM spock._repset_add_relation(set_name, v_part, columns, row_filter, false);
+        END LOOP;
+    END IF;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_add_all_tables(set_name name, schema_names text[],
+    synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_rel regclass;
+    v_schema text;
+BEGIN
+    IF synchronize_data THEN
+        RAISE EXCEPTION 'repset_add_all_tables(..., synchronize_data := true) is not supported yet'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    PERFORM spock._repset(set_name);
+    FOREACH v_schema IN ARRAY schema_names LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v_schema) THEN
+            RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
+        END IF;
+    END LOOP;
+    FOR v_rel IN
+        SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY (schema_names) AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+           AND NOT c.relispartition
+           AND NOT EXISTS (SELECT 1 FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id)
+                            WHERE t.set_reloid = c.oid AND s.set_name = repset_add_all_tables.set_name
+                              AND s.set_nodeid = spock._local_node_id())
+         ORDER BY n.nspname, c.relname
+    LOOP
+        IF spock._repset_add_relation(set_name, v_rel, NULL, NULL, true) THEN
+            PERFORM spock._repset_add_relation(set_name, p.relid, NULL, NULL, true)
+               FROM pg_partition_tree(v_rel) p WHERE p.relid <> v_rel AND p.isleaf;
+        END IF;
+    END LOOP;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_remove_table(set_name name, relation regclass, include_partitions boolean DEFAULT true)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+    v_rel regclass;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    IF NOT EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = relation) THEN
+        RAISE EXCEPTION 'table % is not in replication set %', relation, set_name USING ERRCODE = 'undefined_object';
+    END IF;
+    FOR v_rel IN
+        SELECT relation
+        UNION ALL
+        SELECT p.relid FROM pg_partition_tree(relation) p WHERE include_partitions AND p.relid <> relation
+    LOOP
+        DELETE FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = v_rel;
+        PERFORM spock._invalidate_relcache(v_rel);
+    END LOOP;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_show_table(relation regclass, repsets text[], OUT relid oid, OUT nspname text,
+    OUT relname text, OUT att_list text[], OUT has_row_filter boolean, OUT relkind "char",
+    OUT relispartition boolean)
+RETURNS record STRICT STABLE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set text;
+    v_all_columns boolean;
+    v_lists text[];
+BEGIN
+    FOREACH v_set IN ARRAY repsets LOOP
+        PERFORM spock._repset(v_set::name);
+    END LOOP;
+    SELECT c.oid, n.nspname::text, c.relname::text, c.relkind, c.relispartition
+      INTO relid, nspname, relname, relkind, relispartition
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+    SELECT bool_or(t.set_att_list IS NULL), bool_or(t.set_row_filter IS NOT NULL),
+           array_agg(DISTINCT a) FILTER (WHERE a IS NOT NULL)
+      INTO v_all_columns, has_row_filter, v_lists
+      FROM spock.replication_set_table t
+      JOIN spock.replication_set s ON s.set_id = t.set_id
+      LEFT JOIN LATERAL unnest(t.set_att_list) a ON true
+     WHERE t.set_reloid = relation AND s.set_name = ANY (repsets) AND s.set_nodeid = spock._local_node_id();
+    has_row_filter := coalesce(has_row_filter, false);
+    SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO att_list
+      FROM pg_attribute a
+     WHERE a.attrelid = relation AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+       AND (v_all_columns IS NOT FALSE OR a.attname = ANY (v_lists));
+END;
+$$;
