@@ -445,6 +445,35 @@ impl TestNode {
         row.try_get(0).map_err(|e| HarnessError(format!("on node {}: {sql}: {e}", self.name)))
     }
 
+    /// Runs `psql` (of the server's installation) with `sql` against database `db`;
+    /// `replication` opens a replication connection (`replication=database`), where
+    /// walsender commands such as `CREATE_REPLICATION_SLOT` work. Returns stdout,
+    /// or an error with stderr.
+    pub fn psql(&self, db: &str, sql: &str, replication: bool) -> Result<String> {
+        let mut conninfo = self.dsn(db);
+        if replication {
+            conninfo.push_str(" replication=database");
+        }
+        let mut cmd = Command::new(self.install.bindir.join("psql"));
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", &conninfo, "-c", sql]).stdin(Stdio::null());
+        let out = cmd.output()?;
+        if !out.status.success() {
+            return err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs a program of the server's installation (e.g. `pg_recvlogical`) with
+    /// `args`; returns (success, stdout, stderr).
+    pub fn run_tool(&self, prog: &str, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(self.install.bindir.join(prog)).args(args).stdin(Stdio::null()).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
     /// The process id of the postmaster, while running.
     pub fn postmaster_pid(&self) -> Option<u32> {
         fs::read_to_string(self.data_dir().join("postmaster.pid"))

@@ -59,3 +59,268 @@ fn inserts_updates_deletes_in_a_set_reach_the_subscriber() {
     // every message of protocol 5 carries the provider's insert position
     assert!(decoded[1..].iter().all(|d| d.remote_insert_lsn.is_some()));
 }
+
+/// A provider with table `t` (id int PK, v text, n int4) in set `default` and slot `s`.
+fn provider_with_table(name: &str, ddl: &str) -> TestNode {
+    let node = provider(name);
+    node.execute(ddl).unwrap();
+    node.execute("SELECT spock.repset_add_table('default', 'public.t')").unwrap();
+    node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap();
+    node
+}
+
+fn text_params(sets: &str) -> Vec<(String, String)> {
+    let p = with_param(spock_params(sets), "binary.want_internal_basetypes", "0");
+    with_param(p, "binary.want_binary_basetypes", "0")
+}
+
+fn letters(msgs: &[Message]) -> String {
+    msgs.iter().map(|m| m.letter() as char).collect()
+}
+
+#[test]
+fn tables_outside_the_subscribed_sets_are_not_sent() {
+    let node = provider_with_table("p2", "CREATE TABLE t(id int PRIMARY KEY, v text)");
+    node.execute("CREATE TABLE other(id int PRIMARY KEY); CREATE TABLE ins_only(id int PRIMARY KEY, v text)").unwrap();
+    node.execute("SELECT spock.repset_add_table('default_insert_only', 'ins_only')").unwrap();
+    node.execute(
+        "BEGIN; INSERT INTO other VALUES (1); INSERT INTO t VALUES (1, 'a'); INSERT INTO other VALUES (2);
+         INSERT INTO ins_only VALUES (1, 'x'); UPDATE ins_only SET v = 'y'; DELETE FROM ins_only; COMMIT;
+         INSERT INTO other VALUES (3);",
+    )
+    .unwrap();
+    // subscribed to default only: t's insert, nothing of ins_only or other
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), true).unwrap());
+    assert_eq!(letters(&msgs), "BORIC", "{msgs:#?}");
+    // subscribed to both sets: ins_only's insert is sent, its update and delete are not
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default,default_insert_only"), false).unwrap());
+    assert_eq!(letters(&msgs), "BORIRIC", "{msgs:#?}");
+    let Message::Relation(r) = &msgs[4] else { unreachable!() };
+    assert_eq!(r.relname, "ins_only");
+}
+
+#[test]
+fn binary_transfer_sends_internal_datums_between_equal_servers() {
+    let node = provider_with_table("p3", "CREATE TABLE t(id int PRIMARY KEY, v text, big int8, ts timestamptz)");
+    node.execute("INSERT INTO t VALUES (258, 'hé', -2, '2000-01-01 00:00:01+00')").unwrap();
+    let decoded = slot_messages(&node, "postgres", "s", &spock_params("default"), false).unwrap();
+    let Message::Startup(s) = &decoded[0].message else { unreachable!() };
+    assert_eq!(s.get("binary.internal_basetypes"), Some("t"));
+    let msgs = messages(&decoded);
+    let Message::Insert(i) = &msgs[3] else { panic!("{msgs:#?}") };
+    assert_eq!(i.new.columns[0], Datum::Internal(bytes::Bytes::from(258i32.to_ne_bytes().to_vec())));
+    assert_eq!(i.new.columns[2], Datum::Internal(bytes::Bytes::from((-2i64).to_ne_bytes().to_vec())));
+    assert_eq!(i.new.columns[3], Datum::Internal(bytes::Bytes::from(1_000_000i64.to_ne_bytes().to_vec())));
+    // text travels as its varlena: a 1-byte header (length 1+3 bytes, shifted, low bit set) then the bytes
+    let Datum::Internal(v) = &i.new.columns[1] else { panic!("{:?}", i.new.columns[1]) };
+    assert_eq!(&v[..], &[(4 << 1) | 1, b'h', 0xc3, 0xa9]);
+}
+
+#[test]
+fn protocol_4_carries_the_insert_lsn_only_on_commit() {
+    let node = provider_with_table("p4", "CREATE TABLE t(id int PRIMARY KEY)");
+    node.execute("INSERT INTO t VALUES (1)").unwrap();
+    let params = with_param(text_params("default"), "max_proto_version", "4");
+    let decoded = slot_messages(&node, "postgres", "s", &params, false).unwrap();
+    let Message::Startup(s) = &decoded[0].message else { unreachable!() };
+    assert_eq!(s.get("proto_version"), Some("4"));
+    for d in &decoded[1..] {
+        assert_eq!(d.remote_insert_lsn.is_some(), matches!(d.message, Message::Commit(_)), "{d:?}");
+    }
+    let Message::Origin(o) = &decoded[2].message else { unreachable!() };
+    assert_eq!(o.origin_name, None, "origin names are a protocol 5 feature");
+}
+
+#[test]
+fn column_lists_and_row_filters_are_applied() {
+    let node = provider("p5");
+    node.execute("CREATE TABLE t(id int PRIMARY KEY, region text, secret text, amount int)").unwrap();
+    node.execute(
+        "SELECT spock.repset_add_table('default', 't', columns := ARRAY['id','region','amount'], row_filter := 'region = ''eu'' AND amount > 10')",
+    )
+    .unwrap();
+    node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap();
+    node.execute(
+        "INSERT INTO t VALUES (1, 'eu', 'x', 50), (2, 'us', 'y', 50), (3, 'eu', 'z', 5), (4, NULL, 'w', 99);
+         UPDATE t SET amount = 60 WHERE id = 1; UPDATE t SET amount = 70 WHERE id = 2;",
+    )
+    .unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    assert_eq!(letters(&msgs), "BORIUC", "{msgs:#?}");
+    let Message::Relation(r) = &msgs[2] else { unreachable!() };
+    assert_eq!(r.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["id", "region", "amount"]);
+    let Message::Insert(i) = &msgs[3] else { unreachable!() };
+    assert_eq!(i.new.columns, vec![text("1"), text("eu"), text("50")]);
+    let Message::Update(u) = &msgs[4] else { unreachable!() };
+    assert_eq!(u.new.columns, vec![text("1"), text("eu"), text("60")]);
+    let show: String = node
+        .query_one("SELECT row(att_list, has_row_filter)::text FROM spock.repset_show_table('t', ARRAY['default'])")
+        .unwrap();
+    assert_eq!(show, "(\"{id,region,amount}\",t)");
+}
+
+#[test]
+fn changes_from_other_origins_are_only_forwarded_when_asked() {
+    let node = provider_with_table("p6", "CREATE TABLE t(id int PRIMARY KEY)");
+    node.execute("SELECT pg_replication_origin_create('elsewhere')").unwrap();
+    // as an apply worker does: the session's origin is set when the transaction commits
+    let mut session = node.connect().unwrap();
+    for sql in ["SELECT pg_replication_origin_session_setup('elsewhere')", "INSERT INTO t VALUES (100)", "SELECT pg_replication_origin_session_reset()"] {
+        session.batch_execute(sql).unwrap();
+    }
+    node.execute("INSERT INTO t VALUES (1)").unwrap();
+    let local_only = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), true).unwrap());
+    let inserted: Vec<_> = local_only.iter().filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None }).collect();
+    assert_eq!(inserted, vec![text("1")], "the change from origin 'elsewhere' must not be sent");
+
+    let params = with_param(text_params("default"), "spock.forward_origins", "all");
+    let all = messages(&slot_messages(&node, "postgres", "s", &params, false).unwrap());
+    let inserted: Vec<_> = all.iter().filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None }).collect();
+    assert_eq!(inserted, vec![text("100"), text("1")]);
+    let origins: Vec<_> = all.iter().filter_map(|m| if let Message::Origin(o) = m { Some(o.origin_id) } else { None }).collect();
+    let roident: i32 = node.query_one("SELECT roident::int FROM pg_replication_origin WHERE roname = 'elsewhere'").unwrap();
+    assert_eq!(origins, vec![roident as u16, spock_core::names::node_id_for_name("p6")]);
+}
+
+#[test]
+fn alter_table_between_changes_resends_the_relation() {
+    let node = provider_with_table("p7", "CREATE TABLE t(id int PRIMARY KEY, a text)");
+    node.execute("INSERT INTO t VALUES (1, 'a')").unwrap();
+    node.execute("ALTER TABLE t ADD COLUMN b int DEFAULT 7").unwrap();
+    node.execute("INSERT INTO t VALUES (2, 'b', 8)").unwrap();
+    node.execute("ALTER TABLE t DROP COLUMN a").unwrap();
+    node.execute("UPDATE t SET b = 9 WHERE id = 1").unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    assert_eq!(letters(&msgs), "BORICBORICBORUC", "{msgs:#?}");
+    let rels: Vec<Vec<String>> = msgs
+        .iter()
+        .filter_map(|m| if let Message::Relation(r) = m { Some(r.columns.iter().map(|c| c.name.clone()).collect()) } else { None })
+        .collect();
+    assert_eq!(rels, vec![vec!["id".to_string(), "a".into()], vec!["id".into(), "a".into(), "b".into()], vec!["id".into(), "b".into()]]);
+    let Message::Update(u) = &msgs[13] else { unreachable!() };
+    assert_eq!(u.new.columns, vec![text("1"), text("9")]);
+}
+
+#[test]
+fn truncate_toast_and_wide_rows() {
+    let node = provider_with_table("p8", "CREATE TABLE t(id int PRIMARY KEY, small int, big text)");
+    node.execute("CREATE TABLE wide AS SELECT 1 AS id").unwrap();
+    let cols: Vec<String> = (1..=200).map(|i| format!("c{i} int DEFAULT {i}")).collect();
+    node.execute(&format!("DROP TABLE wide; CREATE TABLE wide(id int PRIMARY KEY, {})", cols.join(", "))).unwrap();
+    node.execute("SELECT spock.repset_add_table('default', 'wide')").unwrap();
+    // a value too big to stay inline, and not compressible: stored out of line (TOAST)
+    node.execute("INSERT INTO t SELECT 1, 0, string_agg(md5(g::text), '') FROM generate_series(1, 2000) g").unwrap();
+    node.execute("UPDATE t SET small = 1").unwrap();
+    node.execute("INSERT INTO wide(id) VALUES (1)").unwrap();
+    node.execute("TRUNCATE t, wide RESTART IDENTITY").unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    // TRUNCATE gives the tables new storage: their relcache entries are invalidated, so
+    // their relation messages go out again before the truncate.
+    assert_eq!(letters(&msgs), "BORICBOUCBORICBORRTC", "{msgs:#?}");
+    let Message::Insert(i) = &msgs[3] else { unreachable!() };
+    let Datum::Text(big) = &i.new.columns[2] else { panic!() };
+    assert_eq!(big.len(), 64_000);
+    let Message::Update(u) = &msgs[7] else { unreachable!() };
+    assert_eq!(u.new.columns[1], text("1"));
+    assert_eq!(u.new.columns[2], Datum::UnchangedToast, "an unchanged TOASTed value is not resent");
+    let Message::Insert(w) = &msgs[12] else { unreachable!() };
+    assert_eq!(w.new.columns.len(), 201);
+    assert_eq!(w.new.columns[200], text("200"));
+    let Message::Truncate(tr) = &msgs[18] else { unreachable!() };
+    assert_eq!(tr.relids.len(), 2);
+    assert!(tr.restart_seqs && !tr.cascade);
+}
+
+#[test]
+fn common_types_and_nulls_round_trip_as_text() {
+    let node = provider_with_table(
+        "p9",
+        "CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE t(id int PRIMARY KEY, b bool, f8 float8, d date, ts timestamptz, j jsonb, arr int[], u uuid,
+                        by bytea, m mood, iv interval, n numeric(10,2), c char(3), nul text)",
+    );
+    node.execute(
+        "SET TimeZone = 'UTC'; INSERT INTO t VALUES (1, true, 1.5, '2026-11-25', '2026-11-25 10:00:00+00', '{\"a\": [1, 2]}',
+         '{1,NULL,3}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\xdeadbeef', 'happy', '1 day 2 hours', 12.5, 'ab', NULL)",
+    )
+    .unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    let Message::Insert(i) = &msgs[3] else { panic!("{msgs:#?}") };
+    let got: Vec<Option<String>> = i
+        .new
+        .columns
+        .iter()
+        .map(|d| match d {
+            Datum::Text(b) => Some(String::from_utf8(b.to_vec()).unwrap()),
+            Datum::Null => None,
+            other => panic!("text transfer expected, got {other:?}"),
+        })
+        .collect();
+    let want = [
+        Some("1"), Some("t"), Some("1.5"), Some("2026-11-25"), None, Some("{\"a\": [1, 2]}"), Some("{1,NULL,3}"),
+        Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), Some("\\xdeadbeef"), Some("happy"), Some("1 day 02:00:00"),
+        Some("12.50"), Some("ab "), None,
+    ];
+    for (idx, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        if idx == 4 {
+            assert!(g.as_deref().unwrap().starts_with("2026-11-25"), "{g:?}");
+            continue;
+        }
+        assert_eq!(g.as_deref(), *w, "column {idx}");
+    }
+}
+
+#[test]
+fn a_server_without_preload_can_create_and_use_slots() {
+    let node = TestNode::start(NodeOptions::new("plain").without_preload()).unwrap();
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('plain', '{}')", node.dsn("postgres"))).unwrap();
+    node.execute("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
+    node.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
+    // the walsender command, on a replication connection
+    node.psql("postgres", "CREATE_REPLICATION_SLOT \"s\" LOGICAL spock_output", true).unwrap();
+    node.execute("INSERT INTO t VALUES (42)").unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    assert_eq!(letters(&msgs), "BORIC");
+}
+
+#[test]
+fn bad_startup_parameters_give_clear_errors() {
+    let node = provider_with_table("p10", "CREATE TABLE t(id int PRIMARY KEY)");
+    node.execute("INSERT INTO t VALUES (1)").unwrap();
+    let cases: Vec<(Vec<(String, String)>, &str, &str)> = vec![
+        (with_param(spock_params("default"), "max_proto_version", "five"), "22023", "max_proto_version"),
+        (with_param(spock_params("default"), "min_proto_version", "6"), "0A000", "min_proto_version=6"),
+        (with_param(spock_params("default"), "startup_params_format", "2"), "0A000", "startup_params_format"),
+        (vec![("min_proto_version".into(), "4".into())], "22023", "startup_params_format"),
+        (spock_params("default,nosuchset"), "42704", "nosuchset"),
+        (with_param(spock_params("default"), "expected_encoding", "LATIN1"), "0A000", "encoding"),
+        (with_param(spock_params("default"), "spock.forward_origins", "n1"), "22023", "forward"),
+        (with_param(spock_params("default"), "proto_format", "json"), "0A000", "json"),
+    ];
+    for (params, code, needle) in cases {
+        let err = slot_messages(&node, "postgres", "s", &params, true).unwrap_err().0;
+        assert!(err.contains(code) && err.contains(needle), "expected {code} mentioning {needle}, got: {err}");
+    }
+    // the server and the slot are fine afterwards
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    assert_eq!(letters(&msgs), "BORIC");
+}
+
+#[test]
+fn walsender_with_bad_parameters_fails_cleanly() {
+    let node = provider_with_table("p11", "CREATE TABLE t(id int PRIMARY KEY)");
+    let conninfo = format!("{} replication=database", node.dsn("postgres"));
+    let (ok, _out, err) = node
+        .run_tool(
+            "pg_recvlogical",
+            &["-d", &conninfo, "--slot", "s", "--start", "--no-loop", "-f", "/dev/null", "-o", "min_proto_version=4", "-o", "max_proto_version=x", "-o", "startup_params_format=1"],
+        )
+        .unwrap();
+    assert!(!ok);
+    assert!(err.contains("max_proto_version"), "{err}");
+    // no walsender left behind, slot inactive, server healthy
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let active: bool = node.query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 's'").unwrap();
+    assert!(!active);
+    assert_eq!(node.query_one::<i64>("SELECT count(*) FROM pg_stat_replication").unwrap(), 0);
+}

@@ -44,7 +44,10 @@ impl RowFilters {
                 states.push(pg_sys::ExecInitExpr(planned, std::ptr::null_mut()));
             }
             let econtext = pg_sys::CreateStandaloneExprContext();
-            let slot = pg_sys::MakeSingleTupleTableSlot((*rel).rd_att, &pg_sys::TTSOpsHeapTuple);
+            // A private copy of the descriptor: the relation's own is reference-counted
+            // under the resource owner of the moment, which is gone when we drop the slot.
+            let desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
             pg_sys::MemoryContextSwitchTo(old);
             RowFilters { cxt, states, econtext, slot }
         }
