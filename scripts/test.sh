@@ -3,7 +3,8 @@
 #  - spock-core unit and property tests (no PostgreSQL needed),
 #  - the multi-node integration tests on real PostgreSQL 18 servers (tests/),
 #  - the #[pg_test]s inside a server (cargo pgrx test),
-#  - a smoke run of the micro-benchmarks (each once, no timing asserted).
+#  - smoke runs of the benchmarks (micro-benchmarks once each, decode benchmark in
+#    quick mode; no timing asserted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,5 +20,6 @@ trap 'rm -rf "$PGRX_TEST_DATA"' EXIT
 chown "$SPOCK_RUN_USER" "$PGRX_TEST_DATA"
 cargo pgrx test pg18 -p spock --runas "$SPOCK_RUN_USER" --pgdata "$PGRX_TEST_DATA/data"
 
-echo "[spock] benchmark smoke run" >&2
+echo "[spock] benchmark smoke runs (no timing is asserted)" >&2
 cargo bench -p spock-benches -- --test
+cargo run --quiet -p spock-benches --bin decode-bench -- --quick

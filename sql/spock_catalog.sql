@@ -162,3 +162,10 @@ CREATE VIEW spock.tables AS
     SELECT t.oid AS relid, t.nspname, t.relname, NULL
       FROM user_tables t
      WHERE t.oid NOT IN (SELECT set_reloid FROM set_relations);
+
+-- What the output plugin reads while decoding is metadata, like PostgreSQL's own
+-- pg_publication catalogs: readable by every role, so that a replication role that is
+-- not superuser can stream (node_interface, with DSNs, stays private).
+GRANT USAGE ON SCHEMA spock TO PUBLIC;
+GRANT SELECT ON spock.node, spock.local_node, spock.replication_set, spock.replication_set_table,
+    spock.replication_set_seq, spock.tables TO PUBLIC;

@@ -324,3 +324,40 @@ fn walsender_with_bad_parameters_fails_cleanly() {
     assert!(!active);
     assert_eq!(node.query_one::<i64>("SELECT count(*) FROM pg_stat_replication").unwrap(), 0);
 }
+
+#[test]
+fn a_replication_role_that_is_not_superuser_can_stream() {
+    let node = provider_with_table("p12", "CREATE TABLE t(id int PRIMARY KEY)");
+    node.execute("CREATE ROLE repl LOGIN REPLICATION").unwrap();
+    node.execute("INSERT INTO t VALUES (1)").unwrap();
+    let mut c = postgres::Config::new();
+    c.host_path(node.root()).port(node.port).user("repl").dbname("postgres");
+    let mut client = c.connect(postgres::NoTls).unwrap();
+    let is_super: bool = client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
+    assert!(!is_super);
+    client.batch_execute("SELECT pg_create_logical_replication_slot('s_repl', 'spock_output')").unwrap();
+    client.batch_execute("INSERT INTO t VALUES (2)").unwrap_err(); // no table privilege: proves we are not superuser
+    node.execute("INSERT INTO t VALUES (2)").unwrap();
+    let args: Vec<String> = text_params("default").iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
+    let rows = client
+        .query(&format!("SELECT data FROM pg_logical_slot_get_binary_changes('s_repl', NULL, NULL, {})", args.join(", ")), &[])
+        .unwrap();
+    let mut decoder = spock_core::proto::StreamDecoder::new();
+    let letters: String = rows
+        .iter()
+        .map(|r| decoder.decode(&bytes::Bytes::from(r.get::<_, Vec<u8>>(0))).unwrap().message.letter() as char)
+        .collect();
+    assert_eq!(letters, "SBORIC");
+}
+
+#[test]
+fn output_plugin_libraries_must_list_spock_output() {
+    let node = TestNode::start(NodeOptions::new("p13").setting("output_plugin_libraries", "'pgoutput'")).unwrap();
+    let has_setting: i64 = node.query_one("SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'").unwrap();
+    if has_setting == 0 {
+        return; // a server before 18.6 has no such restriction
+    }
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('p13', '{}')", node.dsn("postgres"))).unwrap();
+    let err = node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap_err().0;
+    assert!(err.contains("spock_output") && err.contains("output plugin"), "{err}");
+}
