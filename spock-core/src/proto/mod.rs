@@ -19,6 +19,7 @@ mod codec;
 pub mod message;
 pub mod startup;
 pub mod tuple;
+pub mod writer;
 
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError};
 pub use message::{

@@ -25,10 +25,8 @@ use pgrx::prelude::*;
 use pgrx::{PgList, PgSqlErrorCode};
 use spock_core::origin::{self, OriginId};
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
-use spock_core::proto::{
-    Begin, Commit, Delete, Insert, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, ProtoVersion, Startup,
-    Truncate, Update,
-};
+use spock_core::proto::writer::{self, RowAction};
+use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate};
 use spock_core::repset::{Action, RepSet};
 
 use crate::catalog;
@@ -218,10 +216,18 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, 
     if let Err(e) = msg.encode(st.version, insert_lsn, &mut st.buf) {
         PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode message: {e}")).raise();
     }
+    // SAFETY: forwarded.
+    unsafe { flush(ctx, &st.buf) };
+}
+
+/// Hands one encoded message to PostgreSQL.
+///
+/// SAFETY: as [`write`].
+unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, bytes: &[u8]) {
     // SAFETY: standard output plugin write sequence on ctx->out.
     unsafe {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
-        pg_sys::appendBinaryStringInfo((*ctx).out, st.buf.as_ptr().cast(), st.buf.len() as i32);
+        pg_sys::appendBinaryStringInfo((*ctx).out, bytes.as_ptr().cast(), bytes.len() as i32);
         pg_sys::OutputPluginWrite(ctx, true);
     }
 }
@@ -398,46 +404,54 @@ unsafe fn decode_change(
             return;
         }
     }
-    let identity_full = entry.identity_full;
-    // SAFETY: tuples of rel (or null).
-    let new = (!newtuple.is_null()).then(|| unsafe { entry.wire_tuple(rel, newtuple) });
-    let old = (!oldtuple.is_null()).then(|| unsafe { entry.wire_tuple(rel, oldtuple) });
-    let relid_u32 = u32::from(relid);
-    let old_kind = if identity_full { OldTupleKind::Full } else { OldTupleKind::Key };
-    let msg = match action {
-        Action::Insert => match new {
-            Some(new) => Message::Insert(Insert { flags: 0, relid: relid_u32, new }),
-            None => return,
-        },
-        Action::Update => match new {
-            Some(new) => Message::Update(Update {
-                flags: 0,
-                relid: relid_u32,
-                old: old.map(|tuple| OldTuple { kind: old_kind, tuple }),
-                new,
-            }),
-            None => return,
-        },
-        Action::Delete => match old {
-            Some(tuple) => Message::Delete(Delete { flags: 0, relid: relid_u32, old: OldTuple { kind: old_kind, tuple } }),
-            None => {
-                // A table without replica identity deletes without an old key; it
-                // cannot be in a set that publishes deletes, but be explicit.
-                PgError::new(
-                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("spock_output: DELETE on table {} has no replica identity to send", entry.relation_message().relname),
-                )
-                .raise()
-            }
-        },
-        Action::Truncate => return,
-    };
+    if action == Action::Delete && oldtuple.is_null() {
+        // A table without replica identity deletes without an old key; it cannot be
+        // in a set that publishes deletes, but never send a DELETE without a key.
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("spock_output: DELETE on table {} has no replica identity to send", entry.relation_message().relname),
+        )
+        .raise()
+    }
+    if action != Action::Delete && newtuple.is_null() {
+        return;
+    }
+    let old_kind = if entry.identity_full { OldTupleKind::Full } else { OldTupleKind::Key };
     // SAFETY: inside a callback.
     unsafe {
         ensure_txn_started(ctx, st, txn);
         ensure_relmeta(ctx, st, relid);
-        write(ctx, st, &msg);
     }
+    let entry = st.rels.get_mut(&relid).expect("entry built above");
+    let buf = &mut st.buf;
+    buf.clear();
+    // SAFETY: reads the current WAL write position.
+    let insert_lsn = unsafe { pg_sys::GetXLogWriteRecPtr() };
+    let row_action = match action {
+        Action::Insert => RowAction::Insert,
+        Action::Update => RowAction::Update,
+        _ => RowAction::Delete,
+    };
+    writer::row_header(buf, st.version, insert_lsn, row_action, u32::from(relid));
+    // SAFETY: the tuples belong to rel.
+    let written = unsafe {
+        (|| {
+            if !oldtuple.is_null() {
+                writer::old_tuple_marker(buf, old_kind);
+                entry.write_tuple(rel, oldtuple, buf)?;
+            }
+            if action != Action::Delete {
+                writer::new_tuple_marker(buf);
+                entry.write_tuple(rel, newtuple, buf)?;
+            }
+            Ok::<(), spock_core::proto::EncodeError>(())
+        })()
+    };
+    if let Err(e) = written {
+        PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode change: {e}")).raise();
+    }
+    // SAFETY: inside a callback.
+    unsafe { flush(ctx, &st.buf) };
 }
 
 #[pg_guard]

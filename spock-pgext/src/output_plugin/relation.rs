@@ -6,10 +6,11 @@
 
 use std::ffi::CStr;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
-use spock_core::proto::{Datum, RelColumn, Relation as RelMessage, Tuple};
+use spock_core::proto::writer::TupleWriter;
+use spock_core::proto::{EncodeError, RelColumn, Relation as RelMessage};
 use spock_core::repset::{RepSet, TablePublication};
 
 use crate::catalog;
@@ -49,6 +50,9 @@ pub struct RelEntry {
     /// Whether the `R` message went out on this connection.
     pub relmeta_sent: bool,
     filters: Option<super::row_filter::RowFilters>,
+    /// Scratch arrays for deforming tuples, reused across changes.
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
 }
 
 /// The wire decision of Spock's `decide_datum_transfer`.
@@ -188,6 +192,8 @@ impl RelEntry {
             publication,
             columns,
             natts,
+            values: Vec::with_capacity(natts),
+            nulls: Vec::with_capacity(natts),
         }
     }
 
@@ -213,94 +219,94 @@ impl RelEntry {
         unsafe { filters.all_pass(tuple) }
     }
 
-    /// Converts a heap tuple of the relation to the wire tuple.
+    /// Writes a heap tuple of the relation as a wire tuple straight into `out`.
     ///
     /// SAFETY: `rel` is open and `tuple` a valid tuple of it.
-    pub unsafe fn wire_tuple(&self, rel: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> Tuple {
-        let mut values = vec![pg_sys::Datum::from(0usize); self.natts];
-        let mut nulls = vec![true; self.natts];
-        // SAFETY: arrays sized to the descriptor's natts; tuple matches the descriptor
-        // (decoding hands tuples of the relation's current shape).
-        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr()) };
-        let mut out = Vec::with_capacity(self.columns.len());
+    pub unsafe fn write_tuple(&mut self, rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, out: &mut BytesMut) -> Result<(), EncodeError> {
+        self.values.clear();
+        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
+        self.nulls.clear();
+        self.nulls.resize(self.natts, true);
+        // SAFETY: arrays sized to the descriptor's natts; decoding hands tuples of the
+        // relation's current shape.
+        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) };
+        let mut w = TupleWriter::new(out, self.columns.len() as u16);
         for col in &self.columns {
-            if col.index >= self.natts || nulls[col.index] {
-                out.push(Datum::Null);
+            if col.index >= self.natts || self.nulls[col.index] {
+                w.null();
                 continue;
             }
-            let value = values[col.index];
+            let value = self.values[col.index];
             if col.varlena {
                 let ptr = value.cast_mut_ptr::<u8>();
                 // SAFETY: a non-null varlena datum points to at least a 1-byte header;
                 // an external one (first byte 0x01) has its tag in the second byte.
                 let (external, tag) = unsafe { (*ptr == 0x01, if *ptr == 0x01 { *ptr.add(1) } else { 0 }) };
-                if external && u32::from(tag) == pg_sys::vartag_external::VARTAG_ONDISK as u32 {
-                    out.push(Datum::UnchangedToast);
+                if external && u32::from(tag) == pg_sys::vartag_external::VARTAG_ONDISK {
+                    w.unchanged_toast();
                     continue;
                 }
                 if external {
                     // SAFETY: the output function detoasts indirect pointers itself.
-                    out.push(unsafe { text_datum(&col.fallback_text, value) });
+                    unsafe { write_text(&mut w, &col.fallback_text, value)? };
                     continue;
                 }
             }
-            // SAFETY: value is a non-null datum of the column's type.
-            out.push(unsafe { encode_value(col, value) });
+            // SAFETY: value is a non-null, non-external datum of the column's type.
+            unsafe { write_value(&mut w, col, value)? };
         }
-        Tuple::new(out)
+        Ok(())
     }
 }
 
 /// SAFETY: `finfo` is an output function and `value` a datum of its type.
-unsafe fn text_datum(finfo: &pg_sys::FmgrInfo, value: pg_sys::Datum) -> Datum {
-    // SAFETY: OutputFunctionCall returns a palloc'd C string.
+unsafe fn write_text(w: &mut TupleWriter<'_>, finfo: &pg_sys::FmgrInfo, value: pg_sys::Datum) -> Result<(), EncodeError> {
+    // SAFETY: OutputFunctionCall returns a palloc'd C string, freed after copying.
     unsafe {
         let s = pg_sys::OutputFunctionCall(finfo as *const _ as *mut _, value);
-        let bytes = Bytes::copy_from_slice(CStr::from_ptr(s).to_bytes());
+        let r = w.text(CStr::from_ptr(s).to_bytes());
         pg_sys::pfree(s.cast());
-        Datum::Text(bytes)
+        r
     }
 }
 
 /// SAFETY: `value` is a non-null, non-external datum of the column's type.
-unsafe fn encode_value(col: &Column, value: pg_sys::Datum) -> Datum {
+unsafe fn write_value(w: &mut TupleWriter<'_>, col: &Column, value: pg_sys::Datum) -> Result<(), EncodeError> {
     match &col.transfer {
         Transfer::Internal { byval: true, len } => {
             let raw = value.value() as u64;
-            let bytes = match len {
-                1 => vec![raw as u8],
-                2 => (raw as u16).to_ne_bytes().to_vec(),
-                4 => (raw as u32).to_ne_bytes().to_vec(),
-                _ => raw.to_ne_bytes().to_vec(),
-            };
-            Datum::Internal(Bytes::from(bytes))
+            match len {
+                1 => w.internal(&[raw as u8]),
+                2 => w.internal(&(raw as u16).to_ne_bytes()),
+                4 => w.internal(&(raw as u32).to_ne_bytes()),
+                _ => w.internal(&raw.to_ne_bytes()),
+            }
         }
         Transfer::Internal { byval: false, len } if *len > 0 => {
             // SAFETY: a fixed-length by-reference datum points to `len` bytes.
-            let slice = unsafe { std::slice::from_raw_parts(value.cast_mut_ptr::<u8>(), *len as usize) };
-            Datum::Internal(Bytes::copy_from_slice(slice))
+            w.internal(unsafe { std::slice::from_raw_parts(value.cast_mut_ptr::<u8>(), *len as usize) })
         }
         Transfer::Internal { .. } => {
             let ptr = value.cast_mut_ptr::<u8>();
-            // SAFETY: a non-external varlena: its header gives its total size.
-            let size = unsafe { varsize_any(ptr) };
-            // SAFETY: size bytes starting at ptr belong to the datum.
-            Datum::Internal(Bytes::copy_from_slice(unsafe { std::slice::from_raw_parts(ptr, size) }))
+            // SAFETY: a non-external varlena: its header gives its total size, all of
+            // which belongs to the datum.
+            w.internal(unsafe { std::slice::from_raw_parts(ptr, varsize_any(ptr)) })
         }
         Transfer::Binary(finfo) => {
-            // SAFETY: SendFunctionCall returns a palloc'd bytea.
+            // SAFETY: SendFunctionCall returns a palloc'd bytea with a 4-byte header
+            // (or a short 1-byte one), freed after copying.
             unsafe {
                 let b = pg_sys::SendFunctionCall(finfo.as_ref() as *const _ as *mut _, value);
                 let ptr = b.cast::<u8>();
                 let size = varsize_any(ptr);
                 let hdr = if *ptr & 0x01 == 0x01 { 1 } else { 4 };
-                let bytes = Bytes::copy_from_slice(std::slice::from_raw_parts(ptr.add(hdr), size - hdr));
+                let r = w.binary(std::slice::from_raw_parts(ptr.add(hdr), size - hdr));
                 pg_sys::pfree(b.cast());
-                Datum::Binary(bytes)
+                r
             }
         }
         // SAFETY: forwarded precondition.
-        Transfer::Text(finfo) => unsafe { text_datum(finfo, value) },
+        Transfer::Text(finfo) => unsafe { write_text(w, finfo, value) },
     }
 }
 
