@@ -9,6 +9,24 @@ use spock_core::repset::{Membership, RepSet};
 
 use crate::error::{spi_failed, PgError};
 
+/// Runs `f` (which uses SPI) with an active snapshot. A walsender has none, neither
+/// in the startup callback nor while decoding; during decoding the transaction
+/// snapshot PostgreSQL hands out is the historic one of the decoded change.
+fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: plain snapshot-stack calls inside a transaction; the snapshot pushed
+    // here is popped before returning (an ERROR aborts the transaction, which
+    // resets the stack).
+    unsafe {
+        if pg_sys::ActiveSnapshotSet() {
+            return f();
+        }
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let r = f();
+        pg_sys::PopActiveSnapshot();
+        r
+    }
+}
+
 /// The node this database is.
 pub struct LocalNode {
     /// 16-bit node id.
@@ -27,7 +45,7 @@ where
 
 /// The local node, or an error telling the user to create it.
 pub fn local_node() -> LocalNode {
-    Spi::connect(|client| {
+    with_snapshot(|| Spi::connect(|client| {
         first_row(
             &client,
             "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
@@ -37,7 +55,7 @@ pub fn local_node() -> LocalNode {
                 name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
             },
         )
-    })
+    }))
     .unwrap_or_else(|| {
         PgError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -50,7 +68,7 @@ pub fn local_node() -> LocalNode {
 
 /// Every replication set of node `node_id`.
 pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
-    Spi::connect(|client| {
+    with_snapshot(|| Spi::connect(|client| {
         let table = client
             .select(
                 "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
@@ -70,12 +88,12 @@ pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
                 replicate_truncate: row.get::<bool>(6).ok().flatten().unwrap_or(false),
             })
             .collect()
-    })
+    }))
 }
 
 /// A table's memberships in replication sets, with row filters as node strings.
 pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
-    Spi::connect(|client| {
+    with_snapshot(|| Spi::connect(|client| {
         let table = client
             .select(
                 "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
@@ -92,12 +110,12 @@ pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
                 row_filter: row.get::<String>(3).ok().flatten(),
             })
             .collect()
-    })
+    }))
 }
 
 /// The name of node `node_id`, when known.
 pub fn node_name(node_id: u16) -> Option<String> {
-    Spi::connect(|client| {
+    with_snapshot(|| Spi::connect(|client| {
         first_row(
             &client,
             "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
@@ -105,5 +123,5 @@ pub fn node_name(node_id: u16) -> Option<String> {
             |row| row.get::<String>(1).ok().flatten(),
         )
         .flatten()
-    })
+    }))
 }

@@ -361,3 +361,32 @@ fn output_plugin_libraries_must_list_spock_output() {
     let err = node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap_err().0;
     assert!(err.contains("spock_output") && err.contains("output plugin"), "{err}");
 }
+
+#[test]
+fn a_walsender_streams_through_the_replication_protocol() {
+    let node = provider_with_table("p14", "CREATE TABLE t(id int PRIMARY KEY, v text)");
+    node.execute("INSERT INTO t VALUES (1, 'streamed-through-walsender')").unwrap();
+    let endpos: String = node.query_one("SELECT pg_current_wal_lsn()::text").unwrap();
+    let out = node.root().join("recv.bin");
+    let conninfo = format!("{} replication=database", node.dsn("postgres"));
+    let mut args: Vec<String> = vec![
+        "-d".into(), conninfo, "--slot".into(), "s".into(), "--start".into(), "--no-loop".into(),
+        "--endpos".into(), endpos, "-f".into(), out.display().to_string(),
+    ];
+    for (k, v) in text_params("default") {
+        args.push("-o".into());
+        args.push(format!("{k}={v}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _stdout, stderr) = node.run_tool("pg_recvlogical", &args).unwrap();
+    assert!(ok, "pg_recvlogical failed: {stderr}");
+    let data = std::fs::read(&out).unwrap();
+    // pg_recvlogical writes each message followed by a newline; the startup reply, the
+    // relation message and the row are in there.
+    let hay = String::from_utf8_lossy(&data);
+    assert!(hay.contains("proto_version"), "no startup reply in {hay:?}");
+    assert!(hay.contains("streamed-through-walsender"), "row not streamed: {hay:?}");
+    // the walsender confirmed progress and is gone
+    let active: bool = node.query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 's'").unwrap();
+    assert!(!active);
+}
