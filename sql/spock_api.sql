@@ -472,3 +472,225 @@ BEGIN
        AND (v_all_columns IS NOT FALSE OR a.attname = ANY (v_lists));
 END;
 $$;
+
+-- ---------------------------------------------------------------------------
+-- Subscriptions
+
+CREATE FUNCTION spock._subscription(p_name name) RETURNS spock.subscription
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v spock.subscription;
+BEGIN
+    SELECT * INTO v FROM spock.subscription WHERE sub_name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v;
+END;
+$$;
+
+-- Stops the apply worker of a subscription now (the manager starts it again when
+-- the subscription is still enabled).
+CREATE FUNCTION spock._stop_apply_worker(p_slot name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_pid int;
+BEGIN
+    FOR v_pid IN SELECT pid FROM pg_catalog.pg_stat_activity
+                  WHERE backend_type = 'spock apply' AND application_name = p_slot AND datname = current_database()
+    LOOP
+        PERFORM pg_catalog.pg_terminate_backend(v_pid, 10000);
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_create(
+    subscription_name name,
+    provider_dsn text,
+    replication_sets text[] = '{default,default_insert_only,ddl_sql}',
+    synchronize_structure boolean = false,
+    synchronize_data boolean = false,
+    forward_origins text[] = '{}',
+    apply_delay interval DEFAULT '0',
+    force_text_transfer boolean = false,
+    enabled boolean = true,
+    skip_schema text[] = '{}')
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_local oid := spock._local_node_id();
+    v_local_if oid;
+    v_provider record;
+    v_if oid;
+    v_missing text;
+    v_slot name;
+    v_id oid;
+    v_other name;
+BEGIN
+    IF synchronize_structure OR synchronize_data THEN
+        RAISE EXCEPTION 'sub_create with synchronize_structure or synchronize_data is not supported yet'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Create the tables and copy their data first, then subscribe with synchronize_structure := false, synchronize_data := false.';
+    END IF;
+    IF apply_delay <> interval '0' THEN
+        RAISE EXCEPTION 'sub_create with apply_delay is not supported yet' USING ERRCODE = 'feature_not_supported';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(forward_origins) f WHERE f <> 'all') THEN
+        RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.subscription s WHERE s.sub_name = sub_create.subscription_name) THEN
+        RAISE EXCEPTION 'subscription % already exists', subscription_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    SELECT * INTO v_provider FROM spock._provider_info(provider_dsn);
+    IF v_provider.node_id = v_local THEN
+        RAISE EXCEPTION 'node % cannot subscribe to itself', v_provider.node_name USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT string_agg(r, ', ') INTO v_missing FROM unnest(replication_sets) r WHERE r <> ALL (v_provider.replication_sets);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'replication set(s) % not found on provider %', v_missing, v_provider.node_name
+            USING ERRCODE = 'undefined_object',
+                  DETAIL = format('The provider has: %s.', array_to_string(v_provider.replication_sets, ', '));
+    END IF;
+    SELECT n.node_name INTO v_other FROM spock.node n WHERE n.node_id = v_provider.node_id;
+    IF v_other IS NULL THEN
+        INSERT INTO spock.node (node_id, node_name) VALUES (v_provider.node_id, v_provider.node_name);
+    ELSIF v_other <> v_provider.node_name THEN
+        RAISE EXCEPTION 'provider node "%" has the same node id (%) as node "%"', v_provider.node_name, v_provider.node_id, v_other
+            USING ERRCODE = 'duplicate_object', HINT = 'Node names must hash to distinct 16-bit ids; rename one of the nodes.';
+    END IF;
+    SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v_provider.node_id AND if_dsn = provider_dsn;
+    IF v_if IS NULL THEN
+        v_if := spock._scoped_id(v_provider.node_id, (v_provider.node_name || '_' || subscription_name)::name);
+        INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn)
+        VALUES (v_if, (v_provider.node_name || '_' || subscription_name)::name, v_provider.node_id, provider_dsn);
+    END IF;
+    SELECT node_local_interface INTO v_local_if FROM spock.local_node;
+    v_slot := spock.spock_gen_slot_name(current_database()::name, v_provider.node_name::name, subscription_name);
+    v_id := nextval('spock.sub_id_generator')::oid;
+    INSERT INTO spock.subscription (sub_id, sub_name, sub_origin, sub_target, sub_origin_if, sub_target_if,
+        sub_enabled, sub_slot_name, sub_replication_sets, sub_forward_origins, sub_apply_delay,
+        sub_force_text_transfer, sub_skip_lsn, sub_skip_schema, sub_created_at)
+    VALUES (v_id, subscription_name, v_provider.node_id, v_local, v_if, v_local_if, enabled, v_slot,
+        replication_sets, forward_origins, apply_delay, force_text_transfer, '0/0', skip_schema, now());
+    -- 'i': the apply worker creates the slot; a disabled subscription is ready at once
+    -- (the operator manages the slot, as with Spock).
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    VALUES ('i', v_id, NULL, NULL, CASE WHEN enabled THEN 'i' ELSE 'r' END, '0/0');
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = v_slot) THEN
+        PERFORM pg_catalog.pg_replication_origin_create(v_slot);
+    END IF;
+    PERFORM spock._wake_workers();
+    RETURN v_id;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_drop(subscription_name name, ifexists boolean DEFAULT false)
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription;
+    v_dsn text;
+    v_origin text;
+BEGIN
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_drop.subscription_name;
+    IF NOT FOUND THEN
+        IF ifexists THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    SELECT if_dsn INTO v_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if;
+    IF NOT spock._drop_provider_slot(v_dsn, v.sub_slot_name) THEN
+        RAISE WARNING 'could not reach the provider to drop slot %', v.sub_slot_name
+            USING HINT = 'Drop it on the provider with pg_drop_replication_slot(), or it will keep WAL there.';
+    END IF;
+    FOR v_origin IN SELECT roname FROM pg_catalog.pg_replication_origin
+                     WHERE roname = v.sub_slot_name
+                        OR (left(roname, length(v.sub_slot_name) + 1) = v.sub_slot_name || '_'
+                            AND length(roname) = length(v.sub_slot_name) + 5)
+    LOOP
+        PERFORM pg_catalog.pg_replication_origin_drop(v_origin);
+    END LOOP;
+    DELETE FROM spock.local_sync_status WHERE sync_subid = v.sub_id;
+    DELETE FROM spock.subscription WHERE sub_id = v.sub_id;
+    PERFORM spock._wake_workers();
+    RETURN v.sub_id;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_enable(subscription_name name, immediate boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM spock._subscription(subscription_name);
+    UPDATE spock.subscription s SET sub_enabled = true WHERE s.sub_name = sub_enable.subscription_name;
+    PERFORM spock._wake_workers();
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_disable(subscription_name name, immediate boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = v.sub_id;
+    IF immediate THEN
+        PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    END IF;
+    PERFORM spock._wake_workers();
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_add_repset(subscription_name name, replication_set name)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    IF replication_set = ANY (v.sub_replication_sets) THEN
+        RAISE EXCEPTION 'subscription % already replicates set %', subscription_name, replication_set
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    UPDATE spock.subscription SET sub_replication_sets = array_append(sub_replication_sets, replication_set::text)
+     WHERE sub_id = v.sub_id;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_remove_repset(subscription_name name, replication_set name)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    IF NOT (replication_set = ANY (v.sub_replication_sets)) THEN
+        RAISE EXCEPTION 'subscription % does not replicate set %', subscription_name, replication_set
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    UPDATE spock.subscription SET sub_replication_sets = array_remove(sub_replication_sets, replication_set::text)
+     WHERE sub_id = v.sub_id;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,
+    OUT subscription_name text, OUT status text, OUT provider_node text, OUT provider_dsn text,
+    OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[])
+RETURNS SETOF record STABLE LANGUAGE sql AS $$
+    SELECT s.sub_name::text,
+           CASE
+             WHEN NOT s.sub_enabled THEN 'disabled'
+             WHEN coalesce(y.sync_status, 'r') <> 'r' THEN 'initializing'
+             WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                           WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name
+                             AND a.query = 'replicating') THEN 'replicating'
+             ELSE 'down'
+           END,
+           n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins
+      FROM spock.subscription s
+      JOIN spock.node n ON n.node_id = s.sub_origin
+      JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
+      LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+     WHERE $1 IS NULL OR s.sub_name = $1
+     ORDER BY s.sub_name;
+$$;

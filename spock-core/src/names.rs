@@ -148,6 +148,28 @@ pub fn slot_name(subscriber_db: &str, provider_node: &str, subscription: &str) -
         .collect()
 }
 
+/// Name of the replication origin under which a subscriber applies the transactions
+/// that the provider of `slot` forwards from node `origin_node` (cascading with
+/// `forward_origins`): `<slot>_<node id as 4 hex digits>`. The provider's own
+/// transactions use the origin named `slot` itself (Spock's name).
+pub fn forwarded_origin_name(slot: &str, origin_node: u16) -> String {
+    format!("{slot}_{origin_node:04x}")
+}
+
+/// The node an origin of subscription slot `slot` stands for: `Some(None)` for the
+/// origin named `slot` (the provider itself), `Some(Some(id))` for a forwarded
+/// origin, `None` when `origin` does not belong to `slot`.
+pub fn origin_node_of(slot: &str, origin: &str) -> Option<Option<u16>> {
+    if origin == slot {
+        return Some(None);
+    }
+    let rest = origin.strip_prefix(slot)?.strip_prefix('_')?;
+    if rest.len() != 4 {
+        return None;
+    }
+    u16::from_str_radix(rest, 16).ok().map(Some)
+}
+
 /// Name of the temporary slot a table sync uses: `<slot>_<%08x of hash_any(table)>`,
 /// where `qualified_table` is the quoted, schema-qualified table name.
 pub fn table_sync_slot_name(slot: &str, qualified_table: &str) -> String {
@@ -222,6 +244,20 @@ mod tests {
         let name = slot_name(&long, &long, &long);
         assert!(name.len() <= MAX_IDENTIFIER_LEN);
         assert_eq!(name.len(), 4 + 15 + 1 + 15 + 1 + 15);
+    }
+
+    #[test]
+    fn origin_names_round_trip() {
+        let slot = slot_name("postgres", "n1", "sub_n1_n2");
+        assert_eq!(origin_node_of(&slot, &slot), Some(None));
+        let fwd = forwarded_origin_name(&slot, 0xbeef);
+        assert_eq!(fwd, format!("{slot}_beef"));
+        assert!(fwd.len() <= MAX_IDENTIFIER_LEN);
+        assert_eq!(origin_node_of(&slot, &fwd), Some(Some(0xbeef)));
+        assert_eq!(origin_node_of(&slot, "spk_other_n1_x"), None);
+        assert_eq!(origin_node_of(&slot, &format!("{slot}_zz")), None);
+        let long = slot_name(&"d".repeat(100), &"p".repeat(100), &"s".repeat(100));
+        assert!(forwarded_origin_name(&long, 1).len() <= MAX_IDENTIFIER_LEN);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `_PG_init`: what happens when the library is loaded, either at server start
 //! (`shared_preload_libraries = 'spock'`) or on first use in a session.
 //!
-//! Later steps register GUCs, shared memory and the supervisor worker here; those
-//! need preloading, and loading without it must keep working for `CREATE EXTENSION`
-//! and the output plugin.
+//! GUCs are defined in every case; shared memory and the supervisor worker only when
+//! preloading (loading without it keeps working for `CREATE EXTENSION` and the
+//! output plugin, without workers).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -17,7 +17,9 @@ pub fn loading_at_server_start() -> bool {
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    crate::gucs::init();
     if loading_at_server_start() {
-        pgrx::debug1!("spock: loaded from shared_preload_libraries");
+        crate::workers::shmem::init();
+        crate::workers::register_supervisor();
     }
 }

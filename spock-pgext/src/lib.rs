@@ -7,11 +7,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 
+mod apply;
 mod catalog;
 mod error;
+mod gucs;
 mod init;
+mod libpq;
 pub mod output_plugin;
 mod sql_api;
+mod workers;
 
 ::pgrx::pg_module_magic!(name, version);
 

@@ -4,6 +4,7 @@
 
 mod info;
 mod repset;
+mod subscription;
 
 pgrx::extension_sql_file!("../../../sql/spock_catalog.sql", name = "catalog", bootstrap);
 pgrx::extension_sql_file!("../../../sql/spock_api.sql", name = "api", finalize);

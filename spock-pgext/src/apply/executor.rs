@@ -1,0 +1,480 @@
+//! Row changes applied through the executor, as PostgreSQL's own apply worker does
+//! (`ExecSimpleRelationInsert/Update/Delete`, rows found by replica identity index):
+//! constraints, indexes and replica triggers behave as for any write.
+//!
+//! [`LocalRelation`] maps a remote relation (`R` message) onto the local table by
+//! schema, table and column names, with the input functions of each column; it is
+//! rebuilt when the remote relation changes or the local table is invalidated.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::pg_sys;
+use pgrx::{PgList, PgSqlErrorCode};
+use spock_core::proto::{Datum, Relation as RemoteRelation, Tuple};
+
+use crate::error::PgError;
+
+/// How one local column receives its value.
+struct ColumnIn {
+    text_in: Box<pg_sys::FmgrInfo>,
+    binary_in: Option<Box<pg_sys::FmgrInfo>>,
+    typioparam: pg_sys::Oid,
+    typmod: i32,
+    type_oid: pg_sys::Oid,
+    name: String,
+}
+
+/// A remote relation mapped onto a local table.
+pub struct LocalRelation {
+    /// Local table oid.
+    pub relid: pg_sys::Oid,
+    /// `schema.table`, for messages.
+    pub qualified: String,
+    /// For each remote column, the local attribute index (0-based).
+    attmap: Vec<usize>,
+    /// Local attribute count.
+    natts: usize,
+    /// Per local attribute: how to read remote values into it (mapped columns only).
+    columns: Vec<Option<ColumnIn>>,
+    /// Local columns the remote side does not send that have a default:
+    /// (attribute index, prepared default expression).
+    defaults: Vec<(usize, *mut pg_sys::ExprState)>,
+    /// Index used to find rows (replica identity or primary key).
+    pub identity_index: pg_sys::Oid,
+    /// REPLICA IDENTITY FULL without index: rows are found by sequential scan.
+    pub identity_full: bool,
+}
+
+fn err(code: PgSqlErrorCode, msg: String) -> ! {
+    PgError::new(code, msg).raise()
+}
+
+/// SAFETY: `p` is a valid C string.
+unsafe fn cstr(p: *const std::ffi::c_char) -> String {
+    // SAFETY: forwarded.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+impl LocalRelation {
+    /// Maps `remote` onto the local table of the same schema and name.
+    ///
+    /// SAFETY: must run inside a transaction.
+    pub unsafe fn build(remote: &RemoteRelation) -> LocalRelation {
+        let qualified = format!("{}.{}", remote.nspname, remote.relname);
+        let nsp = CString::new(remote.nspname.as_str()).unwrap_or_default();
+        let rel_name = CString::new(remote.relname.as_str()).unwrap_or_default();
+        // SAFETY: catalog lookups by name inside a transaction.
+        let relid = unsafe {
+            let nspid = pg_sys::get_namespace_oid(nsp.as_ptr(), true);
+            if nspid == pg_sys::InvalidOid {
+                pg_sys::InvalidOid
+            } else {
+                pg_sys::get_relname_relid(rel_name.as_ptr(), nspid)
+            }
+        };
+        if relid == pg_sys::InvalidOid {
+            err(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("spock: table {qualified} replicated from the provider does not exist on this node"),
+            );
+        }
+        // SAFETY: the relation exists; opened for the lifetime of this function.
+        unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let relkind = (*(*rel).rd_rel).relkind as u8;
+            if relkind != b'r' && relkind != b'p' {
+                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                err(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("spock: {qualified} is not a table on this node"));
+            }
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let mut columns: Vec<Option<ColumnIn>> = (0..natts).map(|_| None).collect();
+            let mut attmap = Vec::with_capacity(remote.columns.len());
+            for rc in &remote.columns {
+                let mut found = None;
+                for i in 0..natts {
+                    let att = &*pg_sys::TupleDescAttr(desc, i as i32);
+                    if att.attisdropped || att.attgenerated != 0 {
+                        continue;
+                    }
+                    if cstr(att.attname.data.as_ptr()) == rc.name {
+                        found = Some(i);
+                        break;
+                    }
+                }
+                let Some(i) = found else {
+                    pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                    err(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        format!("spock: column \"{}\" of replicated table {qualified} does not exist on this node", rc.name),
+                    );
+                };
+                let att = &*pg_sys::TupleDescAttr(desc, i as i32);
+                let builtin = |o: pg_sys::Oid| u32::from(o) < pg_sys::FirstNormalObjectId;
+                let remote_type = pg_sys::Oid::from(rc.type_oid);
+                if remote_type != att.atttypid && builtin(remote_type) && builtin(att.atttypid) {
+                    pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                    err(
+                        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                        format!(
+                            "spock: column \"{}\" of table {qualified} has type oid {} on the provider and {} here",
+                            rc.name,
+                            rc.type_oid,
+                            u32::from(att.atttypid)
+                        ),
+                    );
+                }
+                let mut input = pg_sys::InvalidOid;
+                let mut typioparam = pg_sys::InvalidOid;
+                pg_sys::getTypeInputInfo(att.atttypid, &mut input, &mut typioparam);
+                let mut text_in = Box::new(pg_sys::FmgrInfo::default());
+                pg_sys::fmgr_info_cxt(input, text_in.as_mut(), pg_sys::CacheMemoryContext);
+                let binary_in = {
+                    let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(att.atttypid));
+                    let receive = if tup.is_null() {
+                        pg_sys::InvalidOid
+                    } else {
+                        let r = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup)).typreceive;
+                        pg_sys::ReleaseSysCache(tup);
+                        r
+                    };
+                    (receive != pg_sys::InvalidOid).then(|| {
+                        let mut f = Box::new(pg_sys::FmgrInfo::default());
+                        pg_sys::fmgr_info_cxt(receive, f.as_mut(), pg_sys::CacheMemoryContext);
+                        f
+                    })
+                };
+                columns[i] = Some(ColumnIn {
+                    text_in,
+                    binary_in,
+                    typioparam,
+                    typmod: att.atttypmod,
+                    type_oid: att.atttypid,
+                    name: rc.name.clone(),
+                });
+                attmap.push(i);
+            }
+            // Defaults of local columns the provider does not send.
+            let mut defaults = Vec::new();
+            for i in 0..natts {
+                let att = &*pg_sys::TupleDescAttr(desc, i as i32);
+                if att.attisdropped || att.attgenerated != 0 || columns[i].is_some() {
+                    continue;
+                }
+                let expr = pg_sys::build_column_default(rel, i as i32 + 1);
+                if !expr.is_null() {
+                    let old = pg_sys::MemoryContextSwitchTo(pg_sys::CacheMemoryContext);
+                    let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
+                    let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
+                    pg_sys::MemoryContextSwitchTo(old);
+                    defaults.push((i, state));
+                }
+            }
+            let mut identity_index = pg_sys::RelationGetReplicaIndex(rel);
+            if identity_index == pg_sys::InvalidOid {
+                identity_index = pg_sys::RelationGetPrimaryKeyIndex(rel, false);
+            }
+            let identity_full = (*(*rel).rd_rel).relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char;
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full }
+        }
+    }
+
+    /// Fills `slot` (of the local descriptor) from a wire tuple. Columns the wire
+    /// leaves out keep `base`'s value (the local row, for UPDATE) or get their default
+    /// (INSERT, `base` None). `u` (unchanged TOAST) needs a base.
+    ///
+    /// SAFETY: `slot` has the local table's descriptor; `base` too, and is filled.
+    pub unsafe fn fill_slot(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        tuple: &Tuple,
+        base: Option<*mut pg_sys::TupleTableSlot>,
+        econtext: *mut pg_sys::ExprContext,
+    ) {
+        if tuple.columns.len() != self.attmap.len() {
+            err(
+                PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                format!(
+                    "spock: tuple for {} has {} columns, its relation message {}",
+                    self.qualified,
+                    tuple.columns.len(),
+                    self.attmap.len()
+                ),
+            );
+        }
+        // SAFETY: slot arrays have natts entries; values are built in the current
+        // memory context, which lives until the change is applied.
+        unsafe {
+            pg_sys::ExecClearTuple(slot);
+            let values = std::slice::from_raw_parts_mut((*slot).tts_values, self.natts);
+            let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, self.natts);
+            match base {
+                Some(b) => {
+                    pg_sys::slot_getallattrs(b);
+                    values.copy_from_slice(std::slice::from_raw_parts((*b).tts_values, self.natts));
+                    nulls.copy_from_slice(std::slice::from_raw_parts((*b).tts_isnull, self.natts));
+                }
+                None => {
+                    values.fill(pg_sys::Datum::from(0usize));
+                    nulls.fill(true);
+                    for &(i, state) in &self.defaults {
+                        let mut isnull = false;
+                        let eval = (*state).evalfunc.expect("initialized ExprState has an evalfunc");
+                        values[i] = eval(state, econtext, &mut isnull);
+                        nulls[i] = isnull;
+                    }
+                }
+            }
+            for (ri, datum) in tuple.columns.iter().enumerate() {
+                let li = self.attmap[ri];
+                let col = self.columns[li].as_ref().expect("mapped column");
+                match datum {
+                    Datum::Null => {
+                        values[li] = pg_sys::Datum::from(0usize);
+                        nulls[li] = true;
+                    }
+                    Datum::UnchangedToast => {
+                        if base.is_none() {
+                            err(
+                                PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                                format!("spock: unchanged TOAST value for column \"{}\" of {} in a new row", col.name, self.qualified),
+                            );
+                        }
+                    }
+                    Datum::Text(bytes) => {
+                        let c = CString::new(bytes.as_ref()).unwrap_or_else(|_| {
+                            err(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock: text value of column \"{}\" contains NUL", col.name))
+                        });
+                        values[li] = pg_sys::InputFunctionCall(
+                            col.text_in.as_ref() as *const _ as *mut _,
+                            c.as_ptr() as *mut _,
+                            col.typioparam,
+                            col.typmod,
+                        );
+                        nulls[li] = false;
+                    }
+                    Datum::Binary(bytes) => {
+                        let Some(recv) = &col.binary_in else {
+                            err(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock: binary value for column \"{}\" whose type has no receive function", col.name));
+                        };
+                        // A palloc'd copy: receive functions may keep pointers into it.
+                        let len = bytes.len();
+                        let data = pg_sys::palloc(len + 1) as *mut u8;
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, len);
+                        *data.add(len) = 0;
+                        let mut buf = pg_sys::StringInfoData {
+                            data: data.cast(),
+                            len: len as i32,
+                            maxlen: len as i32 + 1,
+                            cursor: 0,
+                        };
+                        values[li] = pg_sys::ReceiveFunctionCall(recv.as_ref() as *const _ as *mut _, &mut buf, col.typioparam, col.typmod);
+                        if buf.cursor != buf.len {
+                            err(
+                                PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+                                format!("spock: incorrect binary data format for column \"{}\" of {}", col.name, self.qualified),
+                            );
+                        }
+                        nulls[li] = false;
+                    }
+                    Datum::Internal(_) => err(
+                        PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                        format!(
+                            "spock: the provider sent column \"{}\" (type {}) in internal format, which this subscriber does not accept",
+                            col.name,
+                            u32::from(col.type_oid)
+                        ),
+                    ),
+                }
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+        }
+    }
+}
+
+/// Executor state for changes to one table within one change.
+pub struct TableWriter {
+    /// The open relation.
+    pub rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    /// A slot for the remote row.
+    pub remote: *mut pg_sys::TupleTableSlot,
+    /// A slot for a local row.
+    pub local: *mut pg_sys::TupleTableSlot,
+    /// Expression context for defaults.
+    pub econtext: *mut pg_sys::ExprContext,
+}
+
+impl TableWriter {
+    /// Opens `relid` and sets up an executor state for it.
+    ///
+    /// SAFETY: inside a transaction with an active snapshot.
+    pub unsafe fn open(relid: pg_sys::Oid) -> TableWriter {
+        // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation).
+        unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let estate = pg_sys::CreateExecutorState();
+            let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = relid;
+            (*rte).relkind = (*(*rel).rd_rel).relkind;
+            (*rte).rellockmode = pg_sys::AccessShareLock as i32;
+            let mut perminfos: *mut pg_sys::List = std::ptr::null_mut();
+            pg_sys::addRTEPermissionInfo(&mut perminfos, rte);
+            let mut rtable = PgList::<pg_sys::RangeTblEntry>::new();
+            rtable.push(rte);
+            pg_sys::ExecInitRangeTable(estate, rtable.into_pg(), perminfos, pg_sys::bms_make_singleton(1));
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::ExecOpenIndices(rri, false);
+            pg_sys::AfterTriggerBeginQuery();
+            let remote = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            let local = pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable);
+            let econtext = pg_sys::CreateExprContext(estate);
+            TableWriter { rel, estate, rri, remote, local, econtext }
+        }
+    }
+
+    /// Finds the local row whose identity matches `search` into `self.local`.
+    ///
+    /// SAFETY: `search` has the table's descriptor.
+    pub unsafe fn find(&mut self, map: &LocalRelation, search: *mut pg_sys::TupleTableSlot) -> bool {
+        // SAFETY: executor-level lookup with a row lock, as the native apply worker does.
+        unsafe {
+            if map.identity_index != pg_sys::InvalidOid {
+                pg_sys::RelationFindReplTupleByIndex(
+                    self.rel,
+                    map.identity_index,
+                    pg_sys::LockTupleMode::LockTupleExclusive,
+                    search,
+                    self.local,
+                )
+            } else if map.identity_full {
+                pg_sys::RelationFindReplTupleSeq(self.rel, pg_sys::LockTupleMode::LockTupleExclusive, search, self.local)
+            } else {
+                err(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("spock: table {} has no replica identity on this node: cannot find rows to update or delete", map.qualified),
+                )
+            }
+        }
+    }
+
+    /// Inserts `self.remote`.
+    ///
+    /// SAFETY: `self.remote` holds a row.
+    pub unsafe fn insert(&mut self) {
+        // SAFETY: see TableWriter::open.
+        unsafe { pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, self.remote) };
+    }
+
+    /// Replaces the row in `self.local` by `new`.
+    ///
+    /// SAFETY: `self.local` holds a row found by [`find`](Self::find); `new` a full row.
+    pub unsafe fn update(&mut self, new: *mut pg_sys::TupleTableSlot) {
+        // SAFETY: see TableWriter::open.
+        unsafe {
+            let mut epq: pg_sys::EPQState = std::mem::zeroed();
+            pg_sys::EvalPlanQualInit(&mut epq, self.estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut());
+            pg_sys::ExecSimpleRelationUpdate(self.rri, self.estate, &mut epq, self.local, new);
+            pg_sys::EvalPlanQualEnd(&mut epq);
+        }
+    }
+
+    /// Deletes the row in `self.local`.
+    ///
+    /// SAFETY: `self.local` holds a row found by [`find`](Self::find).
+    pub unsafe fn delete(&mut self) {
+        // SAFETY: see TableWriter::open.
+        unsafe {
+            let mut epq: pg_sys::EPQState = std::mem::zeroed();
+            pg_sys::EvalPlanQualInit(&mut epq, self.estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut());
+            pg_sys::ExecSimpleRelationDelete(self.rri, self.estate, &mut epq, self.local);
+            pg_sys::EvalPlanQualEnd(&mut epq);
+        }
+    }
+
+    /// A new virtual slot of the table's descriptor (freed with the writer).
+    ///
+    /// SAFETY: the writer is open.
+    pub unsafe fn extra_slot(&mut self) -> *mut pg_sys::TupleTableSlot {
+        // SAFETY: allocated in the executor state's tuple table.
+        unsafe { pg_sys::ExecInitExtraTupleSlot(self.estate, (*self.rel).rd_att, &pg_sys::TTSOpsVirtual) }
+    }
+
+    /// Commit timestamp and origin of the row in `self.local`, or `None` when the
+    /// row was written by the current transaction.
+    ///
+    /// SAFETY: `self.local` holds a row.
+    pub unsafe fn local_row_version(&mut self) -> LocalVersion {
+        // SAFETY: reads the tuple header of the found row and its commit data.
+        unsafe {
+            let mut should_free = false;
+            let tup = pg_sys::ExecFetchSlotHeapTuple(self.local, false, &mut should_free);
+            let header = (*tup).t_data;
+            let infomask = (*header).t_infomask;
+            let frozen = infomask & (pg_sys::HEAP_XMIN_FROZEN as u16) == pg_sys::HEAP_XMIN_FROZEN as u16;
+            let xmin = (*header).t_choice.t_heap.t_xmin;
+            let version = if frozen || xmin.into_inner() < pg_sys::FirstNormalTransactionId.into_inner() {
+                LocalVersion::Committed { commit_ts: 0, origin: 0 }
+            } else if pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
+                LocalVersion::ThisTransaction
+            } else if !pg_sys::track_commit_timestamp {
+                LocalVersion::Unknown
+            } else {
+                let mut ts: pg_sys::TimestampTz = 0;
+                let mut origin: pg_sys::RepOriginId = 0;
+                if pg_sys::TransactionIdGetCommitTsData(xmin, &mut ts, &mut origin) {
+                    LocalVersion::Committed { commit_ts: ts, origin }
+                } else {
+                    LocalVersion::Committed { commit_ts: 0, origin: 0 }
+                }
+            };
+            if should_free {
+                pg_sys::heap_freetuple(tup);
+            }
+            version
+        }
+    }
+}
+
+/// What is known about the local row a change meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalVersion {
+    /// Committed with this timestamp and origin (0 and 0 for frozen or unknown rows).
+    Committed {
+        /// Commit timestamp.
+        commit_ts: i64,
+        /// Commit origin.
+        origin: u16,
+    },
+    /// Written earlier in the transaction being applied.
+    ThisTransaction,
+    /// `track_commit_timestamp` is off: conflicts cannot be detected.
+    Unknown,
+}
+
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // An ERROR is being raised: the transaction abort releases the relation
+            // and the executor memory; calling into the executor now could fail again.
+            return;
+        }
+        // SAFETY: tears down what `open` set up, in the native apply worker's order.
+        unsafe {
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::AfterTriggerEndQuery(self.estate);
+            pg_sys::ExecCloseResultRelations(self.estate);
+            pg_sys::ExecCloseRangeTableRelations(self.estate);
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! One handler per protocol message, dispatched from one `match`
+//! ([`ApplySession::handle`]). Each remote transaction is applied in one local
+//! transaction under the replication origin of the node it came from, and that
+//! origin's progress is committed with it (exactly once after a crash). Conflicts
+//! are decided by `spock_core::conflict`.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use spock_core::conflict::{self, ConflictKind, Decision, RowVersion, Tiebreakers};
+use spock_core::names;
+use spock_core::proto::{self, Decoded, Message};
+
+use super::executor::{LocalRelation, LocalVersion, TableWriter};
+use super::subscription::SubscriptionInfo;
+use crate::error::{spi_failed, PgError};
+use crate::gucs;
+
+/// A remote relation and, once used in this transaction, its local mapping.
+struct RemoteRel {
+    msg: proto::Relation,
+    local: Option<LocalRelation>,
+}
+
+/// Apply state of one subscription's stream.
+pub struct ApplySession {
+    sub: SubscriptionInfo,
+    rels: HashMap<u32, RemoteRel>,
+    /// Replication origins by originating node id.
+    origins: HashMap<u16, pg_sys::RepOriginId>,
+    /// Node id and tiebreaker for local origin ids (0 = this node).
+    origin_nodes: HashMap<pg_sys::RepOriginId, (u16, i64)>,
+    session_origin: pg_sys::RepOriginId,
+    /// The remote transaction being received.
+    remote: Option<RemoteTxn>,
+    /// Local commit end → remote end LSN of applied transactions not yet flushed.
+    pending: VecDeque<(u64, u64)>,
+    /// Memory for one change, reset after it.
+    change_cxt: pg_sys::MemoryContext,
+}
+
+struct RemoteTxn {
+    commit_time: i64,
+    origin_node: u16,
+    local_started: bool,
+}
+
+impl ApplySession {
+    /// A session for `sub`.
+    pub fn new(sub: SubscriptionInfo) -> ApplySession {
+        // SAFETY: a long-lived child of TopMemoryContext for per-change allocations.
+        let change_cxt = unsafe {
+            pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply change".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
+        };
+        ApplySession {
+            sub,
+            rels: HashMap::new(),
+            origins: HashMap::new(),
+            origin_nodes: HashMap::new(),
+            session_origin: 0,
+            remote: None,
+            pending: VecDeque::new(),
+            change_cxt,
+        }
+    }
+
+    /// Whether a remote transaction is open.
+    pub fn in_remote_transaction(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// The remote end LSN up to which applied transactions are durable here.
+    pub fn flushed_remote_lsn(&mut self) -> Option<u64> {
+        // SAFETY: reads the WAL flush position.
+        let flushed = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        let mut out = None;
+        while let Some(&(local, remote)) = self.pending.front() {
+            if local > flushed {
+                break;
+            }
+            out = Some(remote);
+            self.pending.pop_front();
+        }
+        out
+    }
+
+    /// Whether applied transactions still wait for their local commit to be flushed.
+    pub fn has_unflushed(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Applies one message.
+    pub fn handle(&mut self, d: Decoded) {
+        match d.message {
+            Message::Startup(s) => self.handle_startup(&s),
+            Message::Begin(b) => self.handle_begin(&b),
+            Message::Origin(o) => self.handle_origin(&o),
+            Message::CommitOrder(_) => {}
+            Message::Relation(r) => self.handle_relation(r),
+            Message::Insert(i) => self.in_change(|s| s.handle_insert(&i)),
+            Message::Update(u) => self.in_change(|s| s.handle_update(&u)),
+            Message::Delete(del) => self.in_change(|s| s.handle_delete(&del)),
+            Message::Truncate(t) => self.in_change(|s| s.handle_truncate(&t)),
+            Message::Commit(c) => self.handle_commit(&c),
+            Message::LogicalMessage(_) => {}
+        }
+    }
+
+    fn handle_startup(&mut self, s: &proto::Startup) {
+        // SAFETY: reads the database encoding name.
+        let ours = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned();
+        if let Some(enc) = s.get("encoding") {
+            if !enc.eq_ignore_ascii_case(&ours) {
+                PgError::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("spock subscription {}: provider sends encoding {enc}, this database uses {ours}", self.sub.name),
+                )
+                .raise();
+            }
+        }
+        pgrx::debug1!(
+            "spock subscription {}: provider {} speaks protocol {}",
+            self.sub.name,
+            s.get("pg_version").unwrap_or("?"),
+            s.get("proto_version").unwrap_or("4")
+        );
+    }
+
+    fn handle_begin(&mut self, b: &proto::Begin) {
+        self.remote = Some(RemoteTxn { commit_time: b.commit_time, origin_node: self.sub.provider_node_id, local_started: false });
+    }
+
+    /// The replication origin for transactions that came from `node`.
+    fn origin_for(&mut self, node: u16) -> pg_sys::RepOriginId {
+        if let Some(o) = self.origins.get(&node) {
+            return *o;
+        }
+        let name = if node == self.sub.provider_node_id {
+            self.sub.slot_name.clone()
+        } else {
+            names::forwarded_origin_name(&self.sub.slot_name, node)
+        };
+        let c = CString::new(name).unwrap_or_default();
+        // SAFETY: origin lookup/creation in its own short transaction, outside any
+        // apply transaction (the O message precedes every change).
+        let id = unsafe {
+            pg_sys::StartTransactionCommand();
+            let mut id = pg_sys::replorigin_by_name(c.as_ptr(), true);
+            if id == 0 {
+                id = pg_sys::replorigin_create(c.as_ptr());
+            }
+            pg_sys::CommitTransactionCommand();
+            id
+        };
+        self.origins.insert(node, id);
+        id
+    }
+
+    fn handle_origin(&mut self, o: &proto::Origin) {
+        let node = if o.origin_id == 0 { self.sub.provider_node_id } else { o.origin_id };
+        let origin = self.origin_for(node);
+        if origin != self.session_origin {
+            // SAFETY: no local transaction is open yet (changes start it); switching
+            // the session's origin between transactions is allowed.
+            unsafe {
+                if self.session_origin != 0 {
+                    pg_sys::replorigin_session_reset();
+                }
+                pg_sys::replorigin_session_setup(origin, 0);
+                pg_sys::replorigin_session_origin = origin;
+            }
+            self.session_origin = origin;
+        }
+        if let Some(r) = self.remote.as_mut() {
+            r.origin_node = node;
+        }
+    }
+
+    fn handle_relation(&mut self, r: proto::Relation) {
+        self.rels.insert(r.relid, RemoteRel { msg: r, local: None });
+    }
+
+    /// Runs a row change inside the local transaction, with a snapshot and the
+    /// per-change memory context.
+    fn in_change(&mut self, f: impl FnOnce(&mut Self)) {
+        let Some(remote) = self.remote.as_mut() else {
+            PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: change outside a transaction").raise();
+        };
+        // SAFETY: the usual begin/end of one replication step (worker.c).
+        unsafe {
+            if !remote.local_started {
+                pg_sys::StartTransactionCommand();
+                remote.local_started = true;
+                // Rows keep the remote commit time as the origin timestamp.
+                pg_sys::replorigin_session_origin_timestamp = remote.commit_time;
+            }
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let old = pg_sys::MemoryContextSwitchTo(self.change_cxt);
+            f(self);
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::MemoryContextReset(self.change_cxt);
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
+    fn local_relation(&mut self, relid: u32) -> &LocalRelation {
+        let Some(r) = self.rels.get_mut(&relid) else {
+            PgError::new(
+                PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                format!("spock: change for relation {relid} before its relation message"),
+            )
+            .raise();
+        };
+        if r.local.is_none() {
+            // SAFETY: inside the apply transaction.
+            r.local = Some(unsafe { LocalRelation::build(&r.msg) });
+        }
+        r.local.as_ref().expect("just built")
+    }
+
+    fn remote_version(&self) -> RowVersion {
+        RowVersion { commit_ts: self.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
+    }
+
+    /// Node id and tiebreaker of the node that wrote under local origin `origin`.
+    fn node_of_origin(&mut self, origin: pg_sys::RepOriginId) -> (u16, i64) {
+        if let Some(v) = self.origin_nodes.get(&origin) {
+            return *v;
+        }
+        let slot = self.sub.slot_name.clone();
+        let local = self.sub.local_node_id;
+        let provider = self.sub.provider_node_id;
+        let v = Spi::connect(|client| {
+            let node = if origin == 0 {
+                local
+            } else {
+                let roname: Option<String> = client
+                    .select("SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid", Some(1), &[i32::from(origin).into()])
+                    .unwrap_or_else(|e| spi_failed("reading replication origins", e))
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.get::<String>(1).ok().flatten());
+                match roname {
+                    Some(name) => match names::origin_node_of(&slot, &name) {
+                        Some(None) => provider,
+                        Some(Some(n)) => n,
+                        None => {
+                            // Another subscription's origin: its provider.
+                            client
+                                .select(
+                                    "SELECT sub_origin::int8 FROM spock.subscription WHERE $1 = sub_slot_name::text OR $1 LIKE sub_slot_name::text || '\\_____'",
+                                    Some(1),
+                                    &[name.as_str().into()],
+                                )
+                                .ok()
+                                .and_then(|t| t.into_iter().next())
+                                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                                .map(|n| n as u16)
+                                .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
+                                .unwrap_or(0)
+                        }
+                    },
+                    None => 0,
+                }
+            };
+            let tiebreaker = client
+                .select(
+                    "SELECT coalesce((info->>'tiebreaker')::int8, node_id::int8) FROM spock.node WHERE node_id = $1::int8::oid",
+                    Some(1),
+                    &[i64::from(node).into()],
+                )
+                .ok()
+                .and_then(|t| t.into_iter().next())
+                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                .unwrap_or(i64::from(node));
+            (node, tiebreaker)
+        });
+        self.origin_nodes.insert(origin, v);
+        v
+    }
+
+    /// Decides a conflict of `kind` against the local row version.
+    fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
+        let remote = self.remote_version();
+        let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
+        let remote_tb = {
+            let o = self.session_origin;
+            self.node_of_origin(o).1
+        };
+        let local_tb = local.map_or(0, |l| self.node_of_origin(l.origin).1);
+        let policy = gucs::conflict_policy();
+        match conflict::decide(kind, local, remote, policy, Tiebreakers { local_node: local_tb, remote_node: remote_tb }) {
+            Ok(d) => {
+                let msg = format!(
+                    "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
+                    d.kind,
+                    local.map_or(0, |l| l.origin),
+                    local.map_or(0, |l| l.commit_ts),
+                    remote.commit_ts,
+                    d.resolution
+                );
+                log_conflict(&msg);
+                if d.needs_warning() {
+                    pgrx::warning!("spock: nodes writing the conflicting versions of a row in {relation} have equal tiebreakers; set distinct spock.node info->'tiebreaker' values");
+                }
+                if gucs::SAVE_RESOLUTIONS.get() {
+                    self.save_resolution(&d, local, relation);
+                }
+                d
+            }
+            Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, format!("spock: {e} on relation {relation}")).raise(),
+        }
+    }
+
+    fn save_resolution(&self, d: &Decision, local: Option<RowVersion>, relation: &str) {
+        let remote = self.remote_version();
+        let node_name = self.sub.local_name.clone();
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "INSERT INTO spock.resolutions (node_name, log_time, relname, conflict_type, conflict_resolution,
+                        local_origin, local_timestamp, remote_origin, remote_timestamp)
+                     VALUES ($1, now(), $2, $3, $4, $5, CASE WHEN $6 = 0 THEN NULL ELSE '2000-01-01 00:00:00+00'::timestamptz + $6 * interval '1 microsecond' END,
+                             $7, '2000-01-01 00:00:00+00'::timestamptz + $8 * interval '1 microsecond')",
+                    None,
+                    &[
+                        node_name.as_str().into(),
+                        relation.into(),
+                        d.kind.as_str().into(),
+                        d.resolution.as_str().into(),
+                        local.map(|l| i32::from(l.origin)).into(),
+                        local.map_or(0i64, |l| l.commit_ts).into(),
+                        i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
+                        remote.commit_ts.into(),
+                    ],
+                )
+                .unwrap_or_else(|e| spi_failed("recording a resolution", e));
+        });
+    }
+
+    fn handle_insert(&mut self, i: &proto::Insert) {
+        let map = self.local_relation(i.relid) as *const LocalRelation;
+        // SAFETY: the mapping lives in self.rels, untouched while applying this change.
+        let map = unsafe { &*map };
+        // SAFETY: inside the apply transaction with an active snapshot.
+        unsafe {
+            let mut w = TableWriter::open(map.relid);
+            map.fill_slot(w.remote, &i.new, None, w.econtext);
+            let has_key = map.identity_index != pg_sys::InvalidOid;
+            if has_key && w.find(map, w.remote) {
+                let local = match w.local_row_version() {
+                    LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
+                    LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
+                };
+                let apply = match local {
+                    None => true,
+                    Some(l) => self.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
+                };
+                if apply {
+                    let new = w.extra_slot();
+                    map.fill_slot(new, &i.new, Some(w.local), w.econtext);
+                    w.update(new);
+                }
+                return;
+            }
+            w.insert();
+        }
+    }
+
+    fn handle_update(&mut self, u: &proto::Update) {
+        let map = self.local_relation(u.relid) as *const LocalRelation;
+        // SAFETY: as in handle_insert.
+        let map = unsafe { &*map };
+        // SAFETY: inside the apply transaction with an active snapshot.
+        unsafe {
+            let mut w = TableWriter::open(map.relid);
+            let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
+            let search = w.extra_slot();
+            map.fill_slot(search, &without_unchanged(key), None, w.econtext);
+            if !w.find(map, search) {
+                self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
+                return;
+            }
+            let apply = match w.local_row_version() {
+                LocalVersion::Committed { commit_ts, origin } => {
+                    let local = RowVersion { commit_ts, origin };
+                    if conflict::origin_differs(local, self.remote_version()) {
+                        self.decide(ConflictKind::UpdateOriginDiffers, Some(local), &map.qualified).applies_remote()
+                    } else {
+                        true
+                    }
+                }
+                LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
+            };
+            if apply {
+                let new = w.extra_slot();
+                map.fill_slot(new, &u.new, Some(w.local), w.econtext);
+                w.update(new);
+            }
+        }
+    }
+
+    fn handle_delete(&mut self, d: &proto::Delete) {
+        let map = self.local_relation(d.relid) as *const LocalRelation;
+        // SAFETY: as in handle_insert.
+        let map = unsafe { &*map };
+        // SAFETY: inside the apply transaction with an active snapshot.
+        unsafe {
+            let mut w = TableWriter::open(map.relid);
+            let search = w.extra_slot();
+            map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
+            if !w.find(map, search) {
+                self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
+                return;
+            }
+            let apply = match w.local_row_version() {
+                LocalVersion::Committed { commit_ts, origin } => {
+                    let local = RowVersion { commit_ts, origin };
+                    if conflict::origin_differs(local, self.remote_version()) {
+                        self.decide(ConflictKind::DeleteOriginDiffers, Some(local), &map.qualified).applies_remote()
+                    } else {
+                        true
+                    }
+                }
+                LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
+            };
+            if apply {
+                w.delete();
+            }
+        }
+    }
+
+    fn handle_truncate(&mut self, t: &proto::Truncate) {
+        let mut oids = Vec::new();
+        for relid in &t.relids {
+            oids.push(i64::from(u32::from(self.local_relation(*relid).relid)));
+        }
+        let list: Option<String> = Spi::get_one_with_args(
+            "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ')
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = ANY ($1::int8[]::oid[])",
+            &[oids.into()],
+        )
+        .unwrap_or_else(|e| spi_failed("naming truncated tables", e));
+        let Some(list) = list else { return };
+        let sql = format!(
+            "TRUNCATE ONLY {list}{}{}",
+            if t.restart_seqs { " RESTART IDENTITY" } else { "" },
+            if t.cascade { " CASCADE" } else { "" }
+        );
+        Spi::run(&sql).unwrap_or_else(|e| spi_failed("applying TRUNCATE", e));
+    }
+
+    fn handle_commit(&mut self, c: &proto::Commit) {
+        let Some(remote) = self.remote.take() else {
+            PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: COMMIT without BEGIN").raise();
+        };
+        if !remote.local_started {
+            return;
+        }
+        // SAFETY: the origin's progress is set to the remote end LSN and committed in
+        // the same commit record as the applied rows.
+        unsafe {
+            pg_sys::replorigin_session_origin_lsn = c.end_lsn;
+            pg_sys::replorigin_session_origin_timestamp = c.commit_time;
+            pg_sys::CommitTransactionCommand();
+            self.pending.push_back((pg_sys::XactLastCommitEnd, c.end_lsn));
+            pg_sys::pgstat_report_stat(false);
+        }
+    }
+}
+
+/// A key tuple for searching: unchanged-TOAST markers become NULL (keys are never
+/// TOASTed out of line; the marker only appears in non-key columns).
+fn without_unchanged(t: &proto::Tuple) -> proto::Tuple {
+    proto::Tuple::new(
+        t.columns
+            .iter()
+            .map(|d| if *d == proto::Datum::UnchangedToast { proto::Datum::Null } else { d.clone() })
+            .collect(),
+    )
+}
+
+fn log_conflict(msg: &str) {
+    match gucs::CONFLICT_LOG_LEVEL.get() {
+        gucs::LogLevelGuc::Debug => pgrx::debug1!("{msg}"),
+        gucs::LogLevelGuc::Log => pgrx::log!("{msg}"),
+        gucs::LogLevelGuc::Info => pgrx::info!("{msg}"),
+        gucs::LogLevelGuc::Notice => pgrx::notice!("{msg}"),
+        gucs::LogLevelGuc::Warning => pgrx::warning!("{msg}"),
+    }
+}

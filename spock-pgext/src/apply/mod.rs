@@ -1,0 +1,243 @@
+//! The apply worker: one per enabled subscription. It connects to the provider with
+//! libpq in replication mode, creates the slot on first start, streams from the
+//! position its replication origins recorded, applies every transaction
+//! ([`handlers`]) and tells the provider how far it got (flush positions only once
+//! the local commits are durable, so the provider never frees WAL we still need).
+
+mod executor;
+mod handlers;
+pub mod subscription;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+use spock_core::proto::startup::{BinaryFormat, ClientParams};
+use spock_core::proto::StreamDecoder;
+
+use crate::error::{spi_failed, PgError};
+use crate::libpq::{Connection, CopyData};
+use crate::workers::APPLY_TYPE;
+use handlers::ApplySession;
+use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
+
+/// Microseconds between the Unix and the PostgreSQL epoch.
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+/// Feedback at least this often while streaming.
+const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+
+fn now_pg() -> i64 {
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    unix - PG_EPOCH_OFFSET_US
+}
+
+fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
+    PgError::new(
+        PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
+        format!("spock subscription {}: {what}: {e}", sub.name),
+    )
+    .raise()
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Creates the subscription's slot on the provider (dropping a leftover one from an
+/// interrupted earlier attempt) and starts the origin at its consistent point.
+fn create_slot(sub: &SubscriptionInfo) {
+    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let cmd = format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output", quote_ident(&sub.slot_name));
+    let rows = match conn.query(&cmd) {
+        Ok(r) => r,
+        Err(e) if e.sqlstate.as_deref() == Some("42710") => {
+            conn.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)))
+                .unwrap_or_else(|e| fail(sub, "could not drop the leftover slot", e));
+            conn.query(&cmd).unwrap_or_else(|e| fail(sub, "could not create the replication slot", e))
+        }
+        Err(e) => fail(sub, "could not create the replication slot", e),
+    };
+    let lsn = rows
+        .first()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .and_then(|s| parse_lsn(&s))
+        .unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point returned"));
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)",
+            &[sub.slot_name.as_str().into(), format_lsn(lsn).into()],
+        )
+        .unwrap_or_else(|e| spi_failed("starting the origin at the slot's consistent point", e));
+        subscription::set_sync_status(sub.id, 'r', lsn);
+    });
+    pgrx::log!("spock subscription {}: created slot {} at {}", sub.name, sub.slot_name, format_lsn(lsn));
+}
+
+/// Where streaming resumes: the furthest progress among the subscription's origins.
+fn start_position(sub: &SubscriptionInfo) -> u64 {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<String>(
+            "SELECT coalesce(max(pg_catalog.pg_replication_origin_progress(roname, false)), '0/0')::text
+               FROM pg_catalog.pg_replication_origin
+              WHERE roname = $1 OR (left(roname, length($1) + 1) = $1 || '_' AND length(roname) = length($1) + 5)",
+            &[sub.slot_name.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .and_then(|s| parse_lsn(&s))
+        .unwrap_or(0)
+    })
+}
+
+fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u64) -> String {
+    // SAFETY: reads the database encoding's name constant.
+    let enc = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned();
+    let params = ClientParams {
+        expected_encoding: enc,
+        force_text_transfer: sub.force_text_transfer,
+        pg_version_num: pg_sys::PG_VERSION_NUM,
+        binary: BinaryFormat::LP64_LITTLE_ENDIAN,
+        forward_origins: Some(sub.forward_origins.join(",")),
+        replication_sets: Some(sub.replication_sets.iter().map(|s| spock_core::ident::quote_identifier(s)).collect::<Vec<_>>().join(",")),
+        replicate_only_table: None,
+        spock_version: spock_core::SPOCK_COMPAT_VERSION.into(),
+        spock_version_num: spock_core::SPOCK_COMPAT_VERSION_NUM,
+    }
+    .to_params();
+    let opts: Vec<String> = params
+        .iter()
+        // Values travel as send/recv binary (validated by receive functions), never as
+        // internal datums, which a receiver cannot validate.
+        .map(|(k, v)| {
+            let v = if k == "binary.want_internal_basetypes" { "0" } else { v.as_str() };
+            format!("{} {}", quote_ident(k), conn.literal(v))
+        })
+        .collect();
+    format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&sub.slot_name), format_lsn(start), opts.join(", "))
+}
+
+/// Standby status update: written, flushed and applied positions.
+fn feedback(write: u64, flush: u64, reply: bool) -> Vec<u8> {
+    let mut m = Vec::with_capacity(34);
+    m.push(b'r');
+    m.extend_from_slice(&write.to_be_bytes());
+    m.extend_from_slice(&flush.to_be_bytes());
+    m.extend_from_slice(&flush.to_be_bytes());
+    m.extend_from_slice(&now_pg().to_be_bytes());
+    m.push(u8::from(reply));
+    m
+}
+
+fn report_activity(text: &str) {
+    let c = std::ffi::CString::new(text).unwrap_or_default();
+    // SAFETY: reports this backend's activity text.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c.as_ptr()) };
+}
+
+/// Entry point of an apply worker: the argument is the database, the extra data the
+/// subscription id.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let sub_id: u32 = BackgroundWorker::get_extra().trim().parse().unwrap_or(0);
+    let Some(sub) = BackgroundWorker::transaction(|| subscription::load(sub_id)) else {
+        return;
+    };
+    let appname = std::ffi::CString::new(sub.slot_name.as_str()).unwrap_or_default();
+    // SAFETY: sets this backend's application_name and applies changes as a replica
+    // (user triggers and FK checks do not fire, as in any logical apply).
+    unsafe {
+        pg_sys::pgstat_report_appname(appname.as_ptr());
+        pg_sys::SetConfigOption(c"session_replication_role".as_ptr(), c"replica".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+        pg_sys::SetConfigOption(c"synchronous_commit".as_ptr(), c"off".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+    }
+    pgrx::log!("{APPLY_TYPE} for subscription {} started", sub.name);
+
+    if sub.sync_status != 'r' {
+        report_activity("creating the replication slot");
+        create_slot(&sub);
+    }
+    let start = start_position(&sub);
+    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+        .unwrap_or_else(|e| fail(&sub, "could not connect to the provider in replication mode", e));
+    let cmd = start_replication_command(&sub, &conn, start);
+    conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(&sub, "could not start replication", e));
+    report_activity("replicating");
+    pgrx::log!("spock subscription {}: streaming from {} at {}", sub.name, sub.provider_name, format_lsn(start));
+
+    let mut session = ApplySession::new(sub.clone());
+    let mut decoder = StreamDecoder::new();
+    let mut last_received = start;
+    let mut flushed = start;
+    let mut last_feedback = Instant::now();
+    let mut reported = (0u64, 0u64);
+    loop {
+        let mut reply_requested = false;
+        // Drain what has arrived.
+        loop {
+            match conn.read_copy_data().unwrap_or_else(|e| fail(&sub, "lost the provider", e)) {
+                CopyData::Data(buf) => match buf.first() {
+                    Some(b'w') if buf.len() >= 25 => {
+                        let end = u64::from_be_bytes(buf[9..17].try_into().expect("8 bytes"));
+                        let payload = Bytes::from(buf).slice(25..);
+                        let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
+                            PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
+                        });
+                        session.handle(decoded);
+                        last_received = last_received.max(end);
+                    }
+                    Some(b'k') if buf.len() >= 18 => {
+                        let end = u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes"));
+                        last_received = last_received.max(end);
+                        reply_requested |= buf[17] != 0;
+                    }
+                    _ => {}
+                },
+                CopyData::WouldBlock => break,
+                CopyData::Done => fail(&sub, "the provider ended replication", "stream closed"),
+            }
+            if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+                return;
+            }
+        }
+        if let Some(f) = session.flushed_remote_lsn() {
+            flushed = flushed.max(f);
+        }
+        if !session.in_remote_transaction() && !session.has_unflushed() {
+            // Idle: everything sent to us is applied and durable.
+            flushed = flushed.max(last_received);
+        }
+        if reply_requested || (last_received, flushed) != reported || last_feedback.elapsed() >= FEEDBACK_INTERVAL {
+            conn.write_copy_data(&feedback(last_received, flushed, false))
+                .unwrap_or_else(|e| fail(&sub, "could not send feedback", e));
+            reported = (last_received, flushed);
+            last_feedback = Instant::now();
+        }
+        crate::workers::reload_config_if_asked();
+        // SAFETY: waits on our latch and the provider's socket.
+        let rc = unsafe {
+            pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                conn.socket(),
+                if session.has_unflushed() { 100 } else { 1000 },
+                pg_sys::PG_WAIT_EXTENSION,
+            )
+        };
+        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+            // SAFETY: resets our own latch.
+            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+        }
+        if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+            break;
+        }
+    }
+    pgrx::log!("{APPLY_TYPE} for subscription {} stopping", sub.name);
+}

@@ -1,0 +1,81 @@
+//! Rust helpers behind the subscription SQL API (`sql/spock_api.sql`): the calls
+//! that talk to the provider.
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::PgError;
+use crate::libpq::Connection;
+
+fn provider_error(what: &str, e: impl std::fmt::Display) -> ! {
+    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("could not {what}: {e}"))
+        .hint("Check provider_dsn: the provider must accept normal and replication connections from this node.")
+        .raise()
+}
+
+/// `spock._provider_info(dsn)`: the provider's node id and name and its replication
+/// sets, after checking that both a normal and a replication connection work.
+#[pg_extern(volatile, name = "_provider_info")]
+fn provider_info(
+    dsn: &str,
+) -> TableIterator<'static, (name!(node_id, i64), name!(node_name, String), name!(replication_sets, Vec<String>))> {
+    let conn = Connection::connect(dsn, &[("application_name", "spock sub_create")])
+        .unwrap_or_else(|e| provider_error("connect to the provider", e));
+    let has_spock = conn
+        .query("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'spock'")
+        .unwrap_or_else(|e| provider_error("query the provider", e));
+    if has_spock.is_empty() {
+        PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider has no spock extension")
+            .hint("Run CREATE EXTENSION spock and spock.node_create() on the provider first.")
+            .raise();
+    }
+    let node = conn.query("SELECT node_id::int8, node_name FROM spock.node_info()").unwrap_or_else(|e| {
+        PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("the provider is not a spock node: {e}"))
+            .hint("Run spock.node_create() on the provider first.")
+            .raise()
+    });
+    let (id, name) = match node.first() {
+        Some(r) => (
+            r.first().cloned().flatten().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0),
+            r.get(1).cloned().flatten().unwrap_or_default(),
+        ),
+        None => PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider is not a spock node").raise(),
+    };
+    let sets: Vec<String> = conn
+        .query("SELECT s.set_name::text FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid ORDER BY 1")
+        .unwrap_or_else(|e| provider_error("read the provider's replication sets", e))
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    drop(conn);
+    let repl = Connection::connect(dsn, &[("replication", "database"), ("application_name", "spock sub_create")])
+        .unwrap_or_else(|e| provider_error("open a replication connection to the provider", e));
+    repl.query("IDENTIFY_SYSTEM").unwrap_or_else(|e| provider_error("use the replication connection", e));
+    TableIterator::once((id, name, sets))
+}
+
+/// `spock._drop_provider_slot(dsn, slot)`: drops the subscription's slot on the
+/// provider, waiting up to 30 s for its walsender to go away. False when the
+/// provider cannot be reached (the caller warns).
+#[pg_extern(volatile, name = "_drop_provider_slot")]
+fn drop_provider_slot(dsn: &str, slot: &str) -> bool {
+    let Ok(conn) = Connection::connect(dsn, &[("application_name", "spock sub_drop"), ("connect_timeout", "10")]) else {
+        return false;
+    };
+    let sql = format!(
+        "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        conn.literal(slot)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match conn.query(&sql) {
+            Ok(_) => return true,
+            Err(e) if e.sqlstate.as_deref() == Some("55006") && std::time::Instant::now() < deadline => {
+                // The walsender still holds the slot: our worker just stopped.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                pgrx::check_for_interrupts!();
+            }
+            Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, format!("could not drop slot {slot} on the provider: {e}")).raise(),
+        }
+    }
+}

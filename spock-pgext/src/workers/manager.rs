@@ -1,0 +1,131 @@
+//! The manager of one database: keeps one apply worker per enabled subscription,
+//! restarts workers that fail (after `spock.restart_delay_default`), stops workers of
+//! disabled or dropped subscriptions, and ends (stopping its workers) when the
+//! extension is dropped.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::{shmem, APPLY_TYPE, MANAGER_TYPE};
+use crate::gucs;
+
+/// How often the manager checks the catalog when nothing wakes it.
+const NAPTIME: Duration = Duration::from_secs(1);
+
+struct Worker {
+    handle: DynamicBackgroundWorker,
+}
+
+fn extension_installed() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'spock')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Enabled subscriptions of this node: (sub_id, name).
+fn enabled_subscriptions() -> Vec<(u32, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT s.sub_id::int8, s.sub_name::text FROM spock.subscription s
+                   JOIN spock.local_node l ON l.node_id = s.sub_target
+                  WHERE s.sub_enabled ORDER BY s.sub_id",
+                None,
+                &[],
+            )
+            .map(|t| {
+                t.into_iter()
+                    .filter_map(|r| Some((r.get::<i64>(1).ok()?? as u32, r.get::<String>(2).ok()??)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+fn start_apply(db: pg_sys::Oid, sub_id: u32, sub_name: &str) -> Option<DynamicBackgroundWorker> {
+    // SAFETY: reading our own pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    BackgroundWorkerBuilder::new(&format!("{APPLY_TYPE} {sub_name}"))
+        .set_type(APPLY_TYPE)
+        .set_library("spock")
+        .set_function("spock_apply_main")
+        .set_argument(Some(pg_sys::Datum::from(db)))
+        .set_extra(&sub_id.to_string())
+        .enable_spi_access()
+        .set_restart_time(None)
+        .set_notify_pid(me)
+        .load_dynamic()
+        .map_err(|_| {
+            pgrx::warning!("spock manager: could not start the apply worker of subscription {sub_name}: no background worker slot free (max_worker_processes)");
+        })
+        .ok()
+}
+
+/// Entry point of a manager; the argument is the database oid.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+
+    if !BackgroundWorker::transaction(extension_installed) {
+        shmem::mark_no_spock(db);
+        return;
+    }
+    pgrx::log!("{MANAGER_TYPE} started for database {}", u32::from(db));
+
+    let mut workers: HashMap<u32, Worker> = HashMap::new();
+    let mut failed_at: HashMap<u32, Instant> = HashMap::new();
+    loop {
+        super::reload_config_if_asked();
+        let (installed, wanted) = BackgroundWorker::transaction(|| {
+            let installed = extension_installed();
+            (installed, if installed { enabled_subscriptions() } else { Vec::new() })
+        });
+        // Stop workers of subscriptions no longer enabled; forget ended ones.
+        let ids: Vec<u32> = workers.keys().copied().collect();
+        for sub_id in ids {
+            let enabled = installed && wanted.iter().any(|(id, _)| *id == sub_id);
+            let running = matches!(workers[&sub_id].handle.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted));
+            if running && enabled {
+                continue;
+            }
+            let w = workers.remove(&sub_id).expect("key from the map");
+            if running {
+                let _ = w.handle.terminate();
+            } else if enabled {
+                failed_at.insert(sub_id, Instant::now());
+            }
+        }
+        if !installed {
+            pgrx::log!("{MANAGER_TYPE}: extension spock was dropped in database {}; stopping", u32::from(db));
+            shmem::mark_no_spock(db);
+            break;
+        }
+        let delay = Duration::from_millis(gucs::restart_delay_ms());
+        for (sub_id, name) in &wanted {
+            if workers.contains_key(sub_id) {
+                continue;
+            }
+            if failed_at.get(sub_id).is_some_and(|t| t.elapsed() < delay) {
+                continue;
+            }
+            failed_at.remove(sub_id);
+            if let Some(handle) = start_apply(db, *sub_id, name) {
+                workers.insert(*sub_id, Worker { handle });
+            }
+        }
+        if !super::sleep(NAPTIME) {
+            break;
+        }
+    }
+    for (_, w) in workers {
+        let _ = w.handle.terminate();
+    }
+}

@@ -1,0 +1,98 @@
+//! Background workers: the supervisor (one per server, started from
+//! `shared_preload_libraries`), a manager per database that runs spock, and an
+//! apply worker per enabled subscription.
+//!
+//! ```text
+//! postmaster ─ spock supervisor ─┬─ spock manager <db> ─┬─ spock apply <db> <sub>
+//!                                 │                       └─ spock apply <db> <sub>
+//!                                 └─ spock manager <db2> ...
+//! ```
+//!
+//! Workers find each other through `pg_stat_activity` (`backend_type` is
+//! "spock supervisor" / "spock manager" / "spock apply") and wake each other with
+//! SIGUSR1, which sets the receiver's latch. Shared memory only remembers which
+//! databases have no spock ([`shmem`]).
+
+pub mod manager;
+pub mod shmem;
+pub mod supervisor;
+
+use std::time::Duration;
+
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+/// `backend_type` of the supervisor.
+pub const SUPERVISOR_TYPE: &str = "spock supervisor";
+/// `backend_type` of managers.
+pub const MANAGER_TYPE: &str = "spock manager";
+/// `backend_type` of apply workers.
+pub const APPLY_TYPE: &str = "spock apply";
+
+/// Registers the supervisor; called from `_PG_init` while preloading.
+pub fn register_supervisor() {
+    BackgroundWorkerBuilder::new(SUPERVISOR_TYPE)
+        .set_type(SUPERVISOR_TYPE)
+        .set_library("spock")
+        .set_function("spock_supervisor_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStart_RecoveryFinished())
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[allow(non_snake_case)]
+fn BgWorkerStart_RecoveryFinished() -> BgWorkerStartTime {
+    BgWorkerStartTime::RecoveryFinished
+}
+
+/// Wakes the process `pid` (a spock worker) by setting its latch.
+pub fn wake(pid: i32) {
+    if pid > 0 {
+        // SAFETY: SIGUSR1 to a PostgreSQL process runs its procsignal handler, which
+        // sets its latch; a stale pid at worst wakes nothing.
+        unsafe {
+            libc::kill(pid, libc::SIGUSR1);
+        }
+    }
+}
+
+/// `spock._wake_workers()`: wakes the supervisor and the managers, so that catalog
+/// changes (a new node, subscription, enable/disable) are acted on at once instead of
+/// at their next periodic check.
+#[pg_extern(volatile, name = "_wake_workers")]
+fn wake_workers() {
+    if !shmem::preloaded() {
+        return;
+    }
+    // SAFETY: reading the current database id.
+    shmem::clear_no_spock(unsafe { pg_sys::MyDatabaseId });
+    let pids: Vec<i32> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type IN ($1, $2)",
+                None,
+                &[SUPERVISOR_TYPE.into(), MANAGER_TYPE.into()],
+            )
+            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    });
+    for pid in pids {
+        wake(pid);
+    }
+}
+
+/// Sleeps until the latch is set, `timeout` passes or the postmaster dies, and
+/// returns whether the worker should go on (false after SIGTERM).
+pub fn sleep(timeout: Duration) -> bool {
+    pgrx::bgworkers::BackgroundWorker::wait_latch(Some(timeout))
+}
+
+/// Reloads the configuration after SIGHUP.
+pub fn reload_config_if_asked() {
+    if pgrx::bgworkers::BackgroundWorker::sighup_received() {
+        // SAFETY: the standard reload call of a backend's main loop.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
