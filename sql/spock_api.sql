@@ -694,3 +694,136 @@ RETURNS SETOF record STABLE LANGUAGE sql AS $$
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
 $$;
+
+CREATE FUNCTION spock.sub_alter_interface(subscription_name name, interface_name name)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_if oid;
+BEGIN
+    SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v.sub_origin AND if_name = interface_name;
+    IF v_if IS NULL THEN
+        RAISE EXCEPTION 'interface "%" of the provider of subscription % not found', interface_name, subscription_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    UPDATE spock.subscription SET sub_origin_if = v_if WHERE sub_id = v.sub_id;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_alter_skiplsn(subscription_name name, lsn pg_lsn)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    UPDATE spock.subscription SET sub_skip_lsn = lsn WHERE sub_id = v.sub_id;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.apply_group_progress(OUT dbid oid, OUT node_id oid, OUT remote_node_id oid,
+    OUT remote_commit_ts timestamptz, OUT prev_remote_ts timestamptz, OUT remote_commit_lsn pg_lsn,
+    OUT remote_insert_lsn pg_lsn, OUT received_lsn pg_lsn, OUT last_updated_ts timestamptz,
+    OUT updated_by_decode bool)
+RETURNS SETOF record VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'apply_group_progress_wrapper';
+
+CREATE VIEW spock.progress AS
+    SELECT * FROM spock.apply_group_progress()
+     WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
+
+CREATE VIEW spock.lag_tracker AS
+    SELECT o.node_name AS origin_name,
+           r.node_name AS receiver_name,
+           max(p.remote_commit_ts) AS commit_timestamp,
+           max(p.remote_commit_lsn) AS commit_lsn,
+           max(p.remote_insert_lsn) AS remote_insert_lsn,
+           max(p.received_lsn) AS received_lsn,
+           max(pg_catalog.pg_wal_lsn_diff(p.remote_insert_lsn, p.remote_commit_lsn)) AS replication_lag_bytes,
+           max(p.last_updated_ts - p.remote_commit_ts) AS replication_lag
+      FROM spock.progress p
+      LEFT JOIN spock.node o ON o.node_id = p.remote_node_id
+      LEFT JOIN spock.node r ON r.node_id = p.node_id
+     GROUP BY o.node_name, r.node_name;
+
+-- A marker in the provider's WAL; subscribers have passed it once
+-- wait_for_sync_event() returns true there.
+CREATE FUNCTION spock.sync_event(transactional boolean DEFAULT false)
+RETURNS pg_lsn STRICT VOLATILE LANGUAGE sql AS $$
+    SELECT pg_catalog.pg_logical_emit_message(transactional, 'Spock',
+        (SELECT int4send(3) || int4send(node_id::int4) || convert_to(node_name, 'UTF8')
+                || decode(repeat('00', 64 - octet_length(node_name)), 'hex')
+           FROM spock.node_info()));
+$$;
+
+-- Waits until the named slot (NULL: every spock slot of this database) has
+-- confirmed target (NULL: the current WAL flush position).
+CREATE FUNCTION spock.wait_slot_confirm_lsn(slotname name, target pg_lsn)
+RETURNS void CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_target pg_lsn := coalesce(target, pg_catalog.pg_current_wal_flush_lsn());
+BEGIN
+    LOOP
+        EXIT WHEN NOT EXISTS (
+            SELECT 1 FROM pg_catalog.pg_replication_slots
+             WHERE (slot_name = slotname OR (slotname IS NULL AND plugin = 'spock_output' AND database = current_database()))
+               AND coalesce(confirmed_flush_lsn, '0/0') < v_target);
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END;
+$$;
+
+CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin_id oid, lsn pg_lsn,
+    timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_sub record;
+    v_done pg_lsn;
+BEGIN
+    IF origin_id IS NULL THEN
+        RAISE EXCEPTION 'origin_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    LOOP
+        SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
+          FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
+         WHERE s.sub_origin = origin_id;
+        IF NOT FOUND AND NOT wait_if_disabled THEN
+            RAISE EXCEPTION 'no subscription from node % on this node', origin_id USING ERRCODE = 'undefined_object';
+        ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT wait_if_disabled THEN
+            RAISE EXCEPTION 'the subscription from node % is disabled', origin_id USING ERRCODE = 'object_not_in_prerequisite_state';
+        ELSIF FOUND AND v_sub.sub_enabled THEN
+            SELECT max(pg_catalog.pg_replication_origin_progress(roname, false)) INTO v_done
+              FROM pg_catalog.pg_replication_origin
+             WHERE roname = v_sub.sub_slot_name
+                OR (left(roname, length(v_sub.sub_slot_name) + 1) = v_sub.sub_slot_name || '_'
+                    AND length(roname) = length(v_sub.sub_slot_name) + 5);
+            IF v_done >= lsn THEN
+                result := true;
+                RETURN;
+            END IF;
+        END IF;
+        IF timeout > 0 AND clock_timestamp() - v_started >= make_interval(secs => timeout) THEN
+            result := false;
+            RETURN;
+        END IF;
+        COMMIT;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END;
+$$;
+
+CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin name, lsn pg_lsn,
+    timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.node WHERE node_name = origin;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'node "%" not found', origin USING ERRCODE = 'undefined_object';
+    END IF;
+    CALL spock.wait_for_sync_event(result, v_id, lsn, timeout, wait_if_disabled);
+END;
+$$;

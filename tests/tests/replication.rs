@@ -256,3 +256,102 @@ fn killing_the_provider_loses_nothing_and_applies_nothing_twice() {
     write_rows(a, next, next + 100);
     assert_exactly_once(a, b);
 }
+
+#[test]
+fn progress_views_sync_events_and_waiting() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    mesh(&[a, b]);
+    a.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g").unwrap();
+    // on the provider: wait until every spock slot confirmed the current position
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 1000, "confirmed means applied and flushed on the subscriber");
+    // a sync event passes through the stream; the subscriber waits for it
+    let lsn: String = a.query_one("SELECT spock.sync_event()::text").unwrap();
+    let passed: bool = b
+        .query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n1'::name, '{lsn}'::pg_lsn, 30)"))
+        .unwrap();
+    assert!(passed);
+    let progress: String = b
+        .query_one(
+            "SELECT row(n.node_name, p.remote_commit_lsn IS NOT NULL, p.received_lsn >= p.remote_commit_lsn, p.remote_commit_ts IS NOT NULL)::text
+               FROM spock.progress p JOIN spock.node n ON n.node_id = p.remote_node_id",
+        )
+        .unwrap();
+    assert_eq!(progress, "(n1,t,t,t)");
+    let lag: String = b.query_one("SELECT row(origin_name, receiver_name, replication_lag_bytes >= 0)::text FROM spock.lag_tracker").unwrap();
+    assert_eq!(lag, "(n1,n2,t)");
+    // an unknown origin is a clear error
+    let err = b.execute("CALL spock.wait_for_sync_event(NULL, 'nope'::name, '0/0'::pg_lsn, 1)").unwrap_err().0;
+    assert!(err.contains("42704"), "{err}");
+}
+
+#[test]
+fn subscribing_to_a_wrong_dsn_or_unknown_set_fails_clearly() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    let bad_dsn = format!("host={} port=1 dbname=postgres user=postgres", b.root().display());
+    let err = b.execute(&format!("SELECT spock.sub_create('s1', '{bad_dsn}')")).unwrap_err().0;
+    assert!(err.contains("08006") && err.contains("could not connect to the provider"), "{err}");
+    let err = b
+        .execute(&format!("SELECT spock.sub_create('s1', '{}', replication_sets := '{{default,nosuchset}}')", a.dsn("postgres")))
+        .unwrap_err()
+        .0;
+    assert!(err.contains("42704") && err.contains("nosuchset"), "{err}");
+    let err = b.execute(&format!("SELECT spock.sub_create('s1', '{}', synchronize_data := true)", a.dsn("postgres"))).unwrap_err().0;
+    assert!(err.contains("0A000"), "{err}");
+    let err = b.execute(&format!("SELECT spock.sub_create('s1', '{}')", b.dsn("postgres"))).unwrap_err().0;
+    assert!(err.contains("cannot subscribe to itself"), "{err}");
+    // the server is fine and nothing was left behind
+    assert_eq!(count(b, "SELECT count(*) FROM spock.subscription"), 0);
+    assert_eq!(count(a, "SELECT count(*) FROM pg_replication_slots"), 0);
+    let err = b.execute("SELECT spock.sub_drop('nope')").unwrap_err().0;
+    assert!(err.contains("42704"), "{err}");
+}
+
+#[test]
+fn disable_enable_drop_and_skip_lsn() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    subscribe(b, a);
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    wait_for("disabled", Duration::from_secs(30), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled".to_string());
+    // a probe slot shows the commit LSN of the transaction the subscriber will skip
+    a.execute("SELECT pg_create_logical_replication_slot('probe', 'spock_output')").unwrap();
+    a.execute("INSERT INTO t VALUES (1, 'while disabled')").unwrap();
+    a.execute("INSERT INTO t VALUES (2, 'skip me')").unwrap();
+    a.execute("INSERT INTO t VALUES (3, 'after')").unwrap();
+    let msgs = spock_tests::decoding::slot_messages(a, "postgres", "probe", &spock_tests::decoding::spock_params("default"), false).unwrap();
+    let mut final_lsn = 0;
+    let mut skip_lsn = None;
+    for m in &msgs {
+        match &m.message {
+            spock_core::proto::Message::Begin(bg) => final_lsn = bg.final_lsn,
+            spock_core::proto::Message::Insert(i) if i.new.columns[0] == spock_core::proto::Datum::Internal(bytes::Bytes::from(2i32.to_ne_bytes().to_vec())) => {
+                skip_lsn = Some(final_lsn)
+            }
+            _ => {}
+        }
+    }
+    let skip_lsn = skip_lsn.expect("the probe saw the insert of row 2");
+    a.execute("SELECT pg_drop_replication_slot('probe')").unwrap();
+    b.execute(&format!("SELECT spock.sub_alter_skiplsn('sub_n2_n1', '{:X}/{:X}')", skip_lsn >> 32, skip_lsn & 0xffff_ffff)).unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    wait_for("caught up without the skipped row", Duration::from_secs(60), || {
+        b.query_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").unwrap_or_default()
+    }, "1,3".to_string());
+    assert_eq!(b.query_one::<String>("SELECT sub_skip_lsn::text FROM spock.subscription").unwrap(), "0/0", "the skip is done once");
+    // dropping the subscription drops the provider's slot and the local origin
+    b.execute("SELECT spock.sub_drop('sub_n2_n1')").unwrap();
+    assert_eq!(count(a, "SELECT count(*) FROM pg_replication_slots"), 0);
+    assert_eq!(count(b, "SELECT count(*) FROM pg_replication_origin"), 0);
+    assert_eq!(count(b, "SELECT count(*) FROM spock.subscription"), 0);
+    a.execute("INSERT INTO t VALUES (4, 'not replicated')").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 2);
+}

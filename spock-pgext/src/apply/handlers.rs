@@ -39,12 +39,18 @@ pub struct ApplySession {
     pending: VecDeque<(u64, u64)>,
     /// Memory for one change, reset after it.
     change_cxt: pg_sys::MemoryContext,
+    /// This subscription's entry in the shared progress table.
+    progress_slot: Option<usize>,
+    /// The provider's insert position last reported.
+    pub remote_insert_lsn: u64,
 }
 
 struct RemoteTxn {
     commit_time: i64,
     origin_node: u16,
     local_started: bool,
+    /// The transaction is skipped (`sub_alter_skiplsn`).
+    skip: bool,
 }
 
 impl ApplySession {
@@ -63,6 +69,33 @@ impl ApplySession {
             remote: None,
             pending: VecDeque::new(),
             change_cxt,
+            progress_slot: None,
+            remote_insert_lsn: 0,
+        }
+    }
+
+    /// Attaches to the shared progress table.
+    pub fn attach_progress(&mut self, dbid: u32) {
+        if crate::workers::shmem::preloaded() {
+            self.progress_slot = crate::workers::shmem::progress_slot(dbid, self.sub.id);
+            let (node, remote) = (self.sub.local_node_id, self.sub.provider_node_id);
+            if let Some(i) = self.progress_slot {
+                crate::workers::shmem::update_progress(i, |p| {
+                    p.node_id = node;
+                    p.remote_node_id = remote;
+                });
+            }
+        }
+    }
+
+    /// Records the last position received from the provider.
+    pub fn note_received(&mut self, lsn: u64) {
+        if let Some(i) = self.progress_slot {
+            let insert = self.remote_insert_lsn;
+            crate::workers::shmem::update_progress(i, |p| {
+                p.received_lsn = p.received_lsn.max(lsn);
+                p.remote_insert_lsn = p.remote_insert_lsn.max(insert);
+            });
         }
     }
 
@@ -93,6 +126,14 @@ impl ApplySession {
 
     /// Applies one message.
     pub fn handle(&mut self, d: Decoded) {
+        if let Some(l) = d.remote_insert_lsn {
+            self.remote_insert_lsn = self.remote_insert_lsn.max(l);
+        }
+        if self.remote.as_ref().is_some_and(|r| r.skip)
+            && matches!(d.message, Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_))
+        {
+            return;
+        }
         match d.message {
             Message::Startup(s) => self.handle_startup(&s),
             Message::Begin(b) => self.handle_begin(&b),
@@ -104,8 +145,22 @@ impl ApplySession {
             Message::Delete(del) => self.in_change(|s| s.handle_delete(&del)),
             Message::Truncate(t) => self.in_change(|s| s.handle_truncate(&t)),
             Message::Commit(c) => self.handle_commit(&c),
-            Message::LogicalMessage(_) => {}
+            Message::LogicalMessage(m) => self.handle_message(&m),
         }
+    }
+
+    /// A sync event (`spock.sync_event()`) outside a transaction: the provider has
+    /// passed `lsn`, so has this subscription (wait_for_sync_event looks at the
+    /// origin's progress). Transactional ones are covered by their commit.
+    fn handle_message(&mut self, m: &proto::LogicalMessage) {
+        if m.transactional || m.prefix != "Spock" || self.remote.is_some() {
+            return;
+        }
+        let provider = self.sub.provider_node_id;
+        self.use_origin(provider);
+        // SAFETY: advances this session's origin in memory; safe because every
+        // transaction committed before the message was sent (and applied) before it.
+        unsafe { pg_sys::replorigin_session_advance(m.lsn, pg_sys::InvalidXLogRecPtr as u64) };
     }
 
     fn handle_startup(&mut self, s: &proto::Startup) {
@@ -129,7 +184,16 @@ impl ApplySession {
     }
 
     fn handle_begin(&mut self, b: &proto::Begin) {
-        self.remote = Some(RemoteTxn { commit_time: b.commit_time, origin_node: self.sub.provider_node_id, local_started: false });
+        let skip = self.sub.skip_lsn != 0 && b.final_lsn == self.sub.skip_lsn;
+        if skip {
+            pgrx::log!(
+                "spock subscription {}: skipping remote transaction {} with commit LSN {} (sub_alter_skiplsn)",
+                self.sub.name,
+                b.xid,
+                super::subscription::format_lsn(b.final_lsn)
+            );
+        }
+        self.remote = Some(RemoteTxn { commit_time: b.commit_time, origin_node: self.sub.provider_node_id, local_started: false, skip });
     }
 
     /// The replication origin for transactions that came from `node`.
@@ -160,6 +224,14 @@ impl ApplySession {
 
     fn handle_origin(&mut self, o: &proto::Origin) {
         let node = if o.origin_id == 0 { self.sub.provider_node_id } else { o.origin_id };
+        self.use_origin(node);
+        if let Some(r) = self.remote.as_mut() {
+            r.origin_node = node;
+        }
+    }
+
+    /// Makes the session apply under the origin of transactions from `node`.
+    fn use_origin(&mut self, node: u16) {
         let origin = self.origin_for(node);
         if origin != self.session_origin {
             // SAFETY: no local transaction is open yet (changes start it); switching
@@ -172,9 +244,6 @@ impl ApplySession {
                 pg_sys::replorigin_session_origin = origin;
             }
             self.session_origin = origin;
-        }
-        if let Some(r) = self.remote.as_mut() {
-            r.origin_node = node;
         }
     }
 
@@ -459,6 +528,30 @@ impl ApplySession {
         let Some(remote) = self.remote.take() else {
             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: COMMIT without BEGIN").raise();
         };
+        if remote.skip {
+            // Record the skip: clear sub_skip_lsn in a transaction that carries the
+            // origin's progress past the skipped transaction.
+            // SAFETY: a catalog update committed with the origin's new position.
+            unsafe {
+                pg_sys::StartTransactionCommand();
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
+            Spi::run_with_args(
+                "UPDATE spock.subscription SET sub_skip_lsn = '0/0' WHERE sub_id = $1::int8::oid",
+                &[i64::from(self.sub.id).into()],
+            )
+            .unwrap_or_else(|e| spi_failed("clearing sub_skip_lsn", e));
+            self.sub.skip_lsn = 0;
+            // SAFETY: as below.
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::replorigin_session_origin_lsn = c.end_lsn;
+                pg_sys::replorigin_session_origin_timestamp = c.commit_time;
+                pg_sys::CommitTransactionCommand();
+                self.pending.push_back((pg_sys::XactLastCommitEnd, c.end_lsn));
+            }
+            return;
+        }
         if !remote.local_started {
             return;
         }
@@ -470,6 +563,19 @@ impl ApplySession {
             pg_sys::CommitTransactionCommand();
             self.pending.push_back((pg_sys::XactLastCommitEnd, c.end_lsn));
             pg_sys::pgstat_report_stat(false);
+        }
+        if let Some(i) = self.progress_slot {
+            let insert = self.remote_insert_lsn;
+            // SAFETY: reads the clock.
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            crate::workers::shmem::update_progress(i, |p| {
+                p.prev_remote_ts = p.remote_commit_ts;
+                p.remote_commit_ts = c.commit_time;
+                p.remote_commit_lsn = c.end_lsn;
+                p.remote_insert_lsn = p.remote_insert_lsn.max(insert);
+                p.received_lsn = p.received_lsn.max(c.end_lsn);
+                p.last_updated_ts = now;
+            });
         }
     }
 }

@@ -173,6 +173,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     pgrx::log!("spock subscription {}: streaming from {} at {}", sub.name, sub.provider_name, format_lsn(start));
 
     let mut session = ApplySession::new(sub.clone());
+    session.attach_progress(u32::from(db));
     let mut decoder = StreamDecoder::new();
     let mut last_received = start;
     let mut flushed = start;
@@ -213,6 +214,9 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         if !session.in_remote_transaction() && !session.has_unflushed() {
             // Idle: everything sent to us is applied and durable.
             flushed = flushed.max(last_received);
+        }
+        if (last_received, flushed) != reported {
+            session.note_received(last_received);
         }
         if reply_requested || (last_received, flushed) != reported || last_feedback.elapsed() >= FEEDBACK_INTERVAL {
             conn.write_copy_data(&feedback(last_received, flushed, false))

@@ -31,6 +31,8 @@ pub struct SubscriptionInfo {
     pub force_text_transfer: bool,
     /// The subscription-level sync status (`local_sync_status.sync_status`).
     pub sync_status: char,
+    /// `sub_skip_lsn`: the remote transaction with this commit LSN is skipped once.
+    pub skip_lsn: u64,
 }
 
 /// Loads subscription `sub_id`; `None` when it does not exist (dropped meanwhile).
@@ -42,7 +44,8 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
                         t.node_id::int8, t.node_name::text, coalesce(s.sub_replication_sets, '{}'),
                         coalesce(s.sub_forward_origins, '{}'), s.sub_force_text_transfer,
                         coalesce((SELECT y.sync_status::text FROM spock.local_sync_status y
-                                   WHERE y.sync_subid = s.sub_id AND y.sync_nspname IS NULL), 'r')
+                                   WHERE y.sync_subid = s.sub_id AND y.sync_nspname IS NULL), 'r'),
+                        s.sub_skip_lsn::text
                    FROM spock.subscription s
                    JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
                    JOIN spock.node o ON o.node_id = s.sub_origin
@@ -67,6 +70,7 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
             forward_origins: row.get::<Vec<String>>(9).ok().flatten().unwrap_or_default(),
             force_text_transfer: row.get::<bool>(10).ok().flatten().unwrap_or(false),
             sync_status: text(11).chars().next().unwrap_or('r'),
+            skip_lsn: parse_lsn(&text(12)).unwrap_or(0),
         })
     })
 }

@@ -103,6 +103,7 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
                 failed_at.insert(sub_id, Instant::now());
             }
         }
+        shmem::retain_progress(u32::from(db), &wanted.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         if !installed {
             pgrx::log!("{MANAGER_TYPE}: extension spock was dropped in database {}; stopping", u32::from(db));
             shmem::mark_no_spock(db);

@@ -8,17 +8,48 @@ use pgrx::shmem::PGRXSharedMemory;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAX_DATABASES: usize = 256;
+/// Apply workers whose progress is tracked (per server).
+pub const MAX_SUBSCRIPTIONS: usize = 128;
 
-/// Databases whose manager found no spock extension.
+/// Progress of one subscription's apply worker (`spock.progress`).
+#[derive(Copy, Clone, Default, Debug)]
+pub struct SubProgress {
+    /// Slot in use.
+    pub in_use: bool,
+    /// Database of the subscription.
+    pub dbid: u32,
+    /// `sub_id`.
+    pub sub_id: u32,
+    /// This node.
+    pub node_id: u16,
+    /// The provider.
+    pub remote_node_id: u16,
+    /// Commit timestamp of the last applied remote transaction.
+    pub remote_commit_ts: i64,
+    /// The one before.
+    pub prev_remote_ts: i64,
+    /// Provider end LSN of the last applied transaction.
+    pub remote_commit_lsn: u64,
+    /// The provider's WAL insert position last reported.
+    pub remote_insert_lsn: u64,
+    /// Last provider position received.
+    pub received_lsn: u64,
+    /// When this entry was last updated.
+    pub last_updated_ts: i64,
+}
+
+/// Shared worker state: databases without spock, and apply progress.
 #[derive(Copy, Clone)]
 pub struct WorkerState {
     no_spock: [u32; MAX_DATABASES],
     n: usize,
+    /// Apply progress per subscription.
+    pub progress: [SubProgress; MAX_SUBSCRIPTIONS],
 }
 
 impl Default for WorkerState {
     fn default() -> Self {
-        WorkerState { no_spock: [0; MAX_DATABASES], n: 0 }
+        WorkerState { no_spock: [0; MAX_DATABASES], n: 0, progress: [SubProgress::default(); MAX_SUBSCRIPTIONS] }
     }
 }
 
@@ -73,4 +104,40 @@ pub fn clear_no_spock(db: pg_sys::Oid) {
 pub fn has_no_spock(db: pg_sys::Oid) -> bool {
     let s = WORKER_STATE.share();
     s.no_spock[..s.n].contains(&u32::from(db))
+}
+
+/// The progress slot of subscription `sub_id` in database `dbid` (claimed if new).
+pub fn progress_slot(dbid: u32, sub_id: u32) -> Option<usize> {
+    let mut s = WORKER_STATE.exclusive();
+    if let Some(i) = s.progress.iter().position(|p| p.in_use && p.dbid == dbid && p.sub_id == sub_id) {
+        return Some(i);
+    }
+    let i = s.progress.iter().position(|p| !p.in_use)?;
+    s.progress[i] = SubProgress { in_use: true, dbid, sub_id, ..SubProgress::default() };
+    Some(i)
+}
+
+/// Updates progress slot `i`.
+pub fn update_progress(i: usize, f: impl FnOnce(&mut SubProgress)) {
+    let mut s = WORKER_STATE.exclusive();
+    f(&mut s.progress[i]);
+}
+
+/// Releases the progress slots of subscriptions that no longer exist in `dbid`.
+pub fn retain_progress(dbid: u32, keep: &[u32]) {
+    let mut s = WORKER_STATE.exclusive();
+    for p in s.progress.iter_mut() {
+        if p.in_use && p.dbid == dbid && !keep.contains(&p.sub_id) {
+            *p = SubProgress::default();
+        }
+    }
+}
+
+/// A copy of every progress entry in use.
+pub fn all_progress() -> Vec<SubProgress> {
+    if !preloaded() {
+        return Vec::new();
+    }
+    let s = WORKER_STATE.share();
+    s.progress.iter().filter(|p| p.in_use).copied().collect()
 }
