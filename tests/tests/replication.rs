@@ -355,3 +355,31 @@ fn disable_enable_drop_and_skip_lsn() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(count(b, "SELECT count(*) FROM t"), 2);
 }
+
+#[test]
+fn workers_stop_on_drop_extension_and_restart_after_errors() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    mesh(&[a, b]);
+    let workers = |n: &TestNode| n.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('spock apply', 'spock manager')").unwrap();
+    assert_eq!(workers(b), 2);
+    // an apply error (a table missing on the subscriber) stops the worker, which is
+    // started again and succeeds once the table exists
+    for n in [a, b] {
+        n.execute("CREATE TABLE later(id int PRIMARY KEY)").unwrap();
+    }
+    a.execute("SELECT spock.repset_add_table('default', 'later')").unwrap();
+    b.execute("DROP TABLE later").unwrap();
+    a.execute("INSERT INTO later VALUES (1)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b.log().contains("table public.later replicated from the provider does not exist on this node") {
+        assert!(Instant::now() < deadline, "no error about the missing table in n2's log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.execute("CREATE TABLE later(id int PRIMARY KEY)").unwrap();
+    wait_for("the row after the worker restarted", Duration::from_secs(60), || count(b, "SELECT count(*) FROM later"), 1);
+    // DROP EXTENSION stops the database's manager and apply workers
+    b.execute("DROP EXTENSION spock").unwrap();
+    wait_for("no spock workers", Duration::from_secs(30), || workers(b), 0);
+    assert!(b.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock supervisor'").unwrap() == 1);
+}
