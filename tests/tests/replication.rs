@@ -383,3 +383,22 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     wait_for("no spock workers", Duration::from_secs(30), || workers(b), 0);
     assert!(b.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock supervisor'").unwrap() == 1);
 }
+
+#[test]
+fn a_local_alter_table_on_the_subscriber_is_picked_up() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    subscribe(b, a);
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    a.execute("INSERT INTO t VALUES (1, 'before')").unwrap();
+    wait_for("first row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 1);
+    // the subscriber gets an extra column with a default: new rows get the default
+    b.execute("ALTER TABLE t ADD COLUMN note text DEFAULT 'local default'").unwrap();
+    a.execute("INSERT INTO t VALUES (2, 'after')").unwrap();
+    a.execute("UPDATE t SET v = 'updated' WHERE id = 1").unwrap();
+    wait_for("rows with the local column", Duration::from_secs(30), || {
+        b.query_one::<String>("SELECT string_agg(id || ':' || v || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM t").unwrap()
+    }, "1:updated:local default,2:after:local default".to_string());
+}

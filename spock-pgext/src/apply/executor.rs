@@ -203,6 +203,14 @@ impl LocalRelation {
                 ),
             );
         }
+        // SAFETY: the slot's descriptor is read; its arrays have that many entries.
+        let slot_natts = unsafe { (*(*slot).tts_tupleDescriptor).natts } as usize;
+        if slot_natts != self.natts {
+            err(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("spock: table {} changed while its changes were applied; retrying", self.qualified),
+            );
+        }
         // SAFETY: slot arrays have natts entries; values are built in the current
         // memory context, which lives until the change is applied.
         unsafe {

@@ -277,6 +277,15 @@ impl ApplySession {
     }
 
     fn local_relation(&mut self, relid: u32) -> &LocalRelation {
+        // A local ALTER TABLE (or any relcache invalidation) rebuilds the mapping.
+        let (all, changed) = crate::output_plugin::invalidation::drain();
+        if all || !changed.is_empty() {
+            for r in self.rels.values_mut() {
+                if all || r.local.as_ref().is_some_and(|l| changed.contains(&l.relid)) {
+                    r.local = None;
+                }
+            }
+        }
         let Some(r) = self.rels.get_mut(&relid) else {
             PgError::new(
                 PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,

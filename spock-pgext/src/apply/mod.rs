@@ -172,6 +172,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     report_activity("replicating");
     pgrx::log!("spock subscription {}: streaming from {} at {}", sub.name, sub.provider_name, format_lsn(start));
 
+    crate::output_plugin::invalidation::register();
     let mut session = ApplySession::new(sub.clone());
     session.attach_progress(u32::from(db));
     let mut decoder = StreamDecoder::new();

@@ -1,4 +1,5 @@
-//! Relation-cache invalidation for the output plugin: PostgreSQL calls our callback
+//! Relation-cache invalidation for the output plugin (and the apply worker's
+//! relation map): PostgreSQL calls our callback
 //! when a relation's definition (or its replication-set membership, which the SQL
 //! API signals the same way) changes; the next callback that looks a relation up
 //! drops the stale entries so they are rebuilt and their `R` message re-sent.
@@ -33,6 +34,13 @@ pub fn register() {
     }
     // SAFETY: registers a static function; the backend keeps a fixed-size table.
     unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(spock_output_relcache_callback), pg_sys::Datum::from(0)) };
+}
+
+/// Takes the invalidations seen since the last call: (everything?, relation oids).
+pub fn drain() -> (bool, Vec<pg_sys::Oid>) {
+    let all = ALL.with(|a| a.replace(false));
+    let rels = PENDING.with(|p| p.borrow_mut().drain().collect());
+    (all, rels)
 }
 
 /// Drops the entries PostgreSQL invalidated since the last call.

@@ -12,7 +12,7 @@
 //! published table cost nothing on the wire; relation metadata is sent once per
 //! relation and again after the relation changes (relcache invalidation).
 
-mod invalidation;
+pub(crate) mod invalidation;
 mod relation;
 mod row_filter;
 
