@@ -429,7 +429,8 @@ impl TableWriter {
             let frozen = infomask & (pg_sys::HEAP_XMIN_FROZEN as u16) == pg_sys::HEAP_XMIN_FROZEN as u16;
             let xmin = (*header).t_choice.t_heap.t_xmin;
             let version = if frozen || xmin.into_inner() < pg_sys::FirstNormalTransactionId.into_inner() {
-                LocalVersion::Committed { commit_ts: 0, origin: 0 }
+                // Frozen rows have no commit data: too old to conflict.
+                LocalVersion::Unknown
             } else if pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
                 LocalVersion::ThisTransaction
             } else if !pg_sys::track_commit_timestamp {
@@ -437,10 +438,12 @@ impl TableWriter {
             } else {
                 let mut ts: pg_sys::TimestampTz = 0;
                 let mut origin: pg_sys::RepOriginId = 0;
-                if pg_sys::TransactionIdGetCommitTsData(xmin, &mut ts, &mut origin) {
+                if pg_sys::TransactionIdGetCommitTsData(xmin, &mut ts, &mut origin) && ts != 0 {
                     LocalVersion::Committed { commit_ts: ts, origin }
                 } else {
-                    LocalVersion::Committed { commit_ts: 0, origin: 0 }
+                    // Written while track_commit_timestamp was off (or truncated
+                    // away): as PostgreSQL does, no conflict without commit data.
+                    LocalVersion::Unknown
                 }
             };
             if should_free {
@@ -454,7 +457,7 @@ impl TableWriter {
 /// What is known about the local row a change meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalVersion {
-    /// Committed with this timestamp and origin (0 and 0 for frozen or unknown rows).
+    /// Committed with this timestamp and origin.
     Committed {
         /// Commit timestamp.
         commit_ts: i64,
@@ -463,7 +466,8 @@ pub enum LocalVersion {
     },
     /// Written earlier in the transaction being applied.
     ThisTransaction,
-    /// `track_commit_timestamp` is off: conflicts cannot be detected.
+    /// No commit data (frozen row, written while `track_commit_timestamp` was off, or
+    /// tracking is off now): no conflict can be detected; the change applies.
     Unknown,
 }
 
