@@ -9,7 +9,7 @@ use spock_core::proto::{self, Begin, Commit, Datum, Insert, Message, ProtoVersio
 pub fn pgbench_like_transaction(version: ProtoVersion, xid: u32) -> Vec<Bytes> {
     let row = |vals: &[&str]| Tuple::new(vals.iter().map(|v| Datum::Text(Bytes::copy_from_slice(v.as_bytes()))).collect());
     let lsn = 0x1_0000_0000u64 + u64::from(xid) * 512;
-    let messages = vec![
+    let messages = [
         Message::Begin(Begin { flags: 0, final_lsn: lsn + 400, commit_time: 800_000_000_000_000, xid }),
         Message::Update(Update { flags: 0, relid: 16390, old: None, new: row(&["42", "7", "-1234", "                                                                                    "]) }),
         Message::Update(Update { flags: 0, relid: 16393, old: None, new: row(&["3", "99999", "                                                                                          "]) }),

@@ -547,6 +547,22 @@ fn tail(s: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Polls `f` every 100 ms until it returns `want`; panics with what it last got after
+/// `timeout`.
+pub fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, timeout: Duration, mut f: impl FnMut() -> T, want: T) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}: got {got:?}, want {want:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Several nodes started together, stopped together on drop.
 #[derive(Debug)]
 pub struct Cluster {

@@ -6,18 +6,8 @@ use std::time::{Duration, Instant};
 
 use spock_tests::{Cluster, TestNode};
 
-fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, mut f: impl FnMut() -> T, want: T) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = f();
-        if got == want {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}: got {got:?}, want {want:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
+    spock_tests::wait_for(what, Duration::from_secs(60), f, want)
 }
 
 /// Two nodes in a mesh with `policy`, table t(id, v), resolutions saved.

@@ -1,6 +1,6 @@
 //! The `spock_output` plugin on a real PostgreSQL 18: what a subscriber receives.
 
-use spock_core::proto::{Datum, Message, OldTupleKind, ProtoVersion, Tuple};
+use spock_core::proto::{Datum, Message, OldTupleKind, Tuple};
 use spock_tests::decoding::{messages, slot_messages, spock_params, with_param};
 use spock_tests::{NodeOptions, TestNode};
 

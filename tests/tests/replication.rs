@@ -2,21 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use spock_tests::{Cluster, TestNode};
-
-fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, timeout: Duration, mut f: impl FnMut() -> T, want: T) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = f();
-        if got == want {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out waiting for {what}: got {got:?}, want {want:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use spock_tests::{wait_for, Cluster, TestNode};
 
 fn setup_node(n: &TestNode) {
     n.execute("CREATE EXTENSION spock").unwrap();

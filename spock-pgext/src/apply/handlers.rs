@@ -420,6 +420,19 @@ impl ApplySession {
         });
     }
 
+    /// Whether an UPDATE or DELETE applies to the local row it found: always, unless
+    /// the row was last written by another origin and the conflict (`kind`) is decided
+    /// for the local version.
+    fn remote_wins_over(&mut self, local: LocalVersion, kind: ConflictKind, relation: &str) -> bool {
+        match local {
+            LocalVersion::Committed { commit_ts, origin } => {
+                let local = RowVersion { commit_ts, origin };
+                !conflict::origin_differs(local, self.remote_version()) || self.decide(kind, Some(local), relation).applies_remote()
+            }
+            LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
+        }
+    }
+
     fn handle_insert(&mut self, i: &proto::Insert) {
         let map = self.local_relation(i.relid) as *const LocalRelation;
         // SAFETY: the mapping lives in self.rels, untouched while applying this change.
@@ -463,17 +476,7 @@ impl ApplySession {
                 self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
                 return;
             }
-            let apply = match w.local_row_version() {
-                LocalVersion::Committed { commit_ts, origin } => {
-                    let local = RowVersion { commit_ts, origin };
-                    if conflict::origin_differs(local, self.remote_version()) {
-                        self.decide(ConflictKind::UpdateOriginDiffers, Some(local), &map.qualified).applies_remote()
-                    } else {
-                        true
-                    }
-                }
-                LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
-            };
+            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
             if apply {
                 let new = w.extra_slot();
                 map.fill_slot(new, &u.new, Some(w.local), w.econtext);
@@ -495,17 +498,7 @@ impl ApplySession {
                 self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
                 return;
             }
-            let apply = match w.local_row_version() {
-                LocalVersion::Committed { commit_ts, origin } => {
-                    let local = RowVersion { commit_ts, origin };
-                    if conflict::origin_differs(local, self.remote_version()) {
-                        self.decide(ConflictKind::DeleteOriginDiffers, Some(local), &map.qualified).applies_remote()
-                    } else {
-                        true
-                    }
-                }
-                LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
-            };
+            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
             if apply {
                 w.delete();
             }
