@@ -28,6 +28,8 @@ use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// Feedback at least this often while streaming.
 const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// Feedback at most this often when only positions moved.
+const FEEDBACK_MIN_GAP: Duration = Duration::from_millis(50);
 
 fn now_pg() -> i64 {
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
@@ -219,7 +221,13 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         if (last_received, flushed) != reported {
             session.note_received(last_received);
         }
-        if reply_requested || (last_received, flushed) != reported || last_feedback.elapsed() >= FEEDBACK_INTERVAL {
+        // Feedback when asked, when positions moved (at most every FEEDBACK_MIN_GAP:
+        // each message costs the walsender a read), and at least every second.
+        let moved = (last_received, flushed) != reported;
+        if reply_requested
+            || (moved && last_feedback.elapsed() >= FEEDBACK_MIN_GAP)
+            || last_feedback.elapsed() >= FEEDBACK_INTERVAL
+        {
             conn.write_copy_data(&feedback(last_received, flushed, false))
                 .unwrap_or_else(|e| fail(&sub, "could not send feedback", e));
             reported = (last_received, flushed);
