@@ -54,6 +54,10 @@ pub enum LogLevelGuc {
 /// `spock.conflict_log_level`.
 pub static CONFLICT_LOG_LEVEL: GucSetting<LogLevelGuc> = GucSetting::<LogLevelGuc>::new(LogLevelGuc::Log);
 
+/// `spock.read_retry_count`: how often an UPDATE or DELETE that finds no row looks
+/// again before it counts as missing.
+pub static READ_RETRY_COUNT: GucSetting<i32> = GucSetting::<i32>::new(5);
+
 /// `spock.save_resolutions`.
 pub static SAVE_RESOLUTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
@@ -83,6 +87,16 @@ pub fn init() {
         c"",
         &CONFLICT_LOG_LEVEL,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"spock.read_retry_count",
+        c"Retries of an UPDATE or DELETE that finds no row before it counts as missing.",
+        c"In a mesh the row may still be on its way through another subscription; retry n waits 10*n ms.",
+        &READ_RETRY_COUNT,
+        0,
+        100,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

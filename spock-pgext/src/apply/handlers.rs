@@ -472,7 +472,7 @@ impl ApplySession {
             let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(key), None, w.econtext);
-            if !w.find(map, search) {
+            if !find_with_retries(&mut w, map, search) {
                 self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
                 return;
             }
@@ -494,7 +494,7 @@ impl ApplySession {
             let mut w = TableWriter::open(map.relid);
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
-            if !w.find(map, search) {
+            if !find_with_retries(&mut w, map, search) {
                 self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
                 return;
             }
@@ -580,6 +580,26 @@ impl ApplySession {
             });
         }
     }
+}
+
+/// Looks for the row an UPDATE or DELETE targets, retrying `spock.read_retry_count`
+/// times: in a mesh the row may still be arriving through another subscription.
+///
+/// SAFETY: as [`TableWriter::find`].
+unsafe fn find_with_retries(w: &mut TableWriter, map: &LocalRelation, search: *mut pg_sys::TupleTableSlot) -> bool {
+    let retries = gucs::READ_RETRY_COUNT.get().max(0) as i64;
+    for attempt in 0..=retries {
+        // SAFETY: forwarded.
+        if unsafe { w.find(map, search) } {
+            return true;
+        }
+        if attempt < retries {
+            // SAFETY: a plain sleep; interrupts are checked after it.
+            unsafe { pg_sys::pg_usleep(10_000 * (attempt + 1)) };
+            pgrx::check_for_interrupts!();
+        }
+    }
+    false
 }
 
 /// A key tuple for searching: unchanged-TOAST markers become NULL (keys are never
