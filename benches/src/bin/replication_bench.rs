@@ -1,0 +1,280 @@
+//! End-to-end logical replication benchmark: replication systems side by side in
+//! one run, rounds interleaved A/B/A/B, medians and ratios against PostgreSQL's
+//! native logical replication (DESIGN.md section 6; method in docs/benchmarks.md).
+//!
+//! ```text
+//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock]
+//!                   [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep]
+//!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
+//!                   [--large-rows N]
+//! ```
+//!
+//! Systems: `native` (PostgreSQL 18 publication/subscription; streaming=off, and
+//! streaming=parallel for the large transaction), `pglogical` (2.4 on Debian's
+//! PostgreSQL 15; its packages are installed when missing), `spock` (spock-rs on
+//! PostgreSQL 18, when the installed extension has `spock.sub_create`; otherwise
+//! reported as not available and skipped).
+//!
+//! Writes `target/bench-results/replication.{json,md}` and
+//! `replication-{lag,catchup,throughput,large}.svg` (`replication-quick*` in quick
+//! mode). Full mode also runs `decode-bench` (spock_output vs pgoutput decoding)
+//! when it is built next to this program. Quick mode (< 3 minutes) is a smoke test
+//! and asserts nothing about speed. Exit status 1 when a round failed.
+
+#[path = "../replication/mod.rs"]
+mod replication;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use replication::node::{self, Install};
+use replication::report::{Report, SystemStatus};
+use replication::systems::{self, Env};
+use replication::{workload, Config};
+
+const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock] \
+[--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
+[--steady-secs N] [--steady-rate N] [--large-rows N]";
+
+struct Args {
+    cfg: Config,
+    systems: Option<Vec<String>>,
+    data_root: PathBuf,
+    out: PathBuf,
+    allow_install: bool,
+    decode: bool,
+    keep: bool,
+}
+
+fn default_data_root() -> PathBuf {
+    // tmpfs: on this machine's disk the same run varied by up to 70 %, on tmpfs by 2-14 %
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+fn parse_args() -> Result<Args, String> {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let quick = argv.iter().any(|a| a == "--quick");
+    let mut a = Args {
+        cfg: if quick { Config::quick() } else { Config::full() },
+        systems: None,
+        data_root: default_data_root(),
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results"),
+        allow_install: true,
+        decode: !quick,
+        keep: false,
+    };
+    let mut it = argv.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let number = |v: String, name: &str| v.parse::<u64>().map_err(|_| format!("{name}: not a number: {v}"));
+        match arg.as_str() {
+            "--quick" => {}
+            "--rounds" => a.cfg.rounds = number(value("--rounds")?, "--rounds")?.max(1) as usize,
+            "--systems" => a.systems = Some(value("--systems")?.split(',').map(|s| s.trim().to_string()).collect()),
+            "--data-root" => a.data_root = PathBuf::from(value("--data-root")?),
+            "--out" => a.out = PathBuf::from(value("--out")?),
+            "--no-install" => a.allow_install = false,
+            "--no-decode" => a.decode = false,
+            "--keep" => a.keep = true,
+            "--scale" => a.cfg.scale = number(value("--scale")?, "--scale")? as u32,
+            "--backlog-secs" => a.cfg.backlog_secs = number(value("--backlog-secs")?, "--backlog-secs")? as u32,
+            "--steady-secs" => a.cfg.steady_secs = number(value("--steady-secs")?, "--steady-secs")? as u32,
+            "--steady-rate" => a.cfg.steady_rate = number(value("--steady-rate")?, "--steady-rate")? as u32,
+            "--large-rows" => a.cfg.large_rows = number(value("--large-rows")?, "--large-rows")?,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// SIGINT/SIGTERM/SIGHUP stop every server this process started, then exit. The
+/// signals are blocked in all threads (spawned programs get a clean mask from
+/// std) and taken by one thread with sigwait.
+fn stop_servers_on_signals() {
+    // SAFETY: plain libc calls on a local signal set, before any other thread exists.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: waits on the set built above.
+            if libc::sigwait(&set, &mut sig) == 0 {
+                eprintln!("[bench] signal {sig}: stopping the servers and exiting");
+                node::stop_all_registered();
+                std::process::exit(128 + sig);
+            }
+        });
+    }
+}
+
+fn first_line_with(path: &str, prefix: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()?.lines().find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().trim_matches('"').to_string())
+}
+
+fn filesystem_of(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && path.starts_with(f[1])).then(|| (f[1].len(), f[2].to_string()))
+        })
+        .max()
+        .map(|(_, fs)| fs)
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine(args: &Args, pg18: &Install) -> Vec<(String, String)> {
+    let cpu = first_line_with("/proc/cpuinfo", "model name").map(|s| s.trim_start_matches(':').trim().to_string()).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_kb: f64 = first_line_with("/proc/meminfo", "MemTotal:").and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0.0);
+    vec![
+        ("cpu".into(), format!("{cpu}, {cores} cores")),
+        ("memory".into(), format!("{:.0} GiB", mem_kb / 1024.0 / 1024.0)),
+        ("os".into(), first_line_with("/etc/os-release", "PRETTY_NAME=").unwrap_or_default()),
+        ("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()),
+        ("data directories".into(), format!("{} ({})", args.data_root.display(), filesystem_of(&args.data_root))),
+        ("pgbench".into(), format!("{} ({})", pg18.program("pgbench").display(), pg18.version)),
+    ]
+}
+
+fn utc_now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Runs `decode-bench` (built next to this program) with the data directories on
+/// the same root; returns its table and JSON.
+fn run_decode(args: &Args) -> Result<(String, serde_json::Value), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = exe.with_file_name("decode-bench");
+    if !bin.exists() {
+        return Err(format!("{} is not built (cargo build --release -p spock-benches --bins)", bin.display()));
+    }
+    eprintln!("[bench] decode throughput: {}", bin.display());
+    let mut cmd = Command::new(&bin);
+    if args.cfg.quick {
+        cmd.arg("--quick");
+    }
+    let out = cmd.env("TMPDIR", &args.data_root).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("decode-bench failed: {}", err.lines().last().unwrap_or("")));
+    }
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    // decode-bench writes its JSON into the crate's target/bench-results
+    let json_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results/decode.json");
+    let json = std::fs::read_to_string(&json_path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null);
+    Ok((table, json))
+}
+
+fn main() {
+    stop_servers_on_signals();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let started = Instant::now();
+    let pg18 = match Install::pg18() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("replication-bench: PostgreSQL 18: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.data_root) {
+        eprintln!("replication-bench: data root {}: {e}", args.data_root.display());
+        std::process::exit(1);
+    }
+    node::reap_orphans(&args.data_root);
+    let env = Env { pg18: pg18.clone(), data_root: args.data_root.clone(), keep: args.keep, allow_install: args.allow_install };
+    let cfg = &args.cfg;
+
+    let mut all = systems::all();
+    if let Some(wanted) = &args.systems {
+        for w in wanted {
+            if !all.iter().any(|s| s.name() == w) {
+                eprintln!("replication-bench: unknown system {w}; known: native, pglogical, spock");
+                std::process::exit(2);
+            }
+        }
+        all.retain(|s| wanted.iter().any(|w| w == s.name()));
+    }
+    let mut statuses = Vec::new();
+    let mut runnable = Vec::new();
+    for mut sys in all {
+        let status = sys.prepare(&env);
+        match &status {
+            Ok(d) => eprintln!("[bench] {}: {d}", sys.name()),
+            Err(r) => eprintln!("[bench] {}: SKIPPED: {r}", sys.name()),
+        }
+        statuses.push(SystemStatus { name: sys.name().to_string(), status: status.clone() });
+        if status.is_ok() {
+            runnable.push(sys);
+        }
+    }
+    eprintln!(
+        "[bench] {} mode: {} round(s) of {}; data directories under {}",
+        if cfg.quick { "quick" } else { "full" },
+        cfg.rounds,
+        runnable.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        args.data_root.display()
+    );
+
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for round in 1..=cfg.rounds {
+        for sys in &runnable {
+            match workload::run_round(sys.as_ref(), &env, cfg, round) {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    eprintln!("[bench] round {round} {}: FAILED: {e}", sys.name());
+                    failures.push((sys.name().to_string(), round, e.0));
+                }
+            }
+        }
+    }
+
+    let decode = if args.decode { run_decode(&args) } else { Err("skipped (quick mode or --no-decode)".into()) };
+    let report = Report {
+        cfg,
+        machine: machine(&args, &pg18),
+        systems: statuses,
+        results,
+        failures,
+        decode,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        date: utc_now(),
+    };
+    match report.write(&args.out) {
+        Ok(md) => {
+            println!("{md}");
+            eprintln!("[bench] results in {}", args.out.canonicalize().unwrap_or(args.out.clone()).display());
+        }
+        Err(e) => {
+            eprintln!("replication-bench: writing results: {e}");
+            std::process::exit(1);
+        }
+    }
+    if !report.failures.is_empty() || report.results.is_empty() {
+        std::process::exit(1);
+    }
+}

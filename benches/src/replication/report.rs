@@ -1,0 +1,355 @@
+//! Medians over rounds, ratios against native, Markdown, JSON and the plots.
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::plot::{self, Bar, Series};
+use super::workload::RoundResult;
+use super::{Config, Result};
+
+/// Median (mean of the middle two for an even count); NaN when empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A number with as many digits as make sense for its size.
+pub fn num(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A system and whether it could run.
+#[derive(Debug, Clone)]
+pub struct SystemStatus {
+    /// Name.
+    pub name: String,
+    /// `Ok(versions)` or `Err(why it was skipped)`.
+    pub status: std::result::Result<String, String>,
+}
+
+/// One column of the table: a system with a streaming mode of the large
+/// transaction ("off" also carries the other workloads).
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    system: String,
+    streaming: String,
+}
+
+impl Entry {
+    fn label(&self) -> String {
+        if self.streaming == "off" {
+            self.system.clone()
+        } else {
+            format!("{} (streaming={})", self.system, self.streaming)
+        }
+    }
+}
+
+type Getter = fn(&RoundResult, &str) -> Option<f64>;
+
+struct Metric {
+    key: &'static str,
+    label: String,
+    higher_is_better: bool,
+    get: Getter,
+}
+
+fn large_of<'a>(r: &'a RoundResult, mode: &str) -> Option<&'a super::workload::Large> {
+    r.large.iter().find(|l| l.streaming == mode)
+}
+
+fn metrics(cfg: &Config) -> Vec<Metric> {
+    let rows = if cfg.large_rows.is_multiple_of(1_000_000) {
+        format!("{}M", cfg.large_rows / 1_000_000)
+    } else if cfg.large_rows.is_multiple_of(1000) {
+        format!("{}k", cfg.large_rows / 1000)
+    } else {
+        cfg.large_rows.to_string()
+    };
+    // small-transaction workloads run once per system: on the "off" entry
+    vec![
+        Metric { key: "backlog_tx_per_s", label: "backlog catch-up: applied tx/s".into(), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.tx_per_s) },
+        Metric { key: "backlog_rows_per_s", label: "backlog catch-up: applied rows/s".into(), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.rows_per_s) },
+        Metric { key: "backlog_catchup_s", label: "backlog catch-up: seconds, enable → origin at end".into(), higher_is_better: false, get: |r, m| (m == "off").then_some(r.backlog.catchup_s) },
+        Metric { key: "backlog_txns", label: format!("backlog size: pgbench tx in {} s", cfg.backlog_secs), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.txns as f64) },
+        Metric { key: "steady_p50_ms", label: format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), higher_is_better: false, get: |r, m| (m == "off").then_some(r.steady.p50_ms) },
+        Metric { key: "steady_p99_ms", label: format!("steady {} tx/s: lag p99, ms", cfg.steady_rate), higher_is_better: false, get: |r, m| (m == "off").then_some(r.steady.p99_ms) },
+        Metric { key: "large_commit_to_visible_s", label: format!("{rows}-row tx: COMMIT → visible on subscriber, s"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.commit_to_visible_s) },
+        Metric { key: "large_peak_rss_mib", label: format!("{rows}-row tx: peak RSS of apply processes, MiB"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.peak_rss_mib) },
+        Metric { key: "large_peak_anon_mib", label: format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.peak_anon_mib) },
+        Metric { key: "large_insert_s", label: format!("{rows}-row tx: INSERT + COMMIT on provider, s"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.insert_s) },
+    ]
+}
+
+fn entries(results: &[RoundResult]) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    for r in results {
+        for l in &r.large {
+            let e = Entry { system: r.system.clone(), streaming: l.streaming.clone() };
+            if !out.contains(&e) {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+fn values(results: &[RoundResult], e: &Entry, m: &Metric) -> Vec<f64> {
+    results.iter().filter(|r| r.system == e.system).filter_map(|r| (m.get)(r, &e.streaming)).collect()
+}
+
+/// Everything the run produced, ready to be written.
+pub struct Report<'a> {
+    /// Configuration.
+    pub cfg: &'a Config,
+    /// Machine description lines.
+    pub machine: Vec<(String, String)>,
+    /// Systems and whether they ran.
+    pub systems: Vec<SystemStatus>,
+    /// Successful rounds.
+    pub results: Vec<RoundResult>,
+    /// Failed rounds: (system, round, error).
+    pub failures: Vec<(String, usize, String)>,
+    /// Decode benchmark: (its table, its JSON) or why it did not run.
+    pub decode: std::result::Result<(String, Value), String>,
+    /// Seconds the whole run took.
+    pub elapsed_s: f64,
+    /// UTC time of the run.
+    pub date: String,
+}
+
+impl Report<'_> {
+    fn prefix(&self) -> &'static str {
+        if self.cfg.quick {
+            "replication-quick"
+        } else {
+            "replication"
+        }
+    }
+
+    /// The results table (Markdown).
+    pub fn table(&self) -> String {
+        let entries = entries(&self.results);
+        let base = entries.iter().position(|e| e.system == "native" && e.streaming == "off");
+        let mut out = String::new();
+        let mut header = vec!["metric: median of the rounds (min–max)".to_string()];
+        let mut align = vec!["---".to_string()];
+        for (i, e) in entries.iter().enumerate() {
+            header.push(e.label());
+            align.push("---:".into());
+            if base.is_some() && Some(i) != base {
+                header.push(format!("{} ÷ native", e.label()));
+                align.push("---:".into());
+            }
+        }
+        let _ = writeln!(out, "| {} |", header.join(" | "));
+        let _ = writeln!(out, "| {} |", align.join(" | "));
+        for m in metrics(self.cfg) {
+            let vals: Vec<Vec<f64>> = entries.iter().map(|e| values(&self.results, e, &m)).collect();
+            let meds: Vec<f64> = vals.iter().map(|v| median(v)).collect();
+            if meds.iter().all(|v| !v.is_finite()) {
+                continue;
+            }
+            let mut row = vec![format!("{} ({} is better)", m.label, if m.higher_is_better { "higher" } else { "lower" })];
+            if m.key == "backlog_txns" {
+                row[0] = m.label.clone();
+            }
+            for (i, v) in meds.iter().enumerate() {
+                // median, and the range of the rounds when there are several
+                let lo = vals[i].iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = vals[i].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                row.push(if vals[i].len() > 1 { format!("{} ({}–{})", num(*v), num(lo), num(hi)) } else { num(*v) });
+                if let Some(b) = base {
+                    if i != b {
+                        let base_v = if entries[i].streaming == "off" || m.key.starts_with("large") { meds[b] } else { f64::NAN };
+                        let ratio = v / base_v;
+                        row.push(if ratio.is_finite() && m.key != "backlog_txns" { format!("{ratio:.2}") } else { "—".into() });
+                    }
+                }
+            }
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out
+    }
+
+    fn summary_json(&self) -> Value {
+        let entries = entries(&self.results);
+        let ms = metrics(self.cfg);
+        let base = entries.iter().find(|e| e.system == "native" && e.streaming == "off").cloned();
+        let list: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                let mut medians = serde_json::Map::new();
+                let mut ratios = serde_json::Map::new();
+                for m in &ms {
+                    let v = median(&values(&self.results, e, m));
+                    if v.is_finite() {
+                        medians.insert(m.key.into(), json!(v));
+                        if let Some(b) = &base {
+                            let bv = median(&values(&self.results, b, m));
+                            if bv.is_finite() && bv != 0.0 {
+                                ratios.insert(m.key.into(), json!(v / bv));
+                            }
+                        }
+                    }
+                }
+                json!({"system": e.system, "streaming": e.streaming, "medians": medians, "ratio_vs_native": ratios})
+            })
+            .collect();
+        json!(list)
+    }
+
+    /// Writes `<prefix>.json`, `<prefix>.md` and the SVG plots into `dir`; returns
+    /// the Markdown.
+    pub fn write(&self, dir: &Path) -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        let p = self.prefix();
+        let plots = self.plots(dir)?;
+        let json = json!({
+            "date": self.date,
+            "quick": self.cfg.quick,
+            "config": self.cfg,
+            "machine": self.machine.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "systems": self.systems.iter().map(|s| match &s.status {
+                Ok(d) => json!({"name": s.name, "available": true, "description": d}),
+                Err(r) => json!({"name": s.name, "available": false, "reason": r}),
+            }).collect::<Vec<_>>(),
+            "summary": self.summary_json(),
+            "rounds": self.results,
+            "failures": self.failures.iter().map(|(s, r, e)| json!({"system": s, "round": r, "error": e})).collect::<Vec<_>>(),
+            "decode": match &self.decode { Ok((_, v)) => v.clone(), Err(e) => json!({"not_run": e}) },
+            "plots": plots.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>(),
+            "elapsed_s": self.elapsed_s,
+        });
+        std::fs::write(dir.join(format!("{p}.json")), serde_json::to_string_pretty(&json)?)?;
+        let md = self.markdown(&plots);
+        std::fs::write(dir.join(format!("{p}.md")), &md)?;
+        Ok(md)
+    }
+
+    fn markdown(&self, plots: &[PathBuf]) -> String {
+        let mut out = String::new();
+        let c = self.cfg;
+        let _ = writeln!(out, "## Replication benchmark{} — {}\n", if c.quick { " (quick mode: smoke test, not a measurement)" } else { "" }, self.date);
+        for s in &self.systems {
+            match &s.status {
+                Ok(d) => {
+                    let _ = writeln!(out, "* **{}**: {d}", s.name);
+                }
+                Err(r) => {
+                    let _ = writeln!(out, "* **{}**: skipped — {r}", s.name);
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\npgbench scale {}, `-b simple-update -c{} -j{}`; backlog {} s; steady `-R {}` for {} s; large transaction {} rows; {} interleaved round(s); run took {:.0} s. Ratio = system ÷ native (the same run).\n",
+            c.scale, c.clients, c.threads, c.backlog_secs, c.steady_rate, c.steady_secs, c.large_rows, c.rounds, self.elapsed_s
+        );
+        out.push_str(&self.table());
+        for (s, r, e) in &self.failures {
+            let first = e.lines().next().unwrap_or("");
+            let _ = writeln!(out, "\n**failed**: {s}, round {r}: {first}");
+        }
+        let _ = writeln!(out, "\nMachine: {}", self.machine.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
+        match &self.decode {
+            Ok((table, _)) => {
+                let _ = writeln!(out, "\nDecode throughput (`decode-bench`, same run):\n\n{}", table.trim_end());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "\nDecode throughput: not run here ({e}); see `decode-bench`.");
+            }
+        }
+        if !plots.is_empty() {
+            let _ = writeln!(out);
+            for p in plots {
+                let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let _ = writeln!(out, "![{f}]({f})");
+            }
+        }
+        out
+    }
+
+    fn plots(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let p = self.prefix();
+        let mut files = Vec::new();
+        let systems: Vec<String> = {
+            let mut v: Vec<String> = Vec::new();
+            for r in &self.results {
+                if !v.contains(&r.system) {
+                    v.push(r.system.clone());
+                }
+            }
+            v
+        };
+        if systems.is_empty() {
+            return Ok(files);
+        }
+        let last = |s: &str| self.results.iter().rev().find(|r| r.system == s);
+        let mut lag = Vec::new();
+        let mut catchup = Vec::new();
+        for (i, s) in systems.iter().enumerate() {
+            if let Some(r) = last(s) {
+                lag.push(Series { name: format!("{s} median"), color: i, dashed: false, points: r.steady.series.iter().map(|x| (x.0, x.1)).collect() });
+                lag.push(Series { name: format!("{s} p99"), color: i, dashed: true, points: r.steady.series.iter().map(|x| (x.0, x.2)).collect() });
+                catchup.push(Series { name: s.clone(), color: i, dashed: false, points: r.backlog.timeline.clone() });
+            }
+        }
+        let round_note = "last round, 0.5 s buckets";
+        let f = dir.join(format!("{p}-lag.svg"));
+        std::fs::write(
+            &f,
+            plot::line_chart(&format!("Replication lag at {} tx/s (last round, 1 s buckets)", self.cfg.steady_rate), "seconds since start (provider commit time)", "lag, ms", &lag),
+        )?;
+        files.push(f);
+        let f = dir.join(format!("{p}-catchup.svg"));
+        std::fs::write(&f, plot::line_chart(&format!("Backlog catch-up: applied tx/s ({round_note})"), "seconds since the subscription was enabled", "applied tx/s", &catchup))?;
+        files.push(f);
+        let ms = metrics(self.cfg);
+        let tx = &ms[0];
+        let bars: Vec<Bar> = systems
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let e = Entry { system: s.clone(), streaming: "off".into() };
+                let v = values(&self.results, &e, tx);
+                Bar { label: s.clone(), value: median(&v), rounds: v, color: i }
+            })
+            .collect();
+        let f = dir.join(format!("{p}-throughput.svg"));
+        std::fs::write(&f, plot::bar_chart("Backlog catch-up throughput (applied tx/s)", "applied tx/s", &bars))?;
+        files.push(f);
+        let vis = ms.iter().find(|m| m.key == "large_commit_to_visible_s").expect("metric exists");
+        let bars: Vec<Bar> = entries(&self.results)
+            .iter()
+            .map(|e| {
+                let v = values(&self.results, e, vis);
+                let color = systems.iter().position(|s| *s == e.system).unwrap_or(0);
+                Bar { label: e.label(), value: median(&v), rounds: v, color }
+            })
+            .collect();
+        let f = dir.join(format!("{p}-large.svg"));
+        std::fs::write(&f, plot::bar_chart(&format!("{} rows in one transaction: COMMIT → visible", self.cfg.large_rows), "seconds", &bars))?;
+        files.push(f);
+        Ok(files)
+    }
+}

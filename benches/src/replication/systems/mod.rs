@@ -1,0 +1,95 @@
+//! The replication systems under test, behind one trait: each knows which
+//! PostgreSQL it runs on, what its servers need in `postgresql.conf`, how to set up
+//! a provider/subscriber pair for the benchmark tables, how to pause and resume the
+//! subscription, and how to find its apply processes. Everything that is measured
+//! is generic ([`super::workload`]): catch-up is read from the subscriber's
+//! replication origin, lag from commit timestamps and a subscriber-side column
+//! default, visibility from plain queries.
+//!
+//! To add a system: implement [`System`] and list it in [`all`].
+
+pub mod native;
+pub mod pglogical;
+pub mod spock;
+
+use std::path::PathBuf;
+
+use super::node::{Install, Node};
+use super::Result;
+
+/// Tables the benchmark replicates, in every system.
+pub const TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "big", "bench_marker"];
+
+/// What systems need from the runner.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// PostgreSQL 18 (the native system's server; its pgbench is the client for all).
+    pub pg18: Install,
+    /// Where server directories go (tmpfs by default).
+    pub data_root: PathBuf,
+    /// Keep server directories.
+    pub keep: bool,
+    /// May install missing Debian packages.
+    pub allow_install: bool,
+}
+
+/// A provider and a subscriber of one system, both running.
+#[derive(Debug)]
+pub struct Pair {
+    /// Where the changes happen.
+    pub provider: Node,
+    /// Where they are applied.
+    pub subscriber: Node,
+}
+
+/// One logical replication system.
+pub trait System {
+    /// Short name used in tables, plots and JSON.
+    fn name(&self) -> &'static str;
+
+    /// Checks what the system needs, installing missing packages when
+    /// `env.allow_install`. `Ok(description)` (versions) when it can run,
+    /// `Err(reason)` to skip it.
+    fn prepare(&mut self, env: &Env) -> std::result::Result<String, String>;
+
+    /// The server installation of both nodes (after a successful `prepare`).
+    fn install(&self) -> &Install;
+
+    /// `postgresql.conf` settings this system's servers need on top of the common ones.
+    fn settings(&self) -> Vec<(String, String)>;
+
+    /// Substrings of the process titles of the subscriber's apply processes.
+    fn apply_process_patterns(&self) -> &'static [&'static str];
+
+    /// Creates the replication objects on both nodes, for [`TABLES`], which exist
+    /// with the same data on both. The subscription starts enabled, without initial
+    /// copy, without streaming of in-progress transactions.
+    fn setup(&self, pair: &Pair) -> Result<()>;
+
+    /// Stops applying (the apply processes exit; the slot keeps the WAL).
+    fn disable(&self, pair: &Pair) -> Result<()>;
+
+    /// Resumes applying.
+    fn enable(&self, pair: &Pair) -> Result<()>;
+
+    /// Streaming modes for in-progress transactions to measure in the large
+    /// transaction test, besides the default (none).
+    fn streaming_modes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Switches the subscription to streaming mode `mode` (one of `streaming_modes`).
+    fn set_streaming(&self, _pair: &Pair, mode: &str) -> Result<()> {
+        super::err(format!("{}: streaming mode {mode} is not supported", self.name()))
+    }
+}
+
+/// Every system, in the order rounds run them (A/B/A/B...).
+pub fn all() -> Vec<Box<dyn System>> {
+    vec![Box::new(native::Native::default()), Box::new(pglogical::Pglogical::default()), Box::new(spock::Spock::default())]
+}
+
+/// `'text'` as an SQL literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}

@@ -1,0 +1,61 @@
+//! PostgreSQL 18's own publication/subscription between two PostgreSQL 18 servers.
+
+use super::{literal, Env, Pair, System, TABLES};
+use crate::replication::node::Install;
+use crate::replication::Result;
+
+/// Native logical replication (`CREATE PUBLICATION` / `CREATE SUBSCRIPTION`).
+#[derive(Default)]
+pub struct Native {
+    install: Option<Install>,
+}
+
+impl System for Native {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn prepare(&mut self, env: &Env) -> std::result::Result<String, String> {
+        self.install = Some(env.pg18.clone());
+        Ok(format!("{} publication/subscription (streaming = off; parallel for the large transaction too)", env.pg18.version))
+    }
+
+    fn install(&self) -> &Install {
+        self.install.as_ref().expect("prepare() succeeded")
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn apply_process_patterns(&self) -> &'static [&'static str] {
+        // "logical replication apply worker for subscription N" and
+        // "logical replication parallel apply worker for subscription N"
+        &["apply worker"]
+    }
+
+    fn setup(&self, pair: &Pair) -> Result<()> {
+        pair.provider.execute(&format!("CREATE PUBLICATION bench_pub FOR TABLE {}", TABLES.join(", ")))?;
+        // PostgreSQL 18's default is streaming = parallel; the baseline is "off"
+        pair.subscriber.execute(&format!(
+            "CREATE SUBSCRIPTION bench_sub CONNECTION {} PUBLICATION bench_pub WITH (copy_data = false, streaming = off)",
+            literal(&pair.provider.dsn())
+        ))
+    }
+
+    fn disable(&self, pair: &Pair) -> Result<()> {
+        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub DISABLE")
+    }
+
+    fn enable(&self, pair: &Pair) -> Result<()> {
+        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub ENABLE")
+    }
+
+    fn streaming_modes(&self) -> &'static [&'static str] {
+        &["parallel"]
+    }
+
+    fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
+        pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))
+    }
+}

@@ -1,0 +1,135 @@
+//! spock-rs itself: provider and subscriber nodes on PostgreSQL 18 with the spock
+//! extension of `SPOCK_PG_CONFIG` (`spock.node_create`, `spock.repset_add_table`,
+//! `spock.sub_create` without initial sync; the apply worker is the background
+//! worker "spock apply <subscription>").
+//!
+//! Runs only when the installed extension has `spock.sub_create` (the subscriber
+//! side); otherwise it is reported as not available and skipped: no number is ever
+//! produced for it. What is installed matters: a debug build is flagged in the
+//! description. `scripts/bench.sh` builds a release spock into a private copy of
+//! PostgreSQL 18 and points `SPOCK_PG_CONFIG` at it.
+//!
+//! Catch-up (replication origin), lag (commit timestamps + subscriber column
+//! default) and the large transaction are measured generically. spock-rs does not
+//! stream in-progress transactions yet (docs/apply.md), so there is no streaming
+//! variant of the large transaction.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{literal, Env, Pair, System, TABLES};
+use crate::replication::node::Install;
+use crate::replication::Result;
+
+/// Why the system is skipped when the subscriber side is missing.
+pub const NOT_AVAILABLE: &str = "not available yet: the installed spock has no subscriber side (spock.sub_create)";
+
+/// spock provider -> spock subscriber.
+#[derive(Default)]
+pub struct Spock {
+    install: Option<Install>,
+}
+
+fn pg_config(install: &Install, flag: &str) -> std::result::Result<PathBuf, String> {
+    let out = Command::new(install.program("pg_config")).arg(flag).output().map_err(|e| format!("pg_config {flag}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pg_config {flag} failed"));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Whether `installed` is byte for byte the library cargo built in `profile` of this
+/// workspace.
+fn same_file(installed: &Path, profile: &str) -> bool {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target").join(profile).join("libspock.so");
+    match (std::fs::metadata(installed), std::fs::metadata(&built)) {
+        (Ok(a), Ok(b)) if a.len() == b.len() => std::fs::read(installed).ok() == std::fs::read(&built).ok(),
+        _ => false,
+    }
+}
+
+impl System for Spock {
+    fn name(&self) -> &'static str {
+        "spock"
+    }
+
+    fn prepare(&mut self, env: &Env) -> std::result::Result<String, String> {
+        let share = pg_config(&env.pg18, "--sharedir")?.join("extension");
+        let lib = pg_config(&env.pg18, "--pkglibdir")?;
+        let scripts: Vec<PathBuf> = std::fs::read_dir(&share)
+            .map_err(|e| format!("{}: {e}", share.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spock--") && n.to_string_lossy().ends_with(".sql")))
+            .collect();
+        if scripts.is_empty() || !lib.join("spock.so").exists() {
+            return Err(format!("spock is not installed in {} (scripts/bench.sh installs a release build)", env.pg18.pg.bindir.display()));
+        }
+        if !scripts.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("spock.sub_create"))) {
+            return Err(NOT_AVAILABLE.to_string());
+        }
+        if !lib.join("spock_output.so").exists() {
+            return Err(format!("{} has spock.so but no spock_output.so", lib.display()));
+        }
+        let so = lib.join("spock.so");
+        let build = if same_file(&so, "release") {
+            "release build of this checkout"
+        } else if same_file(&so, "debug") {
+            "DEBUG build of this checkout: not representative, install a release build (scripts/bench.sh)"
+        } else {
+            "build of unknown profile (not the current target/release or target/debug)"
+        };
+        let version = std::fs::read_to_string(share.join("spock.control"))
+            .ok()
+            .and_then(|c| c.lines().find(|l| l.starts_with("default_version")).map(|l| l.split('\'').nth(1).unwrap_or("?").to_string()))
+            .unwrap_or_else(|| "?".into());
+        self.install = Some(env.pg18.clone());
+        Ok(format!("spock-rs {version} on {} ({}: {build})", env.pg18.version, so.display()))
+    }
+
+    fn install(&self) -> &Install {
+        self.install.as_ref().expect("prepare() succeeded")
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut s = vec![("shared_preload_libraries".to_string(), "'spock'".to_string())];
+        if self.install.as_ref().is_some_and(|i| i.has_setting("output_plugin_libraries")) {
+            s.push(("output_plugin_libraries".into(), "'pgoutput, spock_output'".into()));
+        }
+        s
+    }
+
+    fn apply_process_patterns(&self) -> &'static [&'static str] {
+        // background worker "spock apply <subscription>"
+        &["spock apply"]
+    }
+
+    fn setup(&self, pair: &Pair) -> Result<()> {
+        let mut provider = vec![
+            "CREATE EXTENSION spock".to_string(),
+            format!("SELECT spock.node_create('provider', {})", literal(&pair.provider.dsn())),
+        ];
+        for t in TABLES {
+            // pgbench_history has no primary key: insert-only set (pgbench only inserts)
+            let set = if *t == "pgbench_history" { "default_insert_only" } else { "default" };
+            provider.push(format!("SELECT spock.repset_add_table('{set}', '{t}')"));
+        }
+        pair.provider.execute(&provider.join(";\n"))?;
+        pair.subscriber.execute(&format!(
+            "CREATE EXTENSION spock;
+             SELECT spock.node_create('subscriber', {});
+             SELECT spock.sub_create('bench_sub', {}, ARRAY['default', 'default_insert_only'],
+                 synchronize_structure := false, synchronize_data := false)",
+            literal(&pair.subscriber.dsn()),
+            literal(&pair.provider.dsn())
+        ))
+    }
+
+    fn disable(&self, pair: &Pair) -> Result<()> {
+        pair.subscriber.execute("SELECT spock.sub_disable('bench_sub', immediate := true)")
+    }
+
+    fn enable(&self, pair: &Pair) -> Result<()> {
+        pair.subscriber.execute("SELECT spock.sub_enable('bench_sub', immediate := true)")
+    }
+}
