@@ -7,6 +7,7 @@
 //!                   [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep]
 //!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
 //!                   [--large-rows N]
+//! replication-bench --report-from target/bench-results/replication.json [--out DIR]
 //! ```
 //!
 //! Systems: `native` (PostgreSQL 18 publication/subscription; streaming=off, and
@@ -20,6 +21,8 @@
 //! mode). Full mode also runs `decode-bench` (spock_output vs pgoutput decoding)
 //! when it is built next to this program. Quick mode (< 3 minutes) is a smoke test
 //! and asserts nothing about speed. Exit status 1 when a round failed.
+//! `--report-from` renders the Markdown and plots of an earlier run again from its
+//! JSON (after a change to the report code).
 
 #[path = "../replication/mod.rs"]
 mod replication;
@@ -35,7 +38,7 @@ use replication::{workload, Config};
 
 const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock] \
 [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
-[--steady-secs N] [--steady-rate N] [--large-rows N]";
+[--steady-secs N] [--steady-rate N] [--large-rows N] | --report-from FILE [--out DIR]";
 
 struct Args {
     cfg: Config,
@@ -45,6 +48,7 @@ struct Args {
     allow_install: bool,
     decode: bool,
     keep: bool,
+    report_from: Option<PathBuf>,
 }
 
 fn default_data_root() -> PathBuf {
@@ -68,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
         allow_install: true,
         decode: !quick,
         keep: false,
+        report_from: None,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -82,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
             "--no-install" => a.allow_install = false,
             "--no-decode" => a.decode = false,
             "--keep" => a.keep = true,
+            "--report-from" => a.report_from = Some(PathBuf::from(value("--report-from")?)),
             "--scale" => a.cfg.scale = number(value("--scale")?, "--scale")? as u32,
             "--backlog-secs" => a.cfg.backlog_secs = number(value("--backlog-secs")?, "--backlog-secs")? as u32,
             "--steady-secs" => a.cfg.steady_secs = number(value("--steady-secs")?, "--steady-secs")? as u32,
@@ -159,8 +165,8 @@ fn utc_now() -> String {
 }
 
 /// Runs `decode-bench` (built next to this program) with the data directories on
-/// the same root; returns its table and JSON.
-fn run_decode(args: &Args) -> Result<(String, serde_json::Value), String> {
+/// the same root; returns its JSON.
+fn run_decode(args: &Args) -> Result<serde_json::Value, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let bin = exe.with_file_name("decode-bench");
     if !bin.exists() {
@@ -176,11 +182,29 @@ fn run_decode(args: &Args) -> Result<(String, serde_json::Value), String> {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("decode-bench failed: {}", err.lines().last().unwrap_or("")));
     }
-    let table = String::from_utf8_lossy(&out.stdout).into_owned();
     // decode-bench writes its JSON into the crate's target/bench-results
     let json_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results/decode.json");
-    let json = std::fs::read_to_string(&json_path).ok().and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(serde_json::Value::Null);
-    Ok((table, json))
+    std::fs::read_to_string(&json_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .ok_or_else(|| format!("decode-bench ran but {} is unreadable", json_path.display()))
+}
+
+/// Writes the Markdown and plots of the run recorded in `path` into `out`.
+fn rerender(path: &Path, out: &Path) -> replication::Result<()> {
+    let l = replication::report::load(path)?;
+    let report = Report {
+        cfg: &l.cfg,
+        machine: l.machine,
+        systems: l.systems,
+        results: l.results,
+        failures: l.failures,
+        decode: l.decode,
+        elapsed_s: l.elapsed_s,
+        date: l.date,
+    };
+    println!("{}", report.write(out)?);
+    Ok(())
 }
 
 fn main() {
@@ -192,6 +216,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(path) = &args.report_from {
+        std::process::exit(match rerender(path, &args.out) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("replication-bench: {}: {e}", path.display());
+                1
+            }
+        });
+    }
     let started = Instant::now();
     let pg18 = match Install::pg18() {
         Ok(i) => i,

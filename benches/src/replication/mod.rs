@@ -69,7 +69,7 @@ pub fn err<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 /// What to run: sizes and durations of the workloads.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Smoke-test mode: small, one round, nothing asserted about speed.
     pub quick: bool,

@@ -53,11 +53,13 @@ fn fmt_tick(v: f64, step: f64) -> String {
     format!("{v:.*}", decimals.unwrap_or(6) as usize)
 }
 
-fn frame(out: &mut String, title: &str, xlabel: &str, ylabel: &str) {
+/// The SVG header, title and axis labels; `height` is the whole picture (the plot
+/// area always ends at `H - BOTTOM`; a legend may go below `H`).
+fn frame(out: &mut String, title: &str, xlabel: &str, ylabel: &str, height: f64) {
     let _ = write!(
         out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
-<rect width="{W}" height="{H}" fill="white"/>
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{height}" fill="white"/>
 <text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>
 <text x="{}" y="{}" text-anchor="middle">{}</text>
 <text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>
@@ -96,8 +98,21 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
     let (xmax, xstep) = axis(xmax_raw);
     let (ymax, ystep) = axis(ymax_raw);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
+    // legend below the chart, in rows, so that it never hides data
+    let mut legend = Vec::new();
+    let (mut lx, mut ly) = (LEFT, H + 6.0);
+    for s in series {
+        let w = 40.0 + 7.0 * s.name.chars().count() as f64;
+        if lx + w > W - RIGHT && lx > LEFT {
+            lx = LEFT;
+            ly += 20.0;
+        }
+        legend.push((lx, ly));
+        lx += w;
+    }
+    let height = if series.is_empty() { H } else { ly + 20.0 };
     let mut out = String::new();
-    frame(&mut out, title, xlabel, ylabel);
+    frame(&mut out, title, xlabel, ylabel, height);
     y_axis(&mut out, ymax, ystep);
     let mut v = 0.0;
     while v <= xmax + xstep / 2.0 {
@@ -126,26 +141,17 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
             pts.join(" ")
         );
     }
-    let _ = writeln!(
-        out,
-        r##"<rect x="{:.1}" y="{:.1}" width="244" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#bbb"/>"##,
-        W - RIGHT - 256.0,
-        TOP + 4.0,
-        18.0 * series.len() as f64 + 6.0
-    );
-    for (i, s) in series.iter().enumerate() {
-        let y = TOP + 20.0 + 18.0 * i as f64;
-        let x = W - RIGHT - 250.0;
+    for (s, (x, y)) in series.iter().zip(legend) {
         let _ = writeln!(
             out,
             r#"<line x1="{x}" y1="{:.1}" x2="{}" y2="{:.1}" stroke="{}" stroke-width="2.5"{}/><text x="{}" y="{:.1}">{}</text>"#,
-            y - 4.0,
+            y + 8.0,
             x + 24.0,
-            y - 4.0,
+            y + 8.0,
             color(s.color),
             if s.dashed { r#" stroke-dasharray="5,3""# } else { "" },
             x + 30.0,
-            y,
+            y + 12.0,
             esc(&s.name)
         );
     }
@@ -172,7 +178,7 @@ pub fn bar_chart(title: &str, ylabel: &str, bars: &[Bar]) -> String {
     let (ymax, ystep) = axis(ymax_raw * 1.08);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let mut out = String::new();
-    frame(&mut out, title, "bars: median of the rounds; dots: single rounds", ylabel);
+    frame(&mut out, title, "bars: median of the rounds; dots: single rounds", ylabel, H);
     y_axis(&mut out, ymax, ystep);
     let slot = pw / bars.len().max(1) as f64;
     for (i, b) in bars.iter().enumerate() {

@@ -129,8 +129,8 @@ pub struct Report<'a> {
     pub results: Vec<RoundResult>,
     /// Failed rounds: (system, round, error).
     pub failures: Vec<(String, usize, String)>,
-    /// Decode benchmark: (its table, its JSON) or why it did not run.
-    pub decode: std::result::Result<(String, Value), String>,
+    /// Decode benchmark: its JSON (`decode.json`) or why it did not run.
+    pub decode: std::result::Result<Value, String>,
     /// Seconds the whole run took.
     pub elapsed_s: f64,
     /// UTC time of the run.
@@ -236,7 +236,7 @@ impl Report<'_> {
             "summary": self.summary_json(),
             "rounds": self.results,
             "failures": self.failures.iter().map(|(s, r, e)| json!({"system": s, "round": r, "error": e})).collect::<Vec<_>>(),
-            "decode": match &self.decode { Ok((_, v)) => v.clone(), Err(e) => json!({"not_run": e}) },
+            "decode": match &self.decode { Ok(v) => v.clone(), Err(e) => json!({"not_run": e}) },
             "plots": plots.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>(),
             "elapsed_s": self.elapsed_s,
         });
@@ -272,8 +272,8 @@ impl Report<'_> {
         }
         let _ = writeln!(out, "\nMachine: {}", self.machine.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
         match &self.decode {
-            Ok((table, _)) => {
-                let _ = writeln!(out, "\nDecode throughput (`decode-bench`, same run):\n\n{}", table.trim_end());
+            Ok(v) => {
+                let _ = writeln!(out, "\nDecode throughput (`decode-bench`, same run):\n\n{}", decode_table(v).trim_end());
             }
             Err(e) => {
                 let _ = writeln!(out, "\nDecode throughput: not run here ({e}); see `decode-bench`.");
@@ -304,21 +304,28 @@ impl Report<'_> {
         if systems.is_empty() {
             return Ok(files);
         }
-        let last = |s: &str| self.results.iter().rev().find(|r| r.system == s);
+        // each system's representative round: the one whose value is the median
+        let typical = |s: &str, key: fn(&RoundResult) -> f64| {
+            let mut rounds: Vec<&RoundResult> = self.results.iter().filter(|r| r.system == s).collect();
+            rounds.sort_by(|a, b| key(a).total_cmp(&key(b)));
+            rounds.get(rounds.len().saturating_sub(1) / 2).copied()
+        };
         let mut lag = Vec::new();
         let mut catchup = Vec::new();
         for (i, s) in systems.iter().enumerate() {
-            if let Some(r) = last(s) {
-                lag.push(Series { name: format!("{s} median"), color: i, dashed: false, points: r.steady.series.iter().map(|x| (x.0, x.1)).collect() });
+            if let Some(r) = typical(s, |r| r.steady.p99_ms) {
+                lag.push(Series { name: format!("{s} median (round {})", r.round), color: i, dashed: false, points: r.steady.series.iter().map(|x| (x.0, x.1)).collect() });
                 lag.push(Series { name: format!("{s} p99"), color: i, dashed: true, points: r.steady.series.iter().map(|x| (x.0, x.2)).collect() });
-                catchup.push(Series { name: s.clone(), color: i, dashed: false, points: r.backlog.timeline.clone() });
+            }
+            if let Some(r) = typical(s, |r| r.backlog.tx_per_s) {
+                catchup.push(Series { name: format!("{s} (round {})", r.round), color: i, dashed: false, points: r.backlog.timeline.clone() });
             }
         }
-        let round_note = "last round, 0.5 s buckets";
+        let round_note = "the round with the median tx/s, 0.5 s buckets";
         let f = dir.join(format!("{p}-lag.svg"));
         std::fs::write(
             &f,
-            plot::line_chart(&format!("Replication lag at {} tx/s (last round, 1 s buckets)", self.cfg.steady_rate), "seconds since start (provider commit time)", "lag, ms", &lag),
+            plot::line_chart(&format!("Replication lag at {} tx/s (the round with the median p99, 1 s buckets)", self.cfg.steady_rate), "seconds since start (provider commit time)", "lag, ms", &lag),
         )?;
         files.push(f);
         let f = dir.join(format!("{p}-catchup.svg"));
@@ -352,4 +359,74 @@ impl Report<'_> {
         files.push(f);
         Ok(files)
     }
+}
+
+/// The parts of a report read back from its JSON (`--report-from`).
+pub struct Loaded {
+    /// Configuration of that run.
+    pub cfg: Config,
+    /// Machine description.
+    pub machine: Vec<(String, String)>,
+    /// Systems.
+    pub systems: Vec<SystemStatus>,
+    /// Rounds.
+    pub results: Vec<RoundResult>,
+    /// Failed rounds.
+    pub failures: Vec<(String, usize, String)>,
+    /// Decode benchmark.
+    pub decode: std::result::Result<Value, String>,
+    /// Seconds the run took.
+    pub elapsed_s: f64,
+    /// When it ran.
+    pub date: String,
+}
+
+/// Reads a `replication*.json` written by [`Report::write`], to render its
+/// Markdown and plots again.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let mut cfg: Config = serde_json::from_value(v["config"].clone())?;
+    cfg.poll = Config::full().poll;
+    cfg.catchup_timeout = Config::full().catchup_timeout;
+    let machine = v["machine"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect()).unwrap_or_default();
+    let systems = v["systems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| SystemStatus {
+                    name: text(&s["name"]),
+                    status: if s["available"].as_bool() == Some(true) { Ok(text(&s["description"])) } else { Err(text(&s["reason"])) },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let results = serde_json::from_value(v["rounds"].clone())?;
+    let failures = v["failures"]
+        .as_array()
+        .map(|a| a.iter().map(|f| (text(&f["system"]), f["round"].as_u64().unwrap_or(0) as usize, text(&f["error"]))).collect())
+        .unwrap_or_default();
+    let d = &v["decode"];
+    let decode = if d.get("results").is_some() { Ok(d.clone()) } else { Err(text(&d["not_run"])) };
+    Ok(Loaded { cfg, machine, systems, results, failures, decode, elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0), date: text(&v["date"]) })
+}
+
+/// The table `decode-bench` prints, from its `decode.json`.
+pub fn decode_table(v: &Value) -> String {
+    let mut out = format!(
+        "decode throughput, {} row changes, median of {} interleaved rounds{}\n\n| plugin | changes/s | ratio vs pgoutput |\n|---|---:|---:|\n",
+        v["changes"],
+        v["rounds"],
+        if v["quick"].as_bool() == Some(true) { " (quick mode: smoke test only)" } else { "" }
+    );
+    for r in v["results"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} |",
+            r["plugin"].as_str().unwrap_or("?"),
+            r["changes_per_s"].as_f64().unwrap_or(f64::NAN),
+            r["ratio_vs_pgoutput"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    out
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use spock_tests::postgres::{Client, SimpleQueryMessage};
 
 use super::node::{children_of, mem_of, query_text, Node};
@@ -47,7 +47,7 @@ use super::systems::{Env, Pair, System};
 use super::{epoch_now, err, Config, Result};
 
 /// Backlog catch-up of one round.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Backlog {
     /// pgbench transactions in the backlog.
     pub txns: u64,
@@ -69,7 +69,7 @@ pub struct Backlog {
 }
 
 /// Steady lag of one round.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Steady {
     /// Transactions measured.
     pub txns: u64,
@@ -89,7 +89,7 @@ pub struct Steady {
 }
 
 /// The one large transaction of one round and streaming mode.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Large {
     /// "off" or the system's streaming mode.
     pub streaming: String,
@@ -111,7 +111,7 @@ pub struct Large {
 }
 
 /// Everything measured in one round of one system.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundResult {
     /// System name.
     pub system: String,
