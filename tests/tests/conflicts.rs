@@ -82,6 +82,9 @@ fn last_update_wins_on_concurrent_insert() {
         wait_for("n2's insert everywhere", || value(n), "n2".into());
     }
     assert_eq!(resolutions(c.node(0)), "insert_exists:apply_remote");
+    // the remote transaction is identified by its xid and commit LSN on the provider
+    let ids: String = c.node(0).query_one("SELECT (remote_xid::text::int8 > 0 AND remote_lsn > '0/0')::text FROM spock.resolutions").unwrap();
+    assert_eq!(ids, "true");
     assert_eq!(resolutions(c.node(1)), "insert_exists:keep_local");
 }
 

@@ -47,6 +47,9 @@ pub struct ApplySession {
 
 struct RemoteTxn {
     commit_time: i64,
+    /// The provider's transaction id and commit LSN (for spock.resolutions).
+    xid: u32,
+    final_lsn: u64,
     origin_node: u16,
     local_started: bool,
     /// The transaction is skipped (`sub_alter_skiplsn`).
@@ -193,7 +196,7 @@ impl ApplySession {
                 super::subscription::format_lsn(b.final_lsn)
             );
         }
-        self.remote = Some(RemoteTxn { commit_time: b.commit_time, origin_node: self.sub.provider_node_id, local_started: false, skip });
+        self.remote = Some(RemoteTxn { commit_time: b.commit_time, xid: b.xid, final_lsn: b.final_lsn, origin_node: self.sub.provider_node_id, local_started: false, skip });
     }
 
     /// The replication origin for transactions that came from `node`.
@@ -401,9 +404,10 @@ impl ApplySession {
             client
                 .update(
                     "INSERT INTO spock.resolutions (node_name, log_time, relname, conflict_type, conflict_resolution,
-                        local_origin, local_timestamp, remote_origin, remote_timestamp)
+                        local_origin, local_timestamp, remote_origin, remote_timestamp, remote_xid, remote_lsn)
                      VALUES ($1, now(), $2, $3, $4, $5, CASE WHEN $6 = 0 THEN NULL ELSE '2000-01-01 00:00:00+00'::timestamptz + $6 * interval '1 microsecond' END,
-                             $7, '2000-01-01 00:00:00+00'::timestamptz + $8 * interval '1 microsecond')",
+                             $7, '2000-01-01 00:00:00+00'::timestamptz + $8 * interval '1 microsecond',
+                             $9::text::xid, $10::text::pg_lsn)",
                     None,
                     &[
                         node_name.as_str().into(),
@@ -414,6 +418,8 @@ impl ApplySession {
                         local.map_or(0i64, |l| l.commit_ts).into(),
                         i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
                         remote.commit_ts.into(),
+                        self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
+                        super::subscription::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
                     ],
                 )
                 .unwrap_or_else(|e| spi_failed("recording a resolution", e));
