@@ -47,7 +47,7 @@ where
 pub fn local_node() -> LocalNode {
     with_snapshot(|| Spi::connect(|client| {
         first_row(
-            &client,
+            client,
             "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
             &[],
             |row| LocalNode {
@@ -117,7 +117,7 @@ pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
 pub fn node_name(node_id: u16) -> Option<String> {
     with_snapshot(|| Spi::connect(|client| {
         first_row(
-            &client,
+            client,
             "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
             &[i64::from(node_id).into()],
             |row| row.get::<String>(1).ok().flatten(),

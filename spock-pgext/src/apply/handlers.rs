@@ -322,7 +322,6 @@ impl ApplySession {
                 let roname: Option<String> = client
                     .select("SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid", Some(1), &[i32::from(origin).into()])
                     .unwrap_or_else(|e| spi_failed("reading replication origins", e))
-                    .into_iter()
                     .next()
                     .and_then(|r| r.get::<String>(1).ok().flatten());
                 match roname {
