@@ -489,6 +489,24 @@ BEGIN
 END;
 $$;
 
+-- Whether replication origin p_origin belongs to the subscription with slot p_slot:
+-- the slot's own name (the provider's transactions) or <slot>_<4 hex digits> (those
+-- it forwards from another node); spock_core::names::forwarded_origin_name.
+CREATE FUNCTION spock._is_subscription_origin(p_slot name, p_origin name) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_origin = p_slot
+        OR (left(p_origin, length(p_slot) + 1) = p_slot || '_' AND length(p_origin) = length(p_slot) + 5);
+$$;
+
+-- How far the subscription with slot p_slot has applied: the furthest progress of
+-- its origins ('0/0' before anything was applied).
+CREATE FUNCTION spock._subscription_progress(p_slot name) RETURNS pg_lsn
+LANGUAGE sql VOLATILE AS $$
+    SELECT coalesce(max(pg_catalog.pg_replication_origin_progress(roname, false)), '0/0')
+      FROM pg_catalog.pg_replication_origin
+     WHERE spock._is_subscription_origin(p_slot, roname);
+$$;
+
 -- Stops the apply worker of a subscription now (the manager starts it again when
 -- the subscription is still enabled).
 CREATE FUNCTION spock._stop_apply_worker(p_slot name) RETURNS void
@@ -604,9 +622,7 @@ BEGIN
             USING HINT = 'Drop it on the provider with pg_drop_replication_slot(), or it will keep WAL there.';
     END IF;
     FOR v_origin IN SELECT roname FROM pg_catalog.pg_replication_origin
-                     WHERE roname = v.sub_slot_name
-                        OR (left(roname, length(v.sub_slot_name) + 1) = v.sub_slot_name || '_'
-                            AND length(roname) = length(v.sub_slot_name) + 5)
+                     WHERE spock._is_subscription_origin(v.sub_slot_name, roname)
     LOOP
         PERFORM pg_catalog.pg_replication_origin_drop(v_origin);
     END LOOP;
@@ -794,11 +810,7 @@ BEGIN
         ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT wait_if_disabled THEN
             RAISE EXCEPTION 'the subscription from node % is disabled', origin_id USING ERRCODE = 'object_not_in_prerequisite_state';
         ELSIF FOUND AND v_sub.sub_enabled THEN
-            SELECT max(pg_catalog.pg_replication_origin_progress(roname, false)) INTO v_done
-              FROM pg_catalog.pg_replication_origin
-             WHERE roname = v_sub.sub_slot_name
-                OR (left(roname, length(v_sub.sub_slot_name) + 1) = v_sub.sub_slot_name || '_'
-                    AND length(roname) = length(v_sub.sub_slot_name) + 5);
+            v_done := spock._subscription_progress(v_sub.sub_slot_name);
             IF v_done >= lsn THEN
                 result := true;
                 RETURN;

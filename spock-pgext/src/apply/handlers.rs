@@ -332,7 +332,7 @@ impl ApplySession {
                             // Another subscription's origin: its provider.
                             client
                                 .select(
-                                    "SELECT sub_origin::int8 FROM spock.subscription WHERE $1 = sub_slot_name::text OR $1 LIKE sub_slot_name::text || '\\_____'",
+                                    "SELECT sub_origin::int8 FROM spock.subscription WHERE spock._is_subscription_origin(sub_slot_name, $1)",
                                     Some(1),
                                     &[name.as_str().into()],
                                 )

@@ -83,9 +83,7 @@ fn create_slot(sub: &SubscriptionInfo) {
 fn start_position(sub: &SubscriptionInfo) -> u64 {
     BackgroundWorker::transaction(|| {
         Spi::get_one_with_args::<String>(
-            "SELECT coalesce(max(pg_catalog.pg_replication_origin_progress(roname, false)), '0/0')::text
-               FROM pg_catalog.pg_replication_origin
-              WHERE roname = $1 OR (left(roname, length($1) + 1) = $1 || '_' AND length(roname) = length($1) + 5)",
+            "SELECT spock._subscription_progress($1)::text",
             &[sub.slot_name.as_str().into()],
         )
         .ok()
