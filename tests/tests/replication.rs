@@ -21,6 +21,14 @@ fn subscribe(sub: &TestNode, provider: &TestNode) {
     .unwrap();
 }
 
+/// Both nodes set up, `b` subscribed to `a` and replicating.
+fn subscribed_pair(a: &TestNode, b: &TestNode) {
+    setup_node(a);
+    setup_node(b);
+    subscribe(b, a);
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+}
+
 fn count(n: &TestNode, sql: &str) -> i64 {
     n.query_one::<i64>(sql).unwrap()
 }
@@ -301,10 +309,7 @@ fn subscribing_to_a_wrong_dsn_or_unknown_set_fails_clearly() {
 fn disable_enable_drop_and_skip_lsn() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    subscribed_pair(a, b);
     b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
     wait_for("disabled", Duration::from_secs(30), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled".to_string());
     // a probe slot shows the commit LSN of the transaction the subscriber will skip
@@ -374,10 +379,7 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
 fn a_local_alter_table_on_the_subscriber_is_picked_up() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    subscribed_pair(a, b);
     a.execute("INSERT INTO t VALUES (1, 'before')").unwrap();
     wait_for("first row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 1);
     // the subscriber gets an extra column with a default: new rows get the default
