@@ -37,14 +37,9 @@ pub fn register_supervisor() {
         .set_library("spock")
         .set_function("spock_supervisor_main")
         .enable_spi_access()
-        .set_start_time(BgWorkerStart_RecoveryFinished())
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
-}
-
-#[allow(non_snake_case)]
-fn BgWorkerStart_RecoveryFinished() -> BgWorkerStartTime {
-    BgWorkerStartTime::RecoveryFinished
 }
 
 /// Wakes the process `pid` (a spock worker) by setting its latch.
