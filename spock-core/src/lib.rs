@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod conflict;
+pub mod exception;
 pub mod ident;
 pub mod names;
 pub mod origin;

@@ -61,8 +61,74 @@ pub static READ_RETRY_COUNT: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// `spock.save_resolutions`.
 pub static SAVE_RESOLUTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Values of `spock.exception_behaviour`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExceptionBehaviourGuc {
+    /// Apply each change on its own; skip (and log) the ones that fail.
+    #[name = c"discard"]
+    Discard,
+    /// Skip (and log) the whole failed transaction.
+    #[name = c"transdiscard"]
+    TransDiscard,
+    /// Log the failed transaction and disable the subscription.
+    #[name = c"sub_disable"]
+    SubDisable,
+}
+
+/// `spock.exception_behaviour`.
+pub static EXCEPTION_BEHAVIOUR: GucSetting<ExceptionBehaviourGuc> =
+    GucSetting::<ExceptionBehaviourGuc>::new(ExceptionBehaviourGuc::TransDiscard);
+
+/// Values of `spock.exception_logging`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExceptionLoggingGuc {
+    /// No exception_log rows.
+    #[name = c"none"]
+    None,
+    /// Rows for the changes that failed.
+    #[name = c"discard"]
+    Discard,
+    /// Rows for every change of a failed transaction.
+    #[name = c"all"]
+    All,
+}
+
+/// `spock.exception_logging`.
+pub static EXCEPTION_LOGGING: GucSetting<ExceptionLoggingGuc> =
+    GucSetting::<ExceptionLoggingGuc>::new(ExceptionLoggingGuc::All);
+
+/// `spock.restart_delay_on_exception`: milliseconds before an apply worker that
+/// stopped on an exception is started again to replay the failed transaction.
+pub static RESTART_DELAY_ON_EXCEPTION: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
+    GucRegistry::define_enum_guc(
+        c"spock.exception_behaviour",
+        c"What the apply worker does with a remote transaction that fails to apply.",
+        c"discard (skip the failing changes), transdiscard (skip the transaction) or sub_disable (disable the subscription). Skipped changes are logged in spock.exception_log.",
+        &EXCEPTION_BEHAVIOUR,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"spock.exception_logging",
+        c"Which changes of a failed remote transaction are recorded in spock.exception_log.",
+        c"none, discard (the failing changes) or all.",
+        &EXCEPTION_LOGGING,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"spock.restart_delay_on_exception",
+        c"Delay before an apply worker stopped by an exception is started again.",
+        c"In milliseconds.",
+        &RESTART_DELAY_ON_EXCEPTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_int_guc(
         c"spock.restart_delay_default",
         c"Delay before a failed spock apply worker is restarted.",
@@ -122,5 +188,25 @@ pub fn conflict_policy() -> ConflictPolicy {
         ConflictResolutionGuc::ApplyRemote => ConflictPolicy::ApplyRemote,
         ConflictResolutionGuc::KeepLocal => ConflictPolicy::KeepLocal,
         ConflictResolutionGuc::Error => ConflictPolicy::Error,
+    }
+}
+
+/// The exception behaviour in force.
+pub fn exception_behaviour() -> spock_core::exception::ExceptionBehaviour {
+    use spock_core::exception::ExceptionBehaviour as B;
+    match EXCEPTION_BEHAVIOUR.get() {
+        ExceptionBehaviourGuc::Discard => B::Discard,
+        ExceptionBehaviourGuc::TransDiscard => B::TransDiscard,
+        ExceptionBehaviourGuc::SubDisable => B::SubDisable,
+    }
+}
+
+/// The exception logging in force.
+pub fn exception_logging() -> spock_core::exception::ExceptionLogging {
+    use spock_core::exception::ExceptionLogging as L;
+    match EXCEPTION_LOGGING.get() {
+        ExceptionLoggingGuc::None => L::None,
+        ExceptionLoggingGuc::Discard => L::Discard,
+        ExceptionLoggingGuc::All => L::All,
     }
 }

@@ -355,7 +355,8 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     let workers = |n: &TestNode| n.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('spock apply', 'spock manager')").unwrap();
     assert_eq!(workers(b), 2);
     // an apply error (a table missing on the subscriber) stops the worker, which is
-    // started again and succeeds once the table exists
+    // started again and, per the default spock.exception_behaviour (transdiscard),
+    // records the failed transaction in spock.exception_log and goes on
     for n in [a, b] {
         n.execute("CREATE TABLE later(id int PRIMARY KEY)").unwrap();
     }
@@ -367,8 +368,22 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
         assert!(Instant::now() < deadline, "no error about the missing table in n2's log");
         std::thread::sleep(Duration::from_millis(100));
     }
+    wait_for(
+        "the failed transaction in exception_log",
+        Duration::from_secs(30),
+        || {
+            b.query_one::<String>(
+                "SELECT coalesce(string_agg(table_name || ' ' || operation || ' ' || (error_message LIKE '%does not exist%')::text, ','), '')
+                   FROM spock.exception_log",
+            )
+            .unwrap()
+        },
+        "later INSERT true".to_string(),
+    );
     b.execute("CREATE TABLE later(id int PRIMARY KEY)").unwrap();
-    wait_for("the row after the worker restarted", Duration::from_secs(60), || count(b, "SELECT count(*) FROM later"), 1);
+    a.execute("INSERT INTO later VALUES (2)").unwrap();
+    wait_for("the row after the worker restarted", Duration::from_secs(60), || count(b, "SELECT count(*) FROM later WHERE id = 2"), 1);
+    assert_eq!(count(b, "SELECT count(*) FROM later"), 1, "the discarded transaction stays discarded");
     // DROP EXTENSION stops the database's manager and apply workers
     b.execute("DROP EXTENSION spock").unwrap();
     wait_for("no spock workers", Duration::from_secs(30), || workers(b), 0);

@@ -10,12 +10,14 @@ use std::ffi::CString;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::conflict::{self, ConflictKind, Decision, RowVersion, Tiebreakers};
+use spock_core::exception::{self as exc, ReplayMode};
 use spock_core::names;
 use spock_core::proto::{self, Decoded, Message};
 
 use super::executor::{LocalRelation, LocalVersion, TableWriter};
 use super::subscription::SubscriptionInfo;
 use crate::error::{spi_failed, PgError};
+use crate::workers::shmem::ExceptionSlot;
 use crate::gucs;
 
 /// A remote relation and, once used in this transaction, its local mapping.
@@ -43,6 +45,60 @@ pub struct ApplySession {
     progress_slot: Option<usize>,
     /// The provider's insert position last reported.
     pub remote_insert_lsn: u64,
+    /// A transaction that failed before and is replayed per
+    /// `spock.exception_behaviour` when it arrives again.
+    exception: Option<ExceptionSlot>,
+    /// The change being applied (1-based; 0 between changes): where an error struck.
+    current_change: u32,
+    /// Set after a replayed transaction: the worker reconnects (binary transfer again).
+    pub reconnect: bool,
+    /// Set when the subscription was disabled by an exception: the worker stops.
+    pub stop: bool,
+}
+
+/// A row change of the remote transaction.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Insert(&'a proto::Insert),
+    Update(&'a proto::Update),
+    Delete(&'a proto::Delete),
+    Truncate(&'a proto::Truncate),
+}
+
+impl<'a> Change<'a> {
+    fn operation(&self) -> &'static str {
+        match self {
+            Change::Insert(_) => "INSERT",
+            Change::Update(_) => "UPDATE",
+            Change::Delete(_) => "DELETE",
+            Change::Truncate(_) => "TRUNCATE",
+        }
+    }
+
+    fn relid(&self) -> Option<u32> {
+        match self {
+            Change::Insert(i) => Some(i.relid),
+            Change::Update(u) => Some(u.relid),
+            Change::Delete(d) => Some(d.relid),
+            Change::Truncate(t) => t.relids.first().copied(),
+        }
+    }
+
+    fn old_tuple(&self) -> Option<&'a proto::Tuple> {
+        match self {
+            Change::Update(u) => u.old.as_ref().map(|o| &o.tuple),
+            Change::Delete(d) => Some(&d.old.tuple),
+            _ => None,
+        }
+    }
+
+    fn new_tuple(&self) -> Option<&'a proto::Tuple> {
+        match self {
+            Change::Insert(i) => Some(&i.new),
+            Change::Update(u) => Some(&u.new),
+            _ => None,
+        }
+    }
 }
 
 struct RemoteTxn {
@@ -54,6 +110,10 @@ struct RemoteTxn {
     local_started: bool,
     /// The transaction is skipped (`sub_alter_skiplsn`).
     skip: bool,
+    /// Set when this transaction failed before: how it is replayed.
+    replay: Option<ReplayMode>,
+    /// Changes seen so far.
+    changes: u32,
 }
 
 impl ApplySession {
@@ -74,7 +134,53 @@ impl ApplySession {
             change_cxt,
             progress_slot: None,
             remote_insert_lsn: 0,
+            exception: None,
+            current_change: 0,
+            reconnect: false,
+            stop: false,
         }
+    }
+
+    /// Whether a failed transaction waits to be replayed (the worker then asks for
+    /// text transfer, so exception_log shows readable values).
+    pub fn replay_pending(&self) -> bool {
+        self.exception.is_some()
+    }
+
+    /// Records, before the worker stops on `error`, where the open remote
+    /// transaction failed, so that the next attempt replays it per
+    /// `spock.exception_behaviour` (a transient error is simply retried).
+    pub fn note_failure(&mut self, sqlstate: &str, message: &str) {
+        let (Some(remote), Some(slot)) = (self.remote.as_ref(), self.progress_slot) else { return };
+        if remote.skip {
+            return;
+        }
+        if exc::is_transient(sqlstate) {
+            pgrx::log!(
+                "spock subscription {}: transient error ({sqlstate}) applying remote transaction {}; it will be retried",
+                self.sub.name,
+                remote.xid
+            );
+            return;
+        }
+        let next = match remote.replay {
+            None => ReplayMode::for_behaviour(gucs::exception_behaviour()),
+            Some(m) => m.escalate().unwrap_or(ReplayMode::Disable),
+        };
+        let message = format!("{message} (SQLSTATE {sqlstate})");
+        crate::workers::shmem::record_exception(slot, remote.final_lsn, self.current_change, next.code(), &message);
+        pgrx::log!(
+            "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
+            self.sub.name,
+            remote.xid,
+            super::subscription::format_lsn(remote.final_lsn),
+            self.current_change,
+            match next {
+                ReplayMode::Discard => "discard",
+                ReplayMode::LogOnly => "transdiscard",
+                ReplayMode::Disable => "sub_disable",
+            }
+        );
     }
 
     /// Attaches to the shared progress table.
@@ -87,6 +193,7 @@ impl ApplySession {
                     p.node_id = node;
                     p.remote_node_id = remote;
                 });
+                self.exception = crate::workers::shmem::pending_exception(i);
             }
         }
     }
@@ -132,21 +239,16 @@ impl ApplySession {
         if let Some(l) = d.remote_insert_lsn {
             self.remote_insert_lsn = self.remote_insert_lsn.max(l);
         }
-        if self.remote.as_ref().is_some_and(|r| r.skip)
-            && matches!(d.message, Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_))
-        {
-            return;
-        }
         match d.message {
             Message::Startup(s) => self.handle_startup(&s),
             Message::Begin(b) => self.handle_begin(&b),
             Message::Origin(o) => self.handle_origin(&o),
             Message::CommitOrder(_) => {}
             Message::Relation(r) => self.handle_relation(r),
-            Message::Insert(i) => self.in_change(|s| s.handle_insert(&i)),
-            Message::Update(u) => self.in_change(|s| s.handle_update(&u)),
-            Message::Delete(del) => self.in_change(|s| s.handle_delete(&del)),
-            Message::Truncate(t) => self.in_change(|s| s.handle_truncate(&t)),
+            Message::Insert(i) => self.change(Change::Insert(&i)),
+            Message::Update(u) => self.change(Change::Update(&u)),
+            Message::Delete(del) => self.change(Change::Delete(&del)),
+            Message::Truncate(t) => self.change(Change::Truncate(&t)),
             Message::Commit(c) => self.handle_commit(&c),
             Message::LogicalMessage(m) => self.handle_message(&m),
         }
@@ -196,7 +298,33 @@ impl ApplySession {
                 super::subscription::format_lsn(b.final_lsn)
             );
         }
-        self.remote = Some(RemoteTxn { commit_time: b.commit_time, xid: b.xid, final_lsn: b.final_lsn, origin_node: self.sub.provider_node_id, local_started: false, skip });
+        let replay = self
+            .exception
+            .filter(|e| !skip && e.final_lsn == b.final_lsn)
+            .and_then(|e| ReplayMode::from_code(e.mode));
+        if let Some(mode) = replay {
+            pgrx::log!(
+                "spock subscription {}: replaying remote transaction {} (commit LSN {}) that failed before, in {} mode",
+                self.sub.name,
+                b.xid,
+                super::subscription::format_lsn(b.final_lsn),
+                match mode {
+                    ReplayMode::Discard => "discard",
+                    ReplayMode::LogOnly => "transdiscard",
+                    ReplayMode::Disable => "sub_disable",
+                }
+            );
+        }
+        self.remote = Some(RemoteTxn {
+            commit_time: b.commit_time,
+            xid: b.xid,
+            final_lsn: b.final_lsn,
+            origin_node: self.sub.provider_node_id,
+            local_started: false,
+            skip,
+            replay,
+            changes: 0,
+        });
     }
 
     /// The replication origin for transactions that came from `node`.
@@ -254,20 +382,187 @@ impl ApplySession {
         self.rels.insert(r.relid, RemoteRel { msg: r, local: None });
     }
 
-    /// Runs a row change inside the local transaction, with a snapshot and the
-    /// per-change memory context.
-    fn in_change(&mut self, f: impl FnOnce(&mut Self)) {
+    /// One row change: applied, or (replaying a transaction that failed before)
+    /// applied on its own or only logged.
+    fn change(&mut self, c: Change<'_>) {
         let Some(remote) = self.remote.as_mut() else {
             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: change outside a transaction").raise();
         };
-        // SAFETY: the usual begin/end of one replication step (worker.c).
-        unsafe {
-            if !remote.local_started {
+        if remote.skip {
+            return;
+        }
+        remote.changes += 1;
+        let n = remote.changes;
+        let replay = remote.replay;
+        self.current_change = n;
+        match replay {
+            None => self.in_change(|s| s.apply(c)),
+            Some(ReplayMode::Discard) => {
+                // SAFETY: called inside the apply transaction (in_change_isolated
+                // starts it); the closure is a complete change.
+                if let Err(error) = self.in_change_isolated(|s| s.apply(c)) {
+                    pgrx::warning!(
+                        "spock subscription {}: discarding change {n} ({} on {}) of remote transaction {}: {error}",
+                        self.sub.name,
+                        c.operation(),
+                        self.relation_label(c.relid()),
+                        self.remote.as_ref().map_or(0, |r| r.xid)
+                    );
+                    if ReplayMode::Discard.logs(gucs::exception_logging(), true) {
+                        self.log_exception(Some(c), n, &error);
+                    }
+                }
+            }
+            Some(mode) => {
+                let (failed_change, error) = self.exception.map_or((0, String::new()), |e| (e.failed_change, e.message()));
+                let failed = n == failed_change;
+                if mode.logs(gucs::exception_logging(), failed) {
+                    let msg: String = if failed { error } else { exc::collateral_message(mode, failed_change, &error) };
+                    self.log_exception(Some(c), n, &msg);
+                }
+            }
+        }
+        self.current_change = 0;
+    }
+
+    fn apply(&mut self, c: Change<'_>) {
+        match c {
+            Change::Insert(i) => self.handle_insert(i),
+            Change::Update(u) => self.handle_update(u),
+            Change::Delete(d) => self.handle_delete(d),
+            Change::Truncate(t) => self.handle_truncate(t),
+        }
+    }
+
+    /// Starts the local transaction of the remote one, if not started yet.
+    fn ensure_local_transaction(&mut self) {
+        let Some(remote) = self.remote.as_mut() else { return };
+        if !remote.local_started {
+            // SAFETY: starts a transaction between replication steps (worker.c).
+            unsafe {
                 pg_sys::StartTransactionCommand();
-                remote.local_started = true;
                 // Rows keep the remote commit time as the origin timestamp.
                 pg_sys::replorigin_session_origin_timestamp = remote.commit_time;
             }
+            remote.local_started = true;
+        }
+    }
+
+    /// Runs `f` like [`Self::in_change`] but in a subtransaction: an error rolls back
+    /// only this change and is returned as text.
+    fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
+        self.ensure_local_transaction();
+        // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
+        // keep the caller's memory context and resource owner, and on error restore
+        // them, flush the error state and roll the subtransaction back (which also
+        // pops snapshots pushed inside and releases relations opened inside).
+        unsafe {
+            let cxt = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(cxt);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
+            match r {
+                Ok(()) => {
+                    pg_sys::ReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    pg_sys::CurrentResourceOwner = owner;
+                    Ok(())
+                }
+                Err(payload) => {
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    let (code, msg) = describe_error(payload.as_ref());
+                    pg_sys::FlushErrorState();
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    pg_sys::CurrentResourceOwner = owner;
+                    pg_sys::MemoryContextReset(self.change_cxt);
+                    Err(format!("{msg} (SQLSTATE {code})"))
+                }
+            }
+        }
+    }
+
+    /// `schema.table` of remote relation `relid`, for messages.
+    fn relation_label(&self, relid: Option<u32>) -> String {
+        relid
+            .and_then(|r| self.rels.get(&r))
+            .map_or_else(|| "?".to_string(), |r| format!("{}.{}", r.msg.nspname, r.msg.relname))
+    }
+
+    /// Adds a row to spock.exception_log for change `n` (or for the transaction when
+    /// `c` is None: `operation` SUB_DISABLE), in the local transaction.
+    fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
+        self.ensure_local_transaction();
+        let Some(remote) = self.remote.as_ref() else { return };
+        let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.get(&r)).map(|r| &r.msg);
+        let (schema, table) = rel.map_or((None, None), |r| (Some(r.nspname.clone()), Some(r.relname.clone())));
+        let operation = c.map_or("SUB_DISABLE", |c| c.operation());
+        let (origin, commit_time, xid) = (i64::from(remote.origin_node), remote.commit_time, i64::from(remote.xid));
+        let (old, new) = (c.and_then(|c| c.old_tuple()).cloned(), c.and_then(|c| c.new_tuple()).cloned());
+        let columns: Vec<(String, String)> = match rel {
+            Some(r) => r.columns.iter().map(|col| (col.name.clone(), String::new())).collect(),
+            None => Vec::new(),
+        };
+        // SAFETY: SPI needs an active snapshot; pushed and popped around it.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        Spi::connect_mut(|client| {
+            // Local type names, when the table exists here.
+            let types: HashMap<String, String> = match (&schema, &table) {
+                (Some(sch), Some(tab)) => client
+                    .select(
+                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                           FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
+                            AND a.attnum > 0 AND NOT a.attisdropped",
+                        None,
+                        &[sch.as_str().into(), tab.as_str().into()],
+                    )
+                    .map(|t| t.into_iter().filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+                    .unwrap_or_default(),
+                _ => HashMap::new(),
+            };
+            let labels: Vec<exc::ColumnLabel> = columns
+                .iter()
+                .map(|(name, _)| exc::ColumnLabel { name: name.clone(), type_name: types.get(name).cloned() })
+                .collect();
+            let old_json = old.as_ref().map(|t| exc::tuple_json(&labels, t));
+            let new_json = new.as_ref().map(|t| exc::tuple_json(&labels, t));
+            client
+                .update(
+                    "INSERT INTO spock.exception_log (remote_origin, remote_commit_ts, command_counter, retry_errored_at,
+                        remote_xid, table_schema, table_name, operation, remote_old_tup, remote_new_tup, error_message)
+                     VALUES ($1::int8::oid, '2000-01-01 00:00:00+00'::timestamptz + $2 * interval '1 microsecond', $3,
+                             pg_catalog.clock_timestamp(), $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)",
+                    None,
+                    &[
+                        origin.into(),
+                        commit_time.into(),
+                        (n as i32).into(),
+                        xid.into(),
+                        schema.as_deref().into(),
+                        table.as_deref().into(),
+                        operation.into(),
+                        old_json.as_deref().into(),
+                        new_json.as_deref().into(),
+                        message.into(),
+                    ],
+                )
+                .unwrap_or_else(|e| spi_failed("recording an exception", e));
+        });
+        // SAFETY: pops the snapshot pushed above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
+    /// Runs a row change inside the local transaction, with a snapshot and the
+    /// per-change memory context.
+    fn in_change(&mut self, f: impl FnOnce(&mut Self)) {
+        self.ensure_local_transaction();
+        // SAFETY: the usual begin/end of one replication step (worker.c).
+        unsafe {
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             let old = pg_sys::MemoryContextSwitchTo(self.change_cxt);
@@ -557,8 +852,25 @@ impl ApplySession {
                 pg_sys::CommitTransactionCommand();
                 self.pending.push_back((pg_sys::XactLastCommitEnd, c.end_lsn));
             }
+            self.forget_exception(c.end_lsn);
             return;
         }
+        let remote = match remote.replay {
+            None => remote,
+            Some(ReplayMode::Disable) => {
+                self.disable_after_exception(remote);
+                return;
+            }
+            Some(_) => {
+                // The replayed transaction commits (what applied of it, and its
+                // exception_log rows) and moves the origin past it.
+                self.remote = Some(remote);
+                self.ensure_local_transaction();
+                self.forget_exception(c.end_lsn);
+                self.reconnect = true;
+                self.remote.take().expect("just put back")
+            }
+        };
         if !remote.local_started {
             return;
         }
@@ -585,6 +897,84 @@ impl ApplySession {
             });
         }
     }
+}
+
+impl ApplySession {
+    /// Forgets the failed transaction once the transaction ending at `end_lsn` (the
+    /// replayed or skipped one) is done.
+    fn forget_exception(&mut self, _end_lsn: u64) {
+        if self.exception.take().is_some() {
+            if let Some(i) = self.progress_slot {
+                crate::workers::shmem::clear_exception(i);
+            }
+        }
+    }
+
+    /// `spock.exception_behaviour = sub_disable`: records the transaction's changes
+    /// (already logged) and a SUB_DISABLE row, disables the subscription and commits
+    /// without moving the origin, so that re-enabling retries the transaction and
+    /// `sub_alter_skiplsn` can skip it.
+    fn disable_after_exception(&mut self, remote: RemoteTxn) {
+        let lsn = super::subscription::format_lsn(remote.final_lsn);
+        let xid = remote.xid;
+        let changes = remote.changes;
+        self.remote = Some(remote);
+        self.ensure_local_transaction();
+        let msg = exc::disable_message(&self.sub.name, &lsn);
+        if gucs::exception_logging() != exc::ExceptionLogging::None {
+            self.log_exception(None, changes + 1, &msg);
+        }
+        // SAFETY: SPI in the open local transaction needs an active snapshot.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        Spi::run_with_args(
+            "UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = $1::int8::oid",
+            &[i64::from(self.sub.id).into()],
+        )
+        .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
+        // SAFETY: commits without origin progress (the transaction stays unapplied).
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::replorigin_session_origin_lsn = pg_sys::InvalidXLogRecPtr as u64;
+            pg_sys::CommitTransactionCommand();
+        }
+        self.remote = None;
+        self.forget_exception(0);
+        pgrx::warning!(
+            "spock subscription {}: disabled after remote transaction {xid} (commit LSN {lsn}) failed; see spock.exception_log. \
+             Fix the cause and run spock.sub_enable('{}'), or skip the transaction with spock.sub_alter_skiplsn('{}', '{lsn}') first",
+            self.sub.name,
+            self.sub.name,
+            self.sub.name
+        );
+        self.stop = true;
+    }
+}
+
+/// SQLSTATE and message of a caught error (a PostgreSQL ERROR turned into a panic
+/// by pgrx, a raised [`PgError`], or a Rust panic).
+pub fn describe_error(payload: &(dyn std::any::Any + Send)) -> (String, String) {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
+    let report: Option<&ErrorReportWithLevel> = match payload.downcast_ref::<CaughtError>() {
+        Some(CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. }) => Some(r),
+        None => payload.downcast_ref::<ErrorReportWithLevel>(),
+    };
+    if let Some(r) = report {
+        return (sqlstate_text(r.sql_error_code() as isize as i64), r.message().to_string());
+    }
+    if let Some(r) = payload.downcast_ref::<ErrorReport>() {
+        return ("XX000".to_string(), r.message().to_string());
+    }
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "internal error".to_string());
+    ("XX000".to_string(), msg)
+}
+
+/// The five characters of a packed SQLSTATE.
+fn sqlstate_text(code: i64) -> String {
+    (0..5).map(|i| char::from(((code >> (6 * i)) & 0x3f) as u8 + b'0')).collect()
 }
 
 /// Looks for the row an UPDATE or DELETE targets, retrying `spock.read_retry_count`

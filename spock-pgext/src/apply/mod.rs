@@ -93,12 +93,12 @@ fn start_position(sub: &SubscriptionInfo) -> u64 {
     })
 }
 
-fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u64) -> String {
+fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u64, text: bool) -> String {
     // SAFETY: reads the database encoding's name constant.
     let enc = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned();
     let params = ClientParams {
         expected_encoding: enc,
-        force_text_transfer: sub.force_text_transfer,
+        force_text_transfer: sub.force_text_transfer || text,
         pg_version_num: pg_sys::PG_VERSION_NUM,
         binary: BinaryFormat::LP64_LITTLE_ENDIAN,
         forward_origins: Some(sub.forward_origins.join(",")),
@@ -164,17 +164,35 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         report_activity("creating the replication slot");
         create_slot(&sub);
     }
-    let start = start_position(&sub);
-    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
-        .unwrap_or_else(|e| fail(&sub, "could not connect to the provider in replication mode", e));
-    let cmd = start_replication_command(&sub, &conn, start);
-    conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(&sub, "could not start replication", e));
-    report_activity("replicating");
-    pgrx::log!("spock subscription {}: streaming from {} at {}", sub.name, sub.provider_name, format_lsn(start));
-
     crate::output_plugin::invalidation::register();
     let mut session = ApplySession::new(sub.clone());
     session.attach_progress(u32::from(db));
+    // A replayed transaction ends with a reconnect (back to binary transfer).
+    while stream(&sub, &mut session) {
+        session.reconnect = false;
+    }
+    pgrx::log!("{APPLY_TYPE} for subscription {} stopping", sub.name);
+}
+
+/// Streams from the provider and applies until the worker must stop (false) or
+/// reconnect (true).
+fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
+    let start = start_position(sub);
+    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    // A transaction that failed before is replayed with values in text, so that
+    // spock.exception_log shows them readably.
+    let text = session.replay_pending();
+    let cmd = start_replication_command(sub, &conn, start, text);
+    conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(sub, "could not start replication", e));
+    report_activity("replicating");
+    pgrx::log!(
+        "spock subscription {}: streaming from {} at {}{}",
+        sub.name,
+        sub.provider_name,
+        format_lsn(start),
+        if text { " (text transfer, to replay a failed transaction)" } else { "" }
+    );
     let mut decoder = StreamDecoder::new();
     let mut last_received = start;
     let mut flushed = start;
@@ -184,7 +202,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         let mut reply_requested = false;
         // Drain what has arrived.
         loop {
-            match conn.read_copy_data().unwrap_or_else(|e| fail(&sub, "lost the provider", e)) {
+            match conn.read_copy_data().unwrap_or_else(|e| fail(sub, "lost the provider", e)) {
                 CopyData::Data(buf) => match buf.first() {
                     Some(b'w') if buf.len() >= 25 => {
                         let end = u64::from_be_bytes(buf[9..17].try_into().expect("8 bytes"));
@@ -192,8 +210,17 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
                         let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
                             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
                         });
-                        session.handle(decoded);
+                        // An error is remembered (where the transaction failed) before
+                        // it stops the worker, so the next attempt can replay it.
+                        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle(decoded))) {
+                            let (code, msg) = handlers::describe_error(e.as_ref());
+                            session.note_failure(&code, &msg);
+                            std::panic::resume_unwind(e);
+                        }
                         last_received = last_received.max(end);
+                        if session.stop {
+                            return false;
+                        }
                     }
                     Some(b'k') if buf.len() >= 18 => {
                         let end = u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes"));
@@ -203,14 +230,19 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
                     _ => {}
                 },
                 CopyData::WouldBlock => break,
-                CopyData::Done => fail(&sub, "the provider ended replication", "stream closed"),
+                CopyData::Done => fail(sub, "the provider ended replication", "stream closed"),
             }
             if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
-                return;
+                return false;
             }
         }
         if let Some(f) = session.flushed_remote_lsn() {
             flushed = flushed.max(f);
+        }
+        if session.reconnect && !session.in_remote_transaction() {
+            // Tell the provider what is applied before leaving.
+            let _ = conn.write_copy_data(&feedback(last_received, flushed.max(session.flushed_remote_lsn().unwrap_or(0)), false));
+            return true;
         }
         if !session.in_remote_transaction() && !session.has_unflushed() {
             // Idle: everything sent to us is applied and durable.
@@ -227,7 +259,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
             || last_feedback.elapsed() >= FEEDBACK_INTERVAL
         {
             conn.write_copy_data(&feedback(last_received, flushed, false))
-                .unwrap_or_else(|e| fail(&sub, "could not send feedback", e));
+                .unwrap_or_else(|e| fail(sub, "could not send feedback", e));
             reported = (last_received, flushed);
             last_feedback = Instant::now();
         }
@@ -247,8 +279,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
             unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         }
         if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
-            break;
+            return false;
         }
     }
-    pgrx::log!("{APPLY_TYPE} for subscription {} stopping", sub.name);
 }

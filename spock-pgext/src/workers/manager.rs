@@ -114,6 +114,13 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             if workers.contains_key(sub_id) {
                 continue;
             }
+            // A worker stopped by an exception comes back sooner to replay the
+            // failed transaction per spock.exception_behaviour.
+            let delay = if shmem::has_pending_exception(u32::from(db), *sub_id) {
+                Duration::from_millis(gucs::RESTART_DELAY_ON_EXCEPTION.get().max(0) as u64)
+            } else {
+                delay
+            };
             if failed_at.get(sub_id).is_some_and(|t| t.elapsed() < delay) {
                 continue;
             }

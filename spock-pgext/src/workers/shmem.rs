@@ -38,6 +38,46 @@ pub struct SubProgress {
     pub last_updated_ts: i64,
 }
 
+/// Bytes of an error message kept for a failed transaction.
+const EXCEPTION_MSG_LEN: usize = 512;
+
+/// A remote transaction that failed to apply, remembered across the worker's
+/// restart so that the next attempt replays it per `spock.exception_behaviour`.
+/// Same index as the subscription's [`SubProgress`].
+#[derive(Copy, Clone)]
+pub struct ExceptionSlot {
+    /// Commit LSN of the failed transaction on the provider (0: none).
+    pub final_lsn: u64,
+    /// The change (1-based) that failed; 0 when no single change failed.
+    pub failed_change: u32,
+    /// [`spock_core::exception::ReplayMode::code`] of the next attempt.
+    pub mode: u8,
+    msg_len: u16,
+    msg: [u8; EXCEPTION_MSG_LEN],
+}
+
+impl Default for ExceptionSlot {
+    fn default() -> Self {
+        ExceptionSlot { final_lsn: 0, failed_change: 0, mode: 0, msg_len: 0, msg: [0; EXCEPTION_MSG_LEN] }
+    }
+}
+
+impl ExceptionSlot {
+    /// The saved error message.
+    pub fn message(&self) -> String {
+        String::from_utf8_lossy(&self.msg[..usize::from(self.msg_len)]).into_owned()
+    }
+
+    fn set_message(&mut self, m: &str) {
+        let mut n = m.len().min(EXCEPTION_MSG_LEN);
+        while !m.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.msg[..n].copy_from_slice(&m.as_bytes()[..n]);
+        self.msg_len = n as u16;
+    }
+}
+
 /// Shared worker state: databases without spock, and apply progress.
 #[derive(Copy, Clone)]
 pub struct WorkerState {
@@ -45,11 +85,18 @@ pub struct WorkerState {
     n: usize,
     /// Apply progress per subscription.
     pub progress: [SubProgress; MAX_SUBSCRIPTIONS],
+    /// Failed transactions per subscription (same index as `progress`).
+    pub exceptions: [ExceptionSlot; MAX_SUBSCRIPTIONS],
 }
 
 impl Default for WorkerState {
     fn default() -> Self {
-        WorkerState { no_spock: [0; MAX_DATABASES], n: 0, progress: [SubProgress::default(); MAX_SUBSCRIPTIONS] }
+        WorkerState {
+            no_spock: [0; MAX_DATABASES],
+            n: 0,
+            progress: [SubProgress::default(); MAX_SUBSCRIPTIONS],
+            exceptions: [ExceptionSlot::default(); MAX_SUBSCRIPTIONS],
+        }
     }
 }
 
@@ -114,6 +161,7 @@ pub fn progress_slot(dbid: u32, sub_id: u32) -> Option<usize> {
     }
     let i = s.progress.iter().position(|p| !p.in_use)?;
     s.progress[i] = SubProgress { in_use: true, dbid, sub_id, ..SubProgress::default() };
+    s.exceptions[i] = ExceptionSlot::default();
     Some(i)
 }
 
@@ -131,6 +179,46 @@ pub fn retain_progress(dbid: u32, keep: &[u32]) {
             *p = SubProgress::default();
         }
     }
+    for i in 0..MAX_SUBSCRIPTIONS {
+        if !s.progress[i].in_use {
+            s.exceptions[i] = ExceptionSlot::default();
+        }
+    }
+}
+
+/// Remembers that the transaction with commit LSN `final_lsn` failed at change
+/// `failed_change` with `message`, to be replayed in mode `mode` next time.
+pub fn record_exception(i: usize, final_lsn: u64, failed_change: u32, mode: u8, message: &str) {
+    let mut s = WORKER_STATE.exclusive();
+    let e = &mut s.exceptions[i];
+    e.final_lsn = final_lsn;
+    e.failed_change = failed_change;
+    e.mode = mode;
+    e.set_message(message);
+}
+
+/// The failed transaction remembered in slot `i`, if any.
+pub fn pending_exception(i: usize) -> Option<ExceptionSlot> {
+    let s = WORKER_STATE.share();
+    let e = s.exceptions[i];
+    (e.final_lsn != 0).then_some(e)
+}
+
+/// Forgets the failed transaction of slot `i`.
+pub fn clear_exception(i: usize) {
+    WORKER_STATE.exclusive().exceptions[i] = ExceptionSlot::default();
+}
+
+/// Whether subscription `sub_id` of `dbid` has a failed transaction waiting for replay.
+pub fn has_pending_exception(dbid: u32, sub_id: u32) -> bool {
+    if !preloaded() {
+        return false;
+    }
+    let s = WORKER_STATE.share();
+    s.progress
+        .iter()
+        .zip(s.exceptions.iter())
+        .any(|(p, e)| p.in_use && p.dbid == dbid && p.sub_id == sub_id && e.final_lsn != 0)
 }
 
 /// A copy of every progress entry in use.

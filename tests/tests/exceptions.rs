@@ -1,0 +1,136 @@
+//! `spock.exception_behaviour` on real nodes: a remote transaction with a row that
+//! violates a constraint only the subscriber has. Each mode must apply, log or stop
+//! exactly as documented, and replication must go on afterwards (or stay stopped
+//! with a message that says how to continue).
+
+use std::time::Duration;
+
+use spock_tests::{Cluster, TestNode};
+
+fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
+    spock_tests::wait_for(what, Duration::from_secs(60), f, want)
+}
+
+/// n1 publishes t1, t2, t3; n2 subscribes with `behaviour`. n2's t2 refuses 'bad'.
+fn setup(behaviour: &str) -> Cluster {
+    let c = Cluster::start_n(2).unwrap();
+    for n in &c.nodes {
+        n.execute("CREATE EXTENSION spock").unwrap();
+        n.execute(&format!("SELECT spock.node_create('{}', '{}')", n.name, n.dsn("postgres"))).unwrap();
+        for t in ["t1", "t2", "t3"] {
+            n.execute(&format!("CREATE TABLE {t}(x int PRIMARY KEY, v text)")).unwrap();
+        }
+    }
+    let (p, s) = (c.node(0), c.node(1));
+    for t in ["t1", "t2", "t3"] {
+        p.execute(&format!("SELECT spock.repset_add_table('default', '{t}')")).unwrap();
+    }
+    s.execute("ALTER TABLE t2 ADD CONSTRAINT no_bad CHECK (v <> 'bad')").unwrap();
+    s.execute(&format!("ALTER SYSTEM SET spock.exception_behaviour = '{behaviour}'")).unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}')", p.dsn("postgres"))).unwrap();
+    wait_for("replicating", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    c
+}
+
+fn rows(n: &TestNode, t: &str) -> String {
+    n.query_one::<String>(&format!("SELECT coalesce(string_agg(x || ':' || v, ',' ORDER BY x), '') FROM {t}")).unwrap()
+}
+
+/// exception_log as `table/operation/failed` in command order; `failed` when the
+/// message names the check constraint.
+fn exception_log(n: &TestNode) -> String {
+    n.query_one::<String>(
+        "SELECT coalesce(string_agg(coalesce(table_name, '') || '/' || operation || '/' ||
+                CASE WHEN error_message LIKE '%no_bad%' THEN 'failed' ELSE 'collateral' END, ','
+                ORDER BY command_counter), '')
+           FROM spock.exception_log",
+    )
+    .unwrap()
+}
+
+/// The transaction with the bad row, then a good one after it.
+fn bad_then_good(p: &TestNode) {
+    p.execute("BEGIN; INSERT INTO t1 VALUES (1, 'a'); INSERT INTO t2 VALUES (1, 'bad'); INSERT INTO t3 VALUES (1, 'c'); COMMIT")
+        .unwrap();
+    p.execute("INSERT INTO t1 VALUES (2, 'after')").unwrap();
+}
+
+#[test]
+fn discard_skips_only_the_failing_change() {
+    let c = setup("discard");
+    let (p, s) = (c.node(0), c.node(1));
+    bad_then_good(p);
+    wait_for("the transaction after the failed one", || rows(s, "t1"), "1:a,2:after".into());
+    assert_eq!(rows(s, "t2"), "", "the violating row must not be applied");
+    assert_eq!(rows(s, "t3"), "1:c", "the other changes of the transaction apply");
+    assert_eq!(exception_log(s), "t2/INSERT/failed");
+    let (new_tup, xid_ok): (String, bool) = {
+        let mut client = s.connect().unwrap();
+        let r = client
+            .query_one(
+                "SELECT remote_new_tup::text, remote_xid > 0 AND remote_origin > 0 AND remote_commit_ts > now() - interval '1 hour'
+                   FROM spock.exception_log",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(new_tup.contains("\"attname\": \"v\"") && new_tup.contains("\"value\": \"bad\""), "{new_tup}");
+    assert!(new_tup.contains("\"atttype\": \"text\""), "{new_tup}");
+    assert!(xid_ok, "remote xid, origin and commit time are recorded");
+    // Replication goes on normally (binary transfer again) and nothing is repeated.
+    p.execute("INSERT INTO t2 VALUES (2, 'good')").unwrap();
+    wait_for("later rows", || rows(s, "t2"), "2:good".into());
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 1);
+}
+
+#[test]
+fn transdiscard_skips_the_whole_transaction_and_logs_every_change() {
+    let c = setup("transdiscard");
+    let (p, s) = (c.node(0), c.node(1));
+    bad_then_good(p);
+    wait_for("the transaction after the failed one", || rows(s, "t1"), "2:after".into());
+    assert_eq!(rows(s, "t2"), "");
+    assert_eq!(rows(s, "t3"), "", "nothing of the failed transaction applies");
+    assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral");
+    // The origin moved past the transaction: a restart does not bring it back.
+    s.restart().unwrap();
+    p.execute("INSERT INTO t3 VALUES (9, 'z')").unwrap();
+    wait_for("rows after a restart", || rows(s, "t3"), "9:z".into());
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 3);
+}
+
+#[test]
+fn sub_disable_stops_until_skipped_or_fixed() {
+    let c = setup("sub_disable");
+    let (p, s) = (c.node(0), c.node(1));
+    bad_then_good(p);
+    wait_for("subscription disabled", || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(), false);
+    assert_eq!(
+        exception_log(s),
+        "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral,/SUB_DISABLE/collateral"
+    );
+    assert_eq!(rows(s, "t1"), "", "nothing applies, not even later transactions");
+    assert!(s.log().contains("sub_alter_skiplsn"), "the server log says how to continue");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled");
+
+    // Skip the failed transaction with the LSN from the log, then enable.
+    let lsn: String = s
+        .query_one("SELECT substring(error_message from 'skip_lsn = (\\S+)') FROM spock.exception_log WHERE operation = 'SUB_DISABLE'")
+        .unwrap();
+    s.execute(&format!("SELECT spock.sub_alter_skiplsn('sub1', '{lsn}')")).unwrap();
+    s.execute("SELECT spock.sub_enable('sub1')").unwrap();
+    wait_for("later transaction applied", || rows(s, "t1"), "2:after".into());
+    assert_eq!(rows(s, "t3"), "", "the skipped transaction stays skipped");
+
+    // A second failure, fixed by dropping the constraint: re-enabling applies it whole.
+    s.execute("TRUNCATE spock.exception_log").unwrap();
+    p.execute("BEGIN; INSERT INTO t1 VALUES (3, 'a'); INSERT INTO t2 VALUES (3, 'bad'); COMMIT").unwrap();
+    wait_for("disabled again", || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(), false);
+    s.execute("ALTER TABLE t2 DROP CONSTRAINT no_bad").unwrap();
+    s.execute("SELECT spock.sub_enable('sub1')").unwrap();
+    wait_for("fixed transaction applied", || rows(s, "t2"), "3:bad".into());
+    assert_eq!(rows(s, "t1"), "2:after,3:a");
+}
