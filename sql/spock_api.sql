@@ -544,11 +544,6 @@ DECLARE
     v_id oid;
     v_other name;
 BEGIN
-    IF synchronize_structure OR synchronize_data THEN
-        RAISE EXCEPTION 'sub_create with synchronize_structure or synchronize_data is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Create the tables and copy their data first, then subscribe with synchronize_structure := false, synchronize_data := false.';
-    END IF;
     IF apply_delay <> interval '0' THEN
         RAISE EXCEPTION 'sub_create with apply_delay is not supported yet' USING ERRCODE = 'feature_not_supported';
     END IF;
@@ -589,10 +584,15 @@ BEGIN
         sub_force_text_transfer, sub_skip_lsn, sub_skip_schema, sub_created_at)
     VALUES (v_id, subscription_name, v_provider.node_id, v_local, v_if, v_local_if, enabled, v_slot,
         replication_sets, forward_origins, apply_delay, force_text_transfer, '0/0', skip_schema, now());
-    -- 'i': the apply worker creates the slot; a disabled subscription is ready at once
-    -- (the operator manages the slot, as with Spock).
+    -- 'i': the apply worker creates the slot (and synchronises structure 's', data
+    -- 'd' or both 'f'); a disabled subscription is ready at once (the operator
+    -- manages the slot, as with Spock).
     INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
-    VALUES ('i', v_id, NULL, NULL, CASE WHEN enabled THEN 'i' ELSE 'r' END, '0/0');
+    VALUES (CASE WHEN synchronize_structure AND synchronize_data THEN 'f'
+                 WHEN synchronize_structure THEN 's'
+                 WHEN synchronize_data THEN 'd'
+                 ELSE 'i' END,
+            v_id, NULL, NULL, CASE WHEN enabled THEN 'i' ELSE 'r' END, '0/0');
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = v_slot) THEN
         PERFORM pg_catalog.pg_replication_origin_create(v_slot);
     END IF;
@@ -709,6 +709,70 @@ RETURNS SETOF record STABLE LANGUAGE sql AS $$
       LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
+$$;
+
+-- Spock's names of the sync status codes.
+CREATE FUNCTION spock._sync_status_name(s "char") RETURNS text IMMUTABLE LANGUAGE sql AS $$
+    SELECT CASE s
+        WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
+        WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' ELSE 'unknown' END;
+$$;
+
+CREATE FUNCTION spock.sub_show_table(subscription_name name, relation regclass,
+    OUT nspname text, OUT relname text, OUT status text)
+RETURNS record STRICT STABLE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_status "char";
+BEGIN
+    SELECT n.nspname::text, c.relname::text INTO nspname, relname
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relation;
+    SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+     WHERE y.sync_subid = v.sub_id AND y.sync_nspname = sub_show_table.nspname AND y.sync_relname = sub_show_table.relname;
+    IF v_status IS NULL THEN
+        -- No table-level row: the table follows the subscription.
+        SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+         WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
+    END IF;
+    status := spock._sync_status_name(v_status);
+END;
+$$;
+
+CREATE FUNCTION spock.sub_wait_for_sync(subscription_name name)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_status "char";
+BEGIN
+    LOOP
+        SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+         WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
+        EXIT WHEN v_status IS NULL OR v_status = 'r';
+        IF NOT EXISTS (SELECT 1 FROM spock.subscription WHERE sub_id = v.sub_id AND sub_enabled) THEN
+            RAISE EXCEPTION 'subscription % is disabled; its synchronisation cannot finish', subscription_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.2);
+    END LOOP;
+END;
+$$;
+
+CREATE FUNCTION spock.table_wait_for_sync(subscription_name name, relation regclass)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    LOOP
+        EXIT WHEN (SELECT t.status IN ('replicating', 'synchronized') FROM spock.sub_show_table(subscription_name, relation) t);
+        IF NOT EXISTS (SELECT 1 FROM spock.subscription WHERE sub_id = v.sub_id AND sub_enabled) THEN
+            RAISE EXCEPTION 'subscription % is disabled; table % cannot finish synchronising', subscription_name, relation
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.2);
+    END LOOP;
+END;
 $$;
 
 CREATE FUNCTION spock.sub_alter_interface(subscription_name name, interface_name name)

@@ -26,6 +26,10 @@ pub const PGRES_COMMAND_OK: c_int = 1;
 pub const PGRES_TUPLES_OK: c_int = 2;
 /// START_REPLICATION accepted.
 pub const PGRES_COPY_BOTH: c_int = 8;
+/// `PGRES_COPY_OUT`.
+const PGRES_COPY_OUT: c_int = 3;
+/// `PGRES_COPY_IN`.
+const PGRES_COPY_IN: c_int = 4;
 /// `PG_DIAG_SQLSTATE`.
 const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
 
@@ -45,6 +49,7 @@ struct Api {
     getisnull: unsafe extern "C" fn(*const PGresult, c_int, c_int) -> c_int,
     get_copy_data: unsafe extern "C" fn(*mut PGconn, *mut *mut c_char, c_int) -> c_int,
     put_copy_data: unsafe extern "C" fn(*mut PGconn, *const c_char, c_int) -> c_int,
+    put_copy_end: unsafe extern "C" fn(*mut PGconn, *const c_char) -> c_int,
     flush: unsafe extern "C" fn(*mut PGconn) -> c_int,
     consume_input: unsafe extern "C" fn(*mut PGconn) -> c_int,
     socket: unsafe extern "C" fn(*const PGconn) -> c_int,
@@ -99,6 +104,7 @@ fn api() -> &'static Api {
                 getisnull: symbol(c"PQgetisnull"),
                 get_copy_data: symbol(c"PQgetCopyData"),
                 put_copy_data: symbol(c"PQputCopyData"),
+                put_copy_end: symbol(c"PQputCopyEnd"),
                 flush: symbol(c"PQflush"),
                 consume_input: symbol(c"PQconsumeInput"),
                 socket: symbol(c"PQsocket"),
@@ -233,6 +239,57 @@ impl Connection {
                 return Err(e);
             }
             (api.clear)(r);
+        }
+        Ok(())
+    }
+
+    /// Sends a command that must enter COPY OUT (`out`) or COPY IN mode.
+    pub fn start_copy(&self, command: &str, out: bool) -> Result<(), LibpqError> {
+        let api = api();
+        let c = CString::new(command).map_err(|_| LibpqError { message: "command contains a NUL byte".into(), sqlstate: None })?;
+        let want = if out { PGRES_COPY_OUT } else { PGRES_COPY_IN };
+        // SAFETY: valid connection; the result is cleared.
+        unsafe {
+            let r = (api.exec)(self.conn, c.as_ptr());
+            let status = if r.is_null() { -1 } else { (api.result_status)(r) };
+            if status != want {
+                let e = self.error(Some(r));
+                (api.clear)(r);
+                return Err(e);
+            }
+            (api.clear)(r);
+        }
+        Ok(())
+    }
+
+    /// Ends COPY IN; returns the server's verdict on the whole COPY.
+    pub fn end_copy_in(&self) -> Result<(), LibpqError> {
+        let api = api();
+        // SAFETY: valid connection in COPY IN mode; results are cleared.
+        unsafe {
+            if (api.put_copy_end)(self.conn, std::ptr::null()) != 1 {
+                return Err(self.error(None));
+            }
+            let mut out = Ok(());
+            loop {
+                let r = (api.get_result)(self.conn);
+                if r.is_null() {
+                    break;
+                }
+                if (api.result_status)(r) != PGRES_COMMAND_OK && out.is_ok() {
+                    out = Err(self.error(Some(r)));
+                }
+                (api.clear)(r);
+            }
+            out
+        }
+    }
+
+    /// Sends one CopyData message without flushing (COPY IN; libpq buffers).
+    pub fn put_copy_data(&self, data: &[u8]) -> Result<(), LibpqError> {
+        // SAFETY: valid connection and buffer.
+        if unsafe { (api().put_copy_data)(self.conn, data.as_ptr().cast(), data.len() as c_int) } != 1 {
+            return Err(self.error(None));
         }
         Ok(())
     }

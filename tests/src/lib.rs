@@ -513,7 +513,19 @@ impl TestNode {
         if self.postmaster_pid().is_some() {
             self.stop()?;
         }
-        self.pg_ctl_start()?;
+        // After a kill -9 of the postmaster, backends still busy (a long COPY, say)
+        // keep the shared memory until they notice; PostgreSQL refuses to start
+        // until they are gone, as it would for an operator.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.pg_ctl_start() {
+                Ok(()) => break,
+                Err(e) if e.0.contains("is still in use") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.wait_ready()
     }
 

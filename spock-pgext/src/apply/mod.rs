@@ -7,6 +7,7 @@
 mod executor;
 mod handlers;
 pub mod subscription;
+mod sync;
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ fn now_pg() -> i64 {
     unix - PG_EPOCH_OFFSET_US
 }
 
-fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
+pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
     PgError::new(
         PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
         format!("spock subscription {}: {what}: {e}", sub.name),
@@ -44,13 +45,13 @@ fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
     .raise()
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Creates the subscription's slot on the provider (dropping a leftover one from an
 /// interrupted earlier attempt) and starts the origin at its consistent point.
-fn create_slot(sub: &SubscriptionInfo) {
+pub(crate) fn create_slot(sub: &SubscriptionInfo) {
     let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
         .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     let cmd = format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output", quote_ident(&sub.slot_name));
@@ -161,8 +162,8 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     pgrx::log!("{APPLY_TYPE} for subscription {} started", sub.name);
 
     if sub.sync_status != 'r' {
-        report_activity("creating the replication slot");
-        create_slot(&sub);
+        report_activity("initial synchronisation");
+        sync::run(&sub);
     }
     crate::output_plugin::invalidation::register();
     let mut session = ApplySession::new(sub.clone());

@@ -1,0 +1,394 @@
+//! Initial synchronisation of a subscription (`sub_create(synchronize_structure,
+//! synchronize_data)`), run by the apply worker before it streams.
+//!
+//! 1. The slot is created with an exported snapshot: everything committed before
+//!    its consistent point is in the snapshot, everything after comes by streaming.
+//! 2. Structure: `pg_dump -Fc -s --snapshot` of the provider (the spock schema and
+//!    extension and `skip_schema` left out), `pg_restore --section=pre-data` here
+//!    in one transaction.
+//! 3. Data: for every table of the subscribed sets, `COPY (SELECT columns WHERE
+//!    row filters) TO STDOUT` on the provider under the snapshot, into `COPY FROM
+//!    STDIN` here. All tables are copied in ONE local transaction, under the
+//!    subscription's replication origin (the rows belong to the provider and are not
+//!    sent on to other nodes) with `session_replication_role = replica`; the same
+//!    transaction records status 'c' and each table's row in
+//!    `spock.local_sync_status`. A table that already has rows here stops the sync
+//!    with a clear error instead of mixing data.
+//! 4. `pg_restore --section=post-data` (indexes, constraints, triggers) in one
+//!    transaction, then the origin starts at the slot's consistent point and the
+//!    status becomes 'r' in one commit.
+//!
+//! Crash safety: before 'c' nothing of the data is committed and the whole sync
+//! starts again with a new slot (a structure restored by an interrupted attempt is
+//! restored again with `--clean`); at 'c' the data and the slot are kept and only
+//! post-data (best effort: parts may exist) and the final step are repeated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use pgrx::bgworkers::BackgroundWorker;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use super::subscription::{format_lsn, parse_lsn, set_sync_status, SubscriptionInfo};
+use super::{create_slot, fail, quote_ident};
+use crate::error::{spi_failed, PgError};
+use crate::libpq::{Connection, CopyData};
+
+/// What the subscription asked to synchronise.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    structure: bool,
+    data: bool,
+}
+
+fn sync_error(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
+    PgError::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("spock subscription {}: initial sync: {what}: {e}", sub.name),
+    )
+    .raise()
+}
+
+/// The subscription-level sync row: kind, status, LSN.
+fn sync_row(sub: &SubscriptionInfo) -> (char, char, u64) {
+    BackgroundWorker::transaction(|| {
+        Spi::connect(|client| {
+            let t = client
+                .select(
+                    "SELECT sync_kind::text, sync_status::text, sync_statuslsn::text FROM spock.local_sync_status
+                      WHERE sync_subid = $1::int8::oid AND sync_nspname IS NULL",
+                    Some(1),
+                    &[i64::from(sub.id).into()],
+                )
+                .unwrap_or_else(|e| spi_failed("reading the sync status", e));
+            t.into_iter()
+                .next()
+                .map(|r| {
+                    let c = |i: usize| r.get::<String>(i).ok().flatten().and_then(|s| s.chars().next()).unwrap_or('i');
+                    (c(1), c(2), r.get::<String>(3).ok().flatten().and_then(|s| parse_lsn(&s)).unwrap_or(0))
+                })
+                .unwrap_or(('i', 'i', 0))
+        })
+    })
+}
+
+/// Brings a subscription whose status is not 'r' to 'r'.
+pub fn run(sub: &SubscriptionInfo) {
+    let (kind_code, status, lsn) = sync_row(sub);
+    let kind = Kind { structure: matches!(kind_code, 's' | 'f'), data: matches!(kind_code, 'd' | 'f') };
+    if !kind.structure && !kind.data {
+        create_slot(sub);
+        return;
+    }
+    let dump = dump_path(sub);
+    if status == 'c' && lsn != 0 {
+        pgrx::log!("spock subscription {}: initial sync: data was copied before a restart; finishing", sub.name);
+        if kind.structure {
+            restore(sub, &dump, "post-data", false, false);
+        }
+        finish(sub, lsn, &dump);
+        return;
+    }
+    let retry_structure = status == 's';
+    pgrx::log!(
+        "spock subscription {}: initial sync of {}{}",
+        sub.name,
+        if kind.structure { "structure" } else { "" },
+        match (kind.structure, kind.data) {
+            (true, true) => " and data",
+            (false, true) => "data",
+            _ => "",
+        }
+    );
+    // 1. Slot and snapshot; the replication connection stays open (idle) while the
+    // snapshot is used.
+    let repl = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)));
+    let rows = repl
+        .query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&sub.slot_name)))
+        .unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
+    let row = rows.first().cloned().unwrap_or_default();
+    let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point"));
+    let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no exported snapshot"));
+    BackgroundWorker::transaction(|| set_sync_status(sub.id, if kind.structure { 's' } else { 'd' }, lsn));
+
+    // 2. Structure before the data.
+    if kind.structure {
+        dump_structure(sub, &snapshot, &dump);
+        restore(sub, &dump, "pre-data", true, retry_structure);
+        BackgroundWorker::transaction(|| set_sync_status(sub.id, 'd', lsn));
+    }
+    // 3. Data, one local transaction.
+    let copied = if kind.data { copy_data(sub, &snapshot, lsn) } else { 0 };
+    if !kind.data {
+        BackgroundWorker::transaction(|| set_sync_status(sub.id, 'c', lsn));
+    }
+    drop(repl);
+    // 4. Constraints and indexes after the data.
+    if kind.structure {
+        restore(sub, &dump, "post-data", true, false);
+    }
+    finish(sub, lsn, &dump);
+    pgrx::log!("spock subscription {}: initial sync done ({copied} tables copied); streaming from {}", sub.name, format_lsn(lsn));
+}
+
+/// Starts the origin at the slot's consistent point and marks the subscription ready.
+fn finish(sub: &SubscriptionInfo, lsn: u64, dump: &Path) {
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)",
+            &[sub.slot_name.as_str().into(), format_lsn(lsn).into()],
+        )
+        .unwrap_or_else(|e| spi_failed("starting the origin at the slot's consistent point", e));
+        set_sync_status(sub.id, 'r', lsn);
+    });
+    let _ = std::fs::remove_file(dump);
+}
+
+/// `pg_spock/sync/<sub_id>.dump` in the data directory.
+fn dump_path(sub: &SubscriptionInfo) -> PathBuf {
+    let dir = PathBuf::from("pg_spock").join("sync");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{}.dump", sub.id))
+}
+
+/// The directory of this server's programs (pg_dump, pg_restore).
+fn bindir() -> PathBuf {
+    // SAFETY: my_exec_path is a NUL-terminated path set at startup.
+    let exe = unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast::<std::ffi::c_char>()) }
+        .to_string_lossy()
+        .into_owned();
+    PathBuf::from(exe).parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// A connection string for this server over its unix socket (the sync tools and
+/// the local COPY connect as the bootstrap superuser, like the worker itself).
+fn local_dsn() -> String {
+    let (dir, port, db, user) = BackgroundWorker::transaction(|| {
+        Spi::connect(|client| {
+            let r = client
+                .select(
+                    "SELECT split_part(current_setting('unix_socket_directories'), ',', 1),
+                            current_setting('port'), current_database()::text,
+                            (SELECT rolname::text FROM pg_catalog.pg_authid WHERE oid = 10)",
+                    Some(1),
+                    &[],
+                )
+                .unwrap_or_else(|e| spi_failed("reading the local connection settings", e));
+            let row = r.into_iter().next().expect("one row");
+            let t = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
+            (t(1).trim().to_string(), t(2), t(3), t(4))
+        })
+    });
+    let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let host = if dir.is_empty() { "127.0.0.1".to_string() } else { dir };
+    format!("host={} port={} dbname={} user={}", q(&host), q(&port), q(&db), q(&user))
+}
+
+fn run_tool(sub: &SubscriptionInfo, what: &str, cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| sync_error(sub, &format!("could not run {what}"), e));
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if !out.status.success() {
+        sync_error(sub, &format!("{what} failed"), if stderr.is_empty() { out.status.to_string() } else { stderr });
+    }
+    stderr
+}
+
+fn dump_structure(sub: &SubscriptionInfo, snapshot: &str, dump: &Path) {
+    let mut cmd = Command::new(bindir().join("pg_dump"));
+    cmd.arg("--schema-only")
+        .arg("--format=custom")
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--exclude-schema=spock")
+        .arg("--exclude-extension=spock")
+        .arg("--no-publications")
+        .arg("--no-subscriptions")
+        .arg(format!("--file={}", dump.display()));
+    for s in skip_schemas(sub) {
+        cmd.arg(format!("--exclude-schema={s}"));
+    }
+    cmd.arg(format!("--dbname={}", sub.provider_dsn));
+    run_tool(sub, "pg_dump of the provider's structure", &mut cmd);
+}
+
+/// Restores one section of the dump here. `strict`: one transaction, stop at the
+/// first error; otherwise objects that exist already are left alone (a repeated
+/// post-data step). `clean`: drop what an interrupted attempt restored first.
+fn restore(sub: &SubscriptionInfo, dump: &Path, section: &str, strict: bool, clean: bool) {
+    if !dump.exists() {
+        sync_error(sub, &format!("restoring {section}"), format!("the dump {} is missing", dump.display()));
+    }
+    let mut cmd = Command::new(bindir().join("pg_restore"));
+    cmd.arg(format!("--section={section}")).arg(format!("--dbname={}", local_dsn()));
+    if strict {
+        cmd.arg("--single-transaction").arg("--exit-on-error");
+    }
+    if clean {
+        cmd.arg("--clean").arg("--if-exists");
+    }
+    cmd.arg(dump);
+    let warnings = run_tool(sub, &format!("pg_restore --section={section}"), &mut cmd);
+    if !warnings.is_empty() {
+        pgrx::log!("spock subscription {}: pg_restore --section={section}: {warnings}", sub.name);
+    }
+}
+
+fn skip_schemas(sub: &SubscriptionInfo) -> Vec<String> {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<Vec<String>>(
+            "SELECT coalesce(sub_skip_schema, '{}') FROM spock.subscription WHERE sub_id = $1::int8::oid",
+            &[i64::from(sub.id).into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    })
+}
+
+/// A table to copy: schema, name, quoted column list, row filter (None: all rows).
+struct CopyTable {
+    nspname: String,
+    relname: String,
+    columns: String,
+    filter: Option<String>,
+}
+
+/// The provider's tables in the subscribed sets, under the snapshot.
+fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection) -> Vec<CopyTable> {
+    let sets = format!(
+        "ARRAY[{}]::text[]",
+        sub.replication_sets.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", ")
+    );
+    let skip = skip_schemas(sub);
+    let skip = format!("ARRAY[{}]::text[]", skip.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", "));
+    // Column lists: the union of the sets' lists, or every column when one set has
+    // none; row filters: OR of the sets' filters, or none when one set has none.
+    let sql = format!(
+        "WITH m AS (
+             SELECT rt.set_reloid::oid AS relid, rt.set_att_list AS atts,
+                    pg_catalog.pg_get_expr(rt.set_row_filter, rt.set_reloid) AS filter
+               FROM spock.replication_set s
+               JOIN spock.replication_set_table rt ON rt.set_id = s.set_id
+              WHERE s.set_name = ANY ({sets}))
+         SELECT n.nspname::text, c.relname::text,
+                (SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                   FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                    AND (bool_or(m.atts IS NULL) OR a.attname::text IN (SELECT x FROM m m2, unnest(m2.atts) x WHERE m2.relid = c.oid))),
+                CASE WHEN bool_or(m.filter IS NULL) THEN NULL ELSE string_agg('(' || m.filter || ')', ' OR ') END
+           FROM m
+           JOIN pg_catalog.pg_class c ON c.oid = m.relid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind = 'r' AND n.nspname::text <> ALL ({skip})
+          GROUP BY c.oid, n.nspname, c.relname
+          ORDER BY n.nspname, c.relname"
+    );
+    let rows = provider.query(&sql).unwrap_or_else(|e| sync_error(sub, "listing the tables to copy", e));
+    rows.into_iter()
+        .filter_map(|r| {
+            Some(CopyTable {
+                nspname: r.first().cloned().flatten()?,
+                relname: r.get(1).cloned().flatten()?,
+                columns: r.get(2).cloned().flatten()?,
+                filter: r.get(3).cloned().flatten(),
+            })
+        })
+        .collect()
+}
+
+/// Copies every table of the subscribed sets in one local transaction; returns how
+/// many tables were copied.
+fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
+    let provider = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+    provider
+        .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(snapshot))))
+        .unwrap_or_else(|e| sync_error(sub, "could not use the slot's snapshot on the provider", e));
+    let tables = tables_to_copy(sub, &provider);
+
+    let local = Connection::connect(&local_dsn(), &[("application_name", &format!("{}_sync", sub.slot_name))])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
+    let setup = format!(
+        "SET session_replication_role = replica; SET synchronous_commit = local;
+         SELECT pg_catalog.pg_replication_origin_session_setup({})",
+        local.literal(&sub.slot_name)
+    );
+    local.query(&setup).unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
+    local.query("BEGIN").unwrap_or_else(|e| sync_error(sub, "BEGIN", e));
+    for t in &tables {
+        let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
+        let nonempty = local
+            .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
+            .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e));
+        if nonempty.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
+            sync_error(
+                sub,
+                &format!("table {name} already has rows on this node"),
+                "empty it (or drop it when synchronize_structure is used) and enable the subscription again",
+            );
+        }
+        let select = format!(
+            "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
+            t.columns,
+            t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
+        );
+        provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
+        local
+            .start_copy(&format!("COPY {name} ({}) FROM STDIN", t.columns), false)
+            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        pump(sub, &provider, &local, &name);
+        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        local
+            .query(&format!(
+                "INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+                 VALUES ('d', {}, {}, {}, 'r', {}::pg_lsn)
+                 ON CONFLICT (sync_subid, sync_nspname, sync_relname) DO UPDATE SET sync_status = 'r', sync_statuslsn = EXCLUDED.sync_statuslsn",
+                sub.id,
+                local.literal(&t.nspname),
+                local.literal(&t.relname),
+                local.literal(&format_lsn(lsn))
+            ))
+            .unwrap_or_else(|e| sync_error(sub, "recording a table's sync status", e));
+    }
+    local
+        .query(&format!(
+            "UPDATE spock.local_sync_status SET sync_status = 'c' WHERE sync_subid = {} AND sync_nspname IS NULL",
+            sub.id
+        ))
+        .and_then(|_| local.query("COMMIT"))
+        .unwrap_or_else(|e| sync_error(sub, "committing the copied data", e));
+    let _ = provider.query("COMMIT");
+    tables.len()
+}
+
+/// Moves one table's COPY data from the provider to the local COPY.
+fn pump(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, name: &str) {
+    loop {
+        match provider.read_copy_data().unwrap_or_else(|e| sync_error(sub, &format!("reading {name} from the provider"), e)) {
+            CopyData::Data(buf) => local.put_copy_data(&buf).unwrap_or_else(|e| sync_error(sub, &format!("writing {name}"), e)),
+            CopyData::Done => return,
+            CopyData::WouldBlock => {
+                // SAFETY: waits on our latch and the provider's socket.
+                let rc = unsafe {
+                    pg_sys::WaitLatchOrSocket(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        provider.socket(),
+                        1000,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    )
+                };
+                if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+                    // SAFETY: resets our own latch.
+                    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+                }
+                if BackgroundWorker::sigterm_received() {
+                    sync_error(sub, "interrupted", "the worker is stopping; the sync starts again later");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Initial synchronisation (`sub_create(synchronize_structure, synchronize_data)`)
+//! on real servers: a subscriber with no tables gets the provider's structure and
+//! data while the provider keeps writing, and ends with exactly the provider's rows.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use spock_tests::{wait_for, Cluster, TestNode};
+
+fn node(n: &TestNode) {
+    n.execute("CREATE EXTENSION spock").unwrap();
+    n.execute(&format!("SELECT spock.node_create('{}', '{}')", n.name, n.dsn("postgres"))).unwrap();
+}
+
+/// md5 of a query's rows in order.
+fn digest(n: &TestNode, sql: &str) -> String {
+    n.query_one::<String>(&format!("SELECT coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM ({sql}) x")).unwrap()
+}
+
+fn count(n: &TestNode, sql: &str) -> i64 {
+    n.query_one::<i64>(sql).unwrap()
+}
+
+/// Provider schema: a keyed table with an index and a foreign key to it, a table
+/// with a row filter, a table with a column list, and one outside any set.
+fn provider_schema(p: &TestNode) {
+    p.execute(
+        "CREATE TABLE accounts(id bigserial PRIMARY KEY, owner text NOT NULL, balance numeric DEFAULT 0, created timestamptz DEFAULT now());
+         CREATE INDEX accounts_owner ON accounts(owner);
+         CREATE TABLE moves(id bigserial PRIMARY KEY, account bigint REFERENCES accounts(id), amount int);
+         CREATE TABLE filtered(id int PRIMARY KEY, v int);
+         CREATE TABLE narrow(id int PRIMARY KEY, public_part text, secret text);
+         CREATE TABLE unpublished(id int PRIMARY KEY);",
+    )
+    .unwrap();
+    for t in ["accounts", "moves"] {
+        p.execute(&format!("SELECT spock.repset_add_table('default', '{t}')")).unwrap();
+    }
+    p.execute("SELECT spock.repset_add_table('default', 'filtered', row_filter := 'v > 10')").unwrap();
+    p.execute("SELECT spock.repset_add_table('default', 'narrow', columns := '{id,public_part}')").unwrap();
+    p.execute(
+        "INSERT INTO accounts(owner, balance) SELECT 'o' || g, g FROM generate_series(1, 20000) g;
+         INSERT INTO moves(account, amount) SELECT g, g % 100 FROM generate_series(1, 20000) g;
+         INSERT INTO filtered SELECT g, g FROM generate_series(1, 20) g;
+         INSERT INTO narrow SELECT g, 'p' || g, 's' || g FROM generate_series(1, 10) g;
+         INSERT INTO unpublished SELECT generate_series(1, 5);",
+    )
+    .unwrap();
+}
+
+/// Writes to the provider until `stop`: new accounts with a move each, updates.
+fn writer(p: &TestNode, stop: Arc<AtomicBool>, done: Arc<AtomicI64>) -> std::thread::JoinHandle<()> {
+    let mut client = p.connect().unwrap();
+    std::thread::spawn(move || {
+        let mut i = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     WITH a AS (INSERT INTO accounts(owner, balance) VALUES ('w{i}', {i}) RETURNING id)
+                     INSERT INTO moves(account, amount) SELECT id, {i} FROM a;
+                     UPDATE accounts SET balance = balance + 1 WHERE id = {};
+                     UPDATE filtered SET v = v + 1 WHERE id = {};
+                     COMMIT;",
+                    1 + i % 20000,
+                    1 + i % 20
+                ))
+                .unwrap();
+            done.store(i, Ordering::Relaxed);
+        }
+    })
+}
+
+fn same_everywhere(p: &TestNode, s: &TestNode) {
+    for q in [
+        "SELECT id, owner, balance, created FROM accounts",
+        "SELECT id, account, amount FROM moves",
+        "SELECT id, v FROM filtered WHERE v > 10",
+        "SELECT id, public_part FROM narrow",
+    ] {
+        assert_eq!(digest(p, q), digest(s, q), "{q}");
+    }
+}
+
+#[test]
+fn structure_and_data_while_the_provider_writes() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    node(p);
+    node(s);
+    provider_schema(p);
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicI64::new(0));
+    let w = writer(p, stop.clone(), done.clone());
+    wait_for("the writer is running", Duration::from_secs(30), || done.load(Ordering::Relaxed) > 20, true);
+    s.execute(&format!(
+        "SELECT spock.sub_create('sub1', '{}', synchronize_structure := true, synchronize_data := true)",
+        p.dsn("postgres")
+    ))
+    .unwrap();
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'spock.node')").unwrap(), "sync_init");
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    // Keep writing a little after the sync, then quiesce.
+    let at_sync = done.load(Ordering::Relaxed);
+    wait_for("writes after the sync", Duration::from_secs(30), || done.load(Ordering::Relaxed) > at_sync + 20, true);
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+
+    same_everywhere(p, s);
+    assert!(count(s, "SELECT count(*) FROM accounts") > 20000);
+    // Row filter and column list honoured by the copy.
+    assert_eq!(count(s, "SELECT count(*) FROM filtered WHERE v <= 10"), 0);
+    assert_eq!(count(s, "SELECT count(*) FROM narrow WHERE secret IS NOT NULL"), 0);
+    // Structure: the unpublished table exists, empty; post-data made the index and
+    // the foreign key.
+    assert_eq!(count(s, "SELECT count(*) FROM unpublished"), 0);
+    assert_eq!(count(s, "SELECT count(*) FROM pg_indexes WHERE indexname = 'accounts_owner'"), 1);
+    assert_eq!(count(s, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'moves'::regclass"), 1);
+    // Statuses.
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'accounts')").unwrap(), "replicating");
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "replicating");
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 'moves')").unwrap();
+    // The copied rows carry the provider's origin, not this node's: a node
+    // subscribing to the subscriber would not get them again.
+    let origin: i64 = s
+        .query_one(
+            "SELECT count(*) FROM (SELECT (pg_xact_commit_timestamp_origin(xmin)).roident r FROM accounts WHERE id <= 10) x
+              WHERE r = (SELECT roident FROM pg_replication_origin WHERE roname = (SELECT sub_slot_name FROM spock.subscription))",
+        )
+        .unwrap();
+    assert_eq!(origin, 10);
+}
+
+#[test]
+fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    node(p);
+    node(s);
+    s.execute("ALTER SYSTEM SET spock.restart_delay_default = 500").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    p.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
+    p.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
+    p.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200000) g").unwrap();
+    s.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
+    s.execute("INSERT INTO t VALUES (-1, 'local')").unwrap();
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := true)", p.dsn("postgres"))).unwrap();
+    // A non-empty target is not silently mixed: the sync stops with a clear error.
+    wait_for("an error about the non-empty table", Duration::from_secs(30), || s.log().contains("already has rows on this node"), true);
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 1);
+    // Emptied, the sync proceeds; kill -9 the subscriber during it.
+    s.execute("DELETE FROM t").unwrap();
+    wait_for(
+        "the copy started",
+        Duration::from_secs(30),
+        || s.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync')").unwrap(),
+        true,
+    );
+    s.kill9().unwrap();
+    s.restart().unwrap();
+    p.execute("INSERT INTO t VALUES (200001, 'after the crash')").unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 200001);
+    assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
+}
