@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock]
-//!                   [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep]
+//!                   [--workloads replication,join,decode] [--data-root DIR]
+//!                   [--out DIR] [--no-install] [--no-decode] [--keep]
 //!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
 //!                   [--large-rows N]
 //! replication-bench --report-from target/bench-results/replication.json [--out DIR]
@@ -16,11 +17,16 @@
 //! PostgreSQL 18, when the installed extension has `spock.sub_create`; otherwise
 //! reported as not available and skipped).
 //!
+//! Workloads (`--workloads`, default all of them; quick mode: replication, join):
+//! `replication` (backlog catch-up, steady lag, one large transaction: one pair per
+//! round and system), `join` (a new node copies a pgbench database: one pair per
+//! round, system and way of joining; native and spock), `decode` (`decode-bench`,
+//! spock_output vs pgoutput decoding, when it is built next to this program).
+//!
 //! Writes `target/bench-results/replication.{json,md}` and
-//! `replication-{lag,catchup,throughput,large}.svg` (`replication-quick*` in quick
-//! mode). Full mode also runs `decode-bench` (spock_output vs pgoutput decoding)
-//! when it is built next to this program. Quick mode (< 3 minutes) is a smoke test
-//! and asserts nothing about speed. Exit status 1 when a round failed.
+//! `replication-{join,lag,catchup,throughput,large}.svg` (`replication-quick*` in
+//! quick mode). Quick mode (< 3 minutes) is a smoke test and asserts nothing about
+//! speed. Exit status 1 when a round failed.
 //! `--report-from` renders the Markdown and plots of an earlier run again from its
 //! JSON (after a change to the report code).
 
@@ -34,10 +40,10 @@ use std::time::Instant;
 use replication::node::{self, Install};
 use replication::report::{Report, SystemStatus};
 use replication::systems::{self, Env};
-use replication::{workload, Config};
+use replication::{join, workload, Config, WORKLOADS};
 
 const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock] \
-[--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
+[--workloads replication,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
 [--steady-secs N] [--steady-rate N] [--large-rows N] | --report-from FILE [--out DIR]";
 
 struct Args {
@@ -46,7 +52,6 @@ struct Args {
     data_root: PathBuf,
     out: PathBuf,
     allow_install: bool,
-    decode: bool,
     keep: bool,
     report_from: Option<PathBuf>,
 }
@@ -70,10 +75,10 @@ fn parse_args() -> Result<Args, String> {
         data_root: default_data_root(),
         out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results"),
         allow_install: true,
-        decode: !quick,
         keep: false,
         report_from: None,
     };
+    let mut no_decode = false;
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
@@ -85,7 +90,17 @@ fn parse_args() -> Result<Args, String> {
             "--data-root" => a.data_root = PathBuf::from(value("--data-root")?),
             "--out" => a.out = PathBuf::from(value("--out")?),
             "--no-install" => a.allow_install = false,
-            "--no-decode" => a.decode = false,
+            "--no-decode" => no_decode = true,
+            "--workloads" => {
+                let list: Vec<String> = value("--workloads")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+                    return Err(format!("--workloads: unknown workload {bad}; known: {}", WORKLOADS.join(", ")));
+                }
+                if list.is_empty() {
+                    return Err(format!("--workloads needs at least one of {}", WORKLOADS.join(", ")));
+                }
+                a.cfg.workloads = list;
+            }
             "--keep" => a.keep = true,
             "--report-from" => a.report_from = Some(PathBuf::from(value("--report-from")?)),
             "--scale" => a.cfg.scale = number(value("--scale")?, "--scale")? as u32,
@@ -96,6 +111,9 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
+    }
+    if no_decode {
+        a.cfg.workloads.retain(|w| w != "decode");
     }
     Ok(a)
 }
@@ -198,6 +216,7 @@ fn rerender(path: &Path, out: &Path) -> replication::Result<()> {
         machine: l.machine,
         systems: l.systems,
         results: l.results,
+        joins: l.joins,
         failures: l.failures,
         decode: l.decode,
         elapsed_s: l.elapsed_s,
@@ -273,25 +292,50 @@ fn main() {
     );
 
     let mut results = Vec::new();
+    let mut joins = Vec::new();
     let mut failures = Vec::new();
-    for round in 1..=cfg.rounds {
+    if cfg.runs("join") {
         for sys in &runnable {
-            match workload::run_round(sys.as_ref(), &env, cfg, round) {
-                Ok(r) => results.push(r),
-                Err(e) => {
-                    eprintln!("[bench] round {round} {}: FAILED: {e}", sys.name());
-                    failures.push((sys.name().to_string(), round, e.0));
+            if sys.join_variants().is_empty() {
+                eprintln!("[bench] {}: the join workload is not implemented for it; skipped", sys.name());
+            }
+        }
+    }
+    for round in 1..=cfg.rounds {
+        if cfg.runs("replication") {
+            for sys in &runnable {
+                match workload::run_round(sys.as_ref(), &env, cfg, round) {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        eprintln!("[bench] round {round} {}: FAILED: {e}", sys.name());
+                        failures.push((sys.name().to_string(), round, e.0));
+                    }
+                }
+            }
+        }
+        if cfg.runs("join") {
+            for sys in &runnable {
+                for variant in sys.join_variants() {
+                    match join::run_join(sys.as_ref(), variant, &env, cfg, round) {
+                        Ok(r) => joins.push(r),
+                        Err(e) => {
+                            let who = format!("{} join ({})", sys.name(), variant.name);
+                            eprintln!("[bench] round {round} {who}: FAILED: {e}");
+                            failures.push((who, round, e.0));
+                        }
+                    }
                 }
             }
         }
     }
 
-    let decode = if args.decode { run_decode(&args) } else { Err("skipped (quick mode or --no-decode)".into()) };
+    let decode = if cfg.runs("decode") { run_decode(&args) } else { Err("not selected (quick mode, --no-decode or --workloads)".into()) };
     let report = Report {
         cfg,
         machine: machine(&args, &pg18),
         systems: statuses,
         results,
+        joins,
         failures,
         decode,
         elapsed_s: started.elapsed().as_secs_f64(),
@@ -307,7 +351,7 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if !report.failures.is_empty() || report.results.is_empty() {
+    if !report.failures.is_empty() || (report.results.is_empty() && report.joins.is_empty() && report.decode.is_err()) {
         std::process::exit(1);
     }
 }

@@ -7,9 +7,12 @@
 //!   `spock`);
 //! * [`workload`]: the measurements (backlog catch-up, steady lag, one large
 //!   transaction) on one provider/subscriber pair;
+//! * [`join`]: joining a node: initial copy of a provider's pgbench database to a
+//!   new subscriber;
 //! * [`report`]: medians, ratios, JSON and Markdown;
 //! * [`plot`]: SVG charts.
 
+pub mod join;
 pub mod node;
 pub mod plot;
 pub mod report;
@@ -68,11 +71,24 @@ pub fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(Error(msg.into()))
 }
 
+/// Workload groups `--workloads` can select: `replication` (backlog catch-up,
+/// steady lag, large transaction: they share one pair per round), `join` (initial
+/// copy to a new node), `decode` (`decode-bench`).
+pub const WORKLOADS: &[&str] = &["replication", "join", "decode"];
+
+fn default_workloads() -> Vec<String> {
+    // runs recorded before `--workloads` existed ran these
+    vec!["replication".into(), "decode".into()]
+}
+
 /// What to run: sizes and durations of the workloads.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Smoke-test mode: small, one round, nothing asserted about speed.
     pub quick: bool,
+    /// Selected workload groups (of [`WORKLOADS`]).
+    #[serde(default = "default_workloads")]
+    pub workloads: Vec<String>,
     /// Interleaved rounds (A/B/A/B...); medians are over rounds.
     pub rounds: usize,
     /// pgbench scale factor of the initial data (same on both sides).
@@ -102,6 +118,7 @@ impl Config {
     pub fn full() -> Config {
         Config {
             quick: false,
+            workloads: WORKLOADS.iter().map(|w| w.to_string()).collect(),
             rounds: 4,
             scale: 10,
             clients: 4,
@@ -119,6 +136,8 @@ impl Config {
     pub fn quick() -> Config {
         Config {
             quick: true,
+            // decode-bench only in full mode
+            workloads: vec!["replication".into(), "join".into()],
             rounds: 1,
             scale: 1,
             backlog_secs: 5,
@@ -127,6 +146,11 @@ impl Config {
             catchup_timeout: Duration::from_secs(120),
             ..Config::full()
         }
+    }
+
+    /// Whether workload group `name` is selected.
+    pub fn runs(&self, name: &str) -> bool {
+        self.workloads.iter().any(|w| w == name)
     }
 }
 

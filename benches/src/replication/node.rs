@@ -378,6 +378,17 @@ impl Node {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Bytes in the server log so far (a position for [`Node::log_since`]).
+    pub fn log_len(&self) -> u64 {
+        fs::metadata(self.root.join("server.log")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// The server log from byte `pos` on.
+    pub fn log_since(&self, pos: u64) -> String {
+        let log = fs::read(self.root.join("server.log")).unwrap_or_default();
+        String::from_utf8_lossy(log.get(pos as usize..).unwrap_or_default()).into_owned()
+    }
+
     /// Process id of the postmaster, while running.
     pub fn postmaster_pid(&self) -> Option<u32> {
         postmaster_pid_of(&self.data_dir())

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use super::join::{self, JoinResult};
 use super::plot::{self, Bar, Series};
 use super::workload::RoundResult;
 use super::{Config, Result};
@@ -127,6 +128,8 @@ pub struct Report<'a> {
     pub systems: Vec<SystemStatus>,
     /// Successful rounds.
     pub results: Vec<RoundResult>,
+    /// Successful joins (the join workload).
+    pub joins: Vec<JoinResult>,
     /// Failed rounds: (system, round, error).
     pub failures: Vec<(String, usize, String)>,
     /// Decode benchmark: its JSON (`decode.json`) or why it did not run.
@@ -235,6 +238,8 @@ impl Report<'_> {
             }).collect::<Vec<_>>(),
             "summary": self.summary_json(),
             "rounds": self.results,
+            "join_summary": join::summary_json(&self.joins),
+            "join_rounds": self.joins,
             "failures": self.failures.iter().map(|(s, r, e)| json!({"system": s, "round": r, "error": e})).collect::<Vec<_>>(),
             "decode": match &self.decode { Ok(v) => v.clone(), Err(e) => json!({"not_run": e}) },
             "plots": plots.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>(),
@@ -260,12 +265,23 @@ impl Report<'_> {
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "\npgbench scale {}, `-b simple-update -c{} -j{}`; backlog {} s; steady `-R {}` for {} s; large transaction {} rows; {} interleaved round(s); run took {:.0} s. Ratio = system ÷ native (the same run).\n",
-            c.scale, c.clients, c.threads, c.backlog_secs, c.steady_rate, c.steady_secs, c.large_rows, c.rounds, self.elapsed_s
-        );
-        out.push_str(&self.table());
+        let _ = writeln!(out, "\nWorkloads: {}; {} interleaved round(s); run took {:.0} s.", c.workloads.join(", "), c.rounds, self.elapsed_s);
+        if !self.results.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### Replication\n\npgbench scale {}, `-b simple-update -c{} -j{}`; backlog {} s; steady `-R {}` for {} s; large transaction {} rows. Ratio = system ÷ native (the same run).\n",
+                c.scale, c.clients, c.threads, c.backlog_secs, c.steady_rate, c.steady_secs, c.large_rows
+            );
+            out.push_str(&self.table());
+        }
+        if !self.joins.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n### Joining a node\n\nA new subscriber copies a `pgbench -i -s {}` provider and becomes ready to stream; seconds from the statement that creates the subscription until the system says ready (native: every `pg_subscription_rel` row `r`; spock: the subscription's sync status `r`, `sub_wait_for_sync`); row counts, balance sum and indexes checked equal afterwards. Time ratio = system ÷ native of the same run (lower is better).\n",
+                c.scale
+            );
+            out.push_str(&join::table(&self.joins));
+        }
         for (s, r, e) in &self.failures {
             let first = e.lines().next().unwrap_or("");
             let _ = writeln!(out, "\n**failed**: {s}, round {r}: {first}");
@@ -290,6 +306,17 @@ impl Report<'_> {
     }
 
     fn plots(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        if !self.joins.is_empty() {
+            let f = dir.join(format!("{}-join.svg", self.prefix()));
+            std::fs::write(&f, plot::bar_chart(&format!("Joining a node: pgbench scale {}, seconds to ready", self.cfg.scale), "seconds", &join::bars(&self.joins)))?;
+            files.push(f);
+        }
+        files.extend(self.replication_plots(dir)?);
+        Ok(files)
+    }
+
+    fn replication_plots(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         let p = self.prefix();
         let mut files = Vec::new();
         let systems: Vec<String> = {
@@ -371,6 +398,8 @@ pub struct Loaded {
     pub systems: Vec<SystemStatus>,
     /// Rounds.
     pub results: Vec<RoundResult>,
+    /// Join rounds.
+    pub joins: Vec<JoinResult>,
     /// Failed rounds.
     pub failures: Vec<(String, usize, String)>,
     /// Decode benchmark.
@@ -402,13 +431,14 @@ pub fn load(path: &Path) -> Result<Loaded> {
         })
         .unwrap_or_default();
     let results = serde_json::from_value(v["rounds"].clone())?;
+    let joins = if v["join_rounds"].is_array() { serde_json::from_value(v["join_rounds"].clone())? } else { Vec::new() };
     let failures = v["failures"]
         .as_array()
         .map(|a| a.iter().map(|f| (text(&f["system"]), f["round"].as_u64().unwrap_or(0) as usize, text(&f["error"]))).collect())
         .unwrap_or_default();
     let d = &v["decode"];
     let decode = if d.get("results").is_some() { Ok(d.clone()) } else { Err(text(&d["not_run"])) };
-    Ok(Loaded { cfg, machine, systems, results, failures, decode, elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0), date: text(&v["date"]) })
+    Ok(Loaded { cfg, machine, systems, results, joins, failures, decode, elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0), date: text(&v["date"]) })
 }
 
 /// The table `decode-bench` prints, from its `decode.json`.

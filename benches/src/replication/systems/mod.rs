@@ -17,6 +17,23 @@ use std::path::PathBuf;
 use super::node::{Install, Node};
 use super::Result;
 
+/// The tables `pgbench -i` creates, which the join workload copies.
+pub const PGBENCH_TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers"];
+
+/// One way a system joins a node: a new subscriber gets a copy of the provider's
+/// tables, then streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinVariant {
+    /// Short name (labels, JSON).
+    pub name: &'static str,
+    /// The subscriber has pgbench's tables and primary keys (no rows) before the
+    /// clock starts; otherwise its database is empty and the system copies the
+    /// structure too.
+    pub schema_beforehand: bool,
+    /// How the subscription is created, for the report.
+    pub how: &'static str,
+}
+
 /// Tables the benchmark replicates, in every system.
 pub const TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "big", "bench_marker"];
 
@@ -81,6 +98,41 @@ pub trait System {
     /// Switches the subscription to streaming mode `mode` (one of `streaming_modes`).
     fn set_streaming(&self, _pair: &Pair, mode: &str) -> Result<()> {
         super::err(format!("{}: streaming mode {mode} is not supported", self.name()))
+    }
+
+    /// The ways this system can join a node; empty: the join workload skips it.
+    fn join_variants(&self) -> &'static [JoinVariant] {
+        &[]
+    }
+
+    /// Publishes the [`PGBENCH_TABLES`] of `pair.provider`, loaded by `pgbench -i`
+    /// (before the clock starts).
+    fn join_provider(&self, _pair: &Pair) -> Result<()> {
+        super::err(format!("{}: joining a node is not supported", self.name()))
+    }
+
+    /// What the subscriber needs besides the schema before the clock starts
+    /// (extension, node).
+    fn join_subscriber(&self, _pair: &Pair) -> Result<()> {
+        Ok(())
+    }
+
+    /// The statement (on the subscriber) that creates the subscription with initial
+    /// copy; the clock starts right before it.
+    fn join_start_sql(&self, _pair: &Pair, _variant: &JoinVariant) -> String {
+        String::new()
+    }
+
+    /// One autocommit query (on the subscriber) returning the state of the initial
+    /// copy as one text value, `ready` when the subscriber has everything and
+    /// streams; the other values name the phases.
+    fn join_state_sql(&self) -> &'static str {
+        "SELECT 'ready'"
+    }
+
+    /// Run once the state is `ready` (not timed): the system's own way to wait.
+    fn join_ready_sql(&self) -> Option<&'static str> {
+        None
     }
 }
 

@@ -1,6 +1,6 @@
 //! PostgreSQL 18's own publication/subscription between two PostgreSQL 18 servers.
 
-use super::{literal, Env, Pair, System, TABLES};
+use super::{literal, Env, JoinVariant, Pair, System, PGBENCH_TABLES, TABLES};
 use crate::replication::node::Install;
 use crate::replication::Result;
 
@@ -57,5 +57,34 @@ impl System for Native {
 
     fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
         pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))
+    }
+
+    fn join_variants(&self) -> &'static [JoinVariant] {
+        &[JoinVariant {
+            name: "copy_data",
+            schema_beforehand: true,
+            how: "`CREATE SUBSCRIPTION ... WITH (copy_data = true, streaming = off)`; tablesync workers (`max_sync_workers_per_subscription` = 2, the default)",
+        }]
+    }
+
+    fn join_provider(&self, pair: &Pair) -> Result<()> {
+        pair.provider.execute(&format!("CREATE PUBLICATION join_pub FOR TABLE {}", PGBENCH_TABLES.join(", ")))
+    }
+
+    fn join_start_sql(&self, pair: &Pair, _variant: &JoinVariant) -> String {
+        format!(
+            "CREATE SUBSCRIPTION join_sub CONNECTION {} PUBLICATION join_pub WITH (copy_data = true, streaming = off)",
+            literal(&pair.provider.dsn())
+        )
+    }
+
+    fn join_state_sql(&self) -> &'static str {
+        // per table: i(nit) -> d(ata copy) -> f(inished copy) -> s(ync done) -> r(eady)
+        "SELECT CASE WHEN count(*) = 0 THEN 'no tables'
+                     WHEN bool_and(srsubstate = 'r') THEN 'ready'
+                     WHEN bool_and(srsubstate = 'i') THEN 'start'
+                     WHEN bool_or(srsubstate IN ('i', 'd')) THEN 'copy'
+                     ELSE 'catchup' END
+           FROM pg_subscription_rel"
     }
 }

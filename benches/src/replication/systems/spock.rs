@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{literal, Env, Pair, System, TABLES};
+use super::{literal, Env, JoinVariant, Pair, System, TABLES};
 use crate::replication::node::Install;
 use crate::replication::Result;
 
@@ -131,5 +131,56 @@ impl System for Spock {
 
     fn enable(&self, pair: &Pair) -> Result<()> {
         pair.subscriber.execute("SELECT spock.sub_enable('bench_sub', immediate := true)")
+    }
+
+    fn join_variants(&self) -> &'static [JoinVariant] {
+        &[
+            JoinVariant {
+                name: "data",
+                schema_beforehand: true,
+                how: "`sub_create(synchronize_structure := false, synchronize_data := true)`, schema created beforehand (as for native)",
+            },
+            JoinVariant {
+                name: "structure+data",
+                schema_beforehand: false,
+                how: "`sub_create(synchronize_structure := true, synchronize_data := true)` on an empty database: pg_dump/pg_restore pre-data, COPY, post-data",
+            },
+        ]
+    }
+
+    fn join_provider(&self, pair: &Pair) -> Result<()> {
+        // repset_add_all_tables skips tables without a replica identity (with a
+        // warning): pgbench_history goes to the insert-only set
+        pair.provider.execute(&format!(
+            "CREATE EXTENSION spock;
+             SELECT spock.node_create('provider', {});
+             SELECT spock.repset_add_all_tables('default', '{{public}}');
+             SELECT spock.repset_add_table('default_insert_only', 'pgbench_history');",
+            literal(&pair.provider.dsn())
+        ))
+    }
+
+    fn join_subscriber(&self, pair: &Pair) -> Result<()> {
+        pair.subscriber.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('subscriber', {})", literal(&pair.subscriber.dsn())))
+    }
+
+    fn join_start_sql(&self, pair: &Pair, variant: &JoinVariant) -> String {
+        format!(
+            "SELECT spock.sub_create('join_sub', {}, ARRAY['default', 'default_insert_only'],
+                 synchronize_structure := {}, synchronize_data := true)",
+            literal(&pair.provider.dsn()),
+            !variant.schema_beforehand
+        )
+    }
+
+    fn join_state_sql(&self) -> &'static str {
+        // the subscription's sync row: i -> [s(tructure) ->] d(ata) -> c(opied) -> r(eady)
+        "SELECT coalesce((SELECT CASE sync_status WHEN 'r' THEN 'ready' WHEN 'i' THEN 'start' WHEN 's' THEN 'structure'
+                                                  WHEN 'd' THEN 'copy' WHEN 'c' THEN 'post-data' ELSE sync_status::text END
+                            FROM spock.local_sync_status WHERE sync_nspname IS NULL), 'no subscription')"
+    }
+
+    fn join_ready_sql(&self) -> Option<&'static str> {
+        Some("SELECT spock.sub_wait_for_sync('join_sub')")
     }
 }
