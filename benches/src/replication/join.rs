@@ -269,7 +269,7 @@ fn phase_medians(results: &[JoinResult], e: &JoinEntry) -> Vec<(String, f64)> {
     names
         .into_iter()
         .map(|n| {
-            let v: Vec<f64> = rounds_of(results, e).map(|r| r.phases.iter().filter(|(p, _)| *p == n).map(|(_, t)| t).sum()).collect();
+            let v: Vec<f64> = rounds_of(results, e).map(|r| r.phases.iter().filter(|(p, _)| *p == n).fold(0.0, |a, (_, t)| a + t)).collect();
             let m = median(&v);
             (n, m)
         })
