@@ -360,6 +360,11 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         ))
         .and_then(|_| local.query("COMMIT"))
         .unwrap_or_else(|e| sync_error(sub, "committing the copied data", e));
+    // Release the origin now: the backend behind a closed connection lets it go
+    // only when it exits, which could race with the worker taking it to stream.
+    local
+        .query("SELECT pg_catalog.pg_replication_origin_session_reset()")
+        .unwrap_or_else(|e| sync_error(sub, "releasing the replication origin", e));
     let _ = provider.query("COMMIT");
     tables.len()
 }
