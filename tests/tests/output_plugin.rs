@@ -390,3 +390,42 @@ fn a_walsender_streams_through_the_replication_protocol() {
     let active: bool = node.query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 's'").unwrap();
     assert!(!active);
 }
+
+/// While a slot is being created, PostgreSQL asks the plugin's origin filter about
+/// commits it reads to build the snapshot, before the plugin has any state: a
+/// commit made under a replication origin at that moment must not crash the server
+/// (it did: the filter read the missing state).
+#[test]
+fn creating_a_slot_while_replicated_transactions_commit() {
+    use std::time::Duration;
+    let node = provider("p_slot");
+    node.execute("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
+    node.execute("SELECT pg_replication_origin_create('elsewhere')").unwrap();
+    let waiting_on_xid = |n: &TestNode| {
+        n.query_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_create_logical%' AND wait_event = 'transactionid')",
+        )
+        .unwrap()
+    };
+    // T1 is running when the slot creation starts: it waits for it.
+    let mut t1 = node.connect().unwrap();
+    t1.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    let mut creator = node.connect().unwrap();
+    let slot = std::thread::spawn(move || creator.batch_execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')"));
+    spock_tests::wait_for("slot creation waits for T1", Duration::from_secs(30), || waiting_on_xid(&node), true);
+    // T2 starts, T1 ends: the snapshot builder now waits for T2 with a full snapshot.
+    let mut t2 = node.connect().unwrap();
+    t2.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    t1.batch_execute("COMMIT").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    spock_tests::wait_for("slot creation waits for T2", Duration::from_secs(30), || waiting_on_xid(&node), true);
+    // A transaction replicated from another node commits, then T2.
+    let mut applier = node.connect().unwrap();
+    applier
+        .batch_execute("SELECT pg_replication_origin_session_setup('elsewhere'); INSERT INTO t VALUES (1);")
+        .unwrap();
+    t2.batch_execute("COMMIT").unwrap();
+    slot.join().unwrap().expect("the slot is created");
+    assert_eq!(node.query_one::<i64>("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's'").unwrap(), 1);
+    assert!(!node.log().contains("terminated by signal"), "{}", node.log());
+}

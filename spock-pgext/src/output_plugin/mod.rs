@@ -304,6 +304,12 @@ unsafe extern "C-unwind" fn spock_output_commit(
 
 #[pg_guard]
 unsafe extern "C-unwind" fn spock_output_filter_by_origin(ctx: *mut pg_sys::LogicalDecodingContext, origin_id: pg_sys::RepOriginId) -> bool {
+    // While a slot is created (startup ran with is_init, no state) PostgreSQL asks
+    // about commits it reads to build the snapshot; nothing is sent then anyway.
+    // SAFETY: valid decoding context.
+    if unsafe { (*ctx).output_plugin_private }.is_null() {
+        return false;
+    }
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
     !origin::should_send(origin_id, st.negotiated.forward_origins)
