@@ -903,3 +903,7 @@ BEGIN
     CALL spock.wait_for_sync_event(result, v_id, lsn, timeout, wait_if_disabled);
 END;
 $$;
+
+-- Pausing apply workers is for joining nodes (superusers), as in Spock.
+REVOKE EXECUTE ON FUNCTION spock.pause_apply_workers() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION spock.resume_apply_workers() FROM PUBLIC;

@@ -101,8 +101,22 @@ pub static EXCEPTION_LOGGING: GucSetting<ExceptionLoggingGuc> =
 /// stopped on an exception is started again to replay the failed transaction.
 pub static RESTART_DELAY_ON_EXCEPTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `spock.pause_timeout`: longest pause of apply workers (`spock.pause_apply_workers()`),
+/// in milliseconds; a pause that is not resumed ends by itself.
+pub static PAUSE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"spock.pause_timeout",
+        c"Longest pause of the apply workers by spock.pause_apply_workers().",
+        c"A pause that is not resumed ends by itself after this time (milliseconds).",
+        &PAUSE_TIMEOUT,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_enum_guc(
         c"spock.exception_behaviour",
         c"What the apply worker does with a remote transaction that fails to apply.",

@@ -168,3 +168,109 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     assert_eq!(count(s, "SELECT count(*) FROM t"), 200001);
     assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
 }
+
+/// Inserts history rows on `n` (and with `update`, moves balances) until `stop`.
+fn mesh_writer(n: &TestNode, tag: &'static str, update: bool, stop: Arc<AtomicBool>, done: Arc<AtomicI64>) -> std::thread::JoinHandle<()> {
+    let mut client = n.connect().unwrap();
+    std::thread::spawn(move || {
+        let mut i = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            // Each account is updated at most once in a run: a lost update stays lost.
+            let upd = if update { format!("UPDATE accounts SET balance = balance + 1 WHERE id = {};", 1 + i % 50000) } else { String::new() };
+            client
+                .batch_execute(&format!(
+                    "BEGIN; INSERT INTO history(node, n) VALUES ('{tag}', {i}); INSERT INTO events VALUES ('{tag}', {i}); {upd} COMMIT;"
+                ))
+                .unwrap();
+            done.store(i, Ordering::Relaxed);
+        }
+    })
+}
+
+#[test]
+fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
+    let c = Cluster::start_n(3).unwrap();
+    let (a, b, n3) = (c.node(0), c.node(1), c.node(2));
+    for n in [a, b, n3] {
+        node(n);
+    }
+    for n in [a, b] {
+        n.execute(
+            "CREATE TABLE history(id uuid PRIMARY KEY DEFAULT gen_random_uuid(), node text, n int);
+             CREATE TABLE accounts(id int PRIMARY KEY, balance int NOT NULL);
+             CREATE TABLE events(node text, n int);",
+        )
+        .unwrap();
+        // Without a key a row applied twice is a second row: duplicates show.
+        n.execute("SELECT spock.repset_add_table('default_insert_only', 'events')").unwrap();
+        n.execute("SELECT spock.repset_add_table('default', 'history')").unwrap();
+        n.execute("SELECT spock.repset_add_table('default', 'accounts')").unwrap();
+    }
+    a.execute("INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50000) g").unwrap();
+    b.execute("INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50000) g").unwrap();
+    a.execute(&format!("SELECT spock.sub_create('a_from_b', '{}')", b.dsn("postgres"))).unwrap();
+    b.execute(&format!("SELECT spock.sub_create('b_from_a', '{}')", a.dsn("postgres"))).unwrap();
+    for n in [a, b] {
+        wait_for("mesh", Duration::from_secs(60), || n.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    }
+    // Both nodes write all along: A inserts, B inserts and updates.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_a, done_b) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
+    let wa = mesh_writer(a, "a", false, stop.clone(), done_a.clone());
+    let wb = mesh_writer(b, "b", true, stop.clone(), done_b.clone());
+    wait_for("writers running", Duration::from_secs(30), || done_a.load(Ordering::Relaxed) > 50 && done_b.load(Ordering::Relaxed) > 50, true);
+
+    // Join n3 from A. First its subscription to B, disabled, with its slot on B so
+    // that B keeps everything from now on, and A past that point.
+    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
+    let slot: String = n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
+    let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
+    assert!(reached);
+    // Structure and data from A; the subscription to B starts at A's progress.
+    n3.execute(&format!(
+        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
+        a.dsn("postgres")
+    ))
+    .unwrap();
+    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
+    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
+    // Replication sets are per node: n3 publishes the tables it got.
+    n3.execute("SELECT spock.repset_add_table('default', 'history')").unwrap();
+    n3.execute("SELECT spock.repset_add_table('default', 'accounts')").unwrap();
+    n3.execute("SELECT spock.repset_add_table('default_insert_only', 'events')").unwrap();
+    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    for n in [a, b] {
+        wait_for("subscriptions to n3", Duration::from_secs(60), || {
+            n.query_one::<bool>("SELECT bool_and(status = 'replicating') FROM spock.sub_show_status()").unwrap()
+        }, true);
+    }
+    let (ja, jb) = (done_a.load(Ordering::Relaxed), done_b.load(Ordering::Relaxed));
+    wait_for("writes after the join", Duration::from_secs(60), || {
+        done_a.load(Ordering::Relaxed) > ja + 50 && done_b.load(Ordering::Relaxed) > jb + 50
+    }, true);
+    // n3 writes too, once joined.
+    n3.execute("INSERT INTO history(node, n) SELECT 'n3', g FROM generate_series(1, 100) g").unwrap();
+    stop.store(true, Ordering::Relaxed);
+    wa.join().unwrap();
+    wb.join().unwrap();
+    for _ in 0..2 {
+        for n in [a, b, n3] {
+            n.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+        }
+    }
+    let expected = done_a.load(Ordering::Relaxed) + done_b.load(Ordering::Relaxed) + 100;
+    for n in [a, b, n3] {
+        assert_eq!(count(n, "SELECT count(*) FROM history"), expected, "history rows on {}", n.name);
+        assert_eq!(count(n, "SELECT count(*) FROM events"), expected - 100, "events rows on {}", n.name);
+    }
+    for q in ["SELECT id, node, n FROM history", "SELECT id, balance FROM accounts", "SELECT node, n FROM events"] {
+        let d = digest(a, q);
+        assert_eq!(digest(b, q), d, "{q} on n2");
+        assert_eq!(digest(n3, q), d, "{q} on n3");
+    }
+    assert_eq!(count(n3, "SELECT sum(balance) FROM accounts"), done_b.load(Ordering::Relaxed));
+}

@@ -141,6 +141,17 @@ impl ApplySession {
         }
     }
 
+    /// Before a remote transaction: waits while `spock.pause_apply_workers()` holds
+    /// this database's workers, then marks this worker as inside a transaction.
+    fn wait_while_paused(&mut self) {
+        let Some(i) = self.progress_slot else { return };
+        while !crate::workers::shmem::try_enter_transaction(i) {
+            // SAFETY: a short sleep; interrupts are checked after it.
+            unsafe { pg_sys::pg_usleep(1000) };
+            pgrx::check_for_interrupts!();
+        }
+    }
+
     /// Whether a failed transaction waits to be replayed (the worker then asks for
     /// text transfer, so exception_log shows readable values).
     pub fn replay_pending(&self) -> bool {
@@ -192,6 +203,7 @@ impl ApplySession {
                 crate::workers::shmem::update_progress(i, |p| {
                     p.node_id = node;
                     p.remote_node_id = remote;
+                    p.in_txn = false;
                 });
                 self.exception = crate::workers::shmem::pending_exception(i);
             }
@@ -241,7 +253,10 @@ impl ApplySession {
         }
         match d.message {
             Message::Startup(s) => self.handle_startup(&s),
-            Message::Begin(b) => self.handle_begin(&b),
+            Message::Begin(b) => {
+                self.wait_while_paused();
+                self.handle_begin(&b)
+            }
             Message::Origin(o) => self.handle_origin(&o),
             Message::CommitOrder(_) => {}
             Message::Relation(r) => self.handle_relation(r),
@@ -249,7 +264,12 @@ impl ApplySession {
             Message::Update(u) => self.change(Change::Update(&u)),
             Message::Delete(del) => self.change(Change::Delete(&del)),
             Message::Truncate(t) => self.change(Change::Truncate(&t)),
-            Message::Commit(c) => self.handle_commit(&c),
+            Message::Commit(c) => {
+                self.handle_commit(&c);
+                if let Some(i) = self.progress_slot {
+                    crate::workers::shmem::leave_transaction(i);
+                }
+            }
             Message::LogicalMessage(m) => self.handle_message(&m),
         }
     }

@@ -106,9 +106,36 @@ pub fn run(sub: &SubscriptionInfo) {
     let repl = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
         .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)));
-    let rows = repl
-        .query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&sub.slot_name)))
-        .unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
+    // The provider's apply workers hold still while the snapshot is taken and their
+    // progress read: the snapshot then holds exactly the other nodes' transactions
+    // up to that progress, and this node's subscriptions to those nodes start there.
+    let ctl = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+    let has = |f: &str| {
+        ctl.query(&format!("SELECT pg_catalog.to_regprocedure('{f}') IS NOT NULL"))
+            .ok()
+            .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
+            .as_deref()
+            == Some("t")
+    };
+    let can_pause = has("spock.pause_apply_workers()");
+    if can_pause {
+        ctl.query("SELECT spock.pause_apply_workers()").unwrap_or_else(|e| sync_error(sub, "pausing the provider's apply workers", e));
+    }
+    let created = repl.query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&sub.slot_name)));
+    let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
+    if can_pause {
+        let held = !has("spock._apply_workers_paused()")
+            || ctl.query("SELECT spock._apply_workers_paused()").ok().and_then(|r| r.first().and_then(|r| r.first().cloned().flatten())).as_deref()
+                == Some("t");
+        let _ = ctl.query("SELECT spock.resume_apply_workers()");
+        if created.is_ok() && !held {
+            sync_error(sub, "the provider's apply workers resumed before the snapshot was taken", "raise spock.pause_timeout on the provider");
+        }
+    }
+    drop(ctl);
+    let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
+    start_peer_subscriptions(sub, &peers);
     let row = rows.first().cloned().unwrap_or_default();
     let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point"));
     let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no exported snapshot"));
@@ -132,6 +159,70 @@ pub fn run(sub: &SubscriptionInfo) {
     }
     finish(sub, lsn, &dump);
     pgrx::log!("spock subscription {}: initial sync done ({copied} tables copied); streaming from {}", sub.name, format_lsn(lsn));
+}
+
+/// The provider's progress per node it subscribes to: (node id, LSN in that node's
+/// WAL up to which its transactions are applied there, and so in the snapshot).
+fn peer_progress(sub: &SubscriptionInfo, ctl: &Connection) -> Vec<(i64, String)> {
+    ctl.query(
+        "SELECT s.sub_origin::int8::text, o.remote_lsn::text
+           FROM spock.subscription s
+           JOIN pg_catalog.pg_replication_origin_status o ON o.external_id = s.sub_slot_name::text
+          WHERE o.remote_lsn IS NOT NULL AND o.remote_lsn <> '0/0'",
+    )
+    .unwrap_or_else(|e| sync_error(sub, "reading the provider's progress", e))
+    .into_iter()
+    .filter_map(|r| Some((r.first().cloned().flatten()?.parse().ok()?, r.get(1).cloned().flatten()?)))
+    .collect()
+}
+
+/// This node's (disabled) subscriptions to the nodes in `peers` start where the
+/// provider's copy ends: their origins move to the provider's progress, so nothing
+/// of those nodes is missed or applied twice when they are enabled.
+fn start_peer_subscriptions(sub: &SubscriptionInfo, peers: &[(i64, String)]) {
+    for (node, lsn) in peers {
+        BackgroundWorker::transaction(|| {
+            let subs: Vec<(String, String, bool)> = Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT sub_name::text, sub_slot_name::text, sub_enabled FROM spock.subscription
+                          WHERE sub_origin = $1::int8::oid AND sub_id <> $2::int8::oid",
+                        None,
+                        &[(*node).into(), i64::from(sub.id).into()],
+                    )
+                    .map(|t| {
+                        t.into_iter()
+                            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            for (name, slot, enabled) in subs {
+                if enabled {
+                    pgrx::warning!(
+                        "spock subscription {}: subscription {name} to the same node is enabled during this sync; \
+                         create it disabled and enable it after the sync so that it starts at {lsn}",
+                        sub.name
+                    );
+                    continue;
+                }
+                Spi::run_with_args(
+                    "SELECT pg_catalog.pg_replication_origin_create($1)
+                      WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)",
+                    &[slot.as_str().into()],
+                )
+                .and_then(|_| {
+                    Spi::run_with_args(
+                        "SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)
+                          WHERE coalesce(pg_catalog.pg_replication_origin_progress($1, false), '0/0') < $2::text::pg_lsn",
+                        &[slot.as_str().into(), lsn.as_str().into()],
+                    )
+                })
+                .unwrap_or_else(|e| spi_failed("starting a peer subscription's origin", e));
+                pgrx::log!("spock subscription {}: subscription {name} will start at {lsn} (the provider's progress at the snapshot)", sub.name);
+            }
+        });
+    }
 }
 
 /// Starts the origin at the slot's consistent point and marks the subscription ready.
@@ -317,7 +408,15 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         local.literal(&sub.slot_name)
     );
     local.query(&setup).unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
-    local.query("BEGIN").unwrap_or_else(|e| sync_error(sub, "BEGIN", e));
+    // Copied rows get the oldest possible commit timestamp: any change to them that
+    // was not in the snapshot (from the provider, or from another node whose
+    // subscription starts at the provider's progress) is newer and wins.
+    local
+        .query(&format!(
+            "BEGIN; SELECT pg_catalog.pg_replication_origin_xact_setup({}, '2000-01-01 00:00:00.000001+00')",
+            local.literal(&format_lsn(lsn))
+        ))
+        .unwrap_or_else(|e| sync_error(sub, "BEGIN", e));
     for t in &tables {
         let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
         let nonempty = local

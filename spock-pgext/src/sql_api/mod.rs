@@ -3,6 +3,7 @@
 //! helpers it needs from inside the server are here.
 
 mod info;
+mod pause;
 mod progress;
 mod repset;
 mod subscription;

@@ -36,6 +36,20 @@ pub struct SubProgress {
     pub received_lsn: u64,
     /// When this entry was last updated.
     pub last_updated_ts: i64,
+    /// The worker is applying a remote transaction (between BEGIN and its commit).
+    pub in_txn: bool,
+}
+
+/// Databases whose apply workers are paused (`spock.pause_apply_workers()`).
+const MAX_PAUSES: usize = 16;
+
+/// A pause of one database's apply workers until a deadline.
+#[derive(Copy, Clone, Default)]
+pub struct Pause {
+    /// Database (0: free).
+    pub dbid: u32,
+    /// Expiry, PostgreSQL timestamp (microseconds since 2000).
+    pub until: i64,
 }
 
 /// Bytes of an error message kept for a failed transaction.
@@ -87,6 +101,8 @@ pub struct WorkerState {
     pub progress: [SubProgress; MAX_SUBSCRIPTIONS],
     /// Failed transactions per subscription (same index as `progress`).
     pub exceptions: [ExceptionSlot; MAX_SUBSCRIPTIONS],
+    /// Paused databases.
+    pub pauses: [Pause; MAX_PAUSES],
 }
 
 impl Default for WorkerState {
@@ -96,6 +112,7 @@ impl Default for WorkerState {
             n: 0,
             progress: [SubProgress::default(); MAX_SUBSCRIPTIONS],
             exceptions: [ExceptionSlot::default(); MAX_SUBSCRIPTIONS],
+            pauses: [Pause::default(); MAX_PAUSES],
         }
     }
 }
@@ -228,4 +245,69 @@ pub fn all_progress() -> Vec<SubProgress> {
     }
     let s = WORKER_STATE.share();
     s.progress.iter().filter(|p| p.in_use).copied().collect()
+}
+
+fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn paused(s: &WorkerState, dbid: u32, at: i64) -> bool {
+    s.pauses.iter().any(|p| p.dbid == dbid && p.until > at)
+}
+
+/// Pauses the apply workers of `dbid` until `until` (they finish the transaction
+/// they are applying and wait before the next one). False: no pause slot free.
+pub fn pause(dbid: u32, until: i64) -> bool {
+    let mut s = WORKER_STATE.exclusive();
+    let at = now();
+    let free = s.pauses.iter().position(|p| p.dbid == dbid).or_else(|| s.pauses.iter().position(|p| p.dbid == 0 || p.until <= at));
+    match free {
+        Some(i) => {
+            s.pauses[i] = Pause { dbid, until };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Ends the pause of `dbid`; returns whether it was still in force (not expired).
+pub fn resume(dbid: u32) -> bool {
+    let mut s = WORKER_STATE.exclusive();
+    let at = now();
+    let mut held = false;
+    for p in s.pauses.iter_mut().filter(|p| p.dbid == dbid) {
+        held |= p.until > at;
+        *p = Pause::default();
+    }
+    held
+}
+
+/// Whether the apply workers of `dbid` are paused now.
+pub fn is_paused(dbid: u32) -> bool {
+    preloaded() && paused(&WORKER_STATE.share(), dbid, now())
+}
+
+/// Whether some apply worker of `dbid` is in the middle of a remote transaction.
+pub fn any_in_transaction(dbid: u32) -> bool {
+    WORKER_STATE.share().progress.iter().any(|p| p.in_use && p.dbid == dbid && p.in_txn)
+}
+
+/// Marks the worker of progress slot `i` as applying a transaction, unless its
+/// database is paused: then returns false (the caller waits and asks again). The
+/// check and the mark are one step under the lock, so a pause either sees the
+/// worker in its transaction or keeps it out.
+pub fn try_enter_transaction(i: usize) -> bool {
+    let mut s = WORKER_STATE.exclusive();
+    let dbid = s.progress[i].dbid;
+    if paused(&s, dbid, now()) {
+        return false;
+    }
+    s.progress[i].in_txn = true;
+    true
+}
+
+/// The worker of slot `i` finished (or left) its transaction.
+pub fn leave_transaction(i: usize) {
+    WORKER_STATE.exclusive().progress[i].in_txn = false;
 }
