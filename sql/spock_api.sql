@@ -716,7 +716,7 @@ CREATE FUNCTION spock._sync_status_name(s "char") RETURNS text IMMUTABLE LANGUAG
     SELECT CASE s
         WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
         WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
-        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' ELSE 'unknown' END;
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
 $$;
 
 CREATE FUNCTION spock.sub_show_table(subscription_name name, relation regclass,
@@ -766,12 +766,59 @@ DECLARE
 BEGIN
     LOOP
         EXIT WHEN (SELECT t.status IN ('replicating', 'synchronized') FROM spock.sub_show_table(subscription_name, relation) t);
+        IF (SELECT t.status = 'sync_failed' FROM spock.sub_show_table(subscription_name, relation) t) THEN
+            RAISE EXCEPTION 'synchronisation of table % for subscription % failed; see the server log', relation, subscription_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
         IF NOT EXISTS (SELECT 1 FROM spock.subscription WHERE sub_id = v.sub_id AND sub_enabled) THEN
             RAISE EXCEPTION 'subscription % is disabled; table % cannot finish synchronising', subscription_name, relation
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
         PERFORM pg_catalog.pg_sleep(0.2);
     END LOOP;
+END;
+$$;
+
+-- Table-level sync: a row with status 'i' per table (sync_kind 'f': empty the local
+-- table first, 'd': merge into it); the apply worker copies it within a second.
+CREATE FUNCTION spock.sub_resync_table(subscription_name name, relation regclass, truncate boolean DEFAULT true)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_nsp name;
+    v_rel name;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relation;
+    IF NOT v.sub_enabled THEN
+        RAISE EXCEPTION 'subscription % is disabled', subscription_name
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it first: the apply worker copies the table.';
+    END IF;
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    VALUES (CASE WHEN truncate THEN 'f' ELSE 'd' END, v.sub_id, v_nsp, v_rel, 'i', '0/0')
+    ON CONFLICT (sync_subid, sync_nspname, sync_relname)
+    DO UPDATE SET sync_kind = EXCLUDED.sync_kind, sync_status = 'i', sync_statuslsn = '0/0';
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.sub_alter_sync(subscription_name name, truncate boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_dsn text;
+    v_count int;
+BEGIN
+    SELECT if_dsn INTO v_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if;
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    SELECT CASE WHEN truncate THEN 'f' ELSE 'd' END, v.sub_id, p.nspname, p.relname, 'i', '0/0'
+      FROM spock._provider_tables(v_dsn, v.sub_replication_sets) p
+     WHERE pg_catalog.to_regclass(pg_catalog.format('%I.%I', p.nspname, p.relname)) IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM spock.local_sync_status y
+                        WHERE y.sync_subid = v.sub_id AND y.sync_nspname = p.nspname AND y.sync_relname = p.relname);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN true;
 END;
 $$;
 

@@ -172,8 +172,26 @@ pub fn origin_node_of(slot: &str, origin: &str) -> Option<Option<u16>> {
 
 /// Name of the temporary slot a table sync uses: `<slot>_<%08x of hash_any(table)>`,
 /// where `qualified_table` is the quoted, schema-qualified table name.
+/// The slot part is cut so that the name fits in 63 bytes.
 pub fn table_sync_slot_name(slot: &str, qualified_table: &str) -> String {
-    format!("{slot}_{:08x}", hash_any(qualified_table.as_bytes()))
+    let mut base = slot.to_string();
+    base.truncate(MAX_IDENTIFIER_LEN - 9);
+    format!("{base}_{:08x}", hash_any(qualified_table.as_bytes()))
+}
+
+#[cfg(test)]
+mod table_sync_slot_tests {
+    use super::*;
+
+    #[test]
+    fn table_sync_slot_names_fit_and_differ() {
+        let slot = slot_name("a_database_with_a_long_name", "provider_node_name", "subscription_name");
+        let a = table_sync_slot_name(&slot, "public.t1");
+        let b = table_sync_slot_name(&slot, "public.t2");
+        assert_ne!(a, b);
+        assert!(a.len() <= MAX_IDENTIFIER_LEN && a.starts_with(&slot[..20]));
+        assert_eq!(origin_node_of(&slot, &a), None, "never taken for a forwarded origin");
+    }
 }
 
 #[cfg(test)]

@@ -274,3 +274,95 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
     }
     assert_eq!(count(n3, "SELECT sum(balance) FROM accounts"), done_b.load(Ordering::Relaxed));
 }
+
+#[test]
+fn tables_are_resynchronised_while_the_provider_writes() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    node(p);
+    node(s);
+    for n in [p, s] {
+        n.execute(
+            "CREATE TABLE t1(id int PRIMARY KEY, v int);
+             CREATE TABLE t2(id int PRIMARY KEY, v text);
+             CREATE TABLE nokey(v int);",
+        )
+        .unwrap();
+    }
+    p.execute("INSERT INTO t1 SELECT g, 0 FROM generate_series(1, 20000) g").unwrap();
+    p.execute("INSERT INTO t2 SELECT g, 'provider' FROM generate_series(1, 100) g").unwrap();
+    p.execute("INSERT INTO nokey SELECT generate_series(1, 10)").unwrap();
+    for t in ["t1", "t2"] {
+        p.execute(&format!("SELECT spock.repset_add_table('default', '{t}')")).unwrap();
+    }
+    p.execute("SELECT spock.repset_add_table('default_insert_only', 'nokey')").unwrap();
+    // No initial copy: the subscriber starts with empty tables.
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}')", p.dsn("postgres"))).unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    assert_eq!(count(s, "SELECT count(*) FROM t1"), 0);
+
+    // The provider keeps updating t1 (every row at most once) and inserting.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicI64::new(0));
+    let mut client = p.connect().unwrap();
+    let (stop2, done2) = (stop.clone(), done.clone());
+    let w = std::thread::spawn(move || {
+        let mut i = 0i64;
+        while !stop2.load(Ordering::Relaxed) {
+            i += 1;
+            client
+                .batch_execute(&format!("UPDATE t1 SET v = v + 1 WHERE id = {}; INSERT INTO t1 VALUES ({}, 1);", i, 100000 + i))
+                .unwrap();
+            done2.store(i, Ordering::Relaxed);
+        }
+    });
+    wait_for("writer", Duration::from_secs(30), || done.load(Ordering::Relaxed) > 20, true);
+
+    // sub_alter_sync copies the tables that were never synchronised.
+    s.execute("SELECT spock.sub_alter_sync('sub1')").unwrap();
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't1')").unwrap();
+    let q = "SELECT id, v FROM t1";
+    let settle = || {
+        p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    };
+    let at = done.load(Ordering::Relaxed);
+    wait_for("more writes", Duration::from_secs(30), || done.load(Ordering::Relaxed) > at + 50, true);
+
+    // Damage t1 here, then resynchronise it (emptied first) while writes go on.
+    s.execute("DELETE FROM t1 WHERE id % 7 = 0; UPDATE t1 SET v = -1 WHERE id % 5 = 0").unwrap();
+    s.execute("SELECT spock.sub_resync_table('sub1', 't1')").unwrap();
+    wait_for("resync started", Duration::from_secs(30), || {
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 't1')").unwrap() != "sync_init"
+    }, true);
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't1')").unwrap();
+    let at = done.load(Ordering::Relaxed);
+    wait_for("writes after the resync", Duration::from_secs(30), || done.load(Ordering::Relaxed) > at + 50, true);
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    settle();
+    assert_eq!(digest(p, q), digest(s, q), "t1 after sub_alter_sync and sub_resync_table");
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 't1')").unwrap(), "replicating");
+
+    // A non-empty keyed table is merged: the provider's rows win, local-only rows stay.
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't2')").unwrap();
+    s.execute("UPDATE t2 SET v = 'local' WHERE id <= 10; DELETE FROM t2 WHERE id > 90; INSERT INTO t2 VALUES (1000, 'only here')").unwrap();
+    s.execute("SELECT spock.sub_resync_table('sub1', 't2', truncate := false)").unwrap();
+    wait_for("merged", Duration::from_secs(30), || count(s, "SELECT count(*) FROM t2 WHERE v = 'provider'"), 100);
+    assert_eq!(count(s, "SELECT count(*) FROM t2"), 101);
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't2')").unwrap();
+
+    // A non-empty table without a key cannot be merged: a clear failure, not a mix.
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 'nokey')").unwrap();
+    assert_eq!(count(s, "SELECT count(*) FROM nokey"), 10);
+    s.execute("SELECT spock.sub_resync_table('sub1', 'nokey', truncate := false)").unwrap();
+    let err = s.execute("SELECT spock.table_wait_for_sync('sub1', 'nokey')").unwrap_err().0;
+    assert!(err.contains("failed"), "{err}");
+    assert!(s.log().contains("no primary key or replica identity index to merge by"));
+    assert_eq!(count(s, "SELECT count(*) FROM nokey"), 10, "nothing was mixed in");
+    // With truncate it works.
+    s.execute("SELECT spock.sub_resync_table('sub1', 'nokey')").unwrap();
+    wait_for("nokey resynchronised", Duration::from_secs(30), || {
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'nokey')").unwrap()
+    }, "synchronized".to_string());
+    assert_eq!(digest(p, "SELECT v FROM nokey"), digest(s, "SELECT v FROM nokey"));
+}

@@ -54,6 +54,9 @@ pub struct ApplySession {
     pub reconnect: bool,
     /// Set when the subscription was disabled by an exception: the worker stops.
     pub stop: bool,
+    /// Tables copied by a table sync at an LSN the stream has not passed: changes
+    /// to them from transactions that committed before it are in the copy.
+    table_skips: HashMap<(String, String), u64>,
 }
 
 /// A row change of the remote transaction.
@@ -138,6 +141,51 @@ impl ApplySession {
             current_change: 0,
             reconnect: false,
             stop: false,
+            table_skips: HashMap::new(),
+        }
+    }
+
+    /// Reads which synchronised tables the stream still has to catch up with.
+    pub fn reload_table_skips(&mut self) {
+        let id = self.sub.id;
+        self.table_skips = pgrx::bgworkers::BackgroundWorker::transaction(|| super::sync::catching_up_tables(id))
+            .into_iter()
+            .map(|(n, r, lsn)| ((n, r), lsn))
+            .collect();
+    }
+
+    /// Lets go of the replication origin (a table sync copies under it from another
+    /// session); the next transaction takes it again.
+    pub fn release_origin(&mut self) {
+        if self.session_origin != 0 {
+            // SAFETY: between transactions; resets this session's origin.
+            unsafe {
+                pg_sys::replorigin_session_reset();
+                pg_sys::replorigin_session_origin = 0;
+            }
+            self.session_origin = 0;
+        }
+    }
+
+    /// Whether change `c` of a transaction that committed at `final_lsn` is already
+    /// in a table sync's copy.
+    fn in_table_copy(&self, c: &Change<'_>, final_lsn: u64) -> bool {
+        if self.table_skips.is_empty() {
+            return false;
+        }
+        let Some(rel) = c.relid().and_then(|r| self.rels.get(&r)) else { return false };
+        self.table_skips
+            .get(&(rel.msg.nspname.clone(), rel.msg.relname.clone()))
+            .is_some_and(|&copied_at| final_lsn < copied_at)
+    }
+
+    /// After the transaction that committed at `final_lsn`: tables whose copy it
+    /// passed are replicating.
+    fn note_tables_caught_up(&mut self, final_lsn: u64) {
+        if self.table_skips.values().any(|&s| s <= final_lsn) {
+            let id = self.sub.id;
+            pgrx::bgworkers::BackgroundWorker::transaction(|| super::sync::tables_caught_up(id, final_lsn));
+            self.table_skips.retain(|_, s| *s > final_lsn);
         }
     }
 
@@ -265,7 +313,9 @@ impl ApplySession {
             Message::Delete(del) => self.change(Change::Delete(&del)),
             Message::Truncate(t) => self.change(Change::Truncate(&t)),
             Message::Commit(c) => {
+                let final_lsn = self.remote.as_ref().map_or(0, |r| r.final_lsn);
                 self.handle_commit(&c);
+                self.note_tables_caught_up(final_lsn);
                 if let Some(i) = self.progress_slot {
                     crate::workers::shmem::leave_transaction(i);
                 }
@@ -411,6 +461,11 @@ impl ApplySession {
         if remote.skip {
             return;
         }
+        let final_lsn = remote.final_lsn;
+        if self.in_table_copy(&c, final_lsn) {
+            return;
+        }
+        let Some(remote) = self.remote.as_mut() else { return };
         remote.changes += 1;
         let n = remote.changes;
         let replay = remote.replay;

@@ -29,6 +29,10 @@ use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// Feedback at least this often while streaming.
 const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the worker looks for tables waiting for a table sync.
+const SYNC_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest stretch of reading and applying without housekeeping.
+const DRAIN_SLICE: Duration = Duration::from_millis(100);
 /// Feedback at most this often when only positions moved.
 const FEEDBACK_MIN_GAP: Duration = Duration::from_millis(50);
 
@@ -168,8 +172,16 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     crate::output_plugin::invalidation::register();
     let mut session = ApplySession::new(sub.clone());
     session.attach_progress(u32::from(db));
-    // A replayed transaction ends with a reconnect (back to binary transfer).
-    while stream(&sub, &mut session) {
+    // A replayed transaction ends with a reconnect (back to binary transfer); so
+    // does a table sync request: tables are copied while the stream stops.
+    loop {
+        session.release_origin();
+        report_activity("synchronising tables");
+        sync::sync_pending_tables(&sub);
+        session.reload_table_skips();
+        if !stream(&sub, &mut session) {
+            break;
+        }
         session.reconnect = false;
     }
     pgrx::log!("{APPLY_TYPE} for subscription {} stopping", sub.name);
@@ -199,9 +211,15 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
     let mut flushed = start;
     let mut last_feedback = Instant::now();
     let mut reported = (0u64, 0u64);
+    let mut sync_checked = Instant::now();
     loop {
         let mut reply_requested = false;
-        // Drain what has arrived.
+        // Drain what has arrived, but come up for air at least every DRAIN_SLICE:
+        // when the provider sends faster than we apply, data is always waiting, and
+        // feedback (the walsender drops a silent client after wal_sender_timeout),
+        // config reloads and table-sync checks must still happen.
+        let drain_started = Instant::now();
+        let mut more_waiting = false;
         loop {
             match conn.read_copy_data().unwrap_or_else(|e| fail(sub, "lost the provider", e)) {
                 CopyData::Data(buf) => match buf.first() {
@@ -236,9 +254,21 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
                 return false;
             }
+            if drain_started.elapsed() >= DRAIN_SLICE
+                || (sync_checked.elapsed() >= SYNC_CHECK_INTERVAL && !session.in_remote_transaction())
+            {
+                more_waiting = true;
+                break;
+            }
         }
         if let Some(f) = session.flushed_remote_lsn() {
             flushed = flushed.max(f);
+        }
+        if !session.in_remote_transaction() && sync_checked.elapsed() >= SYNC_CHECK_INTERVAL {
+            sync_checked = Instant::now();
+            if BackgroundWorker::transaction(|| !sync::pending_tables(sub.id).is_empty()) {
+                session.reconnect = true;
+            }
         }
         if session.reconnect && !session.in_remote_transaction() {
             // Tell the provider what is applied before leaving.
@@ -265,6 +295,10 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             last_feedback = Instant::now();
         }
         crate::workers::reload_config_if_asked();
+        if more_waiting {
+            // Messages may sit in libpq's buffer, invisible to the socket.
+            continue;
+        }
         // SAFETY: waits on our latch and the provider's socket.
         let rc = unsafe {
             pg_sys::WaitLatchOrSocket(

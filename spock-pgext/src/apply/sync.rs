@@ -347,13 +347,16 @@ struct CopyTable {
 }
 
 /// The provider's tables in the subscribed sets, under the snapshot.
-fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection) -> Vec<CopyTable> {
+fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection, only: Option<(&str, &str)>) -> Vec<CopyTable> {
     let sets = format!(
         "ARRAY[{}]::text[]",
         sub.replication_sets.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", ")
     );
     let skip = skip_schemas(sub);
     let skip = format!("ARRAY[{}]::text[]", skip.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", "));
+    let only = only
+        .map(|(n, r)| format!(" AND n.nspname::text = {} AND c.relname::text = {}", provider.literal(n), provider.literal(r)))
+        .unwrap_or_default();
     // Column lists: the union of the sets' lists, or every column when one set has
     // none; row filters: OR of the sets' filters, or none when one set has none.
     let sql = format!(
@@ -372,7 +375,7 @@ fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection) -> Vec<CopyTabl
            FROM m
            JOIN pg_catalog.pg_class c ON c.oid = m.relid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind = 'r' AND n.nspname::text <> ALL ({skip})
+          WHERE c.relkind = 'r' AND n.nspname::text <> ALL ({skip}){only}
           GROUP BY c.oid, n.nspname, c.relname
           ORDER BY n.nspname, c.relname"
     );
@@ -398,7 +401,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(snapshot))))
         .unwrap_or_else(|e| sync_error(sub, "could not use the slot's snapshot on the provider", e));
-    let tables = tables_to_copy(sub, &provider);
+    let tables = tables_to_copy(sub, &provider, None);
 
     let local = Connection::connect(&local_dsn(), &[("application_name", &format!("{}_sync", sub.slot_name))])
         .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
@@ -495,4 +498,236 @@ fn pump(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, name:
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Table-level sync: sub_resync_table, sub_alter_sync, and 'A' queue messages
+// (repset_add_table(..., synchronize_data := true) on the provider).
+//
+// A table waiting for a sync has a row in spock.local_sync_status with status 'i'
+// (sync_kind 'f': empty the local table first; 'd': keep its rows and merge). The
+// apply worker syncs such tables between two remote transactions, with its stream
+// stopped: a temporary slot on the provider exports a snapshot at LSN S; the table
+// is copied under it (into the emptied table, or merged by key into a non-empty
+// one) in one local transaction that also sets the table's status to 'y' with S.
+// The stream then skips the table's changes from transactions that committed
+// before S (the copy has them) and the status becomes 'r' once it is past S.
+
+/// Tables of `sub` waiting for a table sync: (schema, table, truncate first).
+pub fn pending_tables(sub_id: u32) -> Vec<(String, String, bool)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT sync_nspname::text, sync_relname::text, sync_kind = 'f' FROM spock.local_sync_status
+                  WHERE sync_subid = $1::int8::oid AND sync_nspname IS NOT NULL AND sync_status = 'i'
+                  ORDER BY 1, 2",
+                None,
+                &[i64::from(sub_id).into()],
+            )
+            .map(|t| {
+                t.into_iter()
+                    .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Tables whose changes the stream skips: copied at an LSN S it has not passed yet
+/// ((schema, table, S)), or waiting for their copy (S = the largest LSN: the copy
+/// will hold everything until it starts).
+pub fn catching_up_tables(sub_id: u32) -> Vec<(String, String, u64)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT sync_nspname::text, sync_relname::text,
+                        CASE WHEN sync_status = 'i' THEN 'FFFFFFFF/FFFFFFFF' ELSE sync_statuslsn::text END
+                   FROM spock.local_sync_status
+                  WHERE sync_subid = $1::int8::oid AND sync_nspname IS NOT NULL AND sync_status IN ('y', 'i')",
+                None,
+                &[i64::from(sub_id).into()],
+            )
+            .map(|t| {
+                t.into_iter()
+                    .filter_map(|r| {
+                        Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, parse_lsn(&r.get::<String>(3).ok()??)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// Marks tables whose copy LSN the stream has passed as replicating.
+pub fn tables_caught_up(sub_id: u32, applied_upto: u64) {
+    Spi::run_with_args(
+        "UPDATE spock.local_sync_status SET sync_status = 'r'
+          WHERE sync_subid = $1::int8::oid AND sync_nspname IS NOT NULL AND sync_status = 'y'
+            AND sync_statuslsn <= $2::text::pg_lsn",
+        &[i64::from(sub_id).into(), format_lsn(applied_upto).into()],
+    )
+    .unwrap_or_else(|e| spi_failed("marking synchronised tables as replicating", e));
+}
+
+/// Asks for a table sync of `schema.table` (inside the caller's transaction).
+pub fn request_table_sync(sub_id: u32, schema: &str, table: &str, truncate: bool) {
+    Spi::run_with_args(
+        "INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+         VALUES (CASE WHEN $4 THEN 'f' ELSE 'd' END, $1::int8::oid, $2, $3, 'i', '0/0')
+         ON CONFLICT (sync_subid, sync_nspname, sync_relname)
+         DO UPDATE SET sync_kind = EXCLUDED.sync_kind, sync_status = 'i', sync_statuslsn = '0/0'",
+        &[i64::from(sub_id).into(), schema.into(), table.into(), truncate.into()],
+    )
+    .unwrap_or_else(|e| spi_failed("requesting a table sync", e));
+}
+
+/// Syncs every table waiting for it. Called by the apply worker while it does not
+/// stream and holds no replication origin.
+pub fn sync_pending_tables(sub: &SubscriptionInfo) -> bool {
+    let pending = BackgroundWorker::transaction(|| pending_tables(sub.id));
+    for (nsp, rel, truncate) in &pending {
+        sync_table(sub, nsp, rel, *truncate);
+    }
+    !pending.is_empty()
+}
+
+fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
+    let name = format!("{}.{}", quote_ident(nsp), quote_ident(rel));
+    pgrx::log!("spock subscription {}: synchronising table {name}{}", sub.name, if truncate { " (emptied first)" } else { "" });
+    let slot = spock_core::names::table_sync_slot_name(&sub.slot_name, &name);
+    let repl = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &slot)])
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let rows = repl
+        .query(&format!("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&slot)))
+        .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
+    let row = rows.first().cloned().unwrap_or_default();
+    let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| sync_error(sub, "sync slot", "no consistent point"));
+    let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| sync_error(sub, "sync slot", "no exported snapshot"));
+
+    let provider = Connection::connect(&sub.provider_dsn, &[("application_name", &slot)])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+    provider
+        .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(&snapshot))))
+        .unwrap_or_else(|e| sync_error(sub, "could not use the sync slot's snapshot", e));
+    let Some(t) = tables_to_copy(sub, &provider, Some((nsp, rel))).into_iter().next() else {
+        // Not (or no longer) in the subscribed sets on the provider.
+        pgrx::warning!("spock subscription {}: table {name} is not in the subscribed replication sets on the provider; not synchronised", sub.name);
+        BackgroundWorker::transaction(|| {
+            Spi::run_with_args(
+                "UPDATE spock.local_sync_status SET sync_status = 'r' WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
+                &[i64::from(sub.id).into(), nsp.into(), rel.into()],
+            )
+            .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
+        });
+        return;
+    };
+    let local = Connection::connect(&local_dsn(), &[("application_name", &slot)])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
+    // The copy belongs to the provider (its origin; not sent on to other nodes) and
+    // loses last-update-wins against any later change; the origin's progress is not
+    // moved (lsn 0/0): the stream is still behind the copy.
+    local
+        .query(&format!(
+            "SET session_replication_role = replica; SET synchronous_commit = local;
+             SELECT pg_catalog.pg_replication_origin_session_setup({});
+             BEGIN;
+             SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '2000-01-01 00:00:00.000001+00')",
+            local.literal(&sub.slot_name)
+        ))
+        .unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
+    if truncate {
+        local.query(&format!("TRUNCATE ONLY {name}")).unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
+    }
+    let nonempty = local
+        .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
+        .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e))
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        == Some("t");
+    // Rows exist here: merge by key (the provider's version wins), never mix
+    // silently or fail on duplicates; without a key the table is marked failed.
+    let key = if nonempty {
+        local
+            .query(&format!(
+                "SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.n)
+                   FROM pg_catalog.pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n)
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = {}::regclass AND (i.indisprimary OR i.indisreplident)
+                  GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC LIMIT 1",
+                local.literal(&name)
+            ))
+            .ok()
+            .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
+    } else {
+        None
+    };
+    if nonempty && key.is_none() {
+        let _ = local.query("ROLLBACK");
+        BackgroundWorker::transaction(|| {
+            Spi::run_with_args(
+                "UPDATE spock.local_sync_status SET sync_status = 'f' WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
+                &[i64::from(sub.id).into(), nsp.into(), rel.into()],
+            )
+            .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
+        });
+        pgrx::warning!(
+            "spock subscription {}: table {name} has rows on this node and no primary key or replica identity index to merge by; \
+             its sync failed. Resynchronise it with truncate: SELECT spock.sub_resync_table('{}', '{name}', true)",
+            sub.name,
+            sub.name
+        );
+        return;
+    }
+    let select = format!(
+        "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
+        t.columns,
+        t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
+    );
+    provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
+    if let Some(key) = key {
+        local
+            .query(&format!("CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA", t.columns))
+            .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
+        local
+            .start_copy(&format!("COPY spock_sync_rows ({}) FROM STDIN", t.columns), false)
+            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        pump(sub, &provider, &local, &name);
+        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        let set = t
+            .columns
+            .split(", ")
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        local
+            .query(&format!(
+                "INSERT INTO {name} ({cols}) SELECT {cols} FROM spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
+                cols = t.columns
+            ))
+            .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
+    } else {
+        local
+            .start_copy(&format!("COPY {name} ({}) FROM STDIN", t.columns), false)
+            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        pump(sub, &provider, &local, &name);
+        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+    }
+    local
+        .query(&format!(
+            "UPDATE spock.local_sync_status SET sync_status = 'y', sync_statuslsn = {}::pg_lsn
+              WHERE sync_subid = {} AND sync_nspname = {} AND sync_relname = {};
+             COMMIT;
+             SELECT pg_catalog.pg_replication_origin_session_reset();",
+            local.literal(&format_lsn(lsn)),
+            sub.id,
+            local.literal(nsp),
+            local.literal(rel)
+        ))
+        .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
+    let _ = provider.query("COMMIT");
+    drop(repl);
+    pgrx::log!("spock subscription {}: table {name} copied at {}; catching up", sub.name, format_lsn(lsn));
 }

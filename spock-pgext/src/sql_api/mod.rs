@@ -7,6 +7,7 @@ mod pause;
 mod progress;
 mod repset;
 mod subscription;
+mod sync;
 
 pgrx::extension_sql_file!("../../../sql/spock_catalog.sql", name = "catalog", bootstrap);
 pgrx::extension_sql_file!("../../../sql/spock_api.sql", name = "api", finalize);
