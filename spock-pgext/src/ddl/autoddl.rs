@@ -73,12 +73,16 @@ unsafe extern "C-unwind" fn spock_process_utility(
     // A DROP's targets are gone afterwards: look at them now.
     // SAFETY: a valid parse tree, inside the statement's transaction.
     let drops_only_temp = ddl && gucs::ENABLE_DDL_REPLICATION.get() && unsafe { drop_targets_only_temp(parsetree) };
-    // SAFETY: the arguments we were given, forwarded; an ERROR becomes a Rust panic.
+    // SAFETY: the arguments we were given, forwarded; an ERROR becomes a Rust panic
+    // (pgrx guards its binding of standard_ProcessUtility; a previous hook is a bare
+    // C function pointer, so its call gets the guard here).
     unsafe {
-        pg_sys::ffi::pg_guard_ffi_boundary(|| match PREVIOUS_HOOK.get().copied().flatten() {
-            Some(previous) => previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        match PREVIOUS_HOOK.get().copied().flatten() {
+            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+            }),
             None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
-        });
+        }
     }
     if ddl && can_proceed(parsetree, context) {
         // SAFETY: the statement ran; same arguments.

@@ -100,7 +100,7 @@ pub(crate) fn quote_identifier(ident: &str) -> String {
 pub fn queue_message(sets: Option<&[String]>, role: &str, message: &QueuedMessage) {
     let kind = char::from(message.message_type()).to_string();
     Spi::run_with_args(
-        "SELECT spock._queue_message($1, $2, $3, $4)",
+        "SELECT spock._queue_message($1::text[], $2::name, $3::\"char\", $4)",
         &[sets.map(<[String]>::to_vec).into(), role.into(), kind.as_str().into(), message.to_json().into()],
     )
     .unwrap_or_else(|e| spi_failed("queueing a message in spock.queue", e));
