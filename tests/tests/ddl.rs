@@ -146,6 +146,11 @@ fn queue_rows_only_reach_subscribers_of_their_sets() {
     a.execute("SELECT spock._queue_message(NULL, 'postgres', 'Q', to_json('CREATE TABLE for_all (id int)'::text)::text)").unwrap();
     marker(a, b, 3);
     assert!(table_exists(b, "for_all"));
+
+    // A table-sync request ('A', Spock's layout) reaches the sync hand-over.
+    a.execute(r#"SELECT spock._queue_message('{default}', 'postgres', 'A', '{"schema_name": "public","table_name": "t"}')"#).unwrap();
+    marker(a, b, 4);
+    assert!(b.log().contains("table sync requested for public.t; table sync requests are handled by the sync code"));
 }
 
 #[test]
@@ -188,6 +193,11 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     );
     // The subscriber did not queue the DDL it applied.
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 2);
+
+    // replicate_ddl with AutoDDL on queues its command once, as 'Q'.
+    a.execute("SET spock.enable_ddl_replication = on; SELECT spock.replicate_ddl('CREATE TABLE via_replicate_ddl (id int)')").unwrap();
+    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text LIKE '%via_replicate_ddl%'"), 1);
+    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 2);
 
     // ALTER TABLE ADD PRIMARY KEY moves the table to default; updates then replicate.
     a.execute(

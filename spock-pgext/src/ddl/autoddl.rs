@@ -49,6 +49,7 @@ pub fn install_hook() {
 /// The ProcessUtility hook: deny, run, then queue.
 ///
 /// SAFETY: called by PostgreSQL with the arguments of `ProcessUtility`.
+#[allow(clippy::too_many_arguments)] // ProcessUtility's signature
 #[pg_guard]
 unsafe extern "C-unwind" fn spock_process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
