@@ -194,10 +194,27 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     // The subscriber did not queue the DDL it applied.
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 2);
 
+    // Tables created inside CREATE SCHEMA, and partitions, are placed and replicate.
+    a.execute(
+        "SET spock.enable_ddl_replication = on; SET spock.include_ddl_repset = on;
+         CREATE SCHEMA auto_s CREATE TABLE inner_t (id int PRIMARY KEY);
+         CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100);
+         INSERT INTO auto_s.inner_t VALUES (1), (2);
+         INSERT INTO parted SELECT generate_series(1, 5);",
+    )
+    .unwrap();
+    assert_eq!(
+        a.query_one::<String>("SELECT string_agg(nspname || '.' || relname || ':' || set_name, ',' ORDER BY relname) FROM spock.tables WHERE relname IN ('inner_t', 'parted', 'parted_1')").unwrap(),
+        "auto_s.inner_t:default,public.parted:default,public.parted_1:default"
+    );
+    wait_for("rows of the table created in CREATE SCHEMA", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_s.inner_t"), 2);
+    wait_for("rows of the partition", WAIT, || count_when_there(b, "SELECT count(*) FROM parted"), 5);
+
     // replicate_ddl with AutoDDL on queues its command once, as 'Q'.
     a.execute("SET spock.enable_ddl_replication = on; SELECT spock.replicate_ddl('CREATE TABLE via_replicate_ddl (id int)')").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text LIKE '%via_replicate_ddl%'"), 1);
-    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 2);
+    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 5);
 
     // ALTER TABLE ADD PRIMARY KEY moves the table to default; updates then replicate.
     a.execute(

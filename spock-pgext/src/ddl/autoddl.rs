@@ -467,11 +467,14 @@ unsafe fn table_targets(stmt: *mut pg_sys::Node) -> Vec<(*mut pg_sys::RangeVar, 
                     .filter(|e| (**e).type_ == T_CreateStmt)
                     .map(|e| {
                         let rv = (*e.cast::<pg_sys::CreateStmt>()).relation;
-                        // Elements name their table without the schema being created.
-                        if !rv.is_null() && (*rv).schemaname.is_null() {
-                            (*rv).schemaname = schema.schemaname;
+                        // Elements may name their table without the schema being
+                        // created; look it up there (on a new RangeVar: the tree may
+                        // be a cached plan's).
+                        if !rv.is_null() && (*rv).schemaname.is_null() && !schema.schemaname.is_null() {
+                            (pg_sys::makeRangeVar(schema.schemaname, (*rv).relname, -1), None)
+                        } else {
+                            (rv, None)
                         }
-                        (rv, None)
                     })
                     .collect()
             }
