@@ -1028,3 +1028,31 @@ BEGIN
     RETURN true;
 END;
 $$;
+
+-- A dropped table or sequence leaves its replication sets and its sequence state
+-- (Spock tracks this in spock.depend). ENABLE ALWAYS: also when the apply worker
+-- (session_replication_role = replica) drops it. SECURITY DEFINER: any role that may
+-- drop a table may drop a replicated one.
+CREATE FUNCTION spock._forget_dropped_relations() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_oids oid[];
+BEGIN
+    IF to_regclass('spock.replication_set_table') IS NULL THEN
+        RETURN;  -- spock itself is being dropped
+    END IF;
+    SELECT array_agg(d.objid) INTO v_oids FROM pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+       AND d.object_type IN ('table', 'sequence');
+    IF v_oids IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM spock.replication_set_table WHERE set_reloid::oid = ANY (v_oids);
+    DELETE FROM spock.replication_set_seq WHERE set_seqoid::oid = ANY (v_oids);
+    DELETE FROM spock.sequence_state WHERE seqoid = ANY (v_oids);
+END;
+$$;
+
+CREATE EVENT TRIGGER spock_forget_dropped_relations ON sql_drop
+    EXECUTE FUNCTION spock._forget_dropped_relations();
+ALTER EVENT TRIGGER spock_forget_dropped_relations ENABLE ALWAYS;

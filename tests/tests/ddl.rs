@@ -225,6 +225,14 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     .unwrap();
     assert_eq!(a.query_one::<String>("SELECT set_name::text FROM spock.tables WHERE relname = 'auto_nopk'").unwrap(), "default");
     wait_for("updates of the table that gained a key", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_nopk WHERE v = 'z'"), 3);
+
+    // DROP TABLE replicates, and the dropped table leaves the sets on both nodes.
+    a.execute("SET spock.enable_ddl_replication = on; DROP TABLE auto_pk, parted").unwrap();
+    marker(a, b, 1);
+    for n in [a, b] {
+        assert!(!table_exists(n, "auto_pk"));
+        assert_eq!(count(n, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid::oid NOT IN (SELECT oid FROM pg_class)"), 0);
+    }
 }
 
 #[test]
@@ -343,6 +351,10 @@ fn sync_seq_puts_the_subscribers_sequence_ahead() {
     a.execute("SELECT spock.repset_remove_seq('default', 's2')").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.sequence_state WHERE seqoid = 's2'::regclass"), 0);
     assert_eq!(sqlstate(a, "SELECT spock.sync_seq('s2')"), "55000");
+    // A dropped sequence leaves its set and its state.
+    a.execute("DROP SEQUENCE s1").unwrap();
+    assert_eq!(count(a, "SELECT count(*) FROM spock.replication_set_seq"), 1);
+    assert_eq!(count(a, "SELECT count(*) FROM spock.sequence_state"), 1);
 }
 
 #[test]
