@@ -44,7 +44,13 @@ fn count(n: &TestNode, sql: &str) -> i64 {
 
 /// Like [`count`], -1 while the query fails (a table that is not there yet).
 fn count_when_there(n: &TestNode, sql: &str) -> i64 {
-    n.query_one::<i64>(sql).unwrap_or(-1)
+    match n.query_one::<i64>(sql) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            -1
+        }
+    }
 }
 
 fn table_exists(n: &TestNode, name: &str) -> bool {
@@ -274,8 +280,10 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     wait_replicating(b, 1);
     for n in [a, b] {
         n.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
+        n.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
         n.execute("SELECT pg_reload_conf()").unwrap();
     }
+    std::thread::sleep(Duration::from_millis(500));
     std::thread::scope(|s| {
         for (i, n) in [a, b].into_iter().enumerate() {
             s.spawn(move || {
@@ -307,6 +315,18 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue"), 1);
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue"), 1);
+
+    // A table created on a joins b's default set too (include_ddl_repset on b), so
+    // rows written on b come back to a.
+    a.execute("SET spock.enable_ddl_replication = on; SET spock.include_ddl_repset = on; CREATE TABLE both_ways (id int PRIMARY KEY)").unwrap();
+    wait_for("the table in b's default set", WAIT, || {
+        b.query_one::<String>("SELECT coalesce(string_agg(set_name, ','), '') FROM spock.tables WHERE relname = 'both_ways'").unwrap_or_default()
+    }, "default".to_string());
+    b.execute("INSERT INTO both_ways SELECT generate_series(1, 10)").unwrap();
+    a.execute("INSERT INTO both_ways SELECT generate_series(11, 15)").unwrap();
+    for n in [a, b] {
+        wait_for("rows written on both nodes", WAIT, || count_when_there(n, "SELECT count(*) FROM both_ways"), 15);
+    }
 }
 
 #[test]
