@@ -217,6 +217,20 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     wait_for("rows of the table created in CREATE SCHEMA", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_s.inner_t"), 2);
     wait_for("rows of the partition", WAIT, || count_when_there(b, "SELECT count(*) FROM parted"), 5);
 
+    // Permanent tables made from temporary ones stay local, with Spock's warnings.
+    a.execute(
+        "SET spock.enable_ddl_replication = on;
+         CREATE TEMP TABLE src_tmp (a int);
+         CREATE TABLE like_tmp (LIKE src_tmp);
+         CREATE TABLE ctas_tmp AS SELECT * FROM (SELECT a FROM src_tmp) s;",
+    )
+    .unwrap();
+    assert_eq!(a.query_one::<String>("SELECT coalesce(string_agg(message::text, ' | '), '') FROM spock.queue WHERE message::text ~ '_tmp'").unwrap(), "");
+    let log = a.log();
+    assert!(log.contains("WARNING:  CREATE TABLE copies the definition of temporary relation \"src_tmp\""));
+    assert!(log.contains("WARNING:  CREATE TABLE AS reads a temporary relation"));
+    assert!(log.contains("DETAIL:  Temporary relations are session-private and do not exist on other nodes."));
+
     // replicate_ddl with AutoDDL on queues its command once, as 'Q'.
     a.execute("SET spock.enable_ddl_replication = on; SELECT spock.replicate_ddl('CREATE TABLE via_replicate_ddl (id int)')").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text LIKE '%via_replicate_ddl%'"), 1);

@@ -71,9 +71,14 @@ unsafe extern "C-unwind" fn spock_process_utility(
         )
         .raise();
     }
-    // A DROP's targets are gone afterwards: look at them now.
-    // SAFETY: a valid parse tree, inside the statement's transaction.
-    let drops_only_temp = ddl && gucs::ENABLE_DDL_REPLICATION.get() && unsafe { drop_targets_only_temp(parsetree) };
+    // A DROP's targets are gone afterwards, and a CREATE TABLE's LIKE clauses may be
+    // expanded away: look at them now.
+    let before = if ddl && gucs::ENABLE_DDL_REPLICATION.get() {
+        // SAFETY: a valid parse tree, inside the statement's transaction.
+        unsafe { BeforeRun::inspect(parsetree) }
+    } else {
+        BeforeRun::default()
+    };
     // SAFETY: the arguments we were given, forwarded; an ERROR becomes a Rust panic
     // (pgrx guards its binding of standard_ProcessUtility; a previous hook is a bare
     // C function pointer, so its call gets the guard here).
@@ -87,7 +92,7 @@ unsafe extern "C-unwind" fn spock_process_utility(
     }
     if ddl && can_proceed(parsetree, context) {
         // SAFETY: the statement ran; same arguments.
-        unsafe { queue_statement(pstmt, query_string, drops_only_temp) };
+        unsafe { queue_statement(pstmt, query_string, &before) };
     }
 }
 
@@ -139,29 +144,54 @@ unsafe fn rangevar_is_temp(rv: *mut pg_sys::RangeVar) -> bool {
     }
 }
 
-/// Whether a DROP of relations names only temporary ones (checked before it runs).
-///
-/// SAFETY: `parsetree` is a valid parse tree; inside a transaction.
-unsafe fn drop_targets_only_temp(parsetree: *mut pg_sys::Node) -> bool {
-    use pg_sys::ObjectType::*;
-    // SAFETY: tag read, then the DropStmt's own lists.
-    unsafe {
-        if (*parsetree).type_ != pg_sys::NodeTag::T_DropStmt {
-            return false;
+/// What is only known before a statement runs.
+#[derive(Debug, Default)]
+struct BeforeRun {
+    /// A DROP of relations that names only temporary ones.
+    drops_only_temp: bool,
+    /// The temporary relation a CREATE TABLE copies with LIKE.
+    like_temp_source: Option<String>,
+}
+
+impl BeforeRun {
+    /// SAFETY: `parsetree` is a valid parse tree; inside a transaction.
+    unsafe fn inspect(parsetree: *mut pg_sys::Node) -> BeforeRun {
+        use pg_sys::ObjectType::*;
+        let mut before = BeforeRun::default();
+        // SAFETY: each branch reads the node type its tag names.
+        unsafe {
+            match (*parsetree).type_ {
+                pg_sys::NodeTag::T_DropStmt => {
+                    let drop = &*parsetree.cast::<pg_sys::DropStmt>();
+                    if matches!(drop.removeType, OBJECT_TABLE | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE) {
+                        let objects = PgList::<pg_sys::List>::from_pg(drop.objects);
+                        before.drops_only_temp = !objects.is_empty()
+                            && objects.iter_ptr().all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)));
+                    }
+                }
+                pg_sys::NodeTag::T_CreateStmt => {
+                    let create = &*parsetree.cast::<pg_sys::CreateStmt>();
+                    before.like_temp_source = PgList::<pg_sys::Node>::from_pg(create.tableElts).iter_ptr().find_map(|e| {
+                        let rv = if (*e).type_ == pg_sys::NodeTag::T_TableLikeClause {
+                            (*e.cast::<pg_sys::TableLikeClause>()).relation
+                        } else {
+                            std::ptr::null_mut()
+                        };
+                        (!rv.is_null() && rangevar_is_temp(rv)).then(|| CStr::from_ptr((*rv).relname).to_string_lossy().into_owned())
+                    });
+                }
+                _ => {}
+            }
         }
-        let drop = &*parsetree.cast::<pg_sys::DropStmt>();
-        if !matches!(drop.removeType, OBJECT_TABLE | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE) {
-            return false;
-        }
-        let objects = PgList::<pg_sys::List>::from_pg(drop.objects);
-        !objects.is_empty() && objects.iter_ptr().all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)))
+        before
     }
 }
 
 /// What AutoDDL does with a statement.
 enum Decision {
-    /// Not replicated; an optional WARNING says why before the usual one.
-    Skip(Option<&'static str>),
+    /// Not replicated; an optional WARNING (with Spock's DETAIL) says why before the
+    /// usual one.
+    Skip(Option<String>),
     /// Replicated; `search_path`: with the `SET search_path` prefix; `unsafe_`: warn.
     Replicate { search_path: bool, unsafe_: bool },
 }
@@ -170,7 +200,7 @@ enum Decision {
 /// ALTER TABLE, CREATE INDEX and DROP.
 ///
 /// SAFETY: `parsetree` is the analysed statement that just ran.
-unsafe fn classify(parsetree: *mut pg_sys::Node, drops_only_temp: bool) -> Decision {
+unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision {
     use pg_sys::NodeTag::*;
     use pg_sys::ObjectType::*;
     const SKIP: Decision = Decision::Skip(None);
@@ -209,9 +239,7 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, drops_only_temp: bool) -> Decis
                         return SKIP;
                     }
                     if pg_sys::isQueryUsingTempRelation(q) {
-                        return Decision::Skip(Some(
-                            "CREATE TABLE AS reads a temporary relation: temporary relations are session-private and do not exist on other nodes",
-                        ));
+                        return Decision::Skip(Some("CREATE TABLE AS reads a temporary relation".to_string()));
                     }
                 }
                 Decision::Replicate { search_path: true, unsafe_: true }
@@ -221,14 +249,8 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, drops_only_temp: bool) -> Decis
                 if rangevar_is_temp(create.relation) {
                     return SKIP;
                 }
-                let elements = PgList::<pg_sys::Node>::from_pg(create.tableElts);
-                let like_temp = elements.iter_ptr().any(|e| {
-                    (*e).type_ == T_TableLikeClause && rangevar_is_temp((*e.cast::<pg_sys::TableLikeClause>()).relation)
-                });
-                if like_temp {
-                    return Decision::Skip(Some(
-                        "CREATE TABLE copies the definition of a temporary relation, which does not exist on other nodes",
-                    ));
+                if let Some(source) = &before.like_temp_source {
+                    return Decision::Skip(Some(format!("CREATE TABLE copies the definition of temporary relation \"{source}\"")));
                 }
                 REPLICATE
             }
@@ -283,7 +305,7 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, drops_only_temp: bool) -> Decis
             }
             T_DropStmt => {
                 let drop = &*parsetree.cast::<pg_sys::DropStmt>();
-                if (drop.removeType == OBJECT_INDEX && drop.concurrent) || drops_only_temp {
+                if (drop.removeType == OBJECT_INDEX && drop.concurrent) || before.drops_only_temp {
                     return SKIP;
                 }
                 REPLICATE
@@ -334,7 +356,7 @@ fn current_search_path_command() -> String {
 /// `spock_autoddl_process`).
 ///
 /// SAFETY: arguments of the hook, after the statement ran.
-unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char, drops_only_temp: bool) {
+unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char, before: &BeforeRun) {
     // SAFETY: plain state checks and a syscache lookup.
     let usable = unsafe {
         !query_string.is_null() && pg_sys::IsTransactionState() && pg_sys::get_extension_oid(c"spock".as_ptr(), true) != pg_sys::InvalidOid
@@ -364,10 +386,12 @@ unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const 
     // SAFETY: the analysed statement that just ran.
     let parsetree = unsafe { (*pstmt).utilityStmt };
     // SAFETY: as above.
-    match unsafe { classify(parsetree, drops_only_temp) } {
+    match unsafe { classify(parsetree, before) } {
         Decision::Skip(reason) => {
             if let Some(r) = reason {
-                pgrx::warning!("{r}");
+                ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, r, "spock")
+                    .set_detail("Temporary relations are session-private and do not exist on other nodes.")
+                    .report(PgLogLevel::WARNING);
             }
             pgrx::warning!("This DDL statement will not be replicated.");
         }
