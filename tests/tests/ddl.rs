@@ -465,3 +465,44 @@ fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
     wait_for("the row after the DDL", WAIT, || count_when_there(b, "SELECT count(*) FROM t"), 1);
     assert_eq!(count(b, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'clash'::regclass AND attname = 'v'"), 1);
 }
+
+#[test]
+fn include_ddl_repset_places_tables_by_their_replica_identity() {
+    let cluster = Cluster::start_n(1).unwrap();
+    let a = cluster.node(0);
+    a.execute("CREATE EXTENSION spock").unwrap();
+    a.execute(&format!("SELECT spock.node_create('{}', '{}')", a.name, a.dsn("postgres"))).unwrap();
+    a.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
+    a.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
+    a.execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let sets = |rel: &str| {
+        a.query_one::<String>(&format!(
+            "SELECT coalesce(string_agg(s.set_name, ',' ORDER BY s.set_name), '-') FROM spock.replication_set_table t
+               JOIN spock.replication_set s USING (set_id) WHERE t.set_reloid = '{rel}'::regclass"
+        ))
+        .unwrap()
+    };
+    a.execute("CREATE TABLE p (id int NOT NULL, v text)").unwrap();
+    assert_eq!(sets("p"), "default_insert_only");
+    a.execute("ALTER TABLE p ADD COLUMN w int").unwrap();
+    assert_eq!(sets("p"), "default_insert_only", "an ALTER that does not touch the key leaves the sets alone");
+    a.execute("ALTER TABLE p ADD CONSTRAINT p_pk PRIMARY KEY (id)").unwrap();
+    assert_eq!(sets("p"), "default");
+    a.execute("ALTER TABLE p DROP CONSTRAINT p_pk").unwrap();
+    assert_eq!(sets("p"), "default_insert_only");
+    a.execute("ALTER TABLE p REPLICA IDENTITY FULL").unwrap();
+    assert_eq!(sets("p"), "default");
+    // A custom set is respected when the table gains a key.
+    a.execute("CREATE TABLE c (id int NOT NULL); SELECT spock.repset_create('mine', false, false, false, false)").unwrap();
+    a.execute("SELECT spock.repset_remove_table('default_insert_only', 'c'); SELECT spock.repset_add_table('mine', 'c')").unwrap();
+    a.execute("ALTER TABLE c ADD PRIMARY KEY (id)").unwrap();
+    assert_eq!(sets("c"), "mine");
+    // UNLOGGED tables join no set; CREATE TABLE AS does.
+    a.execute("CREATE UNLOGGED TABLE u (id int PRIMARY KEY)").unwrap();
+    assert_eq!(sets("u"), "-");
+    a.execute("CREATE TABLE ctas AS SELECT 1 AS id").unwrap();
+    assert_eq!(sets("ctas"), "default_insert_only");
+    // Statements run as subcommands or by the server itself are not queued twice.
+    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text ~ 'CREATE SEQUENCE|CREATE INDEX'"), 0);
+}
