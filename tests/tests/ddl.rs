@@ -110,6 +110,13 @@ fn replicate_ddl_between_row_changes() {
     );
     wait_for("the queue rows on the subscriber", WAIT, || count_when_there(b, "SELECT count(*) FROM spock.queue WHERE message_type = 'Q'"), 2);
 
+    // A long statement (its queue row is TOASTed) arrives whole.
+    a.execute(
+        "SELECT spock.replicate_ddl(format('COMMENT ON TABLE t2 IS %L', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2000) g)))",
+    )
+    .unwrap();
+    wait_for("the long comment", WAIT, || count_when_there(b, "SELECT coalesce(length(obj_description('t2'::regclass, 'pg_class')), 0)::int8"), 64_000);
+
     // search_path and role are honoured; the text[] overload returns one row per command.
     for n in [a, b] {
         n.execute("CREATE SCHEMA app; CREATE ROLE ddl_owner; GRANT CREATE, USAGE ON SCHEMA app TO ddl_owner").unwrap();
