@@ -954,3 +954,219 @@ $$;
 -- Pausing apply workers is for joining nodes (superusers), as in Spock.
 REVOKE EXECUTE ON FUNCTION spock.pause_apply_workers() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION spock.resume_apply_workers() FROM PUBLIC;
+-- ---------------------------------------------------------------------------
+-- DDL replication and sequences (spock.queue). Message layouts: spock_core::ddl.
+-- Rust: spock.replicate_ddl (sql_api/ddl.rs), AutoDDL (ddl/autoddl.rs), the
+-- subscriber side (apply/queue.rs).
+
+-- Adds a row to spock.queue; the output plugin sends it to subscribers of p_sets
+-- (NULL: every subscriber).
+CREATE FUNCTION spock._queue_message(p_sets text[], p_role name, p_type "char", p_message text)
+RETURNS void LANGUAGE sql VOLATILE AS $$
+    INSERT INTO spock.queue (queued_at, role, replication_sets, message_type, message)
+    VALUES (pg_catalog.clock_timestamp(), p_role, p_sets, p_type, p_message::json);
+$$;
+
+CREATE FUNCTION spock.replicate_ddl(command text,
+    replication_sets text[] DEFAULT '{ddl_sql}',
+    search_path text DEFAULT current_setting('search_path'),
+    role text DEFAULT CURRENT_USER)
+RETURNS boolean STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'replicate_ddl_wrapper';
+
+CREATE FUNCTION spock.replicate_ddl(command text[],
+    replication_sets text[] DEFAULT '{ddl_sql}',
+    search_path text DEFAULT current_setting('search_path'),
+    role text DEFAULT CURRENT_USER)
+RETURNS SETOF boolean STRICT VOLATILE LANGUAGE sql AS
+    'SELECT spock.replicate_ddl(cmd, $2, $3, $4) FROM (SELECT unnest(command) cmd)';
+
+-- AutoDDL with spock.include_ddl_repset: leave or join a set of the local node.
+CREATE FUNCTION spock._autoddl_leave_set(p_rel regclass, p_set_name name) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM spock.replication_set_table t USING spock.replication_set s
+     WHERE t.set_id = s.set_id AND s.set_nodeid = spock._local_node_id()
+       AND s.set_name = p_set_name AND t.set_reloid = p_rel;
+    PERFORM spock._invalidate_relcache(p_rel);
+END;
+$$;
+
+CREATE FUNCTION spock._autoddl_join_set(p_rel regclass, p_set_name name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(p_set_name);
+    IF NOT EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = p_rel) THEN
+        INSERT INTO spock.replication_set_table (set_id, set_reloid) VALUES (v_set.set_id, p_rel);
+        PERFORM spock._invalidate_relcache(p_rel);
+        RAISE LOG 'table ''%'' was added to ''%'' replication set.',
+            (SELECT relname FROM pg_catalog.pg_class WHERE oid = p_rel), p_set_name;
+    END IF;
+END;
+$$;
+
+-- The last_value stored in a sequence (what Spock's sequence_get_last_value reads).
+CREATE FUNCTION spock._sequence_last_value(p_seq regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v bigint;
+BEGIN
+    EXECUTE format('SELECT last_value FROM %s', p_seq) INTO v;
+    RETURN v;
+END;
+$$;
+
+-- An 'S' message, byte for byte as Spock writes it.
+CREATE FUNCTION spock._sequence_message(p_seq regclass, p_last_value bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('{"schema_name": %s,"sequence_name": %s,"last_value": "%s"}',
+                  to_json(n.nspname::text), to_json(c.relname::text), p_last_value)
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = p_seq;
+$$;
+
+-- Checks that p_rel is a sequence that can be replicated.
+CREATE FUNCTION spock._check_sequence(p_rel regclass) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_class record;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relname INTO v_class FROM pg_catalog.pg_class c WHERE c.oid = p_rel;
+    IF v_class.relkind IS DISTINCT FROM 'S' THEN
+        RAISE EXCEPTION '"%" is not a sequence', v_class.relname USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF v_class.relpersistence <> 'p' THEN
+        RAISE EXCEPTION 'UNLOGGED and TEMP sequences cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
+-- Adds one sequence to a set (and starts tracking its state); p_sync queues its
+-- current value for the set's subscribers.
+CREATE FUNCTION spock._repset_add_seq(p_set_id oid, p_set_name name, p_seq regclass, p_sync boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM spock.sequence_state WHERE seqoid = p_seq) THEN
+        INSERT INTO spock.sequence_state (seqoid, cache_size, last_value)
+        VALUES (p_seq, 1000, spock._sequence_last_value(p_seq));
+    END IF;
+    INSERT INTO spock.replication_set_seq (set_id, set_seqoid) VALUES (p_set_id, p_seq);
+    IF p_sync THEN
+        PERFORM spock._queue_message(ARRAY[p_set_name::text], current_user, 'S',
+                                     spock._sequence_message(p_seq, spock._sequence_last_value(p_seq)));
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_add_seq(set_name name, relation regclass, synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    PERFORM spock._check_sequence(relation);
+    IF EXISTS (SELECT 1 FROM spock.replication_set_seq WHERE set_id = v_set.set_id AND set_seqoid = relation) THEN
+        RAISE EXCEPTION 'sequence % is already in replication set %', relation, set_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    PERFORM spock._repset_add_seq(v_set.set_id, set_name, relation, synchronize_data);
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_add_all_seqs(set_name name, schema_names text[], synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+    v_schema text;
+    v_seq regclass;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    FOREACH v_schema IN ARRAY schema_names LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = v_schema) THEN
+            RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
+        END IF;
+    END LOOP;
+    FOR v_seq IN
+        SELECT DISTINCT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY (schema_names) AND c.relkind = 'S' AND c.relpersistence = 'p'
+           AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
+    LOOP
+        PERFORM spock._repset_add_seq(v_set.set_id, set_name, v_seq, synchronize_data);
+    END LOOP;
+    RETURN true;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_remove_seq(set_name name, relation regclass)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_set record;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    DELETE FROM spock.replication_set_seq WHERE set_id = v_set.set_id AND set_seqoid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sequence % is not in replication set %', relation, set_name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM spock.replication_set_seq WHERE set_seqoid = relation) THEN
+        DELETE FROM spock.sequence_state WHERE seqoid = relation;
+    END IF;
+    RETURN true;
+END;
+$$;
+
+-- Queues the sequence's value plus its cache_size (1000) for the subscribers of its
+-- sets, so that their sequence is ahead of what this node hands out meanwhile.
+CREATE FUNCTION spock.sync_seq(relation regclass)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v_node oid := spock._local_node_id();
+    v_cache int;
+    v_current bigint;
+    v_last bigint;
+    v_sets text[];
+BEGIN
+    PERFORM spock._check_sequence(relation);
+    SELECT cache_size INTO v_cache FROM spock.sequence_state WHERE seqoid = relation;
+    SELECT array_agg(s.set_name::text ORDER BY s.set_name) INTO v_sets
+      FROM spock.replication_set_seq q JOIN spock.replication_set s ON s.set_id = q.set_id
+     WHERE q.set_seqoid = relation AND s.set_nodeid = v_node;
+    IF v_cache IS NULL OR v_sets IS NULL THEN
+        RAISE EXCEPTION '"%" is not a replicated sequence', (SELECT relname FROM pg_catalog.pg_class WHERE oid = relation)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    v_current := spock._sequence_last_value(relation);
+    v_last := v_current + least(v_cache::bigint, 9223372036854775807 - v_current);
+    UPDATE spock.sequence_state SET last_value = v_last WHERE seqoid = relation;
+    PERFORM spock._queue_message(v_sets, current_user, 'S', spock._sequence_message(relation, v_last));
+    RETURN true;
+END;
+$$;
+
+-- A dropped table or sequence leaves its replication sets and its sequence state
+-- (Spock tracks this in spock.depend). ENABLE ALWAYS: also when the apply worker
+-- (session_replication_role = replica) drops it. SECURITY DEFINER: any role that may
+-- drop a table may drop a replicated one.
+CREATE FUNCTION spock._forget_dropped_relations() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_oids oid[];
+BEGIN
+    IF to_regclass('spock.replication_set_table') IS NULL THEN
+        RETURN;  -- spock itself is being dropped
+    END IF;
+    SELECT array_agg(d.objid) INTO v_oids FROM pg_catalog.pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+       AND d.object_type IN ('table', 'sequence');
+    IF v_oids IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM spock.replication_set_table WHERE set_reloid::oid = ANY (v_oids);
+    DELETE FROM spock.replication_set_seq WHERE set_seqoid::oid = ANY (v_oids);
+    DELETE FROM spock.sequence_state WHERE seqoid = ANY (v_oids);
+END;
+$$;
+
+CREATE EVENT TRIGGER spock_forget_dropped_relations ON sql_drop
+    EXECUTE FUNCTION spock._forget_dropped_relations();
+ALTER EVENT TRIGGER spock_forget_dropped_relations ENABLE ALWAYS;

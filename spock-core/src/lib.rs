@@ -11,6 +11,7 @@
 //! * [`origin`]: loop prevention and origin forwarding.
 //! * [`names`]: PostgreSQL's `hash_any`, Spock's node ids, slot and origin names.
 //! * [`ident`]: PostgreSQL identifier-list parsing (`SplitIdentifierString`).
+//! * [`ddl`]: `spock.queue` messages (DDL, sequences), AutoDDL set placement.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
 //! facts from the server and asks this crate what to do.
@@ -19,6 +20,7 @@
 
 pub mod conflict;
 pub mod exception;
+pub mod ddl;
 pub mod ident;
 pub mod names;
 pub mod origin;

@@ -224,3 +224,55 @@ pub fn exception_logging() -> spock_core::exception::ExceptionLogging {
         ExceptionLoggingGuc::All => L::All,
     }
 }
+
+// ---------------------------------------------------------------------------
+// DDL replication (spock.queue, AutoDDL): Spock's names, defaults and contexts.
+
+/// `spock.enable_ddl_replication`: queue DDL statements automatically (AutoDDL).
+pub static ENABLE_DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `spock.include_ddl_repset`: AutoDDL puts created tables into `default` /
+/// `default_insert_only`.
+pub static INCLUDE_DDL_REPSET: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `spock.allow_ddl_from_functions`: AutoDDL also queues DDL run inside functions.
+pub static ALLOW_DDL_FROM_FUNCTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `spock.deny_all_ddl`: every DDL statement is refused.
+pub static DENY_ALL_DDL: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Registers the DDL replication parameters; called from `_PG_init`.
+pub fn init_ddl() {
+    GucRegistry::define_bool_guc(
+        c"spock.deny_all_ddl",
+        c"Deny All DDL statements",
+        c"",
+        &DENY_ALL_DDL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.enable_ddl_replication",
+        c"Replicate All DDL statements automatically",
+        c"DDL statements are queued in spock.queue for the replication set default_insert_only.",
+        &ENABLE_DDL_REPLICATION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.include_ddl_repset",
+        c"Add tables to the replication set while doing ddl replication",
+        c"Tables with a replica identity go to default, others to default_insert_only.",
+        &INCLUDE_DDL_REPSET,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.allow_ddl_from_functions",
+        c"Allow replication of DDL statements from within functions",
+        c"",
+        &ALLOW_DDL_FROM_FUNCTIONS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}

@@ -18,6 +18,8 @@ pub fn loading_at_server_start() -> bool {
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     crate::gucs::init();
+    crate::gucs::init_ddl();
+    crate::ddl::autoddl::install_hook();
     if loading_at_server_start() {
         crate::workers::shmem::init();
         crate::workers::register_supervisor();

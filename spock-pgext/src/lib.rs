@@ -9,6 +9,7 @@
 
 mod apply;
 mod catalog;
+mod ddl;
 mod error;
 mod gucs;
 mod init;

@@ -834,6 +834,12 @@ impl ApplySession {
                 return;
             }
             w.insert();
+            // spock.queue: act on the queued message in this transaction (apply/queue.rs).
+            if super::queue::is_queue(map) {
+                let row = super::queue::QueuedRow::from_slot(w.remote);
+                drop(w);
+                super::queue::handle_queued_row(&self.sub, row);
+            }
         }
     }
 

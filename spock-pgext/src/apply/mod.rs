@@ -6,6 +6,7 @@
 
 mod executor;
 mod handlers;
+pub(crate) mod queue;
 pub mod subscription;
 mod sync;
 

@@ -312,6 +312,8 @@ fn restore(sub: &SubscriptionInfo, dump: &Path, section: &str, strict: bool, cle
         sync_error(sub, &format!("restoring {section}"), format!("the dump {} is missing", dump.display()));
     }
     let mut cmd = Command::new(bindir().join("pg_restore"));
+    // As a replica: AutoDDL must not queue the restored statements for other nodes.
+    cmd.env("PGOPTIONS", "-c session_replication_role=replica");
     cmd.arg(format!("--section={section}")).arg(format!("--dbname={}", local_dsn()));
     if strict {
         cmd.arg("--single-transaction").arg("--exit-on-error");

@@ -13,6 +13,7 @@
 //! relation and again after the relation changes (relcache invalidation).
 
 pub(crate) mod invalidation;
+mod queue;
 mod relation;
 mod row_filter;
 
@@ -329,7 +330,7 @@ unsafe fn rel_entry(st: &mut PluginState, rel: pg_sys::Relation) -> &mut RelEntr
         st.negotiated.allow_binary_basetypes,
     );
     // SAFETY: forwarded.
-    st.rels.entry(relid).or_insert_with(|| unsafe { RelEntry::build(rel, sets, only, internal, binary) })
+    st.rels.entry(relid).or_insert_with(|| unsafe { queue::build_entry(rel, sets, only, internal, binary) })
 }
 
 /// Sends the relation's `R` message if this connection has not seen it.
@@ -395,6 +396,11 @@ unsafe fn decode_change(
     };
     // SAFETY: open relation.
     let relid = unsafe { (*rel).rd_id };
+    // spock.queue rows go to subscribers of the sets they name (queue.rs).
+    // SAFETY: rel is open; newtuple is null or its new row.
+    if !unsafe { queue::row_wanted(rel, action, newtuple, &st.sets) } {
+        return;
+    }
     // SAFETY: rel is open.
     let entry = unsafe { rel_entry(st, rel) };
     if !entry.publication.publishes(action) {

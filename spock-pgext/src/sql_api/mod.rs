@@ -2,6 +2,7 @@
 //! node and replication-set API is hand-written SQL (`sql/spock_api.sql`); the
 //! helpers it needs from inside the server are here.
 
+mod ddl;
 mod info;
 mod pause;
 mod progress;

@@ -1,0 +1,613 @@
+//! AutoDDL: a ProcessUtility hook that, with `spock.enable_ddl_replication` on,
+//! queues each DDL statement (as `log_statement = ddl` counts them) into
+//! `spock.queue` as a `D` message for the set `default_insert_only`, with the
+//! session's `search_path`, run as the current user on subscribers. It follows
+//! Spock's `spock_autoddl.c`:
+//!
+//! * only statements run at top level, or from functions when
+//!   `spock.allow_ddl_from_functions` is on (never CREATE/DROP EXTENSION or CREATE
+//!   SCHEMA from a function, nor what an extension script runs); only this
+//!   statement's text of a multi-statement string;
+//! * never while replicated SQL runs (`spock.replicate_ddl`, the apply worker) or
+//!   with `session_replication_role = replica`;
+//! * not statements about temporary objects, nor those that cannot run in a
+//!   transaction on the subscriber (CONCURRENTLY, databases, tablespaces,
+//!   subscriptions, ALTER SYSTEM); a WARNING says so;
+//! * with `spock.include_ddl_repset`, a created table joins `default` (replica
+//!   identity) or `default_insert_only`; ALTER TABLE moves it when its primary key or
+//!   replica identity appears or goes ([`place_tables_of`], rules in
+//!   `spock_core::ddl::place_table`).
+//!
+//! `spock.deny_all_ddl` refuses every DDL statement.
+
+use std::ffi::CStr;
+use std::sync::OnceLock;
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgList, PgSqlErrorCode};
+use spock_core::ddl::{self as core_ddl, PlacementNote, QueuedMessage, SetMembership, TableFacts, TableStatement};
+
+use super::{command_name, is_ddl, queue_message, quote_identifier, running_replicated_sql, UserSwitch};
+use crate::error::{spi_failed, PgError};
+use crate::gucs;
+
+/// The hook that was installed before ours.
+static PREVIOUS_HOOK: OnceLock<pg_sys::ProcessUtility_hook_type> = OnceLock::new();
+
+/// Installs the hook (from `_PG_init`, once per backend), chaining the previous one.
+pub fn install_hook() {
+    // SAFETY: _PG_init runs in the backend's only thread before any statement; the
+    // previous hook is kept and called from ours.
+    unsafe {
+        if PREVIOUS_HOOK.set(pg_sys::ProcessUtility_hook).is_ok() {
+            pg_sys::ProcessUtility_hook = Some(spock_process_utility);
+        }
+    }
+}
+
+/// The ProcessUtility hook: deny, run, then queue.
+///
+/// SAFETY: called by PostgreSQL with the arguments of `ProcessUtility`.
+#[allow(clippy::too_many_arguments)] // ProcessUtility's signature
+#[pg_guard]
+unsafe extern "C-unwind" fn spock_process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: a utility PlannedStmt always has its statement.
+    let parsetree = unsafe { (*pstmt).utilityStmt };
+    let ddl = is_ddl(parsetree);
+    if ddl && gucs::DENY_ALL_DDL.get() {
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("cannot execute {} within spock cluster", command_name(parsetree)),
+        )
+        .raise();
+    }
+    // A DROP's targets are gone afterwards, and a CREATE TABLE's LIKE clauses may be
+    // expanded away: look at them now.
+    let before = if ddl && gucs::ENABLE_DDL_REPLICATION.get() {
+        // SAFETY: a valid parse tree, inside the statement's transaction.
+        unsafe { BeforeRun::inspect(parsetree) }
+    } else {
+        BeforeRun::default()
+    };
+    // SAFETY: the arguments we were given, forwarded; an ERROR becomes a Rust panic
+    // (pgrx guards its binding of standard_ProcessUtility; a previous hook is a bare
+    // C function pointer, so its call gets the guard here).
+    unsafe {
+        match PREVIOUS_HOOK.get().copied().flatten() {
+            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+            }),
+            None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+        }
+    }
+    if ddl && can_proceed(parsetree, context) {
+        // SAFETY: the statement ran; same arguments.
+        unsafe { queue_statement(pstmt, query_string, &before) };
+    }
+}
+
+/// Spock's `autoddl_can_proceed`: cheap checks, no catalog access.
+fn can_proceed(parsetree: *mut pg_sys::Node, context: pg_sys::ProcessUtilityContext::Type) -> bool {
+    use pg_sys::ProcessUtilityContext::*;
+    if !gucs::ENABLE_DDL_REPLICATION.get() || running_replicated_sql() {
+        return false;
+    }
+    // SAFETY: plain reads of backend globals.
+    let (replica, creating_extension) = unsafe {
+        (pg_sys::SessionReplicationRole == pg_sys::SESSION_REPLICATION_ROLE_REPLICA as i32, pg_sys::creating_extension)
+    };
+    if replica {
+        return false;
+    }
+    match context {
+        PROCESS_UTILITY_TOPLEVEL => true,
+        _ if creating_extension => false,
+        PROCESS_UTILITY_QUERY | PROCESS_UTILITY_QUERY_NONATOMIC if gucs::ALLOW_DDL_FROM_FUNCTIONS.get() => {
+            // SAFETY: reads the tag (and a DropStmt's type) of a valid parse tree.
+            unsafe {
+                match (*parsetree).type_ {
+                    pg_sys::NodeTag::T_CreateExtensionStmt | pg_sys::NodeTag::T_CreateSchemaStmt => false,
+                    pg_sys::NodeTag::T_DropStmt => (*parsetree.cast::<pg_sys::DropStmt>()).removeType != pg_sys::ObjectType::OBJECT_EXTENSION,
+                    _ => true,
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a RangeVar names a temporary relation (by its declaration, or, when it
+/// exists, by what it resolves to).
+///
+/// SAFETY: `rv` is null or a valid RangeVar; inside a transaction.
+unsafe fn rangevar_is_temp(rv: *mut pg_sys::RangeVar) -> bool {
+    if rv.is_null() {
+        return false;
+    }
+    // SAFETY: valid RangeVar; lookup without locking, missing is fine.
+    unsafe {
+        if (*rv).relpersistence == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char {
+            return true;
+        }
+        let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        relid != pg_sys::InvalidOid && pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
+    }
+}
+
+/// What is only known before a statement runs.
+#[derive(Debug, Default)]
+struct BeforeRun {
+    /// A DROP of relations that names only temporary ones.
+    drops_only_temp: bool,
+    /// The temporary relation a CREATE TABLE copies with LIKE.
+    like_temp_source: Option<String>,
+}
+
+impl BeforeRun {
+    /// SAFETY: `parsetree` is a valid parse tree; inside a transaction.
+    unsafe fn inspect(parsetree: *mut pg_sys::Node) -> BeforeRun {
+        use pg_sys::ObjectType::*;
+        let mut before = BeforeRun::default();
+        // SAFETY: each branch reads the node type its tag names.
+        unsafe {
+            match (*parsetree).type_ {
+                pg_sys::NodeTag::T_DropStmt => {
+                    let drop = &*parsetree.cast::<pg_sys::DropStmt>();
+                    if matches!(drop.removeType, OBJECT_TABLE | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE) {
+                        let objects = PgList::<pg_sys::List>::from_pg(drop.objects);
+                        before.drops_only_temp = !objects.is_empty()
+                            && objects.iter_ptr().all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)));
+                    }
+                }
+                pg_sys::NodeTag::T_CreateStmt => {
+                    let create = &*parsetree.cast::<pg_sys::CreateStmt>();
+                    before.like_temp_source = PgList::<pg_sys::Node>::from_pg(create.tableElts).iter_ptr().find_map(|e| {
+                        let rv = if (*e).type_ == pg_sys::NodeTag::T_TableLikeClause {
+                            (*e.cast::<pg_sys::TableLikeClause>()).relation
+                        } else {
+                            std::ptr::null_mut()
+                        };
+                        (!rv.is_null() && rangevar_is_temp(rv)).then(|| CStr::from_ptr((*rv).relname).to_string_lossy().into_owned())
+                    });
+                }
+                _ => {}
+            }
+        }
+        before
+    }
+}
+
+/// What AutoDDL does with a statement.
+enum Decision {
+    /// Not replicated; an optional WARNING (with Spock's DETAIL) says why before the
+    /// usual one.
+    Skip(Option<String>),
+    /// Replicated; `search_path`: with the `SET search_path` prefix; `unsafe_`: warn.
+    Replicate { search_path: bool, unsafe_: bool },
+}
+
+/// Spock's statement filter (`spock_auto_replicate_ddl`), plus temporary targets of
+/// ALTER TABLE, CREATE INDEX and DROP.
+///
+/// SAFETY: `parsetree` is the analysed statement that just ran.
+unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision {
+    use pg_sys::NodeTag::*;
+    use pg_sys::ObjectType::*;
+    const SKIP: Decision = Decision::Skip(None);
+    const NO_PATH: Decision = Decision::Replicate { search_path: false, unsafe_: false };
+    const REPLICATE: Decision = Decision::Replicate { search_path: true, unsafe_: false };
+    // SAFETY: each arm reads the node type its tag names.
+    unsafe {
+        match (*parsetree).type_ {
+            T_FetchStmt | T_NotifyStmt | T_ListenStmt | T_UnlistenStmt | T_CreateTableSpaceStmt | T_DropTableSpaceStmt
+            | T_VacuumStmt | T_ExplainStmt => SKIP,
+            T_CreatedbStmt | T_DropdbStmt | T_AlterDatabaseStmt | T_AlterDatabaseRefreshCollStmt | T_AlterDatabaseSetStmt
+            | T_AlterSystemStmt | T_CreateSubscriptionStmt | T_DropSubscriptionStmt | T_AlterSubscriptionStmt => SKIP,
+            T_AlterOwnerStmt => match (*parsetree.cast::<pg_sys::AlterOwnerStmt>()).objectType {
+                OBJECT_DATABASE | OBJECT_SUBSCRIPTION => SKIP,
+                OBJECT_TABLESPACE => NO_PATH,
+                _ => REPLICATE,
+            },
+            T_RenameStmt => match (*parsetree.cast::<pg_sys::RenameStmt>()).renameType {
+                OBJECT_DATABASE | OBJECT_SUBSCRIPTION => SKIP,
+                OBJECT_TABLESPACE => NO_PATH,
+                _ => REPLICATE,
+            },
+            T_AlterTableSpaceOptionsStmt => NO_PATH,
+            T_CreateTableAsStmt => {
+                let ctas = &*parsetree.cast::<pg_sys::CreateTableAsStmt>();
+                if ctas.into.is_null() || rangevar_is_temp((*ctas.into).rel) {
+                    return SKIP;
+                }
+                let query = ctas.query;
+                if !query.is_null() && (*query).type_ == T_Query {
+                    let q = query.cast::<pg_sys::Query>();
+                    if (*q).commandType == pg_sys::CmdType::CMD_UTILITY
+                        && !(*q).utilityStmt.is_null()
+                        && (*(*q).utilityStmt).type_ == T_ExecuteStmt
+                    {
+                        return SKIP;
+                    }
+                    if pg_sys::isQueryUsingTempRelation(q) {
+                        return Decision::Skip(Some("CREATE TABLE AS reads a temporary relation".to_string()));
+                    }
+                }
+                Decision::Replicate { search_path: true, unsafe_: true }
+            }
+            T_CreateStmt => {
+                let create = &*parsetree.cast::<pg_sys::CreateStmt>();
+                if rangevar_is_temp(create.relation) {
+                    return SKIP;
+                }
+                if let Some(source) = &before.like_temp_source {
+                    return Decision::Skip(Some(format!("CREATE TABLE copies the definition of temporary relation \"{source}\"")));
+                }
+                REPLICATE
+            }
+            T_CreateSeqStmt if rangevar_is_temp((*parsetree.cast::<pg_sys::CreateSeqStmt>()).sequence) => SKIP,
+            T_ViewStmt if rangevar_is_temp((*parsetree.cast::<pg_sys::ViewStmt>()).view) => SKIP,
+            T_ClusterStmt => {
+                let rv = (*parsetree.cast::<pg_sys::ClusterStmt>()).relation;
+                if rv.is_null() {
+                    return SKIP;
+                }
+                let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+                if relid == pg_sys::InvalidOid
+                    || pg_sys::get_rel_relkind(relid) == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char
+                    || pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
+                {
+                    return SKIP;
+                }
+                NO_PATH
+            }
+            T_AlterTableStmt => {
+                let alter = &*parsetree.cast::<pg_sys::AlterTableStmt>();
+                let cmds = PgList::<pg_sys::AlterTableCmd>::from_pg(alter.cmds);
+                let detach_concurrently = cmds.iter_ptr().any(|c| {
+                    (*c).subtype == pg_sys::AlterTableType::AT_DetachPartition
+                        && !(*c).def.is_null()
+                        && (*(*c).def).type_ == T_PartitionCmd
+                        && (*(*c).def.cast::<pg_sys::PartitionCmd>()).concurrent
+                });
+                if detach_concurrently || rangevar_is_temp(alter.relation) {
+                    return SKIP;
+                }
+                REPLICATE
+            }
+            T_IndexStmt => {
+                let index = &*parsetree.cast::<pg_sys::IndexStmt>();
+                if index.concurrent || rangevar_is_temp(index.relation) {
+                    return SKIP;
+                }
+                REPLICATE
+            }
+            T_ReindexStmt => {
+                let params = PgList::<pg_sys::DefElem>::from_pg((*parsetree.cast::<pg_sys::ReindexStmt>()).params);
+                let concurrently = params
+                    .iter_ptr()
+                    .filter(|d| CStr::from_ptr((**d).defname).to_bytes() == b"concurrently")
+                    .last()
+                    .is_some_and(|d| pg_sys::defGetBoolean(d));
+                if concurrently {
+                    return SKIP;
+                }
+                REPLICATE
+            }
+            T_DropStmt => {
+                let drop = &*parsetree.cast::<pg_sys::DropStmt>();
+                if (drop.removeType == OBJECT_INDEX && drop.concurrent) || before.drops_only_temp {
+                    return SKIP;
+                }
+                REPLICATE
+            }
+            _ => REPLICATE,
+        }
+    }
+}
+
+/// Pushes an active snapshot when there is none, popped on drop.
+struct SnapshotGuard(bool);
+
+impl SnapshotGuard {
+    fn ensure() -> SnapshotGuard {
+        // SAFETY: snapshot stack calls inside a transaction.
+        unsafe {
+            if pg_sys::ActiveSnapshotSet() {
+                SnapshotGuard(false)
+            } else {
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+                SnapshotGuard(true)
+            }
+        }
+    }
+}
+
+impl Drop for SnapshotGuard {
+    fn drop(&mut self) {
+        if self.0 && !std::thread::panicking() {
+            // SAFETY: pops the snapshot pushed in `ensure` (an ERROR resets the stack).
+            unsafe { pg_sys::PopActiveSnapshot() };
+        }
+    }
+}
+
+/// The `SET search_path TO ...; ` prefix for the session's current search_path.
+fn current_search_path_command() -> String {
+    // SAFETY: returns a palloc'd copy of the setting's value.
+    let value = unsafe { CStr::from_ptr(pg_sys::GetConfigOptionByName(c"search_path".as_ptr(), std::ptr::null_mut(), false)) }
+        .to_string_lossy()
+        .into_owned();
+    core_ddl::search_path_command(&value, quote_identifier).unwrap_or_else(|e| {
+        PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for search_path: \"{value}\": {e}")).raise()
+    })
+}
+
+/// Queues the statement that just ran, if AutoDDL replicates it (Spock's
+/// `spock_autoddl_process`).
+///
+/// SAFETY: arguments of the hook, after the statement ran.
+unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char, before: &BeforeRun) {
+    // SAFETY: plain state checks and a syscache lookup.
+    let usable = unsafe {
+        !query_string.is_null() && pg_sys::IsTransactionState() && pg_sys::get_extension_oid(c"spock".as_ptr(), true) != pg_sys::InvalidOid
+    };
+    if !usable {
+        return;
+    }
+    // SAFETY: the statement's text within the query string (only this statement of a
+    // multi-statement string), copied out.
+    let text = unsafe {
+        let mut location = (*pstmt).stmt_location;
+        let mut len = (*pstmt).stmt_len;
+        let start = pg_sys::CleanQuerytext(query_string, &mut location, &mut len);
+        String::from_utf8_lossy(std::slice::from_raw_parts(start.cast::<u8>(), len.max(0) as usize)).into_owned()
+    };
+    // SAFETY: reads the current user before we become superuser.
+    let role = unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }.to_string_lossy().into_owned();
+    // The session user need not be allowed to touch spock's catalogs.
+    let _superuser = UserSwitch::to(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
+    let _snapshot = SnapshotGuard::ensure();
+    let is_node = Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM spock.local_node)")
+        .unwrap_or_else(|e| spi_failed("looking up the local node", e))
+        .unwrap_or(false);
+    if !is_node {
+        return;
+    }
+    // SAFETY: the analysed statement that just ran.
+    let parsetree = unsafe { (*pstmt).utilityStmt };
+    // SAFETY: as above.
+    match unsafe { classify(parsetree, before) } {
+        Decision::Skip(reason) => {
+            if let Some(r) = reason {
+                ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, r, "spock")
+                    .set_detail("Temporary relations are session-private and do not exist on other nodes.")
+                    .report(PgLogLevel::WARNING);
+            }
+            pgrx::warning!("This DDL statement will not be replicated.");
+        }
+        Decision::Replicate { search_path, unsafe_ } => {
+            Spi::run_with_args("SELECT spock._repset($1)", &[core_ddl::AUTODDL_REPLICATION_SET.into()])
+                .unwrap_or_else(|e| spi_failed("looking up the replication set of AutoDDL", e));
+            if unsafe_ {
+                pgrx::warning!("DDL statement replicated, but could be unsafe.");
+            } else {
+                pgrx::info!("DDL statement replicated.");
+            }
+            let sql = if search_path { current_search_path_command() + &text } else { text };
+            queue_message(Some(&[core_ddl::AUTODDL_REPLICATION_SET.to_string()]), &role, &QueuedMessage::Ddl(sql));
+            place_tables_of(parsetree);
+        }
+    }
+}
+
+/// What an ALTER TABLE's subcommands may do to the primary key / replica identity.
+#[derive(Debug, Clone, Copy, Default)]
+struct AlterIdentityIntent {
+    adds: bool,
+    may_drop: bool,
+}
+
+/// Spock's reading of ALTER TABLE subcommands (`classify_alter_pkri_change`).
+///
+/// SAFETY: `cmds` is a List of AlterTableCmd (raw or analysed).
+unsafe fn alter_identity_intent(cmds: *mut pg_sys::List) -> AlterIdentityIntent {
+    use pg_sys::AlterTableType as At;
+    let mut intent = AlterIdentityIntent::default();
+    // SAFETY: each subcommand's `def` is read as the node its tag names.
+    unsafe {
+        let is_primary = |n: *mut pg_sys::Node| {
+            !n.is_null()
+                && (*n).type_ == pg_sys::NodeTag::T_Constraint
+                && (*n.cast::<pg_sys::Constraint>()).contype == pg_sys::ConstrType::CONSTR_PRIMARY
+        };
+        for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg(cmds).iter_ptr() {
+            let def = (*cmd).def;
+            match (*cmd).subtype {
+                At::AT_AddConstraint | At::AT_AddIndexConstraint if is_primary(def) => intent.adds = true,
+                At::AT_AddColumn if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ColumnDef => {
+                    let constraints = PgList::<pg_sys::Node>::from_pg((*def.cast::<pg_sys::ColumnDef>()).constraints);
+                    if constraints.iter_ptr().any(is_primary) {
+                        intent.adds = true;
+                    }
+                }
+                At::AT_ReplicaIdentity if !def.is_null() && (*def).type_ == pg_sys::NodeTag::T_ReplicaIdentityStmt => {
+                    match (*def.cast::<pg_sys::ReplicaIdentityStmt>()).identity_type as u8 {
+                        b'f' | b'i' => intent.adds = true,
+                        b'n' => intent.may_drop = true,
+                        _ => {
+                            intent.adds = true;
+                            intent.may_drop = true;
+                        }
+                    }
+                }
+                At::AT_DropConstraint | At::AT_DropColumn => intent.may_drop = true,
+                _ => {}
+            }
+        }
+    }
+    intent
+}
+
+/// The tables a statement creates or alters, each with its ALTER intent (None for
+/// a creation).
+///
+/// SAFETY: `stmt` is a valid parse tree, raw or analysed.
+unsafe fn table_targets(stmt: *mut pg_sys::Node) -> Vec<(*mut pg_sys::RangeVar, Option<AlterIdentityIntent>)> {
+    use pg_sys::NodeTag::*;
+    // SAFETY: each arm reads the node type its tag names.
+    unsafe {
+        match (*stmt).type_ {
+            T_AlterTableStmt => {
+                let alter = &*stmt.cast::<pg_sys::AlterTableStmt>();
+                if alter.objtype == pg_sys::ObjectType::OBJECT_TABLE {
+                    vec![(alter.relation, Some(alter_identity_intent(alter.cmds)))]
+                } else {
+                    vec![]
+                }
+            }
+            T_CreateStmt => vec![((*stmt.cast::<pg_sys::CreateStmt>()).relation, None)],
+            T_CreateTableAsStmt => {
+                let ctas = &*stmt.cast::<pg_sys::CreateTableAsStmt>();
+                if ctas.objtype == pg_sys::ObjectType::OBJECT_TABLE && !ctas.into.is_null() {
+                    vec![((*ctas.into).rel, None)]
+                } else {
+                    vec![]
+                }
+            }
+            T_CreateSchemaStmt => {
+                let schema = &*stmt.cast::<pg_sys::CreateSchemaStmt>();
+                PgList::<pg_sys::Node>::from_pg(schema.schemaElts)
+                    .iter_ptr()
+                    .filter(|e| (**e).type_ == T_CreateStmt)
+                    .map(|e| {
+                        let rv = (*e.cast::<pg_sys::CreateStmt>()).relation;
+                        // Elements may name their table without the schema being
+                        // created; look it up there (on a new RangeVar: the tree may
+                        // be a cached plan's).
+                        if !rv.is_null() && (*rv).schemaname.is_null() && !schema.schemaname.is_null() {
+                            (pg_sys::makeRangeVar(schema.schemaname, (*rv).relname, -1), None)
+                        } else {
+                            (rv, None)
+                        }
+                    })
+                    .collect()
+            }
+            _ => vec![],
+        }
+    }
+}
+
+/// Puts the tables `stmt` created or altered into this node's replication sets, when
+/// `spock.include_ddl_repset` is on (Spock's `add_ddl_to_repset`). Partitioned tables
+/// bring their partitions. Runs after the statement, on the origin (AutoDDL) and on
+/// subscribers applying a `D` message.
+pub fn place_tables_of(stmt: *mut pg_sys::Node) {
+    if !gucs::INCLUDE_DDL_REPSET.get() {
+        return;
+    }
+    // SAFETY: a valid parse tree of the statement that ran.
+    for (rv, intent) in unsafe { table_targets(stmt) } {
+        if rv.is_null() {
+            continue;
+        }
+        // SAFETY: valid RangeVar; the statement that ran holds the table's lock.
+        let relid = unsafe {
+            pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut())
+        };
+        if relid == pg_sys::InvalidOid {
+            continue;
+        }
+        // SAFETY: syscache lookup of an existing relation.
+        let partitioned = unsafe { pg_sys::get_rel_relkind(relid) } == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char;
+        let relids: Vec<i64> = if partitioned {
+            Spi::connect(|c| {
+                c.select("SELECT relid::oid::int8 FROM pg_catalog.pg_partition_tree($1::int8::oid::regclass)", None, &[i64::from(u32::from(relid)).into()])
+                    .unwrap_or_else(|e| spi_failed("listing partitions", e))
+                    .filter_map(|r| r.get::<i64>(1).ok().flatten())
+                    .collect()
+            })
+        } else {
+            vec![i64::from(u32::from(relid))]
+        };
+        for r in relids {
+            place_table(r, intent);
+        }
+    }
+}
+
+/// Applies the placement rules to one table.
+fn place_table(relid: i64, intent: Option<AlterIdentityIntent>) {
+    let (facts, relname) = Spi::connect(|c| {
+        let row = c
+            .select(
+                "SELECT c.relpersistence = 'p', coalesce(spock._has_replica_identity(c.oid), false), c.relname::text
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
+                Some(1),
+                &[relid.into()],
+            )
+            .unwrap_or_else(|e| spi_failed("reading a table's replica identity", e))
+            .next()
+            .map(|r| {
+                (
+                    r.get::<bool>(1).ok().flatten().unwrap_or(false),
+                    r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                    r.get::<String>(3).ok().flatten().unwrap_or_default(),
+                )
+            });
+        let Some((logged, has_identity, relname)) = row else { return (None, String::new()) };
+        let memberships = c
+            .select(
+                "SELECT s.set_name::text, s.replicate_update OR s.replicate_delete
+                   FROM spock.replication_set_table t JOIN spock.replication_set s ON s.set_id = t.set_id
+                  WHERE t.set_reloid = $1::int8::oid AND s.set_nodeid = spock._local_node_id()
+                  ORDER BY s.set_name",
+                None,
+                &[relid.into()],
+            )
+            .unwrap_or_else(|e| spi_failed("reading a table's replication sets", e))
+            .map(|r| SetMembership {
+                name: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                replicates_update_or_delete: r.get::<bool>(2).ok().flatten().unwrap_or(false),
+            })
+            .collect();
+        (Some(TableFacts { logged, has_identity, memberships }), relname)
+    });
+    let Some(facts) = facts else { return };
+    let statement = match intent {
+        None => TableStatement::Create,
+        Some(i) => TableStatement::Alter(core_ddl::classify_identity_change(facts.has_identity, i.adds, i.may_drop)),
+    };
+    let placement = core_ddl::place_table(statement, &facts);
+    match placement.note {
+        Some(PlacementNote::IdentityLostInCustomSet) => pgrx::warning!(
+            "table \"{relname}\" has no replica identity while in a replication set that replicates UPDATE/DELETE; moving to \"{}\"",
+            core_ddl::DEFAULT_INSERT_ONLY_SET
+        ),
+        Some(PlacementNote::IdentityGainedInCustomSet) => ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("table \"{relname}\" gained a primary key while in a custom replication set; leaving membership unchanged"),
+            "spock",
+        )
+        .set_hint(format!("Move the table to \"{}\" manually if full UPDATE/DELETE replication is desired.", core_ddl::DEFAULT_SET))
+        .report(PgLogLevel::NOTICE),
+        None => {}
+    }
+    for set in &placement.remove_from {
+        Spi::run_with_args("SELECT spock._autoddl_leave_set($1::int8::oid::regclass, $2)", &[relid.into(), set.as_str().into()])
+            .unwrap_or_else(|e| spi_failed("removing a table from a replication set", e));
+    }
+    if let Some(set) = &placement.add_to {
+        Spi::run_with_args("SELECT spock._autoddl_join_set($1::int8::oid::regclass, $2)", &[relid.into(), set.as_str().into()])
+            .unwrap_or_else(|e| spi_failed("adding a table to a replication set", e));
+    }
+}

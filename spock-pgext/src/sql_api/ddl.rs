@@ -1,0 +1,46 @@
+//! `spock.replicate_ddl(command, replication_sets, search_path, role)`: runs a DDL
+//! command here and queues it (`Q`) for the subscribers of the sets, with the
+//! `SET search_path` it ran under, to be run there as `role`. Declared in
+//! `sql/spock_api.sql` (Spock's defaults `current_setting('search_path')` and
+//! `CURRENT_USER`), with the `text[]` overload there.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use spock_core::ddl::QueuedMessage;
+
+use crate::ddl::{self, Execution};
+use crate::error::{spi_failed, PgError};
+
+#[pg_extern(sql = false, volatile, name = "replicate_ddl")]
+fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_path: &str, role: &str) -> bool {
+    crate::catalog::local_node();
+    let sets: Vec<String> = replication_sets
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| {
+                PgError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "replication set name cannot be NULL").raise()
+            })
+        })
+        .collect();
+    for set in &sets {
+        Spi::run_with_args("SELECT spock._repset($1)", &[set.as_str().into()])
+            .unwrap_or_else(|e| spi_failed("looking up a replication set", e));
+    }
+    let prefix = spock_core::ddl::search_path_command(search_path, ddl::quote_identifier).unwrap_or_else(|e| {
+        PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "provided search path is not valid")
+            .detail(format!("\"{search_path}\": {e}"))
+            .raise()
+    });
+    // The role must exist here; subscribers run the command as it. Running as
+    // another role needs the right to SET ROLE to it (Spock does not check).
+    let role_id = ddl::role_oid(role);
+    // SAFETY: catalog lookups of the current user's memberships.
+    if !unsafe { pg_sys::member_can_set_role(pg_sys::GetUserId(), role_id) } {
+        PgError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to run replicated DDL as role \"{role}\""))
+            .detail("Only roles that can SET ROLE to it may name it in spock.replicate_ddl().")
+            .raise();
+    }
+    ddl::queue_message(Some(&sets), role, &QueuedMessage::Sql(format!("{prefix}{command}")));
+    ddl::execute_sql(command, role, Some(search_path), Execution::ReplicateDdl);
+    true
+}
