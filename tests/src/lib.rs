@@ -213,6 +213,17 @@ pub fn reap_orphans() {
         if owner.is_some_and(pid_alive) {
             continue;
         }
+        // A directory another test process has just created may not have its
+        // owner.pid yet: leave young directories without one alone.
+        let young = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < Duration::from_secs(60));
+        if owner.is_none() && young {
+            continue;
+        }
         if let Ok(pidfile) = fs::read_to_string(dir.join("data/postmaster.pid")) {
             if let Some(pid) = pidfile.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
                 kill(pid, "-KILL");
