@@ -371,15 +371,16 @@ BEGIN
     IF synchronize_data IS NULL THEN
         RAISE EXCEPTION 'synchronize_data cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF synchronize_data THEN
-        RAISE EXCEPTION 'repset_add_table(..., synchronize_data := true) is not supported yet'
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Add the table with synchronize_data := false and copy its data first.';
-    END IF;
     PERFORM spock._repset_add_relation(set_name, relation, columns, row_filter, false);
+    IF synchronize_data THEN
+        PERFORM spock._queue_table_sync(set_name, relation);
+    END IF;
     IF coalesce(include_partitions, true) THEN
         FOR v_part IN SELECT relid FROM pg_partition_tree(relation) WHERE relid <> relation AND isleaf LOOP
             PERFORM spock._repset_add_relation(set_name, v_part, columns, row_filter, false);
+            IF synchronize_data THEN
+                PERFORM spock._queue_table_sync(set_name, v_part);
+            END IF;
         END LOOP;
     END IF;
     RETURN true;
@@ -393,10 +394,6 @@ DECLARE
     v_rel regclass;
     v_schema text;
 BEGIN
-    IF synchronize_data THEN
-        RAISE EXCEPTION 'repset_add_all_tables(..., synchronize_data := true) is not supported yet'
-            USING ERRCODE = 'feature_not_supported';
-    END IF;
     PERFORM spock._repset(set_name);
     FOREACH v_schema IN ARRAY schema_names LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v_schema) THEN
@@ -415,6 +412,10 @@ BEGIN
         IF spock._repset_add_relation(set_name, v_rel, NULL, NULL, true) THEN
             PERFORM spock._repset_add_relation(set_name, p.relid, NULL, NULL, true)
                FROM pg_partition_tree(v_rel) p WHERE p.relid <> v_rel AND p.isleaf;
+            IF synchronize_data THEN
+                PERFORM spock._queue_table_sync(set_name, p.relid)
+                   FROM pg_partition_tree(v_rel) p WHERE p.isleaf;
+            END IF;
         END IF;
     END LOOP;
     RETURN true;
@@ -965,6 +966,15 @@ CREATE FUNCTION spock._queue_message(p_sets text[], p_role name, p_type "char", 
 RETURNS void LANGUAGE sql VOLATILE AS $$
     INSERT INTO spock.queue (queued_at, role, replication_sets, message_type, message)
     VALUES (pg_catalog.clock_timestamp(), p_role, p_sets, p_type, p_message::json);
+$$;
+
+-- 'A': subscribers of the set copy the table (Spock's message layout).
+CREATE FUNCTION spock._queue_table_sync(p_set name, p_rel regclass) RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    SELECT spock._queue_message(ARRAY[p_set::text], current_user, 'A',
+               pg_catalog.format('{"schema_name": %s,"table_name": %s}', to_json(n.nspname::text), to_json(c.relname::text)))
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = p_rel;
 $$;
 
 CREATE FUNCTION spock.replicate_ddl(command text,

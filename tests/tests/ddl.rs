@@ -163,7 +163,7 @@ fn queue_rows_only_reach_subscribers_of_their_sets() {
     // A table-sync request ('A', Spock's layout) reaches the sync hand-over.
     a.execute(r#"SELECT spock._queue_message('{default}', 'postgres', 'A', '{"schema_name": "public","table_name": "t"}')"#).unwrap();
     marker(a, b, 4);
-    assert!(b.log().contains("table sync requested for public.t; table sync requests are handled by the sync code"));
+    assert!(b.log().contains("the provider asks for a sync of table public.t"));
 }
 
 #[test]
@@ -450,27 +450,41 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
 fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
+    b.execute("ALTER SYSTEM SET spock.exception_behaviour = 'sub_disable'").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
     subscribed_pair(a, b);
     b.execute("CREATE TABLE clash (id int)").unwrap();
     a.execute("SELECT spock.replicate_ddl('CREATE TABLE clash (id int PRIMARY KEY, v text)')").unwrap();
     a.execute("INSERT INTO t VALUES (1, 'after the failing DDL')").unwrap();
-    wait_for(
-        "the apply error in the subscriber's log",
-        WAIT,
-        || {
-            let log = b.log();
-            log.contains("relation \"clash\" already exists") && log.contains("during execution of queued SQL statement")
-        },
-        true,
+    // sub_disable: the subscription stops at the failing DDL, which is logged with
+    // its error; nothing after it is applied.
+    wait_for("subscription disabled", WAIT, || b.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(), false);
+    assert!(b.log().contains("relation \"clash\" already exists") && b.log().contains("during execution of queued SQL statement"));
+    assert_eq!(
+        count(b, "SELECT count(*) FROM spock.exception_log WHERE table_name = 'queue' AND error_message LIKE '%already exists%'"),
+        1
     );
-    // Not skipped: nothing after the failing DDL is applied while it keeps failing.
-    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(b, "SELECT count(*) FROM t"), 0);
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue"), 0);
-    // Once the subscriber is fixed, the retried transaction applies the DDL and the rows.
+    // Once the subscriber is fixed and the subscription enabled again, the
+    // transaction applies the DDL, then the rows follow.
     b.execute("DROP TABLE clash").unwrap();
+    b.execute("SELECT spock.sub_enable((SELECT sub_name FROM spock.subscription))").unwrap();
     wait_for("the row after the DDL", WAIT, || count_when_there(b, "SELECT count(*) FROM t"), 1);
     assert_eq!(count(b, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'clash'::regclass AND attname = 'v'"), 1);
+
+    // With the default (transdiscard) a failing DDL is logged and skipped, and
+    // replication goes on.
+    b.execute("ALTER SYSTEM RESET spock.exception_behaviour").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
+    b.execute("CREATE TABLE clash2 (id int)").unwrap();
+    a.execute("SELECT spock.replicate_ddl('CREATE TABLE clash2 (id int PRIMARY KEY)')").unwrap();
+    a.execute("INSERT INTO t VALUES (2, 'after the second failing DDL')").unwrap();
+    wait_for("replication went on", WAIT, || count_when_there(b, "SELECT count(*) FROM t"), 2);
+    assert_eq!(
+        count(b, "SELECT count(*) FROM spock.exception_log WHERE table_name = 'queue' AND error_message LIKE '%clash2%already exists%'"),
+        1
+    );
 }
 
 #[test]

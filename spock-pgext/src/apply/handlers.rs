@@ -649,8 +649,9 @@ impl ApplySession {
         }
     }
 
-    fn local_relation(&mut self, relid: u32) -> &LocalRelation {
-        // A local ALTER TABLE (or any relcache invalidation) rebuilds the mapping.
+    /// Drops the mappings of relations invalidated since the last call; returns
+    /// whether local table `local_relid` was among them.
+    fn forget_invalidated(&mut self, local_relid: pg_sys::Oid) -> bool {
         let (all, changed) = crate::output_plugin::invalidation::drain();
         if all || !changed.is_empty() {
             for r in self.rels.values_mut() {
@@ -659,6 +660,34 @@ impl ApplySession {
                 }
             }
         }
+        all || changed.contains(&local_relid)
+    }
+
+    /// Opens the local table of remote relation `relid` with its mapping. Opening
+    /// takes the table's lock, which brings news of a concurrent local ALTER TABLE:
+    /// the mapping is then rebuilt before use.
+    ///
+    /// SAFETY: inside the apply transaction with an active snapshot; the returned
+    /// mapping lives in self.rels until the next call.
+    unsafe fn open_writer(&mut self, relid: u32) -> (TableWriter, *const LocalRelation) {
+        let map = self.local_relation(relid) as *const LocalRelation;
+        // SAFETY: forwarded; the mapping is alive (just looked up).
+        let local = unsafe { (*map).relid };
+        // SAFETY: forwarded.
+        let w = unsafe { TableWriter::open(local) };
+        if self.forget_invalidated(local) {
+            drop(w);
+            let map = self.local_relation(relid) as *const LocalRelation;
+            // SAFETY: as above.
+            let w = unsafe { TableWriter::open((*map).relid) };
+            return (w, map);
+        }
+        (w, map)
+    }
+
+    fn local_relation(&mut self, relid: u32) -> &LocalRelation {
+        // A local ALTER TABLE (or any relcache invalidation) rebuilds the mapping.
+        self.forget_invalidated(pg_sys::InvalidOid);
         let Some(r) = self.rels.get_mut(&relid) else {
             PgError::new(
                 PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
@@ -809,12 +838,11 @@ impl ApplySession {
     }
 
     fn handle_insert(&mut self, i: &proto::Insert) {
-        let map = self.local_relation(i.relid) as *const LocalRelation;
-        // SAFETY: the mapping lives in self.rels, untouched while applying this change.
-        let map = unsafe { &*map };
-        // SAFETY: inside the apply transaction with an active snapshot.
+        // SAFETY: inside the apply transaction with an active snapshot; the mapping
+        // lives in self.rels, untouched while applying this change.
         unsafe {
-            let mut w = TableWriter::open(map.relid);
+            let (mut w, map) = self.open_writer(i.relid);
+            let map = &*map;
             map.fill_slot(w.remote, &i.new, None, w.econtext);
             let has_key = map.identity_index != pg_sys::InvalidOid;
             if has_key && w.find(map, w.remote) {
@@ -844,12 +872,11 @@ impl ApplySession {
     }
 
     fn handle_update(&mut self, u: &proto::Update) {
-        let map = self.local_relation(u.relid) as *const LocalRelation;
-        // SAFETY: as in handle_insert.
-        let map = unsafe { &*map };
-        // SAFETY: inside the apply transaction with an active snapshot.
+        // SAFETY: inside the apply transaction with an active snapshot; the mapping
+        // lives in self.rels, untouched while applying this change.
         unsafe {
-            let mut w = TableWriter::open(map.relid);
+            let (mut w, map) = self.open_writer(u.relid);
+            let map = &*map;
             let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(key), None, w.econtext);
@@ -867,12 +894,11 @@ impl ApplySession {
     }
 
     fn handle_delete(&mut self, d: &proto::Delete) {
-        let map = self.local_relation(d.relid) as *const LocalRelation;
-        // SAFETY: as in handle_insert.
-        let map = unsafe { &*map };
-        // SAFETY: inside the apply transaction with an active snapshot.
+        // SAFETY: inside the apply transaction with an active snapshot; the mapping
+        // lives in self.rels, untouched while applying this change.
         unsafe {
-            let mut w = TableWriter::open(map.relid);
+            let (mut w, map) = self.open_writer(d.relid);
+            let map = &*map;
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
             if !find_with_retries(&mut w, map, search) {
