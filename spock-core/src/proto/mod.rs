@@ -24,7 +24,8 @@ pub mod writer;
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError};
 pub use message::{
     Begin, Commit, CommitOrder, Delete, Insert, LogicalMessage, Message, OldTuple, OldTupleKind,
-    Origin, RelColumn, Relation, Startup, Truncate, Update,
+    Origin, RelColumn, Relation, Startup, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop,
+    Truncate, Update,
 };
 pub use tuple::{Datum, Tuple};
 
