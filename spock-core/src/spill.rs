@@ -97,6 +97,12 @@ impl<W: Write> SpillWriter<W> {
         self.offset
     }
 
+    /// Continues at `offset` (a record boundary), after the caller flushed, cut the
+    /// underlying file back there and positioned it at `offset` (subtransaction abort).
+    pub fn rewind(&mut self, offset: u64) {
+        self.offset = offset.max(HEADER_LEN);
+    }
+
     /// Appends one record; returns the offset where it starts.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, SpillError> {
         let at = self.offset;
@@ -199,6 +205,38 @@ impl<R: Read> SpillReader<R> {
     }
 }
 
+/// Where each subtransaction's records start in one transaction's spill file, so a
+/// subtransaction abort can cut the file back (PostgreSQL streams a transaction's
+/// changes in WAL order; while a subtransaction is open every later change belongs to
+/// it or to its children, so everything from its first record on goes with it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubxactMarks {
+    toplevel: u32,
+    marks: Vec<(u32, u64)>,
+}
+
+impl SubxactMarks {
+    /// Marks for the transaction `toplevel`.
+    pub fn new(toplevel: u32) -> SubxactMarks {
+        SubxactMarks { toplevel, marks: Vec::new() }
+    }
+
+    /// Notes that a record of `xid` is about to be written at `offset`.
+    pub fn note(&mut self, xid: u32, offset: u64) {
+        if xid != self.toplevel && !self.marks.iter().any(|&(x, _)| x == xid) {
+            self.marks.push((xid, offset));
+        }
+    }
+
+    /// Subtransaction `xid` aborted: the offset to cut the file back to, if it wrote
+    /// anything. Marks from that offset on are forgotten.
+    pub fn abort(&mut self, xid: u32) -> Option<u64> {
+        let at = self.marks.iter().find(|&&(x, _)| x == xid)?.1;
+        self.marks.retain(|&(_, o)| o < at);
+        Some(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +285,24 @@ mod tests {
         let mut w = SpillWriter::resume(bytes, second);
         w.append(b"four").unwrap();
         assert_eq!(read_all(&w.into_inner()).unwrap(), vec![b"one".to_vec(), b"four".to_vec()]);
+    }
+
+    #[test]
+    fn subxact_marks() {
+        let mut m = SubxactMarks::new(100);
+        m.note(100, 8); // top-level records never need a mark
+        m.note(101, 20);
+        m.note(101, 30);
+        m.note(102, 40);
+        m.note(103, 50);
+        assert_eq!(m.abort(100), None);
+        assert_eq!(m.abort(999), None);
+        // ROLLBACK TO the savepoint of 102: 102 and 103 (a child) go.
+        assert_eq!(m.abort(102), Some(40));
+        assert_eq!(m.abort(103), None);
+        assert_eq!(m.abort(101), Some(20));
+        m.note(104, 20);
+        assert_eq!(m.abort(104), Some(20));
     }
 
     #[test]

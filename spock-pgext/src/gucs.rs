@@ -61,6 +61,11 @@ pub static READ_RETRY_COUNT: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// `spock.save_resolutions`.
 pub static SAVE_RESOLUTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `spock.stream_large_transactions` (spock-rs): apply workers ask the provider to
+/// stream large in-progress transactions (`spock_rs.streaming`). Read when a worker
+/// connects.
+pub static STREAM_LARGE_TRANSACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -104,6 +109,14 @@ pub fn init() {
         c"Record resolved conflicts in spock.resolutions.",
         c"",
         &SAVE_RESOLUTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.stream_large_transactions",
+        c"Ask providers to stream large transactions while they are in progress.",
+        c"The subscriber spills them to pg_spock/stream and applies them at commit. Only spock-rs providers stream; takes effect when an apply worker (re)connects.",
+        &STREAM_LARGE_TRANSACTIONS,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -149,6 +149,10 @@ impl ApplySession {
             Message::Truncate(t) => self.in_change(|s| s.handle_truncate(&t)),
             Message::Commit(c) => self.handle_commit(&c),
             Message::LogicalMessage(m) => self.handle_message(&m),
+            // Stream messages are taken by apply::stream before they get here.
+            Message::StreamStart(_) | Message::StreamStop(_) | Message::StreamChange(_) | Message::StreamCommit(_) | Message::StreamAbort(_) => {
+                PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: unexpected stream message").raise()
+            }
         }
     }
 

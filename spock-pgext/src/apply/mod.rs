@@ -6,6 +6,7 @@
 
 mod executor;
 mod handlers;
+mod stream;
 pub mod subscription;
 
 use std::time::{Duration, Instant};
@@ -108,6 +109,10 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
         spock_version_num: spock_core::SPOCK_COMPAT_VERSION_NUM,
     }
     .to_params();
+    let mut params = params;
+    if crate::gucs::STREAM_LARGE_TRANSACTIONS.get() {
+        params.push((spock_core::proto::startup::STREAMING_PARAM.to_string(), "1".to_string()));
+    }
     let opts: Vec<String> = params
         .iter()
         // Values travel as send/recv binary (validated by receive functions), never as
@@ -167,6 +172,9 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     let start = start_position(&sub);
     let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
         .unwrap_or_else(|e| fail(&sub, "could not connect to the provider in replication mode", e));
+    // Files of streamed transactions from an earlier run are useless: the provider
+    // streams again from `start`.
+    let mut streams = stream::StreamReceiver::new(sub.id, &sub.name);
     let cmd = start_replication_command(&sub, &conn, start);
     conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(&sub, "could not start replication", e));
     report_activity("replicating");
@@ -192,7 +200,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
                         let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
                             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
                         });
-                        session.handle(decoded);
+                        streams.dispatch(&payload, decoded, decoder.version(), &mut session);
                         last_received = last_received.max(end);
                     }
                     Some(b'k') if buf.len() >= 18 => {
@@ -212,7 +220,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         if let Some(f) = session.flushed_remote_lsn() {
             flushed = flushed.max(f);
         }
-        if !session.in_remote_transaction() && !session.has_unflushed() {
+        if !session.in_remote_transaction() && !session.has_unflushed() && !streams.any_open() {
             // Idle: everything sent to us is applied and durable.
             flushed = flushed.max(last_received);
         }

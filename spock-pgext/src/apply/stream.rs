@@ -1,0 +1,251 @@
+//! Receiving streamed (large, in-progress) transactions: the messages `s`, `x`, `e`,
+//! `c`, `a` that `spock_output` sends to a subscriber that asked for streaming.
+//!
+//! Each streamed transaction's messages are appended, as received, to a spill file
+//! `pg_spock/stream/<subscription id>/<xid>.spill` under the data directory
+//! (`spock_core::spill` format: CRC32-framed records). A subtransaction abort cuts the
+//! file back to where that subtransaction's first record began; a transaction abort
+//! deletes the file. On commit the file is read back record by record (memory stays
+//! bounded by one message) and applied through the ordinary handlers as ONE local
+//! transaction: a synthesized BEGIN/ORIGIN, the changes, and COMMIT, so the
+//! replication origin, its progress (committed with the rows: exactly once after a
+//! crash), conflict resolution and `sub_alter_skiplsn` all work exactly as for a
+//! transaction that was not streamed.
+//!
+//! Nothing of a stream is applied before its commit, relation messages included:
+//! they are replayed from the file in order. The files are not needed after a
+//! restart (the provider streams again from the origins' progress), so the worker
+//! removes its directory when it starts.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use pgrx::PgSqlErrorCode;
+use spock_core::proto::{Decoded, Message, ProtoVersion};
+use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
+
+use super::handlers::ApplySession;
+use crate::error::PgError;
+
+/// Read and write buffer of a spill file.
+const SPILL_BUFFER: usize = 64 * 1024;
+
+/// One streamed transaction being received.
+struct SpilledTxn {
+    path: PathBuf,
+    writer: SpillWriter<BufWriter<File>>,
+    marks: SubxactMarks,
+    changes: u64,
+}
+
+/// The streamed transactions of one subscription.
+pub struct StreamReceiver {
+    sub_name: String,
+    dir: PathBuf,
+    /// The transaction whose stream block is open (between `s` and `e`).
+    current: Option<u32>,
+    txns: HashMap<u32, SpilledTxn>,
+}
+
+fn protocol_error(sub: &str, msg: impl Into<String>) -> ! {
+    PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {sub}: {}", msg.into())).raise()
+}
+
+fn io_error(sub: &str, what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ! {
+    PgError::new(PgSqlErrorCode::ERRCODE_IO_ERROR, format!("spock subscription {sub}: could not {what} \"{}\": {e}", path.display())).raise()
+}
+
+fn spill_error(sub: &str, path: &std::path::Path, e: SpillError) -> ! {
+    let code = match e {
+        SpillError::Io { .. } => PgSqlErrorCode::ERRCODE_IO_ERROR,
+        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+    };
+    PgError::new(code, format!("spock subscription {sub}: streamed transaction file \"{}\": {e}", path.display()))
+        .hint("The worker restarts and the provider streams the transaction again.")
+        .raise()
+}
+
+impl StreamReceiver {
+    /// The receiver of subscription `sub_id`; removes files left by an earlier run.
+    pub fn new(sub_id: u32, sub_name: &str) -> StreamReceiver {
+        let dir = PathBuf::from("pg_spock").join("stream").join(sub_id.to_string());
+        if dir.exists() {
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                io_error(sub_name, "remove directory", &dir, e);
+            }
+        }
+        StreamReceiver { sub_name: sub_name.to_string(), dir, current: None, txns: HashMap::new() }
+    }
+
+    /// Whether a streamed transaction is open (received in part, not yet committed
+    /// or aborted).
+    pub fn any_open(&self) -> bool {
+        !self.txns.is_empty()
+    }
+
+    /// Handles one decoded message: stream messages here, the others by `session`.
+    /// `payload` is the message as received, `version` the stream's protocol version.
+    pub fn dispatch(&mut self, payload: &Bytes, d: Decoded, version: Option<ProtoVersion>, session: &mut ApplySession) {
+        match &d.message {
+            Message::StreamStart(s) => self.start(s.xid, s.first_segment),
+            Message::StreamChange(c) => self.change(c.xid, payload),
+            Message::StreamStop(_) => self.stop(),
+            Message::StreamAbort(a) => self.abort(a.xid, a.subxid),
+            Message::StreamCommit(c) => {
+                let c = c.clone();
+                self.commit(&c, d.remote_insert_lsn, version, session)
+            }
+            other => {
+                if self.current.is_some() {
+                    protocol_error(&self.sub_name, format!("message '{}' inside a stream block", other.letter() as char));
+                }
+                session.handle(d)
+            }
+        }
+    }
+
+    fn start(&mut self, xid: u32, first_segment: bool) {
+        if let Some(open) = self.current {
+            protocol_error(&self.sub_name, format!("stream start for transaction {xid} while the stream of {open} is open"));
+        }
+        if first_segment {
+            if let Some(old) = self.txns.remove(&xid) {
+                let _ = fs::remove_file(&old.path);
+            }
+            self.txns.insert(xid, self.create_file(xid));
+        } else if !self.txns.contains_key(&xid) {
+            protocol_error(&self.sub_name, format!("stream continues transaction {xid}, whose first segment was not received"));
+        }
+        self.current = Some(xid);
+    }
+
+    fn create_file(&self, xid: u32) -> SpilledTxn {
+        if let Err(e) = fs::create_dir_all(&self.dir) {
+            io_error(&self.sub_name, "create directory", &self.dir, e);
+        }
+        let path = self.dir.join(format!("{xid}.spill"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap_or_else(|e| io_error(&self.sub_name, "create file", &path, e));
+        let writer = SpillWriter::create(BufWriter::with_capacity(SPILL_BUFFER, file))
+            .unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
+        SpilledTxn { path, writer, marks: SubxactMarks::new(xid), changes: 0 }
+    }
+
+    fn change(&mut self, subxid: u32, payload: &Bytes) {
+        let Some(xid) = self.current else {
+            protocol_error(&self.sub_name, "stream change outside a stream block");
+        };
+        let txn = self.txns.get_mut(&xid).expect("the open stream has a file");
+        txn.marks.note(subxid, txn.writer.offset());
+        if let Err(e) = txn.writer.append(payload) {
+            spill_error(&self.sub_name, &txn.path, e);
+        }
+        txn.changes += 1;
+    }
+
+    fn stop(&mut self) {
+        let Some(xid) = self.current.take() else {
+            protocol_error(&self.sub_name, "stream stop without stream start");
+        };
+        let txn = self.txns.get_mut(&xid).expect("the open stream has a file");
+        if let Err(e) = txn.writer.flush() {
+            spill_error(&self.sub_name, &txn.path, e);
+        }
+    }
+
+    fn abort(&mut self, xid: u32, subxid: u32) {
+        if self.current.is_some() {
+            protocol_error(&self.sub_name, format!("stream abort of transaction {xid} inside a stream block"));
+        }
+        if xid == subxid {
+            let Some(txn) = self.txns.remove(&xid) else {
+                protocol_error(&self.sub_name, format!("stream abort for unknown transaction {xid}"));
+            };
+            drop(txn.writer);
+            if let Err(e) = fs::remove_file(&txn.path) {
+                io_error(&self.sub_name, "remove file", &txn.path, e);
+            }
+            return;
+        }
+        let Some(txn) = self.txns.get_mut(&xid) else {
+            protocol_error(&self.sub_name, format!("stream abort of subtransaction {subxid} for unknown transaction {xid}"));
+        };
+        let Some(offset) = txn.marks.abort(subxid) else {
+            // The subtransaction sent nothing that passed the filters.
+            return;
+        };
+        let path = txn.path.clone();
+        let sub = self.sub_name.clone();
+        if let Err(e) = txn.writer.flush() {
+            spill_error(&sub, &path, e);
+        }
+        let file = txn.writer.get_mut().get_mut();
+        if let Err(e) = file.set_len(offset).and_then(|_| file.seek(SeekFrom::Start(offset))) {
+            io_error(&sub, "truncate file", &path, e);
+        }
+        txn.writer.rewind(offset);
+    }
+
+    fn commit(&mut self, c: &spock_core::proto::StreamCommit, insert_lsn: Option<u64>, version: Option<ProtoVersion>, session: &mut ApplySession) {
+        if self.current.is_some() {
+            protocol_error(&self.sub_name, format!("stream commit of transaction {} inside a stream block", c.xid));
+        }
+        let Some(txn) = self.txns.remove(&c.xid) else {
+            protocol_error(&self.sub_name, format!("stream commit for unknown transaction {}", c.xid));
+        };
+        let Some(version) = version else {
+            protocol_error(&self.sub_name, "stream commit before the startup message");
+        };
+        let SpilledTxn { path, writer, changes, .. } = txn;
+        let mut file = writer.into_inner().into_inner().unwrap_or_else(|e| io_error(&self.sub_name, "write file", &path, e.error()));
+        if let Err(e) = file.seek(SeekFrom::Start(0)) {
+            io_error(&self.sub_name, "read file", &path, e);
+        }
+        let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, file)).unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
+        pgrx::debug1!("spock subscription {}: applying streamed transaction {} ({changes} messages)", self.sub_name, c.xid);
+        session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
+        session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
+        let mut buf = Vec::new();
+        let mut replayed = 0u64;
+        loop {
+            let at = reader.offset();
+            match reader.next_record(&mut buf) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => spill_error(&self.sub_name, &path, e),
+            }
+            let record = Bytes::copy_from_slice(&buf);
+            let d = Message::decode(&record, version).unwrap_or_else(|e| {
+                PgError::new(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at}: {e}", self.sub_name, path.display()),
+                )
+                .raise()
+            });
+            let Message::StreamChange(change) = d.message else {
+                PgError::new(
+                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                    format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at} is not a stream change", self.sub_name, path.display()),
+                )
+                .raise()
+            };
+            session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
+            replayed += 1;
+            pgrx::check_for_interrupts!();
+        }
+        session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
+        drop(reader);
+        if let Err(e) = fs::remove_file(&path) {
+            pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, path.display());
+        }
+        pgrx::debug1!("spock subscription {}: applied streamed transaction {} ({replayed} messages)", self.sub_name, c.xid);
+    }
+}
