@@ -17,6 +17,8 @@ mod relation;
 mod row_filter;
 mod stream;
 
+pub(crate) use stream::allow_table_scans_while_streaming;
+
 use std::collections::HashMap;
 use std::ffi::CStr;
 

@@ -36,6 +36,29 @@ use spock_core::proto::{Message, Origin, Relation, StreamAbort, StreamCommit, St
 
 use super::{send_startup, state, write, PluginState};
 
+/// Runs `f`, which reads spock's catalog tables, while PostgreSQL may be streaming an
+/// in-progress transaction.
+///
+/// Then PostgreSQL sets `CheckXidAlive` and refuses scans of tables other than
+/// system catalogs ("unexpected table_scan_getnextslot call during logical
+/// decoding"): a system catalog scan checks whether the streamed transaction aborted
+/// meanwhile. spock's catalogs are ordinary tables read through SPI. If the
+/// streamed transaction aborts while we read them, what we read only decides how
+/// changes of that transaction (which the subscriber then drops) are sent; the
+/// relation cache built from it is invalidated with the abort, as PostgreSQL
+/// executes a streamed transaction's invalidations when it aborts.
+pub(crate) fn allow_table_scans_while_streaming<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: backend-local globals; restored before returning. An ERROR in `f` ends
+    // decoding, whose cleanup (ResetLogicalStreamingState) resets them anyway.
+    unsafe {
+        let saved = pg_sys::CheckXidAlive;
+        pg_sys::CheckXidAlive = pg_sys::InvalidTransactionId;
+        let r = f();
+        pg_sys::CheckXidAlive = saved;
+        r
+    }
+}
+
 /// Per-connection streaming state.
 #[derive(Default)]
 pub(super) struct StreamState {

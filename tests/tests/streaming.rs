@@ -1,0 +1,346 @@
+//! Streaming of large in-progress transactions (spock-rs `spock_rs.streaming`): the
+//! messages `spock_output` sends, and provider → subscriber apply on real servers.
+
+use std::time::Duration;
+
+use spock_core::proto::{Decoded, Message, StreamCommit};
+use spock_tests::decoding::{slot_messages, spock_params, with_param};
+use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
+
+const STREAMING: &str = "spock_rs.streaming";
+
+fn provider(name: &str) -> TestNode {
+    let node = TestNode::start(NodeOptions::new(name).setting("logical_decoding_work_mem", "64kB")).unwrap();
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('{name}', '{}');", node.dsn("postgres")))
+        .unwrap();
+    node.execute("CREATE TABLE public.t(id int PRIMARY KEY, v text)").unwrap();
+    node.execute("CREATE TABLE public.unpublished(id int PRIMARY KEY, v text)").unwrap();
+    node.execute("SELECT spock.repset_add_table('default', 'public.t')").unwrap();
+    node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap();
+    node
+}
+
+fn text_params(streaming: Option<&str>) -> Vec<(String, String)> {
+    let p = with_param(spock_params("default"), "binary.want_internal_basetypes", "0");
+    let p = with_param(p, "binary.want_binary_basetypes", "0");
+    match streaming {
+        Some(v) => with_param(p, STREAMING, v),
+        None => p,
+    }
+}
+
+/// The stream as a compact string: plain letters for ordinary messages, `x<L>` for a
+/// streamed change with inner letter L, runs of the same token collapsed as `L*`.
+fn shape(msgs: &[Decoded]) -> String {
+    let mut tokens: Vec<String> = Vec::new();
+    for d in msgs {
+        let t = match &d.message {
+            Message::Startup(_) => continue,
+            Message::StreamChange(c) => format!("x{}", c.message.letter() as char),
+            m => (m.letter() as char).to_string(),
+        };
+        match tokens.last_mut() {
+            Some(last) if last.trim_end_matches('*') == t => {
+                if !last.ends_with('*') {
+                    last.push('*');
+                }
+            }
+            _ => tokens.push(t),
+        }
+    }
+    tokens.join(" ")
+}
+
+/// Checks the stream grammar for one streamed transaction and returns its messages
+/// in order: s (first) { x... } e, then more blocks; a for subtransactions; c or a.
+fn streamed_rows(msgs: &[Decoded], xid: u32) -> (Vec<Message>, Vec<u32>, Option<StreamCommit>) {
+    let mut in_block = false;
+    let mut seen_start = false;
+    let mut kept: Vec<(u32, Message)> = Vec::new();
+    let mut sub_aborts = Vec::new();
+    let mut commit = None;
+    for d in msgs {
+        match &d.message {
+            Message::StreamStart(s) if s.xid == xid => {
+                assert!(!in_block, "nested stream start");
+                assert_eq!(s.first_segment, !seen_start, "first_segment only on the first block");
+                seen_start = true;
+                in_block = true;
+            }
+            Message::StreamStop(_) if in_block => in_block = false,
+            Message::StreamChange(c) if in_block => kept.push((c.xid, (*c.message).clone())),
+            Message::StreamAbort(a) if a.xid == xid => {
+                assert!(!in_block);
+                if a.subxid == xid {
+                    kept.clear();
+                } else {
+                    sub_aborts.push(a.subxid);
+                    // What the subscriber does: drop from the subtransaction's first
+                    // change on.
+                    if let Some(pos) = kept.iter().position(|(x, _)| *x == a.subxid) {
+                        kept.truncate(pos);
+                    }
+                }
+            }
+            Message::StreamCommit(c) if c.xid == xid => {
+                assert!(!in_block);
+                commit = Some(c.clone());
+            }
+            m => assert!(!in_block, "{} inside a stream block of {xid}", m.letter() as char),
+        }
+    }
+    assert!(!in_block, "stream block never stopped");
+    (kept.into_iter().map(|(_, m)| m).collect(), sub_aborts, commit)
+}
+
+fn inserted_ids(msgs: &[Message]) -> Vec<i64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Insert(i) => match &i.new.columns[0] {
+                spock_core::proto::Datum::Text(b) => Some(std::str::from_utf8(b).unwrap().parse().unwrap()),
+                d => panic!("{d:?}"),
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn stream_stats(node: &TestNode, slot: &str) -> (i64, i64) {
+    node.query_one::<String>(&format!(
+        "SELECT stream_txns || ',' || spill_txns FROM pg_stat_replication_slots WHERE slot_name = '{slot}'"
+    ))
+    .map(|s| {
+        let (a, b) = s.split_once(',').unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    })
+    .unwrap_or((0, 0))
+}
+
+#[test]
+fn decoding_streams_large_transactions_with_subtransaction_abort() {
+    let node = provider("p1");
+    let mut big = node.connect().unwrap();
+    let mut small = node.connect().unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 2000) g").unwrap();
+    let xid: i64 = big.query_one("SELECT pg_current_xact_id()::text::int8", &[]).unwrap().get(0);
+    let xid = xid as u32;
+    // A small transaction commits while the big one is open.
+    small.batch_execute("INSERT INTO t VALUES (100001, 'small')").unwrap();
+    big.batch_execute(
+        "SAVEPOINT sp;
+         INSERT INTO t SELECT g, 'rolled back' FROM generate_series(2001, 4000) g;
+         ROLLBACK TO SAVEPOINT sp;
+         INSERT INTO unpublished SELECT g, repeat('y', 100) FROM generate_series(1, 2000) g;
+         INSERT INTO t SELECT g, 'after' FROM generate_series(4001, 4500) g;
+         COMMIT",
+    )
+    .unwrap();
+    // A big transaction that rolls back, and one touching only an unpublished table.
+    small.batch_execute("BEGIN; INSERT INTO t SELECT g, repeat('z', 100) FROM generate_series(5001, 8000) g").unwrap();
+    let rolled_back: i64 = small.query_one("SELECT pg_current_xact_id()::text::int8", &[]).unwrap().get(0);
+    small.batch_execute("ROLLBACK").unwrap();
+    node.execute("INSERT INTO unpublished SELECT g, repeat('y', 100) FROM generate_series(3001, 6000) g").unwrap();
+    node.execute("INSERT INTO t VALUES (100002, 'last')").unwrap();
+
+    let decoded = slot_messages(&node, "postgres", "s", &text_params(Some("1")), true).unwrap();
+    let Message::Startup(st) = &decoded[0].message else { panic!("startup first") };
+    assert_eq!(st.get(STREAMING), Some("t"));
+    let shape = shape(&decoded);
+    eprintln!("stream shape: {shape}");
+    // The exact sequence: the big transaction's first block opens with its relation
+    // message; the small transaction commits in between and gets its own R (an R
+    // sent inside a stream never counts for the connection); the subtransaction's
+    // streamed changes are dropped by an abort 'a'; the rolled-back big transaction
+    // ends with 'a'; the unpublished-only transaction sends nothing.
+    let mut collapsed = shape.clone();
+    while collapsed.contains("s xI* e s xI* e") {
+        collapsed = collapsed.replace("s xI* e s xI* e", "s xI* e");
+    }
+    assert_eq!(collapsed, "s xR xI* e s xI* e B O R I C s xI* e a s xR xI* e s xI* e c B O I C");
+    let ours: Vec<Decoded> = decoded.iter().filter(|d| !matches!(d.message, Message::Startup(_))).cloned().collect();
+    assert!(matches!(&ours[0].message, Message::StreamStart(s) if s.xid == xid && s.first_segment), "{shape}");
+    assert!(matches!(&ours[1].message, Message::StreamChange(c) if c.xid == xid && c.message.letter() == b'R'), "{shape}");
+    let (kept, sub_aborts, commit) = streamed_rows(&ours, xid);
+    assert_eq!(sub_aborts.len(), 1, "one subtransaction abort: {shape}");
+    assert_ne!(sub_aborts[0], xid);
+    let commit = commit.expect("stream commit");
+    assert_eq!(commit.origin_name.as_deref(), Some("p1"));
+    assert!(commit.end_lsn > commit.commit_lsn && commit.commit_time > 0);
+    let ids = inserted_ids(&kept);
+    let want: Vec<i64> = (1..=2000).chain(4001..=4500).collect();
+    assert_eq!(ids, want, "what a subscriber keeps of the big transaction");
+    // Every change a subscriber keeps has a relation message before it.
+    assert!(matches!(kept[0], Message::Relation(_)));
+
+    // Non-streamed transactions: the small one (with R), the last one.
+    let plain: String = ours
+        .iter()
+        .filter(|d| matches!(d.message, Message::Begin(_) | Message::Origin(_) | Message::Relation(_) | Message::Insert(_) | Message::Commit(_)))
+        .map(|d| d.message.letter() as char)
+        .collect();
+    assert_eq!(plain, "BORICBOIC", "{shape}");
+    // The small transaction's commit comes before the big one's stream commit.
+    let pos = |f: &dyn Fn(&Message) -> bool| ours.iter().position(|d| f(&d.message)).unwrap();
+    assert!(pos(&|m| matches!(m, Message::Commit(_))) < pos(&|m| matches!(m, Message::StreamCommit(_))));
+    // The rolled-back transaction is not streamed at all: it had aborted before it
+    // was decoded (PostgreSQL checks before streaming). Streamed transactions that
+    // roll back are covered end to end below.
+    assert!(
+        !ours.iter().any(|d| matches!(&d.message, Message::StreamStart(s) if s.xid == rolled_back as u32)),
+        "{shape}"
+    );
+    // Every stream letter is one of ours, and every 's' has its 'e'.
+    let starts = ours.iter().filter(|d| matches!(d.message, Message::StreamStart(_))).count();
+    let stops = ours.iter().filter(|d| matches!(d.message, Message::StreamStop(_))).count();
+    assert_eq!(starts, stops);
+    assert!(starts >= 3, "{shape}");
+    let (stream_txns, spill_txns) = stream_stats(&node, "s");
+    assert!(stream_txns > 0, "pg_stat_replication_slots.stream_txns = {stream_txns}");
+    assert_eq!(spill_txns, 0);
+}
+
+#[test]
+fn a_client_that_does_not_ask_gets_no_stream_messages() {
+    let node = provider("p2");
+    node.execute("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g").unwrap();
+    for streaming in [None, Some("0")] {
+        let decoded = slot_messages(&node, "postgres", "s", &text_params(streaming), true).unwrap();
+        let Message::Startup(st) = &decoded[0].message else { panic!("startup first") };
+        // A Spock client (which never sends the parameter) gets Spock's reply.
+        assert_eq!(st.get(STREAMING), streaming.map(|_| "f"));
+        assert_eq!(shape(&decoded), "B O R I* C");
+        let inserts = decoded.iter().filter(|d| matches!(d.message, Message::Insert(_))).count();
+        assert_eq!(inserts, 3000);
+    }
+    let (stream_txns, spill_txns) = stream_stats(&node, "s");
+    assert_eq!(stream_txns, 0);
+    assert!(spill_txns > 0, "PostgreSQL spilled the large transaction instead");
+}
+
+// ---- provider → subscriber ------------------------------------------------------
+
+fn setup_node(n: &TestNode) {
+    n.execute("CREATE EXTENSION spock").unwrap();
+    n.execute(&format!("SELECT spock.node_create('{}', '{}')", n.name, n.dsn("postgres"))).unwrap();
+    n.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
+    n.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
+}
+
+fn pair() -> Cluster {
+    let cluster = Cluster::start(vec![
+        NodeOptions::new("n1").setting("logical_decoding_work_mem", "64kB"),
+        NodeOptions::new("n2"),
+    ])
+    .unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    b.execute(&format!("SELECT spock.sub_create('sub_n2_n1', '{}')", a.dsn("postgres"))).unwrap();
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    cluster
+}
+
+fn summary(n: &TestNode) -> (i64, String) {
+    (
+        n.query_one::<i64>("SELECT count(*) FROM t").unwrap(),
+        n.query_one::<String>("SELECT coalesce(md5(string_agg(id || ':' || v, ',' ORDER BY id)), '') FROM t").unwrap(),
+    )
+}
+
+fn provider_slot_stats(a: &TestNode) -> (i64, i64) {
+    let slot = a.query_one::<String>("SELECT slot_name::text FROM pg_replication_slots WHERE plugin = 'spock_output'").unwrap();
+    stream_stats(a, &slot)
+}
+
+fn spill_files(b: &TestNode) -> usize {
+    let dir = b.data_dir().join("pg_spock").join("stream");
+    walk(&dir)
+}
+
+fn walk(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
+        .sum()
+}
+
+#[test]
+fn streamed_transactions_reach_the_subscriber_exactly() {
+    let cluster = pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut big = a.connect().unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big ' || g FROM generate_series(1, 100000) g").unwrap();
+    // Small transactions commit (and are applied) while the big one is open.
+    for i in 0..20 {
+        a.execute(&format!("INSERT INTO t VALUES ({}, 'small')", 1_000_000 + i)).unwrap();
+    }
+    wait_for("small transactions applied while the big one is open", Duration::from_secs(60), || {
+        b.query_one::<i64>("SELECT count(*) FROM t").unwrap()
+    }, 20);
+    assert!(spill_files(b) >= 1, "the open transaction is spilled on the subscriber");
+    big.batch_execute(
+        "INSERT INTO t SELECT g, 'big ' || g FROM generate_series(100001, 200000) g;
+         UPDATE t SET v = 'updated' WHERE id % 1000 = 0 AND id <= 200000;
+         DELETE FROM t WHERE id % 1000 = 1 AND id <= 200000;
+         COMMIT",
+    )
+    .unwrap();
+    // A big transaction that rolls back.
+    a.execute("BEGIN; INSERT INTO t SELECT g, 'never' FROM generate_series(300001, 350000) g; ROLLBACK").unwrap();
+    // A big transaction with ROLLBACK TO SAVEPOINT (nested savepoints).
+    a.execute(
+        "BEGIN;
+         INSERT INTO t SELECT g, 'sp top' FROM generate_series(400001, 420000) g;
+         SAVEPOINT a;
+         INSERT INTO t SELECT g, 'sp a' FROM generate_series(420001, 440000) g;
+         SAVEPOINT b;
+         INSERT INTO t SELECT g, 'sp b' FROM generate_series(440001, 460000) g;
+         ROLLBACK TO SAVEPOINT a;
+         INSERT INTO t SELECT g, 'sp after' FROM generate_series(460001, 470000) g;
+         SAVEPOINT c;
+         UPDATE t SET v = 'sp c' WHERE id BETWEEN 400001 AND 400100;
+         RELEASE SAVEPOINT c;
+         COMMIT",
+    )
+    .unwrap();
+    a.execute("INSERT INTO t VALUES (2000000, 'end')").unwrap();
+    let want = summary(a);
+    assert_eq!(want.0, 200_000 - 200 + 20 + 30_000 + 1);
+    wait_for("the subscriber has exactly the provider's rows", Duration::from_secs(300), || summary(b), want.clone());
+    let (stream_txns, spill_txns) = provider_slot_stats(a);
+    assert!(stream_txns > 0, "the provider streamed (stream_txns = {stream_txns})");
+    assert_eq!(spill_txns, 0, "the provider did not spill");
+    wait_for("spill files removed", Duration::from_secs(30), || spill_files(b), 0);
+    // Rows keep the remote commit timestamp: one commit for the whole big transaction.
+    let commits = b.query_one::<i64>("SELECT count(DISTINCT pg_xact_commit_timestamp(xmin)) FROM t WHERE id <= 200000").unwrap();
+    assert_eq!(commits, 1, "the streamed transaction was applied as one transaction");
+}
+
+#[test]
+fn a_subscriber_killed_during_a_stream_applies_it_once() {
+    let cluster = pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut big = a.connect().unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 100000) g").unwrap();
+    a.execute("INSERT INTO t VALUES (1000001, 'small before kill')").unwrap();
+    wait_for("the small transaction applied", Duration::from_secs(60), || b.query_one::<i64>("SELECT count(*) FROM t").unwrap(), 1);
+    wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b) >= 1, true);
+    b.kill9().unwrap();
+    b.restart().unwrap();
+    big.batch_execute("INSERT INTO t SELECT g, 'big' FROM generate_series(100001, 200000) g").unwrap();
+    a.execute("INSERT INTO t VALUES (1000002, 'small after kill')").unwrap();
+    // Kill again while the provider streams the rest.
+    wait_for("streaming again after the restart", Duration::from_secs(60), || spill_files(b) >= 1, true);
+    b.kill9().unwrap();
+    b.restart().unwrap();
+    big.batch_execute("COMMIT").unwrap();
+    let want = summary(a);
+    assert_eq!(want.0, 200_002);
+    wait_for("exactly the provider's rows after the kills", Duration::from_secs(300), || summary(b), want.clone());
+    // Kill right after the commit was applied: nothing is applied twice.
+    b.kill9().unwrap();
+    b.restart().unwrap();
+    a.execute("INSERT INTO t VALUES (1000003, 'final')").unwrap();
+    let want = summary(a);
+    wait_for("still exactly once", Duration::from_secs(120), || summary(b), want);
+}
