@@ -229,7 +229,7 @@ fn setup_node(n: &TestNode) {
 fn pair() -> Cluster {
     let cluster = Cluster::start(vec![
         NodeOptions::new("n1").setting("logical_decoding_work_mem", "64kB"),
-        NodeOptions::new("n2"),
+        NodeOptions::new("n2").setting("log_error_verbosity", "verbose"),
     ])
     .unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
@@ -285,8 +285,13 @@ fn streamed_transactions_reach_the_subscriber_exactly() {
          COMMIT",
     )
     .unwrap();
-    // A big transaction that rolls back.
-    a.execute("BEGIN; INSERT INTO t SELECT g, 'never' FROM generate_series(300001, 350000) g; ROLLBACK").unwrap();
+    wait_for("the big transaction applied", Duration::from_secs(300), || summary(b).0, 200_000 - 200 + 20);
+    // A big transaction that rolls back after part of it was streamed.
+    let mut rb = a.connect().unwrap();
+    rb.batch_execute("BEGIN; INSERT INTO t SELECT g, 'never' FROM generate_series(300001, 350000) g").unwrap();
+    wait_for("the rolled-back transaction spilled", Duration::from_secs(60), || spill_files(b), 1);
+    rb.batch_execute("ROLLBACK").unwrap();
+    wait_for("its spill file removed at the stream abort", Duration::from_secs(60), || spill_files(b), 0);
     // A big transaction with ROLLBACK TO SAVEPOINT (nested savepoints).
     a.execute(
         "BEGIN;
@@ -343,4 +348,34 @@ fn a_subscriber_killed_during_a_stream_applies_it_once() {
     a.execute("INSERT INTO t VALUES (1000003, 'final')").unwrap();
     let want = summary(a);
     wait_for("still exactly once", Duration::from_secs(120), || summary(b), want);
+}
+
+/// Writes garbage over the end of the only spill file of the subscriber.
+fn corrupt_spill_file(b: &TestNode) {
+    let dir = b.data_dir().join("pg_spock").join("stream");
+    let sub = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let file = std::fs::read_dir(&sub).unwrap().next().unwrap().unwrap().path();
+    let len = std::fs::metadata(&file).unwrap().len();
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    f.seek(SeekFrom::Start(len / 2)).unwrap();
+    f.write_all(&[0xAB; 64]).unwrap();
+}
+
+#[test]
+fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
+    let cluster = pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut big = a.connect().unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 50000) g").unwrap();
+    wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b), 1);
+    // Let the worker finish the block it is writing, then damage the file.
+    std::thread::sleep(Duration::from_secs(1));
+    corrupt_spill_file(b);
+    big.batch_execute("COMMIT").unwrap();
+    let want = summary(a);
+    wait_for("the transaction applied after the worker restarted", Duration::from_secs(120), || summary(b), want);
+    let log = b.log();
+    assert!(log.contains("ERROR:  XX001: spock subscription sub_n2_n1: streamed transaction file"), "a clear error with SQLSTATE data_corrupted");
+    assert!(log.contains("CRC") || log.contains("truncated") || log.contains("record at byte"), "{}", &log[log.len().saturating_sub(3000)..]);
 }

@@ -200,7 +200,12 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
                         let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
                             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
                         });
-                        streams.dispatch(&payload, decoded, decoder.version(), &mut session);
+                        let positions = (last_received, flushed);
+                        let mut keepalive = || {
+                            // Positions as of before this message: nothing newer is durable yet.
+                            let _ = conn.write_copy_data(&feedback(positions.0, positions.1, false));
+                        };
+                        streams.dispatch(&payload, decoded, decoder.version(), &mut session, &mut keepalive);
                         last_received = last_received.max(end);
                     }
                     Some(b'k') if buf.len() >= 18 => {

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgrx::PgSqlErrorCode;
@@ -32,6 +33,8 @@ use crate::error::PgError;
 
 /// Read and write buffer of a spill file.
 const SPILL_BUFFER: usize = 64 * 1024;
+/// How often the provider hears from us while a long transaction is applied.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One streamed transaction being received.
 struct SpilledTxn {
@@ -88,7 +91,17 @@ impl StreamReceiver {
 
     /// Handles one decoded message: stream messages here, the others by `session`.
     /// `payload` is the message as received, `version` the stream's protocol version.
-    pub fn dispatch(&mut self, payload: &Bytes, d: Decoded, version: Option<ProtoVersion>, session: &mut ApplySession) {
+    /// `keepalive` is called about once a second while a long streamed transaction is
+    /// applied, so the provider hears from us (it ends the connection after
+    /// `wal_sender_timeout` of silence).
+    pub fn dispatch(
+        &mut self,
+        payload: &Bytes,
+        d: Decoded,
+        version: Option<ProtoVersion>,
+        session: &mut ApplySession,
+        keepalive: &mut dyn FnMut(),
+    ) {
         match &d.message {
             Message::StreamStart(s) => self.start(s.xid, s.first_segment),
             Message::StreamChange(c) => self.change(c.xid, payload),
@@ -96,7 +109,7 @@ impl StreamReceiver {
             Message::StreamAbort(a) => self.abort(a.xid, a.subxid),
             Message::StreamCommit(c) => {
                 let c = c.clone();
-                self.commit(&c, d.remote_insert_lsn, version, session)
+                self.commit(&c, d.remote_insert_lsn, version, session, keepalive)
             }
             other => {
                 if self.current.is_some() {
@@ -194,7 +207,14 @@ impl StreamReceiver {
         txn.writer.rewind(offset);
     }
 
-    fn commit(&mut self, c: &spock_core::proto::StreamCommit, insert_lsn: Option<u64>, version: Option<ProtoVersion>, session: &mut ApplySession) {
+    fn commit(
+        &mut self,
+        c: &spock_core::proto::StreamCommit,
+        insert_lsn: Option<u64>,
+        version: Option<ProtoVersion>,
+        session: &mut ApplySession,
+        keepalive: &mut dyn FnMut(),
+    ) {
         if self.current.is_some() {
             protocol_error(&self.sub_name, format!("stream commit of transaction {} inside a stream block", c.xid));
         }
@@ -215,6 +235,7 @@ impl StreamReceiver {
         session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
         let mut buf = Vec::new();
         let mut replayed = 0u64;
+        let mut last_keepalive = Instant::now();
         loop {
             let at = reader.offset();
             match reader.next_record(&mut buf) {
@@ -239,7 +260,13 @@ impl StreamReceiver {
             };
             session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
             replayed += 1;
-            pgrx::check_for_interrupts!();
+            if replayed % 1024 == 0 {
+                pgrx::check_for_interrupts!();
+                if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
+                    keepalive();
+                    last_keepalive = Instant::now();
+                }
+            }
         }
         session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
         drop(reader);
