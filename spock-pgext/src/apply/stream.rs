@@ -260,7 +260,7 @@ impl StreamReceiver {
             };
             session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
             replayed += 1;
-            if replayed % 1024 == 0 {
+            if replayed.is_multiple_of(1024) {
                 pgrx::check_for_interrupts!();
                 if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
                     keepalive();
