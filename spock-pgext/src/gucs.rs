@@ -66,6 +66,11 @@ pub static SAVE_RESOLUTIONS: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// connects.
 pub static STREAM_LARGE_TRANSACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `spock.stream_eager_apply` (spock-rs): apply a streamed transaction while it
+/// arrives when nothing else is in flight (rolled back and replayed from the spill
+/// file at commit if anything interleaves or conflicts).
+pub static STREAM_EAGER_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -117,6 +122,14 @@ pub fn init() {
         c"Ask providers to stream large transactions while they are in progress.",
         c"The subscriber spills them to pg_spock/stream and applies them at commit. Only spock-rs providers stream; takes effect when an apply worker (re)connects.",
         &STREAM_LARGE_TRANSACTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.stream_eager_apply",
+        c"Apply a streamed transaction while it arrives when nothing else is in flight.",
+        c"Rolled back and replayed from the spill file at commit when another transaction interleaves or a conflict needs the commit timestamp.",
+        &STREAM_EAGER_APPLY,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -227,9 +227,15 @@ fn setup_node(n: &TestNode) {
 }
 
 fn pair() -> Cluster {
+    pair_with(true)
+}
+
+/// A provider streaming beyond 64kB and a subscriber subscribed to it; `eager`:
+/// `spock.stream_eager_apply` on the subscriber.
+fn pair_with(eager: bool) -> Cluster {
     let cluster = Cluster::start(vec![
         NodeOptions::new("n1").setting("logical_decoding_work_mem", "64kB"),
-        NodeOptions::new("n2").setting("log_error_verbosity", "verbose"),
+        NodeOptions::new("n2").setting("log_error_verbosity", "verbose").setting("spock.stream_eager_apply", if eager { "on" } else { "off" }),
     ])
     .unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
@@ -364,7 +370,8 @@ fn corrupt_spill_file(b: &TestNode) {
 
 #[test]
 fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
-    let cluster = pair();
+    // Without eager apply: the file is replayed at commit.
+    let cluster = pair_with(false);
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 50000) g").unwrap();
@@ -378,4 +385,56 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     let log = b.log();
     assert!(log.contains("ERROR:  XX001: spock subscription sub_n2_n1: streamed transaction file"), "a clear error with SQLSTATE data_corrupted");
     assert!(log.contains("CRC") || log.contains("truncated") || log.contains("record at byte"), "{}", &log[log.len().saturating_sub(3000)..]);
+}
+
+/// Whether the subscriber's apply worker has a local transaction open (an xid).
+fn apply_txn_open(b: &TestNode) -> bool {
+    b.query_one::<bool>("SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'spock apply' AND backend_xid IS NOT NULL").unwrap()
+}
+
+#[test]
+fn eager_apply_commits_or_falls_back_to_the_spill_file() {
+    let cluster = pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    // 1. Nothing interleaves: the stream is applied while it arrives, in a local
+    //    transaction that commits with the remote commit.
+    let mut big = a.connect().unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'eager' FROM generate_series(1, 100000) g").unwrap();
+    wait_for("the apply worker applies the open stream", Duration::from_secs(60), || apply_txn_open(b), true);
+    assert_eq!(summary(b).0, 0, "nothing visible before the commit");
+    big.batch_execute("UPDATE t SET v = 'eager updated' WHERE id % 100 = 0; COMMIT").unwrap();
+    let want = summary(a);
+    wait_for("the eagerly applied transaction committed", Duration::from_secs(120), || summary(b), want);
+    wait_for("spill file removed", Duration::from_secs(30), || spill_files(b), 0);
+    let same_ts = b
+        .query_one::<bool>("SELECT bool_and(pg_xact_commit_timestamp(xmin) = (SELECT pg_xact_commit_timestamp(xmin) FROM t WHERE id = 1)) FROM t")
+        .unwrap();
+    assert!(same_ts, "one local transaction");
+    // The origin timestamp is the provider's commit time.
+    let provider_ts = a.query_one::<String>("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1").unwrap();
+    let subscriber_ts = b.query_one::<String>("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1").unwrap();
+    assert_eq!(provider_ts, subscriber_ts);
+
+    // 2. A small transaction commits while a big one is being applied eagerly: the
+    //    eager transaction rolls back, the small one is applied, the big one is
+    //    replayed from its file at commit.
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'second' FROM generate_series(200001, 260000) g").unwrap();
+    wait_for("eager apply of the second stream", Duration::from_secs(60), || apply_txn_open(b), true);
+    a.execute("INSERT INTO t VALUES (900001, 'small')").unwrap();
+    wait_for("the small transaction applied", Duration::from_secs(60), || {
+        b.query_one::<i64>("SELECT count(*) FROM t WHERE id = 900001").unwrap()
+    }, 1);
+    assert!(!apply_txn_open(b), "the eager transaction was rolled back");
+    big.batch_execute("INSERT INTO t SELECT g, 'second' FROM generate_series(260001, 300000) g; COMMIT").unwrap();
+    let want = summary(a);
+    wait_for("the replayed transaction", Duration::from_secs(120), || summary(b), want);
+
+    // 3. A conflict needs the commit timestamp: the row exists on the subscriber
+    //    (written there earlier); the stream is replayed at commit and the newer
+    //    remote row wins (last_update_wins).
+    b.execute("INSERT INTO t VALUES (500000, 'local, older')").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'third' FROM generate_series(400001, 500000) g; COMMIT").unwrap();
+    let want = summary(a);
+    wait_for("the conflicting transaction replayed", Duration::from_secs(120), || summary(b), want);
+    assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 500000").unwrap(), "third");
 }

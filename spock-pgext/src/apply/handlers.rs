@@ -43,6 +43,12 @@ pub struct ApplySession {
     progress_slot: Option<usize>,
     /// The provider's insert position last reported.
     pub remote_insert_lsn: u64,
+    /// Eager apply of a streamed transaction (apply::stream): its commit timestamp is
+    /// not known yet, so a conflict only sets `eager_conflict` and the transaction
+    /// is rolled back and replayed from its spill file at commit.
+    pub eager: bool,
+    /// A conflict was met during eager apply.
+    pub eager_conflict: bool,
 }
 
 struct RemoteTxn {
@@ -74,6 +80,8 @@ impl ApplySession {
             change_cxt,
             progress_slot: None,
             remote_insert_lsn: 0,
+            eager: false,
+            eager_conflict: false,
         }
     }
 
@@ -100,6 +108,22 @@ impl ApplySession {
                 p.remote_insert_lsn = p.remote_insert_lsn.max(insert);
             });
         }
+    }
+
+    /// Rolls back the local transaction of the remote transaction being applied and
+    /// forgets it (eager apply of a stream that must be replayed at commit instead).
+    pub fn abandon_remote(&mut self) {
+        if let Some(r) = self.remote.take() {
+            if r.local_started {
+                // SAFETY: aborts the apply transaction this session started.
+                unsafe { pg_sys::AbortCurrentTransaction() };
+            }
+        }
+        for r in self.rels.values_mut() {
+            r.local = None;
+        }
+        self.eager = false;
+        self.eager_conflict = false;
     }
 
     /// Whether a remote transaction is open.
@@ -369,6 +393,11 @@ impl ApplySession {
 
     /// Decides a conflict of `kind` against the local row version.
     fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
+        if self.eager {
+            // Needs the remote commit timestamp: replayed at commit instead.
+            self.eager_conflict = true;
+            return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
+        }
         let remote = self.remote_version();
         let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
         let remote_tb = {

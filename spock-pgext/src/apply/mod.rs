@@ -174,7 +174,8 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         .unwrap_or_else(|e| fail(&sub, "could not connect to the provider in replication mode", e));
     // Files of streamed transactions from an earlier run are useless: the provider
     // streams again from `start`.
-    let mut streams = stream::StreamReceiver::new(sub.id, &sub.name);
+    let eager_allowed = sub.forward_origins.is_empty() && sub.skip_lsn == 0;
+    let mut streams = stream::StreamReceiver::new(sub.id, &sub.name, eager_allowed, sub.provider_node_id);
     let cmd = start_replication_command(&sub, &conn, start);
     conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(&sub, "could not start replication", e));
     report_activity("replicating");

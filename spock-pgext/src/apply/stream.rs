@@ -12,10 +12,21 @@
 //! crash), conflict resolution and `sub_alter_skiplsn` all work exactly as for a
 //! transaction that was not streamed.
 //!
-//! Nothing of a stream is applied before its commit, relation messages included:
-//! they are replayed from the file in order. The files are not needed after a
-//! restart (the provider streams again from the origins' progress), so the worker
-//! removes its directory when it starts.
+//! Eager apply: when a stream begins while nothing else is in flight, its changes
+//! are also applied at once, in a local transaction left open, while they are still
+//! spilled. If the stream commits before anything else arrives, that local
+//! transaction simply commits (with the commit's LSN and timestamp under the
+//! subscription's origin): a huge transaction is then visible right after its commit
+//! instead of after a replay. As soon as anything else arrives (another transaction
+//! or stream, a subtransaction abort, a sync event) or a change meets a conflict
+//! (whose resolution needs the commit timestamp, not known yet), the eager local
+//! transaction is rolled back and the transaction is replayed from the file at
+//! commit as described above. Only for subscriptions that do not forward other
+//! nodes' transactions (the origin is then known before the commit) and have no
+//! `sub_alter_skiplsn` pending; `spock.stream_eager_apply` turns it off.
+//!
+//! The files are not needed after a restart (the provider streams again from the
+//! origins' progress), so the worker removes its directory when it starts.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgrx::PgSqlErrorCode;
-use spock_core::proto::{Decoded, Message, ProtoVersion};
+use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion};
 use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
 
 use super::handlers::ApplySession;
@@ -51,6 +62,12 @@ pub struct StreamReceiver {
     /// The transaction whose stream block is open (between `s` and `e`).
     current: Option<u32>,
     txns: HashMap<u32, SpilledTxn>,
+    /// Eager apply may be tried (see the module doc).
+    eager_allowed: bool,
+    /// The provider's node id (the origin of the transactions applied eagerly).
+    provider_node: u16,
+    /// The streamed transaction being applied eagerly.
+    eager: Option<u32>,
 }
 
 fn protocol_error(sub: &str, msg: impl Into<String>) -> ! {
@@ -73,14 +90,23 @@ fn spill_error(sub: &str, path: &std::path::Path, e: SpillError) -> ! {
 
 impl StreamReceiver {
     /// The receiver of subscription `sub_id`; removes files left by an earlier run.
-    pub fn new(sub_id: u32, sub_name: &str) -> StreamReceiver {
+    /// `eager_allowed`: whether eager apply may be tried for this subscription.
+    pub fn new(sub_id: u32, sub_name: &str, eager_allowed: bool, provider_node: u16) -> StreamReceiver {
         let dir = PathBuf::from("pg_spock").join("stream").join(sub_id.to_string());
         if dir.exists() {
             if let Err(e) = fs::remove_dir_all(&dir) {
                 io_error(sub_name, "remove directory", &dir, e);
             }
         }
-        StreamReceiver { sub_name: sub_name.to_string(), dir, current: None, txns: HashMap::new() }
+        StreamReceiver {
+            sub_name: sub_name.to_string(),
+            dir,
+            current: None,
+            txns: HashMap::new(),
+            eager_allowed,
+            provider_node,
+            eager: None,
+        }
     }
 
     /// Whether a streamed transaction is open (received in part, not yet committed
@@ -102,22 +128,94 @@ impl StreamReceiver {
         session: &mut ApplySession,
         keepalive: &mut dyn FnMut(),
     ) {
-        match &d.message {
-            Message::StreamStart(s) => self.start(s.xid, s.first_segment),
-            Message::StreamChange(c) => self.change(c.xid, payload),
+        match d.message {
+            Message::StreamStart(s) => {
+                if self.eager.is_some_and(|x| x != s.xid) {
+                    self.fall_back(session, "another transaction is streamed");
+                }
+                self.start(s.xid, s.first_segment);
+                if s.first_segment && self.eager.is_none() && self.txns.len() == 1 && !session.in_remote_transaction() {
+                    self.begin_eager(s.xid, session);
+                }
+            }
+            Message::StreamChange(c) => {
+                self.change(c.xid, payload);
+                if self.eager.is_some() && self.eager == self.current {
+                    session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *c.message });
+                    if session.eager_conflict {
+                        self.fall_back(session, "a conflict needs the commit timestamp");
+                    }
+                }
+            }
             Message::StreamStop(_) => self.stop(),
-            Message::StreamAbort(a) => self.abort(a.xid, a.subxid),
+            Message::StreamAbort(a) => {
+                if self.eager == Some(a.xid) {
+                    self.fall_back(session, "a subtransaction or the transaction aborted");
+                }
+                self.abort(a.xid, a.subxid)
+            }
             Message::StreamCommit(c) => {
-                let c = c.clone();
-                self.commit(&c, d.remote_insert_lsn, version, session, keepalive)
+                if self.eager == Some(c.xid) && (c.origin_id == 0 || c.origin_id == self.provider_node) {
+                    self.commit_eager(&c, d.remote_insert_lsn, session);
+                } else {
+                    if self.eager.is_some() {
+                        self.fall_back(session, "another transaction commits first");
+                    }
+                    self.commit(&c, d.remote_insert_lsn, version, session, keepalive)
+                }
             }
             other => {
                 if self.current.is_some() {
                     protocol_error(&self.sub_name, format!("message '{}' inside a stream block", other.letter() as char));
                 }
-                session.handle(d)
+                if self.eager.is_some() {
+                    self.fall_back(session, "another transaction arrived");
+                }
+                session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: other })
             }
         }
+    }
+
+    /// Starts applying streamed transaction `xid` as it arrives.
+    fn begin_eager(&mut self, xid: u32, session: &mut ApplySession) {
+        if !self.eager_allowed || !crate::gucs::STREAM_EAGER_APPLY.get() {
+            return;
+        }
+        // The commit LSN and time are not known yet; the origin is the provider's
+        // (the subscription forwards nothing else).
+        session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(Begin { flags: 0, final_lsn: 0, commit_time: 0, xid }) });
+        session.handle(Decoded {
+            remote_insert_lsn: None,
+            message: Message::Origin(Origin { origin_lsn: 0, origin_id: self.provider_node, origin_name: None }),
+        });
+        session.eager = true;
+        self.eager = Some(xid);
+        pgrx::debug1!("spock subscription {}: applying streamed transaction {xid} eagerly", self.sub_name);
+    }
+
+    /// Rolls the eager local transaction back; the stream is replayed at commit.
+    fn fall_back(&mut self, session: &mut ApplySession, why: &str) {
+        if let Some(xid) = self.eager.take() {
+            session.abandon_remote();
+            pgrx::debug1!("spock subscription {}: streamed transaction {xid} will be replayed at commit: {why}", self.sub_name);
+        }
+    }
+
+    /// Commits the eagerly applied transaction.
+    fn commit_eager(&mut self, c: &spock_core::proto::StreamCommit, insert_lsn: Option<u64>, session: &mut ApplySession) {
+        if self.current.is_some() {
+            protocol_error(&self.sub_name, format!("stream commit of transaction {} inside a stream block", c.xid));
+        }
+        self.eager = None;
+        session.eager = false;
+        if let Some(txn) = self.txns.remove(&c.xid) {
+            drop(txn.writer);
+            if let Err(e) = fs::remove_file(&txn.path) {
+                pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, txn.path.display());
+            }
+        }
+        session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
+        pgrx::debug1!("spock subscription {}: committed eagerly applied streamed transaction {}", self.sub_name, c.xid);
     }
 
     fn start(&mut self, xid: u32, first_segment: bool) {
