@@ -222,6 +222,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
             if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
                 return;
             }
+            stream::exit_if_postmaster_died();
         }
         if let Some(f) = session.flushed_remote_lsn() {
             flushed = flushed.max(f);

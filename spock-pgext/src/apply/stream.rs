@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion};
 use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
@@ -46,6 +47,28 @@ use crate::error::PgError;
 const SPILL_BUFFER: usize = 64 * 1024;
 /// How often the provider hears from us while a long transaction is applied.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Exits like any backend whose postmaster died (`WL_EXIT_ON_PM_DEATH`), for loops
+/// that may run long without waiting on the latch: applying a large streamed
+/// transaction, or draining a stream that keeps arriving. A kill -9 of the
+/// postmaster must not leave the worker attached to shared memory.
+pub fn exit_if_postmaster_died() {
+    // SAFETY: reads a backend global; proc_exit is how a backend leaves.
+    unsafe {
+        if std::os::unix::process::parent_id() != pg_sys::PostmasterPid as u32 {
+            pg_sys::proc_exit(1);
+        }
+    }
+}
+
+impl Drop for StreamReceiver {
+    /// The worker stops (or fails): its files are useless, the provider streams
+    /// again from the origins' progress.
+    fn drop(&mut self) {
+        self.txns.clear();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
 
 /// One streamed transaction being received.
 struct SpilledTxn {
@@ -360,6 +383,7 @@ impl StreamReceiver {
             replayed += 1;
             if replayed.is_multiple_of(1024) {
                 pgrx::check_for_interrupts!();
+                exit_if_postmaster_died();
                 if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
                     keepalive();
                     last_keepalive = Instant::now();
