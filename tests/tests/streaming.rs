@@ -438,3 +438,85 @@ fn eager_apply_commits_or_falls_back_to_the_spill_file() {
     wait_for("the conflicting transaction replayed", Duration::from_secs(120), || summary(b), want);
     assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 500000").unwrap(), "third");
 }
+
+/// Row changes of the whole slot as a subscriber would apply them: streamed ones
+/// (minus aborted subtransactions) and non-streamed ones, in commit order, without
+/// relation messages.
+fn applied_changes(msgs: &[Decoded]) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut streams: std::collections::HashMap<u32, Vec<(u32, Message)>> = Default::default();
+    let mut current = None;
+    for d in msgs {
+        match &d.message {
+            Message::StreamStart(s) => current = Some(s.xid),
+            Message::StreamStop(_) => current = None,
+            Message::StreamChange(c) => streams.entry(current.unwrap()).or_default().push((c.xid, (*c.message).clone())),
+            Message::StreamAbort(a) if a.xid == a.subxid => {
+                streams.remove(&a.xid);
+            }
+            Message::StreamAbort(a) => {
+                let kept = streams.entry(a.xid).or_default();
+                if let Some(pos) = kept.iter().position(|(x, _)| *x == a.subxid) {
+                    kept.truncate(pos);
+                }
+            }
+            Message::StreamCommit(c) => out.extend(streams.remove(&c.xid).unwrap_or_default().into_iter().map(|(_, m)| m)),
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => out.push(d.message.clone()),
+            _ => {}
+        }
+    }
+    out.retain(|m| !matches!(m, Message::Relation(_)));
+    out
+}
+
+#[test]
+fn streamed_and_non_streamed_transactions_are_filtered_alike() {
+    let node = provider("p3");
+    node.execute("CREATE TABLE f(id int PRIMARY KEY, region text, secret text, amount int)").unwrap();
+    node.execute(
+        "SELECT spock.repset_add_table('default', 'f', columns := ARRAY['id','region','amount'], row_filter := 'region = ''eu'' AND amount > 10')",
+    )
+    .unwrap();
+    node.execute("SELECT spock.repset_add_table('default_insert_only', 'unpublished')").unwrap();
+    // Let the rows of table t come from another origin: they must be filtered out.
+    node.execute("SELECT pg_replication_origin_create('elsewhere')").unwrap();
+    node.execute(
+        "BEGIN;
+         INSERT INTO f SELECT g, CASE WHEN g % 3 = 0 THEN 'us' ELSE 'eu' END, 'secret ' || g, g % 50 FROM generate_series(1, 5000) g;
+         UPDATE f SET amount = amount + 7 WHERE id % 4 = 0;
+         DELETE FROM f WHERE id % 10 = 0;
+         INSERT INTO unpublished SELECT g, 'x' FROM generate_series(1, 2000) g;
+         UPDATE unpublished SET v = 'y' WHERE id < 100;
+         DELETE FROM unpublished WHERE id < 50;
+         SAVEPOINT s;
+         INSERT INTO f SELECT g, 'eu', 'gone', 99 FROM generate_series(10001, 12000) g;
+         ROLLBACK TO SAVEPOINT s;
+         INSERT INTO t SELECT g, repeat('x', 50) FROM generate_series(1, 1000) g;
+         COMMIT",
+    )
+    .unwrap();
+    let mut c = node.connect().unwrap();
+    c.batch_execute(
+        "SELECT pg_replication_origin_session_setup('elsewhere');
+         INSERT INTO t SELECT g, repeat('o', 50) FROM generate_series(5001, 8000) g;",
+    )
+    .unwrap();
+    drop(c);
+    let streamed = slot_messages(&node, "postgres", "s", &text_params(Some("1")), true).unwrap();
+    let plain = slot_messages(&node, "postgres", "s", &text_params(None), true).unwrap();
+    assert!(streamed.iter().any(|d| matches!(d.message, Message::StreamCommit(_))), "streamed: {}", shape(&streamed));
+    assert!(!plain.iter().any(|d| matches!(d.message, Message::StreamStart(_))));
+    let (a, b) = (applied_changes(&streamed), applied_changes(&plain));
+    assert_eq!(a.len(), b.len(), "streamed {} vs plain {}", shape(&streamed), shape(&plain));
+    assert!(a == b, "the same changes, streamed or not");
+    // Only f's published columns and rows, and t's local rows (not the other origin's).
+    assert!(a.iter().all(|m| match m {
+        Message::Insert(i) => i.new.columns.len() == 3 || i.new.columns.len() == 2,
+        _ => true,
+    }));
+    let t_inserts = a.iter().filter(|m| matches!(m, Message::Insert(i) if i.new.columns.len() == 2)).count();
+    assert_eq!(t_inserts, 1000);
+    // Relation messages: every streamed change has its R earlier in its transaction.
+    let rels = streamed.iter().filter(|d| matches!(&d.message, Message::StreamChange(c) if c.message.letter() == b'R')).count();
+    assert!(rels >= 2, "{}", shape(&streamed));
+}
