@@ -52,7 +52,13 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// that may run long without waiting on the latch: applying a large streamed
 /// transaction, or draining a stream that keeps arriving. A kill -9 of the
 /// postmaster must not leave the worker attached to shared memory.
+/// Checks every 256th call (a system call each time would cost more than applying
+/// a row).
 pub fn exit_if_postmaster_died() {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if !CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(256) {
+        return;
+    }
     // SAFETY: reads a backend global; proc_exit is how a backend leaves.
     unsafe {
         if std::os::unix::process::parent_id() != pg_sys::PostmasterPid as u32 {
@@ -381,9 +387,9 @@ impl StreamReceiver {
             };
             session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
             replayed += 1;
+            exit_if_postmaster_died();
             if replayed.is_multiple_of(1024) {
                 pgrx::check_for_interrupts!();
-                exit_if_postmaster_died();
                 if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
                     keepalive();
                     last_keepalive = Instant::now();
