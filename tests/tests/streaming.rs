@@ -551,3 +551,27 @@ fn a_provider_killed_during_a_stream_leaves_nothing_behind() {
     a.execute("BEGIN; INSERT INTO t SELECT g, 'kept' FROM generate_series(1, 50000) g; COMMIT").unwrap();
     wait_for("a later streamed transaction", Duration::from_secs(120), || summary(b), summary(a));
 }
+
+#[test]
+fn interleaved_streamed_transactions_commit_in_their_order() {
+    let cluster = pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut x = a.connect().unwrap();
+    let mut y = a.connect().unwrap();
+    x.batch_execute("BEGIN").unwrap();
+    y.batch_execute("BEGIN").unwrap();
+    for i in 0..4 {
+        let base = i * 20_000;
+        x.batch_execute(&format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", base + 1, base + 10_000)).unwrap();
+        y.batch_execute(&format!("INSERT INTO t SELECT g, 'y' FROM generate_series({}, {}) g", base + 10_001, base + 20_000)).unwrap();
+    }
+    wait_for("both transactions spilled", Duration::from_secs(60), || spill_files(b), 2);
+    // y commits first, then x updates rows y wrote (it waits for y's locks: none,
+    // the rows are different) and commits.
+    y.batch_execute("COMMIT").unwrap();
+    x.batch_execute("UPDATE t SET v = 'x after y' WHERE v = 'y' AND id % 7 = 0; COMMIT").unwrap();
+    let want = summary(a);
+    assert_eq!(want.0, 80_000);
+    wait_for("both applied in commit order", Duration::from_secs(120), || summary(b), want);
+    wait_for("no spill file left", Duration::from_secs(30), || spill_files(b), 0);
+}
