@@ -12,12 +12,15 @@
 //! callers see one shape whatever the version. Integers are big-endian. Decoding
 //! never panics: malformed input gives a [`DecodeError`] with the byte offset.
 //!
+//! [`stream`] checks the order of the stream messages of large transactions.
+//!
 //! [`startup`] has the startup parameters a subscriber sends and the pure
 //! negotiation a provider runs on them.
 
 mod codec;
 pub mod message;
 pub mod startup;
+pub mod stream;
 pub mod tuple;
 pub mod writer;
 

@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use spock_core::proto::stream::StreamOrder;
 use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion};
 use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
 
@@ -88,8 +89,8 @@ struct SpilledTxn {
 pub struct StreamReceiver {
     sub_name: String,
     dir: PathBuf,
-    /// The transaction whose stream block is open (between `s` and `e`).
-    current: Option<u32>,
+    /// Which blocks and transactions are open; rejects messages out of order.
+    order: StreamOrder,
     txns: HashMap<u32, SpilledTxn>,
     /// Eager apply may be tried (see the module doc).
     eager_allowed: bool,
@@ -130,7 +131,7 @@ impl StreamReceiver {
         StreamReceiver {
             sub_name: sub_name.to_string(),
             dir,
-            current: None,
+            order: StreamOrder::new(),
             txns: HashMap::new(),
             eager_allowed,
             provider_node,
@@ -157,6 +158,10 @@ impl StreamReceiver {
         session: &mut ApplySession,
         keepalive: &mut dyn FnMut(),
     ) {
+        let block = self.order.block();
+        if let Err(e) = self.order.accept(&d.message) {
+            protocol_error(&self.sub_name, e.to_string());
+        }
         match d.message {
             Message::StreamStart(s) => {
                 if self.eager.is_some_and(|x| x != s.xid) {
@@ -169,14 +174,14 @@ impl StreamReceiver {
             }
             Message::StreamChange(c) => {
                 self.change(c.xid, payload);
-                if self.eager.is_some() && self.eager == self.current {
+                if self.eager.is_some() && self.eager == self.order.block() {
                     session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *c.message });
                     if session.eager_conflict {
                         self.fall_back(session, "a conflict needs the commit timestamp");
                     }
                 }
             }
-            Message::StreamStop(_) => self.stop(),
+            Message::StreamStop(_) => self.stop(block),
             Message::StreamAbort(a) => {
                 if self.eager == Some(a.xid) {
                     self.fall_back(session, "a subtransaction or the transaction aborted");
@@ -194,9 +199,6 @@ impl StreamReceiver {
                 }
             }
             other => {
-                if self.current.is_some() {
-                    protocol_error(&self.sub_name, format!("message '{}' inside a stream block", other.letter() as char));
-                }
                 if self.eager.is_some() {
                     self.fall_back(session, "another transaction arrived");
                 }
@@ -232,9 +234,6 @@ impl StreamReceiver {
 
     /// Commits the eagerly applied transaction.
     fn commit_eager(&mut self, c: &spock_core::proto::StreamCommit, insert_lsn: Option<u64>, session: &mut ApplySession) {
-        if self.current.is_some() {
-            protocol_error(&self.sub_name, format!("stream commit of transaction {} inside a stream block", c.xid));
-        }
         self.eager = None;
         session.eager = false;
         if let Some(txn) = self.txns.remove(&c.xid) {
@@ -248,9 +247,6 @@ impl StreamReceiver {
     }
 
     fn start(&mut self, xid: u32, first_segment: bool) {
-        if let Some(open) = self.current {
-            protocol_error(&self.sub_name, format!("stream start for transaction {xid} while the stream of {open} is open"));
-        }
         if first_segment {
             if let Some(old) = self.txns.remove(&xid) {
                 let _ = fs::remove_file(&old.path);
@@ -259,7 +255,6 @@ impl StreamReceiver {
         } else if !self.txns.contains_key(&xid) {
             protocol_error(&self.sub_name, format!("stream continues transaction {xid}, whose first segment was not received"));
         }
-        self.current = Some(xid);
     }
 
     fn create_file(&self, xid: u32) -> SpilledTxn {
@@ -280,10 +275,9 @@ impl StreamReceiver {
     }
 
     fn change(&mut self, subxid: u32, payload: &Bytes) {
-        let Some(xid) = self.current else {
+        let Some(txn) = self.order.block().and_then(|xid| self.txns.get_mut(&xid)) else {
             protocol_error(&self.sub_name, "stream change outside a stream block");
         };
-        let txn = self.txns.get_mut(&xid).expect("the open stream has a file");
         txn.marks.note(subxid, txn.writer.offset());
         if let Err(e) = txn.writer.append(payload) {
             spill_error(&self.sub_name, &txn.path, e);
@@ -291,20 +285,17 @@ impl StreamReceiver {
         txn.changes += 1;
     }
 
-    fn stop(&mut self) {
-        let Some(xid) = self.current.take() else {
+    /// Ends the block of `block` (the order check closed it already).
+    fn stop(&mut self, block: Option<u32>) {
+        let Some(txn) = block.and_then(|xid| self.txns.get_mut(&xid)) else {
             protocol_error(&self.sub_name, "stream stop without stream start");
         };
-        let txn = self.txns.get_mut(&xid).expect("the open stream has a file");
         if let Err(e) = txn.writer.flush() {
             spill_error(&self.sub_name, &txn.path, e);
         }
     }
 
     fn abort(&mut self, xid: u32, subxid: u32) {
-        if self.current.is_some() {
-            protocol_error(&self.sub_name, format!("stream abort of transaction {xid} inside a stream block"));
-        }
         if xid == subxid {
             let Some(txn) = self.txns.remove(&xid) else {
                 protocol_error(&self.sub_name, format!("stream abort for unknown transaction {xid}"));
@@ -342,9 +333,6 @@ impl StreamReceiver {
         session: &mut ApplySession,
         keepalive: &mut dyn FnMut(),
     ) {
-        if self.current.is_some() {
-            protocol_error(&self.sub_name, format!("stream commit of transaction {} inside a stream block", c.xid));
-        }
         let Some(txn) = self.txns.remove(&c.xid) else {
             protocol_error(&self.sub_name, format!("stream commit for unknown transaction {}", c.xid));
         };
