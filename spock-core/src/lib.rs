@@ -12,6 +12,7 @@
 //! * [`names`]: PostgreSQL's `hash_any`, Spock's node ids, slot and origin names.
 //! * [`ident`]: PostgreSQL identifier-list parsing (`SplitIdentifierString`).
 //! * [`ddl`]: `spock.queue` messages (DDL, sequences), AutoDDL set placement.
+//! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
 //! facts from the server and asks this crate what to do.
@@ -26,6 +27,7 @@ pub mod names;
 pub mod origin;
 pub mod proto;
 pub mod repset;
+pub mod spill;
 
 /// Version of spock-rs as reported by `spock.spock_version()`.
 pub const SPOCK_RS_VERSION: &str = env!("CARGO_PKG_VERSION");

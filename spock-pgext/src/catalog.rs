@@ -13,18 +13,20 @@ use crate::error::{spi_failed, PgError};
 /// in the startup callback nor while decoding; during decoding the transaction
 /// snapshot PostgreSQL hands out is the historic one of the decoded change.
 fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: plain snapshot-stack calls inside a transaction; the snapshot pushed
-    // here is popped before returning (an ERROR aborts the transaction, which
-    // resets the stack).
-    unsafe {
-        if pg_sys::ActiveSnapshotSet() {
-            return f();
+    crate::output_plugin::allow_table_scans_while_streaming(|| {
+        // SAFETY: plain snapshot-stack calls inside a transaction; the snapshot pushed
+        // here is popped before returning (an ERROR aborts the transaction, which
+        // resets the stack).
+        unsafe {
+            if pg_sys::ActiveSnapshotSet() {
+                return f();
+            }
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let r = f();
+            pg_sys::PopActiveSnapshot();
+            r
         }
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let r = f();
-        pg_sys::PopActiveSnapshot();
-        r
-    }
+    })
 }
 
 /// The node this database is.

@@ -104,6 +104,15 @@ pub static RESTART_DELAY_ON_EXCEPTION: GucSetting<i32> = GucSetting::<i32>::new(
 /// `spock.pause_timeout`: longest pause of apply workers (`spock.pause_apply_workers()`),
 /// in milliseconds; a pause that is not resumed ends by itself.
 pub static PAUSE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// `spock.stream_large_transactions` (spock-rs): apply workers ask the provider to
+/// stream large in-progress transactions (`spock_rs.streaming`). Read when a worker
+/// connects.
+pub static STREAM_LARGE_TRANSACTIONS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `spock.stream_eager_apply` (spock-rs): apply a streamed transaction while it
+/// arrives when nothing else is in flight (rolled back and replayed from the spill
+/// file at commit if anything interleaves or conflicts).
+pub static STREAM_EAGER_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
@@ -184,6 +193,22 @@ pub fn init() {
         c"Record resolved conflicts in spock.resolutions.",
         c"",
         &SAVE_RESOLUTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.stream_large_transactions",
+        c"Ask providers to stream large transactions while they are in progress.",
+        c"The subscriber spills them to pg_spock/stream and applies them at commit. Only spock-rs providers stream; takes effect when an apply worker (re)connects.",
+        &STREAM_LARGE_TRANSACTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.stream_eager_apply",
+        c"Apply a streamed transaction while it arrives when nothing else is in flight.",
+        c"Rolled back and replayed from the spill file at commit when another transaction interleaves or a conflict needs the commit timestamp.",
+        &STREAM_EAGER_APPLY,
         GucContext::Sighup,
         GucFlags::default(),
     );

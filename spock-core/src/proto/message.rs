@@ -17,6 +17,18 @@
 //! | `T` | nrelids i32, flags i8 (1 cascade, 2 restart identity), relids u32... |
 //! | `C` | flags u8, commit_lsn i64, end_lsn i64, commit_time i64, [v4: insert_lsn i64] |
 //! | `M` | xid u32, lsn i64, transactional u8, prefix\0, size i32, payload |
+//!
+//! spock-rs's streaming of large in-progress transactions (sent only to a client
+//! that asked with the startup parameter `spock_rs.streaming`; Spock never uses these
+//! letters):
+//!
+//! | letter | body |
+//! |---|---|
+//! | `s` | flags u8 (0x01: first segment of this transaction), xid u32 |
+//! | `e` | flags u8 |
+//! | `x` | xid u32 of the (sub)transaction, then one `R`, `I`, `U`, `D`, `T` or `M` message (letter and body) |
+//! | `c` | flags u8 (0x01: origin name follows), xid u32, commit_lsn i64, end_lsn i64, commit_time i64, origin_lsn i64, origin_id u16, [name\0] |
+//! | `a` | flags u8, xid u32, subxid u32 (equal to xid: the whole transaction) |
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -34,6 +46,10 @@ pub const COLUMN_FLAG_REPLICA_IDENTITY: u8 = 0x01;
 pub const TRUNCATE_CASCADE: u8 = 0x01;
 /// TRUNCATE flag: `RESTART IDENTITY`.
 pub const TRUNCATE_RESTART_SEQS: u8 = 0x02;
+/// STREAM START flag: the first segment of this transaction on the connection.
+pub const STREAM_FIRST_SEGMENT: u8 = 0x01;
+/// STREAM COMMIT flag: the origin's node name follows.
+pub const STREAM_COMMIT_HAS_ORIGIN_NAME: u8 = 0x01;
 
 /// One message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +76,16 @@ pub enum Message {
     Commit(Commit),
     /// `M`: a logical decoding message (Spock's sync events).
     LogicalMessage(LogicalMessage),
+    /// `s`: a block of changes of an in-progress transaction begins (spock-rs).
+    StreamStart(StreamStart),
+    /// `e`: the block of changes ends (spock-rs).
+    StreamStop(StreamStop),
+    /// `x`: a change inside a stream block, with its (sub)transaction id (spock-rs).
+    StreamChange(StreamChange),
+    /// `c`: a streamed transaction commits (spock-rs).
+    StreamCommit(StreamCommit),
+    /// `a`: a streamed transaction or one of its subtransactions aborts (spock-rs).
+    StreamAbort(StreamAbort),
 }
 
 impl Message {
@@ -77,6 +103,11 @@ impl Message {
             Message::Truncate(_) => b'T',
             Message::Commit(_) => b'C',
             Message::LogicalMessage(_) => b'M',
+            Message::StreamStart(_) => b's',
+            Message::StreamStop(_) => b'e',
+            Message::StreamChange(_) => b'x',
+            Message::StreamCommit(_) => b'c',
+            Message::StreamAbort(_) => b'a',
         }
     }
 
@@ -107,8 +138,48 @@ impl Message {
                 }
             }
             Message::LogicalMessage(m) => m.encode_body(out)?,
+            Message::StreamStart(m) => m.encode_body(out),
+            Message::StreamStop(m) => m.encode_body(out),
+            Message::StreamChange(m) => m.encode_body(out)?,
+            Message::StreamCommit(m) => m.encode_body(out)?,
+            Message::StreamAbort(m) => m.encode_body(out),
         }
         Ok(())
+    }
+
+    /// Appends the letter and body of a message that may travel inside a stream
+    /// change `x` (R, I, U, D, T, M).
+    fn encode_streamable(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u8(self.letter());
+        match self {
+            Message::Relation(m) => m.encode_body(out),
+            Message::Insert(m) => m.encode_body(out),
+            Message::Update(m) => m.encode_body(out),
+            Message::Delete(m) => m.encode_body(out),
+            Message::Truncate(m) => m.encode_body(out),
+            Message::LogicalMessage(m) => m.encode_body(out),
+            _ => Err(EncodeError::Unsupported("only R, I, U, D, T and M messages can be streamed")),
+        }
+    }
+
+    /// Decodes the letter and body of a message inside a stream change `x`.
+    fn decode_streamable(r: &mut Reader<'_>) -> Result<Message, DecodeError> {
+        let letter_at = r.offset();
+        let letter = r.u8()?;
+        Ok(match letter {
+            b'R' => Message::Relation(Relation::decode_body(r)?),
+            b'I' => Message::Insert(Insert::decode_body(r)?),
+            b'U' => Message::Update(Update::decode_body(r)?),
+            b'D' => Message::Delete(Delete::decode_body(r)?),
+            b'T' => Message::Truncate(Truncate::decode_body(r)?),
+            b'M' => Message::LogicalMessage(LogicalMessage::decode_body(r)?),
+            other => {
+                return Err(r.err_at(
+                    letter_at,
+                    DecodeErrorKind::UnexpectedMarker { expected: "a streamable message 'R', 'I', 'U', 'D', 'T' or 'M'", found: other as char },
+                ))
+            }
+        })
     }
 
     /// Decodes one non-startup message in protocol `version`.
@@ -134,6 +205,11 @@ impl Message {
                 Message::Commit(commit)
             }
             b'M' => Message::LogicalMessage(LogicalMessage::decode_body(&mut r)?),
+            b's' => Message::StreamStart(StreamStart::decode_body(&mut r)?),
+            b'e' => Message::StreamStop(StreamStop::decode_body(&mut r)?),
+            b'x' => Message::StreamChange(StreamChange::decode_body(&mut r)?),
+            b'c' => Message::StreamCommit(StreamCommit::decode_body(&mut r)?),
+            b'a' => Message::StreamAbort(StreamAbort::decode_body(&mut r)?),
             other => {
                 return Err(r.err_at(letter_at, DecodeErrorKind::UnknownMessageType(other as char)));
             }
@@ -674,5 +750,158 @@ impl LogicalMessage {
             prefix,
             content: r.bytes(len)?,
         })
+    }
+}
+
+/// `s`: the changes that follow, up to `e`, belong to in-progress transaction `xid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStart {
+    /// The top-level transaction id.
+    pub xid: u32,
+    /// The first block of this transaction sent on the connection.
+    pub first_segment: bool,
+}
+
+impl StreamStart {
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u8(if self.first_segment { STREAM_FIRST_SEGMENT } else { 0 });
+        out.put_u32(self.xid);
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<StreamStart, DecodeError> {
+        let flags = r.u8()?;
+        Ok(StreamStart { first_segment: flags & STREAM_FIRST_SEGMENT != 0, xid: r.u32()? })
+    }
+}
+
+/// `e`: the current stream block ends (more blocks, or the commit or abort, follow
+/// later, possibly after other transactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStop {
+    /// Flags (always 0 today).
+    pub flags: u8,
+}
+
+impl StreamStop {
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u8(self.flags);
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<StreamStop, DecodeError> {
+        Ok(StreamStop { flags: r.u8()? })
+    }
+}
+
+/// `x`: one change (or relation message) of a streamed transaction, attributed to
+/// the (sub)transaction that made it, so a subtransaction abort can drop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamChange {
+    /// The (sub)transaction id of the change.
+    pub xid: u32,
+    /// The change: a Relation, Insert, Update, Delete, Truncate or LogicalMessage.
+    pub message: Box<Message>,
+}
+
+impl StreamChange {
+    fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u32(self.xid);
+        self.message.encode_streamable(out)
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<StreamChange, DecodeError> {
+        let xid = r.u32()?;
+        Ok(StreamChange { xid, message: Box::new(Message::decode_streamable(r)?) })
+    }
+}
+
+/// `c`: streamed transaction `xid` committed; it carries what `B`, `O` and `C`
+/// carry for a transaction that is not streamed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamCommit {
+    /// The top-level transaction id.
+    pub xid: u32,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// LSN just past the commit record: where a restart resumes.
+    pub end_lsn: Lsn,
+    /// Commit timestamp on the provider.
+    pub commit_time: PgTimestamp,
+    /// As in `O`: the commit LSN on the origin node (0 when unknown).
+    pub origin_lsn: Lsn,
+    /// As in `O`: the origin node's id.
+    pub origin_id: u16,
+    /// As in `O`: the origin node's name.
+    pub origin_name: Option<String>,
+}
+
+impl StreamCommit {
+    fn encode_body(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        out.put_u8(if self.origin_name.is_some() { STREAM_COMMIT_HAS_ORIGIN_NAME } else { 0 });
+        out.put_u32(self.xid);
+        out.put_u64(self.commit_lsn);
+        out.put_u64(self.end_lsn);
+        out.put_i64(self.commit_time);
+        out.put_u64(self.origin_lsn);
+        out.put_u16(self.origin_id);
+        if let Some(name) = &self.origin_name {
+            put_cstring(out, name, "origin name")?;
+        }
+        Ok(())
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<StreamCommit, DecodeError> {
+        let flags = r.u8()?;
+        Ok(StreamCommit {
+            xid: r.u32()?,
+            commit_lsn: r.u64()?,
+            end_lsn: r.u64()?,
+            commit_time: r.i64()?,
+            origin_lsn: r.u64()?,
+            origin_id: r.u16()?,
+            origin_name: if flags & STREAM_COMMIT_HAS_ORIGIN_NAME != 0 { Some(r.cstring()?) } else { None },
+        })
+    }
+
+    /// The BEGIN a subscriber applies the streamed transaction under.
+    pub fn begin(&self) -> Begin {
+        Begin { flags: 0, final_lsn: self.commit_lsn, commit_time: self.commit_time, xid: self.xid }
+    }
+
+    /// The ORIGIN of the streamed transaction.
+    pub fn origin(&self) -> Origin {
+        Origin { origin_lsn: self.origin_lsn, origin_id: self.origin_id, origin_name: self.origin_name.clone() }
+    }
+
+    /// The COMMIT that ends the applied transaction.
+    pub fn commit(&self) -> Commit {
+        Commit { flags: 0, commit_lsn: self.commit_lsn, end_lsn: self.end_lsn, commit_time: self.commit_time }
+    }
+}
+
+/// `a`: subtransaction `subxid` of streamed transaction `xid` (or the whole
+/// transaction, when `subxid == xid`) rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamAbort {
+    /// The top-level transaction id.
+    pub xid: u32,
+    /// The aborted (sub)transaction.
+    pub subxid: u32,
+}
+
+impl StreamAbort {
+    /// Whether the whole transaction aborted.
+    pub fn is_toplevel(&self) -> bool {
+        self.xid == self.subxid
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
+        out.put_u8(0);
+        out.put_u32(self.xid);
+        out.put_u32(self.subxid);
+    }
+
+    fn decode_body(r: &mut Reader<'_>) -> Result<StreamAbort, DecodeError> {
+        let _flags = r.u8()?;
+        Ok(StreamAbort { xid: r.u32()?, subxid: r.u32()? })
     }
 }

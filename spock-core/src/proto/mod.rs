@@ -12,19 +12,23 @@
 //! callers see one shape whatever the version. Integers are big-endian. Decoding
 //! never panics: malformed input gives a [`DecodeError`] with the byte offset.
 //!
+//! [`stream`] checks the order of the stream messages of large transactions.
+//!
 //! [`startup`] has the startup parameters a subscriber sends and the pure
 //! negotiation a provider runs on them.
 
 mod codec;
 pub mod message;
 pub mod startup;
+pub mod stream;
 pub mod tuple;
 pub mod writer;
 
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError};
 pub use message::{
     Begin, Commit, CommitOrder, Delete, Insert, LogicalMessage, Message, OldTuple, OldTupleKind,
-    Origin, RelColumn, Relation, Startup, Truncate, Update,
+    Origin, RelColumn, Relation, Startup, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop,
+    Truncate, Update,
 };
 pub use tuple::{Datum, Tuple};
 

@@ -16,6 +16,12 @@ use super::ProtoVersion;
 /// Startup parameter format version (`SPOCK_STARTUP_PARAM_FORMAT_FLAT`).
 pub const STARTUP_PARAMS_FORMAT_FLAT: u32 = 1;
 
+/// The startup parameter with which a spock-rs subscriber asks for streaming of
+/// large in-progress transactions (messages `s`, `e`, `x`, `c`, `a`). A pgEdge Spock
+/// subscriber never sends it; the provider answers with the same key in its reply
+/// only to a client that sent it.
+pub const STREAMING_PARAM: &str = "spock_rs.streaming";
+
 /// Spock versions from this one on speak both protocol 4 and 5.
 pub const MIN_SPOCK_VERSION_NUM_FOR_MULTI_PROTO: u32 = 50000;
 
@@ -113,6 +119,8 @@ pub struct Negotiated {
     pub no_txinfo: bool,
     /// The client's Spock version number, when sent.
     pub client_spock_version_num: Option<u32>,
+    /// `spock_rs.streaming` as the client sent it (`None`: not sent, as by Spock).
+    pub streaming_requested: Option<bool>,
     /// Things worth a LOG line that are not errors (unknown parameters, versions).
     pub notices: Vec<String>,
 }
@@ -307,6 +315,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
     let mut no_txinfo = false;
     let mut client_spock_version: Option<String> = None;
     let mut client_spock_version_num = None;
+    let mut streaming_requested = None;
     let mut notices = Vec::new();
 
     for (key, value) in params {
@@ -348,6 +357,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
             "spock_version" => client_spock_version = Some(v.to_string()),
             "spock_version_num" => client_spock_version_num = Some(parse_u32(k, v)?),
             "hooks.setup_function" => {}
+            STREAMING_PARAM => streaming_requested = Some(parse_bool(k, v)?),
             other => notices.push(format!("unrecognised spock parameter {other} ignored")),
         }
     }
@@ -420,8 +430,17 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
         replicate_only_table,
         no_txinfo,
         client_spock_version_num,
+        streaming_requested,
         notices,
     })
+}
+
+impl Negotiated {
+    /// Whether the provider streams large in-progress transactions: only to a client
+    /// that asked, and only in the native protocol.
+    pub fn streaming(&self) -> bool {
+        self.streaming_requested == Some(true) && self.format == ProtoFormat::Native
+    }
 }
 
 fn b(v: bool) -> String {
@@ -461,9 +480,12 @@ pub fn startup_reply(neg: &Negotiated, server: &ServerInfo) -> Startup {
         ("binary.binary_pg_version", major),
         ("no_txinfo", b(neg.no_txinfo)),
     ];
-    Startup {
-        params: params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    let mut params: Vec<(String, String)> = params.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    if neg.streaming_requested.is_some() {
+        // Only to a client that asked: a Spock peer's reply stays as Spock's.
+        params.push((STREAMING_PARAM.to_string(), b(neg.streaming())));
     }
+    Startup { params }
 }
 
 /// What a subscriber asks for when it starts streaming (the options of

@@ -288,6 +288,99 @@ fn encode_rejects_what_the_wire_cannot_carry() {
     assert!(matches!(m.encode(ProtoVersion::V5, 0, &mut out), Err(EncodeError::EmbeddedNul(_))));
 }
 
+// ---- streaming (spock-rs) ------------------------------------------------------
+
+#[test]
+fn stream_messages_golden() {
+    let v5 = |g: Golden| g.u64(INS_LSN);
+    let m = Message::StreamStart(StreamStart { xid: 0x0102_0304, first_segment: true });
+    assert_eq!(enc(&m, ProtoVersion::V5, INS_LSN), v5(Golden::new()).u8(b's').u8(1).u32(0x0102_0304).done());
+    assert_eq!(enc(&m, ProtoVersion::V4, INS_LSN), Golden::new().u8(b's').u8(1).u32(0x0102_0304).done());
+    let m = Message::StreamStart(StreamStart { xid: 9, first_segment: false });
+    assert_eq!(enc(&m, ProtoVersion::V4, 0), Golden::new().u8(b's').u8(0).u32(9).done());
+    let m = Message::StreamStop(StreamStop { flags: 0 });
+    assert_eq!(enc(&m, ProtoVersion::V5, INS_LSN), v5(Golden::new()).u8(b'e').u8(0).done());
+    let m = Message::StreamAbort(StreamAbort { xid: 700, subxid: 701 });
+    assert_eq!(enc(&m, ProtoVersion::V5, INS_LSN), v5(Golden::new()).u8(b'a').u8(0).u32(700).u32(701).done());
+    assert!(!StreamAbort { xid: 700, subxid: 701 }.is_toplevel());
+    assert!(StreamAbort { xid: 700, subxid: 700 }.is_toplevel());
+    let m = Message::StreamCommit(StreamCommit {
+        xid: 700,
+        commit_lsn: 0x1_0000_1000,
+        end_lsn: 0x1_0000_1040,
+        commit_time: 0x0102_0304_0506_0708,
+        origin_lsn: 0,
+        origin_id: 0xbeef,
+        origin_name: Some("n1".into()),
+    });
+    assert_eq!(
+        enc(&m, ProtoVersion::V5, INS_LSN),
+        v5(Golden::new())
+            .u8(b'c')
+            .u8(1)
+            .u32(700)
+            .u64(0x1_0000_1000)
+            .u64(0x1_0000_1040)
+            .u64(0x0102_0304_0506_0708)
+            .u64(0)
+            .u16(0xbeef)
+            .raw(b"n1\0")
+            .done()
+    );
+    // A change in a stream: 'x', the subtransaction's xid, then the change itself.
+    let ins = Message::Insert(Insert { flags: 0, relid: 16384, new: Tuple::new(vec![Datum::Null]) });
+    let m = Message::StreamChange(StreamChange { xid: 701, message: Box::new(ins.clone()) });
+    let inner = enc(&ins, ProtoVersion::V4, 0);
+    assert_eq!(enc(&m, ProtoVersion::V5, INS_LSN), v5(Golden::new()).u8(b'x').u32(701).raw(&inner).done());
+    let d = decode(&enc(&m, ProtoVersion::V5, INS_LSN), ProtoVersion::V5).unwrap();
+    assert_eq!((d.remote_insert_lsn, d.message), (Some(INS_LSN), m));
+}
+
+#[test]
+fn stream_letters_are_not_spocks() {
+    for letter in [b's', b'e', b'x', b'c', b'a'] {
+        assert!(!b"SBOLRIUDTCMnuibtKONAC".contains(&letter));
+    }
+}
+
+#[test]
+fn stream_decode_errors() {
+    let b = |v: &[u8]| Bytes::copy_from_slice(v);
+    // Only R, I, U, D, T and M travel inside 'x'; a nested 'x' or a 'B' is refused.
+    let e = decode(&b(&[b'x', 0, 0, 0, 1, b'B']), ProtoVersion::V4).unwrap_err();
+    assert_eq!(e.offset, 5);
+    assert!(matches!(e.kind, DecodeErrorKind::UnexpectedMarker { found: 'B', .. }));
+    let e = decode(&b(&[b'x', 0, 0, 0, 1, b'x', 0, 0, 0, 1]), ProtoVersion::V4).unwrap_err();
+    assert_eq!(e.offset, 5);
+    let e = decode(&b(&[b'x', 0, 0]), ProtoVersion::V4).unwrap_err();
+    assert_eq!((e.offset, e.kind), (1, DecodeErrorKind::Truncated { needed: 2 }));
+    let e = decode(&b(&[0, 0, 0, 0, 0, 0, 0, 1, b'c', 0, 0, 0, 0, 1, 2]), ProtoVersion::V5).unwrap_err();
+    assert_eq!((e.offset, e.kind), (14, DecodeErrorKind::Truncated { needed: 7 }));
+    let mut out = BytesMut::new();
+    let bad = Message::StreamChange(StreamChange { xid: 1, message: Box::new(Message::Commit(Commit { flags: 0, commit_lsn: 0, end_lsn: 0, commit_time: 0 })) });
+    assert!(matches!(bad.encode(ProtoVersion::V5, 0, &mut out), Err(EncodeError::Unsupported(_))));
+}
+
+#[test]
+fn streaming_is_negotiated_only_when_asked() {
+    // A Spock client never asks: no streaming, and the reply is Spock's.
+    let n = negotiate(&spock_client(), &server()).unwrap();
+    assert!(!n.streaming());
+    assert_eq!(startup_reply(&n, &server()).get(STREAMING_PARAM), None);
+    // A spock-rs client asks.
+    let n = negotiate(&with(spock_client(), STREAMING_PARAM, "1"), &server()).unwrap();
+    assert!(n.streaming());
+    assert!(n.notices.is_empty(), "{:?}", n.notices);
+    assert_eq!(startup_reply(&n, &server()).get(STREAMING_PARAM), Some("t"));
+    let n = negotiate(&with(spock_client(), STREAMING_PARAM, "off"), &server()).unwrap();
+    assert!(!n.streaming());
+    assert_eq!(startup_reply(&n, &server()).get(STREAMING_PARAM), Some("f"));
+    assert!(matches!(
+        negotiate(&with(spock_client(), STREAMING_PARAM, "maybe"), &server()),
+        Err(NegotiationError::InvalidValue { .. })
+    ));
+}
+
 // ---- negotiation ------------------------------------------------------------
 
 fn server() -> ServerInfo {
@@ -463,7 +556,7 @@ fn arb_old() -> impl Strategy<Value = OldTuple> {
     (any::<bool>(), arb_tuple()).prop_map(|(k, tuple)| OldTuple { kind: if k { OldTupleKind::Key } else { OldTupleKind::Full }, tuple })
 }
 
-fn arb_message() -> impl Strategy<Value = Message> {
+fn arb_plain_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, t, x)| Message::Begin(Begin { flags: 0, final_lsn: l, commit_time: t, xid: x })),
         (any::<u64>(), any::<u16>(), proptest::option::of(arb_name()))
@@ -487,6 +580,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (any::<u32>(), any::<u64>(), any::<bool>(), arb_name(), proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(x, l, tr, p, c)| {
             Message::LogicalMessage(LogicalMessage { xid: x, lsn: l, transactional: tr, prefix: p, content: Bytes::from(c) })
         }),
+    ]
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    let streamable = arb_plain_message().prop_filter("streamable", |m| {
+        matches!(m, Message::Relation(_) | Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) | Message::LogicalMessage(_))
+    });
+    prop_oneof![
+        4 => arb_plain_message(),
+        1 => (any::<u32>(), any::<bool>()).prop_map(|(xid, first_segment)| Message::StreamStart(StreamStart { xid, first_segment })),
+        1 => Just(Message::StreamStop(StreamStop { flags: 0 })),
+        2 => (any::<u32>(), streamable).prop_map(|(xid, m)| Message::StreamChange(StreamChange { xid, message: Box::new(m) })),
+        1 => (any::<u32>(), any::<u64>(), any::<u64>(), any::<i64>(), any::<u64>(), any::<u16>(), proptest::option::of(arb_name())).prop_map(
+            |(xid, commit_lsn, end_lsn, commit_time, origin_lsn, origin_id, origin_name)| Message::StreamCommit(StreamCommit {
+                xid, commit_lsn, end_lsn, commit_time, origin_lsn, origin_id, origin_name,
+            })
+        ),
+        1 => (any::<u32>(), any::<u32>()).prop_map(|(xid, subxid)| Message::StreamAbort(StreamAbort { xid, subxid })),
     ]
 }
 

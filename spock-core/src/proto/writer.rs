@@ -25,8 +25,25 @@ pub enum RowAction {
 /// DELETE) and/or [`new_tuple_marker`] (INSERT, UPDATE), each followed by a tuple
 /// written with [`TupleWriter`].
 pub fn row_header(out: &mut BytesMut, version: ProtoVersion, remote_insert_lsn: Lsn, action: RowAction, relid: u32) {
+    row_header_in(out, version, remote_insert_lsn, None, action, relid)
+}
+
+/// [`row_header`] for a change inside a stream block when `stream_xid` is set: the
+/// message is then a stream change `x` carrying the change's (sub)transaction id.
+pub fn row_header_in(
+    out: &mut BytesMut,
+    version: ProtoVersion,
+    remote_insert_lsn: Lsn,
+    stream_xid: Option<u32>,
+    action: RowAction,
+    relid: u32,
+) {
     if version >= ProtoVersion::V5 {
         out.put_u64(remote_insert_lsn);
+    }
+    if let Some(xid) = stream_xid {
+        out.put_u8(b'x');
+        out.put_u32(xid);
     }
     out.put_u8(match action {
         RowAction::Insert => b'I',
@@ -173,6 +190,19 @@ mod tests {
             row_header(&mut b, version, lsn, RowAction::Delete, relid);
             old_tuple_marker(&mut b, kind);
             write_tuple(&mut b, &old);
+            prop_assert_eq!(&a, &b);
+        }
+
+        #[test]
+        fn streamed_writer_bytes_equal_message_encoding(new in arb_tuple(), relid in any::<u32>(), xid in any::<u32>(), lsn in any::<u64>(), v5 in any::<bool>()) {
+            let version = if v5 { ProtoVersion::V5 } else { ProtoVersion::V4 };
+            let inner = Message::Insert(Insert { flags: 0, relid, new: new.clone() });
+            let mut a = BytesMut::new();
+            Message::StreamChange(crate::proto::StreamChange { xid, message: Box::new(inner) }).encode(version, lsn, &mut a).unwrap();
+            let mut b = BytesMut::new();
+            row_header_in(&mut b, version, lsn, Some(xid), RowAction::Insert, relid);
+            new_tuple_marker(&mut b);
+            write_tuple(&mut b, &new);
             prop_assert_eq!(&a, &b);
         }
     }

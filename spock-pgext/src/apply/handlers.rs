@@ -57,6 +57,12 @@ pub struct ApplySession {
     /// Tables copied by a table sync at an LSN the stream has not passed: changes
     /// to them from transactions that committed before it are in the copy.
     table_skips: HashMap<(String, String), u64>,
+    /// Eager apply of a streamed transaction (apply::stream): its commit timestamp is
+    /// not known yet, so a conflict only sets `eager_conflict` and the transaction
+    /// is rolled back and replayed from its spill file at commit.
+    pub eager: bool,
+    /// A conflict was met during eager apply.
+    pub eager_conflict: bool,
 }
 
 /// A row change of the remote transaction.
@@ -142,6 +148,8 @@ impl ApplySession {
             reconnect: false,
             stop: false,
             table_skips: HashMap::new(),
+            eager: false,
+            eager_conflict: false,
         }
     }
 
@@ -269,6 +277,25 @@ impl ApplySession {
         }
     }
 
+    /// Rolls back the local transaction of the remote transaction being applied and
+    /// forgets it (eager apply of a stream that must be replayed at commit instead).
+    pub fn abandon_remote(&mut self) {
+        if let Some(r) = self.remote.take() {
+            if r.local_started {
+                // SAFETY: aborts the apply transaction this session started.
+                unsafe { pg_sys::AbortCurrentTransaction() };
+            }
+        }
+        for r in self.rels.values_mut() {
+            r.local = None;
+        }
+        self.eager = false;
+        self.eager_conflict = false;
+        if let Some(i) = self.progress_slot {
+            crate::workers::shmem::leave_transaction(i);
+        }
+    }
+
     /// Whether a remote transaction is open.
     pub fn in_remote_transaction(&self) -> bool {
         self.remote.is_some()
@@ -321,6 +348,10 @@ impl ApplySession {
                 }
             }
             Message::LogicalMessage(m) => self.handle_message(&m),
+            // Stream messages are taken by apply::stream before they get here.
+            Message::StreamStart(_) | Message::StreamStop(_) | Message::StreamChange(_) | Message::StreamCommit(_) | Message::StreamAbort(_) => {
+                PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: unexpected stream message").raise()
+            }
         }
     }
 
@@ -462,7 +493,18 @@ impl ApplySession {
             return;
         }
         let final_lsn = remote.final_lsn;
-        if self.in_table_copy(&c, final_lsn) {
+        if self.eager {
+            // Eager apply of a stream: the commit LSN is not known, so whether a
+            // table copy holds this change is not either (unless its copy has not
+            // even started): replay at commit instead.
+            if self.in_table_copy(&c, u64::MAX - 1) {
+                return;
+            }
+            if self.in_table_copy(&c, 0) {
+                self.eager_conflict = true;
+                return;
+            }
+        } else if self.in_table_copy(&c, final_lsn) {
             return;
         }
         let Some(remote) = self.remote.as_mut() else { return };
@@ -471,6 +513,21 @@ impl ApplySession {
         let replay = remote.replay;
         self.current_change = n;
         match replay {
+            None if self.eager => {
+                // An error while a stream is applied eagerly: its transaction is
+                // rolled back and replayed at commit, where errors are handled as
+                // for any transaction (exception_behaviour).
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(|s| s.apply(c))));
+                if r.is_err() {
+                    // SAFETY: leaves the error state; the transaction is aborted by
+                    // the fallback (abandon_remote) right after this change.
+                    unsafe {
+                        pg_sys::FlushErrorState();
+                        pg_sys::MemoryContextReset(self.change_cxt);
+                    }
+                    self.eager_conflict = true;
+                }
+            }
             None => self.in_change(|s| s.apply(c)),
             Some(ReplayMode::Discard) => {
                 // SAFETY: called inside the apply transaction (in_change_isolated
@@ -764,6 +821,11 @@ impl ApplySession {
 
     /// Decides a conflict of `kind` against the local row version.
     fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
+        if self.eager {
+            // Needs the remote commit timestamp: replayed at commit instead.
+            self.eager_conflict = true;
+            return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
+        }
         let remote = self.remote_version();
         let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
         let remote_tb = {

@@ -7,6 +7,7 @@
 mod executor;
 mod handlers;
 pub(crate) mod queue;
+mod stream;
 pub mod subscription;
 mod sync;
 
@@ -114,6 +115,10 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
         spock_version_num: spock_core::SPOCK_COMPAT_VERSION_NUM,
     }
     .to_params();
+    let mut params = params;
+    if crate::gucs::STREAM_LARGE_TRANSACTIONS.get() {
+        params.push((spock_core::proto::startup::STREAMING_PARAM.to_string(), "1".to_string()));
+    }
     let opts: Vec<String> = params
         .iter()
         // Values travel as send/recv binary (validated by receive functions), never as
@@ -197,6 +202,10 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
     // A transaction that failed before is replayed with values in text, so that
     // spock.exception_log shows them readably.
     let text = session.replay_pending();
+    // Files of streamed transactions from an earlier connection are useless: the
+    // provider streams again from `start`.
+    let eager_allowed = sub.forward_origins.is_empty() && sub.skip_lsn == 0 && !text;
+    let mut streams = stream::StreamReceiver::new(sub.id, &sub.name, eager_allowed, sub.provider_node_id);
     let cmd = start_replication_command(sub, &conn, start, text);
     conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(sub, "could not start replication", e));
     report_activity("replicating");
@@ -230,9 +239,17 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                         let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
                             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
                         });
+                        let positions = (last_received, flushed);
                         // An error is remembered (where the transaction failed) before
                         // it stops the worker, so the next attempt can replay it.
-                        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| session.handle(decoded))) {
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            let mut keepalive = || {
+                                // Positions as of before this message: nothing newer is durable yet.
+                                let _ = conn.write_copy_data(&feedback(positions.0, positions.1, false));
+                            };
+                            streams.dispatch(&payload, decoded, decoder.version(), session, &mut keepalive);
+                        }));
+                        if let Err(e) = r {
                             let (code, msg) = handlers::describe_error(e.as_ref());
                             session.note_failure(&code, &msg);
                             std::panic::resume_unwind(e);
@@ -256,27 +273,31 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                 return false;
             }
             if drain_started.elapsed() >= DRAIN_SLICE
-                || (sync_checked.elapsed() >= SYNC_CHECK_INTERVAL && !session.in_remote_transaction())
+                || (sync_checked.elapsed() >= SYNC_CHECK_INTERVAL && !session.in_remote_transaction() && !streams.any_open())
             {
                 more_waiting = true;
                 break;
             }
+            stream::exit_if_postmaster_died();
         }
         if let Some(f) = session.flushed_remote_lsn() {
             flushed = flushed.max(f);
         }
-        if !session.in_remote_transaction() && sync_checked.elapsed() >= SYNC_CHECK_INTERVAL {
+        // Between transactions (no stream open either: an eagerly applied one keeps
+        // a local transaction open).
+        let between = !session.in_remote_transaction() && !streams.any_open();
+        if between && sync_checked.elapsed() >= SYNC_CHECK_INTERVAL {
             sync_checked = Instant::now();
             if BackgroundWorker::transaction(|| !sync::pending_tables(sub.id).is_empty()) {
                 session.reconnect = true;
             }
         }
-        if session.reconnect && !session.in_remote_transaction() {
+        if session.reconnect && between {
             // Tell the provider what is applied before leaving.
             let _ = conn.write_copy_data(&feedback(last_received, flushed.max(session.flushed_remote_lsn().unwrap_or(0)), false));
             return true;
         }
-        if !session.in_remote_transaction() && !session.has_unflushed() {
+        if between && !session.has_unflushed() {
             // Idle: everything sent to us is applied and durable.
             flushed = flushed.max(last_received);
         }

@@ -16,6 +16,9 @@ pub(crate) mod invalidation;
 mod queue;
 mod relation;
 mod row_filter;
+mod stream;
+
+pub(crate) use stream::allow_table_scans_while_streaming;
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -51,6 +54,8 @@ struct PluginState {
     buf: BytesMut,
     /// Short-lived memory for each callback, reset when it returns.
     cxt: pg_sys::MemoryContext,
+    /// Streaming of in-progress transactions ([`stream`]).
+    stream: stream::StreamState,
 }
 
 /// Entry point called by the `spock_output` library's `_PG_output_plugin_init`.
@@ -69,6 +74,7 @@ pub unsafe extern "C-unwind" fn spock_output_plugin_init(cb: *mut pg_sys::Output
     cb.message_cb = Some(spock_output_message);
     cb.filter_by_origin_cb = Some(spock_output_filter_by_origin);
     cb.shutdown_cb = Some(spock_output_shutdown);
+    stream::register(cb);
 }
 
 /// The plugin state of a decoding context.
@@ -141,6 +147,8 @@ unsafe extern "C-unwind" fn spock_output_startup(
     unsafe { (*opt).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_BINARY_OUTPUT };
     if is_init {
         // Slot creation: nothing to negotiate.
+        // SAFETY: valid decoding context.
+        unsafe { (*ctx).streaming = false };
         return;
     }
     // SAFETY: valid decoding context.
@@ -156,6 +164,10 @@ unsafe extern "C-unwind" fn spock_output_startup(
             .hint("Use the native protocol (proto_format 'native' or leave it out).")
             .raise();
     }
+    // Stream large in-progress transactions only to a client that asked (spock-rs);
+    // for others PostgreSQL spills them to disk as before.
+    // SAFETY: valid decoding context.
+    unsafe { (*ctx).streaming &= negotiated.streaming() };
     for notice in &negotiated.notices {
         pgrx::debug1!("spock_output: {notice}");
     }
@@ -192,6 +204,7 @@ unsafe extern "C-unwind" fn spock_output_startup(
         pg_sys::AllocSetContextCreateInternal((*ctx).context, c"spock output message".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
     };
     let state = Box::new(PluginState {
+        stream: stream::StreamState::default(),
         version: negotiated.version,
         negotiated,
         local_node,
@@ -211,6 +224,15 @@ unsafe extern "C-unwind" fn spock_output_startup(
 ///
 /// SAFETY: `ctx` is a valid decoding context inside a callback.
 unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, msg: &Message) {
+    // Inside a stream block, changes and relation messages carry their xid (`x`).
+    let wrapped;
+    let msg = match st.stream.change_prefix() {
+        Some(xid) if stream::streamable(msg) => {
+            wrapped = Message::StreamChange(spock_core::proto::StreamChange { xid, message: Box::new(msg.clone()) });
+            &wrapped
+        }
+        _ => msg,
+    };
     st.buf.clear();
     // SAFETY: reads the current WAL write position.
     let insert_lsn = unsafe { pg_sys::GetXLogWriteRecPtr() };
@@ -247,6 +269,10 @@ unsafe fn send_startup(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut Plugin
 ///
 /// SAFETY: as [`write`]; `txn` is the transaction being decoded.
 unsafe fn ensure_txn_started(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, txn: *mut pg_sys::ReorderBufferTXN) {
+    if st.stream.in_block {
+        // SAFETY: forwarded.
+        return unsafe { stream::ensure_block_started(ctx, st) };
+    }
     if st.txn_started {
         return;
     }
@@ -337,6 +363,10 @@ unsafe fn rel_entry(st: &mut PluginState, rel: pg_sys::Relation) -> &mut RelEntr
 ///
 /// SAFETY: as [`write`].
 unsafe fn ensure_relmeta(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, relid: pg_sys::Oid) {
+    if st.stream.in_block {
+        // SAFETY: forwarded.
+        return unsafe { stream::ensure_relmeta(ctx, st, relid) };
+    }
     let Some(entry) = st.rels.get_mut(&relid) else { return };
     if entry.relmeta_sent {
         return;
@@ -444,7 +474,7 @@ unsafe fn decode_change(
         Action::Update => RowAction::Update,
         _ => RowAction::Delete,
     };
-    writer::row_header(buf, st.version, insert_lsn, row_action, u32::from(relid));
+    writer::row_header_in(buf, st.version, insert_lsn, st.stream.change_prefix(), row_action, u32::from(relid));
     // SAFETY: the tuples belong to rel.
     let written = unsafe {
         (|| {

@@ -92,7 +92,12 @@ impl System for Spock {
     }
 
     fn settings(&self) -> Vec<(String, String)> {
-        let mut s = vec![("shared_preload_libraries".to_string(), "'spock'".to_string())];
+        let mut s = vec![
+            ("shared_preload_libraries".to_string(), "'spock'".to_string()),
+            // The baseline ("off") is Spock's behaviour: no streaming of in-progress
+            // transactions; the large transaction is measured again with it on.
+            ("spock.stream_large_transactions".to_string(), "off".to_string()),
+        ];
         if self.install.as_ref().is_some_and(|i| i.has_setting("output_plugin_libraries")) {
             s.push(("output_plugin_libraries".into(), "'pgoutput, spock_output'".into()));
         }
@@ -182,5 +187,18 @@ impl System for Spock {
 
     fn join_ready_sql(&self) -> Option<&'static str> {
         Some("SELECT spock.sub_wait_for_sync('join_sub')")
+    }
+
+    fn streaming_modes(&self) -> &'static [&'static str] {
+        &["on"]
+    }
+
+    fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
+        // Read when the apply worker connects: reconnect it.
+        pair.subscriber.execute(&format!("ALTER SYSTEM SET spock.stream_large_transactions = {mode}"))?;
+        pair.subscriber.execute("SELECT pg_reload_conf()")?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        self.disable(pair)?;
+        self.enable(pair)
     }
 }
