@@ -156,9 +156,9 @@ impl LocalRelation {
             }
             // Defaults of local columns the provider does not send.
             let mut defaults = Vec::new();
-            for i in 0..natts {
+            for (i, mapped) in columns.iter().enumerate().take(natts) {
                 let att = &*pg_sys::TupleDescAttr(desc, i as i32);
-                if att.attisdropped || att.attgenerated != 0 || columns[i].is_some() {
+                if att.attisdropped || att.attgenerated != 0 || mapped.is_some() {
                     continue;
                 }
                 let expr = pg_sys::build_column_default(rel, i as i32 + 1);
