@@ -118,9 +118,11 @@ impl ReplayMode {
 /// Whether an error with SQLSTATE `code` is transient: the transaction is simply
 /// retried after a reconnect instead of being treated as an exception (deadlock,
 /// lock not available, insufficient resources, admin shutdown/crash shutdown,
-/// connection problems).
+/// connection problems, and local I/O failures or corruption: a damaged spill file
+/// of a streamed transaction is streamed again; a damaged table needs its DBA, not
+/// the loss of the transaction).
 pub fn is_transient(code: &str) -> bool {
-    matches!(code, "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57014")
+    matches!(code, "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "57014" | "58030" | "XX001" | "XX002")
         || code.starts_with("53")
         || code.starts_with("08")
 }
@@ -249,7 +251,7 @@ mod tests {
 
     #[test]
     fn transient_codes() {
-        for c in ["40P01", "55P03", "53100", "53200", "57P02", "57P03", "08006", "08000"] {
+        for c in ["40P01", "55P03", "53100", "53200", "57P02", "57P03", "08006", "08000", "XX001", "58030"] {
             assert!(is_transient(c), "{c}");
         }
         for c in ["23505", "42P01", "40001", "XX000", "22P02"] {

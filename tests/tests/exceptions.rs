@@ -134,3 +134,25 @@ fn sub_disable_stops_until_skipped_or_fixed() {
     wait_for("fixed transaction applied", || rows(s, "t2"), "3:bad".into());
     assert_eq!(rows(s, "t1"), "2:after,3:a");
 }
+
+/// A transient error (here a lock timeout while a local transaction holds the row)
+/// is retried, never treated as an exception: the change arrives once the lock is
+/// released and nothing is logged.
+#[test]
+fn transient_errors_are_retried_not_discarded() {
+    let c = setup("transdiscard");
+    let (p, s) = (c.node(0), c.node(1));
+    s.execute("ALTER SYSTEM SET lock_timeout = '200ms'").unwrap();
+    s.execute("ALTER SYSTEM SET spock.restart_delay_default = 200").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    p.execute("INSERT INTO t1 VALUES (1, 'first')").unwrap();
+    wait_for("row", || rows(s, "t1"), "1:first".into());
+    let mut holder = s.connect().unwrap();
+    holder.batch_execute("BEGIN; SELECT * FROM t1 WHERE x = 1 FOR UPDATE;").unwrap();
+    p.execute("UPDATE t1 SET v = 'second' WHERE x = 1").unwrap();
+    wait_for("lock timeouts in the log", || s.log().contains("transient error (55P03)"), true);
+    std::thread::sleep(Duration::from_secs(1));
+    holder.batch_execute("COMMIT").unwrap();
+    wait_for("the update after the lock is released", || rows(s, "t1"), "1:second".into());
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 0);
+}
