@@ -545,8 +545,8 @@ DECLARE
     v_id oid;
     v_other name;
 BEGIN
-    IF apply_delay <> interval '0' THEN
-        RAISE EXCEPTION 'sub_create with apply_delay is not supported yet' USING ERRCODE = 'feature_not_supported';
+    IF apply_delay < interval '0' THEN
+        RAISE EXCEPTION 'apply_delay cannot be negative' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF EXISTS (SELECT 1 FROM unnest(forward_origins) f WHERE f <> 'all') THEN
         RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
@@ -710,6 +710,62 @@ RETURNS SETOF record STABLE LANGUAGE sql AS $$
       LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
+$$;
+
+CREATE FUNCTION spock.sub_alter_options(subscription_name name, options jsonb)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_key text;
+    v_forward text[];
+    v_delay interval;
+    v_skip text[];
+BEGIN
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF options = '{}'::jsonb THEN
+        RETURN false;
+    END IF;
+    FOR v_key IN SELECT jsonb_object_keys(options) LOOP
+        IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema') THEN
+            RAISE EXCEPTION 'unknown subscription option "%"', v_key
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Known options: forward_origins, apply_delay, skip_schema.';
+        END IF;
+    END LOOP;
+    IF options ? 'forward_origins' THEN
+        IF jsonb_typeof(options->'forward_origins') <> 'array' THEN
+            RAISE EXCEPTION 'forward_origins must be an array: ["all"] or []' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT coalesce(array_agg(x), '{}') INTO v_forward FROM jsonb_array_elements_text(options->'forward_origins') x;
+        IF EXISTS (SELECT 1 FROM unnest(v_forward) f WHERE f <> 'all') THEN
+            RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        UPDATE spock.subscription SET sub_forward_origins = v_forward WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'apply_delay' THEN
+        BEGIN
+            v_delay := (options->>'apply_delay')::interval;
+        EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
+            RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
+        END;
+        IF v_delay IS NULL OR v_delay < interval '0' THEN
+            RAISE EXCEPTION 'apply_delay must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'skip_schema' THEN
+        IF jsonb_typeof(options->'skip_schema') <> 'array' THEN
+            RAISE EXCEPTION 'skip_schema must be an array of schema names' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT coalesce(array_agg(x), '{}') INTO v_skip FROM jsonb_array_elements_text(options->'skip_schema') x;
+        UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
+    END IF;
+    -- The worker reads its options when it starts.
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    PERFORM spock._wake_workers();
+    RETURN true;
+END;
 $$;
 
 -- Spock's names of the sync status codes.

@@ -405,3 +405,37 @@ fn a_local_alter_table_on_the_subscriber_is_picked_up() {
         b.query_one::<String>("SELECT string_agg(id || ':' || v || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM t").unwrap()
     }, "1:updated:local default,2:after:local default".to_string());
 }
+
+#[test]
+fn apply_delay_and_sub_alter_options() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    b.execute(&format!("SELECT spock.sub_create('s1', '{}', apply_delay := '3 seconds')", a.dsn("postgres"))).unwrap();
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    // A transaction is applied no earlier than its commit time plus the delay.
+    a.execute("INSERT INTO t VALUES (1, 'delayed')").unwrap();
+    let committed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 0, "applied before apply_delay passed");
+    wait_for("the delayed row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 1);
+    assert!(committed.elapsed() >= Duration::from_millis(2500), "applied after {:?}", committed.elapsed());
+
+    // sub_alter_options: unknown keys and bad values are errors; {} changes nothing.
+    let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"nope\": 1}')").unwrap_err().0;
+    assert!(err.contains("22023") && err.contains("nope"), "{err}");
+    let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"forward_origins\": [\"x\"]}')").unwrap_err().0;
+    assert!(err.contains("22023"), "{err}");
+    let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"soon\"}')").unwrap_err().0;
+    assert!(err.contains("22023"), "{err}");
+    assert!(!b.query_one::<bool>("SELECT spock.sub_alter_options('s1', '{}')").unwrap());
+    let err = b.execute("SELECT spock.sub_alter_options('nosuch', '{\"apply_delay\": \"0\"}')").unwrap_err().0;
+    assert!(err.contains("42704"), "{err}");
+    // Without the delay rows arrive at once again (the worker restarts with it).
+    assert!(b.query_one::<bool>("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"0\", \"skip_schema\": [\"x\"]}')").unwrap());
+    assert_eq!(b.query_one::<String>("SELECT sub_apply_delay::text || ' ' || sub_skip_schema::text FROM spock.subscription").unwrap(), "00:00:00 {x}");
+    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    a.execute("INSERT INTO t VALUES (2, 'at once')").unwrap();
+    wait_for("the undelayed row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 2);
+}

@@ -19,7 +19,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use spock_core::proto::startup::{BinaryFormat, ClientParams};
-use spock_core::proto::StreamDecoder;
+use spock_core::proto::{Message, StreamDecoder};
 
 use crate::error::{spi_failed, PgError};
 use crate::libpq::{Connection, CopyData};
@@ -131,6 +131,26 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
     format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&sub.slot_name), format_lsn(start), opts.join(", "))
 }
 
+/// Waits until PostgreSQL time `until` (apply_delay), telling the provider every
+/// second that we are alive (`positions`: what is received and durable). False when
+/// the worker must stop.
+fn wait_until(until: i64, conn: &Connection, positions: (u64, u64)) -> bool {
+    loop {
+        let left = until - now_pg();
+        if left <= 0 {
+            return true;
+        }
+        report_activity("waiting for apply_delay");
+        let _ = conn.write_copy_data(&feedback(positions.0, positions.1, false));
+        let ms = (left / 1000).clamp(1, 1000);
+        if !crate::workers::sleep(Duration::from_millis(ms as u64)) {
+            return false;
+        }
+        stream::exit_if_postmaster_died();
+        crate::workers::reload_config_if_asked();
+    }
+}
+
 /// Standby status update: written, flushed and applied positions.
 fn feedback(write: u64, flush: u64, reply: bool) -> Vec<u8> {
     let mut m = Vec::with_capacity(34);
@@ -204,7 +224,7 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
     let text = session.replay_pending();
     // Files of streamed transactions from an earlier connection are useless: the
     // provider streams again from `start`.
-    let eager_allowed = sub.forward_origins.is_empty() && sub.skip_lsn == 0 && !text;
+    let eager_allowed = sub.forward_origins.is_empty() && sub.skip_lsn == 0 && !text && sub.apply_delay_us == 0;
     let mut streams = stream::StreamReceiver::new(sub.id, &sub.name, eager_allowed, sub.provider_node_id);
     let cmd = start_replication_command(sub, &conn, start, text);
     conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(sub, "could not start replication", e));
@@ -239,6 +259,19 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                         let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
                             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
                         });
+                        // apply_delay: a transaction waits until its commit time plus the delay.
+                        if sub.apply_delay_us > 0 {
+                            let commit_time = match &decoded.message {
+                                Message::Begin(b) => Some(b.commit_time),
+                                Message::StreamCommit(c) => Some(c.commit_time),
+                                _ => None,
+                            };
+                            if let Some(t) = commit_time {
+                                if !wait_until(t + sub.apply_delay_us, &conn, (last_received, flushed)) {
+                                    return false;
+                                }
+                            }
+                        }
                         let positions = (last_received, flushed);
                         // An error is remembered (where the transaction failed) before
                         // it stops the worker, so the next attempt can replay it.

@@ -33,6 +33,9 @@ pub struct SubscriptionInfo {
     pub sync_status: char,
     /// `sub_skip_lsn`: the remote transaction with this commit LSN is skipped once.
     pub skip_lsn: u64,
+    /// `sub_apply_delay` in microseconds: a transaction is applied no earlier than
+    /// its commit time plus this.
+    pub apply_delay_us: i64,
 }
 
 /// Loads subscription `sub_id`; `None` when it does not exist (dropped meanwhile).
@@ -45,7 +48,8 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
                         coalesce(s.sub_forward_origins, '{}'), s.sub_force_text_transfer,
                         coalesce((SELECT y.sync_status::text FROM spock.local_sync_status y
                                    WHERE y.sync_subid = s.sub_id AND y.sync_nspname IS NULL), 'r'),
-                        s.sub_skip_lsn::text
+                        s.sub_skip_lsn::text,
+                        (extract(epoch FROM coalesce(s.sub_apply_delay, '0')) * 1000000)::int8
                    FROM spock.subscription s
                    JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
                    JOIN spock.node o ON o.node_id = s.sub_origin
@@ -71,6 +75,7 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
             force_text_transfer: row.get::<bool>(10).ok().flatten().unwrap_or(false),
             sync_status: text(11).chars().next().unwrap_or('r'),
             skip_lsn: parse_lsn(&text(12)).unwrap_or(0),
+            apply_delay_us: row.get::<i64>(13).ok().flatten().unwrap_or(0).max(0),
         })
     })
 }
