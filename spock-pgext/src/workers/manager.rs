@@ -76,7 +76,13 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
 
     if !BackgroundWorker::transaction(extension_installed) {
         shmem::mark_no_spock(db);
-        return;
+        // CREATE EXTENSION may have committed (and its functions cleared the mark)
+        // between the check and the mark: look again so the mark never sticks to a
+        // database that has spock.
+        if !BackgroundWorker::transaction(extension_installed) {
+            return;
+        }
+        shmem::clear_no_spock(db);
     }
     pgrx::log!("{MANAGER_TYPE} started for database {}", u32::from(db));
 
