@@ -85,6 +85,12 @@ fn last_update_wins_on_concurrent_insert() {
     // the remote transaction is identified by its xid and commit LSN on the provider
     let ids: String = c.node(0).query_one("SELECT (remote_xid::text::int8 > 0 AND remote_lsn > '0/0')::text FROM spock.resolutions").unwrap();
     assert_eq!(ids, "true");
+    // both versions of the row, and the local one's transaction
+    let rows: String = c
+        .node(0)
+        .query_one("SELECT local_tuple || ' ' || remote_tuple || ' ' || (local_xid::text::int8 > 0)::text FROM spock.resolutions")
+        .unwrap();
+    assert_eq!(rows, r#"{"id": "1", "v": "n1"} {"id": "1", "v": "n2"} true"#);
     assert_eq!(resolutions(c.node(1)), "insert_exists:keep_local");
 }
 

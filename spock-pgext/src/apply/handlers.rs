@@ -57,6 +57,9 @@ pub struct ApplySession {
     /// Tables copied by a table sync at an LSN the stream has not passed: changes
     /// to them from transactions that committed before it are in the copy.
     table_skips: HashMap<(String, String), u64>,
+    /// The rows of the conflict being decided (local, remote; null when absent),
+    /// for spock.resolutions.
+    conflict_rows: (*mut pg_sys::TupleTableSlot, *mut pg_sys::TupleTableSlot),
     /// Eager apply of a streamed transaction (apply::stream): its commit timestamp is
     /// not known yet, so a conflict only sets `eager_conflict` and the transaction
     /// is rolled back and replayed from its spill file at commit.
@@ -148,6 +151,7 @@ impl ApplySession {
             reconnect: false,
             stop: false,
             table_skips: HashMap::new(),
+            conflict_rows: (std::ptr::null_mut(), std::ptr::null_mut()),
             eager: false,
             eager_conflict: false,
         }
@@ -555,6 +559,7 @@ impl ApplySession {
             }
         }
         self.current_change = 0;
+        self.conflict_rows = (std::ptr::null_mut(), std::ptr::null_mut());
     }
 
     fn apply(&mut self, c: Change<'_>) {
@@ -860,14 +865,25 @@ impl ApplySession {
     fn save_resolution(&self, d: &Decision, local: Option<RowVersion>, relation: &str) {
         let remote = self.remote_version();
         let node_name = self.sub.local_name.clone();
+        let (local_slot, remote_slot) = self.conflict_rows;
+        // SAFETY: the slots were set by the handler deciding this conflict and are
+        // alive until it returns.
+        let (local_tuple, local_xid, remote_tuple) = unsafe {
+            (
+                (!local_slot.is_null()).then(|| super::rows::slot_json(local_slot)),
+                (!local_slot.is_null()).then(|| super::rows::slot_xmin(local_slot).to_string()),
+                (!remote_slot.is_null()).then(|| super::rows::slot_json(remote_slot)),
+            )
+        };
         Spi::connect_mut(|client| {
             client
                 .update(
                     "INSERT INTO spock.resolutions (node_name, log_time, relname, conflict_type, conflict_resolution,
-                        local_origin, local_timestamp, remote_origin, remote_timestamp, remote_xid, remote_lsn)
+                        local_origin, local_timestamp, remote_origin, remote_timestamp, remote_xid, remote_lsn,
+                        local_tuple, local_xid, remote_tuple)
                      VALUES ($1, now(), $2, $3, $4, $5, CASE WHEN $6 = 0 THEN NULL ELSE '2000-01-01 00:00:00+00'::timestamptz + $6 * interval '1 microsecond' END,
                              $7, '2000-01-01 00:00:00+00'::timestamptz + $8 * interval '1 microsecond',
-                             $9::text::xid, $10::text::pg_lsn)",
+                             $9::text::xid, $10::text::pg_lsn, $11, $12::text::xid, $13)",
                     None,
                     &[
                         node_name.as_str().into(),
@@ -880,6 +896,9 @@ impl ApplySession {
                         remote.commit_ts.into(),
                         self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
                         super::subscription::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
+                        local_tuple.as_deref().into(),
+                        local_xid.as_deref().into(),
+                        remote_tuple.as_deref().into(),
                     ],
                 )
                 .unwrap_or_else(|e| spi_failed("recording a resolution", e));
@@ -912,6 +931,7 @@ impl ApplySession {
                     LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
                     LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
                 };
+                self.conflict_rows = (w.local, w.remote);
                 let apply = match local {
                     None => true,
                     Some(l) => self.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
@@ -943,13 +963,15 @@ impl ApplySession {
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(key), None, w.econtext);
             if !find_with_retries(&mut w, map, search) {
+                self.conflict_rows = (std::ptr::null_mut(), search);
                 self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
                 return;
             }
+            let new = w.extra_slot();
+            map.fill_slot(new, &u.new, Some(w.local), w.econtext);
+            self.conflict_rows = (w.local, new);
             let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
             if apply {
-                let new = w.extra_slot();
-                map.fill_slot(new, &u.new, Some(w.local), w.econtext);
                 w.update(new);
             }
         }
@@ -963,10 +985,12 @@ impl ApplySession {
             let map = &*map;
             let search = w.extra_slot();
             map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
+            self.conflict_rows = (std::ptr::null_mut(), search);
             if !find_with_retries(&mut w, map, search) {
                 self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
                 return;
             }
+            self.conflict_rows = (w.local, search);
             let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
             if apply {
                 w.delete();

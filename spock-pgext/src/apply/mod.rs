@@ -7,6 +7,7 @@
 mod executor;
 mod handlers;
 pub(crate) mod queue;
+mod rows;
 mod stream;
 pub mod subscription;
 mod sync;

@@ -1,0 +1,65 @@
+//! Rows as text for `spock.resolutions` (`local_tuple`, `remote_tuple`): a JSON
+//! object of column name → the value's text output (or null). Only built when a
+//! conflict is recorded.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+/// The slot's values as a JSON object of text values.
+///
+/// SAFETY: `slot` is a valid, filled slot of the table's descriptor, inside a
+/// transaction (output functions may read catalogs).
+pub unsafe fn slot_json(slot: *mut pg_sys::TupleTableSlot) -> String {
+    let mut out = String::from("{");
+    // SAFETY: forwarded: the slot and its descriptor are valid; arrays have natts entries.
+    unsafe {
+        pg_sys::slot_getallattrs(slot);
+        let desc = (*slot).tts_tupleDescriptor;
+        let natts = (*desc).natts as usize;
+        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
+        let mut first = true;
+        for i in 0..natts {
+            let att = &*pg_sys::TupleDescAttr(desc, i as i32);
+            if att.attisdropped {
+                continue;
+            }
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            let name = CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy();
+            spock_core::exception::push_json_string(&mut out, &name);
+            out.push_str(": ");
+            if nulls[i] {
+                out.push_str("null");
+                continue;
+            }
+            let mut func = pg_sys::InvalidOid;
+            let mut varlena = false;
+            pg_sys::getTypeOutputInfo(att.atttypid, &mut func, &mut varlena);
+            let text = pg_sys::OidOutputFunctionCall(func, values[i]);
+            spock_core::exception::push_json_string(&mut out, &CStr::from_ptr(text).to_string_lossy());
+            pg_sys::pfree(text.cast());
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The inserting transaction of the row in `slot`.
+///
+/// SAFETY: `slot` holds a heap row fetched from the table.
+pub unsafe fn slot_xmin(slot: *mut pg_sys::TupleTableSlot) -> u32 {
+    // SAFETY: forwarded; the tuple is freed if it was copied.
+    unsafe {
+        let mut should_free = false;
+        let tup = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+        let xmin = (*(*tup).t_data).t_choice.t_heap.t_xmin.into_inner();
+        if should_free {
+            pg_sys::heap_freetuple(tup);
+        }
+        xmin
+    }
+}
