@@ -2,7 +2,7 @@
 //! `c`, `a` that `spock_output` sends to a subscriber that asked for streaming.
 //!
 //! Each streamed transaction's messages are appended, as received, to a spill file
-//! `pg_spock/stream/<subscription id>/<xid>.spill` under the data directory
+//! `pg_spock/stream/<database oid>_<subscription id>/<xid>.spill` under the data directory
 //! (`spock_core::spill` format: CRC32-framed records). A subtransaction abort cuts the
 //! file back to where that subtransaction's first record began; a transaction abort
 //! deletes the file. On commit the file is read back record by record (memory stays
@@ -122,7 +122,10 @@ impl StreamReceiver {
     /// The receiver of subscription `sub_id`; removes files left by an earlier run.
     /// `eager_allowed`: whether eager apply may be tried for this subscription.
     pub fn new(sub_id: u32, sub_name: &str, eager_allowed: bool, provider_node: u16) -> StreamReceiver {
-        let dir = PathBuf::from("pg_spock").join("stream").join(sub_id.to_string());
+        // Subscription ids are per database: the directory names both.
+        // SAFETY: reads this backend's database oid.
+        let db = u32::from(unsafe { pgrx::pg_sys::MyDatabaseId });
+        let dir = PathBuf::from("pg_spock").join("stream").join(format!("{db}_{sub_id}"));
         if dir.exists() {
             if let Err(e) = fs::remove_dir_all(&dir) {
                 io_error(sub_name, "remove directory", &dir, e);

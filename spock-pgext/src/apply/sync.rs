@@ -238,11 +238,14 @@ fn finish(sub: &SubscriptionInfo, lsn: u64, dump: &Path) {
     let _ = std::fs::remove_file(dump);
 }
 
-/// `pg_spock/sync/<sub_id>.dump` in the data directory.
+/// `pg_spock/sync/<database oid>_<sub_id>.dump` in the data directory
+/// (subscription ids are per database).
 fn dump_path(sub: &SubscriptionInfo) -> PathBuf {
     let dir = PathBuf::from("pg_spock").join("sync");
     let _ = std::fs::create_dir_all(&dir);
-    dir.join(format!("{}.dump", sub.id))
+    // SAFETY: reads this backend's database oid.
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    dir.join(format!("{db}_{}.dump", sub.id))
 }
 
 /// The directory of this server's programs (pg_dump, pg_restore).
