@@ -43,6 +43,9 @@ pub struct LocalRelation {
     pub identity_index: pg_sys::Oid,
     /// REPLICA IDENTITY FULL without index: rows are found by sequential scan.
     pub identity_full: bool,
+    /// Per local attribute: whether a search for a row needs it (the identity
+    /// index's key columns; every column without an index).
+    search_atts: Vec<bool>,
 }
 
 fn err(code: PgSqlErrorCode, msg: String) -> ! {
@@ -175,8 +178,9 @@ impl LocalRelation {
                 identity_index = pg_sys::RelationGetPrimaryKeyIndex(rel, false);
             }
             let identity_full = (*(*rel).rd_rel).relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char;
+            let search_atts = if identity_index == pg_sys::InvalidOid { vec![true; natts] } else { index_key_atts(identity_index, natts) };
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full }
+            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full, search_atts }
         }
     }
 
@@ -191,6 +195,31 @@ impl LocalRelation {
         tuple: &Tuple,
         base: Option<*mut pg_sys::TupleTableSlot>,
         econtext: *mut pg_sys::ExprContext,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { self.fill_columns(slot, tuple, base, econtext, false) }
+    }
+
+    /// Fills `slot` with what a search for the row of `tuple` (a key or a full row)
+    /// needs: with an identity index only its key columns (the index scan reads no
+    /// other; the index is unique, so no other column is compared), the others NULL;
+    /// without one every column. Unchanged-TOAST markers become NULL (keys are never
+    /// TOASTed out of line).
+    ///
+    /// SAFETY: `slot` has the local table's descriptor.
+    pub unsafe fn fill_search_slot(&self, slot: *mut pg_sys::TupleTableSlot, tuple: &Tuple, econtext: *mut pg_sys::ExprContext) {
+        // SAFETY: forwarded.
+        unsafe { self.fill_columns(slot, tuple, None, econtext, true) }
+    }
+
+    /// SAFETY: as [`fill_slot`](Self::fill_slot).
+    unsafe fn fill_columns(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        tuple: &Tuple,
+        base: Option<*mut pg_sys::TupleTableSlot>,
+        econtext: *mut pg_sys::ExprContext,
+        search: bool,
     ) {
         if tuple.columns.len() != self.attmap.len() {
             err(
@@ -227,6 +256,9 @@ impl LocalRelation {
                     values.fill(pg_sys::Datum::from(0usize));
                     nulls.fill(true);
                     for &(i, state) in &self.defaults {
+                        if search && !self.search_atts[i] {
+                            continue;
+                        }
                         let mut isnull = false;
                         let eval = (*state).evalfunc.expect("initialized ExprState has an evalfunc");
                         values[i] = eval(state, econtext, &mut isnull);
@@ -236,9 +268,16 @@ impl LocalRelation {
             }
             for (ri, datum) in tuple.columns.iter().enumerate() {
                 let li = self.attmap[ri];
+                if search && !self.search_atts[li] {
+                    continue;
+                }
                 let col = self.columns[li].as_ref().expect("mapped column");
                 match datum {
                     Datum::Null => {
+                        values[li] = pg_sys::Datum::from(0usize);
+                        nulls[li] = true;
+                    }
+                    Datum::UnchangedToast if search => {
                         values[li] = pg_sys::Datum::from(0usize);
                         nulls[li] = true;
                     }
@@ -301,7 +340,33 @@ impl LocalRelation {
     }
 }
 
-/// Executor state for changes to one table within one change.
+/// Which of a table's `natts` attributes are key columns of index `index`.
+///
+/// SAFETY: inside a transaction; `index` is an index of the table, which is locked.
+unsafe fn index_key_atts(index: pg_sys::Oid, natts: usize) -> Vec<bool> {
+    let mut keys = vec![false; natts];
+    // SAFETY: the index relation is opened and closed here; its pg_index row lists
+    // `indnkeyatts` key attribute numbers (0 for an expression column).
+    unsafe {
+        let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let form = (*idx).rd_index;
+        let n = (*form).indnkeyatts as usize;
+        for &attno in (*form).indkey.values.as_slice(n) {
+            if attno > 0 && (attno as usize) <= natts {
+                keys[attno as usize - 1] = true;
+            }
+        }
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    keys
+}
+
+/// Executor state for changes to one table, kept for the changes of one local
+/// transaction (PostgreSQL's apply worker builds it for every change; that was most
+/// of our per-change cost). Its memory is a child of the transaction's, so an abort
+/// frees it: after an abort or a rolled-back subtransaction the writer is forgotten
+/// ([`forget`](Self::forget)), never dropped. Dropping it (inside the transaction
+/// that opened it) closes the table and its indexes.
 pub struct TableWriter {
     /// The open relation.
     pub rel: pg_sys::Relation,
@@ -311,19 +376,27 @@ pub struct TableWriter {
     pub remote: *mut pg_sys::TupleTableSlot,
     /// A slot for a local row.
     pub local: *mut pg_sys::TupleTableSlot,
+    /// A slot for the key a row is searched by.
+    pub search: *mut pg_sys::TupleTableSlot,
+    /// A slot for the new version of an updated row.
+    pub new: *mut pg_sys::TupleTableSlot,
     /// Expression context for defaults.
     pub econtext: *mut pg_sys::ExprContext,
 }
 
 impl TableWriter {
-    /// Opens `relid` and sets up an executor state for it.
+    /// Opens `relid` and sets up an executor state for it, in memory of the current
+    /// transaction.
     ///
     /// SAFETY: inside a transaction with an active snapshot.
     pub unsafe fn open(relid: pg_sys::Oid) -> TableWriter {
-        // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation).
+        // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation),
+        // allocated in the executor state's own context under TopTransactionContext.
         unsafe {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
             let estate = pg_sys::CreateExecutorState();
+            pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
             let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
             (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
             (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
@@ -338,14 +411,58 @@ impl TableWriter {
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
-            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
             pg_sys::ExecOpenIndices(rri, false);
-            pg_sys::AfterTriggerBeginQuery();
             let remote = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            let search = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            let new = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
             let local = pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable);
             let econtext = pg_sys::CreateExprContext(estate);
-            TableWriter { rel, estate, rri, remote, local, econtext }
+            pg_sys::MemoryContextSwitchTo(caller);
+            TableWriter { rel, estate, rri, remote, local, search, new, econtext }
         }
+    }
+
+    /// Starts one change (one command of the local transaction).
+    ///
+    /// SAFETY: inside the transaction that opened the writer.
+    pub unsafe fn begin_change(&mut self) {
+        // SAFETY: as the native apply worker does for each change.
+        unsafe {
+            (*self.estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::AfterTriggerBeginQuery();
+        }
+    }
+
+    /// Ends the change begun by [`begin_change`](Self::begin_change): fires its
+    /// queued AFTER triggers, lets go of the rows (and buffer pins) of the slots and
+    /// frees the change's expression memory.
+    ///
+    /// SAFETY: after `begin_change`, in the same transaction.
+    pub unsafe fn end_change(&mut self) {
+        // SAFETY: what finish_edata does per change, short of freeing the state.
+        unsafe {
+            pg_sys::AfterTriggerEndQuery(self.estate);
+            for slot in [self.remote, self.local, self.search, self.new] {
+                pg_sys::ExecClearTuple(slot);
+            }
+            let per_tuple = (*self.estate).es_per_tuple_exprcontext;
+            if !per_tuple.is_null() {
+                pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
+            }
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+        }
+    }
+
+    /// Lets go of a writer whose transaction or subtransaction was rolled back: the
+    /// rollback closed its relations and freed (or will free) its memory.
+    pub fn forget(self) {
+        std::mem::forget(self);
+    }
+
+    /// Oid of the open table.
+    pub fn relid(&self) -> pg_sys::Oid {
+        // SAFETY: the relation is open while the writer lives.
+        unsafe { (*self.rel).rd_id }
     }
 
     /// Finds the local row whose identity matches `search` into `self.local`.
@@ -405,14 +522,6 @@ impl TableWriter {
             pg_sys::ExecSimpleRelationDelete(self.rri, self.estate, &mut epq, self.local);
             pg_sys::EvalPlanQualEnd(&mut epq);
         }
-    }
-
-    /// A new virtual slot of the table's descriptor (freed with the writer).
-    ///
-    /// SAFETY: the writer is open.
-    pub unsafe fn extra_slot(&mut self) -> *mut pg_sys::TupleTableSlot {
-        // SAFETY: allocated in the executor state's tuple table.
-        unsafe { pg_sys::ExecInitExtraTupleSlot(self.estate, (*self.rel).rd_att, &pg_sys::TTSOpsVirtual) }
     }
 
     /// Commit timestamp and origin of the row in `self.local`, or `None` when the
@@ -478,10 +587,10 @@ impl Drop for TableWriter {
             // and the executor memory; calling into the executor now could fail again.
             return;
         }
-        // SAFETY: tears down what `open` set up, in the native apply worker's order.
+        // SAFETY: tears down what `open` set up, in the native apply worker's order
+        // (AFTER triggers were fired by end_change).
         unsafe {
             pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::AfterTriggerEndQuery(self.estate);
             pg_sys::ExecCloseResultRelations(self.estate);
             pg_sys::ExecCloseRangeTableRelations(self.estate);
             pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);

@@ -20,10 +20,12 @@ use crate::error::{spi_failed, PgError};
 use crate::workers::shmem::ExceptionSlot;
 use crate::gucs;
 
-/// A remote relation and, once used in this transaction, its local mapping.
+/// A remote relation and, once used, its local mapping and (within one local
+/// transaction) the executor state of its table.
 struct RemoteRel {
     msg: proto::Relation,
     local: Option<LocalRelation>,
+    writer: Option<TableWriter>,
 }
 
 /// Apply state of one subscription's stream.
@@ -280,6 +282,7 @@ impl ApplySession {
     /// Rolls back the local transaction of the remote transaction being applied and
     /// forgets it (eager apply of a stream that must be replayed at commit instead).
     pub fn abandon_remote(&mut self) {
+        self.forget_writers();
         if let Some(r) = self.remote.take() {
             if r.local_started {
                 // SAFETY: aborts the apply transaction this session started.
@@ -480,7 +483,7 @@ impl ApplySession {
     }
 
     fn handle_relation(&mut self, r: proto::Relation) {
-        self.rels.insert(r.relid, RemoteRel { msg: r, local: None });
+        self.rels.insert(r.relid, RemoteRel { msg: r, local: None, writer: None });
     }
 
     /// One row change: applied, or (replaying a transaction that failed before)
@@ -519,6 +522,7 @@ impl ApplySession {
                 // for any transaction (exception_behaviour).
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(|s| s.apply(c))));
                 if r.is_err() {
+                    self.forget_writers();
                     // SAFETY: leaves the error state; the transaction is aborted by
                     // the fallback (abandon_remote) right after this change.
                     unsafe {
@@ -584,6 +588,9 @@ impl ApplySession {
     /// only this change and is returned as text.
     fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
         self.ensure_local_transaction();
+        // Tables are opened inside the subtransaction and closed before it ends: a
+        // rollback releases them, a release would report them as leaked.
+        self.close_writers();
         // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
         // keep the caller's memory context and resource owner, and on error restore
         // them, flush the error state and roll the subtransaction back (which also
@@ -596,12 +603,14 @@ impl ApplySession {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
             match r {
                 Ok(()) => {
+                    self.close_writers();
                     pg_sys::ReleaseCurrentSubTransaction();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
                     Ok(())
                 }
                 Err(payload) => {
+                    self.forget_writers();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     let (code, msg) = describe_error(payload.as_ref());
                     pg_sys::FlushErrorState();
@@ -713,6 +722,7 @@ impl ApplySession {
         if all || !changed.is_empty() {
             for r in self.rels.values_mut() {
                 if all || r.local.as_ref().is_some_and(|l| changed.contains(&l.relid)) {
+                    r.writer = None;
                     r.local = None;
                 }
             }
@@ -720,14 +730,18 @@ impl ApplySession {
         all || changed.contains(&local_relid)
     }
 
-    /// Opens the local table of remote relation `relid` with its mapping. Opening
-    /// takes the table's lock, which brings news of a concurrent local ALTER TABLE:
-    /// the mapping is then rebuilt before use.
+    /// The executor state of the local table of remote relation `relid`, with its
+    /// mapping: the one kept since an earlier change of this transaction, or a new
+    /// one. Opening takes the table's lock, which brings news of a concurrent local
+    /// ALTER TABLE: the mapping is then rebuilt before use.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot; the returned
     /// mapping lives in self.rels until the next call.
     unsafe fn open_writer(&mut self, relid: u32) -> (TableWriter, *const LocalRelation) {
         let map = self.local_relation(relid) as *const LocalRelation;
+        if let Some(w) = self.rels.get_mut(&relid).and_then(|r| r.writer.take()) {
+            return (w, map);
+        }
         // SAFETY: forwarded; the mapping is alive (just looked up).
         let local = unsafe { (*map).relid };
         // SAFETY: forwarded.
@@ -740,6 +754,44 @@ impl ApplySession {
             return (w, map);
         }
         (w, map)
+    }
+
+    /// Applies one change to the table of remote relation `relid` with `f`, then
+    /// keeps the table's executor state for the next change of the transaction.
+    ///
+    /// SAFETY: inside the apply transaction with an active snapshot.
+    unsafe fn with_writer<T>(&mut self, relid: u32, f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T) -> T {
+        // SAFETY: forwarded; the mapping lives in self.rels, untouched while `f`
+        // applies the change (nothing in it drains invalidations or adds relations).
+        unsafe {
+            let (mut w, map) = self.open_writer(relid);
+            w.begin_change();
+            let out = f(self, &mut w, &*map);
+            w.end_change();
+            match self.rels.get_mut(&relid) {
+                Some(r) if r.writer.is_none() && r.local.as_ref().is_some_and(|l| l.relid == w.relid()) => r.writer = Some(w),
+                _ => drop(w),
+            }
+            out
+        }
+    }
+
+    /// Closes the tables kept open for this transaction (before it commits, before a
+    /// subtransaction, before DDL or TRUNCATE, which refuse tables in use).
+    fn close_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            r.writer = None;
+        }
+    }
+
+    /// Forgets the tables kept open after an error: the (sub)transaction rollback
+    /// releases them.
+    fn forget_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            if let Some(w) = r.writer.take() {
+                w.forget();
+            }
+        }
     }
 
     fn local_relation(&mut self, relid: u32) -> &LocalRelation {
@@ -900,81 +952,77 @@ impl ApplySession {
     }
 
     fn handle_insert(&mut self, i: &proto::Insert) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
-        unsafe {
-            let (mut w, map) = self.open_writer(i.relid);
-            let map = &*map;
-            map.fill_slot(w.remote, &i.new, None, w.econtext);
-            let has_key = map.identity_index != pg_sys::InvalidOid;
-            if has_key && w.find(map, w.remote) {
-                let local = match w.local_row_version() {
-                    LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
-                    LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
-                };
-                let apply = match local {
-                    None => true,
-                    Some(l) => self.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
-                };
-                if apply {
-                    let new = w.extra_slot();
-                    map.fill_slot(new, &i.new, Some(w.local), w.econtext);
-                    w.update(new);
+        // SAFETY: inside the apply transaction with an active snapshot.
+        let queued = unsafe {
+            self.with_writer(i.relid, |s, w, map| {
+                map.fill_slot(w.remote, &i.new, None, w.econtext);
+                let has_key = map.identity_index != pg_sys::InvalidOid;
+                if has_key && w.find(map, w.remote) {
+                    let local = match w.local_row_version() {
+                        LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
+                        LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
+                    };
+                    let apply = match local {
+                        None => true,
+                        Some(l) => s.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
+                    };
+                    if apply {
+                        map.fill_slot(w.new, &i.new, Some(w.local), w.econtext);
+                        w.update(w.new);
+                    }
+                    return None;
                 }
-                return;
-            }
-            w.insert();
-            // spock.queue: act on the queued message in this transaction (apply/queue.rs).
-            if super::queue::is_queue(map) {
-                let row = super::queue::QueuedRow::from_slot(w.remote);
-                drop(w);
-                super::queue::handle_queued_row(&self.sub, row);
-            }
+                w.insert();
+                // spock.queue: act on the queued message in this transaction (apply/queue.rs).
+                super::queue::is_queue(map).then(|| super::queue::QueuedRow::from_slot(w.remote))
+            })
+        };
+        if let Some(row) = queued {
+            // Queued DDL may alter any table: none may be open.
+            self.close_writers();
+            super::queue::handle_queued_row(&self.sub, row);
         }
     }
 
     fn handle_update(&mut self, u: &proto::Update) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
+        // SAFETY: inside the apply transaction with an active snapshot.
         unsafe {
-            let (mut w, map) = self.open_writer(u.relid);
-            let map = &*map;
-            let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
-            let search = w.extra_slot();
-            map.fill_slot(search, &without_unchanged(key), None, w.econtext);
-            if !find_with_retries(&mut w, map, search) {
-                self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
-                return;
-            }
-            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
-            if apply {
-                let new = w.extra_slot();
-                map.fill_slot(new, &u.new, Some(w.local), w.econtext);
-                w.update(new);
-            }
+            self.with_writer(u.relid, |s, w, map| {
+                let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
+                map.fill_search_slot(w.search, key, w.econtext);
+                if !find_with_retries(w, map, w.search) {
+                    s.decide(ConflictKind::UpdateMissing, None, &map.qualified);
+                    return;
+                }
+                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
+                if apply {
+                    map.fill_slot(w.new, &u.new, Some(w.local), w.econtext);
+                    w.update(w.new);
+                }
+            })
         }
     }
 
     fn handle_delete(&mut self, d: &proto::Delete) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
+        // SAFETY: inside the apply transaction with an active snapshot.
         unsafe {
-            let (mut w, map) = self.open_writer(d.relid);
-            let map = &*map;
-            let search = w.extra_slot();
-            map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
-            if !find_with_retries(&mut w, map, search) {
-                self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
-                return;
-            }
-            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
-            if apply {
-                w.delete();
-            }
+            self.with_writer(d.relid, |s, w, map| {
+                map.fill_search_slot(w.search, &d.old.tuple, w.econtext);
+                if !find_with_retries(w, map, w.search) {
+                    s.decide(ConflictKind::DeleteMissing, None, &map.qualified);
+                    return;
+                }
+                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
+                if apply {
+                    w.delete();
+                }
+            })
         }
     }
 
     fn handle_truncate(&mut self, t: &proto::Truncate) {
+        // TRUNCATE refuses tables in use.
+        self.close_writers();
         let mut oids = Vec::new();
         for relid in &t.relids {
             oids.push(i64::from(u32::from(self.local_relation(*relid).relid)));
@@ -1043,6 +1091,7 @@ impl ApplySession {
         if !remote.local_started {
             return;
         }
+        self.close_writers();
         // SAFETY: the origin's progress is set to the remote end LSN and committed in
         // the same commit record as the applied rows.
         unsafe {
@@ -1088,6 +1137,7 @@ impl ApplySession {
         let xid = remote.xid;
         let changes = remote.changes;
         self.remote = Some(remote);
+        self.close_writers();
         self.ensure_local_transaction();
         let msg = exc::disable_message(&self.sub.name, &lsn);
         if gucs::exception_logging() != exc::ExceptionLogging::None {
@@ -1164,17 +1214,6 @@ unsafe fn find_with_retries(w: &mut TableWriter, map: &LocalRelation, search: *m
         }
     }
     false
-}
-
-/// A key tuple for searching: unchanged-TOAST markers become NULL (keys are never
-/// TOASTed out of line; the marker only appears in non-key columns).
-fn without_unchanged(t: &proto::Tuple) -> proto::Tuple {
-    proto::Tuple::new(
-        t.columns
-            .iter()
-            .map(|d| if *d == proto::Datum::UnchangedToast { proto::Datum::Null } else { d.clone() })
-            .collect(),
-    )
 }
 
 fn log_conflict(msg: &str) {
