@@ -361,12 +361,18 @@ unsafe fn index_key_atts(index: pg_sys::Oid, natts: usize) -> Vec<bool> {
     keys
 }
 
-/// Executor state for changes to one table, kept for the changes of one local
-/// transaction (PostgreSQL's apply worker builds it for every change; that was most
-/// of our per-change cost). Its memory is a child of the transaction's, so an abort
-/// frees it: after an abort or a rolled-back subtransaction the writer is forgotten
-/// ([`forget`](Self::forget)), never dropped. Dropping it (inside the transaction
-/// that opened it) closes the table and its indexes.
+/// Executor state for changes to one table (the open table and indexes, result
+/// relation, slots), kept across changes and transactions: PostgreSQL's apply worker
+/// builds it for every change, which was most of our per-change cost. It is dropped
+/// when the table's relation cache entry is invalidated (the caller watches that).
+///
+/// Its relation references and tuple descriptor pins belong to a resource owner of
+/// the apply session (`owner`), its memory to a session context, so neither a commit
+/// nor an abort touches them. Only the slot for local rows (which pins buffers)
+/// belongs to the current transaction: [`begin_transaction`](Self::begin_transaction)
+/// creates it and takes the locks native apply takes, [`end_transaction`](Self::end_transaction)
+/// drops it before a commit, [`forget_transaction`](Self::forget_transaction) after
+/// a rollback released it. Dropping the writer closes everything.
 pub struct TableWriter {
     /// The open relation.
     pub rel: pg_sys::Relation,
@@ -374,7 +380,7 @@ pub struct TableWriter {
     rri: *mut pg_sys::ResultRelInfo,
     /// A slot for the remote row.
     pub remote: *mut pg_sys::TupleTableSlot,
-    /// A slot for a local row.
+    /// A slot for a local row, of the current transaction (null outside one).
     pub local: *mut pg_sys::TupleTableSlot,
     /// A slot for the key a row is searched by.
     pub search: *mut pg_sys::TupleTableSlot,
@@ -382,19 +388,33 @@ pub struct TableWriter {
     pub new: *mut pg_sys::TupleTableSlot,
     /// Expression context for defaults.
     pub econtext: *mut pg_sys::ExprContext,
+    /// The session's resource owner of relation references and descriptor pins.
+    owner: pg_sys::ResourceOwner,
+    /// The local transaction (the caller's number) the writer is ready for.
+    pub txn: u64,
+    /// Slots or relations the executor added during a change (trigger slots, trigger
+    /// target relations) were released by a rollback.
+    extras_gone: bool,
 }
 
+/// Slots `open` puts in the executor state's tuple table (remote, search, new).
+const OWN_SLOTS: usize = 3;
+
 impl TableWriter {
-    /// Opens `relid` and sets up an executor state for it, in memory of the current
-    /// transaction.
+    /// Opens `relid` and sets up an executor state for it in a child of `cxt`, its
+    /// references owned by `owner`; ready for transaction `txn`.
     ///
-    /// SAFETY: inside a transaction with an active snapshot.
-    pub unsafe fn open(relid: pg_sys::Oid) -> TableWriter {
+    /// SAFETY: inside a transaction with an active snapshot; `owner` and `cxt` live
+    /// as long as the writer.
+    pub unsafe fn open(relid: pg_sys::Oid, owner: pg_sys::ResourceOwner, cxt: pg_sys::MemoryContext, txn: u64) -> TableWriter {
         // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation),
-        // allocated in the executor state's own context under TopTransactionContext.
+        // with session-lived memory and references (locks still go with the transaction).
         unsafe {
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+            pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let tx_owner = pg_sys::CurrentResourceOwner;
+            pg_sys::CurrentResourceOwner = owner;
+            let rel = pg_sys::table_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+            let caller = pg_sys::MemoryContextSwitchTo(cxt);
             let estate = pg_sys::CreateExecutorState();
             pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
             let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
@@ -411,20 +431,86 @@ impl TableWriter {
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            // Index locks are taken under the session owner here; the transaction's
+            // end releases them all the same (they are not session locks).
             pg_sys::ExecOpenIndices(rri, false);
             let remote = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
             let search = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
             let new = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
-            let local = pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable);
             let econtext = pg_sys::CreateExprContext(estate);
             pg_sys::MemoryContextSwitchTo(caller);
-            TableWriter { rel, estate, rri, remote, local, search, new, econtext }
+            pg_sys::CurrentResourceOwner = tx_owner;
+            let mut w = TableWriter { rel, estate, rri, remote, local: std::ptr::null_mut(), search, new, econtext, owner, txn, extras_gone: false };
+            w.create_local_slot();
+            w
+        }
+    }
+
+    /// SAFETY: inside a transaction; `self.local` is null.
+    unsafe fn create_local_slot(&mut self) {
+        // SAFETY: a buffer slot in transaction memory, its descriptor pin owned by
+        // the transaction.
+        unsafe {
+            let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+            self.local = pg_sys::MakeSingleTupleTableSlot((*self.rel).rd_att, pg_sys::table_slot_callbacks(self.rel));
+            pg_sys::MemoryContextSwitchTo(caller);
+        }
+    }
+
+    /// Makes a writer kept from an earlier transaction ready for transaction `txn`:
+    /// the locks PostgreSQL's apply takes when it opens the table and its indexes
+    /// (taking them brings pending invalidations, which the caller checks next),
+    /// and a slot for local rows.
+    ///
+    /// SAFETY: inside transaction `txn`.
+    pub unsafe fn begin_transaction(&mut self, txn: u64) {
+        // SAFETY: the relation and index descriptors are open (session references).
+        unsafe {
+            pg_sys::LockRelationOid((*self.rel).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
+                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+                pg_sys::LockRelationOid((*index).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            }
+            self.local = std::ptr::null_mut();
+            self.create_local_slot();
+        }
+        self.txn = txn;
+    }
+
+    /// Drops the transaction's slot (and its buffer pin) before the transaction ends.
+    ///
+    /// SAFETY: inside the transaction the writer was made ready for.
+    pub unsafe fn end_transaction(&mut self) {
+        if !self.local.is_null() {
+            // SAFETY: the slot was made in this transaction.
+            unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.local) };
+            self.local = std::ptr::null_mut();
+        }
+    }
+
+    /// After a rollback: the slot of the rolled-back transaction is gone with it, so
+    /// are slots and relations the executor added during its changes (the writer must
+    /// then be dropped: see [`has_extras`](Self::has_extras)).
+    pub fn forget_transaction(&mut self) {
+        self.local = std::ptr::null_mut();
+        self.txn = 0;
+        self.extras_gone = self.has_extras();
+    }
+
+    /// Whether the executor added slots or relations to the state during a change
+    /// (AFTER triggers do): they belong to the transaction, so the writer cannot
+    /// outlive it and is dropped after the change.
+    pub fn has_extras(&self) -> bool {
+        // SAFETY: reads lists of the live executor state.
+        unsafe {
+            let slots = (*self.estate).es_tupleTable;
+            (!slots.is_null() && (*slots).length as usize > OWN_SLOTS) || !(*self.estate).es_trig_target_relations.is_null()
         }
     }
 
     /// Starts one change (one command of the local transaction).
     ///
-    /// SAFETY: inside the transaction that opened the writer.
+    /// SAFETY: inside the transaction the writer is ready for.
     pub unsafe fn begin_change(&mut self) {
         // SAFETY: as the native apply worker does for each change.
         unsafe {
@@ -434,7 +520,7 @@ impl TableWriter {
     }
 
     /// Ends the change begun by [`begin_change`](Self::begin_change): fires its
-    /// queued AFTER triggers, lets go of the rows (and buffer pins) of the slots and
+    /// queued AFTER triggers, lets go of the rows (and buffer pin) of the slots and
     /// frees the change's expression memory.
     ///
     /// SAFETY: after `begin_change`, in the same transaction.
@@ -451,18 +537,6 @@ impl TableWriter {
             }
             pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
         }
-    }
-
-    /// Lets go of a writer whose transaction or subtransaction was rolled back: the
-    /// rollback closed its relations and freed (or will free) its memory.
-    pub fn forget(self) {
-        std::mem::forget(self);
-    }
-
-    /// Oid of the open table.
-    pub fn relid(&self) -> pg_sys::Oid {
-        // SAFETY: the relation is open while the writer lives.
-        unsafe { (*self.rel).rd_id }
     }
 
     /// Finds the local row whose identity matches `search` into `self.local`.
@@ -583,19 +657,42 @@ pub enum LocalVersion {
 impl Drop for TableWriter {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // An ERROR is being raised: the transaction abort releases the relation
-            // and the executor memory; calling into the executor now could fail again.
+            // An ERROR is being raised and the process is on its way out: calling
+            // into the executor now could fail again.
             return;
         }
-        // SAFETY: tears down what `open` set up, in the native apply worker's order
-        // (AFTER triggers were fired by end_change).
+        // SAFETY: tears down what `open` set up, the session's references under the
+        // session's owner; the local slot and what the executor added during a change
+        // under the transaction's (skipped when a rollback released them).
         unsafe {
+            if !self.local.is_null() {
+                pg_sys::ExecDropSingleTupleTableSlot(self.local);
+                self.local = std::ptr::null_mut();
+            }
+            let tx_owner = pg_sys::CurrentResourceOwner;
+            let slots = PgList::<pg_sys::TupleTableSlot>::from_pg((*self.estate).es_tupleTable);
+            for (i, slot) in slots.iter_ptr().enumerate() {
+                if i >= OWN_SLOTS && self.extras_gone {
+                    continue;
+                }
+                pg_sys::CurrentResourceOwner = if i < OWN_SLOTS { self.owner } else { tx_owner };
+                pg_sys::ExecClearTuple(slot);
+                let desc = (*slot).tts_tupleDescriptor;
+                if !desc.is_null() && (*desc).tdrefcount >= 0 {
+                    pg_sys::DecrTupleDescRefCount(desc);
+                }
+                (*slot).tts_tupleDescriptor = std::ptr::null_mut();
+            }
+            (*self.estate).es_tupleTable = std::ptr::null_mut();
+            pg_sys::CurrentResourceOwner = tx_owner;
+            if !self.extras_gone {
+                pg_sys::ExecCloseResultRelations(self.estate);
+            }
+            pg_sys::CurrentResourceOwner = self.owner;
             pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::ExecCloseResultRelations(self.estate);
-            pg_sys::ExecCloseRangeTableRelations(self.estate);
-            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
             pg_sys::FreeExecutorState(self.estate);
-            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::RelationClose(self.rel);
+            pg_sys::CurrentResourceOwner = tx_owner;
         }
     }
 }

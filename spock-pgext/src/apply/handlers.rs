@@ -20,12 +20,41 @@ use crate::error::{spi_failed, PgError};
 use crate::workers::shmem::ExceptionSlot;
 use crate::gucs;
 
-/// A remote relation and, once used, its local mapping and (within one local
-/// transaction) the executor state of its table.
+/// A remote relation and, once used, its local mapping and the executor state of
+/// its table (kept across transactions until the mapping goes).
 struct RemoteRel {
     msg: proto::Relation,
     local: Option<LocalRelation>,
-    writer: Option<TableWriter>,
+    /// A boxed [`TableWriter`] or null: a raw pointer because a change uses it while
+    /// the session is borrowed (the box is freed only between changes).
+    writer: *mut TableWriter,
+}
+
+impl RemoteRel {
+    fn new(msg: proto::Relation) -> RemoteRel {
+        RemoteRel { msg, local: None, writer: std::ptr::null_mut() }
+    }
+
+    /// Closes the table's executor state, if any.
+    fn close_writer(&mut self) {
+        if !self.writer.is_null() {
+            // SAFETY: made by Box::into_raw in open_writer, not in use between changes.
+            drop(unsafe { Box::from_raw(self.writer) });
+            self.writer = std::ptr::null_mut();
+        }
+    }
+
+    /// The executor state, if any.
+    fn writer(&mut self) -> Option<&mut TableWriter> {
+        // SAFETY: a live box or null.
+        unsafe { self.writer.as_mut() }
+    }
+}
+
+impl Drop for RemoteRel {
+    fn drop(&mut self) {
+        self.close_writer();
+    }
 }
 
 /// Apply state of one subscription's stream.
@@ -50,6 +79,12 @@ pub struct ApplySession {
     /// A transaction that failed before and is replayed per
     /// `spock.exception_behaviour` when it arrives again.
     exception: Option<ExceptionSlot>,
+    /// Resource owner of the relation references of the kept executor states.
+    writer_owner: pg_sys::ResourceOwner,
+    /// Memory of the kept executor states.
+    writer_cxt: pg_sys::MemoryContext,
+    /// Number of the current (or last) local transaction.
+    txn: u64,
     /// The change being applied (1-based; 0 between changes): where an error struck.
     current_change: u32,
     /// Set after a replayed transaction: the worker reconnects (binary transfer again).
@@ -134,7 +169,17 @@ impl ApplySession {
         let change_cxt = unsafe {
             pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply change".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
         };
+        // SAFETY: a session-lived resource owner (no parent) and memory context.
+        let (writer_owner, writer_cxt) = unsafe {
+            (
+                pg_sys::ResourceOwnerCreate(std::ptr::null_mut(), c"spock apply tables".as_ptr()),
+                pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply tables".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024),
+            )
+        };
         ApplySession {
+            writer_owner,
+            writer_cxt,
+            txn: 0,
             sub,
             rels: HashMap::new(),
             origins: HashMap::new(),
@@ -282,7 +327,7 @@ impl ApplySession {
     /// Rolls back the local transaction of the remote transaction being applied and
     /// forgets it (eager apply of a stream that must be replayed at commit instead).
     pub fn abandon_remote(&mut self) {
-        self.forget_writers();
+        self.forget_transaction_writers();
         if let Some(r) = self.remote.take() {
             if r.local_started {
                 // SAFETY: aborts the apply transaction this session started.
@@ -483,7 +528,7 @@ impl ApplySession {
     }
 
     fn handle_relation(&mut self, r: proto::Relation) {
-        self.rels.insert(r.relid, RemoteRel { msg: r, local: None, writer: None });
+        self.rels.insert(r.relid, RemoteRel::new(r));
     }
 
     /// One row change: applied, or (replaying a transaction that failed before)
@@ -522,7 +567,7 @@ impl ApplySession {
                 // for any transaction (exception_behaviour).
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(|s| s.apply(c))));
                 if r.is_err() {
-                    self.forget_writers();
+                    self.forget_transaction_writers();
                     // SAFETY: leaves the error state; the transaction is aborted by
                     // the fallback (abandon_remote) right after this change.
                     unsafe {
@@ -574,6 +619,7 @@ impl ApplySession {
     fn ensure_local_transaction(&mut self) {
         let Some(remote) = self.remote.as_mut() else { return };
         if !remote.local_started {
+            self.txn += 1;
             // SAFETY: starts a transaction between replication steps (worker.c).
             unsafe {
                 pg_sys::StartTransactionCommand();
@@ -610,11 +656,13 @@ impl ApplySession {
                     Ok(())
                 }
                 Err(payload) => {
-                    self.forget_writers();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     let (code, msg) = describe_error(payload.as_ref());
                     pg_sys::FlushErrorState();
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    // The rollback released the slots of tables opened inside.
+                    self.forget_transaction_writers();
+                    self.close_writers();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
                     pg_sys::MemoryContextReset(self.change_cxt);
@@ -722,7 +770,7 @@ impl ApplySession {
         if all || !changed.is_empty() {
             for r in self.rels.values_mut() {
                 if all || r.local.as_ref().is_some_and(|l| changed.contains(&l.relid)) {
-                    r.writer = None;
+                    r.close_writer();
                     r.local = None;
                 }
             }
@@ -730,67 +778,103 @@ impl ApplySession {
         all || changed.contains(&local_relid)
     }
 
-    /// The executor state of the local table of remote relation `relid`, with its
-    /// mapping: the one kept since an earlier change of this transaction, or a new
-    /// one. Opening takes the table's lock, which brings news of a concurrent local
-    /// ALTER TABLE: the mapping is then rebuilt before use.
+    /// The executor state of the local table of remote relation `relid`, ready for
+    /// the current transaction, with its mapping: the one kept from earlier changes,
+    /// or a new one. Taking the table's lock brings news of a concurrent local ALTER
+    /// TABLE: the mapping and state are then rebuilt before use.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot; the returned
-    /// mapping lives in self.rels until the next call.
-    unsafe fn open_writer(&mut self, relid: u32) -> (TableWriter, *const LocalRelation) {
+    /// state and mapping live in self.rels until the next call.
+    unsafe fn open_writer(&mut self, relid: u32) -> (*mut TableWriter, *const LocalRelation) {
         let map = self.local_relation(relid) as *const LocalRelation;
-        if let Some(w) = self.rels.get_mut(&relid).and_then(|r| r.writer.take()) {
-            return (w, map);
-        }
         // SAFETY: forwarded; the mapping is alive (just looked up).
         let local = unsafe { (*map).relid };
-        // SAFETY: forwarded.
-        let w = unsafe { TableWriter::open(local) };
-        if self.forget_invalidated(local) {
-            drop(w);
-            let map = self.local_relation(relid) as *const LocalRelation;
-            // SAFETY: as above.
-            let w = unsafe { TableWriter::open((*map).relid) };
-            return (w, map);
+        let txn = self.txn;
+        let kept = self.rels.get_mut(&relid).map_or(std::ptr::null_mut(), |r| r.writer);
+        if !kept.is_null() {
+            // SAFETY: a live writer of this session.
+            unsafe {
+                if (*kept).txn == txn {
+                    return (kept, map);
+                }
+                (*kept).begin_transaction(txn);
+            }
+            if !self.forget_invalidated(local) {
+                return (kept, map);
+            }
+        } else {
+            // SAFETY: forwarded.
+            let w = Box::into_raw(Box::new(unsafe { TableWriter::open(local, self.writer_owner, self.writer_cxt, txn) }));
+            if let Some(r) = self.rels.get_mut(&relid) {
+                r.writer = w;
+            }
+            if !self.forget_invalidated(local) {
+                return (w, map);
+            }
+        }
+        // The table changed (forget_invalidated closed its writer): map and open again.
+        let map = self.local_relation(relid) as *const LocalRelation;
+        // SAFETY: as above.
+        let w = Box::into_raw(Box::new(unsafe { TableWriter::open((*map).relid, self.writer_owner, self.writer_cxt, txn) }));
+        if let Some(r) = self.rels.get_mut(&relid) {
+            r.close_writer();
+            r.writer = w;
         }
         (w, map)
     }
 
-    /// Applies one change to the table of remote relation `relid` with `f`, then
-    /// keeps the table's executor state for the next change of the transaction.
+    /// Applies one change to the table of remote relation `relid` with `f`; the
+    /// table's executor state stays for the next changes.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot.
     unsafe fn with_writer<T>(&mut self, relid: u32, f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T) -> T {
-        // SAFETY: forwarded; the mapping lives in self.rels, untouched while `f`
-        // applies the change (nothing in it drains invalidations or adds relations).
+        // SAFETY: forwarded; the writer and mapping live in self.rels, untouched while
+        // `f` applies the change (nothing in it drains invalidations, closes writers
+        // or replaces relations). On an error the writer stays where it is; the
+        // handler of the error forgets its transaction part.
         unsafe {
-            let (mut w, map) = self.open_writer(relid);
+            let (w, map) = self.open_writer(relid);
+            let w = &mut *w;
             w.begin_change();
-            let out = f(self, &mut w, &*map);
+            let out = f(self, w, &*map);
             w.end_change();
-            match self.rels.get_mut(&relid) {
-                Some(r) if r.writer.is_none() && r.local.as_ref().is_some_and(|l| l.relid == w.relid()) => r.writer = Some(w),
-                _ => drop(w),
+            if w.has_extras() {
+                // Trigger slots or relations of this transaction: not kept.
+                if let Some(r) = self.rels.get_mut(&relid) {
+                    r.close_writer();
+                }
             }
             out
         }
     }
 
-    /// Closes the tables kept open for this transaction (before it commits, before a
-    /// subtransaction, before DDL or TRUNCATE, which refuse tables in use).
-    fn close_writers(&mut self) {
+    /// Drops the kept tables' slots of the current transaction before it commits.
+    fn end_transaction_writers(&mut self) {
         for r in self.rels.values_mut() {
-            r.writer = None;
+            if let Some(w) = r.writer() {
+                // SAFETY: inside the transaction the writers were made ready for.
+                unsafe { w.end_transaction() };
+            }
         }
     }
 
-    /// Forgets the tables kept open after an error: the (sub)transaction rollback
-    /// releases them.
-    fn forget_writers(&mut self) {
+    /// On a rollback (just before or after it): the kept tables' transaction parts
+    /// go with it and are forgotten; the rest is closed, so no executor state that
+    /// took part in a failed change survives it.
+    fn forget_transaction_writers(&mut self) {
         for r in self.rels.values_mut() {
-            if let Some(w) = r.writer.take() {
-                w.forget();
+            if let Some(w) = r.writer() {
+                w.forget_transaction();
             }
+            r.close_writer();
+        }
+    }
+
+    /// Closes the kept tables (before queued DDL or a TRUNCATE, which refuse tables
+    /// in use, and around a subtransaction, whose resources must not outlive it).
+    fn close_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            r.close_writer();
         }
     }
 
@@ -1091,7 +1175,7 @@ impl ApplySession {
         if !remote.local_started {
             return;
         }
-        self.close_writers();
+        self.end_transaction_writers();
         // SAFETY: the origin's progress is set to the remote end LSN and committed in
         // the same commit record as the applied rows.
         unsafe {
@@ -1137,7 +1221,7 @@ impl ApplySession {
         let xid = remote.xid;
         let changes = remote.changes;
         self.remote = Some(remote);
-        self.close_writers();
+        self.end_transaction_writers();
         self.ensure_local_transaction();
         let msg = exc::disable_message(&self.sub.name, &lsn);
         if gucs::exception_logging() != exc::ExceptionLogging::None {
