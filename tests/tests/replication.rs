@@ -439,3 +439,36 @@ fn apply_delay_and_sub_alter_options() {
     a.execute("INSERT INTO t VALUES (2, 'at once')").unwrap();
     wait_for("the undelayed row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 2);
 }
+
+/// The apply worker keeps a table's executor state (its open indexes) across
+/// transactions: an index created on the subscriber in between must be maintained
+/// by the next replicated rows, and a trigger created there must fire.
+#[test]
+fn kept_table_state_sees_local_indexes_and_triggers() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    subscribed_pair(a, b);
+    a.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g").unwrap();
+    wait_for("the first rows", Duration::from_secs(60), || count(b, "SELECT count(*) FROM t"), 50);
+    b.execute("CREATE INDEX t_v ON t (v)").unwrap();
+    b.execute(
+        "CREATE TABLE seen(id int); CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN INSERT INTO seen VALUES (NEW.id); RETURN NEW; END $$;
+         CREATE TRIGGER t_note AFTER INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note();
+         ALTER TABLE t ENABLE ALWAYS TRIGGER t_note",
+    )
+    .unwrap();
+    a.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(51, 100) g").unwrap();
+    a.execute("UPDATE t SET v = 'w' || id WHERE id <= 10").unwrap();
+    for i in 0..20 {
+        a.execute(&format!("UPDATE t SET v = 'x{i}' WHERE id = 20")).unwrap();
+    }
+    wait_for("the later rows", Duration::from_secs(60), || count(b, "SELECT count(*) FROM t WHERE v = 'x19'"), 1);
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 100);
+    // Every row has its entry in the new index.
+    b.execute("CREATE EXTENSION amcheck").unwrap();
+    b.execute("SELECT bt_index_check('t_v', true)").unwrap();
+    assert_eq!(count(b, "SELECT count(*) FROM t WHERE v = 'x19'"), 1);
+    // The trigger fired for the 50 inserts and 30 updates after it was created.
+    assert_eq!(count(b, "SELECT count(*) FROM seen"), 80);
+}

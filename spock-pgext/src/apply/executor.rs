@@ -43,6 +43,9 @@ pub struct LocalRelation {
     pub identity_index: pg_sys::Oid,
     /// REPLICA IDENTITY FULL without index: rows are found by sequential scan.
     pub identity_full: bool,
+    /// Per local attribute: whether a search for a row needs it (the identity
+    /// index's key columns; every column without an index).
+    search_atts: Vec<bool>,
 }
 
 fn err(code: PgSqlErrorCode, msg: String) -> ! {
@@ -175,8 +178,9 @@ impl LocalRelation {
                 identity_index = pg_sys::RelationGetPrimaryKeyIndex(rel, false);
             }
             let identity_full = (*(*rel).rd_rel).relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char;
+            let search_atts = if identity_index == pg_sys::InvalidOid { vec![true; natts] } else { index_key_atts(identity_index, natts) };
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full }
+            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full, search_atts }
         }
     }
 
@@ -191,6 +195,31 @@ impl LocalRelation {
         tuple: &Tuple,
         base: Option<*mut pg_sys::TupleTableSlot>,
         econtext: *mut pg_sys::ExprContext,
+    ) {
+        // SAFETY: forwarded.
+        unsafe { self.fill_columns(slot, tuple, base, econtext, false) }
+    }
+
+    /// Fills `slot` with what a search for the row of `tuple` (a key or a full row)
+    /// needs: with an identity index only its key columns (the index scan reads no
+    /// other; the index is unique, so no other column is compared), the others NULL;
+    /// without one every column. Unchanged-TOAST markers become NULL (keys are never
+    /// TOASTed out of line).
+    ///
+    /// SAFETY: `slot` has the local table's descriptor.
+    pub unsafe fn fill_search_slot(&self, slot: *mut pg_sys::TupleTableSlot, tuple: &Tuple, econtext: *mut pg_sys::ExprContext) {
+        // SAFETY: forwarded.
+        unsafe { self.fill_columns(slot, tuple, None, econtext, true) }
+    }
+
+    /// SAFETY: as [`fill_slot`](Self::fill_slot).
+    unsafe fn fill_columns(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        tuple: &Tuple,
+        base: Option<*mut pg_sys::TupleTableSlot>,
+        econtext: *mut pg_sys::ExprContext,
+        search: bool,
     ) {
         if tuple.columns.len() != self.attmap.len() {
             err(
@@ -227,6 +256,9 @@ impl LocalRelation {
                     values.fill(pg_sys::Datum::from(0usize));
                     nulls.fill(true);
                     for &(i, state) in &self.defaults {
+                        if search && !self.search_atts[i] {
+                            continue;
+                        }
                         let mut isnull = false;
                         let eval = (*state).evalfunc.expect("initialized ExprState has an evalfunc");
                         values[i] = eval(state, econtext, &mut isnull);
@@ -236,9 +268,16 @@ impl LocalRelation {
             }
             for (ri, datum) in tuple.columns.iter().enumerate() {
                 let li = self.attmap[ri];
+                if search && !self.search_atts[li] {
+                    continue;
+                }
                 let col = self.columns[li].as_ref().expect("mapped column");
                 match datum {
                     Datum::Null => {
+                        values[li] = pg_sys::Datum::from(0usize);
+                        nulls[li] = true;
+                    }
+                    Datum::UnchangedToast if search => {
                         values[li] = pg_sys::Datum::from(0usize);
                         nulls[li] = true;
                     }
@@ -301,7 +340,39 @@ impl LocalRelation {
     }
 }
 
-/// Executor state for changes to one table within one change.
+/// Which of a table's `natts` attributes are key columns of index `index`.
+///
+/// SAFETY: inside a transaction; `index` is an index of the table, which is locked.
+unsafe fn index_key_atts(index: pg_sys::Oid, natts: usize) -> Vec<bool> {
+    let mut keys = vec![false; natts];
+    // SAFETY: the index relation is opened and closed here; its pg_index row lists
+    // `indnkeyatts` key attribute numbers (0 for an expression column).
+    unsafe {
+        let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let form = (*idx).rd_index;
+        let n = (*form).indnkeyatts as usize;
+        for &attno in (*form).indkey.values.as_slice(n) {
+            if attno > 0 && (attno as usize) <= natts {
+                keys[attno as usize - 1] = true;
+            }
+        }
+        pg_sys::index_close(idx, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+    keys
+}
+
+/// Executor state for changes to one table (the open table and indexes, result
+/// relation, slots), kept across changes and transactions: PostgreSQL's apply worker
+/// builds it for every change, which was most of our per-change cost. It is dropped
+/// when the table's relation cache entry is invalidated (the caller watches that).
+///
+/// Its relation references and tuple descriptor pins belong to a resource owner of
+/// the apply session (`owner`), its memory to a session context, so neither a commit
+/// nor an abort touches them. Only the slot for local rows (which pins buffers)
+/// belongs to the current transaction: [`begin_transaction`](Self::begin_transaction)
+/// creates it and takes the locks native apply takes, [`end_transaction`](Self::end_transaction)
+/// drops it before a commit, [`forget_transaction`](Self::forget_transaction) after
+/// a rollback released it. Dropping the writer closes everything.
 pub struct TableWriter {
     /// The open relation.
     pub rel: pg_sys::Relation,
@@ -309,21 +380,43 @@ pub struct TableWriter {
     rri: *mut pg_sys::ResultRelInfo,
     /// A slot for the remote row.
     pub remote: *mut pg_sys::TupleTableSlot,
-    /// A slot for a local row.
+    /// A slot for a local row, of the current transaction (null outside one).
     pub local: *mut pg_sys::TupleTableSlot,
+    /// A slot for the key a row is searched by.
+    pub search: *mut pg_sys::TupleTableSlot,
+    /// A slot for the new version of an updated row.
+    pub new: *mut pg_sys::TupleTableSlot,
     /// Expression context for defaults.
     pub econtext: *mut pg_sys::ExprContext,
+    /// The session's resource owner of relation references and descriptor pins.
+    owner: pg_sys::ResourceOwner,
+    /// The local transaction (the caller's number) the writer is ready for.
+    pub txn: u64,
+    /// Slots or relations the executor added during a change (trigger slots, trigger
+    /// target relations) were released by a rollback.
+    extras_gone: bool,
 }
 
+/// Slots `open` puts in the executor state's tuple table (remote, search, new).
+const OWN_SLOTS: usize = 3;
+
 impl TableWriter {
-    /// Opens `relid` and sets up an executor state for it.
+    /// Opens `relid` and sets up an executor state for it in a child of `cxt`, its
+    /// references owned by `owner`; ready for transaction `txn`.
     ///
-    /// SAFETY: inside a transaction with an active snapshot.
-    pub unsafe fn open(relid: pg_sys::Oid) -> TableWriter {
-        // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation).
+    /// SAFETY: inside a transaction with an active snapshot; `owner` and `cxt` live
+    /// as long as the writer.
+    pub unsafe fn open(relid: pg_sys::Oid, owner: pg_sys::ResourceOwner, cxt: pg_sys::MemoryContext, txn: u64) -> TableWriter {
+        // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation),
+        // with session-lived memory and references (locks still go with the transaction).
         unsafe {
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let tx_owner = pg_sys::CurrentResourceOwner;
+            pg_sys::CurrentResourceOwner = owner;
+            let rel = pg_sys::table_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+            let caller = pg_sys::MemoryContextSwitchTo(cxt);
             let estate = pg_sys::CreateExecutorState();
+            pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
             let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
             (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
             (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
@@ -338,13 +431,111 @@ impl TableWriter {
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
-            (*estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            // Index locks are taken under the session owner here; the transaction's
+            // end releases them all the same (they are not session locks).
             pg_sys::ExecOpenIndices(rri, false);
-            pg_sys::AfterTriggerBeginQuery();
             let remote = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
-            let local = pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable);
+            let search = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
+            let new = pg_sys::ExecInitExtraTupleSlot(estate, (*rel).rd_att, &pg_sys::TTSOpsVirtual);
             let econtext = pg_sys::CreateExprContext(estate);
-            TableWriter { rel, estate, rri, remote, local, econtext }
+            pg_sys::MemoryContextSwitchTo(caller);
+            pg_sys::CurrentResourceOwner = tx_owner;
+            let mut w = TableWriter { rel, estate, rri, remote, local: std::ptr::null_mut(), search, new, econtext, owner, txn, extras_gone: false };
+            w.create_local_slot();
+            w
+        }
+    }
+
+    /// SAFETY: inside a transaction; `self.local` is null.
+    unsafe fn create_local_slot(&mut self) {
+        // SAFETY: a buffer slot in transaction memory, its descriptor pin owned by
+        // the transaction.
+        unsafe {
+            let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+            self.local = pg_sys::MakeSingleTupleTableSlot((*self.rel).rd_att, pg_sys::table_slot_callbacks(self.rel));
+            pg_sys::MemoryContextSwitchTo(caller);
+        }
+    }
+
+    /// Makes a writer kept from an earlier transaction ready for transaction `txn`:
+    /// the locks PostgreSQL's apply takes when it opens the table and its indexes
+    /// (taking them brings pending invalidations, which the caller checks next),
+    /// and a slot for local rows.
+    ///
+    /// SAFETY: inside transaction `txn`.
+    pub unsafe fn begin_transaction(&mut self, txn: u64) {
+        // SAFETY: the relation and index descriptors are open (session references).
+        unsafe {
+            pg_sys::LockRelationOid((*self.rel).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
+                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+                pg_sys::LockRelationOid((*index).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            }
+            self.local = std::ptr::null_mut();
+            self.create_local_slot();
+        }
+        self.txn = txn;
+    }
+
+    /// Drops the transaction's slot (and its buffer pin) before the transaction ends.
+    ///
+    /// SAFETY: inside the transaction the writer was made ready for.
+    pub unsafe fn end_transaction(&mut self) {
+        if !self.local.is_null() {
+            // SAFETY: the slot was made in this transaction.
+            unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.local) };
+            self.local = std::ptr::null_mut();
+        }
+    }
+
+    /// After a rollback: the slot of the rolled-back transaction is gone with it, so
+    /// are slots and relations the executor added during its changes (the writer must
+    /// then be dropped: see [`has_extras`](Self::has_extras)).
+    pub fn forget_transaction(&mut self) {
+        self.local = std::ptr::null_mut();
+        self.txn = 0;
+        self.extras_gone = self.has_extras();
+    }
+
+    /// Whether the executor added slots or relations to the state during a change
+    /// (AFTER triggers do): they belong to the transaction, so the writer cannot
+    /// outlive it and is dropped after the change.
+    pub fn has_extras(&self) -> bool {
+        // SAFETY: reads lists of the live executor state.
+        unsafe {
+            let slots = (*self.estate).es_tupleTable;
+            (!slots.is_null() && (*slots).length as usize > OWN_SLOTS) || !(*self.estate).es_trig_target_relations.is_null()
+        }
+    }
+
+    /// Starts one change (one command of the local transaction).
+    ///
+    /// SAFETY: inside the transaction the writer is ready for.
+    pub unsafe fn begin_change(&mut self) {
+        // SAFETY: as the native apply worker does for each change.
+        unsafe {
+            (*self.estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
+            pg_sys::AfterTriggerBeginQuery();
+        }
+    }
+
+    /// Ends the change begun by [`begin_change`](Self::begin_change): fires its
+    /// queued AFTER triggers, lets go of the rows (and buffer pin) of the slots and
+    /// frees the change's expression memory.
+    ///
+    /// SAFETY: after `begin_change`, in the same transaction.
+    pub unsafe fn end_change(&mut self) {
+        // SAFETY: what finish_edata does per change, short of freeing the state.
+        unsafe {
+            pg_sys::AfterTriggerEndQuery(self.estate);
+            for slot in [self.remote, self.local, self.search, self.new] {
+                pg_sys::ExecClearTuple(slot);
+            }
+            let per_tuple = (*self.estate).es_per_tuple_exprcontext;
+            if !per_tuple.is_null() {
+                pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
+            }
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
         }
     }
 
@@ -407,14 +598,6 @@ impl TableWriter {
         }
     }
 
-    /// A new virtual slot of the table's descriptor (freed with the writer).
-    ///
-    /// SAFETY: the writer is open.
-    pub unsafe fn extra_slot(&mut self) -> *mut pg_sys::TupleTableSlot {
-        // SAFETY: allocated in the executor state's tuple table.
-        unsafe { pg_sys::ExecInitExtraTupleSlot(self.estate, (*self.rel).rd_att, &pg_sys::TTSOpsVirtual) }
-    }
-
     /// Commit timestamp and origin of the row in `self.local`, or `None` when the
     /// row was written by the current transaction.
     ///
@@ -474,19 +657,42 @@ pub enum LocalVersion {
 impl Drop for TableWriter {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            // An ERROR is being raised: the transaction abort releases the relation
-            // and the executor memory; calling into the executor now could fail again.
+            // An ERROR is being raised and the process is on its way out: calling
+            // into the executor now could fail again.
             return;
         }
-        // SAFETY: tears down what `open` set up, in the native apply worker's order.
+        // SAFETY: tears down what `open` set up, the session's references under the
+        // session's owner; the local slot and what the executor added during a change
+        // under the transaction's (skipped when a rollback released them).
         unsafe {
+            if !self.local.is_null() {
+                pg_sys::ExecDropSingleTupleTableSlot(self.local);
+                self.local = std::ptr::null_mut();
+            }
+            let tx_owner = pg_sys::CurrentResourceOwner;
+            let slots = PgList::<pg_sys::TupleTableSlot>::from_pg((*self.estate).es_tupleTable);
+            for (i, slot) in slots.iter_ptr().enumerate() {
+                if i >= OWN_SLOTS && self.extras_gone {
+                    continue;
+                }
+                pg_sys::CurrentResourceOwner = if i < OWN_SLOTS { self.owner } else { tx_owner };
+                pg_sys::ExecClearTuple(slot);
+                let desc = (*slot).tts_tupleDescriptor;
+                if !desc.is_null() && (*desc).tdrefcount >= 0 {
+                    pg_sys::DecrTupleDescRefCount(desc);
+                }
+                (*slot).tts_tupleDescriptor = std::ptr::null_mut();
+            }
+            (*self.estate).es_tupleTable = std::ptr::null_mut();
+            pg_sys::CurrentResourceOwner = tx_owner;
+            if !self.extras_gone {
+                pg_sys::ExecCloseResultRelations(self.estate);
+            }
+            pg_sys::CurrentResourceOwner = self.owner;
             pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::AfterTriggerEndQuery(self.estate);
-            pg_sys::ExecCloseResultRelations(self.estate);
-            pg_sys::ExecCloseRangeTableRelations(self.estate);
-            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
             pg_sys::FreeExecutorState(self.estate);
-            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::RelationClose(self.rel);
+            pg_sys::CurrentResourceOwner = tx_owner;
         }
     }
 }

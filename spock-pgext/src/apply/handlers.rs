@@ -20,10 +20,41 @@ use crate::error::{spi_failed, PgError};
 use crate::workers::shmem::ExceptionSlot;
 use crate::gucs;
 
-/// A remote relation and, once used in this transaction, its local mapping.
+/// A remote relation and, once used, its local mapping and the executor state of
+/// its table (kept across transactions until the mapping goes).
 struct RemoteRel {
     msg: proto::Relation,
     local: Option<LocalRelation>,
+    /// A boxed [`TableWriter`] or null: a raw pointer because a change uses it while
+    /// the session is borrowed (the box is freed only between changes).
+    writer: *mut TableWriter,
+}
+
+impl RemoteRel {
+    fn new(msg: proto::Relation) -> RemoteRel {
+        RemoteRel { msg, local: None, writer: std::ptr::null_mut() }
+    }
+
+    /// Closes the table's executor state, if any.
+    fn close_writer(&mut self) {
+        if !self.writer.is_null() {
+            // SAFETY: made by Box::into_raw in open_writer, not in use between changes.
+            drop(unsafe { Box::from_raw(self.writer) });
+            self.writer = std::ptr::null_mut();
+        }
+    }
+
+    /// The executor state, if any.
+    fn writer(&mut self) -> Option<&mut TableWriter> {
+        // SAFETY: a live box or null.
+        unsafe { self.writer.as_mut() }
+    }
+}
+
+impl Drop for RemoteRel {
+    fn drop(&mut self) {
+        self.close_writer();
+    }
 }
 
 /// Apply state of one subscription's stream.
@@ -48,6 +79,12 @@ pub struct ApplySession {
     /// A transaction that failed before and is replayed per
     /// `spock.exception_behaviour` when it arrives again.
     exception: Option<ExceptionSlot>,
+    /// Resource owner of the relation references of the kept executor states.
+    writer_owner: pg_sys::ResourceOwner,
+    /// Memory of the kept executor states.
+    writer_cxt: pg_sys::MemoryContext,
+    /// Number of the current (or last) local transaction.
+    txn: u64,
     /// The change being applied (1-based; 0 between changes): where an error struck.
     current_change: u32,
     /// Set after a replayed transaction: the worker reconnects (binary transfer again).
@@ -135,7 +172,17 @@ impl ApplySession {
         let change_cxt = unsafe {
             pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply change".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
         };
+        // SAFETY: a session-lived resource owner (no parent) and memory context.
+        let (writer_owner, writer_cxt) = unsafe {
+            (
+                pg_sys::ResourceOwnerCreate(std::ptr::null_mut(), c"spock apply tables".as_ptr()),
+                pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply tables".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024),
+            )
+        };
         ApplySession {
+            writer_owner,
+            writer_cxt,
+            txn: 0,
             sub,
             rels: HashMap::new(),
             origins: HashMap::new(),
@@ -284,6 +331,7 @@ impl ApplySession {
     /// Rolls back the local transaction of the remote transaction being applied and
     /// forgets it (eager apply of a stream that must be replayed at commit instead).
     pub fn abandon_remote(&mut self) {
+        self.forget_transaction_writers();
         if let Some(r) = self.remote.take() {
             if r.local_started {
                 // SAFETY: aborts the apply transaction this session started.
@@ -484,7 +532,7 @@ impl ApplySession {
     }
 
     fn handle_relation(&mut self, r: proto::Relation) {
-        self.rels.insert(r.relid, RemoteRel { msg: r, local: None });
+        self.rels.insert(r.relid, RemoteRel::new(r));
     }
 
     /// One row change: applied, or (replaying a transaction that failed before)
@@ -523,6 +571,7 @@ impl ApplySession {
                 // for any transaction (exception_behaviour).
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(|s| s.apply(c))));
                 if r.is_err() {
+                    self.forget_transaction_writers();
                     // SAFETY: leaves the error state; the transaction is aborted by
                     // the fallback (abandon_remote) right after this change.
                     unsafe {
@@ -575,6 +624,7 @@ impl ApplySession {
     fn ensure_local_transaction(&mut self) {
         let Some(remote) = self.remote.as_mut() else { return };
         if !remote.local_started {
+            self.txn += 1;
             // SAFETY: starts a transaction between replication steps (worker.c).
             unsafe {
                 pg_sys::StartTransactionCommand();
@@ -589,6 +639,9 @@ impl ApplySession {
     /// only this change and is returned as text.
     fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
         self.ensure_local_transaction();
+        // Tables are opened inside the subtransaction and closed before it ends: a
+        // rollback releases them, a release would report them as leaked.
+        self.close_writers();
         // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
         // keep the caller's memory context and resource owner, and on error restore
         // them, flush the error state and roll the subtransaction back (which also
@@ -601,6 +654,7 @@ impl ApplySession {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
             match r {
                 Ok(()) => {
+                    self.close_writers();
                     pg_sys::ReleaseCurrentSubTransaction();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
@@ -611,6 +665,9 @@ impl ApplySession {
                     let (code, msg) = describe_error(payload.as_ref());
                     pg_sys::FlushErrorState();
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    // The rollback released the slots of tables opened inside.
+                    self.forget_transaction_writers();
+                    self.close_writers();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
                     pg_sys::MemoryContextReset(self.change_cxt);
@@ -718,6 +775,7 @@ impl ApplySession {
         if all || !changed.is_empty() {
             for r in self.rels.values_mut() {
                 if all || r.local.as_ref().is_some_and(|l| changed.contains(&l.relid)) {
+                    r.close_writer();
                     r.local = None;
                 }
             }
@@ -725,26 +783,104 @@ impl ApplySession {
         all || changed.contains(&local_relid)
     }
 
-    /// Opens the local table of remote relation `relid` with its mapping. Opening
-    /// takes the table's lock, which brings news of a concurrent local ALTER TABLE:
-    /// the mapping is then rebuilt before use.
+    /// The executor state of the local table of remote relation `relid`, ready for
+    /// the current transaction, with its mapping: the one kept from earlier changes,
+    /// or a new one. Taking the table's lock brings news of a concurrent local ALTER
+    /// TABLE: the mapping and state are then rebuilt before use.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot; the returned
-    /// mapping lives in self.rels until the next call.
-    unsafe fn open_writer(&mut self, relid: u32) -> (TableWriter, *const LocalRelation) {
+    /// state and mapping live in self.rels until the next call.
+    unsafe fn open_writer(&mut self, relid: u32) -> (*mut TableWriter, *const LocalRelation) {
         let map = self.local_relation(relid) as *const LocalRelation;
         // SAFETY: forwarded; the mapping is alive (just looked up).
         let local = unsafe { (*map).relid };
-        // SAFETY: forwarded.
-        let w = unsafe { TableWriter::open(local) };
-        if self.forget_invalidated(local) {
-            drop(w);
-            let map = self.local_relation(relid) as *const LocalRelation;
-            // SAFETY: as above.
-            let w = unsafe { TableWriter::open((*map).relid) };
-            return (w, map);
+        let txn = self.txn;
+        let kept = self.rels.get_mut(&relid).map_or(std::ptr::null_mut(), |r| r.writer);
+        if !kept.is_null() {
+            // SAFETY: a live writer of this session.
+            unsafe {
+                if (*kept).txn == txn {
+                    return (kept, map);
+                }
+                (*kept).begin_transaction(txn);
+            }
+            if !self.forget_invalidated(local) {
+                return (kept, map);
+            }
+        } else {
+            // SAFETY: forwarded.
+            let w = Box::into_raw(Box::new(unsafe { TableWriter::open(local, self.writer_owner, self.writer_cxt, txn) }));
+            if let Some(r) = self.rels.get_mut(&relid) {
+                r.writer = w;
+            }
+            if !self.forget_invalidated(local) {
+                return (w, map);
+            }
+        }
+        // The table changed (forget_invalidated closed its writer): map and open again.
+        let map = self.local_relation(relid) as *const LocalRelation;
+        // SAFETY: as above.
+        let w = Box::into_raw(Box::new(unsafe { TableWriter::open((*map).relid, self.writer_owner, self.writer_cxt, txn) }));
+        if let Some(r) = self.rels.get_mut(&relid) {
+            r.close_writer();
+            r.writer = w;
         }
         (w, map)
+    }
+
+    /// Applies one change to the table of remote relation `relid` with `f`; the
+    /// table's executor state stays for the next changes.
+    ///
+    /// SAFETY: inside the apply transaction with an active snapshot.
+    unsafe fn with_writer<T>(&mut self, relid: u32, f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T) -> T {
+        // SAFETY: forwarded; the writer and mapping live in self.rels, untouched while
+        // `f` applies the change (nothing in it drains invalidations, closes writers
+        // or replaces relations). On an error the writer stays where it is; the
+        // handler of the error forgets its transaction part.
+        unsafe {
+            let (w, map) = self.open_writer(relid);
+            let w = &mut *w;
+            w.begin_change();
+            let out = f(self, w, &*map);
+            w.end_change();
+            if w.has_extras() {
+                // Trigger slots or relations of this transaction: not kept.
+                if let Some(r) = self.rels.get_mut(&relid) {
+                    r.close_writer();
+                }
+            }
+            out
+        }
+    }
+
+    /// Drops the kept tables' slots of the current transaction before it commits.
+    fn end_transaction_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            if let Some(w) = r.writer() {
+                // SAFETY: inside the transaction the writers were made ready for.
+                unsafe { w.end_transaction() };
+            }
+        }
+    }
+
+    /// On a rollback (just before or after it): the kept tables' transaction parts
+    /// go with it and are forgotten; the rest is closed, so no executor state that
+    /// took part in a failed change survives it.
+    fn forget_transaction_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            if let Some(w) = r.writer() {
+                w.forget_transaction();
+            }
+            r.close_writer();
+        }
+    }
+
+    /// Closes the kept tables (before queued DDL or a TRUNCATE, which refuse tables
+    /// in use, and around a subtransaction, whose resources must not outlive it).
+    fn close_writers(&mut self) {
+        for r in self.rels.values_mut() {
+            r.close_writer();
+        }
     }
 
     fn local_relation(&mut self, relid: u32) -> &LocalRelation {
@@ -919,86 +1055,82 @@ impl ApplySession {
     }
 
     fn handle_insert(&mut self, i: &proto::Insert) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
-        unsafe {
-            let (mut w, map) = self.open_writer(i.relid);
-            let map = &*map;
-            map.fill_slot(w.remote, &i.new, None, w.econtext);
-            let has_key = map.identity_index != pg_sys::InvalidOid;
-            if has_key && w.find(map, w.remote) {
-                let local = match w.local_row_version() {
-                    LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
-                    LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
-                };
-                self.conflict_rows = (w.local, w.remote);
-                let apply = match local {
-                    None => true,
-                    Some(l) => self.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
-                };
-                if apply {
-                    let new = w.extra_slot();
-                    map.fill_slot(new, &i.new, Some(w.local), w.econtext);
-                    w.update(new);
+        // SAFETY: inside the apply transaction with an active snapshot.
+        let queued = unsafe {
+            self.with_writer(i.relid, |s, w, map| {
+                map.fill_slot(w.remote, &i.new, None, w.econtext);
+                let has_key = map.identity_index != pg_sys::InvalidOid;
+                if has_key && w.find(map, w.remote) {
+                    let local = match w.local_row_version() {
+                        LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
+                        LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
+                    };
+                    s.conflict_rows = (w.local, w.remote);
+                    let apply = match local {
+                        None => true,
+                        Some(l) => s.decide(ConflictKind::InsertExists, Some(l), &map.qualified).applies_remote(),
+                    };
+                    if apply {
+                        map.fill_slot(w.new, &i.new, Some(w.local), w.econtext);
+                        w.update(w.new);
+                    }
+                    return None;
                 }
-                return;
-            }
-            w.insert();
-            // spock.queue: act on the queued message in this transaction (apply/queue.rs).
-            if super::queue::is_queue(map) {
-                let row = super::queue::QueuedRow::from_slot(w.remote);
-                drop(w);
-                super::queue::handle_queued_row(&self.sub, row);
-            }
+                w.insert();
+                // spock.queue: act on the queued message in this transaction (apply/queue.rs).
+                super::queue::is_queue(map).then(|| super::queue::QueuedRow::from_slot(w.remote))
+            })
+        };
+        if let Some(row) = queued {
+            // Queued DDL may alter any table: none may be open.
+            self.close_writers();
+            super::queue::handle_queued_row(&self.sub, row);
         }
     }
 
     fn handle_update(&mut self, u: &proto::Update) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
+        // SAFETY: inside the apply transaction with an active snapshot.
         unsafe {
-            let (mut w, map) = self.open_writer(u.relid);
-            let map = &*map;
-            let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
-            let search = w.extra_slot();
-            map.fill_slot(search, &without_unchanged(key), None, w.econtext);
-            if !find_with_retries(&mut w, map, search) {
-                self.conflict_rows = (std::ptr::null_mut(), search);
-                self.decide(ConflictKind::UpdateMissing, None, &map.qualified);
-                return;
-            }
-            let new = w.extra_slot();
-            map.fill_slot(new, &u.new, Some(w.local), w.econtext);
-            self.conflict_rows = (w.local, new);
-            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
-            if apply {
-                w.update(new);
-            }
+            self.with_writer(u.relid, |s, w, map| {
+                let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
+                map.fill_search_slot(w.search, key, w.econtext);
+                if !find_with_retries(w, map, w.search) {
+                    s.conflict_rows = (std::ptr::null_mut(), w.search);
+                    s.decide(ConflictKind::UpdateMissing, None, &map.qualified);
+                    return;
+                }
+                map.fill_slot(w.new, &u.new, Some(w.local), w.econtext);
+                s.conflict_rows = (w.local, w.new);
+                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
+                if apply {
+                    w.update(w.new);
+                }
+            })
         }
     }
 
     fn handle_delete(&mut self, d: &proto::Delete) {
-        // SAFETY: inside the apply transaction with an active snapshot; the mapping
-        // lives in self.rels, untouched while applying this change.
+        // SAFETY: inside the apply transaction with an active snapshot.
         unsafe {
-            let (mut w, map) = self.open_writer(d.relid);
-            let map = &*map;
-            let search = w.extra_slot();
-            map.fill_slot(search, &without_unchanged(&d.old.tuple), None, w.econtext);
-            self.conflict_rows = (std::ptr::null_mut(), search);
-            if !find_with_retries(&mut w, map, search) {
-                self.decide(ConflictKind::DeleteMissing, None, &map.qualified);
-                return;
-            }
-            self.conflict_rows = (w.local, search);
-            let apply = self.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
-            if apply {
-                w.delete();
-            }
+            self.with_writer(d.relid, |s, w, map| {
+                map.fill_search_slot(w.search, &d.old.tuple, w.econtext);
+                if !find_with_retries(w, map, w.search) {
+                    s.conflict_rows = (std::ptr::null_mut(), w.search);
+                    s.decide(ConflictKind::DeleteMissing, None, &map.qualified);
+                    return;
+                }
+                s.conflict_rows = (w.local, w.search);
+                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
+                if apply {
+                    w.delete();
+                }
+            })
         }
     }
 
     fn handle_truncate(&mut self, t: &proto::Truncate) {
+        // TRUNCATE refuses tables in use.
+        self.close_writers();
         let mut oids = Vec::new();
         for relid in &t.relids {
             oids.push(i64::from(u32::from(self.local_relation(*relid).relid)));
@@ -1067,6 +1199,7 @@ impl ApplySession {
         if !remote.local_started {
             return;
         }
+        self.end_transaction_writers();
         // SAFETY: the origin's progress is set to the remote end LSN and committed in
         // the same commit record as the applied rows.
         unsafe {
@@ -1112,6 +1245,7 @@ impl ApplySession {
         let xid = remote.xid;
         let changes = remote.changes;
         self.remote = Some(remote);
+        self.end_transaction_writers();
         self.ensure_local_transaction();
         let msg = exc::disable_message(&self.sub.name, &lsn);
         if gucs::exception_logging() != exc::ExceptionLogging::None {
@@ -1188,17 +1322,6 @@ unsafe fn find_with_retries(w: &mut TableWriter, map: &LocalRelation, search: *m
         }
     }
     false
-}
-
-/// A key tuple for searching: unchanged-TOAST markers become NULL (keys are never
-/// TOASTed out of line; the marker only appears in non-key columns).
-fn without_unchanged(t: &proto::Tuple) -> proto::Tuple {
-    proto::Tuple::new(
-        t.columns
-            .iter()
-            .map(|d| if *d == proto::Datum::UnchangedToast { proto::Datum::Null } else { d.clone() })
-            .collect(),
-    )
 }
 
 fn log_conflict(msg: &str) {
