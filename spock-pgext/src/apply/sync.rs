@@ -400,54 +400,21 @@ fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection, only: Option<(&
 /// Copies every table of the subscribed sets in one local transaction; returns how
 /// many tables were copied.
 fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
-    let provider = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
-    provider
-        .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(snapshot))))
-        .unwrap_or_else(|e| sync_error(sub, "could not use the slot's snapshot on the provider", e));
+    let appname = format!("{}_sync", sub.slot_name);
+    let provider = provider_at_snapshot(sub, snapshot, &appname);
     let tables = tables_to_copy(sub, &provider, None);
-
-    let local = Connection::connect(&local_dsn(), &[("application_name", &format!("{}_sync", sub.slot_name))])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
-    let setup = format!(
-        "SET session_replication_role = replica; SET synchronous_commit = local;
-         SELECT pg_catalog.pg_replication_origin_session_setup({})",
-        local.literal(&sub.slot_name)
-    );
-    local.query(&setup).unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
-    // Copied rows get the oldest possible commit timestamp: any change to them that
-    // was not in the snapshot (from the provider, or from another node whose
-    // subscription starts at the provider's progress) is newer and wins.
-    local
-        .query(&format!(
-            "BEGIN; SELECT pg_catalog.pg_replication_origin_xact_setup({}, '2000-01-01 00:00:00.000001+00')",
-            local.literal(&format_lsn(lsn))
-        ))
-        .unwrap_or_else(|e| sync_error(sub, "BEGIN", e));
+    // The copy's commit moves the origin to the slot's consistent point.
+    let local = local_copy_session(sub, &appname, lsn);
     for t in &tables {
         let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
-        let nonempty = local
-            .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
-            .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e));
-        if nonempty.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
+        if has_rows(sub, &local, &name) {
             sync_error(
                 sub,
                 &format!("table {name} already has rows on this node"),
                 "empty it (or drop it when synchronize_structure is used) and enable the subscription again",
             );
         }
-        let select = format!(
-            "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
-            t.columns,
-            t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
-        );
-        provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
-        local
-            .start_copy(&format!("COPY {name} ({}) FROM STDIN", t.columns), false)
-            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
-        pump(sub, &provider, &local, &name);
-        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        copy_table(sub, &provider, &local, t, &name, &name);
         local
             .query(&format!(
                 "INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
@@ -474,6 +441,79 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         .unwrap_or_else(|e| sync_error(sub, "releasing the replication origin", e));
     let _ = provider.query("COMMIT");
     tables.len()
+}
+
+/// A normal connection to the provider inside a read-only transaction that sees
+/// `snapshot` (exported by a slot on a replication connection kept open).
+fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -> Connection {
+    let provider = Connection::connect(&sub.provider_dsn, &[("application_name", appname)])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+    provider
+        .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(snapshot))))
+        .unwrap_or_else(|e| sync_error(sub, "could not use the slot's snapshot on the provider", e));
+    provider
+}
+
+/// A connection to this server, in an open transaction that copies rows as the
+/// provider's: a replica session under the subscription's origin (the rows are not
+/// sent on to other nodes), committing with the origin at `origin_lsn` (0: not
+/// moved) and the oldest possible commit timestamp, so that any change to the rows
+/// that the copy does not hold (from the provider, or from another node whose
+/// subscription starts at the provider's progress) is newer and wins.
+fn local_copy_session(sub: &SubscriptionInfo, appname: &str, origin_lsn: u64) -> Connection {
+    let local = Connection::connect(&local_dsn(), &[("application_name", appname)])
+        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
+    local
+        .query(&format!(
+            "SET session_replication_role = replica; SET synchronous_commit = local;
+             SELECT pg_catalog.pg_replication_origin_session_setup({});
+             BEGIN;
+             SELECT pg_catalog.pg_replication_origin_xact_setup({}, '2000-01-01 00:00:00.000001+00')",
+            local.literal(&sub.slot_name),
+            local.literal(&format_lsn(origin_lsn))
+        ))
+        .unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
+    local
+}
+
+/// Whether table `name` has rows in the local session.
+fn has_rows(sub: &SubscriptionInfo, local: &Connection, name: &str) -> bool {
+    local
+        .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
+        .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e))
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+        == Some("t")
+}
+
+/// Copies table `t` (`name`: its quoted name) from the provider's snapshot into
+/// local table `into` (the table itself, or a merge table).
+fn copy_table(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, t: &CopyTable, name: &str, into: &str) {
+    let select = format!(
+        "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
+        t.columns,
+        t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
+    );
+    provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
+    local
+        .start_copy(&format!("COPY {into} ({}) FROM STDIN", t.columns), false)
+        .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+    pump(sub, provider, local, name);
+    local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+}
+
+/// Sets table `nsp.rel`'s sync status for subscription `sub_id`.
+fn set_table_status(sub_id: u32, nsp: &str, rel: &str, status: char) {
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "UPDATE spock.local_sync_status SET sync_status = $4::\"char\"
+              WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
+            &[i64::from(sub_id).into(), nsp.into(), rel.into(), status.to_string().into()],
+        )
+        .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
+    });
 }
 
 /// Moves one table's COPY data from the provider to the local COPY.
@@ -609,48 +649,19 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| sync_error(sub, "sync slot", "no consistent point"));
     let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| sync_error(sub, "sync slot", "no exported snapshot"));
 
-    let provider = Connection::connect(&sub.provider_dsn, &[("application_name", &slot)])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
-    provider
-        .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(&snapshot))))
-        .unwrap_or_else(|e| sync_error(sub, "could not use the sync slot's snapshot", e));
+    let provider = provider_at_snapshot(sub, &snapshot, &slot);
     let Some(t) = tables_to_copy(sub, &provider, Some((nsp, rel))).into_iter().next() else {
         // Not (or no longer) in the subscribed sets on the provider.
         pgrx::warning!("spock subscription {}: table {name} is not in the subscribed replication sets on the provider; not synchronised", sub.name);
-        BackgroundWorker::transaction(|| {
-            Spi::run_with_args(
-                "UPDATE spock.local_sync_status SET sync_status = 'r' WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
-                &[i64::from(sub.id).into(), nsp.into(), rel.into()],
-            )
-            .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
-        });
+        set_table_status(sub.id, nsp, rel, 'r');
         return;
     };
-    let local = Connection::connect(&local_dsn(), &[("application_name", &slot)])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
-    // The copy belongs to the provider (its origin; not sent on to other nodes) and
-    // loses last-update-wins against any later change; the origin's progress is not
-    // moved (lsn 0/0): the stream is still behind the copy.
-    local
-        .query(&format!(
-            "SET session_replication_role = replica; SET synchronous_commit = local;
-             SELECT pg_catalog.pg_replication_origin_session_setup({});
-             BEGIN;
-             SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '2000-01-01 00:00:00.000001+00')",
-            local.literal(&sub.slot_name)
-        ))
-        .unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
+    // The origin's progress is not moved (0/0): the stream is still behind the copy.
+    let local = local_copy_session(sub, &slot, 0);
     if truncate {
         local.query(&format!("TRUNCATE ONLY {name}")).unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
     }
-    let nonempty = local
-        .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
-        .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e))
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .as_deref()
-        == Some("t");
+    let nonempty = has_rows(sub, &local, &name);
     // Rows exist here: merge by key (the provider's version wins), never mix
     // silently or fail on duplicates; without a key the table is marked failed.
     let key = if nonempty {
@@ -671,13 +682,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     };
     if nonempty && key.is_none() {
         let _ = local.query("ROLLBACK");
-        BackgroundWorker::transaction(|| {
-            Spi::run_with_args(
-                "UPDATE spock.local_sync_status SET sync_status = 'f' WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
-                &[i64::from(sub.id).into(), nsp.into(), rel.into()],
-            )
-            .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
-        });
+        set_table_status(sub.id, nsp, rel, 'f');
         pgrx::warning!(
             "spock subscription {}: table {name} has rows on this node and no primary key or replica identity index to merge by; \
              its sync failed. Resynchronise it with truncate: SELECT spock.sub_resync_table('{}', '{name}', true)",
@@ -686,21 +691,11 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
         );
         return;
     }
-    let select = format!(
-        "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
-        t.columns,
-        t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
-    );
-    provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
     if let Some(key) = key {
         local
             .query(&format!("CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA", t.columns))
             .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
-        local
-            .start_copy(&format!("COPY spock_sync_rows ({}) FROM STDIN", t.columns), false)
-            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
-        pump(sub, &provider, &local, &name);
-        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        copy_table(sub, &provider, &local, &t, &name, "spock_sync_rows");
         let set = t
             .columns
             .split(", ")
@@ -714,11 +709,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             ))
             .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
     } else {
-        local
-            .start_copy(&format!("COPY {name} ({}) FROM STDIN", t.columns), false)
-            .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
-        pump(sub, &provider, &local, &name);
-        local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+        copy_table(sub, &provider, &local, &t, &name, &name);
     }
     local
         .query(&format!(
