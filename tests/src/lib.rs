@@ -16,6 +16,7 @@
 //! * `SPOCK_TEST_KEEP=1`: keep data directories and logs of failed tests.
 
 pub mod decoding;
+pub mod fixtures;
 
 use std::fs;
 use std::io::Write;

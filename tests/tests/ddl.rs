@@ -5,44 +5,12 @@
 
 use std::time::Duration;
 
+use spock_tests::fixtures::{count, setup_node, subscribe, subscribed_pair, wait_replicating};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn setup_node(n: &TestNode) {
-    n.execute("CREATE EXTENSION spock").unwrap();
-    n.execute(&format!("SELECT spock.node_create('{}', '{}')", n.name, n.dsn("postgres"))).unwrap();
-    n.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
-    n.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
-}
-
-fn subscribe(sub: &TestNode, provider: &TestNode) {
-    sub.execute(&format!("SELECT spock.sub_create('sub_{}_{}', '{}')", sub.name, provider.name, provider.dsn("postgres")))
-        .unwrap();
-}
-
-fn wait_replicating(n: &TestNode, subscriptions: i64) {
-    wait_for(
-        "subscriptions replicating",
-        WAIT,
-        || n.query_one::<i64>("SELECT count(*) FROM spock.sub_show_status() WHERE status = 'replicating'").unwrap(),
-        subscriptions,
-    );
-}
-
-/// `b` subscribed to `a`, replicating.
-fn subscribed_pair(a: &TestNode, b: &TestNode) {
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    wait_replicating(b, 1);
-}
-
-fn count(n: &TestNode, sql: &str) -> i64 {
-    n.query_one::<i64>(sql).unwrap()
-}
-
-/// Like [`count`], -1 while the query fails (a table that is not there yet).
+/// Like `count`, -1 while the query fails (a table that is not there yet).
 fn count_when_there(n: &TestNode, sql: &str) -> i64 {
     match n.query_one::<i64>(sql) {
         Ok(c) => c,

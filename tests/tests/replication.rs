@@ -2,36 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use spock_tests::fixtures::{count, setup_node, subscribe, subscribed_pair};
 use spock_tests::{wait_for, Cluster, TestNode};
-
-fn setup_node(n: &TestNode) {
-    n.execute("CREATE EXTENSION spock").unwrap();
-    n.execute(&format!("SELECT spock.node_create('{}', '{}')", n.name, n.dsn("postgres"))).unwrap();
-    n.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
-    n.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
-}
-
-fn subscribe(sub: &TestNode, provider: &TestNode) {
-    sub.execute(&format!(
-        "SELECT spock.sub_create('sub_{}_{}', '{}')",
-        sub.name,
-        provider.name,
-        provider.dsn("postgres")
-    ))
-    .unwrap();
-}
-
-/// Both nodes set up, `b` subscribed to `a` and replicating.
-fn subscribed_pair(a: &TestNode, b: &TestNode) {
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
-}
-
-fn count(n: &TestNode, sql: &str) -> i64 {
-    n.query_one::<i64>(sql).unwrap()
-}
 
 #[test]
 fn two_nodes_replicate_both_ways() {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use spock_tests::fixtures::count;
 use spock_tests::{wait_for, Cluster, TestNode};
 
 fn node(n: &TestNode) {
@@ -18,9 +19,6 @@ fn digest(n: &TestNode, sql: &str) -> String {
     n.query_one::<String>(&format!("SELECT coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM ({sql}) x")).unwrap()
 }
 
-fn count(n: &TestNode, sql: &str) -> i64 {
-    n.query_one::<i64>(sql).unwrap()
-}
 
 /// Provider schema: a keyed table with an index and a foreign key to it, a table
 /// with a row filter, a table with a column list, and one outside any set.
