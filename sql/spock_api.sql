@@ -508,13 +508,15 @@ LANGUAGE sql VOLATILE AS $$
      WHERE spock._is_subscription_origin(p_slot, roname);
 $$;
 
--- Stops the apply worker of a subscription now (the manager starts it again when
--- the subscription is still enabled).
+-- Stops the apply worker of a subscription now; no new one starts before the
+-- calling transaction ends (then the manager starts one at once if the subscription
+-- is still enabled).
 CREATE FUNCTION spock._stop_apply_worker(p_slot name) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     v_pid int;
 BEGIN
+    PERFORM spock._hold_subscription(s.sub_id) FROM spock.subscription s WHERE s.sub_slot_name = p_slot;
     FOR v_pid IN SELECT pid FROM pg_catalog.pg_stat_activity
                   WHERE backend_type = 'spock apply' AND application_name = p_slot AND datname = current_database()
     LOOP

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use spock_tests::fixtures::{count, setup_node, subscribe, subscribed_pair};
-use spock_tests::{wait_for, Cluster, TestNode};
+use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
 #[test]
 fn two_nodes_replicate_both_ways() {
@@ -443,4 +443,45 @@ fn kept_table_state_sees_local_indexes_and_triggers() {
     assert_eq!(count(b, "SELECT count(*) FROM t WHERE v = 'x19'"), 1);
     // The trigger fired for the 50 inserts and 30 updates after it was created.
     assert_eq!(count(b, "SELECT count(*) FROM seen"), 80);
+}
+
+#[test]
+fn a_worker_stopped_on_purpose_comes_back_at_once() {
+    // With a restart delay far longer than the waits below, only a worker that the
+    // manager starts at once (not as after an error) lets the rows arrive.
+    let opts = |name: &str| NodeOptions::new(name).setting("spock.restart_delay_default", "600000");
+    let cluster = Cluster::start(vec![opts("n1"), opts("n2")]).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    subscribed_pair(a, b);
+    let arrives = |id: i32| {
+        a.execute(&format!("INSERT INTO t VALUES ({id}, 'x')"))
+            .unwrap();
+        wait_for(
+            "the row",
+            Duration::from_secs(60),
+            || count(b, &format!("SELECT count(*) FROM t WHERE id = {id}")),
+            1,
+        );
+    };
+    arrives(1);
+    b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)")
+        .unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1', immediate := true)")
+        .unwrap();
+    arrives(2);
+    // functions that restart the worker to apply a change
+    b.execute("SELECT spock.sub_remove_repset('sub_n2_n1', 'ddl_sql')")
+        .unwrap();
+    arrives(3);
+    b.execute("SELECT spock.sub_alter_options('sub_n2_n1', '{\"apply_delay\": 0}')")
+        .unwrap();
+    arrives(4);
+    // a disable that is rolled back leaves the subscription running
+    b.execute("BEGIN; SELECT spock.sub_disable('sub_n2_n1', immediate := true); ROLLBACK")
+        .unwrap();
+    arrives(5);
+    assert!(
+        !b.log().contains("you don't own a lock"),
+        "closing kept tables released locks it did not hold"
+    );
 }

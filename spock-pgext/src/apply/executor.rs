@@ -486,6 +486,17 @@ impl TableWriter {
             unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.local) };
             self.local = std::ptr::null_mut();
         }
+        // SAFETY: the index access methods' per-statement insert state (BRIN keeps
+        // buffer pins there) ends with the transaction, as ExecCloseIndices ends it
+        // with each statement; a no-op for B-tree.
+        unsafe {
+            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
+                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+                if !index.is_null() {
+                    pg_sys::index_insert_cleanup(index, *(*self.rri).ri_IndexRelationInfo.add(i));
+                }
+            }
+        }
     }
 
     /// After a rollback: the slot of the rolled-back transaction is gone with it, so
@@ -493,6 +504,16 @@ impl TableWriter {
     /// then be dropped: see [`has_extras`](Self::has_extras)).
     pub fn forget_transaction(&mut self) {
         self.local = std::ptr::null_mut();
+        // SAFETY: the rollback released what the indexes' insert state pinned; the
+        // state itself is memory of the executor state: forget it without cleanup.
+        unsafe {
+            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
+                let info = *(*self.rri).ri_IndexRelationInfo.add(i);
+                if !info.is_null() {
+                    (*info).ii_AmCache = std::ptr::null_mut();
+                }
+            }
+        }
         self.txn = 0;
         self.extras_gone = self.has_extras();
     }
@@ -689,7 +710,19 @@ impl Drop for TableWriter {
                 pg_sys::ExecCloseResultRelations(self.estate);
             }
             pg_sys::CurrentResourceOwner = self.owner;
-            pg_sys::ExecCloseIndices(self.rri);
+            // As ExecCloseIndices, but without releasing the indexes' locks: they
+            // belong to the transaction that took them, which may be over already
+            // (releasing a lock not held warns).
+            let n = (*self.rri).ri_NumIndices.max(0) as usize;
+            for i in 0..n {
+                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+                if index.is_null() {
+                    continue;
+                }
+                pg_sys::index_insert_cleanup(index, *(*self.rri).ri_IndexRelationInfo.add(i));
+                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                *(*self.rri).ri_IndexRelationDescs.add(i) = std::ptr::null_mut();
+            }
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::RelationClose(self.rel);
             pg_sys::CurrentResourceOwner = tx_owner;

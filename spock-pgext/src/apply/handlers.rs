@@ -311,9 +311,18 @@ impl ApplySession {
                     p.node_id = node;
                     p.remote_node_id = remote;
                     p.in_txn = false;
+                    p.stopped_on_request = false;
                 });
                 self.exception = crate::workers::shmem::pending_exception(i);
             }
+        }
+    }
+
+    /// Tells the manager that this worker stops because it was asked to (SIGTERM):
+    /// no restart delay for the next one.
+    pub fn note_stopped_on_request(&self) {
+        if let Some(i) = self.progress_slot {
+            crate::workers::shmem::note_stopped_on_request(i);
         }
     }
 

@@ -213,6 +213,9 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         }
         session.reconnect = false;
     }
+    if crate::workers::sigterm_seen() {
+        session.note_stopped_on_request();
+    }
     pgrx::log!("{APPLY_TYPE} for subscription {} stopping", sub.name);
 }
 
@@ -306,7 +309,7 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                 CopyData::WouldBlock => break,
                 CopyData::Done => fail(sub, "the provider ended replication", "stream closed"),
             }
-            if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+            if crate::workers::sigterm_received() {
                 return false;
             }
             // The clock is read every few messages only: reading it costs as much
@@ -376,7 +379,7 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             // SAFETY: resets our own latch.
             unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
         }
-        if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        if crate::workers::sigterm_received() {
             return false;
         }
     }

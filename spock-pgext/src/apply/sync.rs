@@ -537,7 +537,7 @@ fn pump(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, name:
                     // SAFETY: resets our own latch.
                     unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
                 }
-                if BackgroundWorker::sigterm_received() {
+                if crate::workers::sigterm_received() {
                     sync_error(sub, "interrupted", "the worker is stopping; the sync starts again later");
                 }
             }

@@ -105,7 +105,9 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             let w = workers.remove(&sub_id).expect("key from the map");
             if running {
                 let _ = w.handle.terminate();
-            } else if enabled {
+            } else if enabled && !shmem::take_stopped_on_request(u32::from(db), sub_id) {
+                // Ended by an error: start again after the restart delay. A worker
+                // stopped on request (spock._stop_apply_worker) comes back at once.
                 failed_at.insert(sub_id, Instant::now());
             }
         }
@@ -117,7 +119,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
         }
         let delay = Duration::from_millis(gucs::restart_delay_ms());
         for (sub_id, name) in &wanted {
-            if workers.contains_key(sub_id) {
+            // A transaction that stopped the worker is still changing the subscription.
+            if workers.contains_key(sub_id) || shmem::is_held(u32::from(db), *sub_id) {
                 continue;
             }
             // A worker stopped by an exception comes back sooner to replay the

@@ -53,9 +53,11 @@ pub fn wake(pid: i32) {
     }
 }
 
-/// `spock._wake_workers()`: wakes the supervisor and the managers, so that catalog
-/// changes (a new node, subscription, enable/disable) are acted on at once instead of
-/// at their next periodic check.
+/// `spock._wake_workers()`: wakes the supervisor and the managers when the calling
+/// transaction commits, so that catalog changes (a new node, subscription,
+/// enable/disable) are acted on at once instead of at their next periodic check.
+/// Waking them before the commit would let them read the catalog without the change
+/// and sleep a full period.
 #[pg_extern(volatile, name = "_wake_workers")]
 fn wake_workers() {
     if !shmem::preloaded() {
@@ -73,15 +75,41 @@ fn wake_workers() {
             .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
             .unwrap_or_default()
     });
-    for pid in pids {
-        wake(pid);
-    }
+    // Called inside a transaction (the SQL functions that change the catalog); the
+    // callback runs after the commit is visible to other backends and only sends
+    // signals, which cannot fail in a way that raises an error.
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        for pid in pids {
+            wake(pid);
+        }
+    });
 }
 
 /// Sleeps until the latch is set, `timeout` passes or the postmaster dies, and
 /// returns whether the worker should go on (false after SIGTERM).
 pub fn sleep(timeout: Duration) -> bool {
-    pgrx::bgworkers::BackgroundWorker::wait_latch(Some(timeout))
+    let go_on = pgrx::bgworkers::BackgroundWorker::wait_latch(Some(timeout));
+    if !go_on {
+        SIGTERM_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    go_on
+}
+
+/// Set once this worker has seen SIGTERM (pgrx's flag is reset when read).
+static SIGTERM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether SIGTERM arrived since the last call (remembered for [`sigterm_seen`]).
+pub fn sigterm_received() -> bool {
+    let got = pgrx::bgworkers::BackgroundWorker::sigterm_received();
+    if got {
+        SIGTERM_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    got
+}
+
+/// Whether this worker was ever asked to stop (SIGTERM).
+pub fn sigterm_seen() -> bool {
+    SIGTERM_SEEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Reloads the configuration after SIGHUP.
@@ -90,4 +118,37 @@ pub fn reload_config_if_asked() {
         // SAFETY: the standard reload call of a backend's main loop.
         unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     }
+}
+
+/// `spock._hold_subscription(sub_id)`: until the calling transaction ends, the
+/// manager starts no apply worker for the subscription, so a worker stopped by
+/// `spock._stop_apply_worker` stays stopped while the transaction changes what it
+/// depends on (drops its slot, changes its sets); at the end the managers are woken
+/// to act on the outcome.
+#[pg_extern(volatile, name = "_hold_subscription")]
+fn hold_subscription(sub_id: pg_sys::Oid) {
+    if !shmem::preloaded() {
+        return;
+    }
+    // SAFETY: reading this backend's database and pid.
+    let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
+    if !shmem::hold(u32::from(db), u32::from(sub_id), pid) {
+        pgrx::error!("spock: too many subscriptions are being changed at once; try again");
+    }
+    let managers: Vec<i32> = Spi::connect(|client| {
+        client
+            .select("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = $1", None, &[MANAGER_TYPE.into()])
+            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    });
+    let on_abort = managers.clone();
+    // Both callbacks only touch shared memory under its lock and send signals.
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        shmem::release_holds(pid);
+        managers.iter().for_each(|p| wake(*p));
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        shmem::release_holds(pid);
+        on_abort.iter().for_each(|p| wake(*p));
+    });
 }

@@ -38,6 +38,9 @@ pub struct SubProgress {
     pub last_updated_ts: i64,
     /// The worker is applying a remote transaction (between BEGIN and its commit).
     pub in_txn: bool,
+    /// The last worker stopped because it was asked to (SIGTERM), not by an error:
+    /// the manager may start the next one at once.
+    pub stopped_on_request: bool,
 }
 
 /// Databases whose apply workers are paused (`spock.pause_apply_workers()`).
@@ -50,6 +53,21 @@ pub struct Pause {
     pub dbid: u32,
     /// Expiry, PostgreSQL timestamp (microseconds since 2000).
     pub until: i64,
+}
+
+/// Subscriptions whose worker a transaction has stopped (`spock._stop_apply_worker`):
+/// the manager starts no worker for them until that transaction ends.
+const MAX_HOLDS: usize = 32;
+
+/// A stop in progress: `pid` is the backend whose transaction asked for it.
+#[derive(Copy, Clone, Default)]
+pub struct Hold {
+    /// Database (0: free).
+    pub dbid: u32,
+    /// `sub_id`.
+    pub sub_id: u32,
+    /// The backend holding the subscription.
+    pub pid: i32,
 }
 
 /// Bytes of an error message kept for a failed transaction.
@@ -103,6 +121,8 @@ pub struct WorkerState {
     pub exceptions: [ExceptionSlot; MAX_SUBSCRIPTIONS],
     /// Paused databases.
     pub pauses: [Pause; MAX_PAUSES],
+    /// Subscriptions held stopped by a transaction in progress.
+    pub holds: [Hold; MAX_HOLDS],
 }
 
 impl Default for WorkerState {
@@ -113,6 +133,7 @@ impl Default for WorkerState {
             progress: [SubProgress::default(); MAX_SUBSCRIPTIONS],
             exceptions: [ExceptionSlot::default(); MAX_SUBSCRIPTIONS],
             pauses: [Pause::default(); MAX_PAUSES],
+            holds: [Hold::default(); MAX_HOLDS],
         }
     }
 }
@@ -310,4 +331,58 @@ pub fn try_enter_transaction(i: usize) -> bool {
 /// The worker of slot `i` finished (or left) its transaction.
 pub fn leave_transaction(i: usize) {
     WORKER_STATE.exclusive().progress[i].in_txn = false;
+}
+
+/// Holds subscription `sub_id` of `dbid` stopped for backend `pid` (until
+/// [`release_holds`]). False when every hold slot is taken by a live backend.
+pub fn hold(dbid: u32, sub_id: u32, pid: i32) -> bool {
+    let mut s = WORKER_STATE.exclusive();
+    if s.holds.iter().any(|h| h.dbid == dbid && h.sub_id == sub_id && h.pid == pid) {
+        return true;
+    }
+    match s.holds.iter().position(|h| h.dbid == 0 || !alive(h.pid)) {
+        Some(i) => {
+            s.holds[i] = Hold { dbid, sub_id, pid };
+            true
+        }
+        None => false,
+    }
+}
+
+/// Releases the holds of backend `pid`.
+pub fn release_holds(pid: i32) {
+    let mut s = WORKER_STATE.exclusive();
+    for h in s.holds.iter_mut().filter(|h| h.pid == pid) {
+        *h = Hold::default();
+    }
+}
+
+/// Whether a live backend holds subscription `sub_id` of `dbid` stopped.
+pub fn is_held(dbid: u32, sub_id: u32) -> bool {
+    preloaded() && WORKER_STATE.share().holds.iter().any(|h| h.dbid == dbid && h.sub_id == sub_id && alive(h.pid))
+}
+
+/// Whether process `pid` exists (a hold of a backend that died without ending its
+/// transaction normally does not count).
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Records that the worker of progress slot `i` stops because it was asked to.
+pub fn note_stopped_on_request(i: usize) {
+    WORKER_STATE.exclusive().progress[i].stopped_on_request = true;
+}
+
+/// Whether the last worker of `sub_id` in `dbid` stopped because it was asked to
+/// (and forgets it).
+pub fn take_stopped_on_request(dbid: u32, sub_id: u32) -> bool {
+    if !preloaded() {
+        return false;
+    }
+    let mut s = WORKER_STATE.exclusive();
+    match s.progress.iter_mut().find(|p| p.in_use && p.dbid == dbid && p.sub_id == sub_id) {
+        Some(p) => std::mem::take(&mut p.stopped_on_request),
+        None => false,
+    }
 }
