@@ -114,6 +114,11 @@ pub static STREAM_LARGE_TRANSACTIONS: GucSetting<bool> = GucSetting::<bool>::new
 /// file at commit if anything interleaves or conflicts).
 pub static STREAM_EAGER_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `spock.batch_transfer` (spock-rs): apply workers ask the provider to put several
+/// messages of a transaction into one packet (`spock_rs.batch`). Read when a
+/// worker connects.
+pub static BATCH_TRANSFER: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -201,6 +206,14 @@ pub fn init() {
         c"Ask providers to stream large transactions while they are in progress.",
         c"The subscriber spills them to pg_spock/stream and applies them at commit. Only spock-rs providers stream; takes effect when an apply worker (re)connects.",
         &STREAM_LARGE_TRANSACTIONS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.batch_transfer",
+        c"Ask providers to send several messages of a transaction per packet.",
+        c"Only spock-rs providers batch; a Spock provider sends one message per packet as always. Takes effect when an apply worker (re)connects.",
+        &BATCH_TRANSFER,
         GucContext::Sighup,
         GucFlags::default(),
     );

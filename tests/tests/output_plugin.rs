@@ -429,3 +429,43 @@ fn creating_a_slot_while_replicated_transactions_commit() {
     assert_eq!(node.query_one::<i64>("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's'").unwrap(), 1);
     assert!(!node.log().contains("terminated by signal"), "{}", node.log());
 }
+
+#[test]
+fn batches_carry_a_transactions_messages_in_few_packets() {
+    use spock_core::proto::batch::{ends_batch, frames, BATCH_BYTES, BATCH_PARAM};
+    use spock_core::proto::StreamDecoder;
+    let node = provider("batch");
+    for sql in [
+        "CREATE TABLE public.t(id int PRIMARY KEY, v text)",
+        "SELECT spock.repset_add_table('default', 'public.t')",
+        "SELECT pg_create_logical_replication_slot('s', 'spock_output')",
+        "INSERT INTO t SELECT g, repeat('x', 50) FROM generate_series(1, 5000) g",
+        "UPDATE t SET v = 'small' WHERE id = 1",
+        "DELETE FROM t WHERE id > 4000",
+    ] {
+        node.execute(sql).unwrap();
+    }
+    let unbatched = messages(&slot_messages(&node, "postgres", "s", &spock_params("default"), true).unwrap());
+    // The same changes, batched: every packet after the startup reply holds framed
+    // messages; a packet ends at a message that ends a batch or once it is full.
+    let params = with_param(spock_params("default"), BATCH_PARAM, "1");
+    let args: Vec<String> = params.iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
+    let sql = format!("SELECT data FROM pg_logical_slot_peek_binary_changes('s', NULL, NULL, {})", args.join(", "));
+    let packets: Vec<Vec<u8>> = node.connect().unwrap().query(&sql, &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let mut decoder = StreamDecoder::new();
+    let first = decoder.decode(&bytes::Bytes::from(packets[0].clone())).unwrap();
+    let Message::Startup(s) = &first.message else { panic!("the startup reply is not framed") };
+    assert_eq!(s.get(BATCH_PARAM), Some("t"));
+    let mut batched = Vec::new();
+    for p in &packets[1..] {
+        let p = bytes::Bytes::from(p.clone());
+        let inner: Vec<Message> = frames(&p).map(|f| decoder.decode(&f.unwrap()).unwrap().message).collect();
+        let last = inner.last().expect("a packet holds at least one message");
+        assert!(ends_batch(last) || p.len() >= BATCH_BYTES, "packet of {} bytes ends with {last:?}", p.len());
+        assert!(p.len() < BATCH_BYTES + 1024, "packet of {} bytes", p.len());
+        batched.extend(inner);
+    }
+    assert_eq!(batched, unbatched);
+    assert!(unbatched.len() > 6000, "{} messages", unbatched.len());
+    assert!(packets.len() < unbatched.len() / 50, "{} packets for {} messages", packets.len(), unbatched.len());
+}

@@ -575,3 +575,37 @@ fn interleaved_streamed_transactions_commit_in_their_order() {
     wait_for("both applied in commit order", Duration::from_secs(120), || summary(b), want);
     wait_for("no spill file left", Duration::from_secs(30), || spill_files(b), 0);
 }
+
+#[test]
+fn an_insert_meeting_an_existing_key_is_applied_again_searching() {
+    // Inserts go in without a search for their key first; one that meets an
+    // existing key rolls its transaction back, which is applied again searching:
+    // in a transaction from the provider (reconnect), a streamed one applied
+    // eagerly (replayed from its spill file) and a spilled one (replayed again).
+    for eager in [true, false] {
+        let cluster = pair_with(eager);
+        let (a, b) = (cluster.node(0), cluster.node(1));
+        b.execute("ALTER SYSTEM SET spock.save_resolutions = on").unwrap();
+        b.execute("SELECT pg_reload_conf()").unwrap();
+        b.execute("CREATE EXTENSION amcheck").unwrap();
+        // Rows written only on the subscriber, before the provider writes the same keys.
+        b.execute("INSERT INTO t VALUES (5, 'local'), (150000, 'local')").unwrap();
+        a.execute("INSERT INTO t VALUES (4, 'remote'), (5, 'remote'), (6, 'remote')").unwrap();
+        a.execute("INSERT INTO t VALUES (7, 'after')").unwrap();
+        let small = |n: &TestNode| n.query_one::<String>("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t WHERE id < 100").unwrap();
+        wait_for("the small transactions", Duration::from_secs(60), || small(b), "4:remote,5:remote,6:remote,7:after".to_string());
+        a.execute("INSERT INTO t SELECT g, 'big' FROM generate_series(100000, 200000) g").unwrap();
+        a.execute("INSERT INTO t VALUES (8, 'after big')").unwrap();
+        wait_for("the big transaction and the one after it", Duration::from_secs(300), || summary(b), summary(a));
+        assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 150000").unwrap(), "big");
+        // Each conflict decided once (the rolled-back attempts left nothing).
+        assert_eq!(
+            b.query_one::<String>("SELECT string_agg(conflict_type || ':' || conflict_resolution, ',') FROM spock.resolutions").unwrap(),
+            "insert_exists:apply_remote,insert_exists:apply_remote",
+            "eager = {eager}"
+        );
+        // The primary key index matches the table (no entry of a kept duplicate).
+        b.execute("SELECT bt_index_check('t_pkey', true)").unwrap();
+        assert_eq!(b.query_one::<i64>("SELECT count(*) - count(DISTINCT id) FROM t").unwrap(), 0);
+    }
+}

@@ -14,9 +14,12 @@
 //!
 //! [`stream`] checks the order of the stream messages of large transactions.
 //!
+//! [`batch`] frames several messages into one packet between spock-rs nodes.
+//!
 //! [`startup`] has the startup parameters a subscriber sends and the pure
 //! negotiation a provider runs on them.
 
+pub mod batch;
 mod codec;
 pub mod message;
 pub mod startup;

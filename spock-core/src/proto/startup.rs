@@ -121,6 +121,8 @@ pub struct Negotiated {
     pub client_spock_version_num: Option<u32>,
     /// `spock_rs.streaming` as the client sent it (`None`: not sent, as by Spock).
     pub streaming_requested: Option<bool>,
+    /// `spock_rs.batch` as the client sent it (`None`: not sent, as by Spock).
+    pub batch_requested: Option<bool>,
     /// Things worth a LOG line that are not errors (unknown parameters, versions).
     pub notices: Vec<String>,
 }
@@ -316,6 +318,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
     let mut client_spock_version: Option<String> = None;
     let mut client_spock_version_num = None;
     let mut streaming_requested = None;
+    let mut batch_requested = None;
     let mut notices = Vec::new();
 
     for (key, value) in params {
@@ -358,6 +361,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
             "spock_version_num" => client_spock_version_num = Some(parse_u32(k, v)?),
             "hooks.setup_function" => {}
             STREAMING_PARAM => streaming_requested = Some(parse_bool(k, v)?),
+            super::batch::BATCH_PARAM => batch_requested = Some(parse_bool(k, v)?),
             other => notices.push(format!("unrecognised spock parameter {other} ignored")),
         }
     }
@@ -431,6 +435,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
         no_txinfo,
         client_spock_version_num,
         streaming_requested,
+        batch_requested,
         notices,
     })
 }
@@ -440,6 +445,12 @@ impl Negotiated {
     /// that asked, and only in the native protocol.
     pub fn streaming(&self) -> bool {
         self.streaming_requested == Some(true) && self.format == ProtoFormat::Native
+    }
+
+    /// Whether the provider batches messages ([`super::batch`]): only to a client
+    /// that asked, and only in the native protocol.
+    pub fn batch(&self) -> bool {
+        self.batch_requested == Some(true) && self.format == ProtoFormat::Native
     }
 }
 
@@ -484,6 +495,9 @@ pub fn startup_reply(neg: &Negotiated, server: &ServerInfo) -> Startup {
     if neg.streaming_requested.is_some() {
         // Only to a client that asked: a Spock peer's reply stays as Spock's.
         params.push((STREAMING_PARAM.to_string(), b(neg.streaming())));
+    }
+    if neg.batch_requested.is_some() {
+        params.push((super::batch::BATCH_PARAM.to_string(), b(neg.batch())));
     }
     Startup { params }
 }

@@ -381,6 +381,22 @@ fn streaming_is_negotiated_only_when_asked() {
     ));
 }
 
+#[test]
+fn batches_are_negotiated_only_when_asked() {
+    use super::batch::BATCH_PARAM;
+    let n = negotiate(&spock_client(), &server()).unwrap();
+    assert!(!n.batch());
+    assert_eq!(startup_reply(&n, &server()).get(BATCH_PARAM), None);
+    let n = negotiate(&with(spock_client(), BATCH_PARAM, "1"), &server()).unwrap();
+    assert!(n.batch());
+    assert!(n.notices.is_empty(), "{:?}", n.notices);
+    assert_eq!(startup_reply(&n, &server()).get(BATCH_PARAM), Some("t"));
+    // not in the JSON protocol
+    let n = negotiate(&with(with(spock_client(), BATCH_PARAM, "1"), "proto_format", "json"), &server()).unwrap();
+    assert!(!n.batch());
+    assert_eq!(startup_reply(&n, &server()).get(BATCH_PARAM), Some("f"));
+}
+
 // ---- negotiation ------------------------------------------------------------
 
 fn server() -> ServerInfo {

@@ -395,6 +395,9 @@ pub struct TableWriter {
     /// Slots or relations the executor added during a change (trigger slots, trigger
     /// target relations) were released by a rollback.
     extras_gone: bool,
+    /// The identity index as the arbiter list of
+    /// [`insert_reporting_duplicate`](Self::insert_reporting_duplicate) (null until used).
+    arbiters: *mut pg_sys::List,
 }
 
 /// Slots `open` puts in the executor state's tuple table (remote, search, new).
@@ -440,7 +443,7 @@ impl TableWriter {
             let econtext = pg_sys::CreateExprContext(estate);
             pg_sys::MemoryContextSwitchTo(caller);
             pg_sys::CurrentResourceOwner = tx_owner;
-            let mut w = TableWriter { rel, estate, rri, remote, local: std::ptr::null_mut(), search, new, econtext, owner, txn, extras_gone: false };
+            let mut w = TableWriter { rel, estate, rri, remote, local: std::ptr::null_mut(), search, new, econtext, owner, txn, extras_gone: false, arbiters: std::ptr::null_mut() };
             w.create_local_slot();
             w
         }
@@ -591,6 +594,65 @@ impl TableWriter {
     pub unsafe fn insert(&mut self) {
         // SAFETY: see TableWriter::open.
         unsafe { pg_sys::ExecSimpleRelationInsert(self.rri, self.estate, self.remote) };
+    }
+
+    /// Whether [`insert_reporting_duplicate`](Self::insert_reporting_duplicate) can
+    /// insert into this table: a plain table without stored generated columns (the
+    /// rest goes through `ExecSimpleRelationInsert` after a search).
+    pub fn can_insert_unsearched(&self) -> bool {
+        // SAFETY: reads the open relation's descriptor.
+        unsafe {
+            let constr = (*(*self.rel).rd_att).constr;
+            (*(*self.rel).rd_rel).relkind as u8 == b'r' && (constr.is_null() || !(*constr).has_generated_stored)
+        }
+    }
+
+    /// Inserts `self.remote` without searching for its key first, the way
+    /// PostgreSQL's own apply inserts (ExecSimpleRelationInsert: BEFORE triggers,
+    /// constraints, heap, indexes, AFTER triggers), with the unique index
+    /// `identity` checked as its entry goes in: returns false when a row with the
+    /// same key exists, committed or written by a transaction in progress. The new
+    /// row is then in the table and its indexes all the same, so the caller must
+    /// roll the transaction back (and apply it again searching first). Other unique
+    /// indexes raise their usual error.
+    ///
+    /// SAFETY: `self.remote` holds a row; [`can_insert_unsearched`](Self::can_insert_unsearched).
+    pub unsafe fn insert_reporting_duplicate(&mut self, identity: pg_sys::Oid) -> bool {
+        // SAFETY: the executor calls of ExecSimpleRelationInsert on the state set up
+        // by `open`, the arbiter list in the state's memory.
+        unsafe {
+            let (rri, estate, slot) = (self.rri, self.estate, self.remote);
+            let rel = (*rri).ri_RelationDesc;
+            let trig = (*rri).ri_TrigDesc;
+            if !trig.is_null() && (*trig).trig_insert_before_row && !pg_sys::ExecBRInsertTriggers(estate, rri, slot) {
+                // A BEFORE trigger said "do nothing".
+                return true;
+            }
+            if !(*(*rel).rd_att).constr.is_null() {
+                pg_sys::ExecConstraints(rri, slot, estate);
+            }
+            if (*(*rel).rd_rel).relispartition {
+                pg_sys::ExecPartitionCheck(rri, slot, estate, true);
+            }
+            pg_sys::simple_table_tuple_insert(rel, slot);
+            let mut duplicate = false;
+            let mut recheck: *mut pg_sys::List = std::ptr::null_mut();
+            if (*rri).ri_NumIndices > 0 {
+                if self.arbiters.is_null() || pg_sys::list_nth_oid(self.arbiters, 0) != identity {
+                    let caller = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+                    self.arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), identity);
+                    pg_sys::MemoryContextSwitchTo(caller);
+                }
+                recheck = pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, true, &mut duplicate, self.arbiters, false);
+            }
+            if duplicate {
+                pg_sys::list_free(recheck);
+                return false;
+            }
+            pg_sys::ExecARInsertTriggers(estate, rri, slot, recheck, std::ptr::null_mut());
+            pg_sys::list_free(recheck);
+            true
+        }
     }
 
     /// Replaces the row in `self.local` by `new`.

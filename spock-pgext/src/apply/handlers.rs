@@ -4,7 +4,7 @@
 //! origin's progress is committed with it (exactly once after a crash). Conflicts
 //! are decided by `spock_core::conflict`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
 
 use pgrx::prelude::*;
@@ -103,6 +103,18 @@ pub struct ApplySession {
     pub eager: bool,
     /// A conflict was met during eager apply.
     pub eager_conflict: bool,
+    /// Local tables where an INSERT met an existing key: inserts into them search
+    /// for the key first (as every insert did before). Others are inserted without
+    /// a search, the key checked by the index as the row goes in.
+    careful_tables: HashSet<pg_sys::Oid>,
+    /// An INSERT inserted without a search met an existing key: the local
+    /// transaction must be rolled back and the remote one applied again, searching
+    /// (the rest of its changes are ignored until then).
+    pub insert_retry: bool,
+    /// Set at the commit of a transaction that needs `insert_retry` and arrived
+    /// from the provider (not from a spill file): the worker reconnects at once, so
+    /// that the provider sends it again.
+    pub retry_now: bool,
 }
 
 /// A row change of the remote transaction.
@@ -201,6 +213,9 @@ impl ApplySession {
             conflict_rows: (std::ptr::null_mut(), std::ptr::null_mut()),
             eager: false,
             eager_conflict: false,
+            careful_tables: HashSet::new(),
+            insert_retry: false,
+            retry_now: false,
         }
     }
 
@@ -550,7 +565,7 @@ impl ApplySession {
         let Some(remote) = self.remote.as_mut() else {
             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: change outside a transaction").raise();
         };
-        if remote.skip {
+        if remote.skip || self.insert_retry {
             return;
         }
         let final_lsn = remote.final_lsn;
@@ -615,6 +630,12 @@ impl ApplySession {
                     self.log_exception(Some(c), n, &msg);
                 }
             }
+        }
+        if self.insert_retry && self.eager {
+            // An eagerly applied stream is replayed from its spill file at commit,
+            // searching for keys this time.
+            self.insert_retry = false;
+            self.eager_conflict = true;
         }
         self.current_change = 0;
         self.conflict_rows = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -1069,6 +1090,25 @@ impl ApplySession {
             self.with_writer(i.relid, |s, w, map| {
                 map.fill_slot(w.remote, &i.new, None, w.econtext);
                 let has_key = map.identity_index != pg_sys::InvalidOid;
+                // Search first only where a duplicate key was met before, or when
+                // replaying a failed transaction change by change.
+                let unsearched = has_key
+                    && !s.careful_tables.contains(&map.relid)
+                    && s.remote.as_ref().is_some_and(|r| r.replay.is_none())
+                    && w.can_insert_unsearched();
+                if unsearched {
+                    if !w.insert_reporting_duplicate(map.identity_index) {
+                        pgrx::debug1!(
+                            "spock subscription {}: an INSERT into {} met an existing key; the transaction is applied again, searching for keys",
+                            s.sub.name,
+                            map.qualified
+                        );
+                        s.careful_tables.insert(map.relid);
+                        s.insert_retry = true;
+                        return None;
+                    }
+                    return super::queue::is_queue(map).then(|| super::queue::QueuedRow::from_slot(w.remote));
+                }
                 if has_key && w.find(map, w.remote) {
                     let local = match w.local_row_version() {
                         LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
@@ -1164,6 +1204,15 @@ impl ApplySession {
         let Some(remote) = self.remote.take() else {
             PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: COMMIT without BEGIN").raise();
         };
+        if self.insert_retry {
+            // Nothing of it stays; the origin does not move; the provider sends it
+            // again after the reconnect.
+            self.remote = Some(remote);
+            self.abandon_remote();
+            self.insert_retry = false;
+            self.retry_now = true;
+            return;
+        }
         if remote.skip {
             // Record the skip: clear sub_skip_lsn in a transaction that carries the
             // origin's progress past the skipped transaction.

@@ -19,6 +19,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
+use spock_core::proto::batch;
 use spock_core::proto::startup::{BinaryFormat, ClientParams};
 use spock_core::proto::{Message, StreamDecoder};
 
@@ -121,6 +122,10 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
     let mut params = params;
     if crate::gucs::STREAM_LARGE_TRANSACTIONS.get() {
         params.push((spock_core::proto::startup::STREAMING_PARAM.to_string(), "1".to_string()));
+    }
+    // Several messages per packet from a spock-rs provider (spock_core::proto::batch).
+    if crate::gucs::BATCH_TRANSFER.get() {
+        params.push((batch::BATCH_PARAM.to_string(), "1".to_string()));
     }
     let opts: Vec<String> = params
         .iter()
@@ -243,6 +248,7 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
         if text { " (text transfer, to replay a failed transaction)" } else { "" }
     );
     let mut decoder = StreamDecoder::new();
+    let mut batched = false;
     let mut last_received = start;
     let mut flushed = start;
     let mut last_feedback = Instant::now();
@@ -262,37 +268,60 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                 CopyData::Data(buf) => match buf.first() {
                     Some(b'w') if buf.len() >= 25 => {
                         let end = u64::from_be_bytes(buf[9..17].try_into().expect("8 bytes"));
-                        let payload = Bytes::from(buf).slice(25..);
-                        let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
-                            PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
-                        });
-                        // apply_delay: a transaction waits until its commit time plus the delay.
-                        if sub.apply_delay_us > 0 {
-                            let commit_time = match &decoded.message {
-                                Message::Begin(b) => Some(b.commit_time),
-                                Message::StreamCommit(c) => Some(c.commit_time),
-                                _ => None,
-                            };
-                            if let Some(t) = commit_time {
-                                if !wait_until(t + sub.apply_delay_us, &conn, (last_received, flushed)) {
-                                    return false;
+                        let packet = Bytes::from(buf).slice(25..);
+                        // One message, or (batches agreed in the startup reply) several,
+                        // each framed by its length.
+                        let messages: Vec<Bytes> = if batched {
+                            batch::frames(&packet)
+                                .collect::<Result<_, _>>()
+                                .unwrap_or_else(|e| PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise())
+                        } else {
+                            vec![packet]
+                        };
+                        for payload in messages {
+                            let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
+                                PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
+                            });
+                            // apply_delay: a transaction waits until its commit time plus the delay.
+                            if sub.apply_delay_us > 0 {
+                                let commit_time = match &decoded.message {
+                                    Message::Begin(b) => Some(b.commit_time),
+                                    Message::StreamCommit(c) => Some(c.commit_time),
+                                    _ => None,
+                                };
+                                if let Some(t) = commit_time {
+                                    if !wait_until(t + sub.apply_delay_us, &conn, (last_received, flushed)) {
+                                        return false;
+                                    }
                                 }
                             }
-                        }
-                        let positions = (last_received, flushed);
-                        // An error is remembered (where the transaction failed) before
-                        // it stops the worker, so the next attempt can replay it.
-                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let mut keepalive = || {
-                                // Positions as of before this message: nothing newer is durable yet.
-                                let _ = conn.write_copy_data(&feedback(positions.0, positions.1, false));
-                            };
-                            streams.dispatch(&payload, decoded, decoder.version(), session, &mut keepalive);
-                        }));
-                        if let Err(e) = r {
-                            let (code, msg) = handlers::describe_error(e.as_ref());
-                            session.note_failure(&code, &msg);
-                            std::panic::resume_unwind(e);
+                            if let Message::Startup(s) = &decoded.message {
+                                // The provider agreed to batches (a Spock provider never does).
+                                batched = s.get(batch::BATCH_PARAM) == Some("t");
+                            }
+                            let positions = (last_received, flushed);
+                            // An error is remembered (where the transaction failed) before
+                            // it stops the worker, so the next attempt can replay it.
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                let mut keepalive = || {
+                                    // Positions as of before this message: nothing newer is durable yet.
+                                    let _ = conn.write_copy_data(&feedback(positions.0, positions.1, false));
+                                };
+                                streams.dispatch(&payload, decoded, decoder.version(), session, &mut keepalive);
+                            }));
+                            if let Err(e) = r {
+                                let (code, msg) = handlers::describe_error(e.as_ref());
+                                session.note_failure(&code, &msg);
+                                std::panic::resume_unwind(e);
+                            }
+                            if session.retry_now {
+                                // A transaction met a duplicate key on an insert that did not
+                                // search first: it was rolled back and the provider sends it
+                                // again from the origin's position. Nothing after it may be
+                                // applied or reported before that.
+                                session.retry_now = false;
+                                return true;
+                            }
                         }
                         last_received = last_received.max(end);
                         if session.stop {

@@ -344,51 +344,61 @@ impl StreamReceiver {
         };
         let SpilledTxn { path, writer, changes, .. } = txn;
         let mut file = writer.into_inner().into_inner().unwrap_or_else(|e| io_error(&self.sub_name, "write file", &path, e.error()));
-        if let Err(e) = file.seek(SeekFrom::Start(0)) {
-            io_error(&self.sub_name, "read file", &path, e);
-        }
-        let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, file)).unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
         pgrx::debug1!("spock subscription {}: applying streamed transaction {} ({changes} messages)", self.sub_name, c.xid);
-        session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
-        session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
-        let mut buf = Vec::new();
         let mut replayed = 0u64;
         let mut last_keepalive = Instant::now();
-        loop {
-            let at = reader.offset();
-            match reader.next_record(&mut buf) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => spill_error(&self.sub_name, &path, e),
+        // Once more from the start when an insert that did not search first met an
+        // existing key (the session then searches in that table).
+        'replay: loop {
+            if let Err(e) = file.seek(SeekFrom::Start(0)) {
+                io_error(&self.sub_name, "read file", &path, e);
             }
-            let record = Bytes::copy_from_slice(&buf);
-            let d = Message::decode(&record, version).unwrap_or_else(|e| {
-                PgError::new(
-                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at}: {e}", self.sub_name, path.display()),
-                )
-                .raise()
-            });
-            let Message::StreamChange(change) = d.message else {
-                PgError::new(
-                    PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                    format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at} is not a stream change", self.sub_name, path.display()),
-                )
-                .raise()
-            };
-            session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
-            replayed += 1;
-            exit_if_postmaster_died();
-            if replayed.is_multiple_of(1024) {
-                pgrx::check_for_interrupts!();
-                if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
-                    keepalive();
-                    last_keepalive = Instant::now();
+            let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, &mut file)).unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
+            session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
+            session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
+            let mut buf = Vec::new();
+            loop {
+                let at = reader.offset();
+                match reader.next_record(&mut buf) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => spill_error(&self.sub_name, &path, e),
+                }
+                let record = Bytes::copy_from_slice(&buf);
+                let d = Message::decode(&record, version).unwrap_or_else(|e| {
+                    PgError::new(
+                        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                        format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at}: {e}", self.sub_name, path.display()),
+                    )
+                    .raise()
+                });
+                let Message::StreamChange(change) = d.message else {
+                    PgError::new(
+                        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                        format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at} is not a stream change", self.sub_name, path.display()),
+                    )
+                    .raise()
+                };
+                session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
+                if session.insert_retry {
+                    session.insert_retry = false;
+                    session.abandon_remote();
+                    continue 'replay;
+                }
+                replayed += 1;
+                exit_if_postmaster_died();
+                if replayed.is_multiple_of(1024) {
+                    pgrx::check_for_interrupts!();
+                    if last_keepalive.elapsed() >= KEEPALIVE_INTERVAL {
+                        keepalive();
+                        last_keepalive = Instant::now();
+                    }
                 }
             }
+            break;
         }
         session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
-        drop(reader);
+        drop(file);
         if let Err(e) = fs::remove_file(&path) {
             pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, path.display());
         }

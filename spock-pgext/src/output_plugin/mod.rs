@@ -28,6 +28,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgSqlErrorCode};
 use spock_core::origin::{self, OriginId};
+use spock_core::proto::batch;
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
 use spock_core::proto::writer::{self, RowAction};
 use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate};
@@ -56,6 +57,10 @@ struct PluginState {
     cxt: pg_sys::MemoryContext,
     /// Streaming of in-progress transactions ([`stream`]).
     stream: stream::StreamState,
+    /// Messages are batched (`spock_rs.batch`, spock_core::proto::batch).
+    batch: bool,
+    /// A batch is being collected in `ctx->out` (prepared, not written yet).
+    batch_open: bool,
 }
 
 /// Entry point called by the `spock_output` library's `_PG_output_plugin_init`.
@@ -215,6 +220,8 @@ unsafe extern "C-unwind" fn spock_output_startup(
         node_names: HashMap::new(),
         buf: BytesMut::with_capacity(8192),
         cxt,
+        batch: false,
+        batch_open: false,
     });
     // SAFETY: ownership moves to the context; shutdown frees it.
     unsafe { (*ctx).output_plugin_private = Box::into_raw(state).cast() };
@@ -239,14 +246,50 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, 
     if let Err(e) = msg.encode(st.version, insert_lsn, &mut st.buf) {
         PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode message: {e}")).raise();
     }
+    if let Message::Startup(_) = msg {
+        // Never framed: the subscriber learns from it whether batches follow.
+        // SAFETY: forwarded.
+        unsafe { write_packet(ctx, &st.buf) };
+        st.batch = st.negotiated.batch();
+        return;
+    }
     // SAFETY: forwarded.
-    unsafe { flush(ctx, &st.buf) };
+    unsafe { flush(ctx, st, batch::ends_batch(msg)) };
 }
 
-/// Hands one encoded message to PostgreSQL.
+/// Hands the message encoded in `st.buf` to PostgreSQL: as its own packet, or
+/// (batches agreed) framed into the packet being collected, which is sent when
+/// `ends_batch` or when it is full.
 ///
 /// SAFETY: as [`write`].
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, bytes: &[u8]) {
+unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, ends_batch: bool) {
+    if !st.batch {
+        // SAFETY: forwarded.
+        return unsafe { write_packet(ctx, &st.buf) };
+    }
+    // SAFETY: the output plugin write sequence on ctx->out, spread over the
+    // callbacks of one transaction (or stream block): prepared before its first
+    // message, written after its last. Nothing else touches ctx->out meanwhile.
+    unsafe {
+        if !st.batch_open {
+            pg_sys::OutputPluginPrepareWrite(ctx, true);
+            st.batch_open = true;
+        }
+        let out = (*ctx).out;
+        let header = batch::frame_header(st.buf.len());
+        pg_sys::appendBinaryStringInfo(out, header.as_ptr().cast(), header.len() as i32);
+        pg_sys::appendBinaryStringInfo(out, st.buf.as_ptr().cast(), st.buf.len() as i32);
+        if ends_batch || (*out).len as usize >= batch::BATCH_BYTES {
+            pg_sys::OutputPluginWrite(ctx, true);
+            st.batch_open = false;
+        }
+    }
+}
+
+/// Sends `bytes` as one packet.
+///
+/// SAFETY: as [`write`].
+unsafe fn write_packet(ctx: *mut pg_sys::LogicalDecodingContext, bytes: &[u8]) {
     // SAFETY: standard output plugin write sequence on ctx->out.
     unsafe {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
@@ -493,7 +536,7 @@ unsafe fn decode_change(
         PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode change: {e}")).raise();
     }
     // SAFETY: inside a callback.
-    unsafe { flush(ctx, &st.buf) };
+    unsafe { flush(ctx, st, false) };
 }
 
 #[pg_guard]

@@ -101,6 +101,15 @@ impl System for Spock {
         if self.install.as_ref().is_some_and(|i| i.has_setting("output_plugin_libraries")) {
             s.push(("output_plugin_libraries".into(), "'pgoutput, spock_output'".into()));
         }
+        // Experiments: SPOCK_BENCH_SPOCK_SETTINGS="spock.batch_transfer=off,..."
+        // (docs/benchmarks.md).
+        if let Ok(extra) = std::env::var("SPOCK_BENCH_SPOCK_SETTINGS") {
+            for kv in extra.split(',').filter(|kv| !kv.trim().is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    s.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+        }
         s
     }
 
