@@ -14,6 +14,13 @@ use spock_core::exception::{self as exc, ReplayMode};
 use spock_core::names;
 use spock_core::proto::{self, Decoded, Message};
 
+mod conflicts;
+use conflicts::find_with_retries;
+mod exceptions;
+mod table_skips;
+
+pub use exceptions::describe_error;
+
 use super::executor::{LocalRelation, LocalVersion, TableWriter};
 use super::subscription::SubscriptionInfo;
 use crate::error::{spi_failed, PgError};
@@ -219,15 +226,6 @@ impl ApplySession {
         }
     }
 
-    /// Reads which synchronised tables the stream still has to catch up with.
-    pub fn reload_table_skips(&mut self) {
-        let id = self.sub.id;
-        self.table_skips = pgrx::bgworkers::BackgroundWorker::transaction(|| super::sync::catching_up_tables(id))
-            .into_iter()
-            .map(|(n, r, lsn)| ((n, r), lsn))
-            .collect();
-    }
-
     /// Lets go of the replication origin (a table sync copies under it from another
     /// session); the next transaction takes it again.
     pub fn release_origin(&mut self) {
@@ -241,28 +239,6 @@ impl ApplySession {
         }
     }
 
-    /// Whether change `c` of a transaction that committed at `final_lsn` is already
-    /// in a table sync's copy.
-    fn in_table_copy(&self, c: &Change<'_>, final_lsn: u64) -> bool {
-        if self.table_skips.is_empty() {
-            return false;
-        }
-        let Some(rel) = c.relid().and_then(|r| self.rels.get(&r)) else { return false };
-        self.table_skips
-            .get(&(rel.msg.nspname.clone(), rel.msg.relname.clone()))
-            .is_some_and(|&copied_at| final_lsn < copied_at)
-    }
-
-    /// After the transaction that committed at `final_lsn`: tables whose copy it
-    /// passed are replicating.
-    fn note_tables_caught_up(&mut self, final_lsn: u64) {
-        if self.table_skips.values().any(|&s| s <= final_lsn) {
-            let id = self.sub.id;
-            pgrx::bgworkers::BackgroundWorker::transaction(|| super::sync::tables_caught_up(id, final_lsn));
-            self.table_skips.retain(|_, s| *s > final_lsn);
-        }
-    }
-
     /// Before a remote transaction: waits while `spock.pause_apply_workers()` holds
     /// this database's workers, then marks this worker as inside a transaction.
     fn wait_while_paused(&mut self) {
@@ -272,48 +248,6 @@ impl ApplySession {
             unsafe { pg_sys::pg_usleep(1000) };
             pgrx::check_for_interrupts!();
         }
-    }
-
-    /// Whether a failed transaction waits to be replayed (the worker then asks for
-    /// text transfer, so exception_log shows readable values).
-    pub fn replay_pending(&self) -> bool {
-        self.exception.is_some()
-    }
-
-    /// Records, before the worker stops on `error`, where the open remote
-    /// transaction failed, so that the next attempt replays it per
-    /// `spock.exception_behaviour` (a transient error is simply retried).
-    pub fn note_failure(&mut self, sqlstate: &str, message: &str) {
-        let (Some(remote), Some(slot)) = (self.remote.as_ref(), self.progress_slot) else { return };
-        if remote.skip {
-            return;
-        }
-        if exc::is_transient(sqlstate) {
-            pgrx::log!(
-                "spock subscription {}: transient error ({sqlstate}) applying remote transaction {}; it will be retried",
-                self.sub.name,
-                remote.xid
-            );
-            return;
-        }
-        let next = match remote.replay {
-            None => ReplayMode::for_behaviour(gucs::exception_behaviour()),
-            Some(m) => m.escalate().unwrap_or(ReplayMode::Disable),
-        };
-        let message = format!("{message} (SQLSTATE {sqlstate})");
-        crate::workers::shmem::record_exception(slot, remote.final_lsn, self.current_change, next.code(), &message);
-        pgrx::log!(
-            "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
-            self.sub.name,
-            remote.xid,
-            super::subscription::format_lsn(remote.final_lsn),
-            self.current_change,
-            match next {
-                ReplayMode::Discard => "discard",
-                ReplayMode::LogOnly => "transdiscard",
-                ReplayMode::Disable => "sub_disable",
-            }
-        );
     }
 
     /// Attaches to the shared progress table.
@@ -665,120 +599,11 @@ impl ApplySession {
         }
     }
 
-    /// Runs `f` like [`Self::in_change`] but in a subtransaction: an error rolls back
-    /// only this change and is returned as text.
-    fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
-        self.ensure_local_transaction();
-        // Tables are opened inside the subtransaction and closed before it ends: a
-        // rollback releases them, a release would report them as leaked.
-        self.close_writers();
-        // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
-        // keep the caller's memory context and resource owner, and on error restore
-        // them, flush the error state and roll the subtransaction back (which also
-        // pops snapshots pushed inside and releases relations opened inside).
-        unsafe {
-            let cxt = pg_sys::CurrentMemoryContext;
-            let owner = pg_sys::CurrentResourceOwner;
-            pg_sys::BeginInternalSubTransaction(std::ptr::null());
-            pg_sys::MemoryContextSwitchTo(cxt);
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
-            match r {
-                Ok(()) => {
-                    self.close_writers();
-                    pg_sys::ReleaseCurrentSubTransaction();
-                    pg_sys::MemoryContextSwitchTo(cxt);
-                    pg_sys::CurrentResourceOwner = owner;
-                    Ok(())
-                }
-                Err(payload) => {
-                    pg_sys::MemoryContextSwitchTo(cxt);
-                    let (code, msg) = describe_error(payload.as_ref());
-                    pg_sys::FlushErrorState();
-                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                    // The rollback released the slots of tables opened inside.
-                    self.forget_transaction_writers();
-                    self.close_writers();
-                    pg_sys::MemoryContextSwitchTo(cxt);
-                    pg_sys::CurrentResourceOwner = owner;
-                    pg_sys::MemoryContextReset(self.change_cxt);
-                    Err(format!("{msg} (SQLSTATE {code})"))
-                }
-            }
-        }
-    }
-
     /// `schema.table` of remote relation `relid`, for messages.
     fn relation_label(&self, relid: Option<u32>) -> String {
         relid
             .and_then(|r| self.rels.get(&r))
             .map_or_else(|| "?".to_string(), |r| format!("{}.{}", r.msg.nspname, r.msg.relname))
-    }
-
-    /// Adds a row to spock.exception_log for change `n` (or for the transaction when
-    /// `c` is None: `operation` SUB_DISABLE), in the local transaction.
-    fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
-        self.ensure_local_transaction();
-        let Some(remote) = self.remote.as_ref() else { return };
-        let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.get(&r)).map(|r| &r.msg);
-        let (schema, table) = rel.map_or((None, None), |r| (Some(r.nspname.clone()), Some(r.relname.clone())));
-        let operation = c.map_or("SUB_DISABLE", |c| c.operation());
-        let (origin, commit_time, xid) = (i64::from(remote.origin_node), remote.commit_time, i64::from(remote.xid));
-        let (old, new) = (c.and_then(|c| c.old_tuple()).cloned(), c.and_then(|c| c.new_tuple()).cloned());
-        let columns: Vec<(String, String)> = match rel {
-            Some(r) => r.columns.iter().map(|col| (col.name.clone(), String::new())).collect(),
-            None => Vec::new(),
-        };
-        // SAFETY: SPI needs an active snapshot; pushed and popped around it.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        Spi::connect_mut(|client| {
-            // Local type names, when the table exists here.
-            let types: HashMap<String, String> = match (&schema, &table) {
-                (Some(sch), Some(tab)) => client
-                    .select(
-                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
-                           FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
-                            AND a.attnum > 0 AND NOT a.attisdropped",
-                        None,
-                        &[sch.as_str().into(), tab.as_str().into()],
-                    )
-                    .map(|t| t.into_iter().filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))).collect())
-                    .unwrap_or_default(),
-                _ => HashMap::new(),
-            };
-            let labels: Vec<exc::ColumnLabel> = columns
-                .iter()
-                .map(|(name, _)| exc::ColumnLabel { name: name.clone(), type_name: types.get(name).cloned() })
-                .collect();
-            let old_json = old.as_ref().map(|t| exc::tuple_json(&labels, t));
-            let new_json = new.as_ref().map(|t| exc::tuple_json(&labels, t));
-            client
-                .update(
-                    "INSERT INTO spock.exception_log (remote_origin, remote_commit_ts, command_counter, retry_errored_at,
-                        remote_xid, table_schema, table_name, operation, remote_old_tup, remote_new_tup, error_message)
-                     VALUES ($1::int8::oid, '2000-01-01 00:00:00+00'::timestamptz + $2 * interval '1 microsecond', $3,
-                             pg_catalog.clock_timestamp(), $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)",
-                    None,
-                    &[
-                        origin.into(),
-                        commit_time.into(),
-                        (n as i32).into(),
-                        xid.into(),
-                        schema.as_deref().into(),
-                        table.as_deref().into(),
-                        operation.into(),
-                        old_json.as_deref().into(),
-                        new_json.as_deref().into(),
-                        message.into(),
-                    ],
-                )
-                .unwrap_or_else(|e| spi_failed("recording an exception", e));
-        });
-        // SAFETY: pops the snapshot pushed above.
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::CommandCounterIncrement();
-        }
     }
 
     /// Runs a row change inside the local transaction, with a snapshot and the
@@ -928,160 +753,6 @@ impl ApplySession {
             r.local = Some(unsafe { LocalRelation::build(&r.msg) });
         }
         r.local.as_ref().expect("just built")
-    }
-
-    fn remote_version(&self) -> RowVersion {
-        RowVersion { commit_ts: self.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
-    }
-
-    /// Node id and tiebreaker of the node that wrote under local origin `origin`.
-    fn node_of_origin(&mut self, origin: pg_sys::RepOriginId) -> (u16, i64) {
-        if let Some(v) = self.origin_nodes.get(&origin) {
-            return *v;
-        }
-        let slot = self.sub.slot_name.clone();
-        let local = self.sub.local_node_id;
-        let provider = self.sub.provider_node_id;
-        let v = Spi::connect(|client| {
-            let node = if origin == 0 {
-                local
-            } else {
-                let roname: Option<String> = client
-                    .select("SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid", Some(1), &[i32::from(origin).into()])
-                    .unwrap_or_else(|e| spi_failed("reading replication origins", e))
-                    .next()
-                    .and_then(|r| r.get::<String>(1).ok().flatten());
-                match roname {
-                    Some(name) => match names::origin_node_of(&slot, &name) {
-                        Some(None) => provider,
-                        Some(Some(n)) => n,
-                        None => {
-                            // Another subscription's origin: its provider.
-                            client
-                                .select(
-                                    "SELECT sub_origin::int8 FROM spock.subscription WHERE spock._is_subscription_origin(sub_slot_name, $1)",
-                                    Some(1),
-                                    &[name.as_str().into()],
-                                )
-                                .ok()
-                                .and_then(|t| t.into_iter().next())
-                                .and_then(|r| r.get::<i64>(1).ok().flatten())
-                                .map(|n| n as u16)
-                                .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
-                                .unwrap_or(0)
-                        }
-                    },
-                    None => 0,
-                }
-            };
-            let tiebreaker = client
-                .select(
-                    "SELECT coalesce((info->>'tiebreaker')::int8, node_id::int8) FROM spock.node WHERE node_id = $1::int8::oid",
-                    Some(1),
-                    &[i64::from(node).into()],
-                )
-                .ok()
-                .and_then(|t| t.into_iter().next())
-                .and_then(|r| r.get::<i64>(1).ok().flatten())
-                .unwrap_or(i64::from(node));
-            (node, tiebreaker)
-        });
-        self.origin_nodes.insert(origin, v);
-        v
-    }
-
-    /// Decides a conflict of `kind` against the local row version.
-    fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
-        if self.eager {
-            // Needs the remote commit timestamp: replayed at commit instead.
-            self.eager_conflict = true;
-            return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
-        }
-        let remote = self.remote_version();
-        let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
-        let remote_tb = {
-            let o = self.session_origin;
-            self.node_of_origin(o).1
-        };
-        let local_tb = local.map_or(0, |l| self.node_of_origin(l.origin).1);
-        let policy = gucs::conflict_policy();
-        match conflict::decide(kind, local, remote, policy, Tiebreakers { local_node: local_tb, remote_node: remote_tb }) {
-            Ok(d) => {
-                let msg = format!(
-                    "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
-                    d.kind,
-                    local.map_or(0, |l| l.origin),
-                    local.map_or(0, |l| l.commit_ts),
-                    remote.commit_ts,
-                    d.resolution
-                );
-                log_conflict(&msg);
-                if d.needs_warning() {
-                    pgrx::warning!("spock: nodes writing the conflicting versions of a row in {relation} have equal tiebreakers; set distinct spock.node info->'tiebreaker' values");
-                }
-                if gucs::SAVE_RESOLUTIONS.get() {
-                    self.save_resolution(&d, local, relation);
-                }
-                d
-            }
-            Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, format!("spock: {e} on relation {relation}")).raise(),
-        }
-    }
-
-    fn save_resolution(&self, d: &Decision, local: Option<RowVersion>, relation: &str) {
-        let remote = self.remote_version();
-        let node_name = self.sub.local_name.clone();
-        let (local_slot, remote_slot) = self.conflict_rows;
-        // SAFETY: the slots were set by the handler deciding this conflict and are
-        // alive until it returns.
-        let (local_tuple, local_xid, remote_tuple) = unsafe {
-            (
-                (!local_slot.is_null()).then(|| super::rows::slot_json(local_slot)),
-                (!local_slot.is_null()).then(|| super::rows::slot_xmin(local_slot).to_string()),
-                (!remote_slot.is_null()).then(|| super::rows::slot_json(remote_slot)),
-            )
-        };
-        Spi::connect_mut(|client| {
-            client
-                .update(
-                    "INSERT INTO spock.resolutions (node_name, log_time, relname, conflict_type, conflict_resolution,
-                        local_origin, local_timestamp, remote_origin, remote_timestamp, remote_xid, remote_lsn,
-                        local_tuple, local_xid, remote_tuple)
-                     VALUES ($1, now(), $2, $3, $4, $5, CASE WHEN $6 = 0 THEN NULL ELSE '2000-01-01 00:00:00+00'::timestamptz + $6 * interval '1 microsecond' END,
-                             $7, '2000-01-01 00:00:00+00'::timestamptz + $8 * interval '1 microsecond',
-                             $9::text::xid, $10::text::pg_lsn, $11, $12::text::xid, $13)",
-                    None,
-                    &[
-                        node_name.as_str().into(),
-                        relation.into(),
-                        d.kind.as_str().into(),
-                        d.resolution.as_str().into(),
-                        local.map(|l| i32::from(l.origin)).into(),
-                        local.map_or(0i64, |l| l.commit_ts).into(),
-                        i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
-                        remote.commit_ts.into(),
-                        self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
-                        super::subscription::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
-                        local_tuple.as_deref().into(),
-                        local_xid.as_deref().into(),
-                        remote_tuple.as_deref().into(),
-                    ],
-                )
-                .unwrap_or_else(|e| spi_failed("recording a resolution", e));
-        });
-    }
-
-    /// Whether an UPDATE or DELETE applies to the local row it found: always, unless
-    /// the row was last written by another origin and the conflict (`kind`) is decided
-    /// for the local version.
-    fn remote_wins_over(&mut self, local: LocalVersion, kind: ConflictKind, relation: &str) -> bool {
-        match local {
-            LocalVersion::Committed { commit_ts, origin } => {
-                let local = RowVersion { commit_ts, origin };
-                !conflict::origin_differs(local, self.remote_version()) || self.decide(kind, Some(local), relation).applies_remote()
-            }
-            LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
-        }
     }
 
     fn handle_insert(&mut self, i: &proto::Insert) {
@@ -1283,111 +954,3 @@ impl ApplySession {
     }
 }
 
-impl ApplySession {
-    /// Forgets the failed transaction once the transaction ending at `end_lsn` (the
-    /// replayed or skipped one) is done.
-    fn forget_exception(&mut self, _end_lsn: u64) {
-        if self.exception.take().is_some() {
-            if let Some(i) = self.progress_slot {
-                crate::workers::shmem::clear_exception(i);
-            }
-        }
-    }
-
-    /// `spock.exception_behaviour = sub_disable`: records the transaction's changes
-    /// (already logged) and a SUB_DISABLE row, disables the subscription and commits
-    /// without moving the origin, so that re-enabling retries the transaction and
-    /// `sub_alter_skiplsn` can skip it.
-    fn disable_after_exception(&mut self, remote: RemoteTxn) {
-        let lsn = super::subscription::format_lsn(remote.final_lsn);
-        let xid = remote.xid;
-        let changes = remote.changes;
-        self.remote = Some(remote);
-        self.end_transaction_writers();
-        self.ensure_local_transaction();
-        let msg = exc::disable_message(&self.sub.name, &lsn);
-        if gucs::exception_logging() != exc::ExceptionLogging::None {
-            self.log_exception(None, changes + 1, &msg);
-        }
-        // SAFETY: SPI in the open local transaction needs an active snapshot.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-        Spi::run_with_args(
-            "UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = $1::int8::oid",
-            &[i64::from(self.sub.id).into()],
-        )
-        .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
-        // SAFETY: commits without origin progress (the transaction stays unapplied).
-        unsafe {
-            pg_sys::PopActiveSnapshot();
-            pg_sys::replorigin_session_origin_lsn = pg_sys::InvalidXLogRecPtr as u64;
-            pg_sys::CommitTransactionCommand();
-        }
-        self.remote = None;
-        self.forget_exception(0);
-        pgrx::warning!(
-            "spock subscription {}: disabled after remote transaction {xid} (commit LSN {lsn}) failed; see spock.exception_log. \
-             Fix the cause and run spock.sub_enable('{}'), or skip the transaction with spock.sub_alter_skiplsn('{}', '{lsn}') first",
-            self.sub.name,
-            self.sub.name,
-            self.sub.name
-        );
-        self.stop = true;
-    }
-}
-
-/// SQLSTATE and message of a caught error (a PostgreSQL ERROR turned into a panic
-/// by pgrx, a raised [`PgError`], or a Rust panic).
-pub fn describe_error(payload: &(dyn std::any::Any + Send)) -> (String, String) {
-    use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
-    let report: Option<&ErrorReportWithLevel> = match payload.downcast_ref::<CaughtError>() {
-        Some(CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. }) => Some(r),
-        None => payload.downcast_ref::<ErrorReportWithLevel>(),
-    };
-    if let Some(r) = report {
-        return (sqlstate_text(r.sql_error_code() as isize as i64), r.message().to_string());
-    }
-    if let Some(r) = payload.downcast_ref::<ErrorReport>() {
-        return ("XX000".to_string(), r.message().to_string());
-    }
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
-        .unwrap_or_else(|| "internal error".to_string());
-    ("XX000".to_string(), msg)
-}
-
-/// The five characters of a packed SQLSTATE.
-fn sqlstate_text(code: i64) -> String {
-    (0..5).map(|i| char::from(((code >> (6 * i)) & 0x3f) as u8 + b'0')).collect()
-}
-
-/// Looks for the row an UPDATE or DELETE targets, retrying `spock.read_retry_count`
-/// times: in a mesh the row may still be arriving through another subscription.
-///
-/// SAFETY: as [`TableWriter::find`].
-unsafe fn find_with_retries(w: &mut TableWriter, map: &LocalRelation, search: *mut pg_sys::TupleTableSlot) -> bool {
-    let retries = gucs::READ_RETRY_COUNT.get().max(0) as i64;
-    for attempt in 0..=retries {
-        // SAFETY: forwarded.
-        if unsafe { w.find(map, search) } {
-            return true;
-        }
-        if attempt < retries {
-            // SAFETY: a plain sleep; interrupts are checked after it.
-            unsafe { pg_sys::pg_usleep(10_000 * (attempt + 1)) };
-            pgrx::check_for_interrupts!();
-        }
-    }
-    false
-}
-
-fn log_conflict(msg: &str) {
-    match gucs::CONFLICT_LOG_LEVEL.get() {
-        gucs::LogLevelGuc::Debug => pgrx::debug1!("{msg}"),
-        gucs::LogLevelGuc::Log => pgrx::log!("{msg}"),
-        gucs::LogLevelGuc::Info => pgrx::info!("{msg}"),
-        gucs::LogLevelGuc::Notice => pgrx::notice!("{msg}"),
-        gucs::LogLevelGuc::Warning => pgrx::warning!("{msg}"),
-    }
-}

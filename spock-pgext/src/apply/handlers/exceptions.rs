@@ -1,0 +1,236 @@
+//! Exceptions (`spock.exception_behaviour`): what happens when a remote
+//! transaction fails to apply, how it is remembered across the worker's restart and
+//! replayed (discard / transdiscard / sub_disable), and the `spock.exception_log`
+//! rows (docs/apply.md, Exceptions).
+
+use super::*;
+
+impl ApplySession {
+    /// Whether a failed transaction waits to be replayed (the worker then asks for
+    /// text transfer, so exception_log shows readable values).
+    pub fn replay_pending(&self) -> bool {
+        self.exception.is_some()
+    }
+
+    /// Records, before the worker stops on `error`, where the open remote
+    /// transaction failed, so that the next attempt replays it per
+    /// `spock.exception_behaviour` (a transient error is simply retried).
+    pub fn note_failure(&mut self, sqlstate: &str, message: &str) {
+        let (Some(remote), Some(slot)) = (self.remote.as_ref(), self.progress_slot) else { return };
+        if remote.skip {
+            return;
+        }
+        if exc::is_transient(sqlstate) {
+            pgrx::log!(
+                "spock subscription {}: transient error ({sqlstate}) applying remote transaction {}; it will be retried",
+                self.sub.name,
+                remote.xid
+            );
+            return;
+        }
+        let next = match remote.replay {
+            None => ReplayMode::for_behaviour(gucs::exception_behaviour()),
+            Some(m) => m.escalate().unwrap_or(ReplayMode::Disable),
+        };
+        let message = format!("{message} (SQLSTATE {sqlstate})");
+        crate::workers::shmem::record_exception(slot, remote.final_lsn, self.current_change, next.code(), &message);
+        pgrx::log!(
+            "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
+            self.sub.name,
+            remote.xid,
+            crate::apply::subscription::format_lsn(remote.final_lsn),
+            self.current_change,
+            match next {
+                ReplayMode::Discard => "discard",
+                ReplayMode::LogOnly => "transdiscard",
+                ReplayMode::Disable => "sub_disable",
+            }
+        );
+    }
+
+    /// Runs `f` like [`Self::in_change`] but in a subtransaction: an error rolls back
+    /// only this change and is returned as text.
+    pub(super) fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
+        self.ensure_local_transaction();
+        // Tables are opened inside the subtransaction and closed before it ends: a
+        // rollback releases them, a release would report them as leaked.
+        self.close_writers();
+        // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
+        // keep the caller's memory context and resource owner, and on error restore
+        // them, flush the error state and roll the subtransaction back (which also
+        // pops snapshots pushed inside and releases relations opened inside).
+        unsafe {
+            let cxt = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(cxt);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
+            match r {
+                Ok(()) => {
+                    self.close_writers();
+                    pg_sys::ReleaseCurrentSubTransaction();
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    pg_sys::CurrentResourceOwner = owner;
+                    Ok(())
+                }
+                Err(payload) => {
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    let (code, msg) = describe_error(payload.as_ref());
+                    pg_sys::FlushErrorState();
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                    // The rollback released the slots of tables opened inside.
+                    self.forget_transaction_writers();
+                    self.close_writers();
+                    pg_sys::MemoryContextSwitchTo(cxt);
+                    pg_sys::CurrentResourceOwner = owner;
+                    pg_sys::MemoryContextReset(self.change_cxt);
+                    Err(format!("{msg} (SQLSTATE {code})"))
+                }
+            }
+        }
+    }
+
+    /// Adds a row to spock.exception_log for change `n` (or for the transaction when
+    /// `c` is None: `operation` SUB_DISABLE), in the local transaction.
+    pub(super) fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
+        self.ensure_local_transaction();
+        let Some(remote) = self.remote.as_ref() else { return };
+        let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.get(&r)).map(|r| &r.msg);
+        let (schema, table) = rel.map_or((None, None), |r| (Some(r.nspname.clone()), Some(r.relname.clone())));
+        let operation = c.map_or("SUB_DISABLE", |c| c.operation());
+        let (origin, commit_time, xid) = (i64::from(remote.origin_node), remote.commit_time, i64::from(remote.xid));
+        let (old, new) = (c.and_then(|c| c.old_tuple()).cloned(), c.and_then(|c| c.new_tuple()).cloned());
+        let columns: Vec<(String, String)> = match rel {
+            Some(r) => r.columns.iter().map(|col| (col.name.clone(), String::new())).collect(),
+            None => Vec::new(),
+        };
+        // SAFETY: SPI needs an active snapshot; pushed and popped around it.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        Spi::connect_mut(|client| {
+            // Local type names, when the table exists here.
+            let types: HashMap<String, String> = match (&schema, &table) {
+                (Some(sch), Some(tab)) => client
+                    .select(
+                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                           FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
+                            AND a.attnum > 0 AND NOT a.attisdropped",
+                        None,
+                        &[sch.as_str().into(), tab.as_str().into()],
+                    )
+                    .map(|t| t.into_iter().filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+                    .unwrap_or_default(),
+                _ => HashMap::new(),
+            };
+            let labels: Vec<exc::ColumnLabel> = columns
+                .iter()
+                .map(|(name, _)| exc::ColumnLabel { name: name.clone(), type_name: types.get(name).cloned() })
+                .collect();
+            let old_json = old.as_ref().map(|t| exc::tuple_json(&labels, t));
+            let new_json = new.as_ref().map(|t| exc::tuple_json(&labels, t));
+            client
+                .update(
+                    "INSERT INTO spock.exception_log (remote_origin, remote_commit_ts, command_counter, retry_errored_at,
+                        remote_xid, table_schema, table_name, operation, remote_old_tup, remote_new_tup, error_message)
+                     VALUES ($1::int8::oid, '2000-01-01 00:00:00+00'::timestamptz + $2 * interval '1 microsecond', $3,
+                             pg_catalog.clock_timestamp(), $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)",
+                    None,
+                    &[
+                        origin.into(),
+                        commit_time.into(),
+                        (n as i32).into(),
+                        xid.into(),
+                        schema.as_deref().into(),
+                        table.as_deref().into(),
+                        operation.into(),
+                        old_json.as_deref().into(),
+                        new_json.as_deref().into(),
+                        message.into(),
+                    ],
+                )
+                .unwrap_or_else(|e| spi_failed("recording an exception", e));
+        });
+        // SAFETY: pops the snapshot pushed above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
+    /// Forgets the failed transaction once the transaction ending at `end_lsn` (the
+    /// replayed or skipped one) is done.
+    pub(super) fn forget_exception(&mut self, _end_lsn: u64) {
+        if self.exception.take().is_some() {
+            if let Some(i) = self.progress_slot {
+                crate::workers::shmem::clear_exception(i);
+            }
+        }
+    }
+
+    /// `spock.exception_behaviour = sub_disable`: records the transaction's changes
+    /// (already logged) and a SUB_DISABLE row, disables the subscription and commits
+    /// without moving the origin, so that re-enabling retries the transaction and
+    /// `sub_alter_skiplsn` can skip it.
+    pub(super) fn disable_after_exception(&mut self, remote: RemoteTxn) {
+        let lsn = crate::apply::subscription::format_lsn(remote.final_lsn);
+        let xid = remote.xid;
+        let changes = remote.changes;
+        self.remote = Some(remote);
+        self.end_transaction_writers();
+        self.ensure_local_transaction();
+        let msg = exc::disable_message(&self.sub.name, &lsn);
+        if gucs::exception_logging() != exc::ExceptionLogging::None {
+            self.log_exception(None, changes + 1, &msg);
+        }
+        // SAFETY: SPI in the open local transaction needs an active snapshot.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        Spi::run_with_args(
+            "UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = $1::int8::oid",
+            &[i64::from(self.sub.id).into()],
+        )
+        .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
+        // SAFETY: commits without origin progress (the transaction stays unapplied).
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::replorigin_session_origin_lsn = pg_sys::InvalidXLogRecPtr as u64;
+            pg_sys::CommitTransactionCommand();
+        }
+        self.remote = None;
+        self.forget_exception(0);
+        pgrx::warning!(
+            "spock subscription {}: disabled after remote transaction {xid} (commit LSN {lsn}) failed; see spock.exception_log. \
+             Fix the cause and run spock.sub_enable('{}'), or skip the transaction with spock.sub_alter_skiplsn('{}', '{lsn}') first",
+            self.sub.name,
+            self.sub.name,
+            self.sub.name
+        );
+        self.stop = true;
+    }
+}
+
+/// SQLSTATE and message of a caught error (a PostgreSQL ERROR turned into a panic
+/// by pgrx, a raised [`PgError`], or a Rust panic).
+pub fn describe_error(payload: &(dyn std::any::Any + Send)) -> (String, String) {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
+    let report: Option<&ErrorReportWithLevel> = match payload.downcast_ref::<CaughtError>() {
+        Some(CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. }) => Some(r),
+        None => payload.downcast_ref::<ErrorReportWithLevel>(),
+    };
+    if let Some(r) = report {
+        return (sqlstate_text(r.sql_error_code() as isize as i64), r.message().to_string());
+    }
+    if let Some(r) = payload.downcast_ref::<ErrorReport>() {
+        return ("XX000".to_string(), r.message().to_string());
+    }
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+        .unwrap_or_else(|| "internal error".to_string());
+    ("XX000".to_string(), msg)
+}
+
+/// The five characters of a packed SQLSTATE.
+pub(super) fn sqlstate_text(code: i64) -> String {
+    (0..5).map(|i| char::from(((code >> (6 * i)) & 0x3f) as u8 + b'0')).collect()
+}
