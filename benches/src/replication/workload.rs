@@ -270,12 +270,12 @@ fn marker_visible(sub: &Node, id: &str) -> Result<()> {
 
 /// Waits until the subscription replicates: a marker row arrives. Markers
 /// committed before the system created its slot are never sent (and the origin may
-/// start at the slot's position), so a new marker is tried every few seconds.
+/// start at the slot's position), so a new marker is tried every half second.
 fn wait_replicating(pair: &Pair, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let (_, id) = mark(pair)?;
-        if check_marker(&pair.subscriber, &id, Duration::from_secs(3))? {
+        if check_marker(&pair.subscriber, &id, Duration::from_millis(500))? {
             return Ok(());
         }
         if Instant::now() > deadline {
