@@ -536,10 +536,14 @@ impl TableWriter {
     ///
     /// SAFETY: inside the transaction the writer is ready for.
     pub unsafe fn begin_change(&mut self) {
-        // SAFETY: as the native apply worker does for each change.
+        // SAFETY: as the native apply worker does for each change; a table without
+        // any trigger (its descriptor is rebuilt, and the writer closed, when one is
+        // created) queues no AFTER-trigger event, so it needs no trigger query.
         unsafe {
             (*self.estate).es_output_cid = pg_sys::GetCurrentCommandId(true);
-            pg_sys::AfterTriggerBeginQuery();
+            if !(*self.rri).ri_TrigDesc.is_null() {
+                pg_sys::AfterTriggerBeginQuery();
+            }
         }
     }
 
@@ -550,16 +554,24 @@ impl TableWriter {
     /// SAFETY: after `begin_change`, in the same transaction.
     pub unsafe fn end_change(&mut self) {
         // SAFETY: what finish_edata does per change, short of freeing the state.
+        // Calls into PostgreSQL are skipped where they would do nothing (empty slots,
+        // memory already reset): each costs a guard of its own.
         unsafe {
-            pg_sys::AfterTriggerEndQuery(self.estate);
+            if !(*self.rri).ri_TrigDesc.is_null() {
+                pg_sys::AfterTriggerEndQuery(self.estate);
+            }
             for slot in [self.remote, self.local, self.search, self.new] {
-                pg_sys::ExecClearTuple(slot);
+                if !slot.is_null() && (*slot).tts_flags & pg_sys::TTS_FLAG_EMPTY as u16 == 0 {
+                    pg_sys::ExecClearTuple(slot);
+                }
             }
             let per_tuple = (*self.estate).es_per_tuple_exprcontext;
-            if !per_tuple.is_null() {
+            if !per_tuple.is_null() && !(*(*per_tuple).ecxt_per_tuple_memory).isReset {
                 pg_sys::MemoryContextReset((*per_tuple).ecxt_per_tuple_memory);
             }
-            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            if !(*(*self.econtext).ecxt_per_tuple_memory).isReset {
+                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            }
         }
     }
 

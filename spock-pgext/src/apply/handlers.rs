@@ -617,7 +617,9 @@ impl ApplySession {
             let old = pg_sys::MemoryContextSwitchTo(self.change_cxt);
             f(self);
             pg_sys::MemoryContextSwitchTo(old);
-            pg_sys::MemoryContextReset(self.change_cxt);
+            if !(*self.change_cxt).isReset {
+                pg_sys::MemoryContextReset(self.change_cxt);
+            }
             pg_sys::PopActiveSnapshot();
             pg_sys::CommandCounterIncrement();
         }
