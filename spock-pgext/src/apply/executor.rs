@@ -609,13 +609,21 @@ impl TableWriter {
     }
 
     /// Whether [`insert_reporting_duplicate`](Self::insert_reporting_duplicate) can
-    /// insert into this table: a plain table without stored generated columns (the
-    /// rest goes through `ExecSimpleRelationInsert` after a search).
-    pub fn can_insert_unsearched(&self) -> bool {
-        // SAFETY: reads the open relation's descriptor.
+    /// insert into this table: a plain table without stored generated columns whose
+    /// identity index `identity` checks keys at once (identity indexes always do
+    /// today; a deferrable one would report a duplicate only at commit). The rest
+    /// goes through `ExecSimpleRelationInsert` after a search.
+    pub fn can_insert_unsearched(&self, identity: pg_sys::Oid) -> bool {
+        // SAFETY: reads the open relation's and its open indexes' descriptors.
         unsafe {
             let constr = (*(*self.rel).rd_att).constr;
-            (*(*self.rel).rd_rel).relkind as u8 == b'r' && (constr.is_null() || !(*constr).has_generated_stored)
+            if (*(*self.rel).rd_rel).relkind as u8 != b'r' || !(constr.is_null() || !(*constr).has_generated_stored) {
+                return false;
+            }
+            (0..(*self.rri).ri_NumIndices.max(0) as usize).any(|i| {
+                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+                !index.is_null() && (*index).rd_id == identity && (*(*index).rd_index).indimmediate
+            })
         }
     }
 

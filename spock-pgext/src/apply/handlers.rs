@@ -768,7 +768,7 @@ impl ApplySession {
                 let unsearched = has_key
                     && !s.careful_tables.contains(&map.relid)
                     && s.remote.as_ref().is_some_and(|r| r.replay.is_none())
-                    && w.can_insert_unsearched();
+                    && w.can_insert_unsearched(map.identity_index);
                 if unsearched {
                     if !w.insert_reporting_duplicate(map.identity_index) {
                         pgrx::debug1!(
