@@ -49,7 +49,6 @@ struct Api {
     getisnull: unsafe extern "C" fn(*const PGresult, c_int, c_int) -> c_int,
     get_copy_data: unsafe extern "C" fn(*mut PGconn, *mut *mut c_char, c_int) -> c_int,
     put_copy_data: unsafe extern "C" fn(*mut PGconn, *const c_char, c_int) -> c_int,
-    put_copy_end: unsafe extern "C" fn(*mut PGconn, *const c_char) -> c_int,
     flush: unsafe extern "C" fn(*mut PGconn) -> c_int,
     consume_input: unsafe extern "C" fn(*mut PGconn) -> c_int,
     socket: unsafe extern "C" fn(*const PGconn) -> c_int,
@@ -104,7 +103,6 @@ fn api() -> &'static Api {
                 getisnull: symbol(c"PQgetisnull"),
                 get_copy_data: symbol(c"PQgetCopyData"),
                 put_copy_data: symbol(c"PQputCopyData"),
-                put_copy_end: symbol(c"PQputCopyEnd"),
                 flush: symbol(c"PQflush"),
                 consume_input: symbol(c"PQconsumeInput"),
                 socket: symbol(c"PQsocket"),
@@ -258,38 +256,6 @@ impl Connection {
                 return Err(e);
             }
             (api.clear)(r);
-        }
-        Ok(())
-    }
-
-    /// Ends COPY IN; returns the server's verdict on the whole COPY.
-    pub fn end_copy_in(&self) -> Result<(), LibpqError> {
-        let api = api();
-        // SAFETY: valid connection in COPY IN mode; results are cleared.
-        unsafe {
-            if (api.put_copy_end)(self.conn, std::ptr::null()) != 1 {
-                return Err(self.error(None));
-            }
-            let mut out = Ok(());
-            loop {
-                let r = (api.get_result)(self.conn);
-                if r.is_null() {
-                    break;
-                }
-                if (api.result_status)(r) != PGRES_COMMAND_OK && out.is_ok() {
-                    out = Err(self.error(Some(r)));
-                }
-                (api.clear)(r);
-            }
-            out
-        }
-    }
-
-    /// Sends one CopyData message without flushing (COPY IN; libpq buffers).
-    pub fn put_copy_data(&self, data: &[u8]) -> Result<(), LibpqError> {
-        // SAFETY: valid connection and buffer.
-        if unsafe { (api().put_copy_data)(self.conn, data.as_ptr().cast(), data.len() as c_int) } != 1 {
-            return Err(self.error(None));
         }
         Ok(())
     }
