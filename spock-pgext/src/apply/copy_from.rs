@@ -2,7 +2,7 @@
 //! `COPY ... TO STDOUT`, as PostgreSQL's tablesync worker does: `BeginCopyFrom` with
 //! a data-source callback that reads the provider's connection, `CopyFrom`,
 //! `EndCopyFrom`. The copied rows are inserted by this process in its current
-//! transaction (no second local connection, no second parse of the data).
+//! transaction: the data does not go through a second local connection and backend.
 //!
 //! Also here: making the current transaction commit as the provider's copy (under the
 //! subscription's replication origin, with the oldest commit timestamp), and letting
