@@ -224,7 +224,7 @@ unsafe fn run_copy_from(relid: pg_sys::Oid, columns: &[String]) -> u64 {
 /// oldest commit timestamp, so that any change to the rows that the copy does not
 /// hold (from the provider, or from another node whose subscription starts at the
 /// provider's progress) is newer and wins. Call before the first write; after the
-/// commit (or abort), [`release_origin`].
+/// commit, [`after_copy_commit`] (an error ends the worker, which lets the origin go).
 pub fn commit_as_provider(origin_name: &str, origin_lsn: u64) {
     let name = CString::new(origin_name).unwrap_or_default();
     // SAFETY: in a transaction (catalog lookup) before any write; the worker holds no
@@ -239,13 +239,16 @@ pub fn commit_as_provider(origin_name: &str, origin_lsn: u64) {
 }
 
 /// After the transaction of [`commit_as_provider`] committed: waits until its commit
-/// is on disk (the worker commits asynchronously otherwise) and lets the origin go,
-/// so that the apply session can take it to stream.
-pub fn release_origin() {
-    // SAFETY: outside a transaction; flushes WAL up to our last commit and resets the
-    // session's origin state, which this process set up.
+/// is on disk (the worker commits asynchronously otherwise), reports its statistics
+/// (autovacuum learns of the copied rows now), and lets the origin go, so that the
+/// apply session can take it to stream.
+pub fn after_copy_commit() {
+    // SAFETY: outside a transaction; flushes WAL up to our last commit, flushes our
+    // pending statistics, and resets the session's origin state, which this process
+    // set up.
     unsafe {
         pg_sys::XLogFlush(pg_sys::XactLastCommitEnd);
+        pg_sys::pgstat_report_stat(true);
         pg_sys::replorigin_session_reset();
         pg_sys::replorigin_session_origin = 0;
         pg_sys::replorigin_session_origin_lsn = 0;

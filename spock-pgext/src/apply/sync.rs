@@ -436,7 +436,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         .unwrap_or_else(|e| sync_error(sub, "recording the copied data", e));
     }));
     // Committed: the streaming session takes the origin next.
-    copy_from::release_origin();
+    copy_from::after_copy_commit();
     let _ = provider.query("COMMIT");
     tables.len()
 }
@@ -655,7 +655,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
         .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
         true
     }));
-    copy_from::release_origin();
+    copy_from::after_copy_commit();
     if !copied {
         set_table_status(sub.id, nsp, rel, 'f');
         pgrx::warning!(
