@@ -49,7 +49,6 @@ struct Api {
     getisnull: unsafe extern "C" fn(*const PGresult, c_int, c_int) -> c_int,
     get_copy_data: unsafe extern "C" fn(*mut PGconn, *mut *mut c_char, c_int) -> c_int,
     put_copy_data: unsafe extern "C" fn(*mut PGconn, *const c_char, c_int) -> c_int,
-    put_copy_end: unsafe extern "C" fn(*mut PGconn, *const c_char) -> c_int,
     flush: unsafe extern "C" fn(*mut PGconn) -> c_int,
     consume_input: unsafe extern "C" fn(*mut PGconn) -> c_int,
     socket: unsafe extern "C" fn(*const PGconn) -> c_int,
@@ -104,7 +103,6 @@ fn api() -> &'static Api {
                 getisnull: symbol(c"PQgetisnull"),
                 get_copy_data: symbol(c"PQgetCopyData"),
                 put_copy_data: symbol(c"PQputCopyData"),
-                put_copy_end: symbol(c"PQputCopyEnd"),
                 flush: symbol(c"PQflush"),
                 consume_input: symbol(c"PQconsumeInput"),
                 socket: symbol(c"PQsocket"),
@@ -145,6 +143,38 @@ pub enum CopyData {
     WouldBlock,
     /// The server ended the stream.
     Done,
+}
+
+/// What reading from a COPY stream gave, without copying the data.
+pub enum CopyMessage {
+    /// One message, in libpq's buffer.
+    Data(CopyBuffer),
+    /// Nothing yet: wait on [`Connection::socket`].
+    WouldBlock,
+    /// The server ended the stream.
+    Done,
+}
+
+/// One CopyData message as libpq allocated it; freed on drop.
+pub struct CopyBuffer {
+    ptr: *mut c_char,
+    len: usize,
+}
+
+impl std::ops::Deref for CopyBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` holds `len` bytes that libpq gave us and we free only on drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for CopyBuffer {
+    fn drop(&mut self) {
+        // SAFETY: frees the buffer PQgetCopyData allocated, once.
+        unsafe { (api().freemem)(self.ptr.cast()) };
+    }
 }
 
 /// A libpq connection, closed on drop.
@@ -262,42 +292,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Ends COPY IN; returns the server's verdict on the whole COPY.
-    pub fn end_copy_in(&self) -> Result<(), LibpqError> {
-        let api = api();
-        // SAFETY: valid connection in COPY IN mode; results are cleared.
-        unsafe {
-            if (api.put_copy_end)(self.conn, std::ptr::null()) != 1 {
-                return Err(self.error(None));
-            }
-            let mut out = Ok(());
-            loop {
-                let r = (api.get_result)(self.conn);
-                if r.is_null() {
-                    break;
-                }
-                if (api.result_status)(r) != PGRES_COMMAND_OK && out.is_ok() {
-                    out = Err(self.error(Some(r)));
-                }
-                (api.clear)(r);
-            }
-            out
-        }
-    }
-
-    /// Sends one CopyData message without flushing (COPY IN; libpq buffers).
-    pub fn put_copy_data(&self, data: &[u8]) -> Result<(), LibpqError> {
-        // SAFETY: valid connection and buffer.
-        if unsafe { (api().put_copy_data)(self.conn, data.as_ptr().cast(), data.len() as c_int) } != 1 {
-            return Err(self.error(None));
-        }
-        Ok(())
-    }
-
     /// Reads the next CopyData message without blocking.
     pub fn read_copy_data(&self) -> Result<CopyData, LibpqError> {
+        Ok(match self.next_copy_message()? {
+            CopyMessage::Data(buf) => CopyData::Data(buf.to_vec()),
+            CopyMessage::WouldBlock => CopyData::WouldBlock,
+            CopyMessage::Done => CopyData::Done,
+        })
+    }
+
+    /// Reads the next CopyData message without blocking, in libpq's own buffer (no
+    /// copy).
+    pub fn next_copy_message(&self) -> Result<CopyMessage, LibpqError> {
         let api = api();
-        // SAFETY: valid connection; buffers returned by PQgetCopyData are freed with PQfreemem.
+        // SAFETY: valid connection; a buffer returned by PQgetCopyData is owned by
+        // the CopyBuffer, which frees it with PQfreemem.
         unsafe {
             let mut buf: *mut c_char = std::ptr::null_mut();
             let mut n = (api.get_copy_data)(self.conn, &mut buf, 1);
@@ -308,22 +317,18 @@ impl Connection {
                 n = (api.get_copy_data)(self.conn, &mut buf, 1);
             }
             match n {
-                0 => Ok(CopyData::WouldBlock),
+                0 => Ok(CopyMessage::WouldBlock),
                 -1 => {
                     let r = (api.get_result)(self.conn);
                     let status = if r.is_null() { PGRES_COMMAND_OK } else { (api.result_status)(r) };
-                    let out = if status == PGRES_COMMAND_OK { Ok(CopyData::Done) } else { Err(self.error(Some(r))) };
+                    let out = if status == PGRES_COMMAND_OK { Ok(CopyMessage::Done) } else { Err(self.error(Some(r))) };
                     if !r.is_null() {
                         (api.clear)(r);
                     }
                     out
                 }
                 n if n < 0 => Err(self.error(None)),
-                n => {
-                    let data = std::slice::from_raw_parts(buf.cast::<u8>(), n as usize).to_vec();
-                    (api.freemem)(buf.cast());
-                    Ok(CopyData::Data(data))
-                }
+                n => Ok(CopyMessage::Data(CopyBuffer { ptr: buf, len: n as usize })),
             }
         }
     }

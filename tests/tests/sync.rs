@@ -155,7 +155,8 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     wait_for(
         "the copy started",
         Duration::from_secs(30),
-        || s.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync')").unwrap(),
+        // (the subscriber copies in its apply worker; the provider shows the COPY)
+        || p.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync' AND query LIKE 'COPY %')").unwrap(),
         true,
     );
     s.kill9().unwrap();

@@ -226,8 +226,8 @@ impl ApplySession {
         }
     }
 
-    /// Lets go of the replication origin (a table sync copies under it from another
-    /// session); the next transaction takes it again.
+    /// Lets go of the replication origin (a table sync sets it up for its copy, see
+    /// `copy_from::commit_as_provider`); the next transaction takes it again.
     pub fn release_origin(&mut self) {
         if self.session_origin != 0 {
             // SAFETY: between transactions; resets this session's origin.

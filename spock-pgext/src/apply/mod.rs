@@ -4,6 +4,7 @@
 //! ([`handlers`]) and tells the provider how far it got (flush positions only once
 //! the local commits are durable, so the provider never frees WAL we still need).
 
+mod copy_from;
 mod executor;
 mod handlers;
 pub(crate) mod queue;

@@ -6,11 +6,13 @@
 //! 2. Structure: `pg_dump -Fc -s --snapshot` of the provider (the spock schema and
 //!    extension and `skip_schema` left out), `pg_restore --section=pre-data` here
 //!    in one transaction.
-//! 3. Data: for every table of the subscribed sets, `COPY (SELECT columns WHERE
-//!    row filters) TO STDOUT` on the provider under the snapshot, into `COPY FROM
-//!    STDIN` here. All tables are copied in ONE local transaction, under the
-//!    subscription's replication origin (the rows belong to the provider and are not
-//!    sent on to other nodes) with `session_replication_role = replica`; the same
+//! 3. Data: for every table of the subscribed sets, `COPY t (columns) TO STDOUT`
+//!    (`COPY (SELECT columns FROM ONLY t WHERE row filters)` when rows are filtered)
+//!    on the provider under the snapshot, read by PostgreSQL's COPY FROM running in
+//!    this worker ([`copy_from`]). All tables are copied in ONE local transaction,
+//!    under the subscription's replication origin (the rows belong to the provider
+//!    and are not sent on to other nodes) with the oldest commit timestamp and
+//!    `session_replication_role = replica`; the same
 //!    transaction records status 'c' and each table's row in
 //!    `spock.local_sync_status`. A table that already has rows here stops the sync
 //!    with a clear error instead of mixing data.
@@ -23,6 +25,7 @@
 //! restored again with `--clean`); at 'c' the data and the slot are kept and only
 //! post-data (best effort: parts may exist) and the final step are repeated.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,7 +36,8 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use super::subscription::{format_lsn, parse_lsn, set_sync_status, SubscriptionInfo};
 use super::{create_slot, fail, quote_ident};
 use crate::error::{spi_failed, PgError};
-use crate::libpq::{Connection, CopyData};
+use crate::libpq::Connection;
+use super::copy_from;
 
 /// What the subscription asked to synchronise.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -257,8 +261,8 @@ fn bindir() -> PathBuf {
     PathBuf::from(exe).parent().map(PathBuf::from).unwrap_or_default()
 }
 
-/// A connection string for this server over its unix socket (the sync tools and
-/// the local COPY connect as the bootstrap superuser, like the worker itself).
+/// A connection string for this server over its unix socket (pg_restore connects
+/// as the bootstrap superuser, like the worker itself).
 fn local_dsn() -> String {
     let (dir, port, db, user) = BackgroundWorker::transaction(|| {
         Spi::connect(|client| {
@@ -403,42 +407,36 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
     let appname = format!("{}_sync", sub.slot_name);
     let provider = provider_at_snapshot(sub, snapshot, &appname);
     let tables = tables_to_copy(sub, &provider, None);
-    // The copy's commit moves the origin to the slot's consistent point.
-    let local = local_copy_session(sub, &appname, lsn);
-    for t in &tables {
-        let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
-        if has_rows(sub, &local, &name) {
-            sync_error(
-                sub,
-                &format!("table {name} already has rows on this node"),
-                "empty it (or drop it when synchronize_structure is used) and enable the subscription again",
-            );
-        }
-        copy_table(sub, &provider, &local, t, &name, &name);
-        local
-            .query(&format!(
+    BackgroundWorker::transaction(AssertUnwindSafe(|| {
+        // The copy's commit moves the origin to the slot's consistent point.
+        copy_from::commit_as_provider(&sub.slot_name, lsn);
+        for t in &tables {
+            let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
+            let relid = local_table(sub, &name);
+            if has_rows(&name) {
+                sync_error(
+                    sub,
+                    &format!("table {name} already has rows on this node"),
+                    "empty it (or drop it when synchronize_structure is used) and enable the subscription again",
+                );
+            }
+            copy_table(sub, &provider, t, &name, relid);
+            Spi::run_with_args(
                 "INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
-                 VALUES ('d', {}, {}, {}, 'r', {}::pg_lsn)
+                 VALUES ('d', $1::int8::oid, $2, $3, 'r', $4::text::pg_lsn)
                  ON CONFLICT (sync_subid, sync_nspname, sync_relname) DO UPDATE SET sync_status = 'r', sync_statuslsn = EXCLUDED.sync_statuslsn",
-                sub.id,
-                local.literal(&t.nspname),
-                local.literal(&t.relname),
-                local.literal(&format_lsn(lsn))
-            ))
+                &[i64::from(sub.id).into(), t.nspname.as_str().into(), t.relname.as_str().into(), format_lsn(lsn).into()],
+            )
             .unwrap_or_else(|e| sync_error(sub, "recording a table's sync status", e));
-    }
-    local
-        .query(&format!(
-            "UPDATE spock.local_sync_status SET sync_status = 'c' WHERE sync_subid = {} AND sync_nspname IS NULL",
-            sub.id
-        ))
-        .and_then(|_| local.query("COMMIT"))
-        .unwrap_or_else(|e| sync_error(sub, "committing the copied data", e));
-    // Release the origin now: the backend behind a closed connection lets it go
-    // only when it exits, which could race with the worker taking it to stream.
-    local
-        .query("SELECT pg_catalog.pg_replication_origin_session_reset()")
-        .unwrap_or_else(|e| sync_error(sub, "releasing the replication origin", e));
+        }
+        Spi::run_with_args(
+            "UPDATE spock.local_sync_status SET sync_status = 'c' WHERE sync_subid = $1::int8::oid AND sync_nspname IS NULL",
+            &[i64::from(sub.id).into()],
+        )
+        .unwrap_or_else(|e| sync_error(sub, "recording the copied data", e));
+    }));
+    // Committed: the streaming session takes the origin next.
+    copy_from::after_copy_commit();
     let _ = provider.query("COMMIT");
     tables.len()
 }
@@ -455,53 +453,39 @@ fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -
     provider
 }
 
-/// A connection to this server, in an open transaction that copies rows as the
-/// provider's: a replica session under the subscription's origin (the rows are not
-/// sent on to other nodes), committing with the origin at `origin_lsn` (0: not
-/// moved) and the oldest possible commit timestamp, so that any change to the rows
-/// that the copy does not hold (from the provider, or from another node whose
-/// subscription starts at the provider's progress) is newer and wins.
-fn local_copy_session(sub: &SubscriptionInfo, appname: &str, origin_lsn: u64) -> Connection {
-    let local = Connection::connect(&local_dsn(), &[("application_name", appname)])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to this server", e));
-    local
-        .query(&format!(
-            "SET session_replication_role = replica; SET synchronous_commit = local;
-             SELECT pg_catalog.pg_replication_origin_session_setup({});
-             BEGIN;
-             SELECT pg_catalog.pg_replication_origin_xact_setup({}, '2000-01-01 00:00:00.000001+00')",
-            local.literal(&sub.slot_name),
-            local.literal(&format_lsn(origin_lsn))
-        ))
-        .unwrap_or_else(|e| sync_error(sub, "preparing the local session", e));
-    local
+/// The oid of local table `name` (quoted); a clear error when it does not exist.
+fn local_table(sub: &SubscriptionInfo, name: &str) -> pg_sys::Oid {
+    Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| sync_error(sub, &format!("table {name} on this node"), "it does not exist"))
 }
 
-/// Whether table `name` has rows in the local session.
-fn has_rows(sub: &SubscriptionInfo, local: &Connection, name: &str) -> bool {
-    local
-        .query(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
-        .unwrap_or_else(|e| sync_error(sub, &format!("table {name} on this node"), e))
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .as_deref()
-        == Some("t")
+/// Whether table `name` has rows (in the current transaction).
+fn has_rows(name: &str) -> bool {
+    Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
+        .unwrap_or_else(|e| spi_failed(&format!("reading table {name}"), e))
+        .unwrap_or(false)
 }
 
 /// Copies table `t` (`name`: its quoted name) from the provider's snapshot into
-/// local table `into` (the table itself, or a merge table).
-fn copy_table(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, t: &CopyTable, name: &str, into: &str) {
-    let select = format!(
-        "COPY (SELECT {} FROM ONLY {name}{}) TO STDOUT",
-        t.columns,
-        t.filter.as_ref().map(|f| format!(" WHERE {f}")).unwrap_or_default()
-    );
+/// local table `into` (the table itself, or a merge table) in the current
+/// transaction, with COPY FROM in this process.
+fn copy_table(sub: &SubscriptionInfo, provider: &Connection, t: &CopyTable, name: &str, into: pg_sys::Oid) {
+    // A plain COPY of the table (its own rows only, as ONLY) unless rows are filtered.
+    let select = match &t.filter {
+        None => format!("COPY {name} ({}) TO STDOUT", t.columns),
+        Some(f) => format!("COPY (SELECT {} FROM ONLY {name} WHERE {f}) TO STDOUT", t.columns),
+    };
+    let columns = spock_core::ident::split_identifier_list(&t.columns, ',')
+        .unwrap_or_else(|e| sync_error(sub, &format!("the column list of {name}"), e));
     provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
-    local
-        .start_copy(&format!("COPY {into} ({}) FROM STDIN", t.columns), false)
-        .unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
-    pump(sub, provider, local, name);
-    local.end_copy_in().unwrap_or_else(|e| sync_error(sub, &format!("COPY into {name}"), e));
+    copy_from::copy_from_provider(
+        provider,
+        into,
+        &columns,
+        format!("spock subscription {}: initial sync: reading {name} from the provider", sub.name),
+    );
 }
 
 /// Sets table `nsp.rel`'s sync status for subscription `sub_id`.
@@ -514,35 +498,6 @@ fn set_table_status(sub_id: u32, nsp: &str, rel: &str, status: char) {
         )
         .unwrap_or_else(|e| spi_failed("updating a table's sync status", e));
     });
-}
-
-/// Moves one table's COPY data from the provider to the local COPY.
-fn pump(sub: &SubscriptionInfo, provider: &Connection, local: &Connection, name: &str) {
-    loop {
-        match provider.read_copy_data().unwrap_or_else(|e| sync_error(sub, &format!("reading {name} from the provider"), e)) {
-            CopyData::Data(buf) => local.put_copy_data(&buf).unwrap_or_else(|e| sync_error(sub, &format!("writing {name}"), e)),
-            CopyData::Done => return,
-            CopyData::WouldBlock => {
-                // SAFETY: waits on our latch and the provider's socket.
-                let rc = unsafe {
-                    pg_sys::WaitLatchOrSocket(
-                        pg_sys::MyLatch,
-                        (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                        provider.socket(),
-                        1000,
-                        pg_sys::PG_WAIT_EXTENSION,
-                    )
-                };
-                if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-                    // SAFETY: resets our own latch.
-                    unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-                }
-                if crate::workers::sigterm_received() {
-                    sync_error(sub, "interrupted", "the worker is stopping; the sync starts again later");
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -656,32 +611,52 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
         set_table_status(sub.id, nsp, rel, 'r');
         return;
     };
-    // The origin's progress is not moved (0/0): the stream is still behind the copy.
-    let local = local_copy_session(sub, &slot, 0);
-    if truncate {
-        local.query(&format!("TRUNCATE ONLY {name}")).unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
-    }
-    let nonempty = has_rows(sub, &local, &name);
-    // Rows exist here: merge by key (the provider's version wins), never mix
-    // silently or fail on duplicates; without a key the table is marked failed.
-    let key = if nonempty {
-        local
-            .query(&format!(
-                "SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.n)
-                   FROM pg_catalog.pg_index i
-                   CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n)
-                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  WHERE i.indrelid = {}::regclass AND (i.indisprimary OR i.indisreplident)
-                  GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC LIMIT 1",
-                local.literal(&name)
+    let copied = BackgroundWorker::transaction(AssertUnwindSafe(|| {
+        // The origin's progress is not moved (0/0): the stream is still behind the copy.
+        copy_from::commit_as_provider(&sub.slot_name, 0);
+        if truncate {
+            Spi::run(&format!("TRUNCATE ONLY {name}")).unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
+        }
+        let relid = local_table(sub, &name);
+        // Rows exist here: merge by key (the provider's version wins), never mix
+        // silently or fail on duplicates; without a key the table is marked failed
+        // (nothing was written: the commit is empty).
+        let key = if has_rows(&name) {
+            match merge_key(relid) {
+                Some(key) => Some(key),
+                None => return false,
+            }
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            Spi::run(&format!("CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA", t.columns))
+                .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
+            copy_table(sub, &provider, &t, &name, local_table(sub, "pg_temp.spock_sync_rows"));
+            let set = t
+                .columns
+                .split(", ")
+                .map(|c| format!("{c} = EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Spi::run(&format!(
+                "INSERT INTO {name} ({cols}) SELECT {cols} FROM spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
+                cols = t.columns
             ))
-            .ok()
-            .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-    } else {
-        None
-    };
-    if nonempty && key.is_none() {
-        let _ = local.query("ROLLBACK");
+            .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
+        } else {
+            copy_table(sub, &provider, &t, &name, relid);
+        }
+        Spi::run_with_args(
+            "UPDATE spock.local_sync_status SET sync_status = 'y', sync_statuslsn = $4::text::pg_lsn
+              WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
+            &[i64::from(sub.id).into(), nsp.into(), rel.into(), format_lsn(lsn).into()],
+        )
+        .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
+        true
+    }));
+    copy_from::after_copy_commit();
+    if !copied {
         set_table_status(sub.id, nsp, rel, 'f');
         pgrx::warning!(
             "spock subscription {}: table {name} has rows on this node and no primary key or replica identity index to merge by; \
@@ -689,41 +664,26 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             sub.name,
             sub.name
         );
+        let _ = provider.query("COMMIT");
         return;
     }
-    if let Some(key) = key {
-        local
-            .query(&format!("CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA", t.columns))
-            .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
-        copy_table(sub, &provider, &local, &t, &name, "spock_sync_rows");
-        let set = t
-            .columns
-            .split(", ")
-            .map(|c| format!("{c} = EXCLUDED.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        local
-            .query(&format!(
-                "INSERT INTO {name} ({cols}) SELECT {cols} FROM spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
-                cols = t.columns
-            ))
-            .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
-    } else {
-        copy_table(sub, &provider, &local, &t, &name, &name);
-    }
-    local
-        .query(&format!(
-            "UPDATE spock.local_sync_status SET sync_status = 'y', sync_statuslsn = {}::pg_lsn
-              WHERE sync_subid = {} AND sync_nspname = {} AND sync_relname = {};
-             COMMIT;
-             SELECT pg_catalog.pg_replication_origin_session_reset();",
-            local.literal(&format_lsn(lsn)),
-            sub.id,
-            local.literal(nsp),
-            local.literal(rel)
-        ))
-        .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
     let _ = provider.query("COMMIT");
     drop(repl);
     pgrx::log!("spock subscription {}: table {name} copied at {}; catching up", sub.name, format_lsn(lsn));
+}
+
+/// The quoted columns of table `relid`'s primary key, or else of its replica
+/// identity index, to merge a copy by; None without either.
+fn merge_key(relid: pg_sys::Oid) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.n)
+           FROM pg_catalog.pg_index i
+           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+          GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC LIMIT 1",
+        &[relid.into()],
+    )
+    .ok()
+    .flatten()
 }
