@@ -469,3 +469,46 @@ fn batches_carry_a_transactions_messages_in_few_packets() {
     assert!(unbatched.len() > 6000, "{} messages", unbatched.len());
     assert!(packets.len() < unbatched.len() / 50, "{} packets for {} messages", packets.len(), unbatched.len());
 }
+
+#[test]
+fn binary_values_are_what_the_types_send_functions_write() {
+    // spock_output writes the by-value built-in types itself (big-endian) instead of
+    // calling their send functions: the bytes must be the same.
+    let node = provider("sendfmt");
+    let cols = "b bool, s int2, i int4, l int8, o oid, f float4, d float8, dt date, tm time, ts timestamp, tz timestamptz";
+    let vals = "true, -2, -123456, 9876543210123, 4000000000, -1.5, 3.14159e300, '2026-11-25', '23:59:58.123456', '1999-12-31 23:59:59.5', '2038-01-19 03:14:08+00'";
+    for sql in [
+        format!("CREATE TABLE public.v(id int PRIMARY KEY, {cols})"),
+        "SELECT spock.repset_add_table('default', 'public.v')".to_string(),
+        "SELECT pg_create_logical_replication_slot('s', 'spock_output')".to_string(),
+        format!("INSERT INTO v VALUES (1, {vals}), (2, false, 0, 0, 0, 0, 'NaN', '-Infinity', 'infinity', '00:00', '-infinity', 'infinity')"),
+    ] {
+        node.execute(&sql).unwrap();
+    }
+    let params = with_param(spock_params("default"), "binary.want_internal_basetypes", "0");
+    let decoded = slot_messages(&node, "postgres", "s", &params, true).unwrap();
+    let inserts: Vec<Tuple> = messages(&decoded)
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::Insert(i) => Some(i.new),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inserts.len(), 2);
+    let sends = ["boolsend", "int2send", "int4send", "int8send", "oidsend", "float4send", "float8send", "date_send", "time_send", "timestamp_send", "timestamptz_send"];
+    let names = ["b", "s", "i", "l", "o", "f", "d", "dt", "tm", "ts", "tz"];
+    for (row, tuple) in inserts.iter().enumerate() {
+        for (k, (send, name)) in sends.iter().zip(names).enumerate() {
+            let want: Vec<u8> = node
+                .connect()
+                .unwrap()
+                .query_one(&format!("SELECT {send}({name}) FROM v WHERE id = {}", row + 1), &[])
+                .unwrap()
+                .get(0);
+            match &tuple.columns[k + 1] {
+                Datum::Binary(got) => assert_eq!(&got[..], &want[..], "column {name} of row {}", row + 1),
+                other => panic!("column {name} sent as {other:?}, not in binary"),
+            }
+        }
+    }
+}

@@ -5,6 +5,8 @@
 //! are decided by `spock_core::conflict`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::ffi::CString;
 
 use pgrx::prelude::*;
@@ -67,7 +69,7 @@ impl Drop for RemoteRel {
 /// Apply state of one subscription's stream.
 pub struct ApplySession {
     sub: SubscriptionInfo,
-    rels: HashMap<u32, RemoteRel>,
+    rels: FxHashMap<u32, RemoteRel>,
     /// Replication origins by originating node id.
     origins: HashMap<u16, pg_sys::RepOriginId>,
     /// Node id and tiebreaker for local origin ids (0 = this node).
@@ -203,7 +205,7 @@ impl ApplySession {
             writer_cxt,
             txn: 0,
             sub,
-            rels: HashMap::new(),
+            rels: FxHashMap::default(),
             origins: HashMap::new(),
             origin_nodes: HashMap::new(),
             session_origin: 0,

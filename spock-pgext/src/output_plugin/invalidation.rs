@@ -44,7 +44,7 @@ pub fn drain() -> (bool, Vec<pg_sys::Oid>) {
 }
 
 /// Drops the entries PostgreSQL invalidated since the last call.
-pub fn apply<V>(cache: &mut HashMap<pg_sys::Oid, V>) {
+pub fn apply<V, S: std::hash::BuildHasher>(cache: &mut HashMap<pg_sys::Oid, V, S>) {
     if ALL.with(|a| a.replace(false)) {
         cache.clear();
         PENDING.with(|p| p.borrow_mut().clear());

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 
 use bytes::BytesMut;
+use rustc_hash::FxHashMap;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgSqlErrorCode};
@@ -50,7 +51,7 @@ struct PluginState {
     startup: Option<Startup>,
     /// BEGIN and ORIGIN of the current transaction were written.
     txn_started: bool,
-    rels: HashMap<pg_sys::Oid, RelEntry>,
+    rels: FxHashMap<pg_sys::Oid, RelEntry>,
     node_names: HashMap<OriginId, Option<String>>,
     buf: BytesMut,
     /// Short-lived memory for each callback, reset when it returns.
@@ -216,7 +217,7 @@ unsafe extern "C-unwind" fn spock_output_startup(
         sets,
         startup: Some(startup_msg),
         txn_started: false,
-        rels: HashMap::new(),
+        rels: FxHashMap::default(),
         node_names: HashMap::new(),
         buf: BytesMut::with_capacity(8192),
         cxt,

@@ -23,6 +23,10 @@ enum Transfer {
     Internal { byval: bool, len: i16 },
     /// `b`: the type's send function.
     Binary(Box<pg_sys::FmgrInfo>),
+    /// `b` for a built-in by-value type whose send function writes the datum's
+    /// `len` low bytes big-endian (see [`big_endian_send_len`]): written here
+    /// without calling it (no call, no allocation per value).
+    BinaryBigEndian(u8),
     /// `t`: the type's output function.
     Text(Box<pg_sys::FmgrInfo>),
 }
@@ -75,11 +79,29 @@ unsafe fn decide_transfer(
         && (builtin || typ.typtype != b'c' as std::ffi::c_char)
         && (builtin || no_elem)
     {
+        if let Some(len) = big_endian_send_len(typid) {
+            return Transfer::BinaryBigEndian(len);
+        }
         // SAFETY: typsend is a valid function oid from pg_type.
         return Transfer::Binary(unsafe { fmgr_info(typ.typsend) });
     }
     // SAFETY: typoutput is a valid function oid from pg_type.
     Transfer::Text(unsafe { fmgr_info(typ.typoutput) })
+}
+
+/// For built-in types whose binary send format is the by-value datum's low `len`
+/// bytes in network order (boolsend, int2send, int4send, int8send, oidsend,
+/// float4send, float8send, date_send, time_send, timestamp_send,
+/// timestamptz_send), that length.
+fn big_endian_send_len(typid: pg_sys::Oid) -> Option<u8> {
+    use pg_sys::{BOOLOID, DATEOID, FLOAT4OID, FLOAT8OID, INT2OID, INT4OID, INT8OID, OIDOID, TIMEOID, TIMESTAMPOID, TIMESTAMPTZOID};
+    match typid {
+        BOOLOID => Some(1),
+        INT2OID => Some(2),
+        INT4OID | OIDOID | FLOAT4OID | DATEOID => Some(4),
+        INT8OID | FLOAT8OID | TIMEOID | TIMESTAMPOID | TIMESTAMPTZOID => Some(8),
+        _ => None,
+    }
 }
 
 /// Looks a function up once for repeated calls; lives in CacheMemoryContext.
@@ -303,6 +325,15 @@ unsafe fn write_value(w: &mut TupleWriter<'_>, col: &Column, value: pg_sys::Datu
                 let r = w.binary(std::slice::from_raw_parts(ptr.add(hdr), size - hdr));
                 pg_sys::pfree(b.cast());
                 r
+            }
+        }
+        Transfer::BinaryBigEndian(len) => {
+            let raw = value.value() as u64;
+            match len {
+                1 => w.binary(&[u8::from(raw & 0xff != 0)]),
+                2 => w.binary(&(raw as u16).to_be_bytes()),
+                4 => w.binary(&(raw as u32).to_be_bytes()),
+                _ => w.binary(&raw.to_be_bytes()),
             }
         }
         // SAFETY: forwarded precondition.
