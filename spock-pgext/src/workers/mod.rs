@@ -65,16 +65,7 @@ fn wake_workers() {
     }
     // SAFETY: reading the current database id.
     shmem::clear_no_spock(unsafe { pg_sys::MyDatabaseId });
-    let pids: Vec<i32> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type IN ($1, $2)",
-                None,
-                &[SUPERVISOR_TYPE.into(), MANAGER_TYPE.into()],
-            )
-            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
-            .unwrap_or_default()
-    });
+    let pids = worker_pids(&[SUPERVISOR_TYPE, MANAGER_TYPE]);
     // Called inside a transaction (the SQL functions that change the catalog); the
     // callback runs after the commit is visible to other backends and only sends
     // signals, which cannot fail in a way that raises an error.
@@ -135,20 +126,24 @@ fn hold_subscription(sub_id: pg_sys::Oid) {
     if !shmem::hold(u32::from(db), u32::from(sub_id), pid) {
         pgrx::error!("spock: too many subscriptions are being changed at once; try again");
     }
-    let managers: Vec<i32> = Spi::connect(|client| {
-        client
-            .select("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = $1", None, &[MANAGER_TYPE.into()])
-            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
-            .unwrap_or_default()
-    });
-    let on_abort = managers.clone();
-    // Both callbacks only touch shared memory under its lock and send signals.
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+    let managers = worker_pids(&[MANAGER_TYPE]);
+    // The same at commit and abort; it only touches shared memory under its lock and
+    // sends signals.
+    let release = move || {
         shmem::release_holds(pid);
         managers.iter().for_each(|p| wake(*p));
-    });
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
-        shmem::release_holds(pid);
-        on_abort.iter().for_each(|p| wake(*p));
-    });
+    };
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, release.clone());
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, release);
+}
+
+/// Pids of the running spock workers whose `backend_type` is one of `types`.
+fn worker_pids(types: &[&str]) -> Vec<i32> {
+    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
+    Spi::connect(|client| {
+        client
+            .select("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = ANY ($1)", None, &[types.into()])
+            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    })
 }
