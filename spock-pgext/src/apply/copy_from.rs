@@ -103,7 +103,7 @@ impl Source {
                 Ok(CopyMessage::Done) => self.done = true,
                 Ok(CopyMessage::WouldBlock) if n >= minread => return n,
                 Ok(CopyMessage::WouldBlock) => {
-                    wait_for_socket(conn.socket());
+                    super::wait_for_socket(conn.socket(), 1000);
                     self.stop_if_asked();
                 }
                 Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("{}: {e}", self.context)).raise(),
@@ -121,24 +121,6 @@ impl Source {
             )
             .raise();
         }
-    }
-}
-
-/// Waits (at most a second) until `socket` is readable or our latch is set.
-fn wait_for_socket(socket: pg_sys::pgsocket) {
-    // SAFETY: waits on our own latch and a socket we hold open.
-    let rc = unsafe {
-        pg_sys::WaitLatchOrSocket(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            socket,
-            1000,
-            pg_sys::PG_WAIT_EXTENSION,
-        )
-    };
-    if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-        // SAFETY: resets our own latch.
-        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
     }
 }
 

@@ -470,8 +470,7 @@ impl TableWriter {
         // SAFETY: the relation and index descriptors are open (session references).
         unsafe {
             pg_sys::LockRelationOid((*self.rel).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
-                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+            for (_, index, _) in open_indexes(self.rri) {
                 pg_sys::LockRelationOid((*index).rd_id, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             }
             self.local = std::ptr::null_mut();
@@ -493,11 +492,8 @@ impl TableWriter {
         // buffer pins there) ends with the transaction, as ExecCloseIndices ends it
         // with each statement; a no-op for B-tree.
         unsafe {
-            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
-                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
-                if !index.is_null() {
-                    pg_sys::index_insert_cleanup(index, *(*self.rri).ri_IndexRelationInfo.add(i));
-                }
+            for (_, index, info) in open_indexes(self.rri) {
+                pg_sys::index_insert_cleanup(index, info);
             }
         }
     }
@@ -510,11 +506,8 @@ impl TableWriter {
         // SAFETY: the rollback released what the indexes' insert state pinned; the
         // state itself is memory of the executor state: forget it without cleanup.
         unsafe {
-            for i in 0..(*self.rri).ri_NumIndices.max(0) as usize {
-                let info = *(*self.rri).ri_IndexRelationInfo.add(i);
-                if !info.is_null() {
-                    (*info).ii_AmCache = std::ptr::null_mut();
-                }
+            for (_, _, info) in open_indexes(self.rri) {
+                (*info).ii_AmCache = std::ptr::null_mut();
             }
         }
         self.txn = 0;
@@ -620,10 +613,7 @@ impl TableWriter {
             if (*(*self.rel).rd_rel).relkind as u8 != b'r' || !(constr.is_null() || !(*constr).has_generated_stored) {
                 return false;
             }
-            (0..(*self.rri).ri_NumIndices.max(0) as usize).any(|i| {
-                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
-                !index.is_null() && (*index).rd_id == identity && (*(*index).rd_index).indimmediate
-            })
+            open_indexes(self.rri).any(|(_, index, _)| (*index).rd_id == identity && (*(*index).rd_index).indimmediate)
         }
     }
 
@@ -740,6 +730,21 @@ impl TableWriter {
     }
 }
 
+/// The open indexes of result relation `rri` (slot number, index, its IndexInfo),
+/// skipping slots already closed.
+///
+/// SAFETY: `rri` has had its indexes opened (ExecOpenIndices) and outlives the
+/// iterator; entries are read as the iterator reaches them.
+unsafe fn open_indexes(rri: *mut pg_sys::ResultRelInfo) -> impl Iterator<Item = (usize, pg_sys::Relation, *mut pg_sys::IndexInfo)> {
+    // SAFETY: the caller's guarantee; `ri_NumIndices` entries in both arrays.
+    let n = unsafe { (*rri).ri_NumIndices.max(0) as usize };
+    (0..n).filter_map(move |i| {
+        // SAFETY: i < ri_NumIndices.
+        let (index, info) = unsafe { (*(*rri).ri_IndexRelationDescs.add(i), *(*rri).ri_IndexRelationInfo.add(i)) };
+        (!index.is_null() && !info.is_null()).then_some((i, index, info))
+    })
+}
+
 /// What is known about the local row a change meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LocalVersion {
@@ -795,13 +800,8 @@ impl Drop for TableWriter {
             // As ExecCloseIndices, but without releasing the indexes' locks: they
             // belong to the transaction that took them, which may be over already
             // (releasing a lock not held warns).
-            let n = (*self.rri).ri_NumIndices.max(0) as usize;
-            for i in 0..n {
-                let index = *(*self.rri).ri_IndexRelationDescs.add(i);
-                if index.is_null() {
-                    continue;
-                }
-                pg_sys::index_insert_cleanup(index, *(*self.rri).ri_IndexRelationInfo.add(i));
+            for (i, index, info) in open_indexes(self.rri) {
+                pg_sys::index_insert_cleanup(index, info);
                 pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
                 *(*self.rri).ri_IndexRelationDescs.add(i) = std::ptr::null_mut();
             }

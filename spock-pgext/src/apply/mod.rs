@@ -160,6 +160,25 @@ fn wait_until(until: i64, conn: &Connection, positions: (u64, u64)) -> bool {
     }
 }
 
+/// Waits at most `timeout_ms` until `socket` (the provider's connection) is
+/// readable or our latch is set; the server's death ends the process.
+fn wait_for_socket(socket: pg_sys::pgsocket, timeout_ms: i64) {
+    // SAFETY: waits on our own latch and a socket we hold open.
+    let rc = unsafe {
+        pg_sys::WaitLatchOrSocket(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            socket,
+            timeout_ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        )
+    };
+    if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
+        // SAFETY: resets our own latch.
+        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
+    }
+}
+
 /// Standby status update: written, flushed and applied positions.
 fn feedback(write: u64, flush: u64, reply: bool) -> Vec<u8> {
     let mut m = Vec::with_capacity(34);
@@ -395,20 +414,7 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             // Messages may sit in libpq's buffer, invisible to the socket.
             continue;
         }
-        // SAFETY: waits on our latch and the provider's socket.
-        let rc = unsafe {
-            pg_sys::WaitLatchOrSocket(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                conn.socket(),
-                if session.has_unflushed() { 100 } else { 1000 },
-                pg_sys::PG_WAIT_EXTENSION,
-            )
-        };
-        if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-            // SAFETY: resets our own latch.
-            unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
-        }
+        wait_for_socket(conn.socket(), if session.has_unflushed() { 100 } else { 1000 });
         if crate::workers::sigterm_received() {
             return false;
         }
