@@ -12,6 +12,8 @@
 //! * [`names`]: PostgreSQL's `hash_any`, Spock's node ids, slot and origin names.
 //! * [`ident`]: PostgreSQL identifier-list parsing (`SplitIdentifierString`).
 //! * [`ddl`]: `spock.queue` messages (DDL, sequences), AutoDDL set placement.
+//! * [`holds`]: the slots that keep apply workers stopped while a transaction
+//!   changes their subscriptions.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
@@ -21,6 +23,7 @@
 
 pub mod conflict;
 pub mod exception;
+pub mod holds;
 pub mod ddl;
 pub mod ident;
 pub mod names;

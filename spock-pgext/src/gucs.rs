@@ -264,7 +264,9 @@ pub fn exception_logging() -> spock_core::exception::ExceptionLogging {
 }
 
 // ---------------------------------------------------------------------------
-// DDL replication (spock.queue, AutoDDL): Spock's names, defaults and contexts.
+// DDL replication (spock.queue, AutoDDL): Spock's names and defaults. The AutoDDL
+// switches are superuser-only here (Spock lets every user set them, so a plain role
+// could put her tables into a replication set that repset_add_table refuses her).
 
 /// `spock.enable_ddl_replication`: queue DDL statements automatically (AutoDDL).
 pub static ENABLE_DDL_REPLICATION: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -294,7 +296,7 @@ pub fn init_ddl() {
         c"Replicate All DDL statements automatically",
         c"DDL statements are queued in spock.queue for the replication set default_insert_only.",
         &ENABLE_DDL_REPLICATION,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -302,7 +304,7 @@ pub fn init_ddl() {
         c"Add tables to the replication set while doing ddl replication",
         c"Tables with a replica identity go to default, others to default_insert_only.",
         &INCLUDE_DDL_REPSET,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -310,7 +312,7 @@ pub fn init_ddl() {
         c"Allow replication of DDL statements from within functions",
         c"",
         &ALLOW_DDL_FROM_FUNCTIONS,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
 }

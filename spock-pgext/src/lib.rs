@@ -15,6 +15,7 @@ mod gucs;
 mod init;
 mod libpq;
 pub mod output_plugin;
+mod privilege;
 mod sql_api;
 mod workers;
 

@@ -420,10 +420,14 @@ impl TestNode {
     }
 
     fn try_connect(&self, db: &str) -> std::result::Result<Client, postgres::Error> {
+        self.try_connect_as(db, "postgres")
+    }
+
+    fn try_connect_as(&self, db: &str, user: &str) -> std::result::Result<Client, postgres::Error> {
         postgres::Config::new()
             .host_path(&self.root)
             .port(self.port)
-            .user("postgres")
+            .user(user)
             .dbname(db)
             .application_name("spock-rs-tests")
             .connect_timeout(Duration::from_secs(10))
@@ -433,6 +437,13 @@ impl TestNode {
     /// A new connection to database `db`.
     pub fn connect_db(&self, db: &str) -> Result<Client> {
         self.try_connect(db).map_err(|e| HarnessError(format!("connecting to node {}: {}", self.name, describe_pg_error(&e))))
+    }
+
+    /// A new connection to database `db` as role `user` (local connections are
+    /// trusted: no password).
+    pub fn connect_as(&self, db: &str, user: &str) -> Result<Client> {
+        self.try_connect_as(db, user)
+            .map_err(|e| HarnessError(format!("connecting to node {} as {user}: {}", self.name, describe_pg_error(&e))))
     }
 
     /// A new connection to database `postgres`.

@@ -425,7 +425,7 @@ fn kept_table_state_sees_local_indexes_and_triggers() {
     b.execute("CREATE INDEX t_v ON t (v)").unwrap();
     b.execute(
         "CREATE TABLE seen(id int); CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
-         $$ BEGIN INSERT INTO seen VALUES (NEW.id); RETURN NEW; END $$;
+         $$ BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END $$;
          CREATE TRIGGER t_note AFTER INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION note();
          ALTER TABLE t ENABLE ALWAYS TRIGGER t_note",
     )

@@ -205,6 +205,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    crate::workers::pin_search_path();
     let sub_id: u32 = BackgroundWorker::get_extra().trim().parse().unwrap_or(0);
     let Some(sub) = BackgroundWorker::transaction(|| subscription::load(sub_id)) else {
         return;

@@ -30,6 +30,7 @@ fn require_preload() {
 /// middle of a remote transaction.
 #[pg_extern(volatile)]
 fn pause_apply_workers() {
+    crate::privilege::require_superuser("pause apply workers");
     require_preload();
     let timeout_us = i64::from(gucs::PAUSE_TIMEOUT.get()) * 1000;
     // SAFETY: reads the clock.
@@ -56,6 +57,7 @@ fn pause_apply_workers() {
 /// Lets this database's apply workers go on.
 #[pg_extern(volatile)]
 fn resume_apply_workers() {
+    crate::privilege::require_superuser("resume apply workers");
     require_preload();
     shmem::resume(my_db());
 }

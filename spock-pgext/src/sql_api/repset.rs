@@ -20,6 +20,7 @@ fn scoped_id(node_id: pg_sys::Oid, name: &str) -> pg_sys::Oid {
 /// included) rebuild what it cached about the table when this transaction commits.
 #[pg_extern(volatile, name = "_invalidate_relcache")]
 fn invalidate_relcache(relation: pg_sys::Oid) {
+    crate::privilege::require_superuser("invalidate cached relation metadata");
     // SAFETY: registers an invalidation message for the current transaction; the
     // function only records the oid and is valid inside any transaction.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relation) }
@@ -29,6 +30,7 @@ fn invalidate_relcache(relation: pg_sys::Oid) {
 /// changed, or a set or node went away).
 #[pg_extern(volatile, name = "_invalidate_all")]
 fn invalidate_all() {
+    crate::privilege::require_superuser("invalidate cached relation metadata");
     // SAFETY: as above; registers a transactional "invalidate everything" message.
     unsafe { pg_sys::CacheInvalidateRelcacheAll() }
 }

@@ -19,6 +19,7 @@ fn provider_error(what: &str, e: impl std::fmt::Display) -> ! {
 fn provider_info(
     dsn: &str,
 ) -> TableIterator<'static, (name!(node_id, i64), name!(node_name, String), name!(replication_sets, Vec<String>))> {
+    crate::privilege::require_superuser("connect to a provider");
     let conn = Connection::connect(dsn, &[("application_name", "spock sub_create")])
         .unwrap_or_else(|e| provider_error("connect to the provider", e));
     let has_spock = conn
@@ -59,6 +60,7 @@ fn provider_info(
 /// provider cannot be reached (the caller warns).
 #[pg_extern(volatile, name = "_drop_provider_slot")]
 fn drop_provider_slot(dsn: &str, slot: &str) -> bool {
+    crate::privilege::require_superuser("drop a provider's replication slot");
     let Ok(conn) = Connection::connect(dsn, &[("application_name", "spock sub_drop"), ("connect_timeout", "10")]) else {
         return false;
     };

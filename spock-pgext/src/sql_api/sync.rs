@@ -10,6 +10,7 @@ use crate::libpq::Connection;
 /// normal connection to `dsn`.
 #[pg_extern(volatile, name = "_provider_tables")]
 fn provider_tables(dsn: &str, sets: Vec<String>) -> TableIterator<'static, (name!(nspname, String), name!(relname, String))> {
+    crate::privilege::require_superuser("connect to a provider");
     let conn = Connection::connect(dsn, &[("application_name", "spock sub_alter_sync")]).unwrap_or_else(|e| {
         PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("could not connect to the provider: {e}")).raise()
     });

@@ -73,6 +73,7 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    super::pin_search_path();
 
     if !BackgroundWorker::transaction(extension_installed) {
         shmem::mark_no_spock(db);

@@ -60,6 +60,7 @@ pub fn wake(pid: i32) {
 /// and sleep a full period.
 #[pg_extern(volatile, name = "_wake_workers")]
 fn wake_workers() {
+    crate::privilege::require_superuser("wake spock workers");
     if !shmem::preloaded() {
         return;
     }
@@ -74,6 +75,24 @@ fn wake_workers() {
             wake(pid);
         }
     });
+}
+
+/// Pins this worker's `search_path` to `pg_catalog, pg_temp`, over what the database
+/// or role settings say: the worker runs as a superuser, so a schema that a database
+/// owner puts on the path must not capture the names its queries use. User code the
+/// worker runs (triggers, defaults) sees the same path, as under native logical
+/// replication: it must qualify names or pin its own path. Set at session level, so
+/// a function's own `SET search_path` still takes effect.
+pub fn pin_search_path() {
+    // SAFETY: sets a GUC of this backend, outside any transaction-level nesting.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
 }
 
 /// Sleeps until the latch is set, `timeout` passes or the postmaster dies, and
@@ -118,13 +137,19 @@ pub fn reload_config_if_asked() {
 /// to act on the outcome.
 #[pg_extern(volatile, name = "_hold_subscription")]
 fn hold_subscription(sub_id: pg_sys::Oid) {
+    crate::privilege::require_superuser("stop an apply worker");
     if !shmem::preloaded() {
         return;
     }
     // SAFETY: reading this backend's database and pid.
     let (db, pid) = unsafe { (pg_sys::MyDatabaseId, pg_sys::MyProcPid) };
     if !shmem::hold(u32::from(db), u32::from(sub_id), pid) {
-        pgrx::error!("spock: too many subscriptions are being changed at once; try again");
+        crate::error::PgError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "too many transactions are changing spock subscriptions at once",
+        )
+        .hint("Retry when one of them has ended.")
+        .raise();
     }
     let managers = worker_pids(&[MANAGER_TYPE]);
     // The same at commit and abort; it only touches shared memory under its lock and

@@ -5,6 +5,7 @@ use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::pg_sys;
 use pgrx::shmem::PGRXSharedMemory;
+use spock_core::holds::{self, Hold, HoldPlan};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const MAX_DATABASES: usize = 256;
@@ -58,17 +59,6 @@ pub struct Pause {
 /// Subscriptions whose worker a transaction has stopped (`spock._stop_apply_worker`):
 /// the manager starts no worker for them until that transaction ends.
 const MAX_HOLDS: usize = 32;
-
-/// A stop in progress: `pid` is the backend whose transaction asked for it.
-#[derive(Copy, Clone, Default)]
-pub struct Hold {
-    /// Database (0: free).
-    pub dbid: u32,
-    /// `sub_id`.
-    pub sub_id: u32,
-    /// The backend holding the subscription.
-    pub pid: i32,
-}
 
 /// Bytes of an error message kept for a failed transaction.
 const EXCEPTION_MSG_LEN: usize = 512;
@@ -334,19 +324,17 @@ pub fn leave_transaction(i: usize) {
 }
 
 /// Holds subscription `sub_id` of `dbid` stopped for backend `pid` (until
-/// [`release_holds`]). False when every hold slot is taken by a live backend.
+/// [`release_holds`]); the slot is chosen by [`holds::plan_hold`]. False only when
+/// every slot is taken by other live backends.
 pub fn hold(dbid: u32, sub_id: u32, pid: i32) -> bool {
     let mut s = WORKER_STATE.exclusive();
-    if s.holds.iter().any(|h| h.dbid == dbid && h.sub_id == sub_id && h.pid == pid) {
-        return true;
+    match holds::plan_hold(&s.holds, dbid, sub_id, pid, alive) {
+        HoldPlan::Held => {}
+        HoldPlan::Take(i) => s.holds[i] = Hold { dbid, sub_id, pid },
+        HoldPlan::Widen(i) => s.holds[i].sub_id = holds::ALL_SUBSCRIPTIONS,
+        HoldPlan::Full => return false,
     }
-    match s.holds.iter().position(|h| h.dbid == 0 || !alive(h.pid)) {
-        Some(i) => {
-            s.holds[i] = Hold { dbid, sub_id, pid };
-            true
-        }
-        None => false,
-    }
+    true
 }
 
 /// Releases the holds of backend `pid`.
@@ -359,7 +347,7 @@ pub fn release_holds(pid: i32) {
 
 /// Whether a live backend holds subscription `sub_id` of `dbid` stopped.
 pub fn is_held(dbid: u32, sub_id: u32) -> bool {
-    preloaded() && WORKER_STATE.share().holds.iter().any(|h| h.dbid == dbid && h.sub_id == sub_id && alive(h.pid))
+    preloaded() && WORKER_STATE.share().holds.iter().any(|h| h.covers(dbid, sub_id) && alive(h.pid))
 }
 
 /// Whether process `pid` exists (a hold of a backend that died without ending its
