@@ -42,3 +42,56 @@ pub fn subscribed_pair(a: &TestNode, b: &TestNode) {
 pub fn count(n: &TestNode, sql: &str) -> i64 {
     n.query_one::<i64>(sql).unwrap()
 }
+
+/// Waits until `subscriber` has applied everything `provider` committed before this
+/// call: a sync event written on the provider goes through the same stream and is
+/// waited for on the subscriber. A test that asserts that nothing more arrives (no
+/// loop, nothing twice) calls this first instead of sleeping.
+pub fn sync_through(provider: &TestNode, subscriber: &TestNode) {
+    let lsn: String = provider.query_one("SELECT spock.sync_event()::text").unwrap();
+    let reached: bool = subscriber
+        .query_one(&format!("CALL spock.wait_for_sync_event(NULL, '{}'::name, '{lsn}'::pg_lsn, 120)", provider.name))
+        .unwrap();
+    assert!(reached, "node {} did not apply node {}'s sync event at {lsn} within 120 s", subscriber.name, provider.name);
+}
+
+/// [`sync_through`] for every ordered pair of a full mesh.
+pub fn sync_mesh(nodes: &[&TestNode]) {
+    for p in nodes {
+        for s in nodes.iter().filter(|s| s.name != p.name) {
+            sync_through(p, s);
+        }
+    }
+}
+
+/// Returns once a commit on `later` gets a later commit timestamp than every commit
+/// `earlier` made so far (same machine, same clock: at once in practice). Orders
+/// two writes for last-update-wins without a fixed sleep.
+pub fn next_commit_is_later(earlier: &TestNode, later: &TestNode) {
+    let t: String = earlier.query_one("SELECT clock_timestamp()::text").unwrap();
+    wait_for(
+        "a later clock",
+        Duration::from_secs(10),
+        || later.query_one::<bool>(&format!("SELECT clock_timestamp() > '{t}'::timestamptz")).unwrap(),
+        true,
+    );
+}
+
+/// The number of spock apply workers running on `n`.
+pub fn apply_workers(n: &TestNode) -> i64 {
+    count(n, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'")
+}
+
+/// `pg_reload_conf()`, returning once the postmaster has read the files again and
+/// so has signalled every process, workers included (a worker reloads before it
+/// applies what it reads next).
+pub fn reload(n: &TestNode) {
+    let before: String = n.query_one("SELECT pg_conf_load_time()::text").unwrap();
+    n.execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "the configuration reloaded",
+        Duration::from_secs(30),
+        || n.query_one::<String>("SELECT pg_conf_load_time()::text").unwrap() != before,
+        true,
+    );
+}

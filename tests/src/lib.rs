@@ -414,6 +414,34 @@ impl TestNode {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Where the server log ends now: pass it to [`TestNode::wait_for_log`] to look
+    /// only at what is written after this point.
+    pub fn log_offset(&self) -> usize {
+        fs::metadata(self.log_path()).map(|m| m.len() as usize).unwrap_or(0)
+    }
+
+    /// The server log written since `offset` (from [`TestNode::log_offset`]).
+    pub fn log_since(&self, offset: usize) -> String {
+        let bytes = fs::read(self.log_path()).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(offset..).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the log written since `offset` contains `needle` `times` times;
+    /// panics with that part of the log after `timeout`.
+    pub fn wait_for_log(&self, offset: usize, needle: &str, times: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log_since(offset);
+            if log.matches(needle).count() >= times {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {times} x {needle:?} in the log of node {}:\n{}", self.name, tail(&log, 40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A libpq connection string for database `db`, usable by other nodes.
     pub fn dsn(&self, db: &str) -> String {
         format!("host={} port={} dbname={db} user=postgres", self.root.display(), self.port)

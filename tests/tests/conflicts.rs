@@ -2,8 +2,9 @@
 //! Conflicts are made deterministic by changing both nodes while their
 //! subscriptions are disabled, then letting the changes cross.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use spock_tests::fixtures::next_commit_is_later;
 use spock_tests::{Cluster, TestNode};
 
 fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
@@ -63,7 +64,7 @@ fn concurrent_update(c: &Cluster) {
     wait_for("row on n2", || value(c.node(1)), "original".into());
     apart(c);
     c.node(0).execute("UPDATE t SET v = 'n1' WHERE id = 1").unwrap();
-    std::thread::sleep(Duration::from_millis(10));
+    next_commit_is_later(c.node(0), c.node(1));
     c.node(1).execute("UPDATE t SET v = 'n2' WHERE id = 1").unwrap();
     together(c);
     settle(c);
@@ -74,7 +75,7 @@ fn last_update_wins_on_concurrent_insert() {
     let c = pair("last_update_wins");
     apart(&c);
     c.node(0).execute("INSERT INTO t VALUES (1, 'n1')").unwrap();
-    std::thread::sleep(Duration::from_millis(10));
+    next_commit_is_later(c.node(0), c.node(1));
     c.node(1).execute("INSERT INTO t VALUES (1, 'n2')").unwrap();
     together(&c);
     settle(&c);
@@ -116,7 +117,7 @@ fn apply_remote_and_keep_local_do_what_they_say() {
 
     let c = pair("keep_local");
     concurrent_update(&c);
-    std::thread::sleep(Duration::from_millis(300));
+    // concurrent_update settled: both sides applied everything
     assert_eq!(value(c.node(0)), "n1");
     assert_eq!(value(c.node(1)), "n2");
     assert_eq!(resolutions(c.node(1)), "update_origin_differs:keep_local");
@@ -130,13 +131,11 @@ fn error_policy_stops_the_subscription_with_an_error() {
     apart(&c);
     c.node(0).execute("UPDATE t SET v = 'n1' WHERE id = 1").unwrap();
     c.node(1).execute("UPDATE t SET v = 'n2' WHERE id = 1").unwrap();
+    let log_from = c.node(1).log_offset();
     together(&c);
     // the change is not applied, the worker reports the conflict and retries
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !c.node(1).log().contains("conflict update_origin_differs cannot be resolved under conflict_resolution = error") {
-        assert!(Instant::now() < deadline, "no conflict error in the log");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let error = "conflict update_origin_differs cannot be resolved under conflict_resolution = error";
+    c.node(1).wait_for_log(log_from, error, 2, Duration::from_secs(60));
     assert_eq!(value(c.node(1)), "n2");
 }
 
@@ -149,7 +148,7 @@ fn delete_conflicts() {
     apart(&c);
     // row 1: n1 deletes, n2 updates later; row 2: both delete
     a.execute("DELETE FROM t WHERE id = 1").unwrap();
-    std::thread::sleep(Duration::from_millis(10));
+    next_commit_is_later(a, b);
     b.execute("UPDATE t SET v = 'updated after the delete' WHERE id = 1").unwrap();
     a.execute("DELETE FROM t WHERE id = 2").unwrap();
     b.execute("DELETE FROM t WHERE id = 2").unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{count, setup_node, subscribe, subscribed_pair, wait_replicating};
+use spock_tests::fixtures::{count, reload, setup_node, subscribe, subscribed_pair, sync_mesh, wait_replicating};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -141,8 +141,7 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     subscribed_pair(a, b);
     // The subscriber also places tables it creates from queued DDL.
     b.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
-    b.execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    reload(b);
 
     // One simple-protocol string with several statements: each is queued on its own.
     a.execute(
@@ -270,9 +269,8 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     for n in [a, b] {
         n.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
         n.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
-        n.execute("SELECT pg_reload_conf()").unwrap();
+        reload(n);
     }
-    std::thread::sleep(Duration::from_millis(500));
     std::thread::scope(|s| {
         for (i, n) in [a, b].into_iter().enumerate() {
             s.spawn(move || {
@@ -280,12 +278,12 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
                 for k in 0..300 {
                     let id = i as i32 * 10_000 + k;
                     c.execute("INSERT INTO t (id, v) VALUES ($1, $2)", &[&id, &format!("n{i}")]).unwrap();
-                    std::thread::sleep(Duration::from_millis(2));
                 }
             });
         }
         s.spawn(|| {
-            std::thread::sleep(Duration::from_millis(200));
+            // the DDL lands while both nodes write
+            wait_for("writers under way", WAIT, || count(a, "SELECT count(*) FROM t") >= 60, true);
             a.execute("SET spock.enable_ddl_replication = on; ALTER TABLE t ADD COLUMN extra text DEFAULT 'x'").unwrap();
             let mut c = a.connect().unwrap();
             for k in 0..100 {
@@ -301,7 +299,7 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     wait_for("identical tables", WAIT, || hash(b), hash(a));
     assert_eq!(count(b, "SELECT count(*) FROM t WHERE extra LIKE 'e%'"), 100);
     // One queued statement, not bounced back: a has its own row, b the applied copy.
-    std::thread::sleep(Duration::from_secs(1));
+    sync_mesh(&[a, b]);
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue"), 1);
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue"), 1);
 
@@ -463,8 +461,7 @@ fn include_ddl_repset_places_tables_by_their_replica_identity() {
     a.execute(&format!("SELECT spock.node_create('{}', '{}')", a.name, a.dsn("postgres"))).unwrap();
     a.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
     a.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
-    a.execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    reload(a);
     let sets = |rel: &str| {
         a.query_one::<String>(&format!(
             "SELECT coalesce(string_agg(s.set_name, ',' ORDER BY s.set_name), '-') FROM spock.replication_set_table t

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use spock_tests::fixtures::apply_workers;
 use spock_tests::{Cluster, TestNode};
 
 fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
@@ -113,7 +114,8 @@ fn sub_disable_stops_until_skipped_or_fixed() {
     );
     assert_eq!(rows(s, "t1"), "", "nothing applies, not even later transactions");
     assert!(s.log().contains("sub_alter_skiplsn"), "the server log says how to continue");
-    std::thread::sleep(Duration::from_secs(2));
+    // the worker is gone and is not started again
+    wait_for("no apply worker", || apply_workers(s), 0);
     assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled");
 
     // Skip the failed transaction with the LSN from the log, then enable.
@@ -149,9 +151,11 @@ fn transient_errors_are_retried_not_discarded() {
     wait_for("row", || rows(s, "t1"), "1:first".into());
     let mut holder = s.connect().unwrap();
     holder.batch_execute("BEGIN; SELECT * FROM t1 WHERE x = 1 FOR UPDATE;").unwrap();
+    let log_from = s.log_offset();
     p.execute("UPDATE t1 SET v = 'second' WHERE x = 1").unwrap();
-    wait_for("lock timeouts in the log", || s.log().contains("transient error (55P03)"), true);
-    std::thread::sleep(Duration::from_secs(1));
+    // retried: the same transient error more than once, and nothing logged as an exception
+    s.wait_for_log(log_from, "transient error (55P03)", 2, Duration::from_secs(60));
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 0);
     holder.batch_execute("COMMIT").unwrap();
     wait_for("the update after the lock is released", || rows(s, "t1"), "1:second".into());
     assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 0);

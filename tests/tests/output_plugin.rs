@@ -319,10 +319,14 @@ fn walsender_with_bad_parameters_fails_cleanly() {
     assert!(!ok);
     assert!(err.contains("max_proto_version"), "{err}");
     // no walsender left behind, slot inactive, server healthy
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    spock_tests::wait_for(
+        "the walsender gone",
+        std::time::Duration::from_secs(30),
+        || node.query_one::<i64>("SELECT count(*) FROM pg_stat_replication").unwrap(),
+        0,
+    );
     let active: bool = node.query_one("SELECT active FROM pg_replication_slots WHERE slot_name = 's'").unwrap();
     assert!(!active);
-    assert_eq!(node.query_one::<i64>("SELECT count(*) FROM pg_stat_replication").unwrap(), 0);
 }
 
 #[test]
@@ -401,24 +405,30 @@ fn creating_a_slot_while_replicated_transactions_commit() {
     let node = provider("p_slot");
     node.execute("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
     node.execute("SELECT pg_replication_origin_create('elsewhere')").unwrap();
-    let waiting_on_xid = |n: &TestNode| {
-        n.query_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_create_logical%' AND wait_event = 'transactionid')",
-        )
+    // Whether the slot creation waits for transaction `xid` to end.
+    let waiting_on = |n: &TestNode, xid: &str| {
+        n.query_one::<bool>(&format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                             WHERE a.query LIKE 'SELECT pg_create_logical%' AND l.locktype = 'transactionid'
+                               AND NOT l.granted AND l.transactionid::text = '{xid}')"
+        ))
         .unwrap()
+    };
+    let begin = |c: &mut spock_tests::postgres::Client| -> String {
+        c.batch_execute("BEGIN").unwrap();
+        c.query_one("SELECT pg_current_xact_id()::text", &[]).unwrap().get(0)
     };
     // T1 is running when the slot creation starts: it waits for it.
     let mut t1 = node.connect().unwrap();
-    t1.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    let xid1 = begin(&mut t1);
     let mut creator = node.connect().unwrap();
     let slot = std::thread::spawn(move || creator.batch_execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')"));
-    spock_tests::wait_for("slot creation waits for T1", Duration::from_secs(30), || waiting_on_xid(&node), true);
+    spock_tests::wait_for("slot creation waits for T1", Duration::from_secs(30), || waiting_on(&node, &xid1), true);
     // T2 starts, T1 ends: the snapshot builder now waits for T2 with a full snapshot.
     let mut t2 = node.connect().unwrap();
-    t2.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    let xid2 = begin(&mut t2);
     t1.batch_execute("COMMIT").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    spock_tests::wait_for("slot creation waits for T2", Duration::from_secs(30), || waiting_on_xid(&node), true);
+    spock_tests::wait_for("slot creation waits for T2", Duration::from_secs(30), || waiting_on(&node, &xid2), true);
     // A transaction replicated from another node commits, then T2.
     let mut applier = node.connect().unwrap();
     applier

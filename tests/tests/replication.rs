@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use spock_tests::fixtures::{count, setup_node, subscribe, subscribed_pair};
+use spock_tests::fixtures::{apply_workers, count, next_commit_is_later, setup_node, subscribe, subscribed_pair, sync_mesh, sync_through};
 use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
 #[test]
@@ -30,8 +30,9 @@ fn two_nodes_replicate_both_ways() {
         wait_for("the update", Duration::from_secs(60), || count(n, "SELECT count(*) FROM t WHERE v = 'changed on n1'"), 10);
         wait_for("the delete", Duration::from_secs(60), || count(n, "SELECT count(*) FROM t"), 190);
     }
-    // no loop: each row arrived once, nothing bounced back
-    std::thread::sleep(Duration::from_secs(1));
+    // no loop: each row arrived once, nothing bounced back (a marker from each node
+    // has passed through every stream after the rows)
+    sync_mesh(&[a, b]);
     for n in [a, b] {
         assert_eq!(count(n, "SELECT count(*) FROM t"), 190);
     }
@@ -95,7 +96,7 @@ fn three_node_mesh_converges_under_concurrent_writes() {
         wait_for("identical tables", Duration::from_secs(60), || table_hash(n), h.clone());
     }
     // no loops: nothing arrives twice, and the provider of each row is the writer
-    std::thread::sleep(Duration::from_secs(1));
+    sync_mesh(&nodes);
     for n in &nodes {
         assert_eq!(count(n, "SELECT count(*) FROM t"), 540);
     }
@@ -116,7 +117,7 @@ fn concurrent_updates_of_one_row_resolve_the_same_everywhere() {
     a.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
     b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
     a.execute("UPDATE t SET v = 'n1 wrote first' WHERE id = 1").unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    next_commit_is_later(a, b);
     b.execute("UPDATE t SET v = 'n2 wrote last' WHERE id = 1").unwrap();
     a.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
     b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
@@ -174,7 +175,7 @@ fn assert_exactly_once(a: &TestNode, b: &TestNode) {
             n,
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    sync_through(a, b);
     assert_eq!(count(b, "SELECT count(*) FROM log"), n, "rows applied twice");
     assert_eq!(count(b, "SELECT count(DISTINCT id) FROM log"), n);
     let h = |x: &TestNode| x.query_one::<String>("SELECT md5(string_agg(id::text, ',' ORDER BY id)) FROM log").unwrap();
@@ -189,8 +190,10 @@ fn killing_the_subscriber_loses_nothing_and_applies_nothing_twice() {
     std::thread::scope(|s| {
         let writer = s.spawn(|| write_rows(a, 0, 30_000));
         for round in 0..5 {
-            std::thread::sleep(Duration::from_millis(300 + 150 * round));
-            // kill while rows are streaming in
+            // kill while rows are streaming in: once some more have been applied
+            let before = count(b, "SELECT count(*) FROM log");
+            let target = (before + 1000 + 300 * round).min(30_000);
+            wait_for("rows applied before the kill", Duration::from_secs(120), || count(b, "SELECT count(*) FROM log") >= target, true);
             let applied = count(b, "SELECT count(*) FROM log");
             b.kill9().unwrap();
             b.restart().unwrap();
@@ -210,7 +213,9 @@ fn killing_the_provider_loses_nothing_and_applies_nothing_twice() {
     for _ in 0..3 {
         let stop = std::thread::scope(|s| {
             let writer = s.spawn(|| write_rows(a, next, next + 5000));
-            std::thread::sleep(Duration::from_millis(700));
+            // kill once the writer is well into its rows
+            let written = |a: &TestNode| count(a, &format!("SELECT count(*) FROM log WHERE id >= {next}"));
+            wait_for("rows written before the kill", Duration::from_secs(120), || written(a) >= 1500, true);
             a.kill9().unwrap();
             writer.join().unwrap()
         });
@@ -311,11 +316,13 @@ fn disable_enable_drop_and_skip_lsn() {
     assert_eq!(b.query_one::<String>("SELECT sub_skip_lsn::text FROM spock.subscription").unwrap(), "0/0", "the skip is done once");
     // dropping the subscription drops the provider's slot and the local origin
     b.execute("SELECT spock.sub_drop('sub_n2_n1')").unwrap();
+    wait_for("no apply worker", Duration::from_secs(30), || apply_workers(b), 0);
     assert_eq!(count(a, "SELECT count(*) FROM pg_replication_slots"), 0);
     assert_eq!(count(b, "SELECT count(*) FROM pg_replication_origin"), 0);
     assert_eq!(count(b, "SELECT count(*) FROM spock.subscription"), 0);
+    // no worker, no slot: the insert has nowhere to go
     a.execute("INSERT INTO t VALUES (4, 'not replicated')").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(apply_workers(b), 0);
     assert_eq!(count(b, "SELECT count(*) FROM t"), 2);
 }
 
@@ -334,12 +341,9 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     }
     a.execute("SELECT spock.repset_add_table('default', 'later')").unwrap();
     b.execute("DROP TABLE later").unwrap();
+    let log_from = b.log_offset();
     a.execute("INSERT INTO later VALUES (1)").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !b.log().contains("table public.later replicated from the provider does not exist on this node") {
-        assert!(Instant::now() < deadline, "no error about the missing table in n2's log");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    b.wait_for_log(log_from, "table public.later replicated from the provider does not exist on this node", 1, Duration::from_secs(30));
     wait_for(
         "the failed transaction in exception_log",
         Duration::from_secs(30),
@@ -389,8 +393,15 @@ fn apply_delay_and_sub_alter_options() {
     // A transaction is applied no earlier than its commit time plus the delay.
     a.execute("INSERT INTO t VALUES (1, 'delayed')").unwrap();
     let committed = Instant::now();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(count(b, "SELECT count(*) FROM t"), 0, "applied before apply_delay passed");
+    // the worker has the transaction and holds it back (on a machine so slow that the
+    // delay passed before it arrived, it is applied at once: then only the time counts)
+    let waiting_or_applied = || {
+        count(b, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply' AND query = 'waiting for apply_delay'")
+            + count(b, "SELECT count(*) FROM t")
+    };
+    wait_for("the worker waiting for apply_delay", Duration::from_secs(30), || waiting_or_applied() > 0, true);
+    let applied = count(b, "SELECT count(*) FROM t");
+    assert!(applied == 0 || committed.elapsed() >= Duration::from_millis(2500), "applied before apply_delay passed");
     wait_for("the delayed row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 1);
     assert!(committed.elapsed() >= Duration::from_millis(2500), "applied after {:?}", committed.elapsed());
 

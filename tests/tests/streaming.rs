@@ -376,8 +376,16 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     let mut big = a.connect().unwrap();
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 50000) g").unwrap();
     wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b), 1);
-    // Let the worker finish the block it is writing, then damage the file.
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the subscriber reports having received everything the provider has
+    // written so far, it has also written it to the file (it reports after
+    // processing): the file is complete for now. Then damage it.
+    let written: String = a.query_one("SELECT pg_current_wal_lsn()::text").unwrap();
+    wait_for(
+        "the subscriber received the stream so far",
+        Duration::from_secs(60),
+        || a.query_one::<bool>(&format!("SELECT coalesce(bool_and(write_lsn >= '{written}'), false) FROM pg_stat_replication")).unwrap(),
+        true,
+    );
     corrupt_spill_file(b);
     big.batch_execute("COMMIT").unwrap();
     let want = summary(a);
@@ -524,13 +532,12 @@ fn streamed_and_non_streamed_transactions_are_filtered_alike() {
 /// Starts a node whose postmaster was killed: its children may need a moment to
 /// notice and detach from shared memory.
 fn restart_after_kill(n: &TestNode) {
-    for attempt in 0.. {
-        match n.restart() {
-            Ok(()) => return,
-            Err(e) if attempt < 20 && e.0.contains("pre-existing shared memory block") => std::thread::sleep(Duration::from_millis(250)),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let started = || match n.restart() {
+        Ok(()) => true,
+        Err(e) if e.0.contains("pre-existing shared memory block") => false,
+        Err(e) => panic!("{e}"),
+    };
+    wait_for("the restart after the kill", Duration::from_secs(30), started, true);
 }
 
 #[test]

@@ -434,7 +434,7 @@ fn a_node_joins_under_pgbench_load() {
     let bench = std::thread::spawn(move || {
         std::process::Command::new(bindir.join("pgbench")).args(["-n", "-c", "2", "-j", "2", "-T", "8", &dsn_b]).output().unwrap()
     });
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for("pgbench under way", Duration::from_secs(60), || count(b, "SELECT count(*) FROM pgbench_history") > 0, true);
     n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
     let slot: String = n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
     b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();

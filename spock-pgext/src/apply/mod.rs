@@ -276,6 +276,9 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
     let mut reported = (0u64, 0u64);
     let mut sync_checked = Instant::now();
     loop {
+        // A reload first: a setting changed before data arrived applies to that data
+        // (SIGHUP wakes the wait below, and the next read may bring the data).
+        crate::workers::reload_config_if_asked();
         let mut reply_requested = false;
         // Drain what has arrived, but come up for air at least every DRAIN_SLICE:
         // when the provider sends faster than we apply, data is always waiting, and
@@ -410,7 +413,6 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             reported = (last_received, flushed);
             last_feedback = Instant::now();
         }
-        crate::workers::reload_config_if_asked();
         if more_waiting {
             // Messages may sit in libpq's buffer, invisible to the socket.
             continue;
