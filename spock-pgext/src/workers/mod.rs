@@ -10,8 +10,10 @@
 //!
 //! Workers find each other through `pg_stat_activity` (`backend_type` is
 //! "spock supervisor" / "spock manager" / "spock apply") and wake each other with
-//! SIGUSR1, which sets the receiver's latch. Shared memory only remembers which
-//! databases have no spock ([`shmem`]).
+//! SIGUSR1, which sets the receiver's latch. Shared memory ([`shmem`]) holds which
+//! databases have no spock, each apply worker's progress and pending exception,
+//! paused databases, and the holds that keep a worker stopped while a transaction
+//! changes its subscription.
 
 pub mod manager;
 pub mod shmem;
