@@ -37,6 +37,28 @@ pub struct LocalNode {
     pub name: String,
 }
 
+/// Column `n` (1-based) of a catalog row, which must not be NULL: a NULL or a value
+/// of another type means the catalog is not what this code expects, and is an error
+/// rather than a silent 0 or "".
+fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, n: usize, what: &str) -> T {
+    match row.get::<T>(n) {
+        Ok(Some(v)) => v,
+        Ok(None) => catalog_error(what, "NULL"),
+        Err(e) => catalog_error(what, e),
+    }
+}
+
+/// Column `n` of a catalog row that may be NULL; a value of another type is an error.
+fn optional<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, n: usize, what: &str) -> Option<T> {
+    row.get::<T>(n).unwrap_or_else(|e| catalog_error(what, e))
+}
+
+fn catalog_error(what: &str, found: impl std::fmt::Display) -> ! {
+    PgError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("spock catalog column {what} holds an unexpected value: {found}"))
+        .hint("The spock catalog was changed by hand or by another version of the extension.")
+        .raise()
+}
+
 fn first_row<T, F>(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], f: F) -> Option<T>
 where
     F: FnOnce(&pgrx::spi::SpiHeapTupleData<'_>) -> T,
@@ -53,8 +75,8 @@ pub fn local_node() -> LocalNode {
             "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
             &[],
             |row| LocalNode {
-                id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u16,
-                name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
+                id: required::<i64>(row, 1, "spock.node.node_id") as u16,
+                name: required(row, 2, "spock.node.node_name"),
             },
         )
     }))
@@ -82,12 +104,12 @@ pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
         table
             .into_iter()
             .map(|row| RepSet {
-                id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u32,
-                name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
-                replicate_insert: row.get::<bool>(3).ok().flatten().unwrap_or(false),
-                replicate_update: row.get::<bool>(4).ok().flatten().unwrap_or(false),
-                replicate_delete: row.get::<bool>(5).ok().flatten().unwrap_or(false),
-                replicate_truncate: row.get::<bool>(6).ok().flatten().unwrap_or(false),
+                id: required::<i64>(&row, 1, "spock.replication_set.set_id") as u32,
+                name: required(&row, 2, "spock.replication_set.set_name"),
+                replicate_insert: required(&row, 3, "spock.replication_set.replicate_insert"),
+                replicate_update: required(&row, 4, "spock.replication_set.replicate_update"),
+                replicate_delete: required(&row, 5, "spock.replication_set.replicate_delete"),
+                replicate_truncate: required(&row, 6, "spock.replication_set.replicate_truncate"),
             })
             .collect()
     }))
@@ -107,9 +129,9 @@ pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
         table
             .into_iter()
             .map(|row| Membership {
-                set_id: row.get::<i64>(1).ok().flatten().unwrap_or(0) as u32,
-                columns: row.get::<Vec<String>>(2).ok().flatten(),
-                row_filter: row.get::<String>(3).ok().flatten(),
+                set_id: required::<i64>(&row, 1, "spock.replication_set_table.set_id") as u32,
+                columns: optional(&row, 2, "spock.replication_set_table.set_att_list"),
+                row_filter: optional(&row, 3, "spock.replication_set_table.set_row_filter"),
             })
             .collect()
     }))
@@ -122,8 +144,7 @@ pub fn node_name(node_id: u16) -> Option<String> {
             client,
             "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
             &[i64::from(node_id).into()],
-            |row| row.get::<String>(1).ok().flatten(),
+            |row| required::<String>(row, 1, "spock.node.node_name"),
         )
-        .flatten()
     }))
 }

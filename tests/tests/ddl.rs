@@ -401,14 +401,14 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     // spock.deny_all_ddl
     assert_eq!(sqlstate(a, "SET spock.deny_all_ddl = on; CREATE TABLE denied (id int)"), "42501");
     assert_eq!(sqlstate(a, "SET ROLE weak; SET spock.deny_all_ddl = off"), "42501");
-    // GUCs exist with Spock's defaults.
+    // GUCs exist with Spock's defaults; all are superuser-only (docs/security.md).
     assert_eq!(
         a.query_one::<String>(
             "SELECT string_agg(name || '=' || setting || '/' || context, ',' ORDER BY name) FROM pg_settings
               WHERE name IN ('spock.enable_ddl_replication', 'spock.include_ddl_repset', 'spock.allow_ddl_from_functions', 'spock.deny_all_ddl')"
         )
         .unwrap(),
-        "spock.allow_ddl_from_functions=off/user,spock.deny_all_ddl=off/superuser,spock.enable_ddl_replication=off/user,spock.include_ddl_repset=off/user"
+        "spock.allow_ddl_from_functions=off/superuser,spock.deny_all_ddl=off/superuser,spock.enable_ddl_replication=off/superuser,spock.include_ddl_repset=off/superuser"
     );
 }
 

@@ -160,3 +160,40 @@ fn transient_errors_are_retried_not_discarded() {
     wait_for("the update after the lock is released", || rows(s, "t1"), "1:second".into());
     assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 0);
 }
+
+/// A subscriber whose tables differ from the provider's (a column of another type,
+/// a missing column) gets clean errors: each names the problem with a proper
+/// SQLSTATE (never XX000 or a Rust panic), the worker survives it as an apply error,
+/// and later changes replicate.
+#[test]
+fn schema_mismatches_give_clean_errors() {
+    let c = setup("discard");
+    let (p, s) = (c.node(0), c.node(1));
+    s.execute("ALTER SYSTEM SET log_error_verbosity = verbose").unwrap();
+    spock_tests::fixtures::reload(s);
+    s.execute("ALTER TABLE t3 ALTER COLUMN v TYPE int USING NULL").unwrap();
+    s.execute("ALTER TABLE t1 DROP COLUMN v").unwrap();
+    let log_from = s.log_offset();
+    p.execute("INSERT INTO t3 VALUES (1, 'not a number')").unwrap();
+    p.execute("INSERT INTO t1 VALUES (1, 'no such column here')").unwrap();
+    p.execute("INSERT INTO t2 VALUES (1, 'after')").unwrap();
+    wait_for("the change after the mismatches", || rows(s, "t2"), "1:after".into());
+    let logged: String = s
+        .query_one("SELECT string_agg(table_name || ': ' || error_message, ' | ' ORDER BY table_name) FROM spock.exception_log")
+        .unwrap();
+    assert!(logged.starts_with("t1: ") && logged.contains(" | t3: "), "{logged}");
+    let log = s.log_since(log_from);
+    for bad in ["XX000", "panicked", "terminated by signal", "PANIC"] {
+        assert!(!log.contains(bad), "{bad} in the subscriber's log:\n{log}");
+    }
+    // Every ERROR in the log carries a SQLSTATE of a data or definition class.
+    for line in log.lines().filter(|l| l.contains("ERROR:  ")) {
+        let code = line.split("ERROR:  ").nth(1).unwrap_or_default().get(..5).unwrap_or_default();
+        assert!(code.len() == 5 && code.chars().all(|ch| ch.is_ascii_alphanumeric()), "ERROR without SQLSTATE: {line}");
+    }
+    assert_eq!(count_rows(s, "t3"), 0);
+}
+
+fn count_rows(n: &TestNode, t: &str) -> i64 {
+    n.query_one::<i64>(&format!("SELECT count(*) FROM {t}")).unwrap()
+}

@@ -106,6 +106,9 @@ pub fn queue_message(sets: Option<&[String]>, role: &str, message: &QueuedMessag
     .unwrap_or_else(|e| spi_failed("queueing a message in spock.queue", e));
 }
 
+/// `search_path` of queued SQL that does not set its own: PostgreSQL's default.
+const QUEUED_SQL_SEARCH_PATH: &str = "\"$user\", public";
+
 /// How [`execute_sql`] runs its statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Execution {
@@ -164,6 +167,14 @@ pub(crate) fn is_ddl(node: *mut pg_sys::Node) -> bool {
 /// way the setting is back to what it was afterwards. AutoDDL does not see these
 /// statements. An ERROR names the SQL that failed.
 pub fn execute_sql(sql: &str, role: &str, search_path: Option<&str>, how: Execution) {
+    // Queued SQL normally starts with its own SET search_path (replicate_ddl and
+    // AutoDDL write one). Without it, PostgreSQL's default path applies, not the
+    // worker's pinned one (which would create objects in pg_catalog) nor a database
+    // setting that the database's owner controls.
+    let search_path = match how {
+        Execution::QueuedSql | Execution::QueuedDdl => search_path.or(Some(QUEUED_SQL_SEARCH_PATH)),
+        Execution::ReplicateDdl => search_path,
+    };
     let role = role_oid(role);
     let statements = parse_statements(sql);
     let _replicated = ReplicatedSqlGuard::enter();
