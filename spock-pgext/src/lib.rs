@@ -47,4 +47,28 @@ mod tests {
         );
         assert_eq!(Spi::get_one::<i32>("SELECT spock.spock_max_proto_version()").unwrap(), Some(5));
     }
+
+    #[pg_test]
+    fn core_type_oids_are_the_servers() {
+        use pgrx::pg_sys;
+        use spock_core::proto::transfer::{big_endian_send_len, FIRST_NORMAL_OBJECT_ID};
+        assert_eq!(FIRST_NORMAL_OBJECT_ID, pg_sys::FirstNormalObjectId);
+        let by_value = [
+            (pg_sys::BOOLOID, 1),
+            (pg_sys::INT2OID, 2),
+            (pg_sys::INT4OID, 4),
+            (pg_sys::OIDOID, 4),
+            (pg_sys::FLOAT4OID, 4),
+            (pg_sys::DATEOID, 4),
+            (pg_sys::INT8OID, 8),
+            (pg_sys::FLOAT8OID, 8),
+            (pg_sys::TIMEOID, 8),
+            (pg_sys::TIMESTAMPOID, 8),
+            (pg_sys::TIMESTAMPTZOID, 8),
+        ];
+        for (oid, len) in by_value {
+            assert_eq!(big_endian_send_len(u32::from(oid)), Some(len), "type {oid:?}");
+        }
+        assert_eq!(big_endian_send_len(u32::from(pg_sys::NUMERICOID)), None);
+    }
 }

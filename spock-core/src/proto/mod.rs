@@ -16,6 +16,8 @@
 //!
 //! [`batch`] frames several messages into one packet between spock-rs nodes.
 //!
+//! [`transfer`] chooses how a column's values travel (internal, binary, text).
+//!
 //! [`startup`] has the startup parameters a subscriber sends and the pure
 //! negotiation a provider runs on them.
 
@@ -24,6 +26,7 @@ mod codec;
 pub mod message;
 pub mod startup;
 pub mod stream;
+pub mod transfer;
 pub mod tuple;
 pub mod writer;
 

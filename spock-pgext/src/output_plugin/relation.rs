@@ -9,6 +9,7 @@ use std::ffi::CStr;
 use bytes::BytesMut;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use spock_core::proto::transfer::{self, TransferKind, TypeFacts};
 use spock_core::proto::writer::TupleWriter;
 use spock_core::proto::{EncodeError, RelColumn, Relation as RelMessage};
 use spock_core::repset::{RepSet, TablePublication};
@@ -24,7 +25,7 @@ enum Transfer {
     /// `b`: the type's send function.
     Binary(Box<pg_sys::FmgrInfo>),
     /// `b` for a built-in by-value type whose send function writes the datum's
-    /// `len` low bytes big-endian (see [`big_endian_send_len`]): written here
+    /// `len` low bytes big-endian (see [`transfer::big_endian_send_len`]): written here
     /// without calling it (no call, no allocation per value).
     BinaryBigEndian(u8),
     /// `t`: the type's output function.
@@ -59,7 +60,8 @@ pub struct RelEntry {
     nulls: Vec<bool>,
 }
 
-/// The wire decision of Spock's `decide_datum_transfer`.
+/// The wire decision of Spock's `decide_datum_transfer` (made by
+/// [`transfer::decide`]), with the function a `b` or `t` column calls.
 ///
 /// SAFETY: `typ` must be a valid pg_type row.
 unsafe fn decide_transfer(
@@ -68,39 +70,21 @@ unsafe fn decide_transfer(
     allow_internal: bool,
     allow_binary: bool,
 ) -> Transfer {
-    let builtin = u32::from(typid) < pg_sys::FirstNormalObjectId;
-    let no_elem = typ.typelem == pg_sys::InvalidOid;
-    if allow_internal && typ.typtype == b'b' as std::ffi::c_char && builtin && no_elem && typ.typlen != -2 {
-        return Transfer::Internal { byval: typ.typbyval, len: typ.typlen };
-    }
-    if allow_binary
-        && typ.typreceive != pg_sys::InvalidOid
-        && typ.typsend != pg_sys::InvalidOid
-        && (builtin || typ.typtype != b'c' as std::ffi::c_char)
-        && (builtin || no_elem)
-    {
-        if let Some(len) = big_endian_send_len(typid) {
-            return Transfer::BinaryBigEndian(len);
-        }
+    let facts = TypeFacts {
+        oid: u32::from(typid),
+        typtype: typ.typtype as u8,
+        has_element: typ.typelem != pg_sys::InvalidOid,
+        typlen: typ.typlen,
+        typbyval: typ.typbyval,
+        has_send_receive: typ.typreceive != pg_sys::InvalidOid && typ.typsend != pg_sys::InvalidOid,
+    };
+    match transfer::decide(&facts, allow_internal, allow_binary) {
+        TransferKind::Internal { byval, len } => Transfer::Internal { byval, len },
+        TransferKind::BinaryBigEndian(len) => Transfer::BinaryBigEndian(len),
         // SAFETY: typsend is a valid function oid from pg_type.
-        return Transfer::Binary(unsafe { fmgr_info(typ.typsend) });
-    }
-    // SAFETY: typoutput is a valid function oid from pg_type.
-    Transfer::Text(unsafe { fmgr_info(typ.typoutput) })
-}
-
-/// For built-in types whose binary send format is the by-value datum's low `len`
-/// bytes in network order (boolsend, int2send, int4send, int8send, oidsend,
-/// float4send, float8send, date_send, time_send, timestamp_send,
-/// timestamptz_send), that length.
-fn big_endian_send_len(typid: pg_sys::Oid) -> Option<u8> {
-    use pg_sys::{BOOLOID, DATEOID, FLOAT4OID, FLOAT8OID, INT2OID, INT4OID, INT8OID, OIDOID, TIMEOID, TIMESTAMPOID, TIMESTAMPTZOID};
-    match typid {
-        BOOLOID => Some(1),
-        INT2OID => Some(2),
-        INT4OID | OIDOID | FLOAT4OID | DATEOID => Some(4),
-        INT8OID | FLOAT8OID | TIMEOID | TIMESTAMPOID | TIMESTAMPTZOID => Some(8),
-        _ => None,
+        TransferKind::Binary => Transfer::Binary(unsafe { fmgr_info(typ.typsend) }),
+        // SAFETY: typoutput is a valid function oid from pg_type.
+        TransferKind::Text => Transfer::Text(unsafe { fmgr_info(typ.typoutput) }),
     }
 }
 
