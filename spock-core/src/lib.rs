@@ -14,6 +14,8 @@
 //! * [`ddl`]: `spock.queue` messages (DDL, sequences), AutoDDL set placement.
 //! * [`holds`]: the slots that keep apply workers stopped while a transaction
 //!   changes their subscriptions.
+//! * [`walsender`]: the walsender's framing around plugin messages (`w`, `k`, `r`)
+//!   and when a subscriber owes feedback.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
@@ -31,6 +33,7 @@ pub mod origin;
 pub mod proto;
 pub mod repset;
 pub mod spill;
+pub mod walsender;
 
 /// Version of spock-rs as reported by `spock.spock_version()`.
 pub const SPOCK_RS_VERSION: &str = env!("CARGO_PKG_VERSION");

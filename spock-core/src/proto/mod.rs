@@ -43,6 +43,21 @@ use bytes::{Bytes, BytesMut};
 /// A WAL position (`XLogRecPtr`).
 pub type Lsn = u64;
 
+/// The `X/Y` text of an LSN, as `pg_lsn` prints it (hexadecimal, upper case).
+pub fn format_lsn(lsn: Lsn) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses the `X/Y` text of an LSN (each half at most 8 hexadecimal digits, as
+/// `pg_lsn` accepts).
+pub fn parse_lsn(s: &str) -> Option<Lsn> {
+    let (hi, lo) = s.split_once('/')?;
+    let half = |h: &str| {
+        (!h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u64::from_str_radix(h, 16).ok()).flatten()
+    };
+    Some((half(hi)? << 32) | half(lo)?)
+}
+
 /// A PostgreSQL timestamp: microseconds since 2000-01-01 00:00:00 UTC (`TimestampTz`).
 pub type PgTimestamp = i64;
 

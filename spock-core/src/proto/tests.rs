@@ -667,3 +667,17 @@ proptest! {
         let _ = negotiate(&params, &server());
     }
 }
+
+#[test]
+fn lsn_text_round_trips_and_rejects_what_pg_lsn_rejects() {
+    use super::{format_lsn, parse_lsn};
+    for lsn in [0u64, 1, 0x1_6B37_4D48, u64::MAX, 0xFFFF_FFFF, 0x1_0000_0000] {
+        assert_eq!(parse_lsn(&format_lsn(lsn)), Some(lsn), "{lsn:#x}");
+    }
+    assert_eq!(format_lsn(0x1_6B37_4D48), "1/6B374D48");
+    assert_eq!(parse_lsn("0/0"), Some(0));
+    assert_eq!(parse_lsn("16/b374d848"), Some(0x16_B374_D848));
+    for bad in ["", "0", "/0", "0/", "x/0", "0/+1", "123456789/0", "0/0/0", " 0/0", "-1/0"] {
+        assert_eq!(parse_lsn(bad), None, "{bad:?}");
+    }
+}

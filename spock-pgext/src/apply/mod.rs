@@ -23,6 +23,7 @@ use pgrx::PgSqlErrorCode;
 use spock_core::proto::batch;
 use spock_core::proto::startup::{BinaryFormat, ClientParams};
 use spock_core::proto::{Message, StreamDecoder};
+use spock_core::walsender::{self, FeedbackPolicy, ServerMessage};
 
 use crate::error::{spi_failed, PgError};
 use crate::libpq::{Connection, CopyData};
@@ -32,16 +33,15 @@ use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
 
 /// Microseconds between the Unix and the PostgreSQL epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
-/// Feedback at least this often while streaming.
-const FEEDBACK_INTERVAL: Duration = Duration::from_secs(1);
+/// Feedback when asked, when positions moved (at most every 50 ms: each update
+/// costs the walsender a read), and at least every second.
+const FEEDBACK: FeedbackPolicy = FeedbackPolicy { min_gap: Duration::from_millis(50), interval: Duration::from_secs(1) };
 /// How often the worker looks for tables waiting for a table sync.
 const SYNC_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest stretch of reading and applying without housekeeping.
 const DRAIN_SLICE: Duration = Duration::from_millis(100);
 /// Messages between two looks at the clock while draining.
 const CLOCK_EVERY: u32 = 16;
-/// Feedback at most this often when only positions moved.
-const FEEDBACK_MIN_GAP: Duration = Duration::from_millis(50);
 
 fn now_pg() -> i64 {
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
@@ -180,15 +180,8 @@ fn wait_for_socket(socket: pg_sys::pgsocket, timeout_ms: i64) {
 }
 
 /// Standby status update: written, flushed and applied positions.
-fn feedback(write: u64, flush: u64, reply: bool) -> Vec<u8> {
-    let mut m = Vec::with_capacity(34);
-    m.push(b'r');
-    m.extend_from_slice(&write.to_be_bytes());
-    m.extend_from_slice(&flush.to_be_bytes());
-    m.extend_from_slice(&flush.to_be_bytes());
-    m.extend_from_slice(&now_pg().to_be_bytes());
-    m.push(u8::from(reply));
-    m
+fn feedback(write: u64, flush: u64, reply: bool) -> [u8; 34] {
+    walsender::status_update(write, flush, now_pg(), reply)
 }
 
 fn report_activity(text: &str) {
@@ -289,10 +282,11 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
         let mut drained = 0u32;
         loop {
             match conn.read_copy_data().unwrap_or_else(|e| fail(sub, "lost the provider", e)) {
-                CopyData::Data(buf) => match buf.first() {
-                    Some(b'w') if buf.len() >= 25 => {
-                        let end = u64::from_be_bytes(buf[9..17].try_into().expect("8 bytes"));
-                        let packet = Bytes::from(buf).slice(25..);
+                CopyData::Data(buf) => match walsender::parse(&buf).unwrap_or_else(|e| {
+                    PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
+                }) {
+                    ServerMessage::XLogData { end, .. } => {
+                        let packet = Bytes::from(buf).slice(walsender::XLOG_DATA_HEADER..);
                         // One message, or (batches agreed in the startup reply) several,
                         // each framed by its length.
                         let messages: Vec<Bytes> = if batched {
@@ -352,12 +346,11 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
                             return false;
                         }
                     }
-                    Some(b'k') if buf.len() >= 18 => {
-                        let end = u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes"));
+                    ServerMessage::Keepalive { end, reply_requested: asked } => {
                         last_received = last_received.max(end);
-                        reply_requested |= buf[17] != 0;
+                        reply_requested |= asked;
                     }
-                    _ => {}
+                    ServerMessage::Other(_) => {}
                 },
                 CopyData::WouldBlock => break,
                 CopyData::Done => fail(sub, "the provider ended replication", "stream closed"),
@@ -401,13 +394,9 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
         if (last_received, flushed) != reported {
             session.note_received(last_received);
         }
-        // Feedback when asked, when positions moved (at most every FEEDBACK_MIN_GAP:
-        // each message costs the walsender a read), and at least every second.
+        // Feedback as FEEDBACK says.
         let moved = (last_received, flushed) != reported;
-        if reply_requested
-            || (moved && last_feedback.elapsed() >= FEEDBACK_MIN_GAP)
-            || last_feedback.elapsed() >= FEEDBACK_INTERVAL
-        {
+        if FEEDBACK.due(reply_requested, moved, last_feedback.elapsed()) {
             conn.write_copy_data(&feedback(last_received, flushed, false))
                 .unwrap_or_else(|e| fail(sub, "could not send feedback", e));
             reported = (last_received, flushed);

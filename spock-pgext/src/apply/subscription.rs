@@ -94,13 +94,5 @@ pub fn set_sync_status(sub_id: u32, status: char, lsn: u64) {
     })
 }
 
-/// `X/Y` text of an LSN.
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-/// Parses `X/Y`.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+/// `X/Y` text of LSNs: the rule lives in spock-core.
+pub use spock_core::proto::{format_lsn, parse_lsn};
