@@ -275,7 +275,7 @@ fn streamed_transactions_reach_the_subscriber_exactly() {
     let cluster = pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big ' || g FROM generate_series(1, 100000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big ' || g FROM generate_series(1, 10000) g").unwrap();
     // Small transactions commit (and are applied) while the big one is open.
     for i in 0..20 {
         a.execute(&format!("INSERT INTO t VALUES ({}, 'small')", 1_000_000 + i)).unwrap();
@@ -285,45 +285,45 @@ fn streamed_transactions_reach_the_subscriber_exactly() {
     }, 20);
     assert!(spill_files(b) >= 1, "the open transaction is spilled on the subscriber");
     big.batch_execute(
-        "INSERT INTO t SELECT g, 'big ' || g FROM generate_series(100001, 200000) g;
-         UPDATE t SET v = 'updated' WHERE id % 1000 = 0 AND id <= 200000;
-         DELETE FROM t WHERE id % 1000 = 1 AND id <= 200000;
+        "INSERT INTO t SELECT g, 'big ' || g FROM generate_series(10001, 20000) g;
+         UPDATE t SET v = 'updated' WHERE id % 100 = 0 AND id <= 20000;
+         DELETE FROM t WHERE id % 100 = 1 AND id <= 20000;
          COMMIT",
     )
     .unwrap();
-    wait_for("the big transaction applied", Duration::from_secs(300), || summary(b).0, 200_000 - 200 + 20);
+    wait_for("the big transaction applied", Duration::from_secs(120), || summary(b).0, 20_000 - 200 + 20);
     // A big transaction that rolls back after part of it was streamed.
     let mut rb = a.connect().unwrap();
-    rb.batch_execute("BEGIN; INSERT INTO t SELECT g, 'never' FROM generate_series(300001, 350000) g").unwrap();
+    rb.batch_execute("BEGIN; INSERT INTO t SELECT g, 'never' FROM generate_series(30001, 35000) g").unwrap();
     wait_for("the rolled-back transaction spilled", Duration::from_secs(60), || spill_files(b), 1);
     rb.batch_execute("ROLLBACK").unwrap();
     wait_for("its spill file removed at the stream abort", Duration::from_secs(60), || spill_files(b), 0);
     // A big transaction with ROLLBACK TO SAVEPOINT (nested savepoints).
     a.execute(
         "BEGIN;
-         INSERT INTO t SELECT g, 'sp top' FROM generate_series(400001, 420000) g;
+         INSERT INTO t SELECT g, 'sp top' FROM generate_series(40001, 42000) g;
          SAVEPOINT a;
-         INSERT INTO t SELECT g, 'sp a' FROM generate_series(420001, 440000) g;
+         INSERT INTO t SELECT g, 'sp a' FROM generate_series(42001, 44000) g;
          SAVEPOINT b;
-         INSERT INTO t SELECT g, 'sp b' FROM generate_series(440001, 460000) g;
+         INSERT INTO t SELECT g, 'sp b' FROM generate_series(44001, 46000) g;
          ROLLBACK TO SAVEPOINT a;
-         INSERT INTO t SELECT g, 'sp after' FROM generate_series(460001, 470000) g;
+         INSERT INTO t SELECT g, 'sp after' FROM generate_series(46001, 47000) g;
          SAVEPOINT c;
-         UPDATE t SET v = 'sp c' WHERE id BETWEEN 400001 AND 400100;
+         UPDATE t SET v = 'sp c' WHERE id BETWEEN 40001 AND 40100;
          RELEASE SAVEPOINT c;
          COMMIT",
     )
     .unwrap();
     a.execute("INSERT INTO t VALUES (2000000, 'end')").unwrap();
     let want = summary(a);
-    assert_eq!(want.0, 200_000 - 200 + 20 + 30_000 + 1);
-    wait_for("the subscriber has exactly the provider's rows", Duration::from_secs(300), || summary(b), want.clone());
+    assert_eq!(want.0, 20_000 - 200 + 20 + 3_000 + 1);
+    wait_for("the subscriber has exactly the provider's rows", Duration::from_secs(120), || summary(b), want.clone());
     let (stream_txns, spill_txns) = provider_slot_stats(a);
     assert!(stream_txns > 0, "the provider streamed (stream_txns = {stream_txns})");
     assert_eq!(spill_txns, 0, "the provider did not spill");
     wait_for("spill files removed", Duration::from_secs(30), || spill_files(b), 0);
     // Rows keep the remote commit timestamp: one commit for the whole big transaction.
-    let commits = b.query_one::<i64>("SELECT count(DISTINCT pg_xact_commit_timestamp(xmin)) FROM t WHERE id <= 200000").unwrap();
+    let commits = b.query_one::<i64>("SELECT count(DISTINCT pg_xact_commit_timestamp(xmin)) FROM t WHERE id <= 20000").unwrap();
     assert_eq!(commits, 1, "the streamed transaction was applied as one transaction");
 }
 
@@ -332,13 +332,13 @@ fn a_subscriber_killed_during_a_stream_applies_it_once() {
     let cluster = pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 100000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 10000) g").unwrap();
     a.execute("INSERT INTO t VALUES (1000001, 'small before kill')").unwrap();
     wait_for("the small transaction applied", Duration::from_secs(60), || b.query_one::<i64>("SELECT count(*) FROM t").unwrap(), 1);
     wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b) >= 1, true);
     b.kill9().unwrap();
     restart_after_kill(b);
-    big.batch_execute("INSERT INTO t SELECT g, 'big' FROM generate_series(100001, 200000) g").unwrap();
+    big.batch_execute("INSERT INTO t SELECT g, 'big' FROM generate_series(10001, 20000) g").unwrap();
     a.execute("INSERT INTO t VALUES (1000002, 'small after kill')").unwrap();
     // Kill again while the provider streams the rest.
     wait_for("streaming again after the restart", Duration::from_secs(60), || spill_files(b) >= 1, true);
@@ -346,8 +346,8 @@ fn a_subscriber_killed_during_a_stream_applies_it_once() {
     restart_after_kill(b);
     big.batch_execute("COMMIT").unwrap();
     let want = summary(a);
-    assert_eq!(want.0, 200_002);
-    wait_for("exactly the provider's rows after the kills", Duration::from_secs(300), || summary(b), want.clone());
+    assert_eq!(want.0, 20_002);
+    wait_for("exactly the provider's rows after the kills", Duration::from_secs(120), || summary(b), want.clone());
     // Kill right after the commit was applied: nothing is applied twice.
     b.kill9().unwrap();
     restart_after_kill(b);
@@ -374,7 +374,7 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     let cluster = pair_with(false);
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 50000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 5000) g").unwrap();
     wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b), 1);
     // Once the subscriber reports having received everything the provider has
     // written so far, it has also written it to the file (it reports after
@@ -407,7 +407,7 @@ fn eager_apply_commits_or_falls_back_to_the_spill_file() {
     // 1. Nothing interleaves: the stream is applied while it arrives, in a local
     //    transaction that commits with the remote commit.
     let mut big = a.connect().unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'eager' FROM generate_series(1, 100000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'eager' FROM generate_series(1, 10000) g").unwrap();
     wait_for("the apply worker applies the open stream", Duration::from_secs(60), || apply_txn_open(b), true);
     assert_eq!(summary(b).0, 0, "nothing visible before the commit");
     big.batch_execute("UPDATE t SET v = 'eager updated' WHERE id % 100 = 0; COMMIT").unwrap();
@@ -426,25 +426,25 @@ fn eager_apply_commits_or_falls_back_to_the_spill_file() {
     // 2. A small transaction commits while a big one is being applied eagerly: the
     //    eager transaction rolls back, the small one is applied, the big one is
     //    replayed from its file at commit.
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'second' FROM generate_series(200001, 260000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'second' FROM generate_series(20001, 26000) g").unwrap();
     wait_for("eager apply of the second stream", Duration::from_secs(60), || apply_txn_open(b), true);
     a.execute("INSERT INTO t VALUES (900001, 'small')").unwrap();
     wait_for("the small transaction applied", Duration::from_secs(60), || {
         b.query_one::<i64>("SELECT count(*) FROM t WHERE id = 900001").unwrap()
     }, 1);
     assert!(!apply_txn_open(b), "the eager transaction was rolled back");
-    big.batch_execute("INSERT INTO t SELECT g, 'second' FROM generate_series(260001, 300000) g; COMMIT").unwrap();
+    big.batch_execute("INSERT INTO t SELECT g, 'second' FROM generate_series(26001, 30000) g; COMMIT").unwrap();
     let want = summary(a);
     wait_for("the replayed transaction", Duration::from_secs(120), || summary(b), want);
 
     // 3. A conflict needs the commit timestamp: the row exists on the subscriber
     //    (written there earlier); the stream is replayed at commit and the newer
     //    remote row wins (last_update_wins).
-    b.execute("INSERT INTO t VALUES (500000, 'local, older')").unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'third' FROM generate_series(400001, 500000) g; COMMIT").unwrap();
+    b.execute("INSERT INTO t VALUES (50000, 'local, older')").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'third' FROM generate_series(40001, 50000) g; COMMIT").unwrap();
     let want = summary(a);
     wait_for("the conflicting transaction replayed", Duration::from_secs(120), || summary(b), want);
-    assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 500000").unwrap(), "third");
+    assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 50000").unwrap(), "third");
 }
 
 /// Row changes of the whole slot as a subscriber would apply them: streamed ones
@@ -545,7 +545,7 @@ fn a_provider_killed_during_a_stream_leaves_nothing_behind() {
     let cluster = pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
-    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'lost' FROM generate_series(1, 50000) g").unwrap();
+    big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'lost' FROM generate_series(1, 5000) g").unwrap();
     wait_for("the stream spilled and applied eagerly", Duration::from_secs(60), || (spill_files(b), apply_txn_open(b)), (1, true));
     a.kill9().unwrap();
     drop(big);
@@ -555,7 +555,7 @@ fn a_provider_killed_during_a_stream_leaves_nothing_behind() {
     wait_for("the next transaction applied", Duration::from_secs(120), || summary(b), summary(a));
     wait_for("no spill file left", Duration::from_secs(60), || spill_files(b), 0);
     assert_eq!(summary(b).0, 1);
-    a.execute("BEGIN; INSERT INTO t SELECT g, 'kept' FROM generate_series(1, 50000) g; COMMIT").unwrap();
+    a.execute("BEGIN; INSERT INTO t SELECT g, 'kept' FROM generate_series(1, 5000) g; COMMIT").unwrap();
     wait_for("a later streamed transaction", Duration::from_secs(120), || summary(b), summary(a));
 }
 
@@ -568,9 +568,9 @@ fn interleaved_streamed_transactions_commit_in_their_order() {
     x.batch_execute("BEGIN").unwrap();
     y.batch_execute("BEGIN").unwrap();
     for i in 0..4 {
-        let base = i * 20_000;
-        x.batch_execute(&format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", base + 1, base + 10_000)).unwrap();
-        y.batch_execute(&format!("INSERT INTO t SELECT g, 'y' FROM generate_series({}, {}) g", base + 10_001, base + 20_000)).unwrap();
+        let base = i * 2_000;
+        x.batch_execute(&format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", base + 1, base + 1_000)).unwrap();
+        y.batch_execute(&format!("INSERT INTO t SELECT g, 'y' FROM generate_series({}, {}) g", base + 1_001, base + 2_000)).unwrap();
     }
     wait_for("both transactions spilled", Duration::from_secs(60), || spill_files(b), 2);
     // y commits first, then x updates rows y wrote (it waits for y's locks: none,
@@ -578,7 +578,7 @@ fn interleaved_streamed_transactions_commit_in_their_order() {
     y.batch_execute("COMMIT").unwrap();
     x.batch_execute("UPDATE t SET v = 'x after y' WHERE v = 'y' AND id % 7 = 0; COMMIT").unwrap();
     let want = summary(a);
-    assert_eq!(want.0, 80_000);
+    assert_eq!(want.0, 8_000);
     wait_for("both applied in commit order", Duration::from_secs(120), || summary(b), want);
     wait_for("no spill file left", Duration::from_secs(30), || spill_files(b), 0);
 }
@@ -596,15 +596,15 @@ fn an_insert_meeting_an_existing_key_is_applied_again_searching() {
         b.execute("SELECT pg_reload_conf()").unwrap();
         b.execute("CREATE EXTENSION amcheck").unwrap();
         // Rows written only on the subscriber, before the provider writes the same keys.
-        b.execute("INSERT INTO t VALUES (5, 'local'), (150000, 'local')").unwrap();
+        b.execute("INSERT INTO t VALUES (5, 'local'), (15000, 'local')").unwrap();
         a.execute("INSERT INTO t VALUES (4, 'remote'), (5, 'remote'), (6, 'remote')").unwrap();
         a.execute("INSERT INTO t VALUES (7, 'after')").unwrap();
         let small = |n: &TestNode| n.query_one::<String>("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t WHERE id < 100").unwrap();
         wait_for("the small transactions", Duration::from_secs(60), || small(b), "4:remote,5:remote,6:remote,7:after".to_string());
-        a.execute("INSERT INTO t SELECT g, 'big' FROM generate_series(100000, 200000) g").unwrap();
+        a.execute("INSERT INTO t SELECT g, 'big' FROM generate_series(10000, 20000) g").unwrap();
         a.execute("INSERT INTO t VALUES (8, 'after big')").unwrap();
-        wait_for("the big transaction and the one after it", Duration::from_secs(300), || summary(b), summary(a));
-        assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 150000").unwrap(), "big");
+        wait_for("the big transaction and the one after it", Duration::from_secs(120), || summary(b), summary(a));
+        assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 15000").unwrap(), "big");
         // Each conflict decided once (the rolled-back attempts left nothing).
         assert_eq!(
             b.query_one::<String>("SELECT string_agg(conflict_type || ':' || conflict_resolution, ',') FROM spock.resolutions").unwrap(),
