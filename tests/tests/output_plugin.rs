@@ -283,11 +283,14 @@ fn a_server_without_preload_can_create_and_use_slots() {
     assert_eq!(letters(&msgs), "BORIC");
 }
 
+/// Startup parameters, the SQLSTATE they must fail with, and a word of the message.
+type BadStartup<'a> = (Vec<(String, String)>, &'a str, &'a str);
+
 #[test]
 fn bad_startup_parameters_give_clear_errors() {
     let node = provider_with_table("p10", "CREATE TABLE t(id int PRIMARY KEY)");
     node.execute("INSERT INTO t VALUES (1)").unwrap();
-    let cases: Vec<(Vec<(String, String)>, &str, &str)> = vec![
+    let cases: Vec<BadStartup> = vec![
         (with_param(spock_params("default"), "max_proto_version", "five"), "22023", "max_proto_version"),
         (with_param(spock_params("default"), "min_proto_version", "6"), "0A000", "min_proto_version=6"),
         (with_param(spock_params("default"), "startup_params_format", "2"), "0A000", "startup_params_format"),
