@@ -5,9 +5,14 @@
 //! `public` uses the whole API between two real nodes. None of the planted objects
 //! may run (each one records its call and raises), and every function of schema
 //! `spock` must pin its `search_path`.
+//!
+//! And least privilege: a plain role can call only the read-only functions, reads
+//! no DSN and writes no catalog; a replication role that is not superuser can still
+//! be the provider DSN's role of a subscription.
 
 use std::time::Duration;
 
+use spock_tests::fixtures::{setup_node, wait_replicating};
 use spock_tests::postgres::{self, Client};
 use spock_tests::{wait_for, Cluster, TestNode};
 
@@ -181,6 +186,7 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
     assert!(operators.iter().any(|o| o == "="), "{operators:?}");
     for n in [a, b] {
         let planted = plant(n, &functions, &operators);
+        eprintln!("{planted} functions, aggregates and operators planted on {}", n.name);
         assert!(planted > 300, "only {planted} objects planted on {}", n.name);
         let must: i64 = n
             .query_one(
@@ -282,4 +288,121 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
             .unwrap();
         assert!(unpinned.is_empty(), "functions of schema spock without a pinned search_path on {}: {unpinned:?}", n.name);
     }
+}
+
+/// The functions of schema spock that every role may call, and why: they only read,
+/// and what they read is guarded by the catalogs' privileges.
+const PUBLIC_FUNCTIONS: &[&str] = &[
+    "apply_group_progress",
+    "node_info",
+    "replicate_ddl",
+    "repset_show_table",
+    "spock_gen_slot_name",
+    "spock_max_proto_version",
+    "spock_min_proto_version",
+    "spock_rs_version",
+    "spock_version",
+    "spock_version_num",
+    "sub_show_status",
+    "sub_show_table",
+    "sub_wait_for_sync",
+    "table_wait_for_sync",
+    "wait_slot_confirm_lsn",
+];
+
+/// The SQLSTATE of `sql` in `c` ("ok" when it succeeds).
+fn sqlstate_in(c: &mut Client, sql: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+#[test]
+fn plain_roles_only_read_and_replication_roles_can_provide() {
+    let cluster = Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    setup_node(a);
+    setup_node(b);
+    a.execute("CREATE ROLE plain LOGIN; CREATE ROLE repl LOGIN REPLICATION").unwrap();
+
+    // Which functions PUBLIC may execute.
+    let public: Vec<String> = a
+        .query_one(
+            "SELECT array_agg(DISTINCT proname::text ORDER BY proname::text) FROM pg_proc
+              WHERE pronamespace = 'spock'::regnamespace AND has_function_privilege('plain', oid, 'EXECUTE')",
+        )
+        .unwrap();
+    assert_eq!(public, PUBLIC_FUNCTIONS);
+
+    // Every other one: 42501 for a plain role, whatever the arguments (NULLs; for
+    // functions in subqueries, which the planner cannot fold away before the
+    // privilege check).
+    let calls: Vec<String> = a
+        .query_one(
+            "SELECT array_agg(format('%s spock.%I(%s)', CASE p.prokind WHEN 'p' THEN 'CALL' ELSE 'SELECT' END, p.proname,
+                                     CASE WHEN p.prokind = 'p'
+                                          THEN (SELECT coalesce(string_agg('NULL::' || format_type(t, NULL), ', ' ORDER BY i), '')
+                                                  FROM unnest(coalesce(p.proallargtypes, p.proargtypes::oid[])) WITH ORDINALITY AS x(t, i))
+                                          ELSE (SELECT coalesce(string_agg('(SELECT NULL::' || format_type(t, NULL) || ')', ', ' ORDER BY i), '')
+                                                  FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY AS x(t, i)) END)
+                              ORDER BY p.proname)
+               FROM pg_proc p
+              WHERE p.pronamespace = 'spock'::regnamespace AND NOT has_function_privilege('plain', p.oid, 'EXECUTE')",
+        )
+        .unwrap();
+    for expected in ["node_create", "node_drop", "repset_add_table", "sub_create", "sub_drop", "_local_node_id", "_provider_info", "_queue_message", "pause_apply_workers"] {
+        assert!(calls.iter().any(|c| c.contains(&format!("spock.{expected}("))), "{expected} is revoked: {calls:?}");
+    }
+    let mut plain = connect_as(a, "plain");
+    for call in &calls {
+        assert_eq!(sqlstate_in(&mut plain, call), "42501", "{call}");
+    }
+    assert_eq!(count_in(a, "SELECT count(*) FROM spock.node"), 1, "nothing changed");
+
+    // The catalogs: DSNs are not readable, nothing is writable.
+    for private in ["spock.node_interface", "spock.subscription", "spock.local_sync_status", "spock.queue"] {
+        assert_eq!(sqlstate_in(&mut plain, &format!("SELECT * FROM {private}")), "42501", "{private}");
+    }
+    let writable: Vec<String> = a
+        .query_one(
+            "SELECT coalesce(array_agg(c.oid::regclass::text), '{}') FROM pg_class c
+              WHERE c.relnamespace = 'spock'::regnamespace
+                AND CASE WHEN c.relkind = 'S' THEN has_sequence_privilege('plain', c.oid, 'USAGE, UPDATE')
+                         WHEN c.relkind IN ('r', 'p', 'v') THEN has_table_privilege('plain', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                         ELSE false END",
+        )
+        .unwrap();
+    assert!(writable.is_empty(), "a plain role can write {writable:?}");
+    assert_eq!(sqlstate_in(&mut plain, "DELETE FROM spock.replication_set"), "42501");
+    // The read-only functions work for it.
+    let name: String = plain.query_one("SELECT node_name FROM spock.node_info()", &[]).unwrap().get(0);
+    assert_eq!(name, "n1");
+    let relname: String = plain.query_one("SELECT relname FROM spock.repset_show_table('t', '{default}')", &[]).unwrap().get(0);
+    assert_eq!(relname, "t");
+    plain.batch_execute("SELECT spock.spock_version(), spock.spock_max_proto_version()").unwrap();
+
+    // A subscription whose provider DSN names the replication role: sub_create reads
+    // the provider's node and sets as that role, the apply worker streams as it.
+    b.execute(&format!("SELECT spock.sub_create('sub_repl', '{} user=repl')", a.dsn("postgres").replace(" user=postgres", ""))).unwrap();
+    wait_replicating(b, 1);
+    a.execute("INSERT INTO t VALUES (1, 'through repl')").unwrap();
+    wait_for("the row on b", WAIT, || count_in(b, "SELECT count(*) FROM t WHERE v = 'through repl'"), 1);
+    // What the subscriber shows about it stays private there.
+    b.execute("CREATE ROLE plain LOGIN").unwrap();
+    let mut plain_b = connect_as(b, "plain");
+    assert_eq!(sqlstate_in(&mut plain_b, "SELECT * FROM spock.sub_show_status()"), "42501");
+    assert_eq!(sqlstate_in(&mut plain_b, "SELECT * FROM spock.sub_show_table('sub_repl', 't')"), "42501");
+
+    // The event trigger still cleans up after a plain role drops its replicated table.
+    a.execute("GRANT CREATE ON SCHEMA public TO plain").unwrap();
+    plain.batch_execute("CREATE TABLE mine (id int PRIMARY KEY)").unwrap();
+    a.execute("SELECT spock.repset_add_table('default', 'mine')").unwrap();
+    plain.batch_execute("DROP TABLE mine").unwrap();
+    assert_eq!(count_in(a, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid::oid >= 16384 AND NOT EXISTS (SELECT FROM pg_class WHERE oid = set_reloid)"), 0);
+    assert_eq!(count_in(a, "SELECT count(*) FROM spock.replication_set_table"), 1, "only t is left");
+}
+
+fn count_in(n: &TestNode, sql: &str) -> i64 {
+    n.query_one::<i64>(sql).unwrap()
 }
