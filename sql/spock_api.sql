@@ -52,6 +52,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid := spock._scoped_id(p_node_id, p_name);
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM spock.node WHERE node_id = p_node_id) THEN
+        RAISE EXCEPTION 'node with id % not found', p_node_id USING ERRCODE = 'undefined_object';
+    END IF;
     IF p_name = '' THEN
         RAISE EXCEPTION 'replication set name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
