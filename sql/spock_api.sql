@@ -9,7 +9,8 @@
 --   42P01 undefined_table                   no relation with the given oid
 -- Helpers written in Rust: spock._scoped_id, spock._invalidate_relcache,
 -- spock._invalidate_all, spock._parse_row_filter.
--- Every function pins search_path and names spock's objects spock.x; internal
+-- Every function pins search_path (procedures, which COMMIT, qualify every name
+-- instead) and names spock's objects spock.x; internal
 -- helpers (spock._*) and the functions that change anything are not executable by
 -- PUBLIC (see the end of this file).
 
@@ -1060,33 +1061,66 @@ BEGIN
 END;
 $$;
 
-CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin_id oid, lsn pg_lsn,
-    timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- One round of wait_for_sync_event(): whether the subscription from node p_origin
+-- has passed p_lsn (errors for a missing or disabled one unless p_wait_if_disabled).
+CREATE FUNCTION spock._sync_event_reached(p_origin oid, p_lsn pg_lsn, p_wait_if_disabled boolean)
+RETURNS boolean VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_started timestamptz := clock_timestamp();
     v_sub record;
-    v_done pg_lsn;
 BEGIN
-    IF origin_id IS NULL THEN
+    IF p_origin IS NULL THEN
         RAISE EXCEPTION 'origin_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
+      FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
+     WHERE s.sub_origin = p_origin;
+    IF NOT FOUND AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'no subscription from node % on this node', p_origin USING ERRCODE = 'undefined_object';
+    ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'the subscription from node % is disabled', p_origin USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF FOUND AND v_sub.sub_enabled THEN
+        RETURN spock._subscription_progress(v_sub.sub_slot_name) >= p_lsn;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- Whether p_timeout seconds (0: never) have passed since p_started.
+CREATE FUNCTION spock._timed_out(p_started timestamptz, p_timeout int) RETURNS boolean
+VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p_timeout > 0 AND clock_timestamp() - p_started >= make_interval(secs => p_timeout);
+$$;
+
+-- The id of node p_name (42704 when there is none).
+CREATE FUNCTION spock._node_id(p_name name) RETURNS oid
+STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.node WHERE node_name = p_name;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'node "%" not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+-- The two procedures COMMIT between rounds (so that no snapshot is held while
+-- waiting), and a procedure with a SET clause cannot: they cannot pin search_path.
+-- Instead every name in them is schema-qualified (types too) and the work is done
+-- by the pinned functions above; they use no operator.
+CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin_id oid, lsn pg_lsn,
+    timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
+BEGIN
     LOOP
-        SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
-          FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
-         WHERE s.sub_origin = origin_id;
-        IF NOT FOUND AND NOT wait_if_disabled THEN
-            RAISE EXCEPTION 'no subscription from node % on this node', origin_id USING ERRCODE = 'undefined_object';
-        ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT wait_if_disabled THEN
-            RAISE EXCEPTION 'the subscription from node % is disabled', origin_id USING ERRCODE = 'object_not_in_prerequisite_state';
-        ELSIF FOUND AND v_sub.sub_enabled THEN
-            v_done := spock._subscription_progress(v_sub.sub_slot_name);
-            IF v_done >= lsn THEN
-                result := true;
-                RETURN;
-            END IF;
+        IF spock._sync_event_reached(origin_id, lsn, wait_if_disabled) THEN
+            result := true;
+            RETURN;
         END IF;
-        IF timeout > 0 AND clock_timestamp() - v_started >= make_interval(secs => timeout) THEN
+        IF spock._timed_out(v_started, timeout) THEN
             result := false;
             RETURN;
         END IF;
@@ -1098,15 +1132,9 @@ $$;
 
 CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin name, lsn pg_lsn,
     timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_id oid;
+LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT node_id INTO v_id FROM spock.node WHERE node_name = origin;
-    IF v_id IS NULL THEN
-        RAISE EXCEPTION 'node "%" not found', origin USING ERRCODE = 'undefined_object';
-    END IF;
-    CALL spock.wait_for_sync_event(result, v_id, lsn, timeout, wait_if_disabled);
+    CALL spock.wait_for_sync_event(result, spock._node_id(origin), lsn, timeout, wait_if_disabled);
 END;
 $$;
 
@@ -1352,7 +1380,7 @@ ALTER EVENT TRIGGER spock_forget_dropped_relations ENABLE ALWAYS;
 -- function or operator (say public.quote_ident(name), a better match than the
 -- built-in quote_ident(text)) that a superuser would then run through spock. The
 -- functions above pin search_path where they are declared; this gives the same pin
--- to those declared elsewhere. spock.replicate_ddl still runs the user's DDL under
+-- to those declared elsewhere (procedures are not pgrx's; see wait_for_sync_event). spock.replicate_ddl still runs the user's DDL under
 -- its search_path argument (the caller's by default: defaults are evaluated before
 -- the pin takes effect).
 DO $pin$
@@ -1360,15 +1388,15 @@ DECLARE
     v_proc record;
 BEGIN
     FOR v_proc IN
-        SELECT p.proname, p.prokind, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+        SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace OPERATOR(pg_catalog.=) 'spock'::pg_catalog.regnamespace
-           AND p.prokind OPERATOR(pg_catalog.=) ANY (ARRAY['f', 'p']::"char"[])
+           AND p.prokind OPERATOR(pg_catalog.=) 'f'
            AND NOT EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) c
                             WHERE c OPERATOR(pg_catalog.~~) 'search\_path=%')
     LOOP
-        EXECUTE pg_catalog.format('ALTER %s spock.%I(%s) SET search_path = pg_catalog, pg_temp',
-            CASE v_proc.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, v_proc.proname, v_proc.args);
+        EXECUTE pg_catalog.format('ALTER FUNCTION spock.%I(%s) SET search_path = pg_catalog, pg_temp',
+                                  v_proc.proname, v_proc.args);
     END LOOP;
 END
 $pin$;
@@ -1381,8 +1409,10 @@ $pin$;
 -- spock.subscription, which hold DSNs, are not readable by PUBLIC). node_info() must
 -- stay callable: spock.sub_create() calls it on the provider as the role of the
 -- provider DSN, possibly a replication role that is not superuser.
--- spock.replicate_ddl() keeps its own checks (DDL runs as a role the caller can
--- SET ROLE to, and queueing it needs INSERT on spock.queue).
+-- spock.replicate_ddl() runs DDL on every subscriber: it is management too. A role
+-- a management function is granted to also needs EXECUTE on the helpers it calls
+-- (for replicate_ddl: spock._repset, spock._local_node_id, spock._queue_message) and
+-- the privileges on the catalogs it changes (INSERT on spock.queue).
 DO $revoke$
 DECLARE
     v_proc record;
@@ -1396,8 +1426,8 @@ BEGIN
                    'node_info', 'repset_show_table', 'sub_show_status', 'sub_show_table',
                    'sub_wait_for_sync', 'table_wait_for_sync', 'wait_slot_confirm_lsn',
                    'spock_version', 'spock_version_num', 'spock_rs_version', 'spock_max_proto_version',
-                   'spock_min_proto_version', 'spock_gen_slot_name', 'apply_group_progress',
-                   'replicate_ddl']::pg_catalog.name[])
+                   'spock_min_proto_version', 'spock_gen_slot_name', 'apply_group_progress'
+               ]::pg_catalog.name[])
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON %s spock.%I(%s) FROM PUBLIC',
             CASE v_proc.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, v_proc.proname, v_proc.args);
