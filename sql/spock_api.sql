@@ -1033,6 +1033,8 @@ CREATE VIEW spock.lag_tracker AS
       LEFT JOIN spock.node o ON o.node_id = p.remote_node_id
       LEFT JOIN spock.node r ON r.node_id = p.node_id
      GROUP BY o.node_name, r.node_name;
+-- Monitoring: progress is no secret (apply_group_progress() is executable by PUBLIC).
+GRANT SELECT ON spock.progress, spock.lag_tracker TO PUBLIC;
 
 -- A marker in the provider's WAL; subscribers have passed it once
 -- wait_for_sync_event() returns true there.

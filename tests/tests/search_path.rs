@@ -271,6 +271,13 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
     call(&mut s, b, "SELECT spock.sub_alter_interface('sub1', 'n1_sub1')");
     call(&mut s, b, "SELECT spock.sub_disable('sub1', immediate := true)");
     call(&mut s, b, "SELECT spock.sub_enable('sub1', immediate := true)");
+    // (the restarted worker must be up before sub_drop stops it again)
+    wait_for(
+        "the subscription replicating again",
+        WAIT,
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(),
+        "replicating".to_string(),
+    );
     call(&mut s, b, "SELECT * FROM spock.progress");
     call(&mut s, b, "SELECT * FROM spock.lag_tracker");
     call(&mut s, b, "SELECT spock.pause_apply_workers(); SELECT spock.resume_apply_workers()");
@@ -384,6 +391,7 @@ fn plain_roles_only_read_and_replication_roles_can_provide() {
     let relname: String = plain.query_one("SELECT relname FROM spock.repset_show_table('t', '{default}')", &[]).unwrap().get(0);
     assert_eq!(relname, "t");
     plain.batch_execute("SELECT spock.spock_version(), spock.spock_max_proto_version()").unwrap();
+    plain.batch_execute("SELECT * FROM spock.tables; SELECT * FROM spock.progress; SELECT * FROM spock.lag_tracker").unwrap();
 
     // A subscription whose provider DSN names the replication role: sub_create reads
     // the provider's node and sets as that role, the apply worker streams as it.
