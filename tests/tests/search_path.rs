@@ -7,13 +7,16 @@
 //! `spock` must pin its `search_path` (procedures, which COMMIT and so cannot,
 //! are covered by the planted objects alone).
 //!
+//! AutoDDL's catalog queries, which run as superuser in the DDL author's session,
+//! ignore what that author planted on her path.
+//!
 //! And least privilege: a plain role can call only the read-only functions, reads
 //! no DSN and writes no catalog; a replication role that is not superuser can still
 //! be the provider DSN's role of a subscription.
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{setup_node, wait_replicating};
+use spock_tests::fixtures::{reload, setup_node, wait_replicating};
 use spock_tests::postgres::{self, Client};
 use spock_tests::{wait_for, Cluster, TestNode};
 
@@ -299,6 +302,31 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
             .unwrap();
         assert!(unpinned.is_empty(), "functions of schema spock without a pinned search_path on {}: {unpinned:?}", n.name);
     }
+}
+
+#[test]
+fn autoddl_queries_ignore_operators_planted_by_the_ddl_author() {
+    let cluster = Cluster::start_n(1).unwrap();
+    let a = cluster.node(0);
+    setup_node(a);
+    a.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
+    a.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
+    reload(a);
+    let (functions, operators) = names_used(a);
+    assert!(plant(a, &functions, &operators) > 300);
+    a.execute("SELECT setval('planted.seq', 1, false)").unwrap();
+    // The role that planted them runs DDL with its objects first on its path; AutoDDL
+    // reads the catalogs as superuser to place the new table into a set.
+    let mut c = connect_as(a, "planter");
+    c.batch_execute("SET search_path = public, pg_catalog").unwrap();
+    if let Err(e) = c.batch_execute("CREATE TABLE public.m (id int PRIMARY KEY); ALTER TABLE public.m ADD COLUMN v text") {
+        panic!("{}", spock_tests::describe_pg_error(&e));
+    }
+    assert!(!a.query_one::<bool>("SELECT is_called FROM planted.seq").unwrap(), "a planted object ran as superuser");
+    let sets: String = a
+        .query_one("SELECT string_agg(s.set_name, ',') FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id) WHERE t.set_reloid = 'public.m'::regclass")
+        .unwrap();
+    assert_eq!(sets, "default", "AutoDDL still placed the table");
 }
 
 /// The functions of schema spock that every role may call, and why: they only read,
