@@ -5,14 +5,20 @@
 --   42710 duplicate_object                  duplicate name, node-id collision
 --   42P17 invalid_object_definition         table cannot join the set
 --   22023 invalid_parameter_value           bad argument
+--   22004 null_value_not_allowed            NULL where a name is needed
+--   42P01 undefined_table                   no relation with the given oid
 -- Helpers written in Rust: spock._scoped_id, spock._invalidate_relcache,
 -- spock._invalidate_all, spock._parse_row_filter.
+-- Every function pins search_path (procedures, which COMMIT, qualify every name
+-- instead) and names spock's objects spock.x; internal
+-- helpers (spock._*) and the functions that change anything are not executable by
+-- PUBLIC (see the end of this file).
 
 CREATE FUNCTION spock._parse_row_filter(relation regclass, row_filter text) RETURNS pg_node_tree
-    STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'parse_row_filter_wrapper';
+    STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'parse_row_filter_wrapper';
 
 CREATE FUNCTION spock._local_node_id() RETURNS oid
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid;
 BEGIN
@@ -28,7 +34,7 @@ $$;
 
 CREATE FUNCTION spock._repset(p_set_name name, OUT set_id oid, OUT replicate_update boolean,
                               OUT replicate_delete boolean)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SELECT s.set_id, s.replicate_update, s.replicate_delete
       INTO set_id, replicate_update, replicate_delete
@@ -43,10 +49,13 @@ $$;
 
 CREATE FUNCTION spock._create_repset(p_node_id oid, p_name name, p_ins boolean, p_upd boolean,
                                      p_del boolean, p_trunc boolean) RETURNS oid
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid := spock._scoped_id(p_node_id, p_name);
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM spock.node WHERE node_id = p_node_id) THEN
+        RAISE EXCEPTION 'node with id % not found', p_node_id USING ERRCODE = 'undefined_object';
+    END IF;
     IF p_name = '' THEN
         RAISE EXCEPTION 'replication set name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -63,7 +72,7 @@ $$;
 -- Whether a table can be in a set that replicates UPDATE/DELETE: it needs a
 -- replica identity (primary key, REPLICA IDENTITY USING INDEX, or FULL).
 CREATE FUNCTION spock._has_replica_identity(p_rel regclass) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE c.relreplident
              WHEN 'f' THEN true
              WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
@@ -75,7 +84,7 @@ $$;
 
 CREATE FUNCTION spock.node_create(node_name name, dsn text,
     location text DEFAULT NULL, country text DEFAULT NULL, info jsonb DEFAULT NULL)
-RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_name name := node_create.node_name;
     v_id oid;
@@ -116,7 +125,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.node_drop(node_name name, ifexists boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid;
     v_slot record;
@@ -133,16 +142,21 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'drop the subscriptions first';
     END IF;
     IF EXISTS (SELECT 1 FROM spock.local_node l WHERE l.node_id = v_id) THEN
-        FOR v_slot IN SELECT slot_name, active FROM pg_catalog.pg_replication_slots
+        -- Every slot is checked before any is dropped: dropping a slot is not undone
+        -- when the transaction aborts.
+        SELECT slot_name INTO v_slot FROM pg_catalog.pg_replication_slots
+         WHERE plugin = 'spock_output' AND database = current_database() AND slot_name ~ '^spk_' AND active
+         ORDER BY slot_name LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'cannot drop node "%" because replication slot "%" is still active',
+                            node_drop.node_name, v_slot.slot_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'drop the subscriptions connected to the node first';
+        END IF;
+        FOR v_slot IN SELECT slot_name FROM pg_catalog.pg_replication_slots
                        WHERE plugin = 'spock_output' AND database = current_database()
                          AND slot_name ~ '^spk_'
         LOOP
-            IF v_slot.active THEN
-                RAISE EXCEPTION 'cannot drop node "%" because replication slot "%" is still active',
-                                node_drop.node_name, v_slot.slot_name
-                    USING ERRCODE = 'object_not_in_prerequisite_state',
-                          HINT = 'drop the subscriptions connected to the node first';
-            END IF;
             PERFORM pg_catalog.pg_drop_replication_slot(v_slot.slot_name);
         END LOOP;
         DELETE FROM spock.local_node WHERE node_id = v_id;
@@ -160,7 +174,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.node_add_interface(node_name name, interface_name name, dsn text)
-RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid;
     v_if oid;
@@ -180,7 +194,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.node_drop_interface(node_name name, interface_name name)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid;
     v_if oid;
@@ -213,11 +227,18 @@ $$;
 
 CREATE FUNCTION spock.node_info(OUT node_id oid, OUT node_name text, OUT sysid text, OUT dbname text,
     OUT replication_sets text, OUT location text, OUT country text, OUT info jsonb)
-RETURNS record STABLE STRICT LANGUAGE plpgsql AS $$
+RETURNS record STABLE STRICT LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- No internal helper here: roles without EXECUTE on them (a replication role
+    -- connecting for spock.sub_create()) call this function.
     SELECT n.node_id, n.node_name::text, n.location, n.country, n.info
       INTO node_id, node_name, location, country, info
-      FROM spock.node n WHERE n.node_id = spock._local_node_id();
+      FROM spock.node n JOIN spock.local_node l ON l.node_id = n.node_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'current database is not configured as spock node'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'create a spock node first with spock.node_create()';
+    END IF;
     sysid := (SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s);
     dbname := current_database();
     replication_sets := (SELECT string_agg(quote_ident(s.set_name), ',' ORDER BY s.set_name)
@@ -227,7 +248,7 @@ $$;
 
 CREATE FUNCTION spock.repset_create(set_name name, replicate_insert boolean = true,
     replicate_update boolean = true, replicate_delete boolean = true, replicate_truncate boolean = true)
-RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN spock._create_repset(spock._local_node_id(), set_name, replicate_insert,
                                 replicate_update, replicate_delete, replicate_truncate);
@@ -237,7 +258,7 @@ $$;
 CREATE FUNCTION spock.repset_alter(set_name name,
     replicate_insert boolean DEFAULT NULL, replicate_update boolean DEFAULT NULL,
     replicate_delete boolean DEFAULT NULL, replicate_truncate boolean DEFAULT NULL)
-RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
     v_bad regclass;
@@ -267,7 +288,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.repset_drop(set_name name, ifexists boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id oid;
 BEGIN
@@ -291,7 +312,7 @@ $$;
 -- with a WARNING instead of failing when the table cannot be replicated.
 CREATE FUNCTION spock._repset_add_relation(p_set_name name, p_rel regclass, p_columns text[],
                                            p_row_filter text, p_skip boolean) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
     v_class record;
@@ -302,8 +323,17 @@ BEGIN
     SELECT * INTO v_set FROM spock._repset(p_set_name);
     SELECT c.relkind, c.relpersistence, n.nspname INTO v_class
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', p_rel::oid USING ERRCODE = 'undefined_table';
+    END IF;
     IF v_class.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', p_rel USING ERRCODE = 'wrong_object_type';
+    END IF;
+    -- As CREATE PUBLICATION: no system catalogs; nor anything else initdb made
+    -- (information_schema), which exists on every node anyway.
+    IF p_rel::oid < 16384 THEN
+        RAISE EXCEPTION 'cannot add relation "%" to a replication set', p_rel
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'This operation is not supported for system tables.';
     END IF;
     IF v_class.relpersistence <> 'p' THEN
         RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
@@ -358,7 +388,7 @@ $$;
 CREATE FUNCTION spock.repset_add_table(set_name name, relation regclass,
     synchronize_data boolean DEFAULT false, columns text[] DEFAULT NULL,
     row_filter text DEFAULT NULL, include_partitions boolean DEFAULT true)
-RETURNS boolean CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_part regclass;
 BEGIN
@@ -387,22 +417,40 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION spock.repset_add_all_tables(set_name name, schema_names text[],
-    synchronize_data boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+-- Checks the schema_names of repset_add_all_tables/_seqs: they exist and are not
+-- system schemas (as CREATE PUBLICATION ... FOR TABLES IN SCHEMA).
+CREATE FUNCTION spock._check_schemas(p_schemas text[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_rel regclass;
     v_schema text;
 BEGIN
-    PERFORM spock._repset(set_name);
-    FOREACH v_schema IN ARRAY schema_names LOOP
+    FOREACH v_schema IN ARRAY p_schemas LOOP
+        IF v_schema IS NULL THEN
+            RAISE EXCEPTION 'schema name cannot be NULL' USING ERRCODE = 'null_value_not_allowed';
+        END IF;
         IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v_schema) THEN
             RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
         END IF;
+        IF v_schema IN ('pg_catalog', 'information_schema', 'pg_toast', 'spock') THEN
+            RAISE EXCEPTION 'cannot add schema "%" to a replication set', v_schema
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = 'This operation is not supported for system schemas.';
+        END IF;
     END LOOP;
+END;
+$$;
+
+CREATE FUNCTION spock.repset_add_all_tables(set_name name, schema_names text[],
+    synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rel regclass;
+BEGIN
+    PERFORM spock._repset(set_name);
+    PERFORM spock._check_schemas(schema_names);
     FOR v_rel IN
         SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = ANY (schema_names) AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+           AND c.oid >= 16384 AND n.nspname <> 'spock'
            AND NOT c.relispartition
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id)
                             WHERE t.set_reloid = c.oid AND s.set_name = repset_add_all_tables.set_name
@@ -423,7 +471,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.repset_remove_table(set_name name, relation regclass, include_partitions boolean DEFAULT true)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
     v_rel regclass;
@@ -447,25 +495,39 @@ $$;
 CREATE FUNCTION spock.repset_show_table(relation regclass, repsets text[], OUT relid oid, OUT nspname text,
     OUT relname text, OUT att_list text[], OUT has_row_filter boolean, OUT relkind "char",
     OUT relispartition boolean)
-RETURNS record STRICT STABLE LANGUAGE plpgsql AS $$
+RETURNS record STRICT STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    v_node oid;
     v_set text;
     v_all_columns boolean;
     v_lists text[];
 BEGIN
-    FOREACH v_set IN ARRAY repsets LOOP
-        PERFORM spock._repset(v_set::name);
-    END LOOP;
+    -- Read-only and callable by every role: no internal helper.
+    SELECT l.node_id INTO v_node FROM spock.local_node l;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'current database is not configured as spock node'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'create a spock node first with spock.node_create()';
+    END IF;
+    SELECT r INTO v_set FROM unnest(repsets) r
+     WHERE NOT EXISTS (SELECT 1 FROM spock.replication_set s WHERE s.set_nodeid = v_node AND s.set_name = r)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'replication set % not found', v_set USING ERRCODE = 'undefined_object';
+    END IF;
     SELECT c.oid, n.nspname::text, c.relname::text, c.relkind, c.relispartition
       INTO relid, nspname, relname, relkind, relispartition
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
     SELECT bool_or(t.set_att_list IS NULL), bool_or(t.set_row_filter IS NOT NULL),
            array_agg(DISTINCT a) FILTER (WHERE a IS NOT NULL)
       INTO v_all_columns, has_row_filter, v_lists
       FROM spock.replication_set_table t
       JOIN spock.replication_set s ON s.set_id = t.set_id
       LEFT JOIN LATERAL unnest(t.set_att_list) a ON true
-     WHERE t.set_reloid = relation AND s.set_name = ANY (repsets) AND s.set_nodeid = spock._local_node_id();
+     WHERE t.set_reloid = relation AND s.set_name = ANY (repsets) AND s.set_nodeid = v_node;
     has_row_filter := coalesce(has_row_filter, false);
     SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO att_list
       FROM pg_attribute a
@@ -478,7 +540,7 @@ $$;
 -- Subscriptions
 
 CREATE FUNCTION spock._subscription(p_name name) RETURNS spock.subscription
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription;
 BEGIN
@@ -494,7 +556,7 @@ $$;
 -- the slot's own name (the provider's transactions) or <slot>_<4 hex digits> (those
 -- it forwards from another node); spock_core::names::forwarded_origin_name.
 CREATE FUNCTION spock._is_subscription_origin(p_slot name, p_origin name) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_origin = p_slot
         OR (left(p_origin, length(p_slot) + 1) = p_slot || '_' AND length(p_origin) = length(p_slot) + 5);
 $$;
@@ -502,7 +564,7 @@ $$;
 -- How far the subscription with slot p_slot has applied: the furthest progress of
 -- its origins ('0/0' before anything was applied).
 CREATE FUNCTION spock._subscription_progress(p_slot name) RETURNS pg_lsn
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(max(pg_catalog.pg_replication_origin_progress(roname, false)), '0/0')
       FROM pg_catalog.pg_replication_origin
      WHERE spock._is_subscription_origin(p_slot, roname);
@@ -512,7 +574,7 @@ $$;
 -- calling transaction ends (then the manager starts one at once if the subscription
 -- is still enabled).
 CREATE FUNCTION spock._stop_apply_worker(p_slot name) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_pid int;
 BEGIN
@@ -522,6 +584,21 @@ BEGIN
     LOOP
         PERFORM pg_catalog.pg_terminate_backend(v_pid, 10000);
     END LOOP;
+END;
+$$;
+
+-- Fails unless every set of p_sets is one of the provider's p_provider_sets.
+CREATE FUNCTION spock._check_provider_sets(p_sets text[], p_provider_sets text[], p_provider text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_missing text;
+BEGIN
+    SELECT string_agg(r, ', ') INTO v_missing FROM unnest(p_sets) r WHERE r <> ALL (p_provider_sets);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'replication set(s) % not found on provider %', v_missing, p_provider
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('The provider has: %s.', array_to_string(p_provider_sets, ', '));
+    END IF;
 END;
 $$;
 
@@ -536,19 +613,27 @@ CREATE FUNCTION spock.sub_create(
     force_text_transfer boolean = false,
     enabled boolean = true,
     skip_schema text[] = '{}')
-RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_local oid := spock._local_node_id();
     v_local_if oid;
     v_provider record;
     v_if oid;
-    v_missing text;
     v_slot name;
     v_id oid;
     v_other name;
 BEGIN
-    IF apply_delay < interval '0' THEN
-        RAISE EXCEPTION 'apply_delay cannot be negative' USING ERRCODE = 'invalid_parameter_value';
+    IF subscription_name = '' THEN
+        RAISE EXCEPTION 'subscription name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT isfinite(apply_delay) OR apply_delay < interval '0' THEN
+        RAISE EXCEPTION 'apply_delay must be a finite interval that is not negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(replication_sets, NULL) IS NOT NULL OR array_position(forward_origins, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'replication_sets and forward_origins cannot contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(replication_sets) = 0 THEN
+        RAISE EXCEPTION 'replication_sets cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF EXISTS (SELECT 1 FROM unnest(forward_origins) f WHERE f <> 'all') THEN
         RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
@@ -560,12 +645,7 @@ BEGIN
     IF v_provider.node_id = v_local THEN
         RAISE EXCEPTION 'node % cannot subscribe to itself', v_provider.node_name USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT string_agg(r, ', ') INTO v_missing FROM unnest(replication_sets) r WHERE r <> ALL (v_provider.replication_sets);
-    IF v_missing IS NOT NULL THEN
-        RAISE EXCEPTION 'replication set(s) % not found on provider %', v_missing, v_provider.node_name
-            USING ERRCODE = 'undefined_object',
-                  DETAIL = format('The provider has: %s.', array_to_string(v_provider.replication_sets, ', '));
-    END IF;
+    PERFORM spock._check_provider_sets(replication_sets, v_provider.replication_sets, v_provider.node_name);
     SELECT n.node_name INTO v_other FROM spock.node n WHERE n.node_id = v_provider.node_id;
     IF v_other IS NULL THEN
         INSERT INTO spock.node (node_id, node_name) VALUES (v_provider.node_id, v_provider.node_name);
@@ -605,7 +685,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_drop(subscription_name name, ifexists boolean DEFAULT false)
-RETURNS oid STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription;
     v_dsn text;
@@ -637,7 +717,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_enable(subscription_name name, immediate boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM spock._subscription(subscription_name);
     UPDATE spock.subscription s SET sub_enabled = true WHERE s.sub_name = sub_enable.subscription_name;
@@ -647,7 +727,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_disable(subscription_name name, immediate boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
 BEGIN
@@ -661,14 +741,17 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_add_repset(subscription_name name, replication_set name)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
+    v_provider record;
 BEGIN
     IF replication_set = ANY (v.sub_replication_sets) THEN
         RAISE EXCEPTION 'subscription % already replicates set %', subscription_name, replication_set
             USING ERRCODE = 'duplicate_object';
     END IF;
+    SELECT * INTO v_provider FROM spock._provider_info((SELECT if_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if));
+    PERFORM spock._check_provider_sets(ARRAY[replication_set::text], v_provider.replication_sets, v_provider.node_name);
     UPDATE spock.subscription SET sub_replication_sets = array_append(sub_replication_sets, replication_set::text)
      WHERE sub_id = v.sub_id;
     PERFORM spock._stop_apply_worker(v.sub_slot_name);
@@ -677,7 +760,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_remove_repset(subscription_name name, replication_set name)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
 BEGIN
@@ -695,7 +778,7 @@ $$;
 CREATE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,
     OUT subscription_name text, OUT status text, OUT provider_node text, OUT provider_dsn text,
     OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[])
-RETURNS SETOF record STABLE LANGUAGE sql AS $$
+RETURNS SETOF record STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.sub_name::text,
            CASE
              WHEN NOT s.sub_enabled THEN 'disabled'
@@ -715,7 +798,7 @@ RETURNS SETOF record STABLE LANGUAGE sql AS $$
 $$;
 
 CREATE FUNCTION spock.sub_alter_options(subscription_name name, options jsonb)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
     v_key text;
@@ -751,8 +834,8 @@ BEGIN
         EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
             RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
         END;
-        IF v_delay IS NULL OR v_delay < interval '0' THEN
-            RAISE EXCEPTION 'apply_delay must be a non-negative interval' USING ERRCODE = 'invalid_parameter_value';
+        IF v_delay IS NULL OR NOT isfinite(v_delay) OR v_delay < interval '0' THEN
+            RAISE EXCEPTION 'apply_delay must be a finite interval that is not negative' USING ERRCODE = 'invalid_parameter_value';
         END IF;
         UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
     END IF;
@@ -770,24 +853,25 @@ BEGIN
 END;
 $$;
 
--- Spock's names of the sync status codes.
-CREATE FUNCTION spock._sync_status_name(s "char") RETURNS text IMMUTABLE LANGUAGE sql AS $$
-    SELECT CASE s
-        WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
-        WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
-        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
-$$;
-
 CREATE FUNCTION spock.sub_show_table(subscription_name name, relation regclass,
     OUT nspname text, OUT relname text, OUT status text)
-RETURNS record STRICT STABLE LANGUAGE plpgsql AS $$
+RETURNS record STRICT STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v spock.subscription := spock._subscription(subscription_name);
+    v spock.subscription;
     v_status "char";
 BEGIN
+    -- Read-only: no internal helper, so that a role granted SELECT on the
+    -- subscription catalogs can call it.
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_show_table.subscription_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
     SELECT n.nspname::text, c.relname::text INTO nspname, relname
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
     SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
      WHERE y.sync_subid = v.sub_id AND y.sync_nspname = sub_show_table.nspname AND y.sync_relname = sub_show_table.relname;
     IF v_status IS NULL THEN
@@ -795,16 +879,24 @@ BEGIN
         SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
          WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
     END IF;
-    status := spock._sync_status_name(v_status);
+    -- Spock's names of the sync status codes.
+    status := CASE v_status
+        WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
+        WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
 END;
 $$;
 
 CREATE FUNCTION spock.sub_wait_for_sync(subscription_name name)
-RETURNS void STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v spock.subscription := spock._subscription(subscription_name);
+    v spock.subscription;
     v_status "char";
 BEGIN
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_wait_for_sync.subscription_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
     LOOP
         SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
          WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
@@ -819,10 +911,15 @@ END;
 $$;
 
 CREATE FUNCTION spock.table_wait_for_sync(subscription_name name, relation regclass)
-RETURNS void STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v spock.subscription := spock._subscription(subscription_name);
+    v spock.subscription;
 BEGIN
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = table_wait_for_sync.subscription_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM spock.sub_show_table(subscription_name, relation);  -- 42P01 for a missing relation
     LOOP
         EXIT WHEN (SELECT t.status IN ('replicating', 'synchronized') FROM spock.sub_show_table(subscription_name, relation) t);
         IF (SELECT t.status = 'sync_failed' FROM spock.sub_show_table(subscription_name, relation) t) THEN
@@ -841,7 +938,7 @@ $$;
 -- Table-level sync: a row with status 'i' per table (sync_kind 'f': empty the local
 -- table first, 'd': merge into it); the apply worker copies it within a second.
 CREATE FUNCTION spock.sub_resync_table(subscription_name name, relation regclass, truncate boolean DEFAULT true)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
     v_nsp name;
@@ -850,6 +947,10 @@ BEGIN
     SELECT n.nspname, c.relname INTO v_nsp, v_rel
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = relation;
+    IF NOT FOUND THEN
+        -- (without this check a row with no table would be a second subscription-level row)
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
     IF NOT v.sub_enabled THEN
         RAISE EXCEPTION 'subscription % is disabled', subscription_name
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it first: the apply worker copies the table.';
@@ -863,7 +964,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_alter_sync(subscription_name name, truncate boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
     v_dsn text;
@@ -882,7 +983,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_alter_interface(subscription_name name, interface_name name)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
     v_if oid;
@@ -899,7 +1000,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.sub_alter_skiplsn(subscription_name name, lsn pg_lsn)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v spock.subscription := spock._subscription(subscription_name);
 BEGIN
@@ -913,7 +1014,7 @@ CREATE FUNCTION spock.apply_group_progress(OUT dbid oid, OUT node_id oid, OUT re
     OUT remote_commit_ts timestamptz, OUT prev_remote_ts timestamptz, OUT remote_commit_lsn pg_lsn,
     OUT remote_insert_lsn pg_lsn, OUT received_lsn pg_lsn, OUT last_updated_ts timestamptz,
     OUT updated_by_decode bool)
-RETURNS SETOF record VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'apply_group_progress_wrapper';
+RETURNS SETOF record VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'apply_group_progress_wrapper';
 
 CREATE VIEW spock.progress AS
     SELECT * FROM spock.apply_group_progress()
@@ -932,11 +1033,13 @@ CREATE VIEW spock.lag_tracker AS
       LEFT JOIN spock.node o ON o.node_id = p.remote_node_id
       LEFT JOIN spock.node r ON r.node_id = p.node_id
      GROUP BY o.node_name, r.node_name;
+-- Monitoring: progress is no secret (apply_group_progress() is executable by PUBLIC).
+GRANT SELECT ON spock.progress, spock.lag_tracker TO PUBLIC;
 
 -- A marker in the provider's WAL; subscribers have passed it once
 -- wait_for_sync_event() returns true there.
 CREATE FUNCTION spock.sync_event(transactional boolean DEFAULT false)
-RETURNS pg_lsn STRICT VOLATILE LANGUAGE sql AS $$
+RETURNS pg_lsn STRICT VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_logical_emit_message(transactional, 'Spock',
         (SELECT int4send(3) || int4send(node_id::int4) || convert_to(node_name, 'UTF8')
                 || decode(repeat('00', 64 - octet_length(node_name)), 'hex')
@@ -946,7 +1049,7 @@ $$;
 -- Waits until the named slot (NULL: every spock slot of this database) has
 -- confirmed target (NULL: the current WAL flush position).
 CREATE FUNCTION spock.wait_slot_confirm_lsn(slotname name, target pg_lsn)
-RETURNS void CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS void CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_target pg_lsn := coalesce(target, pg_catalog.pg_current_wal_flush_lsn());
 BEGIN
@@ -960,33 +1063,66 @@ BEGIN
 END;
 $$;
 
+-- One round of wait_for_sync_event(): whether the subscription from node p_origin
+-- has passed p_lsn (errors for a missing or disabled one unless p_wait_if_disabled).
+CREATE FUNCTION spock._sync_event_reached(p_origin oid, p_lsn pg_lsn, p_wait_if_disabled boolean)
+RETURNS boolean VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub record;
+BEGIN
+    IF p_origin IS NULL THEN
+        RAISE EXCEPTION 'origin_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
+      FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
+     WHERE s.sub_origin = p_origin;
+    IF NOT FOUND AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'no subscription from node % on this node', p_origin USING ERRCODE = 'undefined_object';
+    ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'the subscription from node % is disabled', p_origin USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF FOUND AND v_sub.sub_enabled THEN
+        RETURN spock._subscription_progress(v_sub.sub_slot_name) >= p_lsn;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- Whether p_timeout seconds (0: never) have passed since p_started.
+CREATE FUNCTION spock._timed_out(p_started timestamptz, p_timeout int) RETURNS boolean
+VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p_timeout > 0 AND clock_timestamp() - p_started >= make_interval(secs => p_timeout);
+$$;
+
+-- The id of node p_name (42704 when there is none).
+CREATE FUNCTION spock._node_id(p_name name) RETURNS oid
+STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.node WHERE node_name = p_name;
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'node "%" not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+-- The two procedures COMMIT between rounds (so that no snapshot is held while
+-- waiting), and a procedure with a SET clause cannot: they cannot pin search_path.
+-- Instead every name in them is schema-qualified (types too) and the work is done
+-- by the pinned functions above; they use no operator.
 CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin_id oid, lsn pg_lsn,
     timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_started timestamptz := clock_timestamp();
-    v_sub record;
-    v_done pg_lsn;
+    v_started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
 BEGIN
-    IF origin_id IS NULL THEN
-        RAISE EXCEPTION 'origin_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
     LOOP
-        SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
-          FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
-         WHERE s.sub_origin = origin_id;
-        IF NOT FOUND AND NOT wait_if_disabled THEN
-            RAISE EXCEPTION 'no subscription from node % on this node', origin_id USING ERRCODE = 'undefined_object';
-        ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT wait_if_disabled THEN
-            RAISE EXCEPTION 'the subscription from node % is disabled', origin_id USING ERRCODE = 'object_not_in_prerequisite_state';
-        ELSIF FOUND AND v_sub.sub_enabled THEN
-            v_done := spock._subscription_progress(v_sub.sub_slot_name);
-            IF v_done >= lsn THEN
-                result := true;
-                RETURN;
-            END IF;
+        IF spock._sync_event_reached(origin_id, lsn, wait_if_disabled) THEN
+            result := true;
+            RETURN;
         END IF;
-        IF timeout > 0 AND clock_timestamp() - v_started >= make_interval(secs => timeout) THEN
+        IF spock._timed_out(v_started, timeout) THEN
             result := false;
             RETURN;
         END IF;
@@ -999,20 +1135,11 @@ $$;
 CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin name, lsn pg_lsn,
     timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_id oid;
 BEGIN
-    SELECT node_id INTO v_id FROM spock.node WHERE node_name = origin;
-    IF v_id IS NULL THEN
-        RAISE EXCEPTION 'node "%" not found', origin USING ERRCODE = 'undefined_object';
-    END IF;
-    CALL spock.wait_for_sync_event(result, v_id, lsn, timeout, wait_if_disabled);
+    CALL spock.wait_for_sync_event(result, spock._node_id(origin), lsn, timeout, wait_if_disabled);
 END;
 $$;
 
--- Pausing apply workers is for joining nodes (superusers), as in Spock.
-REVOKE EXECUTE ON FUNCTION spock.pause_apply_workers() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION spock.resume_apply_workers() FROM PUBLIC;
 -- ---------------------------------------------------------------------------
 -- DDL replication and sequences (spock.queue). Message layouts: spock_core::ddl.
 -- Rust: spock.replicate_ddl (sql_api/ddl.rs), AutoDDL (ddl/autoddl.rs), the
@@ -1021,14 +1148,14 @@ REVOKE EXECUTE ON FUNCTION spock.resume_apply_workers() FROM PUBLIC;
 -- Adds a row to spock.queue; the output plugin sends it to subscribers of p_sets
 -- (NULL: every subscriber).
 CREATE FUNCTION spock._queue_message(p_sets text[], p_role name, p_type "char", p_message text)
-RETURNS void LANGUAGE sql VOLATILE AS $$
+RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO spock.queue (queued_at, role, replication_sets, message_type, message)
     VALUES (pg_catalog.clock_timestamp(), p_role, p_sets, p_type, p_message::json);
 $$;
 
 -- 'A': subscribers of the set copy the table (Spock's message layout).
 CREATE FUNCTION spock._queue_table_sync(p_set name, p_rel regclass) RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     SELECT spock._queue_message(ARRAY[p_set::text], current_user, 'A',
                pg_catalog.format('{"schema_name": %s,"table_name": %s}', to_json(n.nspname::text), to_json(c.relname::text)))
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1039,18 +1166,19 @@ CREATE FUNCTION spock.replicate_ddl(command text,
     replication_sets text[] DEFAULT '{ddl_sql}',
     search_path text DEFAULT current_setting('search_path'),
     role text DEFAULT CURRENT_USER)
-RETURNS boolean STRICT VOLATILE LANGUAGE c AS 'MODULE_PATHNAME', 'replicate_ddl_wrapper';
+RETURNS boolean STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'replicate_ddl_wrapper';
 
 CREATE FUNCTION spock.replicate_ddl(command text[],
     replication_sets text[] DEFAULT '{ddl_sql}',
     search_path text DEFAULT current_setting('search_path'),
     role text DEFAULT CURRENT_USER)
-RETURNS SETOF boolean STRICT VOLATILE LANGUAGE sql AS
+RETURNS SETOF boolean STRICT VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS
     'SELECT spock.replicate_ddl(cmd, $2, $3, $4) FROM (SELECT unnest(command) cmd)';
 
 -- AutoDDL with spock.include_ddl_repset: leave or join a set of the local node.
 CREATE FUNCTION spock._autoddl_leave_set(p_rel regclass, p_set_name name) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM spock.replication_set_table t USING spock.replication_set s
      WHERE t.set_id = s.set_id AND s.set_nodeid = spock._local_node_id()
@@ -1060,7 +1188,7 @@ END;
 $$;
 
 CREATE FUNCTION spock._autoddl_join_set(p_rel regclass, p_set_name name) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
 BEGIN
@@ -1076,10 +1204,11 @@ $$;
 
 -- The last_value stored in a sequence (what Spock's sequence_get_last_value reads).
 CREATE FUNCTION spock._sequence_last_value(p_seq regclass) RETURNS bigint
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v bigint;
 BEGIN
+    PERFORM spock._check_sequence(p_seq);
     EXECUTE format('SELECT last_value FROM %s', p_seq) INTO v;
     RETURN v;
 END;
@@ -1087,7 +1216,7 @@ $$;
 
 -- An 'S' message, byte for byte as Spock writes it.
 CREATE FUNCTION spock._sequence_message(p_seq regclass, p_last_value bigint) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('{"schema_name": %s,"sequence_name": %s,"last_value": "%s"}',
                   to_json(n.nspname::text), to_json(c.relname::text), p_last_value)
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -1096,11 +1225,14 @@ $$;
 
 -- Checks that p_rel is a sequence that can be replicated.
 CREATE FUNCTION spock._check_sequence(p_rel regclass) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_class record;
 BEGIN
     SELECT c.relkind, c.relpersistence, c.relname INTO v_class FROM pg_catalog.pg_class c WHERE c.oid = p_rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', p_rel::oid USING ERRCODE = 'undefined_table';
+    END IF;
     IF v_class.relkind IS DISTINCT FROM 'S' THEN
         RAISE EXCEPTION '"%" is not a sequence', v_class.relname USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -1113,7 +1245,7 @@ $$;
 -- Adds one sequence to a set (and starts tracking its state); p_sync queues its
 -- current value for the set's subscribers.
 CREATE FUNCTION spock._repset_add_seq(p_set_id oid, p_set_name name, p_seq regclass, p_sync boolean)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM spock.sequence_state WHERE seqoid = p_seq) THEN
         INSERT INTO spock.sequence_state (seqoid, cache_size, last_value)
@@ -1128,7 +1260,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.repset_add_seq(set_name name, relation regclass, synchronize_data boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
 BEGIN
@@ -1143,21 +1275,17 @@ END;
 $$;
 
 CREATE FUNCTION spock.repset_add_all_seqs(set_name name, schema_names text[], synchronize_data boolean DEFAULT false)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
-    v_schema text;
     v_seq regclass;
 BEGIN
     SELECT * INTO v_set FROM spock._repset(set_name);
-    FOREACH v_schema IN ARRAY schema_names LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = v_schema) THEN
-            RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
-        END IF;
-    END LOOP;
+    PERFORM spock._check_schemas(schema_names);
     FOR v_seq IN
         SELECT DISTINCT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = ANY (schema_names) AND c.relkind = 'S' AND c.relpersistence = 'p'
+           AND c.oid >= 16384 AND n.nspname <> 'spock'
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
     LOOP
         PERFORM spock._repset_add_seq(v_set.set_id, set_name, v_seq, synchronize_data);
@@ -1167,7 +1295,7 @@ END;
 $$;
 
 CREATE FUNCTION spock.repset_remove_seq(set_name name, relation regclass)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_set record;
 BEGIN
@@ -1186,13 +1314,14 @@ $$;
 -- Queues the sequence's value plus its cache_size (1000) for the subscribers of its
 -- sets, so that their sequence is ahead of what this node hands out meanwhile.
 CREATE FUNCTION spock.sync_seq(relation regclass)
-RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql AS $$
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_node oid := spock._local_node_id();
     v_cache int;
     v_current bigint;
     v_last bigint;
     v_sets text[];
+    v_seq record;
 BEGIN
     PERFORM spock._check_sequence(relation);
     SELECT cache_size INTO v_cache FROM spock.sequence_state WHERE seqoid = relation;
@@ -1204,7 +1333,11 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     v_current := spock._sequence_last_value(relation);
-    v_last := v_current + least(v_cache::bigint, 9223372036854775807 - v_current);
+    -- cache_size values further in the sequence's direction, within its bounds
+    -- (numeric: no overflow near the ends of bigint, negative values included).
+    SELECT q.seqincrement, q.seqmin, q.seqmax INTO v_seq FROM pg_catalog.pg_sequence q WHERE q.seqrelid = relation;
+    v_last := CASE WHEN v_seq.seqincrement > 0 THEN least(v_current::numeric + v_cache, v_seq.seqmax)
+                   ELSE greatest(v_current::numeric - v_cache, v_seq.seqmin) END;
     UPDATE spock.sequence_state SET last_value = v_last WHERE seqoid = relation;
     PERFORM spock._queue_message(v_sets, current_user, 'S', spock._sequence_message(relation, v_last));
     RETURN true;
@@ -1238,3 +1371,68 @@ $$;
 CREATE EVENT TRIGGER spock_forget_dropped_relations ON sql_drop
     EXECUTE FUNCTION spock._forget_dropped_relations();
 ALTER EVENT TRIGGER spock_forget_dropped_relations ENABLE ALWAYS;
+
+-- ---------------------------------------------------------------------------
+-- Least privilege. This file comes last in the extension script, after the
+-- functions pgrx generates from the Rust code, so both blocks below also cover
+-- every function added later, in SQL or in Rust.
+--
+-- 1. No function of schema spock resolves names through its caller's search_path:
+-- a role that may create objects in a schema on that path could otherwise plant a
+-- function or operator (say public.quote_ident(name), a better match than the
+-- built-in quote_ident(text)) that a superuser would then run through spock. The
+-- functions above pin search_path where they are declared; this gives the same pin
+-- to those declared elsewhere (procedures are not pgrx's; see wait_for_sync_event). spock.replicate_ddl still runs the user's DDL under
+-- its search_path argument (the caller's by default: defaults are evaluated before
+-- the pin takes effect).
+DO $pin$
+DECLARE
+    v_proc record;
+BEGIN
+    FOR v_proc IN
+        SELECT p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'spock'::pg_catalog.regnamespace
+           AND p.prokind OPERATOR(pg_catalog.=) 'f'
+           AND NOT EXISTS (SELECT FROM pg_catalog.unnest(p.proconfig) c
+                            WHERE c OPERATOR(pg_catalog.~~) 'search\_path=%')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION spock.%I(%s) SET search_path = pg_catalog, pg_temp',
+                                  v_proc.proname, v_proc.args);
+    END LOOP;
+END
+$pin$;
+
+-- 2. Only what reads is callable by every role (PostgreSQL's model: managing
+-- replication is for superusers and the roles they grant it to). Everything else,
+-- internal helpers (spock._*) and functions added later included, loses EXECUTE for
+-- PUBLIC. The read-only functions call no internal helper; what they read is
+-- protected by the catalogs' own privileges (spock.node_interface and
+-- spock.subscription, which hold DSNs, are not readable by PUBLIC). node_info() must
+-- stay callable: spock.sub_create() calls it on the provider as the role of the
+-- provider DSN, possibly a replication role that is not superuser.
+-- spock.replicate_ddl() runs DDL on every subscriber: it is management too. A role
+-- a management function is granted to also needs EXECUTE on the helpers it calls
+-- (for replicate_ddl: spock._repset, spock._local_node_id, spock._queue_message) and
+-- the privileges on the catalogs it changes (INSERT on spock.queue).
+DO $revoke$
+DECLARE
+    v_proc record;
+BEGIN
+    FOR v_proc IN
+        SELECT p.proname, p.prokind, pg_catalog.pg_get_function_identity_arguments(p.oid) AS args
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace OPERATOR(pg_catalog.=) 'spock'::pg_catalog.regnamespace
+           AND p.prokind OPERATOR(pg_catalog.=) ANY (ARRAY['f', 'p']::"char"[])
+           AND p.proname OPERATOR(pg_catalog.<>) ALL (ARRAY[
+                   'node_info', 'repset_show_table', 'sub_show_status', 'sub_show_table',
+                   'sub_wait_for_sync', 'table_wait_for_sync', 'wait_slot_confirm_lsn',
+                   'spock_version', 'spock_version_num', 'spock_rs_version', 'spock_max_proto_version',
+                   'spock_min_proto_version', 'spock_gen_slot_name', 'apply_group_progress'
+               ]::pg_catalog.name[])
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE EXECUTE ON %s spock.%I(%s) FROM PUBLIC',
+            CASE v_proc.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, v_proc.proname, v_proc.args);
+    END LOOP;
+END
+$revoke$;

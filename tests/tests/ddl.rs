@@ -394,7 +394,12 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int')"), "42601");
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue"), 0, "a failed replicate_ddl queues nothing");
     // A role cannot run replicated DDL as a role it cannot become.
-    a.execute("CREATE ROLE weak LOGIN; GRANT USAGE ON SCHEMA spock TO weak").unwrap();
+    a.execute(
+        "CREATE ROLE weak LOGIN; GRANT USAGE ON SCHEMA spock TO weak;
+         GRANT EXECUTE ON FUNCTION spock.replicate_ddl(text, text[], text, text), spock._repset(name),
+             spock._local_node_id() TO weak",
+    )
+    .unwrap();
     let (code, message) = error_of(a, "SET ROLE weak; SELECT spock.replicate_ddl('DROP TABLE tab', role := 'postgres')");
     assert_eq!((code.as_str(), message.as_str()), ("42501", "permission denied to run replicated DDL as role \"postgres\""));
     assert!(table_exists(a, "tab"));

@@ -540,9 +540,35 @@ pub fn place_tables_of(stmt: *mut pg_sys::Node) {
             vec![i64::from(u32::from(relid))]
         };
         for r in relids {
-            place_table(r, intent);
+            with_pinned_search_path(|| place_table(r, intent));
         }
     }
+}
+
+/// Runs `f` with `search_path = pg_catalog, pg_temp`. AutoDDL's queries run as
+/// superuser in the session of whoever ran the DDL: through the session's path, an
+/// operator that role planted (say `public.=(oid, oid)`) would run as superuser.
+fn with_pinned_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: opens a GUC nest level and sets search_path in it, as a function's SET
+    // clause does; closed below, or unwound with the (sub)transaction on ERROR.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let out = f();
+    // SAFETY: closes the level opened above, restoring the session's search_path.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    out
 }
 
 /// Applies the placement rules to one table.

@@ -21,6 +21,7 @@ fn scoped_id(node_id: pg_sys::Oid, name: &str) -> pg_sys::Oid {
 #[pg_extern(volatile, name = "_invalidate_relcache")]
 fn invalidate_relcache(relation: pg_sys::Oid) {
     crate::privilege::require_superuser("invalidate cached relation metadata");
+    require_relation(relation);
     // SAFETY: registers an invalidation message for the current transaction; the
     // function only records the oid and is valid inside any transaction.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relation) }
@@ -39,6 +40,14 @@ fn invalidate_all() {
 #[pg_extern(immutable, strict, parallel_safe)]
 fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) -> String {
     spock_core::names::slot_name(dbname, provider_node, subscription)
+}
+
+/// Raises 42P01 (not "cache lookup failed") when no relation has oid `relation`.
+fn require_relation(relation: pg_sys::Oid) {
+    // SAFETY: a syscache lookup by oid; '\0' when there is no such relation.
+    if unsafe { pg_sys::get_rel_relkind(relation) } == 0 {
+        PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", u32::from(relation))).raise();
+    }
 }
 
 fn invalid_row_filter(row_filter: &str) -> ! {
@@ -91,6 +100,7 @@ unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option
 /// (it is a text varlena, so returning text is binary-identical).
 #[pg_extern(sql = false, volatile, name = "_parse_row_filter")]
 fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
+    require_relation(relation);
     // SAFETY: every call below is a plain backend function used as the server's own
     // CHECK-constraint code uses it, inside the current transaction; the relation
     // stays open (AccessShareLock) for the whole parse and is closed at the end.
