@@ -173,7 +173,10 @@ pub fn check(source: &Source, tag: &str, expected_files: &[String]) -> Result<Im
     }
     let config = json(&source.blob(&manifest["config"], MT_CONFIG)?, "config")?;
     if config["os"] != "linux" || config["architecture"] != arch {
-        return Err(format!("config: os/architecture {}/{} instead of linux/{arch}", config["os"], config["architecture"]));
+        return Err(format!(
+            "config: os/architecture {}/{} instead of linux/{arch}",
+            config["os"], config["architecture"]
+        ));
     }
     let user = config["config"]["User"].as_str().unwrap_or_default();
     if user != "65532:65532" {
@@ -182,7 +185,11 @@ pub fn check(source: &Source, tag: &str, expected_files: &[String]) -> Result<Im
     let layers = manifest["layers"].as_array().ok_or("manifest without layers")?;
     let diff_ids = config["rootfs"]["diff_ids"].as_array().ok_or("config without rootfs.diff_ids")?;
     if config["rootfs"]["type"] != "layers" || layers.len() != 1 || diff_ids.len() != 1 {
-        return Err(format!("one layer and one diff_id expected: {} layer(s), rootfs {}", layers.len(), config["rootfs"]));
+        return Err(format!(
+            "one layer and one diff_id expected: {} layer(s), rootfs {}",
+            layers.len(),
+            config["rootfs"]
+        ));
     }
     let compressed = source.blob(&layers[0], MT_LAYER)?;
     let mut tar_bytes = Vec::new();
@@ -234,7 +241,9 @@ fn layer_files(tar_bytes: &[u8]) -> Result<BTreeMap<String, File>, String> {
         match header.entry_type() {
             tar::EntryType::Directory => {
                 if mode & 0o005 != 0o005 {
-                    return Err(format!("layer: directory {name} has mode {mode:o}: not world-readable and searchable"));
+                    return Err(format!(
+                        "layer: directory {name} has mode {mode:o}: not world-readable and searchable"
+                    ));
                 }
             }
             tar::EntryType::Regular => {
@@ -249,9 +258,14 @@ fn layer_files(tar_bytes: &[u8]) -> Result<BTreeMap<String, File>, String> {
                 files.insert(rel_name, File { mode, data });
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target = entry.link_name().map_err(|e| format!("layer: {name}: {e}"))?.unwrap_or_default().into_owned();
+                let target =
+                    entry.link_name().map_err(|e| format!("layer: {name}: {e}"))?.unwrap_or_default().into_owned();
                 // Resolved from the link's directory (hard links: from the root), never above the root.
-                let mut depth: i64 = if header.entry_type() == tar::EntryType::Symlink { rel.components().count() as i64 - 1 } else { 0 };
+                let mut depth: i64 = if header.entry_type() == tar::EntryType::Symlink {
+                    rel.components().count() as i64 - 1
+                } else {
+                    0
+                };
                 for c in target.components() {
                     match c {
                         Component::Normal(_) => depth += 1,
@@ -263,7 +277,10 @@ fn layer_files(tar_bytes: &[u8]) -> Result<BTreeMap<String, File>, String> {
                         return Err(format!("layer: link {name} -> {} leaves the image", target.display()));
                     }
                 }
-                return Err(format!("layer: {name} is a link to {}: the image has regular files only", target.display()));
+                return Err(format!(
+                    "layer: {name} is a link to {}: the image has regular files only",
+                    target.display()
+                ));
             }
             other => return Err(format!("layer: {name} is a {other:?}")),
         }

@@ -106,7 +106,10 @@ impl Node {
             Value::Str(s) => format!("{s:?}"),
             Value::Seq(items) => format!("[{}]", items.iter().map(Node::render).collect::<Vec<_>>().join(",")),
             Value::Map(entries) => {
-                format!("{{{}}}", entries.iter().map(|(k, v)| format!("{k:?}:{}", v.render())).collect::<Vec<_>>().join(","))
+                format!(
+                    "{{{}}}",
+                    entries.iter().map(|(k, v)| format!("{k:?}:{}", v.render())).collect::<Vec<_>>().join(",")
+                )
             }
         }
     }
@@ -168,8 +171,12 @@ fn resolve(text: String, style: TScalarStyle, tag: Option<Tag>, line: usize) -> 
         let suffix = if tag.handle == "tag:yaml.org,2002:" { tag.suffix.as_str() } else { "" };
         return match suffix {
             "str" => Ok(node(Value::Str(text))),
-            "int" => yaml11_int(&text).map(|i| node(Value::Int(i))).ok_or_else(|| format!("line {line}: !!int {text:?}")),
-            "float" => text.parse().map(|f| node(Value::Float(f))).map_err(|_| format!("line {line}: !!float {text:?}")),
+            "int" => {
+                yaml11_int(&text).map(|i| node(Value::Int(i))).ok_or_else(|| format!("line {line}: !!int {text:?}"))
+            }
+            "float" => {
+                text.parse().map(|f| node(Value::Float(f))).map_err(|_| format!("line {line}: !!float {text:?}"))
+            }
             "bool" => match text.as_str() {
                 "true" => Ok(node(Value::Bool(true))),
                 "false" => Ok(node(Value::Bool(false))),
@@ -231,7 +238,9 @@ impl Builder {
                         Value::Str(s) => s.clone(),
                         Value::Null => "null".into(),
                         Value::Bool(_) | Value::Int(_) | Value::Float(_) => node.render(),
-                        Value::Seq(_) | Value::Map(_) => return Err(format!("line {}: a key must be a scalar", node.line)),
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(format!("line {}: a key must be a scalar", node.line))
+                        }
                     };
                     if k == "<<" {
                         return Err(format!("line {}: merge keys (<<) are not supported", node.line));
@@ -286,7 +295,9 @@ impl MarkedEventReceiver for Builder {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.stack.pop() {
-                    Some(Frame::Seq { items, line, anchor }) => (Node { value: Value::Seq(items), line, yaml11_bool: None }, anchor),
+                    Some(Frame::Seq { items, line, anchor }) => {
+                        (Node { value: Value::Seq(items), line, yaml11_bool: None }, anchor)
+                    }
                     Some(Frame::Map { entries, line, anchor, .. }) => {
                         (Node { value: Value::Map(entries), line, yaml11_bool: None }, anchor)
                     }
@@ -325,11 +336,36 @@ pub struct Crds {
 }
 
 const SCHEMA_KEYWORDS: &[&str] = &[
-    "type", "description", "properties", "required", "items", "additionalProperties", "enum", "format", "pattern",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
-    "minProperties", "maxProperties", "nullable", "default", "anyOf", "x-kubernetes-int-or-string",
-    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
-    "x-kubernetes-map-type", "x-kubernetes-validations", "title", "example",
+    "type",
+    "description",
+    "properties",
+    "required",
+    "items",
+    "additionalProperties",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "nullable",
+    "default",
+    "anyOf",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+    "x-kubernetes-validations",
+    "title",
+    "example",
 ];
 
 /// Fails on a schema keyword the walker does not implement (see the module comment).
@@ -350,7 +386,9 @@ fn check_schema_supported(schema: &Node, path: &str) -> Result<(), String> {
                 }
             }
             "items" => check_schema_supported(v, &format!("{path}[]"))?,
-            "additionalProperties" if !matches!(v.value, Value::Bool(_)) => check_schema_supported(v, &format!("{path}.*"))?,
+            "additionalProperties" if !matches!(v.value, Value::Bool(_)) => {
+                check_schema_supported(v, &format!("{path}.*"))?
+            }
             "anyOf" if schema.get("x-kubernetes-int-or-string").is_none_or(|b| b.value != Value::Bool(true)) => {
                 return Err(format!("{path}: anyOf without x-kubernetes-int-or-string is not implemented"));
             }
@@ -527,13 +565,21 @@ impl Walker<'_> {
         if let Some(min) = schema.get("minimum").and_then(number) {
             let exclusive = is_true(schema.get("exclusiveMinimum"));
             if x < min || (exclusive && x == min) {
-                self.issue(v, path, format!("{x} is below the minimum {min}{}", if exclusive { " (exclusive)" } else { "" }));
+                self.issue(
+                    v,
+                    path,
+                    format!("{x} is below the minimum {min}{}", if exclusive { " (exclusive)" } else { "" }),
+                );
             }
         }
         if let Some(max) = schema.get("maximum").and_then(number) {
             let exclusive = is_true(schema.get("exclusiveMaximum"));
             if x > max || (exclusive && x == max) {
-                self.issue(v, path, format!("{x} is above the maximum {max}{}", if exclusive { " (exclusive)" } else { "" }));
+                self.issue(
+                    v,
+                    path,
+                    format!("{x} is above the maximum {max}{}", if exclusive { " (exclusive)" } else { "" }),
+                );
             }
         }
     }
@@ -551,8 +597,13 @@ impl Walker<'_> {
                 self.check(item_schema, item, &format!("{path}[{i}]"));
             }
         }
-        let keys: Vec<&str> =
-            schema.get("x-kubernetes-list-map-keys").map(Node::seq).unwrap_or_default().iter().filter_map(Node::str).collect();
+        let keys: Vec<&str> = schema
+            .get("x-kubernetes-list-map-keys")
+            .map(Node::seq)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Node::str)
+            .collect();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let key = match schema.get("x-kubernetes-list-type").and_then(Node::str) {
@@ -560,7 +611,11 @@ impl Walker<'_> {
                 Some("map") => {
                     let missing: Vec<&str> = keys.iter().copied().filter(|k| item.get(k).is_none()).collect();
                     if !missing.is_empty() {
-                        self.issue(item, &format!("{path}[{i}]"), format!("list-map key(s) {} missing", missing.join(", ")));
+                        self.issue(
+                            item,
+                            &format!("{path}[{i}]"),
+                            format!("list-map key(s) {} missing", missing.join(", ")),
+                        );
                         continue;
                     }
                     keys.iter().map(|k| item.get(k).map(Node::render).unwrap_or_default()).collect::<Vec<_>>().join(",")
@@ -596,7 +651,8 @@ impl Walker<'_> {
             } else {
                 let mut msg = "unknown field".to_string();
                 if let Some(Value::Map(props)) = properties.map(|p| &p.value) {
-                    let near = props.iter().map(|(p, _)| p).find(|p| p.eq_ignore_ascii_case(k) || levenshtein(p, k) <= 2);
+                    let near =
+                        props.iter().map(|(p, _)| p).find(|p| p.eq_ignore_ascii_case(k) || levenshtein(p, k) <= 2);
                     if let Some(near) = near {
                         let _ = write!(msg, " (did you mean {near:?}?)");
                     }
@@ -619,7 +675,8 @@ fn check_metadata(meta: &Node, issues: &mut Vec<(usize, String)>) {
         issues.push((meta.line, format!("metadata: must be an object, got {}", meta.type_name())));
         return;
     };
-    let dns_subdomain = Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("valid regex");
+    let dns_subdomain =
+        Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").expect("valid regex");
     for (k, v) in entries {
         match k.as_str() {
             "name" | "namespace" | "generateName" => match v.str() {
@@ -629,8 +686,16 @@ fn check_metadata(meta: &Node, issues: &mut Vec<(usize, String)>) {
             "labels" | "annotations" => match &v.value {
                 Value::Map(pairs) => {
                     for (lk, lv) in pairs.iter().filter(|(_, lv)| lv.str().is_none()) {
-                        let hint = lv.yaml11_bool.as_ref().map(|w| format!(" (a bare {w} is a YAML 1.1 boolean: quote it)"));
-                        issues.push((lv.line, format!("metadata.{k}.{lk}: must be string, got {}{}", lv.render(), hint.unwrap_or_default())));
+                        let hint =
+                            lv.yaml11_bool.as_ref().map(|w| format!(" (a bare {w} is a YAML 1.1 boolean: quote it)"));
+                        issues.push((
+                            lv.line,
+                            format!(
+                                "metadata.{k}.{lk}: must be string, got {}{}",
+                                lv.render(),
+                                hint.unwrap_or_default()
+                            ),
+                        ));
                     }
                 }
                 _ => issues.push((v.line, format!("metadata.{k}: must be an object of strings"))),
@@ -749,13 +814,20 @@ pub fn check(crds: &Crds, files: &[(String, String)]) -> Report {
             if let Some(Value::Map(data)) = doc.root.get("data").map(|d| &d.value) {
                 for (k, v) in data.iter().filter(|(_, v)| v.str().is_none()) {
                     let hint = v.yaml11_bool.as_ref().map(|w| format!(" (a bare {w} is a YAML 1.1 boolean: quote it)"));
-                    issues.push((v.line, format!("data.{k}: must be string, got {}{}", v.render(), hint.unwrap_or_default())));
+                    issues.push((
+                        v.line,
+                        format!("data.{k}: must be string, got {}{}", v.render(), hint.unwrap_or_default()),
+                    ));
                 }
             }
         }
         if doc.is_cnpg("Cluster") {
             report.spock_clusters += 1;
-            let spec = doc.root.get("spec").cloned().unwrap_or(Node { value: Value::Null, line: doc.root.line, yaml11_bool: None });
+            let spec = doc.root.get("spec").cloned().unwrap_or(Node {
+                value: Value::Null,
+                line: doc.root.line,
+                yaml11_bool: None,
+            });
             spock_rules(doc, &spec, &docs, &mut issues);
         }
         for (line, msg) in issues {
@@ -790,12 +862,22 @@ pub fn spock_rules(doc: &Doc, spec: &Node, docs: &[Doc], issues: &mut Vec<(usize
     let mut issue = |at: &Node, msg: String| issues.push((at.line, msg));
     let major = pg_major(spec);
     match major {
-        None => issue(spec, "the PostgreSQL major is unknown: set imageCatalogRef.major or an imageName tagged <major>...".into()),
-        Some(m) if m < 18 => issue(spec, format!("PostgreSQL {m}: spock's image needs PostgreSQL >= 18 (extension_control_path)")),
+        None => issue(
+            spec,
+            "the PostgreSQL major is unknown: set imageCatalogRef.major or an imageName tagged <major>...".into(),
+        ),
+        Some(m) if m < 18 => {
+            issue(spec, format!("PostgreSQL {m}: spock's image needs PostgreSQL >= 18 (extension_control_path)"))
+        }
         Some(_) => {}
     }
     let pg = spec.get("postgresql");
-    let extension = pg.and_then(|p| p.get("extensions")).map(Node::seq).unwrap_or_default().iter().find(|e| e.get("name").and_then(Node::str) == Some("spock"));
+    let extension = pg
+        .and_then(|p| p.get("extensions"))
+        .map(Node::seq)
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.get("name").and_then(Node::str) == Some("spock"));
     match extension {
         None => issue(spec, "spec.postgresql.extensions has no entry named spock".into()),
         Some(e) if e.at(&["image", "reference"]).and_then(Node::str).is_some_and(|r| !r.is_empty()) => {}
@@ -812,16 +894,25 @@ pub fn spock_rules(doc: &Doc, spec: &Node, docs: &[Doc], issues: &mut Vec<(usize
                 match catalog {
                     None => issue(r, format!("catalog {kind} {name} is not among the manifests")),
                     Some(c) => {
-                        let lists_spock = c.root.at(&["spec", "images"]).map(Node::seq).unwrap_or_default().iter().any(|img| {
-                            img.get("major").and_then(Node::int) == major
-                                && img.get("extensions").map(Node::seq).unwrap_or_default().iter().any(|x| {
-                                    x.get("name").and_then(Node::str) == Some("spock")
-                                        && x.at(&["image", "reference"]).and_then(Node::str).is_some_and(|s| !s.is_empty())
-                                })
-                        });
+                        let lists_spock =
+                            c.root.at(&["spec", "images"]).map(Node::seq).unwrap_or_default().iter().any(|img| {
+                                img.get("major").and_then(Node::int) == major
+                                    && img.get("extensions").map(Node::seq).unwrap_or_default().iter().any(|x| {
+                                        x.get("name").and_then(Node::str) == Some("spock")
+                                            && x.at(&["image", "reference"])
+                                                .and_then(Node::str)
+                                                .is_some_and(|s| !s.is_empty())
+                                    })
+                            });
                         if !lists_spock {
                             let m = major.map(|m| m.to_string()).unwrap_or_else(|| "?".into());
-                            issue(r, format!("catalog {kind} {name} ({}) lists no spock extension image for PostgreSQL {m}", c.file));
+                            issue(
+                                r,
+                                format!(
+                                    "catalog {kind} {name} ({}) lists no spock extension image for PostgreSQL {m}",
+                                    c.file
+                                ),
+                            );
                         }
                     }
                 }
@@ -845,13 +936,26 @@ pub fn spock_rules(doc: &Doc, spec: &Node, docs: &[Doc], issues: &mut Vec<(usize
     }
     match param("track_commit_timestamp") {
         Some(v) if v.str() == Some("on") => {}
-        Some(v) if v.yaml11_bool.is_some() => issue(v, format!("track_commit_timestamp is the boolean {}: write \"on\" (a bare {} is a YAML 1.1 boolean)", v.render(), v.yaml11_bool.as_deref().unwrap_or_default())),
-        Some(v) => issue(v, format!("track_commit_timestamp is {}: spock needs \"on\" (conflict resolution)", v.render())),
+        Some(v) if v.yaml11_bool.is_some() => issue(
+            v,
+            format!(
+                "track_commit_timestamp is the boolean {}: write \"on\" (a bare {} is a YAML 1.1 boolean)",
+                v.render(),
+                v.yaml11_bool.as_deref().unwrap_or_default()
+            ),
+        ),
+        Some(v) => {
+            issue(v, format!("track_commit_timestamp is {}: spock needs \"on\" (conflict resolution)", v.render()))
+        }
         None => issue(at, "parameters.track_commit_timestamp must be \"on\" (conflict resolution)".into()),
     }
     match param("output_plugin_libraries") {
         Some(v) if v.str().is_some_and(|s| s.split(',').any(|p| p.trim() == "spock_output")) => {}
         Some(v) => issue(v, format!("output_plugin_libraries {} does not list spock_output", v.render())),
-        None => issue(at, "parameters.output_plugin_libraries must list spock_output (PostgreSQL >= 18.6 refuses other plugins)".into()),
+        None => issue(
+            at,
+            "parameters.output_plugin_libraries must list spock_output (PostgreSQL >= 18.6 refuses other plugins)"
+                .into(),
+        ),
     }
 }

@@ -261,12 +261,12 @@ fn yaml_is_read_like_kubectl_reads_it() {
 
 /// What `out/spock-image.env` says about the last build, plus the staged tree.
 #[derive(Debug)]
-struct Image {
+struct Built {
     env: BTreeMap<String, String>,
     tree: BTreeMap<String, Vec<u8>>,
 }
 
-impl Image {
+impl Built {
     fn get(&self, key: &str) -> &str {
         self.env.get(key).unwrap_or_else(|| panic!("{key} missing from out/spock-image.env: {:?}", self.env))
     }
@@ -284,7 +284,7 @@ fn read_tree(root: &Path, rel: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
     }
 }
 
-fn build_image() -> Image {
+fn build_image() -> Built {
     let started = Instant::now();
     let out = run(&mut script(&["scripts/build-image.sh"]), "scripts/build-image.sh");
     eprintln!("scripts/build-image.sh: {:.1}s\n{}", started.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stderr));
@@ -296,7 +296,7 @@ fn build_image() -> Image {
         .collect();
     let mut tree = BTreeMap::new();
     read_tree(&repo_root().join("out/spock-rootfs"), Path::new(""), &mut tree);
-    Image { env, tree }
+    Built { env, tree }
 }
 
 /// A PostgreSQL installation like the one of `pg_config`, but without any spock file:
@@ -526,7 +526,9 @@ fn broken_images_fail_for_their_reason(good: &image::Image, version: &str) {
         let hex = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
         dir.join("blobs/sha256").join(hex)
     };
-    let cases: Vec<(&str, BTreeMap<String, image::File>, Vec<(&str, tar::EntryType, &str)>, Tamper, &str)> = vec![
+    // (what, layer files, extra layer entries, change to the written layout, expected error)
+    type Case = (&'static str, BTreeMap<String, image::File>, Vec<(&'static str, tar::EntryType, &'static str)>, Tamper, &'static str);
+    let cases: Vec<Case> = vec![
         ("as built", good.files.clone(), vec![], Box::new(|_, _, _| {}), ""),
         (
             "truncated layer",
@@ -553,7 +555,7 @@ fn broken_images_fail_for_their_reason(good: &image::Image, version: &str) {
             Box::new(|_, config, _| config["rootfs"]["diff_ids"] = serde_json::json!([format!("sha256:{}", "0".repeat(64))])),
             "the config's diff_id",
         ),
-        ("OS file", extra_file("etc/os-release"), vec![], Box::new(|_, _, _| {}), "etc/os-release is an operating system file"),
+        ("OS file", extra_file("etc/os-release"), vec![], Box::new(|_, _, _| {}), "layer: etc is an operating system file"),
         ("extra file", extra_file("share/extension/spock--0.0.1.sql"), vec![], Box::new(|_, _, _| {}), "layer: files"),
         ("symlink escaping", good.files.clone(), vec![("lib/evil.so", tar::EntryType::Symlink, "../../../usr/lib/evil.so")], Box::new(|_, _, _| {}), "leaves the image"),
         (
@@ -744,9 +746,12 @@ fn run_node_from_image(node: &TestNode, root: &str, version: &str) {
         assert!(setting("output_plugin_libraries").contains("spock_output"));
         let mut client = node.connect().unwrap();
         client.batch_execute("SET output_plugin_libraries = 'pgoutput, test_decoding'").unwrap();
-        let refused = client.query("SELECT pg_create_logical_replication_slot('refused', 'spock_output')", &[]);
-        assert!(refused.is_err(), "spock_output must be refused when output_plugin_libraries leaves it out");
-        eprintln!("{}: {}", node.name, refused.unwrap_err());
+        let refused = client
+            .query("SELECT pg_create_logical_replication_slot('refused', 'spock_output')", &[])
+            .expect_err("spock_output must be refused when output_plugin_libraries leaves it out");
+        let db = refused.as_db_error().unwrap_or_else(|| panic!("not a server error: {refused}"));
+        eprintln!("{}: {} ({})", node.name, db.message(), db.code().code());
+        assert!(db.message().contains("spock_output"), "{db:?}");
     }
 
     // Where the libraries of a backend come from: spock.so (preloaded) and, once the
