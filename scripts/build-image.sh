@@ -3,7 +3,7 @@
 #
 #   bash scripts/build-image.sh                # build the libraries, stage the tree, write the image
 #   bash scripts/build-image.sh --stage-only   # stop after out/spock-rootfs/ (for the Containerfile)
-#   bash scripts/build-image.sh --tools-only   # only install what building and checking need
+#   bash scripts/build-image.sh --tools-only   # only install what building (and the cnpg test) need
 #
 # Writes (out/ is not versioned):
 #   out/spock-rootfs/        the image's file tree: lib/spock.so, lib/spock_output.so,
@@ -24,7 +24,7 @@
 # machine), SPOCK_IMAGE_TAG (default <version>-<pg major>-<os>), SPOCK_IMAGE_BASE (label
 # io.cloudnativepg.image.base.name: the CNPG operand image the extension is for),
 # SPOCK_IMAGE_STRIP=0 (keep debug info in the libraries; default strips it).
-# Installs missing tools itself (apt-get, pip); runs scripts/setup.sh when cargo-pgrx or
+# Installs missing tools itself (apt-get); runs scripts/setup.sh when cargo-pgrx or
 # PostgreSQL 18 are missing. Never installs anything into the PostgreSQL installation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,27 +57,12 @@ apt_install() {
 }
 
 # Building: python3 (the OCI writer uses only its standard library), objcopy (binutils),
-# git (SOURCE_DATE_EPOCH, revision label).
+# git (SOURCE_DATE_EPOCH, revision label). The cnpg test needs nothing more: its
+# manifest and image checks are Rust (tests/cnpg/), oci-unpack.py is standard library.
 command -v python3 >/dev/null 2>&1 || apt_install python3
 command -v objcopy >/dev/null 2>&1 || apt_install binutils
 command -v git >/dev/null 2>&1 || apt_install git
-
-# Checking (the offline CNPG checkers): PyYAML and jsonschema, cel-python for CEL rules.
-ensure_checker_tools() {
-    if python3 -c 'import yaml, jsonschema, celpy' >/dev/null 2>&1; then
-        return
-    fi
-    if ! python3 -m pip --version >/dev/null 2>&1; then
-        apt_install python3-pip
-    fi
-    log "installing Python packages for the checkers: PyYAML jsonschema cel-python"
-    # PIP_BREAK_SYSTEM_PACKAGES: Debian's own python3 is "externally managed".
-    PIP_BREAK_SYSTEM_PACKAGES=1 $SUDO python3 -m pip install --quiet --disable-pip-version-check \
-        PyYAML jsonschema cel-python
-    python3 -c 'import yaml, jsonschema, celpy'
-}
 if [ "$MODE" = tools ]; then
-    ensure_checker_tools
     log "tools ready"
     exit 0
 fi
