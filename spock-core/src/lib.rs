@@ -13,6 +13,8 @@
 //! * [`ident`]: PostgreSQL identifier-list parsing (`SplitIdentifierString`).
 //! * [`ddl`]: `spock.queue` messages (DDL, sequences), AutoDDL set placement.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
+//! * [`conninfo`]: connection settings for programs we run, the password kept off
+//!   their command line.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
 //! facts from the server and asks this crate what to do.
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod conflict;
+pub mod conninfo;
 pub mod exception;
 pub mod ddl;
 pub mod ident;
