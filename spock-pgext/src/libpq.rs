@@ -86,11 +86,19 @@ struct Api {
     conninfo: unsafe extern "C" fn(*mut PGconn) -> *mut ConninfoOption,
     conninfo_parse: unsafe extern "C" fn(*const c_char, *mut *mut c_char) -> *mut ConninfoOption,
     conninfo_free: unsafe extern "C" fn(*mut ConninfoOption),
-    cancel_create: unsafe extern "C" fn(*mut PGconn) -> *mut PGcancelConn,
-    cancel_start: unsafe extern "C" fn(*mut PGcancelConn) -> c_int,
-    cancel_poll: unsafe extern "C" fn(*mut PGcancelConn) -> c_int,
-    cancel_socket: unsafe extern "C" fn(*const PGcancelConn) -> c_int,
-    cancel_finish: unsafe extern "C" fn(*mut PGcancelConn),
+    /// Non-blocking cancel requests (libpq 17 and later).
+    cancel: Option<CancelApi>,
+    get_cancel: unsafe extern "C" fn(*mut PGconn) -> *mut c_void,
+    cancel_blocking: unsafe extern "C" fn(*mut c_void, *mut c_char, c_int) -> c_int,
+    free_cancel: unsafe extern "C" fn(*mut c_void),
+}
+
+struct CancelApi {
+    create: unsafe extern "C" fn(*mut PGconn) -> *mut PGcancelConn,
+    start: unsafe extern "C" fn(*mut PGcancelConn) -> c_int,
+    poll: unsafe extern "C" fn(*mut PGcancelConn) -> c_int,
+    socket: unsafe extern "C" fn(*const PGcancelConn) -> c_int,
+    finish: unsafe extern "C" fn(*mut PGcancelConn),
 }
 
 // The function pointers are plain addresses; backends are single-threaded.
@@ -115,6 +123,16 @@ unsafe fn symbol<T: Copy>(name: &CStr) -> T {
     }
     // SAFETY: the caller names the right signature; function pointers are pointer-sized.
     unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) }
+}
+
+/// Looks up a libpq function that older libpq versions lack.
+///
+/// SAFETY: `T` must be the C signature of the function named `name`.
+unsafe fn optional_symbol<T: Copy>(name: &CStr) -> Option<T> {
+    // SAFETY: dlsym on the global scope.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // SAFETY: the caller names the right signature; function pointers are pointer-sized.
+    (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
 }
 
 fn api() -> &'static Api {
@@ -150,11 +168,18 @@ fn api() -> &'static Api {
                 conninfo: symbol(c"PQconninfo"),
                 conninfo_parse: symbol(c"PQconninfoParse"),
                 conninfo_free: symbol(c"PQconninfoFree"),
-                cancel_create: symbol(c"PQcancelCreate"),
-                cancel_start: symbol(c"PQcancelStart"),
-                cancel_poll: symbol(c"PQcancelPoll"),
-                cancel_socket: symbol(c"PQcancelSocket"),
-                cancel_finish: symbol(c"PQcancelFinish"),
+                cancel: (|| {
+                    Some(CancelApi {
+                        create: optional_symbol(c"PQcancelCreate")?,
+                        start: optional_symbol(c"PQcancelStart")?,
+                        poll: optional_symbol(c"PQcancelPoll")?,
+                        socket: optional_symbol(c"PQcancelSocket")?,
+                        finish: optional_symbol(c"PQcancelFinish")?,
+                    })
+                })(),
+                get_cancel: symbol(c"PQgetCancel"),
+                cancel_blocking: symbol(c"PQcancel"),
+                free_cancel: symbol(c"PQfreeCancel"),
             }
         }
     })
@@ -271,12 +296,12 @@ unsafe fn options(opts: *const ConninfoOption) -> Vec<(String, String)> {
 }
 
 /// A cancel request in flight, freed on drop.
-struct CancelConn(*mut PGcancelConn);
+struct CancelConn(*mut PGcancelConn, &'static CancelApi);
 
 impl Drop for CancelConn {
     fn drop(&mut self) {
         // SAFETY: frees the cancel connection we created, once.
-        unsafe { (api().cancel_finish)(self.0) };
+        unsafe { (self.1.finish)(self.0) };
     }
 }
 
@@ -506,20 +531,34 @@ impl Connection {
     /// closed next anyway).
     fn cancel(&self) {
         let api = api();
+        let Some(capi) = &api.cancel else {
+            // libpq before 17: the blocking cancel request (the provider usually
+            // answers it at once).
+            // SAFETY: a valid connection; the PGcancel is freed here.
+            unsafe {
+                let c = (api.get_cancel)(self.conn);
+                if !c.is_null() {
+                    let mut errbuf = [0 as c_char; 256];
+                    (api.cancel_blocking)(c, errbuf.as_mut_ptr(), errbuf.len() as c_int);
+                    (api.free_cancel)(c);
+                }
+            }
+            return;
+        };
         // SAFETY: a valid connection; the cancel connection is freed by its guard.
-        let cc = unsafe { (api.cancel_create)(self.conn) };
+        let cc = unsafe { (capi.create)(self.conn) };
         if cc.is_null() {
             return;
         }
-        let cc = CancelConn(cc);
+        let cc = CancelConn(cc, capi);
         // SAFETY: a valid cancel connection.
-        if unsafe { (api.cancel_start)(cc.0) } == 0 {
+        if unsafe { (capi.start)(cc.0) } == 0 {
             return;
         }
         let deadline = Instant::now() + CANCEL_TIMEOUT;
         loop {
             // SAFETY: a valid, started cancel connection.
-            let want = match unsafe { (api.cancel_poll)(cc.0) } {
+            let want = match unsafe { (capi.poll)(cc.0) } {
                 PGRES_POLLING_READING => Want::Read,
                 PGRES_POLLING_WRITING => Want::Write,
                 _ => return,
@@ -529,7 +568,7 @@ impl Connection {
             }
             // No interrupt processing here: one is being handled already.
             // SAFETY: a valid cancel connection.
-            wait_once(unsafe { (api.cancel_socket)(cc.0) }, want, wait_ms(Some(deadline)));
+            wait_once(unsafe { (capi.socket)(cc.0) }, want, wait_ms(Some(deadline)));
         }
     }
 
@@ -670,7 +709,21 @@ impl Connection {
                 -1 => {
                     let r = self.next_result();
                     let status = if r.0.is_null() { PGRES_COMMAND_OK } else { r.status() };
-                    if status == PGRES_COMMAND_OK { Ok(CopyMessage::Done) } else { Err(self.error(Some(r.0))) }
+                    let out = if status == PGRES_COMMAND_OK { Ok(CopyMessage::Done) } else { Err(self.error(Some(r.0))) };
+                    // Read up to the end of the command, so that the next one can be
+                    // sent (PQsendQuery refuses while results are pending).
+                    // A COPY state left (the server ended COPY BOTH; we did not)
+                    // gives the same result forever: stop there.
+                    let copying = |r: &PgResult| matches!(r.status(), PGRES_COPY_OUT | PGRES_COPY_IN | PGRES_COPY_BOTH);
+                    if !r.0.is_null() && !copying(&r) {
+                        loop {
+                            let next = self.next_result();
+                            if next.0.is_null() || copying(&next) {
+                                break;
+                            }
+                        }
+                    }
+                    out
                 }
                 n if n < 0 => Err(self.error(None)),
                 n => Ok(CopyMessage::Data(CopyBuffer { ptr: buf, len: n as usize })),

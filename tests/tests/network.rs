@@ -127,7 +127,8 @@ fn cancel_and_terminate_stop_sub_create_on_a_silent_provider() {
         let e = r.unwrap_err();
         assert!(ended - asked < Duration::from_secs(5), "{f} took {:?}", ended - asked);
         if terminate {
-            assert_eq!(sqlstate(&e), "57P01", "{e:?}");
+            // FATAL 57P01, or the connection closed before the client read it.
+            assert!(e.as_db_error().is_none() || sqlstate(&e) == "57P01", "{e:?}");
             wait_for(
                 "the terminated backend gone",
                 Duration::from_secs(10),
