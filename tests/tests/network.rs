@@ -232,3 +232,36 @@ fn a_worker_connecting_to_a_silent_provider_stops_at_once() {
     provider.execute("INSERT INTO t VALUES (1, 'after')").unwrap();
     wait_for("the row replicated", Duration::from_secs(60), || sub.query_one::<i64>("SELECT count(*) FROM t").unwrap(), 1);
 }
+
+#[test]
+fn an_interrupted_query_is_cancelled_on_the_provider_too() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    node_with_spock(&c);
+    n2.execute("CREATE EXTENSION spock").unwrap();
+    n2.execute(&format!("SELECT spock.node_create('n2', '{}')", n2.dsn("postgres"))).unwrap();
+    // sub_create's query of the provider's replication sets waits for this lock.
+    let mut holder = n2.connect().unwrap();
+    holder.batch_execute("BEGIN; LOCK TABLE spock.replication_set IN ACCESS EXCLUSIVE MODE").unwrap();
+    let mut client = n1.connect().unwrap();
+    let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let sql = format!("SELECT spock.sub_create('s1', '{}')", n2.dsn("postgres"));
+    let call = std::thread::spawn(move || client.batch_execute(&sql));
+    let blocked_on_provider = || {
+        n2.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spock sub_create' AND wait_event_type = 'Lock'")
+            .unwrap()
+    };
+    wait_for("sub_create's query waiting on the provider", Duration::from_secs(30), blocked_on_provider, 1);
+    assert!(n1.query_one::<bool>(&format!("SELECT pg_cancel_backend({pid})")).unwrap());
+    let e = call.join().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    // The provider's backend is gone while the lock is still held: its query was
+    // cancelled, not just abandoned.
+    wait_for(
+        "the provider's backend gone",
+        Duration::from_secs(10),
+        || n2.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spock sub_create'").unwrap(),
+        0,
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+}
