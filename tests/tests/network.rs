@@ -93,6 +93,7 @@ fn statement_timeout_stops_sub_create_on_a_silent_provider() {
     let e = client.batch_execute(&format!("SELECT spock.sub_create('s1', '{}')", silent.dsn(""))).unwrap_err();
     let took = started.elapsed();
     assert_eq!(sqlstate(&e), "57014", "{e:?}");
+    eprintln!("sub_create ended {took:?} after it started, with statement_timeout = 1s");
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(10), "sub_create took {took:?}");
     // The backend is usable and closed its connection to the provider as the error
     // unwound.
@@ -125,6 +126,7 @@ fn cancel_and_terminate_stop_sub_create_on_a_silent_provider() {
         assert!(n.query_one::<bool>(&format!("SELECT {f}({pid})")).unwrap());
         let (r, ended) = call.join().unwrap();
         let e = r.unwrap_err();
+        eprintln!("sub_create ended {:?} after {f}", ended - asked);
         assert!(ended - asked < Duration::from_secs(5), "{f} took {:?}", ended - asked);
         if terminate {
             // FATAL 57P01, or the connection closed before the client read it.
@@ -153,6 +155,7 @@ fn connect_timeout_of_the_dsn_ends_the_wait() {
         .batch_execute(&format!("SELECT spock.sub_create('s1', '{}')", silent.dsn(" connect_timeout=2")))
         .unwrap_err();
     let took = started.elapsed();
+    eprintln!("sub_create ended {took:?} after it started, with connect_timeout=2");
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
     assert_eq!(db.code().code(), "08006", "{db:?}");
     assert!(db.message().contains("timed out"), "{}", db.message());
