@@ -17,6 +17,8 @@
 //! * [`walsender`]: the walsender's framing around plugin messages (`w`, `k`, `r`)
 //!   and when a subscriber owes feedback.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
+//! * [`conninfo`]: connection settings for programs we run, the password kept off
+//!   their command line.
 //!
 //! It performs no I/O and contains no unsafe code: the pgrx crate `spock` gathers
 //! facts from the server and asks this crate what to do.
@@ -24,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod conflict;
+pub mod conninfo;
 pub mod exception;
 pub mod holds;
 pub mod ddl;

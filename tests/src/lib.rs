@@ -245,12 +245,14 @@ pub struct NodeOptions {
     pub tcp: bool,
     /// Extra `postgresql.conf` lines (`key = value`).
     pub settings: Vec<(String, String)>,
+    /// Extra environment variables of the server.
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOptions {
     /// A node with spock preloaded and the settings replication needs.
     pub fn new(name: impl Into<String>) -> NodeOptions {
-        NodeOptions { name: name.into(), preload_spock: true, tcp: false, settings: Vec::new() }
+        NodeOptions { name: name.into(), preload_spock: true, tcp: false, settings: Vec::new(), env: Vec::new() }
     }
 
     /// Without `shared_preload_libraries = 'spock'`.
@@ -262,6 +264,18 @@ impl NodeOptions {
     /// With one more setting.
     pub fn setting(mut self, key: &str, value: &str) -> NodeOptions {
         self.settings.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// With one more environment variable for the server.
+    pub fn env(mut self, key: &str, value: &str) -> NodeOptions {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Also listening on 127.0.0.1 (same port).
+    pub fn with_tcp(mut self) -> NodeOptions {
+        self.tcp = true;
         self
     }
 }
@@ -280,6 +294,7 @@ pub struct TestNode {
     install: &'static PgInstall,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for TestNode {
@@ -301,7 +316,7 @@ impl TestNode {
         initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"]);
         run(initdb, &format!("initdb for node {}", opts.name))?;
 
-        let mut node = TestNode { name: opts.name.clone(), port: 0, install, dir: Some(dir), root };
+        let mut node = TestNode { name: opts.name.clone(), port: 0, install, dir: Some(dir), root, env: opts.env.clone() };
         let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
         let sockdir = node.root.display().to_string();
         let mut lines = vec![
@@ -374,6 +389,7 @@ impl TestNode {
             .arg("-o")
             .arg(format!("-p {}", self.port))
             .args(["-w", "-t", "60", "start"]);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         run(cmd, &format!("starting node {}", self.name)).map(|_| ()).map_err(|e| {
             HarnessError(format!("{e}\n--- server log ---\n{}", self.log()))
         })

@@ -26,7 +26,7 @@ use spock_core::proto::{Message, StreamDecoder};
 use spock_core::walsender::{self, FeedbackPolicy, ServerMessage};
 
 use crate::error::{spi_failed, PgError};
-use crate::libpq::{Connection, CopyData};
+use crate::libpq::{wait_for_socket, Connection, CopyData};
 use crate::workers::APPLY_TYPE;
 use handlers::ApplySession;
 use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
@@ -157,25 +157,6 @@ fn wait_until(until: i64, conn: &Connection, positions: (u64, u64)) -> bool {
         }
         stream::exit_if_postmaster_died();
         crate::workers::reload_config_if_asked();
-    }
-}
-
-/// Waits at most `timeout_ms` until `socket` (the provider's connection) is
-/// readable or our latch is set; the server's death ends the process.
-fn wait_for_socket(socket: pg_sys::pgsocket, timeout_ms: i64) {
-    // SAFETY: waits on our own latch and a socket we hold open.
-    let rc = unsafe {
-        pg_sys::WaitLatchOrSocket(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_SOCKET_READABLE | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            socket,
-            timeout_ms,
-            pg_sys::PG_WAIT_EXTENSION,
-        )
-    };
-    if rc & pg_sys::WL_LATCH_SET as i32 != 0 {
-        // SAFETY: resets our own latch.
-        unsafe { pg_sys::ResetLatch(pg_sys::MyLatch) };
     }
 }
 

@@ -285,29 +285,48 @@ fn local_dsn() -> String {
     format!("host={} port={} dbname={} user={}", q(&host), q(&port), q(&db), q(&user))
 }
 
+/// Runs a program to its end and returns its stderr; a failure stops the sync. The
+/// worker waits on its latch meanwhile: SIGTERM kills the program and stops the
+/// worker at once, even when the program waits for a silent provider.
 fn run_tool(sub: &SubscriptionInfo, what: &str, cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| sync_error(sub, &format!("could not run {what}"), e));
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if !out.status.success() {
-        sync_error(sub, &format!("{what} failed"), if stderr.is_empty() { out.status.to_string() } else { stderr });
+    // stderr goes to a file: a pipe nobody reads while we wait could fill up.
+    let errfile = dump_path(sub).with_extension("stderr");
+    let file = std::fs::File::create(&errfile).unwrap_or_else(|e| sync_error(sub, &format!("could not create {}", errfile.display()), e));
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(file);
+    let mut child = cmd.spawn().unwrap_or_else(|e| sync_error(sub, &format!("could not run {what}"), e));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => sync_error(sub, &format!("waiting for {what}"), e),
+        }
+        if !crate::workers::sleep(std::time::Duration::from_millis(20)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&errfile);
+            PgError::new(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, format!("spock subscription {}: {what} stopped: the worker is stopping", sub.name)).raise();
+        }
+    };
+    let stderr = std::fs::read_to_string(&errfile).unwrap_or_default().trim().to_string();
+    let _ = std::fs::remove_file(&errfile);
+    if !status.success() {
+        sync_error(sub, &format!("{what} failed"), if stderr.is_empty() { status.to_string() } else { stderr });
     }
     stderr
 }
 
+/// pg_dump of the provider's structure. The DSN's password reaches pg_dump through
+/// its environment (`PGPASSWORD`), never its command line, which any local user
+/// can read.
 fn dump_structure(sub: &SubscriptionInfo, snapshot: &str, dump: &Path) {
+    let pairs = crate::libpq::parse_conninfo(&sub.provider_dsn).unwrap_or_else(|e| sync_error(sub, "reading the provider's DSN", e));
+    let conn = spock_core::conninfo::tool_connection(&pairs);
+    let args = spock_core::conninfo::pg_dump_structure_args(snapshot, &dump.display().to_string(), &skip_schemas(sub), &conn.conninfo);
     let mut cmd = Command::new(bindir().join("pg_dump"));
-    cmd.arg("--schema-only")
-        .arg("--format=custom")
-        .arg(format!("--snapshot={snapshot}"))
-        .arg("--exclude-schema=spock")
-        .arg("--exclude-extension=spock")
-        .arg("--no-publications")
-        .arg("--no-subscriptions")
-        .arg(format!("--file={}", dump.display()));
-    for s in skip_schemas(sub) {
-        cmd.arg(format!("--exclude-schema={s}"));
+    cmd.args(args);
+    for (k, v) in &conn.env {
+        cmd.env(k, v);
     }
-    cmd.arg(format!("--dbname={}", sub.provider_dsn));
     run_tool(sub, "pg_dump of the provider's structure", &mut cmd);
 }
 
