@@ -192,6 +192,15 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         pg_sys::SetConfigOption(c"session_replication_role".as_ptr(), c"replica".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
         pg_sys::SetConfigOption(c"synchronous_commit".as_ptr(), c"off".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
     }
+    // A transaction that stops this subscription's worker (sub_drop, sub_disable
+    // immediate, ...) takes its hold, then terminates workers by application_name.
+    // A worker started just before the hold may have set its name after that scan:
+    // it sees the hold here and leaves (the hold and the name are the two halves of
+    // one handshake, so one side always sees the other).
+    if crate::workers::shmem::is_held(u32::from(db), sub_id) {
+        pgrx::log!("{APPLY_TYPE} for subscription {}: a transaction is changing the subscription; exiting", sub.name);
+        return;
+    }
     pgrx::log!("{APPLY_TYPE} for subscription {} started", sub.name);
 
     if sub.sync_status != 'r' {
