@@ -8,7 +8,6 @@
 
 
 mod apply;
-mod catalog;
 mod ddl;
 mod error;
 mod gucs;

@@ -12,6 +12,7 @@
 //! published table cost nothing on the wire; relation metadata is sent once per
 //! relation and again after the relation changes (relcache invalidation).
 
+pub(crate) mod catalog;
 pub(crate) mod invalidation;
 mod queue;
 mod relation;
@@ -35,7 +36,6 @@ use spock_core::proto::writer::{self, RowAction};
 use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate};
 use spock_core::repset::{Action, RepSet};
 
-use crate::catalog;
 use crate::error::{code_for_sqlstate, PgError};
 use relation::RelEntry;
 

@@ -14,7 +14,7 @@ use spock_core::proto::writer::TupleWriter;
 use spock_core::proto::{EncodeError, RelColumn, Relation as RelMessage};
 use spock_core::repset::{RepSet, TablePublication};
 
-use crate::catalog;
+use super::catalog;
 use crate::error::PgError;
 
 /// How a column's values are sent.

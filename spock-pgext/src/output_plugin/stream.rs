@@ -145,7 +145,7 @@ fn origin_of(st: &mut PluginState, txn_origin: pg_sys::RepOriginId, origin_lsn: 
     let origin_name = if origin_id == st.local_node.id {
         Some(st.local_node.name.clone())
     } else {
-        st.node_names.entry(origin_id).or_insert_with(|| crate::catalog::node_name(origin_id)).clone()
+        st.node_names.entry(origin_id).or_insert_with(|| super::catalog::node_name(origin_id)).clone()
     };
     Origin { origin_lsn, origin_id, origin_name }
 }

@@ -13,7 +13,7 @@ use crate::error::{spi_failed, PgError};
 
 #[pg_extern(sql = false, volatile, name = "replicate_ddl")]
 fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_path: &str, role: &str) -> bool {
-    crate::catalog::local_node();
+    crate::output_plugin::catalog::local_node();
     let sets: Vec<String> = replication_sets
         .into_iter()
         .map(|s| {

@@ -1,4 +1,4 @@
-//! Reads of spock's catalog tables through SPI. Used by the output plugin at
+//! The output plugin's reads of spock's catalog tables through SPI: at
 //! startup (normal snapshot) and on relation-cache misses (historic snapshot: the
 //! tables read then are user catalog tables).
 
@@ -13,7 +13,7 @@ use crate::error::{spi_failed, PgError};
 /// in the startup callback nor while decoding; during decoding the transaction
 /// snapshot PostgreSQL hands out is the historic one of the decoded change.
 fn with_snapshot<R>(f: impl FnOnce() -> R) -> R {
-    crate::output_plugin::allow_table_scans_while_streaming(|| {
+    super::allow_table_scans_while_streaming(|| {
         // SAFETY: plain snapshot-stack calls inside a transaction; the snapshot pushed
         // here is popped before returning (an ERROR aborts the transaction, which
         // resets the stack).
