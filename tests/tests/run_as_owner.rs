@@ -237,6 +237,17 @@ fn run_as_owner_on_applies_as_the_workers_user() {
     p.execute("INSERT INTO t VALUES (1, 'one')").unwrap();
     wait_for("row 1", || rows(s), "1:one".into());
     assert_eq!(audit(s), "always/one/postgres/true", "with the opt-out the trigger runs as the apply worker's superuser");
+
+    // Off again; the worker started next reads it.
+    s.execute("ALTER SYSTEM SET spock.run_as_owner = off").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    s.execute("SELECT spock.sub_disable('sub1', immediate := true)").unwrap();
+    wait_for("disabled", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled".into());
+    s.execute("SELECT spock.sub_enable('sub1', immediate := true)").unwrap();
+    wait_for("replicating", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    p.execute("INSERT INTO t VALUES (2, 'two')").unwrap();
+    wait_for("row 2", || rows(s), "1:one,2:two".into());
+    assert_eq!(audit(s), "always/one/postgres/true,always/two/alice/false", "without the opt-out, as the table's owner");
 }
 
 #[test]
