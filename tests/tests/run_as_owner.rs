@@ -265,4 +265,17 @@ fn initial_copy_runs_as_owner() {
     p.execute("INSERT INTO t VALUES (4, 'four')").unwrap();
     wait_for("row 4", || rows(s), "1:copied1,2:copied2,3:copied3,4:four".into());
     assert!(audit(s).ends_with(",always/four/alice/false"), "{}", audit(s));
+
+    // A table sync into rows that exist merges them (INSERT ... ON CONFLICT DO
+    // UPDATE: each row's BEFORE INSERT, then BEFORE UPDATE trigger), as alice.
+    let audited = |s: &TestNode| s.query_one::<i64>("SELECT count(*) FROM audit").unwrap();
+    s.execute("SELECT spock.sub_resync_table('sub1', 't', truncate := false)").unwrap();
+    wait_for("the merge's triggers", || audited(s), 4 + 2 * 4);
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't')").unwrap();
+    // With truncate: TRUNCATE and COPY, as alice.
+    s.execute("SELECT spock.sub_resync_table('sub1', 't')").unwrap();
+    wait_for("the copy's triggers", || audited(s), 4 + 2 * 4 + 4);
+    s.execute("SELECT spock.table_wait_for_sync('sub1', 't')").unwrap();
+    assert_eq!(rows(s), "1:copied1,2:copied2,3:copied3,4:four");
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM audit WHERE who <> 'alice' OR super").unwrap(), 0, "{}", audit(s));
 }

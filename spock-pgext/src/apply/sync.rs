@@ -647,9 +647,9 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             // defaults and constraints run with the owner's rights), who may read the
             // worker's merge table for that.
             Spi::get_one_with_args::<String>(
-                "SELECT pg_catalog.format('GRANT SELECT ON pg_temp.spock_sync_rows TO %s', c.relowner::regrole)
-                   FROM pg_catalog.pg_class c
-                  WHERE c.oid = $1 AND c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)",
+                "SELECT (SELECT pg_catalog.format('GRANT SELECT ON pg_temp.spock_sync_rows TO %s', c.relowner::regrole)
+                           FROM pg_catalog.pg_class c
+                          WHERE c.oid = $1 AND c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))",
                 &[relid.into()],
             )
             .and_then(|grant| grant.map_or(Ok(()), |g| Spi::run(&g)))
