@@ -119,6 +119,11 @@ pub static STREAM_EAGER_APPLY: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// worker connects.
 pub static BATCH_TRANSFER: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `spock.run_as_owner` (spock-rs, as PostgreSQL's subscription option): on, applied
+/// changes run as the apply worker's user (superuser) instead of the owner of each
+/// table (docs/apply.md).
+pub static RUN_AS_OWNER: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -222,6 +227,14 @@ pub fn init() {
         c"Apply a streamed transaction while it arrives when nothing else is in flight.",
         c"Rolled back and replayed from the spill file at commit when another transaction interleaves or a conflict needs the commit timestamp.",
         &STREAM_EAGER_APPLY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.run_as_owner",
+        c"Apply replicated changes as the apply worker's user instead of each table's owner.",
+        c"Off (the default): triggers, defaults and constraints of a table run as its owner, in a security-restricted operation, when a change is applied or copied.",
+        &RUN_AS_OWNER,
         GucContext::Sighup,
         GucFlags::default(),
     );

@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
+use super::owner::OwnerSwitch;
 use crate::error::PgError;
 use crate::libpq::{Connection, CopyBuffer, CopyMessage};
 
@@ -145,8 +146,9 @@ unsafe extern "C-unwind" fn read_provider_data(outbuf: *mut c_void, minread: c_i
 /// Copies what the provider sends on `provider` (in COPY OUT mode, text format,
 /// columns in the order of `columns`) into local table `relid`, in the current
 /// transaction, with PostgreSQL's COPY FROM (triggers, constraints and indexes as
-/// COPY has them; `session_replication_role` applies). `context` starts error
-/// messages. Returns the number of rows.
+/// COPY has them; `session_replication_role` applies), as the table's owner
+/// (apply::owner: the COPY runs with its rights, not the worker's). `context`
+/// starts error messages. Returns the number of rows.
 pub fn copy_from_provider(provider: &Connection, relid: pg_sys::Oid, columns: &[String], context: String) -> u64 {
     let source = SourceGuard::set(provider, context.clone());
     // SAFETY: in a transaction (the caller's); the source is set.
@@ -181,6 +183,10 @@ unsafe fn run_copy_from(relid: pg_sys::Oid, columns: &[String]) -> u64 {
             attnames = pg_sys::lappend(attnames, pg_sys::makeString(pg_sys::pstrdup(c.as_ptr())).cast());
         }
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        // Triggers, defaults and constraints run as the table's owner (for a
+        // partitioned table, the owner of the root), as in PostgreSQL's table sync;
+        // undone at the end of the COPY or as its error unwinds.
+        let switch = OwnerSwitch::enter((*(*rel).rd_rel).relowner, super::owner::worker_user());
         let cstate = pg_sys::BeginCopyFrom(
             pstate,
             rel,
@@ -193,6 +199,7 @@ unsafe fn run_copy_from(relid: pg_sys::Oid, columns: &[String]) -> u64 {
         );
         let rows = pg_sys::CopyFrom(cstate);
         pg_sys::EndCopyFrom(cstate);
+        drop(switch);
         pg_sys::PopActiveSnapshot();
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -261,7 +261,10 @@ impl LocalRelation {
                         }
                         let mut isnull = false;
                         let eval = (*state).evalfunc.expect("initialized ExprState has an evalfunc");
-                        values[i] = eval(state, econtext, &mut isnull);
+                        // Through a guard like any call into PostgreSQL: an ERROR of
+                        // the default (user code) unwinds through here, so the worker's
+                        // error handling (exception_behaviour) sees it.
+                        values[i] = pg_sys::ffi::pg_guard_ffi_boundary(|| eval(state, econtext, &mut isnull));
                         nulls[i] = isnull;
                     }
                 }

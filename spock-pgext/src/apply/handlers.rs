@@ -24,6 +24,7 @@ mod table_skips;
 pub use exceptions::describe_error;
 
 use super::executor::{LocalRelation, LocalVersion, TableWriter};
+use super::owner::{self, OwnerSwitch, Switched};
 use super::subscription::SubscriptionInfo;
 use crate::error::{spi_failed, PgError};
 use crate::workers::shmem::ExceptionSlot;
@@ -124,6 +125,12 @@ pub struct ApplySession {
     /// from the provider (not from a spill file): the worker reconnects at once, so
     /// that the provider sends it again.
     pub retry_now: bool,
+    /// The worker's own user: changes to tables owned by another role run as that
+    /// owner (apply::owner).
+    worker_user: pg_sys::Oid,
+    /// Set while a change runs as its table's owner: how conflict bookkeeping steps
+    /// back to the worker's user.
+    as_owner: Option<Switched>,
 }
 
 /// A row change of the remote transaction.
@@ -225,6 +232,8 @@ impl ApplySession {
             careful_tables: HashSet::new(),
             insert_retry: false,
             retry_now: false,
+            worker_user: owner::worker_user(),
+            as_owner: None,
         }
     }
 
@@ -687,21 +696,31 @@ impl ApplySession {
         (w, map)
     }
 
-    /// Applies one change to the table of remote relation `relid` with `f`; the
-    /// table's executor state stays for the next changes.
+    /// Applies one change to the table of remote relation `relid` with `f`, as the
+    /// table's owner (apply::owner: its triggers, defaults and constraints run with
+    /// the owner's rights, not the worker's); the table's executor state stays for
+    /// the next changes.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot.
     unsafe fn with_writer<T>(&mut self, relid: u32, f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T) -> T {
         // SAFETY: forwarded; the writer and mapping live in self.rels, untouched while
         // `f` applies the change (nothing in it drains invalidations, closes writers
         // or replaces relations). On an error the writer stays where it is; the
-        // handler of the error forgets its transaction part.
+        // handler of the error forgets its transaction part, and the switch to the
+        // owner is undone as the error unwinds through here.
         unsafe {
             let (w, map) = self.open_writer(relid);
             let w = &mut *w;
+            // The owner as the open relation knows it: no catalog lookup per change;
+            // an ALTER TABLE ... OWNER TO invalidates the relation, which rebuilds
+            // this entry before the next change (or closes the writer).
+            let switch = OwnerSwitch::enter((*(*w.rel).rd_rel).relowner, self.worker_user);
+            self.as_owner = switch.as_ref().map(OwnerSwitch::state);
             w.begin_change();
             let out = f(self, w, &*map);
             w.end_change();
+            self.as_owner = None;
+            drop(switch);
             if w.has_extras() {
                 // Trigger slots or relations of this transaction: not kept.
                 if let Some(r) = self.rels.get_mut(&relid) {
@@ -726,6 +745,7 @@ impl ApplySession {
     /// go with it and are forgotten; the rest is closed, so no executor state that
     /// took part in a failed change survives it.
     fn forget_transaction_writers(&mut self) {
+        self.as_owner = None;
         for r in self.rels.values_mut() {
             if let Some(w) = r.writer() {
                 w.forget_transaction();
@@ -859,8 +879,10 @@ impl ApplySession {
         for relid in &t.relids {
             oids.push(i64::from(u32::from(self.local_relation(*relid).relid)));
         }
-        let list: Option<String> = Spi::get_one_with_args(
-            "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ')
+        // The tables' names, and their owner when they have only one.
+        let (list, owner): (Option<String>, Option<pg_sys::Oid>) = Spi::get_two_with_args(
+            "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', '),
+                    CASE WHEN count(DISTINCT c.relowner) = 1 THEN min(c.relowner) END
                FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE c.oid = ANY ($1::int8[]::oid[])",
             &[oids.into()],
@@ -872,6 +894,11 @@ impl ApplySession {
             if t.restart_seqs { " RESTART IDENTITY" } else { "" },
             if t.cascade { " CASCADE" } else { "" }
         );
+        // As the tables' owner (their TRUNCATE triggers run with its rights); tables
+        // of several owners in one TRUNCATE run as the worker, as PostgreSQL's apply
+        // runs every TRUNCATE (docs/apply.md).
+        // SAFETY: inside the apply transaction; undone when the statement ends or fails.
+        let _switch = owner.and_then(|o| unsafe { OwnerSwitch::enter(o, self.worker_user) });
         Spi::run(&sql).unwrap_or_else(|e| spi_failed("applying TRUNCATE", e));
     }
 

@@ -7,6 +7,7 @@
 mod copy_from;
 mod executor;
 mod handlers;
+mod owner;
 pub(crate) mod queue;
 mod rows;
 mod stream;

@@ -38,6 +38,7 @@ use super::{create_slot, fail, quote_ident};
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
 use super::copy_from;
+use super::owner::as_table_owner;
 
 /// What the subscription asked to synchronise.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -633,10 +634,13 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let copied = BackgroundWorker::transaction(AssertUnwindSafe(|| {
         // The origin's progress is not moved (0/0): the stream is still behind the copy.
         copy_from::commit_as_provider(&sub.slot_name, 0);
-        if truncate {
-            Spi::run(&format!("TRUNCATE ONLY {name}")).unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
-        }
         let relid = local_table(sub, &name);
+        if truncate {
+            // As the table's owner, as its copy (its TRUNCATE triggers run with its rights).
+            // SAFETY: inside the transaction.
+            unsafe { as_table_owner(relid, || Spi::run(&format!("TRUNCATE ONLY {name}"))) }
+                .unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
+        }
         // Rows exist here: merge by key (the provider's version wins), never mix
         // silently or fail on duplicates; without a key the table is marked failed
         // (nothing was written: the commit is empty).
@@ -658,11 +662,23 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
                 .map(|c| format!("{c} = EXCLUDED.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            Spi::run(&format!(
-                "INSERT INTO {name} ({cols}) SELECT {cols} FROM spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
+            // The merge writes the table as its owner, as the copy does (its triggers,
+            // defaults and constraints run with the owner's rights), who may read the
+            // worker's merge table for that.
+            Spi::get_one_with_args::<String>(
+                "SELECT (SELECT pg_catalog.format('GRANT SELECT ON pg_temp.spock_sync_rows TO %s', c.relowner::regrole)
+                           FROM pg_catalog.pg_class c
+                          WHERE c.oid = $1 AND c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))",
+                &[relid.into()],
+            )
+            .and_then(|grant| grant.map_or(Ok(()), |g| Spi::run(&g)))
+            .unwrap_or_else(|e| sync_error(sub, "granting the table's owner the merge table", e));
+            let merge = format!(
+                "INSERT INTO {name} ({cols}) SELECT {cols} FROM pg_temp.spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
                 cols = t.columns
-            ))
-            .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
+            );
+            // SAFETY: inside the transaction.
+            unsafe { as_table_owner(relid, || Spi::run(&merge)) }.unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
         } else {
             copy_table(sub, &provider, &t, &name, relid);
         }

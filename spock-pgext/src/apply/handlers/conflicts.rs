@@ -72,6 +72,10 @@ impl ApplySession {
             self.eager_conflict = true;
             return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
         }
+        // The bookkeeping below (spock's catalogs, spock.resolutions) is the worker's,
+        // not the table owner's the change runs as.
+        // SAFETY: `as_owner` is set only while that switch is in force (with_writer).
+        let _worker = self.as_owner.map(|s| unsafe { super::owner::WorkerSwitch::enter(s) });
         let remote = self.remote_version();
         let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
         let remote_tb = {
