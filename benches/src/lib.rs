@@ -7,15 +7,53 @@ use spock_core::proto::{self, Begin, Commit, Datum, Insert, Message, ProtoVersio
 /// A pgbench-like transaction: BEGIN, three UPDATEs and an INSERT, COMMIT, each
 /// message encoded on its own (as CopyData frames carry them).
 pub fn pgbench_like_transaction(version: ProtoVersion, xid: u32) -> Vec<Bytes> {
-    let row = |vals: &[&str]| Tuple::new(vals.iter().map(|v| Datum::Text(Bytes::copy_from_slice(v.as_bytes()))).collect());
+    let row =
+        |vals: &[&str]| Tuple::new(vals.iter().map(|v| Datum::Text(Bytes::copy_from_slice(v.as_bytes()))).collect());
     let lsn = 0x1_0000_0000u64 + u64::from(xid) * 512;
     let messages = [
         Message::Begin(Begin { flags: 0, final_lsn: lsn + 400, commit_time: 800_000_000_000_000, xid }),
-        Message::Update(Update { flags: 0, relid: 16390, old: None, new: row(&["42", "7", "-1234", "                                                                                    "]) }),
-        Message::Update(Update { flags: 0, relid: 16393, old: None, new: row(&["3", "99999", "                                                                                          "]) }),
-        Message::Update(Update { flags: 0, relid: 16387, old: None, new: row(&["1", "-77", "                                                                                          "]) }),
-        Message::Insert(Insert { flags: 0, relid: 16384, new: row(&["3", "1", "42", "-1234", "2026-11-25 15:00:00.123456+00", ""]) }),
-        Message::Commit(Commit { flags: 0, commit_lsn: lsn + 400, end_lsn: lsn + 448, commit_time: 800_000_000_000_000 }),
+        Message::Update(Update {
+            flags: 0,
+            relid: 16390,
+            old: None,
+            new: row(&[
+                "42",
+                "7",
+                "-1234",
+                "                                                                                    ",
+            ]),
+        }),
+        Message::Update(Update {
+            flags: 0,
+            relid: 16393,
+            old: None,
+            new: row(&[
+                "3",
+                "99999",
+                "                                                                                          ",
+            ]),
+        }),
+        Message::Update(Update {
+            flags: 0,
+            relid: 16387,
+            old: None,
+            new: row(&[
+                "1",
+                "-77",
+                "                                                                                          ",
+            ]),
+        }),
+        Message::Insert(Insert {
+            flags: 0,
+            relid: 16384,
+            new: row(&["3", "1", "42", "-1234", "2026-11-25 15:00:00.123456+00", ""]),
+        }),
+        Message::Commit(Commit {
+            flags: 0,
+            commit_lsn: lsn + 400,
+            end_lsn: lsn + 448,
+            commit_time: 800_000_000_000_000,
+        }),
     ];
     messages
         .iter()

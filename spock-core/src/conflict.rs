@@ -102,10 +102,7 @@ pub struct UnknownName(pub String);
 impl FromStr for ConflictKind {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ConflictKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownName(s.to_string()))
+        ConflictKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownName(s.to_string()))
     }
 }
 
@@ -151,10 +148,7 @@ impl ConflictPolicy {
 impl FromStr for ConflictPolicy {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ConflictPolicy::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| UnknownName(s.to_string()))
+        ConflictPolicy::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownName(s.to_string()))
     }
 }
 
@@ -326,11 +320,7 @@ pub fn decide(
             if policy == ConflictPolicy::Error {
                 Err(unresolvable)
             } else {
-                Ok(Decision {
-                    kind,
-                    resolution: Resolution::Skip,
-                    reason: Reason::NoLocalRow,
-                })
+                Ok(Decision { kind, resolution: Resolution::Skip, reason: Reason::NoLocalRow })
             }
         }
         ConflictKind::InsertExists
@@ -339,11 +329,7 @@ pub fn decide(
         | ConflictKind::DeleteExists => {
             let Some(local) = local else {
                 // Without a local row there is nothing to compare: the change applies.
-                return Ok(Decision {
-                    kind,
-                    resolution: Resolution::ApplyRemote,
-                    reason: Reason::NoLocalRow,
-                });
+                return Ok(Decision { kind, resolution: Resolution::ApplyRemote, reason: Reason::NoLocalRow });
             };
             let (resolution, reason) = resolve(local, remote, policy, tiebreakers).map_err(|_| unresolvable)?;
             let is_delete = matches!(kind, ConflictKind::DeleteOriginDiffers | ConflictKind::DeleteExists);

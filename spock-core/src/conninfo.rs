@@ -39,11 +39,7 @@ pub fn quote_value(value: &str) -> String {
 
 /// A keyword/value connection string of `pairs`, in their order.
 pub fn format_conninfo<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", k.as_ref(), quote_value(v.as_ref())))
-        .collect::<Vec<_>>()
-        .join(" ")
+    pairs.iter().map(|(k, v)| format!("{}={}", k.as_ref(), quote_value(v.as_ref()))).collect::<Vec<_>>().join(" ")
 }
 
 /// Splits parsed connection settings for a child program: the password (if any)
@@ -113,14 +109,18 @@ mod tests {
     #[test]
     fn password_goes_to_the_environment_only() {
         let secret = "s3cr'et \\ pw";
-        let t = tool_connection(&pairs(&[("host", "10.0.0.1"), ("password", secret), ("dbname", "app"), ("user", "rep")]));
+        let t =
+            tool_connection(&pairs(&[("host", "10.0.0.1"), ("password", secret), ("dbname", "app"), ("user", "rep")]));
         assert!(!t.conninfo.contains("s3cr"), "{}", t.conninfo);
         assert!(!t.conninfo.contains("password"), "{}", t.conninfo);
         assert_eq!(t.conninfo, "host='10.0.0.1' dbname='app' user='rep' connect_timeout='30'");
         assert_eq!(t.env, vec![("PGPASSWORD".to_string(), secret.to_string())]);
         let args = pg_dump_structure_args("00000003-1", "/tmp/d", &["skipme".to_string()], &t.conninfo);
         assert!(args.iter().all(|a| !a.contains("s3cr")), "{args:?}");
-        assert_eq!(args.last().map(String::as_str), Some("--dbname=host='10.0.0.1' dbname='app' user='rep' connect_timeout='30'"));
+        assert_eq!(
+            args.last().map(String::as_str),
+            Some("--dbname=host='10.0.0.1' dbname='app' user='rep' connect_timeout='30'")
+        );
         assert!(args.contains(&"--exclude-schema=skipme".to_string()));
     }
 
@@ -149,7 +149,10 @@ mod tests {
 
     #[test]
     fn redact_masks_every_occurrence() {
-        assert_eq!(redact("missing \"=\" after \"pw\" near pw", Some("pw")), "missing \"=\" after \"********\" near ********");
+        assert_eq!(
+            redact("missing \"=\" after \"pw\" near pw", Some("pw")),
+            "missing \"=\" after \"********\" near ********"
+        );
         assert_eq!(redact("no secret", None), "no secret");
         assert_eq!(redact("empty", Some("")), "empty");
     }

@@ -146,7 +146,8 @@ impl QueuedMessage {
                     Some(serde_json::Value::Number(n)) => n.to_string(),
                     Some(other) => return Err(malformed(format!("unexpected type for key 'last_value': {other}"))),
                 };
-                let last_value = raw.parse::<i64>().map_err(|_| malformed(format!("last_value \"{raw}\" is not a bigint")))?;
+                let last_value =
+                    raw.parse::<i64>().map_err(|_| malformed(format!("last_value \"{raw}\" is not a bigint")))?;
                 Ok(QueuedMessage::Sequence {
                     schema: string_key(obj, "schema_name", "sequence")?,
                     name: string_key(obj, "sequence_name", "sequence")?,
@@ -206,7 +207,11 @@ pub enum IdentityChange {
 
 /// Spock's `classify_alter_pkri_change`: combines the table's state after the ALTER
 /// with what its subcommands could have done.
-pub fn classify_identity_change(has_identity_after: bool, adds_identity: bool, may_drop_identity: bool) -> IdentityChange {
+pub fn classify_identity_change(
+    has_identity_after: bool,
+    adds_identity: bool,
+    may_drop_identity: bool,
+) -> IdentityChange {
     if has_identity_after && adds_identity {
         IdentityChange::Added
     } else if !has_identity_after && may_drop_identity {
@@ -280,7 +285,9 @@ pub struct Placement {
 /// ALTER TABLE that does not change the identity leaves memberships alone, and
 /// memberships in custom sets are respected unless they would break replication.
 pub fn place_table(statement: TableStatement, facts: &TableFacts) -> Placement {
-    let all = |f: &dyn Fn(&SetMembership) -> bool| facts.memberships.iter().filter(|m| f(m)).map(|m| m.name.clone()).collect::<Vec<_>>();
+    let all = |f: &dyn Fn(&SetMembership) -> bool| {
+        facts.memberships.iter().filter(|m| f(m)).map(|m| m.name.clone()).collect::<Vec<_>>()
+    };
     if !facts.logged {
         return Placement { remove_from: all(&|_| true), add_to: None, note: None };
     }

@@ -104,9 +104,7 @@ pub fn split_identifier_list(input: &str, separator: char) -> Result<Vec<String>
 /// `[a-z0-9_]` that do not start with a digit stay bare).
 pub fn quote_identifier(ident: &str) -> String {
     let safe = !ident.is_empty()
-        && ident
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && ident.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !ident.as_bytes()[0].is_ascii_digit();
     if safe {
         ident.to_string()
@@ -129,10 +127,7 @@ mod tests {
 
     #[test]
     fn quoted_identifiers_keep_case_and_separators() {
-        assert_eq!(
-            split_identifier_list(r#""My,Set","a""b""#, ',').unwrap(),
-            vec!["My,Set", "a\"b"]
-        );
+        assert_eq!(split_identifier_list(r#""My,Set","a""b""#, ',').unwrap(), vec!["My,Set", "a\"b"]);
     }
 
     #[test]
@@ -152,10 +147,7 @@ mod tests {
 
     #[test]
     fn qualified_names() {
-        assert_eq!(
-            split_identifier_list("public.\"Tbl\"", '.').unwrap(),
-            vec!["public", "Tbl"]
-        );
+        assert_eq!(split_identifier_list("public.\"Tbl\"", '.').unwrap(), vec!["public", "Tbl"]);
     }
 
     #[test]

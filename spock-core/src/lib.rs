@@ -27,9 +27,9 @@
 
 pub mod conflict;
 pub mod conninfo;
+pub mod ddl;
 pub mod exception;
 pub mod holds;
-pub mod ddl;
 pub mod ident;
 pub mod names;
 pub mod origin;

@@ -50,10 +50,7 @@ fn final_mix(a: &mut u32, b: &mut u32, c: &mut u32) {
 /// Little-endian word made of up to four bytes (missing high bytes are zero).
 #[inline]
 fn le_word(bytes: &[u8]) -> u32 {
-    bytes
-        .iter()
-        .enumerate()
-        .fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (8 * i)))
+    bytes.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (u32::from(b) << (8 * i)))
 }
 
 /// PostgreSQL's `hash_any()` / `hash_bytes()` (Bob Jenkins' lookup3 hash) as computed
@@ -138,13 +135,7 @@ pub fn slot_name(subscriber_db: &str, provider_node: &str, subscription: &str) -
     raw.extend_from_slice(&shorten_hash(subscription.as_bytes(), 16));
     raw.truncate(MAX_IDENTIFIER_LEN);
     raw.iter()
-        .map(|&b| {
-            if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' {
-                b as char
-            } else {
-                '_'
-            }
-        })
+        .map(|&b| if b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' { b as char } else { '_' })
         .collect()
 }
 

@@ -168,11 +168,7 @@ impl<F> TablePublication<F> {
 
     /// Whether the change is sent: the action is published and every filter accepts
     /// the row. TRUNCATE has no row and ignores filters.
-    pub fn change_passes<E>(
-        &self,
-        action: Action,
-        eval: impl FnMut(&F) -> Result<Option<bool>, E>,
-    ) -> Result<bool, E> {
+    pub fn change_passes<E>(&self, action: Action, eval: impl FnMut(&F) -> Result<Option<bool>, E>) -> Result<bool, E> {
         if !self.publishes(action) {
             return Ok(false);
         }
@@ -189,9 +185,7 @@ impl<F> TablePublication<F> {
 pub fn queue_message_passes<S: AsRef<str>>(message_sets: Option<&[S]>, subscribed: &[RepSet]) -> bool {
     match message_sets {
         None => true,
-        Some(sets) => sets
-            .iter()
-            .any(|name| subscribed.iter().any(|s| s.name == name.as_ref())),
+        Some(sets) => sets.iter().any(|name| subscribed.iter().any(|s| s.name == name.as_ref())),
     }
 }
 

@@ -54,10 +54,14 @@ fn be_u64(buf: &[u8], at: usize) -> u64 {
 /// Reads one CopyData message of the walsender.
 pub fn parse(buf: &[u8]) -> Result<ServerMessage<'_>, FramingError> {
     match buf.first() {
-        Some(b'w') if buf.len() >= XLOG_DATA_HEADER => {
-            Ok(ServerMessage::XLogData { start: be_u64(buf, 1), end: be_u64(buf, 9), payload: &buf[XLOG_DATA_HEADER..] })
+        Some(b'w') if buf.len() >= XLOG_DATA_HEADER => Ok(ServerMessage::XLogData {
+            start: be_u64(buf, 1),
+            end: be_u64(buf, 9),
+            payload: &buf[XLOG_DATA_HEADER..],
+        }),
+        Some(b'k') if buf.len() >= 18 => {
+            Ok(ServerMessage::Keepalive { end: be_u64(buf, 1), reply_requested: buf[17] != 0 })
         }
-        Some(b'k') if buf.len() >= 18 => Ok(ServerMessage::Keepalive { end: be_u64(buf, 1), reply_requested: buf[17] != 0 }),
         Some(b'w') | Some(b'k') => Err(FramingError(format!("'{}' message of {} bytes", buf[0] as char, buf.len()))),
         Some(other) => Ok(ServerMessage::Other(*other)),
         None => Err(FramingError("empty message".into())),

@@ -6,7 +6,6 @@
 //! `spock_core`; unsafe code is confined to small commented functions.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-
 mod apply;
 mod ddl;
 mod error;

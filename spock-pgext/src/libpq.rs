@@ -311,7 +311,11 @@ struct PgResult(*mut PGresult);
 impl PgResult {
     fn status(&self) -> c_int {
         // SAFETY: a valid (or null, handled) result.
-        if self.0.is_null() { -1 } else { unsafe { (api().result_status)(self.0) } }
+        if self.0.is_null() {
+            -1
+        } else {
+            unsafe { (api().result_status)(self.0) }
+        }
     }
 }
 
@@ -465,7 +469,10 @@ impl Connection {
             };
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(LibpqError {
-                    message: format!("connection to the provider timed out (connect_timeout {} s)", c.connect_timeout().unwrap_or(0)),
+                    message: format!(
+                        "connection to the provider timed out (connect_timeout {} s)",
+                        c.connect_timeout().unwrap_or(0)
+                    ),
                     sqlstate: Some("08001".into()),
                 });
             }
@@ -501,7 +508,11 @@ impl Connection {
             if in_query {
                 self.cancel();
             }
-            PgError::new(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, "spock: stopped waiting for the provider: the worker is stopping").raise();
+            PgError::new(
+                PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+                "spock: stopped waiting for the provider: the worker is stopping",
+            )
+            .raise();
         }
         // SAFETY: plain reads of interrupt flags set by signal handlers.
         let (pending, dying) = unsafe { (pg_sys::InterruptPending != 0, pg_sys::ProcDiePending != 0) };
@@ -709,7 +720,8 @@ impl Connection {
                 -1 => {
                     let r = self.next_result();
                     let status = if r.0.is_null() { PGRES_COMMAND_OK } else { r.status() };
-                    let out = if status == PGRES_COMMAND_OK { Ok(CopyMessage::Done) } else { Err(self.error(Some(r.0))) };
+                    let out =
+                        if status == PGRES_COMMAND_OK { Ok(CopyMessage::Done) } else { Err(self.error(Some(r.0))) };
                     // Read up to the end of the command, so that the next one can be
                     // sent (PQsendQuery refuses while results are pending).
                     // A COPY state left (the server ended COPY BOTH; we did not)
@@ -736,7 +748,9 @@ impl Connection {
         let api = api();
         // SAFETY: valid connection and buffer.
         unsafe {
-            if (api.put_copy_data)(self.conn, data.as_ptr().cast(), data.len() as c_int) != 1 || (api.flush)(self.conn) != 0 {
+            if (api.put_copy_data)(self.conn, data.as_ptr().cast(), data.len() as c_int) != 1
+                || (api.flush)(self.conn) != 0
+            {
                 return Err(self.error(None));
             }
         }

@@ -38,7 +38,13 @@ fn sql_literal(s: &str) -> String {
 
 /// Consumes the slot's pending changes with `pg_logical_slot_get_binary_changes`
 /// and returns every message, decoded. `peek` leaves them in the slot.
-pub fn slot_messages(node: &TestNode, db: &str, slot: &str, params: &[(String, String)], peek: bool) -> Result<Vec<Decoded>> {
+pub fn slot_messages(
+    node: &TestNode,
+    db: &str,
+    slot: &str,
+    params: &[(String, String)],
+    peek: bool,
+) -> Result<Vec<Decoded>> {
     let args: Vec<String> = params.iter().flat_map(|(k, v)| [sql_literal(k), sql_literal(v)]).collect();
     let func = if peek { "pg_logical_slot_peek_binary_changes" } else { "pg_logical_slot_get_binary_changes" };
     let sql = format!(
@@ -48,7 +54,9 @@ pub fn slot_messages(node: &TestNode, db: &str, slot: &str, params: &[(String, S
         args.join(", ")
     );
     let mut client = node.connect_db(db)?;
-    let rows = client.query(&sql, &[]).map_err(|e| HarnessError(format!("decoding slot {slot}: {}", describe_pg_error(&e))))?;
+    let rows = client
+        .query(&sql, &[])
+        .map_err(|e| HarnessError(format!("decoding slot {slot}: {}", describe_pg_error(&e))))?;
     let mut decoder = StreamDecoder::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -61,9 +69,5 @@ pub fn slot_messages(node: &TestNode, db: &str, slot: &str, params: &[(String, S
 
 /// Just the messages, without startup and without the insert LSNs.
 pub fn messages(decoded: &[Decoded]) -> Vec<Message> {
-    decoded
-        .iter()
-        .filter(|d| !matches!(d.message, Message::Startup(_)))
-        .map(|d| d.message.clone())
-        .collect()
+    decoded.iter().filter(|d| !matches!(d.message, Message::Startup(_))).map(|d| d.message.clone()).collect()
 }

@@ -16,8 +16,13 @@ pub fn setup_node(n: &TestNode) {
 
 /// Subscription `sub_<sub>_<provider>` of `sub` to `provider`.
 pub fn subscribe(sub: &TestNode, provider: &TestNode) {
-    sub.execute(&format!("SELECT spock.sub_create('sub_{}_{}', '{}')", sub.name, provider.name, provider.dsn("postgres")))
-        .unwrap();
+    sub.execute(&format!(
+        "SELECT spock.sub_create('sub_{}_{}', '{}')",
+        sub.name,
+        provider.name,
+        provider.dsn("postgres")
+    ))
+    .unwrap();
 }
 
 /// Waits until `subscriptions` subscriptions of `n` are replicating.
@@ -52,7 +57,11 @@ pub fn sync_through(provider: &TestNode, subscriber: &TestNode) {
     let reached: bool = subscriber
         .query_one(&format!("CALL spock.wait_for_sync_event(NULL, '{}'::name, '{lsn}'::pg_lsn, 120)", provider.name))
         .unwrap();
-    assert!(reached, "node {} did not apply node {}'s sync event at {lsn} within 120 s", subscriber.name, provider.name);
+    assert!(
+        reached,
+        "node {} did not apply node {}'s sync event at {lsn} within 120 s",
+        subscriber.name, provider.name
+    );
 }
 
 /// [`sync_through`] for every ordered pair of a full mesh.

@@ -121,10 +121,7 @@ impl PgInstall {
     /// The installation named by `SPOCK_PG_CONFIG` (or the default), checked once.
     pub fn get() -> Result<&'static PgInstall> {
         static INSTALL: OnceLock<std::result::Result<PgInstall, String>> = OnceLock::new();
-        INSTALL
-            .get_or_init(|| PgInstall::detect().map_err(|e| e.0))
-            .as_ref()
-            .map_err(|e| HarnessError(e.clone()))
+        INSTALL.get_or_init(|| PgInstall::detect().map_err(|e| e.0)).as_ref().map_err(|e| HarnessError(e.clone()))
     }
 
     fn detect() -> Result<PgInstall> {
@@ -191,9 +188,7 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
 /// Whether process `pid` runs (a zombie waiting for its parent does not count).
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false)
+        && fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 
 fn kill(pid: u32, signal: &str) {
@@ -313,10 +308,21 @@ impl TestNode {
         install.give_to_run_user(&root)?;
         let data = root.join("data");
         let mut initdb = install.command("initdb");
-        initdb.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions"]);
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]);
         run(initdb, &format!("initdb for node {}", opts.name))?;
 
-        let mut node = TestNode { name: opts.name.clone(), port: 0, install, dir: Some(dir), root, env: opts.env.clone() };
+        let mut node =
+            TestNode { name: opts.name.clone(), port: 0, install, dir: Some(dir), root, env: opts.env.clone() };
         let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
         let sockdir = node.root.display().to_string();
         let mut lines = vec![
@@ -390,9 +396,9 @@ impl TestNode {
             .arg(format!("-p {}", self.port))
             .args(["-w", "-t", "60", "start"]);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        run(cmd, &format!("starting node {}", self.name)).map(|_| ()).map_err(|e| {
-            HarnessError(format!("{e}\n--- server log ---\n{}", self.log()))
-        })
+        run(cmd, &format!("starting node {}", self.name))
+            .map(|_| ())
+            .map_err(|e| HarnessError(format!("{e}\n--- server log ---\n{}", self.log())))
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -452,7 +458,11 @@ impl TestNode {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {times} x {needle:?} in the log of node {}:\n{}", self.name, tail(&log, 40));
+                panic!(
+                    "timed out waiting for {times} x {needle:?} in the log of node {}:\n{}",
+                    self.name,
+                    tail(&log, 40)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -480,7 +490,8 @@ impl TestNode {
 
     /// A new connection to database `db`.
     pub fn connect_db(&self, db: &str) -> Result<Client> {
-        self.try_connect(db).map_err(|e| HarnessError(format!("connecting to node {}: {}", self.name, describe_pg_error(&e))))
+        self.try_connect(db)
+            .map_err(|e| HarnessError(format!("connecting to node {}: {}", self.name, describe_pg_error(&e))))
     }
 
     /// A new connection to database `db` as role `user` (local connections are
@@ -497,7 +508,9 @@ impl TestNode {
 
     /// Runs one or more statements (simple protocol) in database `postgres`.
     pub fn execute(&self, sql: &str) -> Result<()> {
-        self.connect()?.batch_execute(sql).map_err(|e| HarnessError(format!("on node {}: {sql}: {}", self.name, describe_pg_error(&e))))
+        self.connect()?
+            .batch_execute(sql)
+            .map_err(|e| HarnessError(format!("on node {}: {sql}: {}", self.name, describe_pg_error(&e))))
     }
 
     /// The first column of the single row `sql` returns.
@@ -654,10 +667,7 @@ impl Cluster {
     pub fn start(options: Vec<NodeOptions>) -> Result<Cluster> {
         let results: Vec<Result<TestNode>> = std::thread::scope(|s| {
             let handles: Vec<_> = options.into_iter().map(|o| s.spawn(move || TestNode::start(o))).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| err("node start panicked")))
-                .collect()
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| err("node start panicked"))).collect()
         });
         let mut nodes = Vec::new();
         for r in results {

@@ -30,12 +30,21 @@ fn rows(n: &TestNode, table: &str) -> String {
 
 /// The catalogs a failed call must leave alone.
 fn catalogs(n: &TestNode) -> String {
-    ["spock.node", "spock.node_interface", "spock.replication_set", "spock.replication_set_table", "spock.replication_set_seq",
-     "spock.sequence_state", "spock.subscription", "spock.local_sync_status", "spock.queue"]
-        .iter()
-        .map(|t| format!("{t}:\n{}", rows(n, t)))
-        .collect::<Vec<_>>()
-        .join("\n")
+    [
+        "spock.node",
+        "spock.node_interface",
+        "spock.replication_set",
+        "spock.replication_set_table",
+        "spock.replication_set_seq",
+        "spock.sequence_state",
+        "spock.subscription",
+        "spock.local_sync_status",
+        "spock.queue",
+    ]
+    .iter()
+    .map(|t| format!("{t}:\n{}", rows(n, t)))
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 #[test]
@@ -50,7 +59,9 @@ fn node_drop_checks_every_slot_before_dropping_any() {
     wait_for(
         "the subscription's slot active",
         WAIT,
-        || count(a, "SELECT count(*) FROM pg_replication_slots WHERE slot_name ~ '^spk_' AND slot_name <> 'spk_0_inactive' AND active"),
+        || {
+            count(a, "SELECT count(*) FROM pg_replication_slots WHERE slot_name ~ '^spk_' AND slot_name <> 'spk_0_inactive' AND active")
+        },
         1,
     );
     let slots = "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots";
@@ -153,7 +164,11 @@ fn system_tables_cannot_join_a_set() {
     assert_eq!(sqlstate(&node, "SELECT spock.repset_add_table('default', 'v')"), "42809");
     for schema in ["pg_catalog", "information_schema", "pg_toast", "spock"] {
         for f in ["repset_add_all_tables", "repset_add_all_seqs"] {
-            assert_eq!(sqlstate(&node, &format!("SELECT spock.{f}('default', '{{{schema}}}')")), "22023", "{f} {schema}");
+            assert_eq!(
+                sqlstate(&node, &format!("SELECT spock.{f}('default', '{{{schema}}}')")),
+                "22023",
+                "{f} {schema}"
+            );
         }
     }
     assert_eq!(sqlstate(&node, "SELECT spock.repset_add_all_tables('default', '{public,NULL}')"), "22004");
@@ -161,7 +176,11 @@ fn system_tables_cannot_join_a_set() {
     // The public schema still works, and leaves the view alone.
     node.execute("CREATE TABLE t2 (id int PRIMARY KEY)").unwrap();
     node.execute("SELECT spock.repset_add_all_tables('default', '{public}')").unwrap();
-    let tables: String = node.query_one("SELECT string_agg(set_reloid::text, ',' ORDER BY set_reloid::text) FROM spock.replication_set_table").unwrap();
+    let tables: String = node
+        .query_one(
+            "SELECT string_agg(set_reloid::text, ',' ORDER BY set_reloid::text) FROM spock.replication_set_table",
+        )
+        .unwrap();
     assert_eq!(tables, "t,t2");
 }
 
@@ -175,7 +194,8 @@ fn subscription_arguments_are_checked_before_anything_changes() {
     let origins = "SELECT count(*) FROM pg_replication_origin";
     let origins_before = count(b, origins);
     for (sets, code) in [("'{default,NULL}'", "22004"), ("'{}'", "22023"), ("'{default,nosuch}'", "42704")] {
-        let (got, message, hint) = error_of(b, &format!("SELECT spock.sub_create('s2', '{dsn}', replication_sets := {sets})"));
+        let (got, message, hint) =
+            error_of(b, &format!("SELECT spock.sub_create('s2', '{dsn}', replication_sets := {sets})"));
         assert_eq!(got, code, "{sets}: {message}");
         if code == "42704" {
             assert!(message.contains("nosuch"), "{message}");
@@ -185,7 +205,11 @@ fn subscription_arguments_are_checked_before_anything_changes() {
     assert_eq!(sqlstate(b, &format!("SELECT spock.sub_create('s2', '{dsn}', forward_origins := '{{NULL}}')")), "22004");
     assert_eq!(sqlstate(b, &format!("SELECT spock.sub_create('', '{dsn}')")), "22023");
     for delay in ["infinity", "-infinity", "-1 second"] {
-        assert_eq!(sqlstate(b, &format!("SELECT spock.sub_create('s2', '{dsn}', apply_delay := '{delay}')")), "22023", "{delay}");
+        assert_eq!(
+            sqlstate(b, &format!("SELECT spock.sub_create('s2', '{dsn}', apply_delay := '{delay}')")),
+            "22023",
+            "{delay}"
+        );
         assert_eq!(
             sqlstate(b, &format!("SELECT spock.sub_alter_options('sub_n2_n1', '{{\"apply_delay\": \"{delay}\"}}')")),
             "22023",
@@ -221,7 +245,16 @@ fn sync_seq_handles_descending_sequences_and_negative_values() {
     }
     // cache_size (1000) further in each sequence's direction, within its bounds.
     for (s, v) in [("down", -1001_i64), ("neg", 950), ("high", i64::MAX), ("low", i64::MIN)] {
-        assert_eq!(count(a, &format!("SELECT last_value FROM spock.sequence_state WHERE seqoid = '{s}'::regclass")), v, "{s}");
-        wait_for(&format!("sequence {s} on the subscriber"), WAIT, || count(b, &format!("SELECT last_value FROM {s}")), v);
+        assert_eq!(
+            count(a, &format!("SELECT last_value FROM spock.sequence_state WHERE seqoid = '{s}'::regclass")),
+            v,
+            "{s}"
+        );
+        wait_for(
+            &format!("sequence {s} on the subscriber"),
+            WAIT,
+            || count(b, &format!("SELECT last_value FROM {s}")),
+            v,
+        );
     }
 }

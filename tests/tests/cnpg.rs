@@ -52,9 +52,7 @@ fn repo_root() -> PathBuf {
 
 fn original_pg_config() -> String {
     static ORIGINAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ORIGINAL
-        .get_or_init(|| std::env::var("SPOCK_PG_CONFIG").unwrap_or_else(|_| DEFAULT_PG_CONFIG.to_string()))
-        .clone()
+    ORIGINAL.get_or_init(|| std::env::var("SPOCK_PG_CONFIG").unwrap_or_else(|_| DEFAULT_PG_CONFIG.to_string())).clone()
 }
 
 fn pg_config(arg: &str) -> PathBuf {
@@ -119,8 +117,14 @@ fn deploy_manifests_match_the_crds_and_the_spock_rules() {
     // kustomize is not part of the image tooling; without kubectl this part is reported.
     if Command::new("kubectl").args(["version", "--client"]).output().is_ok_and(|o| o.status.success()) {
         let mut rendered = Vec::new();
-        for k in ["cnpg", "cnpg/overlays/multi-cluster/n1", "cnpg/overlays/multi-cluster/n2", "cnpg/overlays/multi-cluster/n3"] {
-            let out = run(Command::new("kubectl").arg("kustomize").arg(deploy.join(k)), &format!("kubectl kustomize {k}"));
+        for k in [
+            "cnpg",
+            "cnpg/overlays/multi-cluster/n1",
+            "cnpg/overlays/multi-cluster/n2",
+            "cnpg/overlays/multi-cluster/n3",
+        ] {
+            let out =
+                run(Command::new("kubectl").arg("kustomize").arg(deploy.join(k)), &format!("kubectl kustomize {k}"));
             rendered.push((format!("kustomize {k}"), String::from_utf8(out.stdout).expect("kustomize prints UTF-8")));
         }
         let report = manifests::check(&crds, &rendered);
@@ -287,13 +291,13 @@ fn read_tree(root: &Path, rel: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
 fn build_image() -> Built {
     let started = Instant::now();
     let out = run(&mut script(&["scripts/build-image.sh"]), "scripts/build-image.sh");
-    eprintln!("scripts/build-image.sh: {:.1}s\n{}", started.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "scripts/build-image.sh: {:.1}s\n{}",
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let env_text = fs::read_to_string(repo_root().join("out/spock-image.env")).unwrap();
-    let env = env_text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env = env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut tree = BTreeMap::new();
     read_tree(&repo_root().join("out/spock-rootfs"), Path::new(""), &mut tree);
     Built { env, tree }
@@ -377,7 +381,10 @@ impl ShadowInstall {
                 s.pop();
             }
         }
-        assert!(!shadow_of(&libdir).join("spock.so").exists() && !shadow_of(&sharedir).join("extension/spock.control").exists());
+        assert!(
+            !shadow_of(&libdir).join("spock.so").exists()
+                && !shadow_of(&sharedir).join("extension/spock.control").exists()
+        );
         ShadowInstall { bindir: shadow_bin, _dir: dir }
     }
 }
@@ -438,9 +445,15 @@ fn mapped(pid: i32, file: &str) -> Vec<String> {
 
 /// The files the image's layer must hold, for SQL version `version`.
 fn expected_files(version: &str) -> Vec<String> {
-    ["lib/spock.so", "lib/spock_output.so", "licenses/LICENSE", &format!("share/extension/spock--{version}.sql"), "share/extension/spock.control"]
-        .map(String::from)
-        .to_vec()
+    [
+        "lib/spock.so",
+        "lib/spock_output.so",
+        "licenses/LICENSE",
+        &format!("share/extension/spock--{version}.sql"),
+        "share/extension/spock.control",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Writes an OCI layout of `files` (one layer, as scripts/image/oci-build.py does) to
@@ -477,7 +490,9 @@ fn write_layout(
         layer.append_data(&mut header(tar::EntryType::Directory, 0o755, 0), d, std::io::empty()).unwrap();
     }
     for (path, f) in files {
-        layer.append_data(&mut header(tar::EntryType::Regular, f.mode, f.data.len() as u64), path, f.data.as_slice()).unwrap();
+        layer
+            .append_data(&mut header(tar::EntryType::Regular, f.mode, f.data.len() as u64), path, f.data.as_slice())
+            .unwrap();
     }
     for (path, kind, target) in extra {
         let mut h = header(*kind, 0o777, 0);
@@ -527,7 +542,13 @@ fn broken_images_fail_for_their_reason(good: &image::Image, version: &str) {
         dir.join("blobs/sha256").join(hex)
     };
     // (what, layer files, extra layer entries, change to the written layout, expected error)
-    type Case = (&'static str, BTreeMap<String, image::File>, Vec<(&'static str, tar::EntryType, &'static str)>, Tamper, &'static str);
+    type Case = (
+        &'static str,
+        BTreeMap<String, image::File>,
+        Vec<(&'static str, tar::EntryType, &'static str)>,
+        Tamper,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         ("as built", good.files.clone(), vec![], Box::new(|_, _, _| {}), ""),
         (
@@ -552,12 +573,26 @@ fn broken_images_fail_for_their_reason(good: &image::Image, version: &str) {
             "wrong diff_id",
             good.files.clone(),
             vec![],
-            Box::new(|_, config, _| config["rootfs"]["diff_ids"] = serde_json::json!([format!("sha256:{}", "0".repeat(64))])),
+            Box::new(|_, config, _| {
+                config["rootfs"]["diff_ids"] = serde_json::json!([format!("sha256:{}", "0".repeat(64))])
+            }),
             "the config's diff_id",
         ),
-        ("OS file", extra_file("etc/os-release"), vec![], Box::new(|_, _, _| {}), "layer: etc is an operating system file"),
+        (
+            "OS file",
+            extra_file("etc/os-release"),
+            vec![],
+            Box::new(|_, _, _| {}),
+            "layer: etc is an operating system file",
+        ),
         ("extra file", extra_file("share/extension/spock--0.0.1.sql"), vec![], Box::new(|_, _, _| {}), "layer: files"),
-        ("symlink escaping", good.files.clone(), vec![("lib/evil.so", tar::EntryType::Symlink, "../../../usr/lib/evil.so")], Box::new(|_, _, _| {}), "leaves the image"),
+        (
+            "symlink escaping",
+            good.files.clone(),
+            vec![("lib/evil.so", tar::EntryType::Symlink, "../../../usr/lib/evil.so")],
+            Box::new(|_, _, _| {}),
+            "leaves the image",
+        ),
         (
             "not world-readable",
             with("lib/spock.so", Box::new(|f| f.mode = 0o750)),
@@ -567,25 +602,53 @@ fn broken_images_fail_for_their_reason(good: &image::Image, version: &str) {
         ),
         (
             "$libdir in module_pathname",
-            with("share/extension/spock.control", Box::new(|f| {
-                f.data = String::from_utf8_lossy(&f.data).replace("module_pathname = 'spock'", "module_pathname = '$libdir/spock'").into_bytes()
-            })),
+            with(
+                "share/extension/spock.control",
+                Box::new(|f| {
+                    f.data = String::from_utf8_lossy(&f.data)
+                        .replace("module_pathname = 'spock'", "module_pathname = '$libdir/spock'")
+                        .into_bytes()
+                }),
+            ),
             vec![],
             Box::new(|_, _, _| {}),
             "module_pathname Some(\"$libdir/spock\")",
         ),
         (
             "default_version without script",
-            with("share/extension/spock.control", Box::new(|f| {
-                f.data = String::from_utf8_lossy(&f.data).replace("default_version", "default_version = '9.9'\n#").into_bytes()
-            })),
+            with(
+                "share/extension/spock.control",
+                Box::new(|f| {
+                    f.data = String::from_utf8_lossy(&f.data)
+                        .replace("default_version", "default_version = '9.9'\n#")
+                        .into_bytes()
+                }),
+            ),
             vec![],
             Box::new(|_, _, _| {}),
             "default_version 9.9 but no share/extension/spock--9.9.sql",
         ),
-        ("not ELF", with("lib/spock_output.so", Box::new(|f| f.data = b"#!/bin/sh\n".to_vec())), vec![], Box::new(|_, _, _| {}), "lib/spock_output.so: not an object file"),
-        ("root user", good.files.clone(), vec![], Box::new(|_, config, _| config["config"]["User"] = serde_json::json!("0:0")), "User \"0:0\""),
-        ("other architecture", good.files.clone(), vec![], Box::new(|_, config, _| config["architecture"] = serde_json::json!("s390x")), "os/architecture"),
+        (
+            "not ELF",
+            with("lib/spock_output.so", Box::new(|f| f.data = b"#!/bin/sh\n".to_vec())),
+            vec![],
+            Box::new(|_, _, _| {}),
+            "lib/spock_output.so: not an object file",
+        ),
+        (
+            "root user",
+            good.files.clone(),
+            vec![],
+            Box::new(|_, config, _| config["config"]["User"] = serde_json::json!("0:0")),
+            "User \"0:0\"",
+        ),
+        (
+            "other architecture",
+            good.files.clone(),
+            vec![],
+            Box::new(|_, config, _| config["architecture"] = serde_json::json!("s390x")),
+            "os/architecture",
+        ),
     ];
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
@@ -741,7 +804,8 @@ fn run_node_from_image(node: &TestNode, root: &str, version: &str) {
 
     // output_plugin_libraries (PostgreSQL >= 18.6) guards the plugin: the harness lists
     // spock_output as the deploy/ Clusters do; left out, the slot is refused.
-    let has_guard: i64 = node.query_one("SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'").unwrap();
+    let has_guard: i64 =
+        node.query_one("SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'").unwrap();
     if has_guard == 1 {
         assert!(setting("output_plugin_libraries").contains("spock_output"));
         let mut client = node.connect().unwrap();
@@ -761,12 +825,8 @@ fn run_node_from_image(node: &TestNode, root: &str, version: &str) {
     client.query("SELECT count(*) FROM pg_logical_slot_peek_binary_changes('cnpg', NULL, NULL, 'startup_params_format', '1', 'min_proto_version', '4', 'max_proto_version', '5', 'spock.replication_set_names', 'default')", &[]).unwrap();
     assert_eq!(mapped(pid, "spock.so"), [format!("{root}/lib/spock.so")], "spock.so of backend {pid}");
     assert_eq!(mapped(pid, "spock_output.so"), [format!("{root}/lib/spock_output.so")]);
-    let modules: Vec<String> = client
-        .query("SELECT file_name FROM pg_get_loaded_modules()", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let modules: Vec<String> =
+        client.query("SELECT file_name FROM pg_get_loaded_modules()", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     for m in ["spock.so", "spock_output.so"] {
         assert!(modules.iter().any(|f| f == m), "{m} not in pg_get_loaded_modules(): {modules:?}");
     }

@@ -27,7 +27,11 @@ fn pair(policy: &str) -> Cluster {
     a.execute(&format!("SELECT spock.sub_create('sub_n1_n2', '{}')", b.dsn("postgres"))).unwrap();
     b.execute(&format!("SELECT spock.sub_create('sub_n2_n1', '{}')", a.dsn("postgres"))).unwrap();
     for n in [a, b] {
-        wait_for("replicating", || n.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+        wait_for(
+            "replicating",
+            || n.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+            "replicating".into(),
+        );
     }
     cluster
 }
@@ -84,7 +88,10 @@ fn last_update_wins_on_concurrent_insert() {
     }
     assert_eq!(resolutions(c.node(0)), "insert_exists:apply_remote");
     // the remote transaction is identified by its xid and commit LSN on the provider
-    let ids: String = c.node(0).query_one("SELECT (remote_xid::text::int8 > 0 AND remote_lsn > '0/0')::text FROM spock.resolutions").unwrap();
+    let ids: String = c
+        .node(0)
+        .query_one("SELECT (remote_xid::text::int8 > 0 AND remote_lsn > '0/0')::text FROM spock.resolutions")
+        .unwrap();
     assert_eq!(ids, "true");
     // both versions of the row, and the local one's transaction
     let rows: String = c

@@ -64,26 +64,46 @@ fn replicate_ddl_between_row_changes() {
          UPDATE t2 SET w = -id WHERE id <= 5;",
     )
     .unwrap();
-    wait_for("rows with the new column", WAIT, || count_when_there(b, "SELECT count(*) FROM t2 WHERE w IS NOT NULL"), 15);
+    wait_for(
+        "rows with the new column",
+        WAIT,
+        || count_when_there(b, "SELECT count(*) FROM t2 WHERE w IS NOT NULL"),
+        15,
+    );
     assert_eq!(count(b, "SELECT count(*) FROM t2"), 20);
     assert_eq!(count(b, "SELECT sum(w) FROM t2"), (11..=20).map(|g| g * 10).sum::<i64>() - 15);
 
     // The queue row as Spock writes it: a JSON string with the search_path prefix,
     // the role, the sets; the subscriber keeps its copy of the row too.
-    let msg = a.query_one::<String>("SELECT message::text FROM spock.queue WHERE message::text LIKE '%ADD COLUMN w%'").unwrap();
+    let msg = a
+        .query_one::<String>("SELECT message::text FROM spock.queue WHERE message::text LIKE '%ADD COLUMN w%'")
+        .unwrap();
     assert_eq!(msg, r#""SET search_path TO \"$user\", public; ALTER TABLE t2 ADD COLUMN w int""#);
     assert_eq!(
-        a.query_one::<String>("SELECT role::text || ' ' || message_type::text || ' ' || replication_sets::text FROM spock.queue LIMIT 1").unwrap(),
+        a.query_one::<String>(
+            "SELECT role::text || ' ' || message_type::text || ' ' || replication_sets::text FROM spock.queue LIMIT 1"
+        )
+        .unwrap(),
         "postgres Q {ddl_sql}"
     );
-    wait_for("the queue rows on the subscriber", WAIT, || count_when_there(b, "SELECT count(*) FROM spock.queue WHERE message_type = 'Q'"), 2);
+    wait_for(
+        "the queue rows on the subscriber",
+        WAIT,
+        || count_when_there(b, "SELECT count(*) FROM spock.queue WHERE message_type = 'Q'"),
+        2,
+    );
 
     // A long statement (its queue row is TOASTed) arrives whole.
     a.execute(
         "SELECT spock.replicate_ddl(format('COMMENT ON TABLE t2 IS %L', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 2000) g)))",
     )
     .unwrap();
-    wait_for("the long comment", WAIT, || count_when_there(b, "SELECT coalesce(length(obj_description('t2'::regclass, 'pg_class')), 0)::int8"), 64_000);
+    wait_for(
+        "the long comment",
+        WAIT,
+        || count_when_there(b, "SELECT coalesce(length(obj_description('t2'::regclass, 'pg_class')), 0)::int8"),
+        64_000,
+    );
 
     // search_path and role are honoured; the text[] overload returns one row per command.
     for n in [a, b] {
@@ -101,7 +121,10 @@ fn replicate_ddl_between_row_changes() {
     assert!(table_exists(b, "app.t3"), "t3 must be created in schema app on the subscriber");
     assert!(table_exists(b, "app.t3_i"));
     assert!(!table_exists(b, "public.t3"));
-    assert_eq!(b.query_one::<String>("SELECT tableowner::text FROM pg_tables WHERE tablename = 't3'").unwrap(), "ddl_owner");
+    assert_eq!(
+        b.query_one::<String>("SELECT tableowner::text FROM pg_tables WHERE tablename = 't3'").unwrap(),
+        "ddl_owner"
+    );
 }
 
 #[test]
@@ -124,12 +147,18 @@ fn queue_rows_only_reach_subscribers_of_their_sets() {
     assert_eq!(count(b, "SELECT count(*) FROM spock.queue"), 1);
 
     // A NULL set list goes to every subscriber (a message for everyone).
-    a.execute("SELECT spock._queue_message(NULL, 'postgres', 'Q', to_json('CREATE TABLE for_all (id int)'::text)::text)").unwrap();
+    a.execute(
+        "SELECT spock._queue_message(NULL, 'postgres', 'Q', to_json('CREATE TABLE for_all (id int)'::text)::text)",
+    )
+    .unwrap();
     marker(a, b, 3);
     assert!(table_exists(b, "for_all"));
 
     // A table-sync request ('A', Spock's layout) reaches the sync hand-over.
-    a.execute(r#"SELECT spock._queue_message('{default}', 'postgres', 'A', '{"schema_name": "public","table_name": "t"}')"#).unwrap();
+    a.execute(
+        r#"SELECT spock._queue_message('{default}', 'postgres', 'A', '{"schema_name": "public","table_name": "t"}')"#,
+    )
+    .unwrap();
     marker(a, b, 4);
     assert!(b.log().contains("the provider asks for a sync of table public.t"));
 }
@@ -157,12 +186,16 @@ fn autoddl_replicates_created_tables_and_their_rows() {
         "auto_nopk:default_insert_only,auto_pk:default"
     );
     assert_eq!(
-        a.query_one::<String>("SELECT string_agg(message #>> '{}', ' | ' ORDER BY queued_at) FROM spock.queue WHERE message_type = 'D'").unwrap(),
+        a.query_one::<String>(
+            "SELECT string_agg(message #>> '{}', ' | ' ORDER BY queued_at) FROM spock.queue WHERE message_type = 'D'"
+        )
+        .unwrap(),
         "SET search_path TO \"$user\", public; CREATE TABLE auto_pk (id int PRIMARY KEY, v text) | \
          SET search_path TO \"$user\", public; CREATE TABLE auto_nopk (v text)"
     );
     assert_eq!(
-        a.query_one::<String>("SELECT DISTINCT replication_sets::text FROM spock.queue WHERE message_type = 'D'").unwrap(),
+        a.query_one::<String>("SELECT DISTINCT replication_sets::text FROM spock.queue WHERE message_type = 'D'")
+            .unwrap(),
         "{default_insert_only}"
     );
     wait_for("rows of the new table", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_pk"), 50);
@@ -188,7 +221,12 @@ fn autoddl_replicates_created_tables_and_their_rows() {
         a.query_one::<String>("SELECT string_agg(nspname || '.' || relname || ':' || set_name, ',' ORDER BY relname) FROM spock.tables WHERE relname IN ('inner_t', 'parted', 'parted_1')").unwrap(),
         "auto_s.inner_t:default,public.parted:default,public.parted_1:default"
     );
-    wait_for("rows of the table created in CREATE SCHEMA", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_s.inner_t"), 2);
+    wait_for(
+        "rows of the table created in CREATE SCHEMA",
+        WAIT,
+        || count_when_there(b, "SELECT count(*) FROM auto_s.inner_t"),
+        2,
+    );
     wait_for("rows of the partition", WAIT, || count_when_there(b, "SELECT count(*) FROM parted"), 5);
 
     // Permanent tables made from temporary ones stay local, with Spock's warnings.
@@ -199,14 +237,23 @@ fn autoddl_replicates_created_tables_and_their_rows() {
          CREATE TABLE ctas_tmp AS SELECT * FROM (SELECT a FROM src_tmp) s;",
     )
     .unwrap();
-    assert_eq!(a.query_one::<String>("SELECT coalesce(string_agg(message::text, ' | '), '') FROM spock.queue WHERE message::text ~ '_tmp'").unwrap(), "");
+    assert_eq!(
+        a.query_one::<String>(
+            "SELECT coalesce(string_agg(message::text, ' | '), '') FROM spock.queue WHERE message::text ~ '_tmp'"
+        )
+        .unwrap(),
+        ""
+    );
     let log = a.log();
     assert!(log.contains("WARNING:  CREATE TABLE copies the definition of temporary relation \"src_tmp\""));
     assert!(log.contains("WARNING:  CREATE TABLE AS reads a temporary relation"));
     assert!(log.contains("DETAIL:  Temporary relations are session-private and do not exist on other nodes."));
 
     // replicate_ddl with AutoDDL on queues its command once, as 'Q'.
-    a.execute("SET spock.enable_ddl_replication = on; SELECT spock.replicate_ddl('CREATE TABLE via_replicate_ddl (id int)')").unwrap();
+    a.execute(
+        "SET spock.enable_ddl_replication = on; SELECT spock.replicate_ddl('CREATE TABLE via_replicate_ddl (id int)')",
+    )
+    .unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text LIKE '%via_replicate_ddl%'"), 1);
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message_type = 'D'"), 5);
 
@@ -217,8 +264,16 @@ fn autoddl_replicates_created_tables_and_their_rows() {
          UPDATE auto_nopk SET v = 'z' WHERE id <= 3;",
     )
     .unwrap();
-    assert_eq!(a.query_one::<String>("SELECT set_name::text FROM spock.tables WHERE relname = 'auto_nopk'").unwrap(), "default");
-    wait_for("updates of the table that gained a key", WAIT, || count_when_there(b, "SELECT count(*) FROM auto_nopk WHERE v = 'z'"), 3);
+    assert_eq!(
+        a.query_one::<String>("SELECT set_name::text FROM spock.tables WHERE relname = 'auto_nopk'").unwrap(),
+        "default"
+    );
+    wait_for(
+        "updates of the table that gained a key",
+        WAIT,
+        || count_when_there(b, "SELECT count(*) FROM auto_nopk WHERE v = 'z'"),
+        3,
+    );
 
     // DROP TABLE replicates, and the dropped table leaves the sets on both nodes.
     a.execute("SET spock.enable_ddl_replication = on; DROP TABLE auto_pk, parted").unwrap();
@@ -253,7 +308,10 @@ fn ddl_inside_functions_follows_allow_ddl_from_functions() {
     marker(a, b, 2);
     assert!(table_exists(b, "from_fn_on"), "DDL in a function must be queued with allow_ddl_from_functions on");
     // Only the inner statement's text, run as it ran (EXECUTE's string).
-    assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message #>> '{}' LIKE '%CREATE TABLE from_fn_on (id int)'"), 1);
+    assert_eq!(
+        count(a, "SELECT count(*) FROM spock.queue WHERE message #>> '{}' LIKE '%CREATE TABLE from_fn_on (id int)'"),
+        1
+    );
 }
 
 #[test]
@@ -284,18 +342,32 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
         s.spawn(|| {
             // the DDL lands while both nodes write
             wait_for("writers under way", WAIT, || count(a, "SELECT count(*) FROM t") >= 60, true);
-            a.execute("SET spock.enable_ddl_replication = on; ALTER TABLE t ADD COLUMN extra text DEFAULT 'x'").unwrap();
+            a.execute("SET spock.enable_ddl_replication = on; ALTER TABLE t ADD COLUMN extra text DEFAULT 'x'")
+                .unwrap();
             let mut c = a.connect().unwrap();
             for k in 0..100 {
-                c.execute("INSERT INTO t (id, v, extra) VALUES ($1, 'after ddl', $2)", &[&(50_000 + k), &format!("e{k}")]).unwrap();
+                c.execute(
+                    "INSERT INTO t (id, v, extra) VALUES ($1, 'after ddl', $2)",
+                    &[&(50_000 + k), &format!("e{k}")],
+                )
+                .unwrap();
             }
         });
     });
     for n in [a, b] {
         wait_for("every row on every node", WAIT, || count_when_there(n, "SELECT count(*) FROM t"), 700);
     }
-    assert!(b.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 't' AND column_name = 'extra')").unwrap());
-    let hash = |n: &TestNode| n.query_one::<String>("SELECT md5(string_agg(id || ':' || v || ':' || coalesce(extra, '-'), ',' ORDER BY id)) FROM t").unwrap();
+    assert!(b
+        .query_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 't' AND column_name = 'extra')"
+        )
+        .unwrap());
+    let hash = |n: &TestNode| {
+        n.query_one::<String>(
+            "SELECT md5(string_agg(id || ':' || v || ':' || coalesce(extra, '-'), ',' ORDER BY id)) FROM t",
+        )
+        .unwrap()
+    };
     wait_for("identical tables", WAIT, || hash(b), hash(a));
     assert_eq!(count(b, "SELECT count(*) FROM t WHERE extra LIKE 'e%'"), 100);
     // One queued statement, not bounced back: a has its own row, b the applied copy.
@@ -306,9 +378,17 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     // A table created on a joins b's default set too (include_ddl_repset on b), so
     // rows written on b come back to a.
     a.execute("SET spock.enable_ddl_replication = on; SET spock.include_ddl_repset = on; CREATE TABLE both_ways (id int PRIMARY KEY)").unwrap();
-    wait_for("the table in b's default set", WAIT, || {
-        b.query_one::<String>("SELECT coalesce(string_agg(set_name, ','), '') FROM spock.tables WHERE relname = 'both_ways'").unwrap_or_default()
-    }, "default".to_string());
+    wait_for(
+        "the table in b's default set",
+        WAIT,
+        || {
+            b.query_one::<String>(
+                "SELECT coalesce(string_agg(set_name, ','), '') FROM spock.tables WHERE relname = 'both_ways'",
+            )
+            .unwrap_or_default()
+        },
+        "default".to_string(),
+    );
     b.execute("INSERT INTO both_ways SELECT generate_series(1, 10)").unwrap();
     a.execute("INSERT INTO both_ways SELECT generate_series(11, 15)").unwrap();
     for n in [a, b] {
@@ -325,11 +405,19 @@ fn sync_seq_puts_the_subscribers_sequence_ahead() {
         n.execute("CREATE SEQUENCE s1; CREATE SEQUENCE s2; CREATE SCHEMA seqs; CREATE SEQUENCE seqs.s3").unwrap();
     }
     a.execute("SELECT spock.repset_add_seq('default', 's1')").unwrap();
-    assert_eq!(a.query_one::<String>("SELECT cache_size || ':' || last_value FROM spock.sequence_state").unwrap(), "1000:1");
+    assert_eq!(
+        a.query_one::<String>("SELECT cache_size || ':' || last_value FROM spock.sequence_state").unwrap(),
+        "1000:1"
+    );
     a.execute("SELECT nextval('s1') FROM generate_series(1, 42)").unwrap();
     assert!(a.query_one::<bool>("SELECT spock.sync_seq('s1')").unwrap());
     let provider = count(a, "SELECT last_value FROM s1");
-    wait_for("the subscriber's sequence ahead of the provider's", WAIT, || count_when_there(b, "SELECT last_value FROM s1") >= provider, true);
+    wait_for(
+        "the subscriber's sequence ahead of the provider's",
+        WAIT,
+        || count_when_there(b, "SELECT last_value FROM s1") >= provider,
+        true,
+    );
     assert_eq!(count(b, "SELECT last_value FROM s1"), 42 + 1000);
     assert_eq!(count(a, "SELECT last_value FROM spock.sequence_state"), 42 + 1000);
     assert_eq!(
@@ -350,7 +438,10 @@ fn sync_seq_puts_the_subscribers_sequence_ahead() {
     wait_for("s2 synchronized", WAIT, || count_when_there(b, "SELECT last_value FROM s2"), 7);
     a.execute("SELECT spock.repset_add_all_seqs('default', '{seqs}')").unwrap();
     assert_eq!(
-        a.query_one::<String>("SELECT string_agg(set_seqoid::text, ',' ORDER BY set_seqoid::text) FROM spock.replication_set_seq").unwrap(),
+        a.query_one::<String>(
+            "SELECT string_agg(set_seqoid::text, ',' ORDER BY set_seqoid::text) FROM spock.replication_set_seq"
+        )
+        .unwrap(),
         "s1,s2,seqs.s3"
     );
     a.execute("SELECT nextval('seqs.s3') FROM generate_series(1, 5); SELECT spock.sync_seq('seqs.s3')").unwrap();
@@ -388,7 +479,10 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     // replicate_ddl
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', '{nosuchset}')"), "42704");
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('INSERT INTO tab VALUES (1)')"), "42501");
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', search_path := '\"unterminated')"), "22023");
+    assert_eq!(
+        sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', search_path := '\"unterminated')"),
+        "22023"
+    );
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', role := 'nosuchrole')"), "42704");
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE tab (id int)')"), "42P07");
     assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int')"), "42601");
@@ -400,8 +494,12 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
              spock._local_node_id() TO weak",
     )
     .unwrap();
-    let (code, message) = error_of(a, "SET ROLE weak; SELECT spock.replicate_ddl('DROP TABLE tab', role := 'postgres')");
-    assert_eq!((code.as_str(), message.as_str()), ("42501", "permission denied to run replicated DDL as role \"postgres\""));
+    let (code, message) =
+        error_of(a, "SET ROLE weak; SELECT spock.replicate_ddl('DROP TABLE tab', role := 'postgres')");
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        ("42501", "permission denied to run replicated DDL as role \"postgres\"")
+    );
     assert!(table_exists(a, "tab"));
     // spock.deny_all_ddl
     assert_eq!(sqlstate(a, "SET spock.deny_all_ddl = on; CREATE TABLE denied (id int)"), "42501");
@@ -429,8 +527,16 @@ fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
     a.execute("INSERT INTO t VALUES (1, 'after the failing DDL')").unwrap();
     // sub_disable: the subscription stops at the failing DDL, which is logged with
     // its error; nothing after it is applied.
-    wait_for("subscription disabled", WAIT, || b.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(), false);
-    assert!(b.log().contains("relation \"clash\" already exists") && b.log().contains("during execution of queued SQL statement"));
+    wait_for(
+        "subscription disabled",
+        WAIT,
+        || b.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(),
+        false,
+    );
+    assert!(
+        b.log().contains("relation \"clash\" already exists")
+            && b.log().contains("during execution of queued SQL statement")
+    );
     assert_eq!(
         count(b, "SELECT count(*) FROM spock.exception_log WHERE table_name = 'queue' AND error_message LIKE '%already exists%'"),
         1
@@ -485,8 +591,12 @@ fn include_ddl_repset_places_tables_by_their_replica_identity() {
     a.execute("ALTER TABLE p REPLICA IDENTITY FULL").unwrap();
     assert_eq!(sets("p"), "default");
     // A custom set is respected when the table gains a key.
-    a.execute("CREATE TABLE c (id int NOT NULL); SELECT spock.repset_create('mine', false, false, false, false)").unwrap();
-    a.execute("SELECT spock.repset_remove_table('default_insert_only', 'c'); SELECT spock.repset_add_table('mine', 'c')").unwrap();
+    a.execute("CREATE TABLE c (id int NOT NULL); SELECT spock.repset_create('mine', false, false, false, false)")
+        .unwrap();
+    a.execute(
+        "SELECT spock.repset_remove_table('default_insert_only', 'c'); SELECT spock.repset_add_table('mine', 'c')",
+    )
+    .unwrap();
     a.execute("ALTER TABLE c ADD PRIMARY KEY (id)").unwrap();
     assert_eq!(sets("c"), "mine");
     // UNLOGGED tables join no set; CREATE TABLE AS does.

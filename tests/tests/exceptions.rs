@@ -30,7 +30,11 @@ fn setup(behaviour: &str) -> Cluster {
     s.execute(&format!("ALTER SYSTEM SET spock.exception_behaviour = '{behaviour}'")).unwrap();
     s.execute("SELECT pg_reload_conf()").unwrap();
     s.execute(&format!("SELECT spock.sub_create('sub1', '{}')", p.dsn("postgres"))).unwrap();
-    wait_for("replicating", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    wait_for(
+        "replicating",
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".into(),
+    );
     c
 }
 
@@ -107,11 +111,12 @@ fn sub_disable_stops_until_skipped_or_fixed() {
     let c = setup("sub_disable");
     let (p, s) = (c.node(0), c.node(1));
     bad_then_good(p);
-    wait_for("subscription disabled", || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(), false);
-    assert_eq!(
-        exception_log(s),
-        "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral,/SUB_DISABLE/collateral"
+    wait_for(
+        "subscription disabled",
+        || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(),
+        false,
     );
+    assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral,/SUB_DISABLE/collateral");
     assert_eq!(rows(s, "t1"), "", "nothing applies, not even later transactions");
     assert!(s.log().contains("sub_alter_skiplsn"), "the server log says how to continue");
     // the worker is gone and is not started again

@@ -4,14 +4,15 @@
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use spock_core::names::{hash_any, node_id_for_name};
-use spock_tests::TestNode;
 use spock_tests::NodeOptions;
+use spock_tests::TestNode;
 
 #[test]
 fn hash_any_equals_postgres_hashtext() {
     let node = TestNode::start(NodeOptions::new("hash").without_preload()).unwrap();
     let client = std::cell::RefCell::new(node.connect().unwrap());
-    let stmt = client.borrow_mut().prepare("SELECT hashtext($1::text), (hashtext($1::text)::bigint & 65535)::int").unwrap();
+    let stmt =
+        client.borrow_mut().prepare("SELECT hashtext($1::text), (hashtext($1::text)::bigint & 65535)::int").unwrap();
     let mut runner = TestRunner::new(Config { cases: 500, ..Config::default() });
     runner
         .run(&"[^\u{0}]{0,80}", |s| {

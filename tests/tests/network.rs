@@ -118,7 +118,12 @@ fn cancel_and_terminate_stop_sub_create_on_a_silent_provider() {
         wait_for(
             "sub_create waiting for the provider",
             Duration::from_secs(30),
-            || n.query_one::<i64>(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SpockProvider'")).unwrap(),
+            || {
+                n.query_one::<i64>(&format!(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SpockProvider'"
+                ))
+                .unwrap()
+            },
             1,
         );
         let asked = Instant::now();
@@ -193,7 +198,8 @@ fn a_worker_connecting_to_a_silent_provider_stops_at_once() {
     let (sub, provider) = (c.node(0), c.node(1));
     subscribed_pair(provider, sub);
     sub.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
-    let workers = || sub.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'").unwrap();
+    let workers =
+        || sub.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'").unwrap();
     wait_for("the worker stopped", Duration::from_secs(30), workers, 0);
 
     // The provider's postmaster stops answering: connections are queued by the
@@ -206,7 +212,12 @@ fn a_worker_connecting_to_a_silent_provider_stops_at_once() {
     sub.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
 
     // SIGTERM (pg_terminate_backend) while it connects.
-    wait_for("the worker waiting for the provider", Duration::from_secs(60), || apply_worker_waiting(sub).is_some(), true);
+    wait_for(
+        "the worker waiting for the provider",
+        Duration::from_secs(60),
+        || apply_worker_waiting(sub).is_some(),
+        true,
+    );
     let pid = apply_worker_waiting(sub).unwrap();
     let asked = Instant::now();
     assert!(sub.query_one::<bool>(&format!("SELECT pg_terminate_backend({pid})")).unwrap());
@@ -233,7 +244,12 @@ fn a_worker_connecting_to_a_silent_provider_stops_at_once() {
     sub.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
     wait_replicating(sub, 1);
     provider.execute("INSERT INTO t VALUES (1, 'after')").unwrap();
-    wait_for("the row replicated", Duration::from_secs(60), || sub.query_one::<i64>("SELECT count(*) FROM t").unwrap(), 1);
+    wait_for(
+        "the row replicated",
+        Duration::from_secs(60),
+        || sub.query_one::<i64>("SELECT count(*) FROM t").unwrap(),
+        1,
+    );
 }
 
 #[test]
@@ -263,7 +279,10 @@ fn an_interrupted_query_is_cancelled_on_the_provider_too() {
     wait_for(
         "the provider's backend gone",
         Duration::from_secs(10),
-        || n2.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spock sub_create'").unwrap(),
+        || {
+            n2.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'spock sub_create'")
+                .unwrap()
+        },
         0,
     );
     holder.batch_execute("ROLLBACK").unwrap();

@@ -6,11 +6,8 @@ use spock_tests::{NodeOptions, TestNode};
 
 fn provider(name: &str) -> TestNode {
     let node = TestNode::start(NodeOptions::new(name)).unwrap();
-    node.execute(&format!(
-        "CREATE EXTENSION spock; SELECT spock.node_create('{name}', '{}');",
-        node.dsn("postgres")
-    ))
-    .unwrap();
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('{name}', '{}');", node.dsn("postgres")))
+        .unwrap();
     node
 }
 
@@ -34,7 +31,9 @@ fn inserts_updates_deletes_in_a_set_reach_the_subscriber() {
     let params = with_param(spock_params("default"), "binary.want_internal_basetypes", "0");
     let params = with_param(params, "binary.want_binary_basetypes", "0");
     let decoded = slot_messages(&node, "postgres", "s", &params, false).unwrap();
-    let Message::Startup(s) = &decoded[0].message else { panic!("first message must be the startup reply: {decoded:?}") };
+    let Message::Startup(s) = &decoded[0].message else {
+        panic!("first message must be the startup reply: {decoded:?}")
+    };
     assert_eq!(s.get("proto_version"), Some("5"));
     let msgs = messages(&decoded);
     // Txn 1: CREATE TABLE etc. publish nothing. Then the inserts, the update, the delete.
@@ -47,7 +46,14 @@ fn inserts_updates_deletes_in_a_set_reach_the_subscriber() {
     let Message::Origin(o) = &msgs[1] else { unreachable!() };
     assert_eq!(o.origin_name.as_deref(), Some("p1"));
     assert_eq!(u32::from(o.origin_id), spock_core::names::node_id_for_name("p1") as u32);
-    assert_eq!(msgs[3], Message::Insert(spock_core::proto::Insert { flags: 0, relid: r.relid, new: Tuple::new(vec![text("1"), text("one"), text("1.5")]) }));
+    assert_eq!(
+        msgs[3],
+        Message::Insert(spock_core::proto::Insert {
+            flags: 0,
+            relid: r.relid,
+            new: Tuple::new(vec![text("1"), text("one"), text("1.5")])
+        })
+    );
     let Message::Insert(i2) = &msgs[4] else { unreachable!() };
     assert_eq!(i2.new.columns, vec![text("2"), Datum::Null, Datum::Null]);
     let Message::Update(u) = &msgs[8] else { unreachable!() };
@@ -93,7 +99,8 @@ fn tables_outside_the_subscribed_sets_are_not_sent() {
     let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), true).unwrap());
     assert_eq!(letters(&msgs), "BORIC", "{msgs:#?}");
     // subscribed to both sets: ins_only's insert is sent, its update and delete are not
-    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default,default_insert_only"), false).unwrap());
+    let msgs =
+        messages(&slot_messages(&node, "postgres", "s", &text_params("default,default_insert_only"), false).unwrap());
     assert_eq!(letters(&msgs), "BORIRIC", "{msgs:#?}");
     let Message::Relation(r) = &msgs[4] else { unreachable!() };
     assert_eq!(r.relname, "ins_only");
@@ -165,20 +172,32 @@ fn changes_from_other_origins_are_only_forwarded_when_asked() {
     node.execute("SELECT pg_replication_origin_create('elsewhere')").unwrap();
     // as an apply worker does: the session's origin is set when the transaction commits
     let mut session = node.connect().unwrap();
-    for sql in ["SELECT pg_replication_origin_session_setup('elsewhere')", "INSERT INTO t VALUES (100)", "SELECT pg_replication_origin_session_reset()"] {
+    for sql in [
+        "SELECT pg_replication_origin_session_setup('elsewhere')",
+        "INSERT INTO t VALUES (100)",
+        "SELECT pg_replication_origin_session_reset()",
+    ] {
         session.batch_execute(sql).unwrap();
     }
     node.execute("INSERT INTO t VALUES (1)").unwrap();
     let local_only = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), true).unwrap());
-    let inserted: Vec<_> = local_only.iter().filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None }).collect();
+    let inserted: Vec<_> = local_only
+        .iter()
+        .filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None })
+        .collect();
     assert_eq!(inserted, vec![text("1")], "the change from origin 'elsewhere' must not be sent");
 
     let params = with_param(text_params("default"), "spock.forward_origins", "all");
     let all = messages(&slot_messages(&node, "postgres", "s", &params, false).unwrap());
-    let inserted: Vec<_> = all.iter().filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None }).collect();
+    let inserted: Vec<_> = all
+        .iter()
+        .filter_map(|m| if let Message::Insert(i) = m { Some(i.new.columns[0].clone()) } else { None })
+        .collect();
     assert_eq!(inserted, vec![text("100"), text("1")]);
-    let origins: Vec<_> = all.iter().filter_map(|m| if let Message::Origin(o) = m { Some(o.origin_id) } else { None }).collect();
-    let roident: i32 = node.query_one("SELECT roident::int FROM pg_replication_origin WHERE roname = 'elsewhere'").unwrap();
+    let origins: Vec<_> =
+        all.iter().filter_map(|m| if let Message::Origin(o) = m { Some(o.origin_id) } else { None }).collect();
+    let roident: i32 =
+        node.query_one("SELECT roident::int FROM pg_replication_origin WHERE roname = 'elsewhere'").unwrap();
     assert_eq!(origins, vec![roident as u16, spock_core::names::node_id_for_name("p6")]);
 }
 
@@ -194,9 +213,22 @@ fn alter_table_between_changes_resends_the_relation() {
     assert_eq!(letters(&msgs), "BORICBORICBORUC", "{msgs:#?}");
     let rels: Vec<Vec<String>> = msgs
         .iter()
-        .filter_map(|m| if let Message::Relation(r) = m { Some(r.columns.iter().map(|c| c.name.clone()).collect()) } else { None })
+        .filter_map(|m| {
+            if let Message::Relation(r) = m {
+                Some(r.columns.iter().map(|c| c.name.clone()).collect())
+            } else {
+                None
+            }
+        })
         .collect();
-    assert_eq!(rels, vec![vec!["id".to_string(), "a".into()], vec!["id".into(), "a".into(), "b".into()], vec!["id".into(), "b".into()]]);
+    assert_eq!(
+        rels,
+        vec![
+            vec!["id".to_string(), "a".into()],
+            vec!["id".into(), "a".into(), "b".into()],
+            vec!["id".into(), "b".into()]
+        ]
+    );
     let Message::Update(u) = &msgs[13] else { unreachable!() };
     assert_eq!(u.new.columns, vec![text("1"), text("9")]);
 }
@@ -257,9 +289,20 @@ fn common_types_and_nulls_round_trip_as_text() {
         })
         .collect();
     let want = [
-        Some("1"), Some("t"), Some("1.5"), Some("2026-11-25"), None, Some("{\"a\": [1, 2]}"), Some("{1,NULL,3}"),
-        Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), Some("\\xdeadbeef"), Some("happy"), Some("1 day 02:00:00"),
-        Some("12.50"), Some("ab "), None,
+        Some("1"),
+        Some("t"),
+        Some("1.5"),
+        Some("2026-11-25"),
+        None,
+        Some("{\"a\": [1, 2]}"),
+        Some("{1,NULL,3}"),
+        Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        Some("\\xdeadbeef"),
+        Some("happy"),
+        Some("1 day 02:00:00"),
+        Some("12.50"),
+        Some("ab "),
+        None,
     ];
     for (idx, (g, w)) in got.iter().zip(want.iter()).enumerate() {
         if idx == 4 {
@@ -273,7 +316,8 @@ fn common_types_and_nulls_round_trip_as_text() {
 #[test]
 fn a_server_without_preload_can_create_and_use_slots() {
     let node = TestNode::start(NodeOptions::new("plain").without_preload()).unwrap();
-    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('plain', '{}')", node.dsn("postgres"))).unwrap();
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('plain', '{}')", node.dsn("postgres")))
+        .unwrap();
     node.execute("CREATE TABLE t(id int PRIMARY KEY)").unwrap();
     node.execute("SELECT spock.repset_add_table('default', 't')").unwrap();
     // the walsender command, on a replication connection
@@ -316,7 +360,22 @@ fn walsender_with_bad_parameters_fails_cleanly() {
     let (ok, _out, err) = node
         .run_tool(
             "pg_recvlogical",
-            &["-d", &conninfo, "--slot", "s", "--start", "--no-loop", "-f", "/dev/null", "-o", "min_proto_version=4", "-o", "max_proto_version=x", "-o", "startup_params_format=1"],
+            &[
+                "-d",
+                &conninfo,
+                "--slot",
+                "s",
+                "--start",
+                "--no-loop",
+                "-f",
+                "/dev/null",
+                "-o",
+                "min_proto_version=4",
+                "-o",
+                "max_proto_version=x",
+                "-o",
+                "startup_params_format=1",
+            ],
         )
         .unwrap();
     assert!(!ok);
@@ -340,14 +399,19 @@ fn a_replication_role_that_is_not_superuser_can_stream() {
     let mut c = postgres::Config::new();
     c.host_path(node.root()).port(node.port).user("repl").dbname("postgres");
     let mut client = c.connect(postgres::NoTls).unwrap();
-    let is_super: bool = client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
+    let is_super: bool =
+        client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
     assert!(!is_super);
     client.batch_execute("SELECT pg_create_logical_replication_slot('s_repl', 'spock_output')").unwrap();
     client.batch_execute("INSERT INTO t VALUES (2)").unwrap_err(); // no table privilege: proves we are not superuser
     node.execute("INSERT INTO t VALUES (2)").unwrap();
-    let args: Vec<String> = text_params("default").iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
+    let args: Vec<String> =
+        text_params("default").iter().flat_map(|(k, v)| [format!("'{k}'"), format!("'{v}'")]).collect();
     let rows = client
-        .query(&format!("SELECT data FROM pg_logical_slot_get_binary_changes('s_repl', NULL, NULL, {})", args.join(", ")), &[])
+        .query(
+            &format!("SELECT data FROM pg_logical_slot_get_binary_changes('s_repl', NULL, NULL, {})", args.join(", ")),
+            &[],
+        )
         .unwrap();
     let mut decoder = spock_core::proto::StreamDecoder::new();
     let letters: String = rows
@@ -360,11 +424,13 @@ fn a_replication_role_that_is_not_superuser_can_stream() {
 #[test]
 fn output_plugin_libraries_must_list_spock_output() {
     let node = TestNode::start(NodeOptions::new("p13").setting("output_plugin_libraries", "'pgoutput'")).unwrap();
-    let has_setting: i64 = node.query_one("SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'").unwrap();
+    let has_setting: i64 =
+        node.query_one("SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'").unwrap();
     if has_setting == 0 {
         return; // a server before 18.6 has no such restriction
     }
-    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('p13', '{}')", node.dsn("postgres"))).unwrap();
+    node.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('p13', '{}')", node.dsn("postgres")))
+        .unwrap();
     let err = node.execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')").unwrap_err().0;
     assert!(err.contains("spock_output") && err.contains("output plugin"), "{err}");
 }
@@ -377,8 +443,16 @@ fn a_walsender_streams_through_the_replication_protocol() {
     let out = node.root().join("recv.bin");
     let conninfo = format!("{} replication=database", node.dsn("postgres"));
     let mut args: Vec<String> = vec![
-        "-d".into(), conninfo, "--slot".into(), "s".into(), "--start".into(), "--no-loop".into(),
-        "--endpos".into(), endpos, "-f".into(), out.display().to_string(),
+        "-d".into(),
+        conninfo,
+        "--slot".into(),
+        "s".into(),
+        "--start".into(),
+        "--no-loop".into(),
+        "--endpos".into(),
+        endpos,
+        "-f".into(),
+        out.display().to_string(),
     ];
     for (k, v) in text_params("default") {
         args.push("-o".into());
@@ -425,7 +499,9 @@ fn creating_a_slot_while_replicated_transactions_commit() {
     let mut t1 = node.connect().unwrap();
     let xid1 = begin(&mut t1);
     let mut creator = node.connect().unwrap();
-    let slot = std::thread::spawn(move || creator.batch_execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')"));
+    let slot = std::thread::spawn(move || {
+        creator.batch_execute("SELECT pg_create_logical_replication_slot('s', 'spock_output')")
+    });
     spock_tests::wait_for("slot creation waits for T1", Duration::from_secs(30), || waiting_on(&node, &xid1), true);
     // T2 starts, T1 ends: the snapshot builder now waits for T2 with a full snapshot.
     let mut t2 = node.connect().unwrap();
@@ -488,7 +564,8 @@ fn binary_values_are_what_the_types_send_functions_write() {
     // spock_output writes the by-value built-in types itself (big-endian) instead of
     // calling their send functions: the bytes must be the same.
     let node = provider("sendfmt");
-    let cols = "b bool, s int2, i int4, l int8, o oid, f float4, d float8, dt date, tm time, ts timestamp, tz timestamptz";
+    let cols =
+        "b bool, s int2, i int4, l int8, o oid, f float4, d float8, dt date, tm time, ts timestamp, tz timestamptz";
     let vals = "true, -2, -123456, 9876543210123, 4000000000, -1.5, 3.14159e300, '2026-11-25', '23:59:58.123456', '1999-12-31 23:59:59.5', '2038-01-19 03:14:08+00'";
     for sql in [
         format!("CREATE TABLE public.v(id int PRIMARY KEY, {cols})"),
@@ -508,7 +585,19 @@ fn binary_values_are_what_the_types_send_functions_write() {
         })
         .collect();
     assert_eq!(inserts.len(), 2);
-    let sends = ["boolsend", "int2send", "int4send", "int8send", "oidsend", "float4send", "float8send", "date_send", "time_send", "timestamp_send", "timestamptz_send"];
+    let sends = [
+        "boolsend",
+        "int2send",
+        "int4send",
+        "int8send",
+        "oidsend",
+        "float4send",
+        "float8send",
+        "date_send",
+        "time_send",
+        "timestamp_send",
+        "timestamptz_send",
+    ];
     let names = ["b", "s", "i", "l", "o", "f", "d", "dt", "tm", "ts", "tz"];
     for (row, tuple) in inserts.iter().enumerate() {
         for (k, (send, name)) in sends.iter().zip(names).enumerate() {

@@ -123,7 +123,14 @@ fn management_and_internal_functions_are_refused_to_every_role_but_superusers() 
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .filter(|(_, name, _, _): &(String, String, bool, String)| name.starts_with('_') || MANAGEMENT.contains(&name.as_str()))
         .collect();
-    for must in ["_provider_info", "_drop_provider_slot", "_provider_tables", "_hold_subscription", "_wake_workers", "sub_create"] {
+    for must in [
+        "_provider_info",
+        "_drop_provider_slot",
+        "_provider_tables",
+        "_hold_subscription",
+        "_wake_workers",
+        "sub_create",
+    ] {
         assert!(functions.iter().any(|f| f.1 == must), "{must} is not among the functions checked");
     }
     for name in MANAGEMENT {
@@ -139,7 +146,8 @@ fn management_and_internal_functions_are_refused_to_every_role_but_superusers() 
                 .query_one("SELECT has_function_privilege($1, $2::text::regprocedure, 'EXECUTE')", &[&role, signature])
                 .unwrap()
                 .get(0);
-            let call = if *procedure { format!("CALL spock.{name}({args})") } else { format!("SELECT spock.{name}({args})") };
+            let call =
+                if *procedure { format!("CALL spock.{name}({args})") } else { format!("SELECT spock.{name}({args})") };
             let got = outcome(&mut c, &call);
             if granted || got != "42501" {
                 refused.push(format!("{signature}: EXECUTE granted {granted}, call gave {got}"));
@@ -175,13 +183,15 @@ fn granted_execute_does_not_let_a_role_connect_from_the_server_or_touch_workers(
     }
     for role in ["plain", "replicator"] {
         let mut c = b.connect_as("postgres", role).unwrap();
-        for (target, dsn, slot) in [(a, a.dsn("postgres"), provider_slot.as_str()), (b, b.dsn("postgres"), "precious")] {
+        for (target, dsn, slot) in [(a, a.dsn("postgres"), provider_slot.as_str()), (b, b.dsn("postgres"), "precious")]
+        {
             for (name, template) in GUARDED {
                 let sql = template.replace("$DSN", &format!("'{dsn}'")).replace("$SLOT", &format!("'{slot}'"));
                 assert_eq!(outcome(&mut c, &sql), "42501", "{role}: {name} against {}", target.name);
             }
         }
-        let msg = message(&mut c, &format!("SELECT spock._drop_provider_slot('{}', '{provider_slot}')", a.dsn("postgres")));
+        let msg =
+            message(&mut c, &format!("SELECT spock._drop_provider_slot('{}', '{provider_slot}')", a.dsn("postgres")));
         assert!(msg.starts_with("permission denied to drop a provider's replication slot"), "{msg}");
     }
     assert_eq!((slots(a), slots(b)), slots_before, "a slot was dropped");
@@ -198,8 +208,16 @@ fn autoddl_settings_are_superuser_only() {
     let mut c = a.connect_as("postgres", "plain").unwrap();
     for setting in ["spock.enable_ddl_replication", "spock.include_ddl_repset", "spock.allow_ddl_from_functions"] {
         assert_eq!(outcome(&mut c, &format!("SET {setting} = on")), "42501", "SET {setting}");
-        assert_eq!(outcome(&mut c, &format!("ALTER ROLE plain SET {setting} = on")), "42501", "ALTER ROLE SET {setting}");
-        assert_eq!(outcome(&mut c, &format!("SELECT set_config('{setting}', 'on', false)")), "42501", "set_config {setting}");
+        assert_eq!(
+            outcome(&mut c, &format!("ALTER ROLE plain SET {setting} = on")),
+            "42501",
+            "ALTER ROLE SET {setting}"
+        );
+        assert_eq!(
+            outcome(&mut c, &format!("SELECT set_config('{setting}', 'on', false)")),
+            "42501",
+            "set_config {setting}"
+        );
         a.execute(&format!("SET {setting} = on")).unwrap();
     }
 }

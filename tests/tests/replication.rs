@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use spock_tests::fixtures::{apply_workers, count, next_commit_is_later, setup_node, subscribe, subscribed_pair, sync_mesh, sync_through};
+use spock_tests::fixtures::{
+    apply_workers, count, next_commit_is_later, setup_node, subscribe, subscribed_pair, sync_mesh, sync_through,
+};
 use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
 #[test]
@@ -13,12 +15,17 @@ fn two_nodes_replicate_both_ways() {
     setup_node(b);
     subscribe(b, a);
     subscribe(a, b);
-    wait_for("both subscriptions replicating", Duration::from_secs(60), || {
-        (
-            a.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
-            b.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
-        )
-    }, ("replicating".to_string(), "replicating".to_string()));
+    wait_for(
+        "both subscriptions replicating",
+        Duration::from_secs(60),
+        || {
+            (
+                a.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
+                b.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
+            )
+        },
+        ("replicating".to_string(), "replicating".to_string()),
+    );
     a.execute("INSERT INTO t SELECT g, 'from n1' FROM generate_series(1, 100) g").unwrap();
     b.execute("INSERT INTO t SELECT g, 'from n2' FROM generate_series(101, 200) g").unwrap();
     for n in [a, b] {
@@ -27,7 +34,12 @@ fn two_nodes_replicate_both_ways() {
     a.execute("UPDATE t SET v = 'changed on n1' WHERE id <= 10").unwrap();
     b.execute("DELETE FROM t WHERE id > 190").unwrap();
     for n in [a, b] {
-        wait_for("the update", Duration::from_secs(60), || count(n, "SELECT count(*) FROM t WHERE v = 'changed on n1'"), 10);
+        wait_for(
+            "the update",
+            Duration::from_secs(60),
+            || count(n, "SELECT count(*) FROM t WHERE v = 'changed on n1'"),
+            10,
+        );
         wait_for("the delete", Duration::from_secs(60), || count(n, "SELECT count(*) FROM t"), 190);
     }
     // no loop: each row arrived once, nothing bounced back (a marker from each node
@@ -36,7 +48,8 @@ fn two_nodes_replicate_both_ways() {
     for n in [a, b] {
         assert_eq!(count(n, "SELECT count(*) FROM t"), 190);
     }
-    let md5 = |n: &TestNode| n.query_one::<String>("SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t").unwrap();
+    let md5 =
+        |n: &TestNode| n.query_one::<String>("SELECT md5(string_agg(id || ':' || v, ',' ORDER BY id)) FROM t").unwrap();
     assert_eq!(md5(a), md5(b));
 }
 
@@ -62,7 +75,8 @@ fn mesh(nodes: &[&TestNode]) {
 }
 
 fn table_hash(n: &TestNode) -> String {
-    n.query_one::<String>("SELECT coalesce(md5(string_agg(id || ':' || coalesce(v, '-'), ',' ORDER BY id)), '') FROM t").unwrap()
+    n.query_one::<String>("SELECT coalesce(md5(string_agg(id || ':' || coalesce(v, '-'), ',' ORDER BY id)), '') FROM t")
+        .unwrap()
 }
 
 #[test]
@@ -122,19 +136,28 @@ fn concurrent_updates_of_one_row_resolve_the_same_everywhere() {
     a.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
     b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
     for n in [a, b] {
-        wait_for("last update wins everywhere", Duration::from_secs(60), || n.query_one::<String>("SELECT v FROM t WHERE id = 1").unwrap(), "n2 wrote last".to_string());
+        wait_for(
+            "last update wins everywhere",
+            Duration::from_secs(60),
+            || n.query_one::<String>("SELECT v FROM t WHERE id = 1").unwrap(),
+            "n2 wrote last".to_string(),
+        );
     }
     // each node recorded its side of the conflict
     wait_for(
         "resolution on n1",
         Duration::from_secs(30),
-        || a.query_one::<String>("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ','), '') FROM spock.resolutions").unwrap(),
+        || {
+            a.query_one::<String>("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ','), '') FROM spock.resolutions").unwrap()
+        },
         "update_origin_differs:apply_remote".to_string(),
     );
     wait_for(
         "resolution on n2",
         Duration::from_secs(30),
-        || b.query_one::<String>("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ','), '') FROM spock.resolutions").unwrap(),
+        || {
+            b.query_one::<String>("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ','), '') FROM spock.resolutions").unwrap()
+        },
         "update_origin_differs:keep_local".to_string(),
     );
 }
@@ -149,9 +172,12 @@ fn crash_setup(cluster: &Cluster) {
         n.execute("SELECT spock.repset_add_table('default_insert_only', 'log')").unwrap();
     }
     subscribe(b, a);
-    wait_for("subscription replicating", Duration::from_secs(60), || {
-        b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap()
-    }, "replicating".to_string());
+    wait_for(
+        "subscription replicating",
+        Duration::from_secs(60),
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".to_string(),
+    );
 }
 
 fn write_rows(node: &TestNode, from: i32, to: i32) -> i32 {
@@ -193,7 +219,12 @@ fn killing_the_subscriber_loses_nothing_and_applies_nothing_twice() {
             // kill while rows are streaming in: once some more have been applied
             let before = count(b, "SELECT count(*) FROM log");
             let target = (before + 1000 + 300 * round).min(30_000);
-            wait_for("rows applied before the kill", Duration::from_secs(120), || count(b, "SELECT count(*) FROM log") >= target, true);
+            wait_for(
+                "rows applied before the kill",
+                Duration::from_secs(120),
+                || count(b, "SELECT count(*) FROM log") >= target,
+                true,
+            );
             let applied = count(b, "SELECT count(*) FROM log");
             b.kill9().unwrap();
             b.restart().unwrap();
@@ -239,9 +270,8 @@ fn progress_views_sync_events_and_waiting() {
     assert_eq!(count(b, "SELECT count(*) FROM t"), 1000, "confirmed means applied and flushed on the subscriber");
     // a sync event passes through the stream; the subscriber waits for it
     let lsn: String = a.query_one("SELECT spock.sync_event()::text").unwrap();
-    let passed: bool = b
-        .query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n1'::name, '{lsn}'::pg_lsn, 30)"))
-        .unwrap();
+    let passed: bool =
+        b.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n1'::name, '{lsn}'::pg_lsn, 30)")).unwrap();
     assert!(passed);
     let progress: String = b
         .query_one(
@@ -250,7 +280,9 @@ fn progress_views_sync_events_and_waiting() {
         )
         .unwrap();
     assert_eq!(progress, "(n1,t,t,t)");
-    let lag: String = b.query_one("SELECT row(origin_name, receiver_name, replication_lag_bytes >= 0)::text FROM spock.lag_tracker").unwrap();
+    let lag: String = b
+        .query_one("SELECT row(origin_name, receiver_name, replication_lag_bytes >= 0)::text FROM spock.lag_tracker")
+        .unwrap();
     assert_eq!(lag, "(n1,n2,t)");
     // an unknown origin is a clear error
     let err = b.execute("CALL spock.wait_for_sync_event(NULL, 'nope'::name, '0/0'::pg_lsn, 1)").unwrap_err().0;
@@ -267,11 +299,17 @@ fn subscribing_to_a_wrong_dsn_or_unknown_set_fails_clearly() {
     let err = b.execute(&format!("SELECT spock.sub_create('s1', '{bad_dsn}')")).unwrap_err().0;
     assert!(err.contains("08006") && err.contains("could not connect to the provider"), "{err}");
     let err = b
-        .execute(&format!("SELECT spock.sub_create('s1', '{}', replication_sets := '{{default,nosuchset}}')", a.dsn("postgres")))
+        .execute(&format!(
+            "SELECT spock.sub_create('s1', '{}', replication_sets := '{{default,nosuchset}}')",
+            a.dsn("postgres")
+        ))
         .unwrap_err()
         .0;
     assert!(err.contains("42704") && err.contains("nosuchset"), "{err}");
-    let err = b.execute(&format!("SELECT spock.sub_create('s1', '{}', apply_delay := '-1s')", a.dsn("postgres"))).unwrap_err().0;
+    let err = b
+        .execute(&format!("SELECT spock.sub_create('s1', '{}', apply_delay := '-1s')", a.dsn("postgres")))
+        .unwrap_err()
+        .0;
     assert!(err.contains("22023"), "{err}");
     let err = b.execute(&format!("SELECT spock.sub_create('s1', '{}')", b.dsn("postgres"))).unwrap_err().0;
     assert!(err.contains("cannot subscribe to itself"), "{err}");
@@ -288,19 +326,34 @@ fn disable_enable_drop_and_skip_lsn() {
     let (a, b) = (cluster.node(0), cluster.node(1));
     subscribed_pair(a, b);
     b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
-    wait_for("disabled", Duration::from_secs(30), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled".to_string());
+    wait_for(
+        "disabled",
+        Duration::from_secs(30),
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "disabled".to_string(),
+    );
     // a probe slot shows the commit LSN of the transaction the subscriber will skip
     a.execute("SELECT pg_create_logical_replication_slot('probe', 'spock_output')").unwrap();
     a.execute("INSERT INTO t VALUES (1, 'while disabled')").unwrap();
     a.execute("INSERT INTO t VALUES (2, 'skip me')").unwrap();
     a.execute("INSERT INTO t VALUES (3, 'after')").unwrap();
-    let msgs = spock_tests::decoding::slot_messages(a, "postgres", "probe", &spock_tests::decoding::spock_params("default"), false).unwrap();
+    let msgs = spock_tests::decoding::slot_messages(
+        a,
+        "postgres",
+        "probe",
+        &spock_tests::decoding::spock_params("default"),
+        false,
+    )
+    .unwrap();
     let mut final_lsn = 0;
     let mut skip_lsn = None;
     for m in &msgs {
         match &m.message {
             spock_core::proto::Message::Begin(bg) => final_lsn = bg.final_lsn,
-            spock_core::proto::Message::Insert(i) if i.new.columns[0] == spock_core::proto::Datum::Internal(bytes::Bytes::from(2i32.to_ne_bytes().to_vec())) => {
+            spock_core::proto::Message::Insert(i)
+                if i.new.columns[0]
+                    == spock_core::proto::Datum::Internal(bytes::Bytes::from(2i32.to_ne_bytes().to_vec())) =>
+            {
                 skip_lsn = Some(final_lsn)
             }
             _ => {}
@@ -308,12 +361,24 @@ fn disable_enable_drop_and_skip_lsn() {
     }
     let skip_lsn = skip_lsn.expect("the probe saw the insert of row 2");
     a.execute("SELECT pg_drop_replication_slot('probe')").unwrap();
-    b.execute(&format!("SELECT spock.sub_alter_skiplsn('sub_n2_n1', '{:X}/{:X}')", skip_lsn >> 32, skip_lsn & 0xffff_ffff)).unwrap();
+    b.execute(&format!(
+        "SELECT spock.sub_alter_skiplsn('sub_n2_n1', '{:X}/{:X}')",
+        skip_lsn >> 32,
+        skip_lsn & 0xffff_ffff
+    ))
+    .unwrap();
     b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
-    wait_for("caught up without the skipped row", Duration::from_secs(60), || {
-        b.query_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").unwrap_or_default()
-    }, "1,3".to_string());
-    assert_eq!(b.query_one::<String>("SELECT sub_skip_lsn::text FROM spock.subscription").unwrap(), "0/0", "the skip is done once");
+    wait_for(
+        "caught up without the skipped row",
+        Duration::from_secs(60),
+        || b.query_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").unwrap_or_default(),
+        "1,3".to_string(),
+    );
+    assert_eq!(
+        b.query_one::<String>("SELECT sub_skip_lsn::text FROM spock.subscription").unwrap(),
+        "0/0",
+        "the skip is done once"
+    );
     // dropping the subscription drops the provider's slot and the local origin
     b.execute("SELECT spock.sub_drop('sub_n2_n1')").unwrap();
     wait_for("no apply worker", Duration::from_secs(30), || apply_workers(b), 0);
@@ -331,7 +396,12 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
     mesh(&[a, b]);
-    let workers = |n: &TestNode| n.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('spock apply', 'spock manager')").unwrap();
+    let workers = |n: &TestNode| {
+        n.query_one::<i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('spock apply', 'spock manager')",
+        )
+        .unwrap()
+    };
     assert_eq!(workers(b), 2);
     // an apply error (a table missing on the subscriber) stops the worker, which is
     // started again and, per the default spock.exception_behaviour (transdiscard),
@@ -343,7 +413,12 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     b.execute("DROP TABLE later").unwrap();
     let log_from = b.log_offset();
     a.execute("INSERT INTO later VALUES (1)").unwrap();
-    b.wait_for_log(log_from, "table public.later replicated from the provider does not exist on this node", 1, Duration::from_secs(30));
+    b.wait_for_log(
+        log_from,
+        "table public.later replicated from the provider does not exist on this node",
+        1,
+        Duration::from_secs(30),
+    );
     wait_for(
         "the failed transaction in exception_log",
         Duration::from_secs(30),
@@ -358,12 +433,20 @@ fn workers_stop_on_drop_extension_and_restart_after_errors() {
     );
     b.execute("CREATE TABLE later(id int PRIMARY KEY)").unwrap();
     a.execute("INSERT INTO later VALUES (2)").unwrap();
-    wait_for("the row after the worker restarted", Duration::from_secs(60), || count(b, "SELECT count(*) FROM later WHERE id = 2"), 1);
+    wait_for(
+        "the row after the worker restarted",
+        Duration::from_secs(60),
+        || count(b, "SELECT count(*) FROM later WHERE id = 2"),
+        1,
+    );
     assert_eq!(count(b, "SELECT count(*) FROM later"), 1, "the discarded transaction stays discarded");
     // DROP EXTENSION stops the database's manager and apply workers
     b.execute("DROP EXTENSION spock").unwrap();
     wait_for("no spock workers", Duration::from_secs(30), || workers(b), 0);
-    assert!(b.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock supervisor'").unwrap() == 1);
+    assert!(
+        b.query_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock supervisor'").unwrap()
+            == 1
+    );
 }
 
 #[test]
@@ -377,9 +460,17 @@ fn a_local_alter_table_on_the_subscriber_is_picked_up() {
     b.execute("ALTER TABLE t ADD COLUMN note text DEFAULT 'local default'").unwrap();
     a.execute("INSERT INTO t VALUES (2, 'after')").unwrap();
     a.execute("UPDATE t SET v = 'updated' WHERE id = 1").unwrap();
-    wait_for("rows with the local column", Duration::from_secs(30), || {
-        b.query_one::<String>("SELECT string_agg(id || ':' || v || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM t").unwrap()
-    }, "1:updated:local default,2:after:local default".to_string());
+    wait_for(
+        "rows with the local column",
+        Duration::from_secs(30),
+        || {
+            b.query_one::<String>(
+                "SELECT string_agg(id || ':' || v || ':' || coalesce(note, '-'), ',' ORDER BY id) FROM t",
+            )
+            .unwrap()
+        },
+        "1:updated:local default,2:after:local default".to_string(),
+    );
 }
 
 #[test]
@@ -389,7 +480,12 @@ fn apply_delay_and_sub_alter_options() {
     setup_node(a);
     setup_node(b);
     b.execute(&format!("SELECT spock.sub_create('s1', '{}', apply_delay := '3 seconds')", a.dsn("postgres"))).unwrap();
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    wait_for(
+        "replicating",
+        Duration::from_secs(60),
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".to_string(),
+    );
     // A transaction is applied no earlier than its commit time plus the delay.
     a.execute("INSERT INTO t VALUES (1, 'delayed')").unwrap();
     let committed = Instant::now();
@@ -416,9 +512,20 @@ fn apply_delay_and_sub_alter_options() {
     let err = b.execute("SELECT spock.sub_alter_options('nosuch', '{\"apply_delay\": \"0\"}')").unwrap_err().0;
     assert!(err.contains("42704"), "{err}");
     // Without the delay rows arrive at once again (the worker restarts with it).
-    assert!(b.query_one::<bool>("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"0\", \"skip_schema\": [\"x\"]}')").unwrap());
-    assert_eq!(b.query_one::<String>("SELECT sub_apply_delay::text || ' ' || sub_skip_schema::text FROM spock.subscription").unwrap(), "00:00:00 {x}");
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    assert!(b
+        .query_one::<bool>("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"0\", \"skip_schema\": [\"x\"]}')")
+        .unwrap());
+    assert_eq!(
+        b.query_one::<String>("SELECT sub_apply_delay::text || ' ' || sub_skip_schema::text FROM spock.subscription")
+            .unwrap(),
+        "00:00:00 {x}"
+    );
+    wait_for(
+        "replicating",
+        Duration::from_secs(60),
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".to_string(),
+    );
     a.execute("INSERT INTO t VALUES (2, 'at once')").unwrap();
     wait_for("the undelayed row", Duration::from_secs(30), || count(b, "SELECT count(*) FROM t"), 2);
 }
@@ -465,8 +572,7 @@ fn a_worker_stopped_on_purpose_comes_back_at_once() {
     let (a, b) = (cluster.node(0), cluster.node(1));
     subscribed_pair(a, b);
     let arrives = |id: i32| {
-        a.execute(&format!("INSERT INTO t VALUES ({id}, 'x')"))
-            .unwrap();
+        a.execute(&format!("INSERT INTO t VALUES ({id}, 'x')")).unwrap();
         wait_for(
             "the row",
             Duration::from_secs(60),
@@ -475,24 +581,16 @@ fn a_worker_stopped_on_purpose_comes_back_at_once() {
         );
     };
     arrives(1);
-    b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)")
-        .unwrap();
-    b.execute("SELECT spock.sub_enable('sub_n2_n1', immediate := true)")
-        .unwrap();
+    b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1', immediate := true)").unwrap();
     arrives(2);
     // functions that restart the worker to apply a change
-    b.execute("SELECT spock.sub_remove_repset('sub_n2_n1', 'ddl_sql')")
-        .unwrap();
+    b.execute("SELECT spock.sub_remove_repset('sub_n2_n1', 'ddl_sql')").unwrap();
     arrives(3);
-    b.execute("SELECT spock.sub_alter_options('sub_n2_n1', '{\"apply_delay\": 0}')")
-        .unwrap();
+    b.execute("SELECT spock.sub_alter_options('sub_n2_n1', '{\"apply_delay\": 0}')").unwrap();
     arrives(4);
     // a disable that is rolled back leaves the subscription running
-    b.execute("BEGIN; SELECT spock.sub_disable('sub_n2_n1', immediate := true); ROLLBACK")
-        .unwrap();
+    b.execute("BEGIN; SELECT spock.sub_disable('sub_n2_n1', immediate := true); ROLLBACK").unwrap();
     arrives(5);
-    assert!(
-        !b.log().contains("you don't own a lock"),
-        "closing kept tables released locks it did not hold"
-    );
+    assert!(!b.log().contains("you don't own a lock"), "closing kept tables released locks it did not hold");
 }

@@ -89,8 +89,13 @@ fn setup(hook: Hook, settings: &[(&str, &str)]) -> Cluster {
 
 fn subscribe(c: &Cluster, sync_data: bool) {
     let (p, s) = (c.node(0), c.node(1));
-    s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := {sync_data})", p.dsn("postgres"))).unwrap();
-    wait_for("replicating", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := {sync_data})", p.dsn("postgres")))
+        .unwrap();
+    wait_for(
+        "replicating",
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".into(),
+    );
 }
 
 /// `t` as `id:v,...`.
@@ -124,7 +129,11 @@ fn exception_log(n: &TestNode) -> String {
 
 /// Waits until the server log after byte `offset` contains `text`.
 fn wait_for_log(n: &TestNode, offset: usize, text: &str) {
-    wait_for(&format!("\"{text}\" in the log of {}", n.name), || n.log().get(offset..).is_some_and(|l| l.contains(text)), true);
+    wait_for(
+        &format!("\"{text}\" in the log of {}", n.name),
+        || n.log().get(offset..).is_some_and(|l| l.contains(text)),
+        true,
+    );
 }
 
 #[test]
@@ -196,7 +205,11 @@ fn column_default_runs_as_owner() {
     p.execute("INSERT INTO t VALUES (1, 'one')").unwrap();
     wait_for("row 1", || rows(s), "1:one".into());
     assert_eq!(s.query_one::<String>("SELECT w FROM t WHERE id = 1").unwrap(), "x");
-    assert_eq!(audit(s), "default/-/alice/false", "the default of a column only the subscriber has runs as the table's owner");
+    assert_eq!(
+        audit(s),
+        "default/-/alice/false",
+        "the default of a column only the subscriber has runs as the table's owner"
+    );
 
     s.execute("UPDATE ctl SET escalate = true").unwrap();
     let offset = s.log().len();
@@ -236,18 +249,34 @@ fn run_as_owner_on_applies_as_the_workers_user() {
     let (p, s) = (c.node(0), c.node(1));
     p.execute("INSERT INTO t VALUES (1, 'one')").unwrap();
     wait_for("row 1", || rows(s), "1:one".into());
-    assert_eq!(audit(s), "always/one/postgres/true", "with the opt-out the trigger runs as the apply worker's superuser");
+    assert_eq!(
+        audit(s),
+        "always/one/postgres/true",
+        "with the opt-out the trigger runs as the apply worker's superuser"
+    );
 
     // Off again; the worker started next reads it.
     s.execute("ALTER SYSTEM SET spock.run_as_owner = off").unwrap();
     s.execute("SELECT pg_reload_conf()").unwrap();
     s.execute("SELECT spock.sub_disable('sub1', immediate := true)").unwrap();
-    wait_for("disabled", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled".into());
+    wait_for(
+        "disabled",
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "disabled".into(),
+    );
     s.execute("SELECT spock.sub_enable('sub1', immediate := true)").unwrap();
-    wait_for("replicating", || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    wait_for(
+        "replicating",
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".into(),
+    );
     p.execute("INSERT INTO t VALUES (2, 'two')").unwrap();
     wait_for("row 2", || rows(s), "1:one,2:two".into());
-    assert_eq!(audit(s), "always/one/postgres/true,always/two/alice/false", "without the opt-out, as the table's owner");
+    assert_eq!(
+        audit(s),
+        "always/one/postgres/true,always/two/alice/false",
+        "without the opt-out, as the table's owner"
+    );
 }
 
 #[test]
@@ -277,5 +306,10 @@ fn initial_copy_runs_as_owner() {
     wait_for("the copy's triggers", || audited(s), 4 + 2 * 4 + 4);
     s.execute("SELECT spock.table_wait_for_sync('sub1', 't')").unwrap();
     assert_eq!(rows(s), "1:copied1,2:copied2,3:copied3,4:four");
-    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM audit WHERE who <> 'alice' OR super").unwrap(), 0, "{}", audit(s));
+    assert_eq!(
+        s.query_one::<i64>("SELECT count(*) FROM audit WHERE who <> 'alice' OR super").unwrap(),
+        0,
+        "{}",
+        audit(s)
+    );
 }

@@ -64,7 +64,8 @@ fn plant(n: &TestNode, functions: &[String], operators: &[String]) -> i64 {
     )
     .unwrap();
     let mut c = connect_as(n, "planter");
-    let quote = |list: &[String]| list.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect::<Vec<_>>().join(",");
+    let quote =
+        |list: &[String]| list.iter().map(|s| format!("'{}'", s.replace('\'', "''"))).collect::<Vec<_>>().join(",");
     c.batch_execute("SET search_path = pg_catalog").unwrap();
     c.batch_execute(&format!(
         r#"
@@ -234,8 +235,19 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
         call(c, n, "SELECT spock.sync_seq('public.s')");
         call(c, n, "SELECT spock.repset_add_all_seqs('extra', '{public}')");
         call(c, n, "SELECT spock.repset_remove_seq('extra', 'public.s')");
-        call(c, n, &format!("SELECT spock.node_add_interface('{}', 'if2', 'dbname=postgres')", if n.name == a.name { "n1" } else { "n2" }));
-        call(c, n, &format!("SELECT spock.node_drop_interface('{}', 'if2')", if n.name == a.name { "n1" } else { "n2" }));
+        call(
+            c,
+            n,
+            &format!(
+                "SELECT spock.node_add_interface('{}', 'if2', 'dbname=postgres')",
+                if n.name == a.name { "n1" } else { "n2" }
+            ),
+        );
+        call(
+            c,
+            n,
+            &format!("SELECT spock.node_drop_interface('{}', 'if2')", if n.name == a.name { "n1" } else { "n2" }),
+        );
         call(c, n, "SELECT * FROM spock.tables");
     }
     // A subscription of b to a, with data.
@@ -292,7 +304,11 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
     for n in [a, b] {
         let calls: Vec<String> = n.query_one("SELECT coalesce(array_agg(what), '{}') FROM planted.calls").unwrap();
         assert!(calls.is_empty(), "planted objects ran on {}: {calls:?}", n.name);
-        assert!(!n.query_one::<bool>("SELECT is_called FROM planted.seq").unwrap(), "a planted object ran on {}", n.name);
+        assert!(
+            !n.query_one::<bool>("SELECT is_called FROM planted.seq").unwrap(),
+            "a planted object ran on {}",
+            n.name
+        );
         let unpinned: Vec<String> = n
             .query_one(
                 "SELECT coalesce(array_agg(p.oid::regprocedure::text ORDER BY 1), '{}') FROM pg_catalog.pg_proc p
@@ -300,7 +316,11 @@ fn planted_functions_and_operators_never_run_in_spock_functions() {
                     AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%')",
             )
             .unwrap();
-        assert!(unpinned.is_empty(), "functions of schema spock without a pinned search_path on {}: {unpinned:?}", n.name);
+        assert!(
+            unpinned.is_empty(),
+            "functions of schema spock without a pinned search_path on {}: {unpinned:?}",
+            n.name
+        );
     }
 }
 
@@ -319,7 +339,9 @@ fn autoddl_queries_ignore_operators_planted_by_the_ddl_author() {
     // reads the catalogs as superuser to place the new table into a set.
     let mut c = connect_as(a, "planter");
     c.batch_execute("SET search_path = public, pg_catalog").unwrap();
-    if let Err(e) = c.batch_execute("CREATE TABLE public.m (id int PRIMARY KEY); ALTER TABLE public.m ADD COLUMN v text") {
+    if let Err(e) =
+        c.batch_execute("CREATE TABLE public.m (id int PRIMARY KEY); ALTER TABLE public.m ADD COLUMN v text")
+    {
         panic!("{}", spock_tests::describe_pg_error(&e));
     }
     assert!(!a.query_one::<bool>("SELECT is_called FROM planted.seq").unwrap(), "a planted object ran as superuser");
@@ -389,7 +411,17 @@ fn plain_roles_only_read_and_replication_roles_can_provide() {
               WHERE p.pronamespace = 'spock'::regnamespace AND NOT has_function_privilege('plain', p.oid, 'EXECUTE')",
         )
         .unwrap();
-    for expected in ["node_create", "node_drop", "repset_add_table", "sub_create", "sub_drop", "_local_node_id", "_provider_info", "_queue_message", "pause_apply_workers"] {
+    for expected in [
+        "node_create",
+        "node_drop",
+        "repset_add_table",
+        "sub_create",
+        "sub_drop",
+        "_local_node_id",
+        "_provider_info",
+        "_queue_message",
+        "pause_apply_workers",
+    ] {
         assert!(calls.iter().any(|c| c.contains(&format!("spock.{expected}("))), "{expected} is revoked: {calls:?}");
     }
     let mut plain = connect_as(a, "plain");
@@ -416,14 +448,21 @@ fn plain_roles_only_read_and_replication_roles_can_provide() {
     // The read-only functions work for it.
     let name: String = plain.query_one("SELECT node_name FROM spock.node_info()", &[]).unwrap().get(0);
     assert_eq!(name, "n1");
-    let relname: String = plain.query_one("SELECT relname FROM spock.repset_show_table('t', '{default}')", &[]).unwrap().get(0);
+    let relname: String =
+        plain.query_one("SELECT relname FROM spock.repset_show_table('t', '{default}')", &[]).unwrap().get(0);
     assert_eq!(relname, "t");
     plain.batch_execute("SELECT spock.spock_version(), spock.spock_max_proto_version()").unwrap();
-    plain.batch_execute("SELECT * FROM spock.tables; SELECT * FROM spock.progress; SELECT * FROM spock.lag_tracker").unwrap();
+    plain
+        .batch_execute("SELECT * FROM spock.tables; SELECT * FROM spock.progress; SELECT * FROM spock.lag_tracker")
+        .unwrap();
 
     // A subscription whose provider DSN names the replication role: sub_create reads
     // the provider's node and sets as that role, the apply worker streams as it.
-    b.execute(&format!("SELECT spock.sub_create('sub_repl', '{} user=repl')", a.dsn("postgres").replace(" user=postgres", ""))).unwrap();
+    b.execute(&format!(
+        "SELECT spock.sub_create('sub_repl', '{} user=repl')",
+        a.dsn("postgres").replace(" user=postgres", "")
+    ))
+    .unwrap();
     wait_replicating(b, 1);
     a.execute("INSERT INTO t VALUES (1, 'through repl')").unwrap();
     wait_for("the row on b", WAIT, || count_in(b, "SELECT count(*) FROM t WHERE v = 'through repl'"), 1);

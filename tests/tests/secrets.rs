@@ -21,7 +21,12 @@ fn pg_dumps() -> Vec<(u32, Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let split = |b: Vec<u8>| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>();
+        let split = |b: Vec<u8>| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+        };
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
         let args = split(cmdline);
         if args.first().is_some_and(|a| a.ends_with("/pg_dump") || a == "pg_dump") {
@@ -55,7 +60,9 @@ fn sync_passes_the_password_to_pg_dump_outside_its_command_line() {
     let old = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(
         &hba,
-        format!("host all spock_pw 127.0.0.1/32 scram-sha-256\nhost replication spock_pw 127.0.0.1/32 scram-sha-256\n{old}"),
+        format!(
+            "host all spock_pw 127.0.0.1/32 scram-sha-256\nhost replication spock_pw 127.0.0.1/32 scram-sha-256\n{old}"
+        ),
     )
     .unwrap();
     p.execute("SELECT pg_reload_conf()").unwrap();
@@ -101,7 +108,8 @@ fn sync_passes_the_password_to_pg_dump_outside_its_command_line() {
         1,
     );
     let dumps = pg_dumps();
-    let ours: Vec<_> = dumps.iter().filter(|(_, args, _)| args.iter().any(|a| a.contains(&format!("port='{}'", p.port)))).collect();
+    let ours: Vec<_> =
+        dumps.iter().filter(|(_, args, _)| args.iter().any(|a| a.contains(&format!("port='{}'", p.port)))).collect();
     assert_eq!(ours.len(), 1, "{dumps:?}");
     let (pid, args, env) = ours[0];
     assert!(args.iter().any(|a| a.starts_with("--dbname=") && a.contains("user='spock_pw'")), "{args:?}");
@@ -114,7 +122,12 @@ fn sync_passes_the_password_to_pg_dump_outside_its_command_line() {
     wait_replicating(s, 1);
     assert_eq!(s.query_one::<i64>("SELECT count(*) FROM accounts").unwrap(), 100);
     p.execute("INSERT INTO accounts VALUES (101, 'after')").unwrap();
-    wait_for("a change replicated", Duration::from_secs(60), || s.query_one::<i64>("SELECT count(*) FROM accounts").unwrap(), 101);
+    wait_for(
+        "a change replicated",
+        Duration::from_secs(60),
+        || s.query_one::<i64>("SELECT count(*) FROM accounts").unwrap(),
+        101,
+    );
     for n in [p, s] {
         assert!(!n.log().contains(PASSWORD), "the password is in the log of {}", n.name);
     }
@@ -127,19 +140,28 @@ fn connection_errors_do_not_quote_the_password() {
     node_with_spock(n);
     // Unquoted, the space splits the password: libpq's parser stumbles on its second
     // half and would quote it.
-    let e = n.connect().unwrap().batch_execute("SELECT spock.sub_create('s1', 'host=127.0.0.1 port=1 password=Xyzzy1 Plugh2')").unwrap_err();
+    let e = n
+        .connect()
+        .unwrap()
+        .batch_execute("SELECT spock.sub_create('s1', 'host=127.0.0.1 port=1 password=Xyzzy1 Plugh2')")
+        .unwrap_err();
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
     assert_eq!(db.code().code(), "08006", "{db:?}");
     let all = format!("{} {:?} {:?}", db.message(), db.detail(), db.hint());
     assert!(!all.contains("Plugh2") && !all.contains("Xyzzy1"), "{all}");
     // A well-formed DSN: libpq's message (refused) is shown, without the password.
-    let e = n.connect().unwrap().batch_execute("SELECT spock.sub_create('s1', 'host=127.0.0.1 port=1 password=Xyzzy1')").unwrap_err();
+    let e = n
+        .connect()
+        .unwrap()
+        .batch_execute("SELECT spock.sub_create('s1', 'host=127.0.0.1 port=1 password=Xyzzy1')")
+        .unwrap_err();
     let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
     assert!(db.message().contains("127.0.0.1") && !db.message().contains("Xyzzy1"), "{}", db.message());
     // The server logs the failing statement itself (log_min_error_statement), as for
     // any SQL; nothing else may show the password.
     let log = n.log();
-    let leaks: Vec<&str> = log.lines().filter(|l| (l.contains("Xyzzy1") || l.contains("Plugh2")) && !l.contains("STATEMENT:")).collect();
+    let leaks: Vec<&str> =
+        log.lines().filter(|l| (l.contains("Xyzzy1") || l.contains("Plugh2")) && !l.contains("STATEMENT:")).collect();
     assert!(leaks.is_empty(), "{leaks:?}");
 }
 
@@ -154,7 +176,10 @@ fn errors_carry_no_rust_backtrace_even_with_rust_backtrace_set() {
     let n = c.node(0);
     let pm = n.postmaster_pid().unwrap();
     let environ = std::fs::read(format!("/proc/{pm}/environ")).unwrap();
-    assert!(environ.split(|b| *b == 0).any(|v| v == b"RUST_BACKTRACE=1"), "the server was started without RUST_BACKTRACE=1");
+    assert!(
+        environ.split(|b| *b == 0).any(|v| v == b"RUST_BACKTRACE=1"),
+        "the server was started without RUST_BACKTRACE=1"
+    );
     node_with_spock(n);
     // A provider that never answers: statement_timeout's error is raised inside
     // Rust code (the wait for the provider) and unwinds through it.

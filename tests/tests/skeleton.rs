@@ -20,7 +20,8 @@ fn create_extension_with_and_without_preload() {
             .query_one("SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'spock'")
             .unwrap();
         assert_eq!(schema, "spock");
-        let relocatable: bool = node.query_one("SELECT extrelocatable FROM pg_extension WHERE extname = 'spock'").unwrap();
+        let relocatable: bool =
+            node.query_one("SELECT extrelocatable FROM pg_extension WHERE extname = 'spock'").unwrap();
         assert!(!relocatable);
     }
     let preload: String = cluster.node(0).query_one("SHOW shared_preload_libraries").unwrap();
@@ -43,7 +44,8 @@ fn nodes_reach_each_other_and_have_replication_settings() {
     for node in &cluster.nodes {
         assert_eq!(node.query_one::<String>("SHOW wal_level").unwrap(), "logical");
         assert_eq!(node.query_one::<String>("SHOW track_commit_timestamp").unwrap(), "on");
-        let user: String = node.query_one("SELECT usename::text FROM pg_stat_activity WHERE pid = pg_backend_pid()").unwrap();
+        let user: String =
+            node.query_one("SELECT usename::text FROM pg_stat_activity WHERE pid = pg_backend_pid()").unwrap();
         assert_eq!(user, "postgres");
     }
     // Node b can open a libpq connection to node a with the DSN a gives out, as a

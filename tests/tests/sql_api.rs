@@ -38,7 +38,8 @@ fn node_create_makes_the_node_its_interface_and_default_sets() {
         .unwrap();
     assert_eq!(sets, "ddl_sql:1000 default:1111 default_insert_only:1001");
     // ids of sets and interfaces are Spock's hashes of (node id, name)
-    let set_id: i64 = node.query_one("SELECT set_id::int8 FROM spock.replication_set WHERE set_name = 'default'").unwrap();
+    let set_id: i64 =
+        node.query_one("SELECT set_id::int8 FROM spock.replication_set WHERE set_name = 'default'").unwrap();
     assert_eq!(set_id, i64::from(spock_core::names::node_scoped_id(id as u32, "default")));
     let if_row: String = node.query_one("SELECT row(if_id, if_name, if_dsn)::text FROM spock.node_interface").unwrap();
     assert_eq!(if_row, format!("({},n1,\"{dsn}\")", spock_core::names::node_scoped_id(id as u32, "n1")));
@@ -90,7 +91,11 @@ fn node_id_collisions_are_refused() {
     assert!(err.contains("already configured") || err.contains("collides"), "{err}");
     // the collision check itself: a node row with b's id already present
     node.execute(&format!("SELECT spock.node_drop('{a}')")).unwrap();
-    node.execute(&format!("INSERT INTO spock.node(node_id, node_name) VALUES ({}, '{a}')", spock_core::names::node_id_for_name(&a))).unwrap();
+    node.execute(&format!(
+        "INSERT INTO spock.node(node_id, node_name) VALUES ({}, '{a}')",
+        spock_core::names::node_id_for_name(&a)
+    ))
+    .unwrap();
     let err = error_of(&node, &format!("SELECT spock.node_create('{b}', 'dbname=postgres')"));
     assert!(err.starts_with("42710") && err.contains("collides") && err.contains(&a), "{err}");
 }
@@ -128,8 +133,16 @@ fn repset_functions() {
     assert!(err.contains("REPLICA IDENTITY columns must be replicated"), "{err}");
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.with_pk', columns := '{id,nope}')");
     assert!(err.starts_with("42703"), "{err}");
-    for bad in ["id +", "id = 1; DROP TABLE app.with_pk", "true FROM app.with_pk WHERE true", "nosuchcol = 1", "(SELECT true)"] {
-        let err = error_of(&node, &format!("SELECT spock.repset_add_table('default', 'app.with_pk', row_filter := '{}')", bad.replace('\'', "''")));
+    for bad in
+        ["id +", "id = 1; DROP TABLE app.with_pk", "true FROM app.with_pk WHERE true", "nosuchcol = 1", "(SELECT true)"]
+    {
+        let err = error_of(
+            &node,
+            &format!(
+                "SELECT spock.repset_add_table('default', 'app.with_pk', row_filter := '{}')",
+                bad.replace('\'', "''")
+            ),
+        );
         assert!(err.starts_with("42601") || err.starts_with("42703") || err.starts_with("0A000"), "{bad}: {err}");
     }
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.with_pk', synchronize_data := NULL)");
@@ -147,7 +160,9 @@ fn repset_functions() {
     let err = error_of(&node, "SELECT spock.repset_alter('default_insert_only', replicate_update := true)");
     assert!(err.starts_with("42P17"), "{err}");
     node.execute("SELECT spock.repset_alter('custom', replicate_delete := true)").unwrap();
-    assert!(node.query_one::<bool>("SELECT replicate_delete FROM spock.replication_set WHERE set_name = 'custom'").unwrap());
+    assert!(node
+        .query_one::<bool>("SELECT replicate_delete FROM spock.replication_set WHERE set_name = 'custom'")
+        .unwrap());
     // spock.tables lists every permanent user table with its sets (unlogged ones cannot replicate)
     let tables: String = node
         .query_one("SELECT string_agg(format('%s.%s:%s', nspname, relname, coalesce(set_name::text, '-')), ' ' ORDER BY nspname, relname, set_name) FROM spock.tables WHERE nspname = 'app'")
@@ -169,11 +184,11 @@ fn repset_functions() {
 fn repset_add_all_tables_skips_what_cannot_be_replicated() {
     let node = node_with_extension("api5");
     node.execute("SELECT spock.node_create('n1', 'dbname=postgres')").unwrap();
-    node.execute("CREATE TABLE a(id int PRIMARY KEY); CREATE TABLE b(v text); CREATE TABLE c(id int PRIMARY KEY)").unwrap();
-    assert!(node.query_one::<bool>("SELECT spock.repset_add_all_tables('default', '{public}')").unwrap());
-    let members: String = node
-        .query_one("SELECT string_agg(set_reloid::text, ',' ORDER BY 1) FROM spock.replication_set_table")
+    node.execute("CREATE TABLE a(id int PRIMARY KEY); CREATE TABLE b(v text); CREATE TABLE c(id int PRIMARY KEY)")
         .unwrap();
+    assert!(node.query_one::<bool>("SELECT spock.repset_add_all_tables('default', '{public}')").unwrap());
+    let members: String =
+        node.query_one("SELECT string_agg(set_reloid::text, ',' ORDER BY 1) FROM spock.replication_set_table").unwrap();
     assert_eq!(members, "a,c", "b has no replica identity and is skipped with a warning");
     // running it again is harmless
     assert!(node.query_one::<bool>("SELECT spock.repset_add_all_tables('default', '{public}')").unwrap());

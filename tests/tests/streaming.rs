@@ -159,7 +159,10 @@ fn decoding_streams_large_transactions_with_subtransaction_abort() {
     assert_eq!(collapsed, "s xR xI* e s xI* e B O R I C s xI* e a s xR xI* e s xI* e c B O I C");
     let ours: Vec<Decoded> = decoded.iter().filter(|d| !matches!(d.message, Message::Startup(_))).cloned().collect();
     assert!(matches!(&ours[0].message, Message::StreamStart(s) if s.xid == xid && s.first_segment), "{shape}");
-    assert!(matches!(&ours[1].message, Message::StreamChange(c) if c.xid == xid && c.message.letter() == b'R'), "{shape}");
+    assert!(
+        matches!(&ours[1].message, Message::StreamChange(c) if c.xid == xid && c.message.letter() == b'R'),
+        "{shape}"
+    );
     let (kept, sub_aborts, commit) = streamed_rows(&ours, xid);
     assert_eq!(sub_aborts.len(), 1, "one subtransaction abort: {shape}");
     assert_ne!(sub_aborts[0], xid);
@@ -175,7 +178,12 @@ fn decoding_streams_large_transactions_with_subtransaction_abort() {
     // Non-streamed transactions: the small one (with R), the last one.
     let plain: String = ours
         .iter()
-        .filter(|d| matches!(d.message, Message::Begin(_) | Message::Origin(_) | Message::Relation(_) | Message::Insert(_) | Message::Commit(_)))
+        .filter(|d| {
+            matches!(
+                d.message,
+                Message::Begin(_) | Message::Origin(_) | Message::Relation(_) | Message::Insert(_) | Message::Commit(_)
+            )
+        })
         .map(|d| d.message.letter() as char)
         .collect();
     assert_eq!(plain, "BORICBOIC", "{shape}");
@@ -235,14 +243,21 @@ fn pair() -> Cluster {
 fn pair_with(eager: bool) -> Cluster {
     let cluster = Cluster::start(vec![
         NodeOptions::new("n1").setting("logical_decoding_work_mem", "64kB"),
-        NodeOptions::new("n2").setting("log_error_verbosity", "verbose").setting("spock.stream_eager_apply", if eager { "on" } else { "off" }),
+        NodeOptions::new("n2")
+            .setting("log_error_verbosity", "verbose")
+            .setting("spock.stream_eager_apply", if eager { "on" } else { "off" }),
     ])
     .unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
     setup_node(a);
     setup_node(b);
     b.execute(&format!("SELECT spock.sub_create('sub_n2_n1', '{}')", a.dsn("postgres"))).unwrap();
-    wait_for("replicating", Duration::from_secs(60), || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".to_string());
+    wait_for(
+        "replicating",
+        Duration::from_secs(60),
+        || b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".to_string(),
+    );
     cluster
 }
 
@@ -254,7 +269,9 @@ fn summary(n: &TestNode) -> (i64, String) {
 }
 
 fn provider_slot_stats(a: &TestNode) -> (i64, i64) {
-    let slot = a.query_one::<String>("SELECT slot_name::text FROM pg_replication_slots WHERE plugin = 'spock_output'").unwrap();
+    let slot = a
+        .query_one::<String>("SELECT slot_name::text FROM pg_replication_slots WHERE plugin = 'spock_output'")
+        .unwrap();
     stream_stats(a, &slot)
 }
 
@@ -265,9 +282,7 @@ fn spill_files(b: &TestNode) -> usize {
 
 fn walk(dir: &std::path::Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
-        .sum()
+    rd.filter_map(|e| e.ok()).map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
 }
 
 #[test]
@@ -280,9 +295,12 @@ fn streamed_transactions_reach_the_subscriber_exactly() {
     for i in 0..20 {
         a.execute(&format!("INSERT INTO t VALUES ({}, 'small')", 1_000_000 + i)).unwrap();
     }
-    wait_for("small transactions applied while the big one is open", Duration::from_secs(60), || {
-        b.query_one::<i64>("SELECT count(*) FROM t").unwrap()
-    }, 20);
+    wait_for(
+        "small transactions applied while the big one is open",
+        Duration::from_secs(60),
+        || b.query_one::<i64>("SELECT count(*) FROM t").unwrap(),
+        20,
+    );
     assert!(spill_files(b) >= 1, "the open transaction is spilled on the subscriber");
     big.batch_execute(
         "INSERT INTO t SELECT g, 'big ' || g FROM generate_series(10001, 20000) g;
@@ -323,7 +341,8 @@ fn streamed_transactions_reach_the_subscriber_exactly() {
     assert_eq!(spill_txns, 0, "the provider did not spill");
     wait_for("spill files removed", Duration::from_secs(30), || spill_files(b), 0);
     // Rows keep the remote commit timestamp: one commit for the whole big transaction.
-    let commits = b.query_one::<i64>("SELECT count(DISTINCT pg_xact_commit_timestamp(xmin)) FROM t WHERE id <= 20000").unwrap();
+    let commits =
+        b.query_one::<i64>("SELECT count(DISTINCT pg_xact_commit_timestamp(xmin)) FROM t WHERE id <= 20000").unwrap();
     assert_eq!(commits, 1, "the streamed transaction was applied as one transaction");
 }
 
@@ -334,7 +353,12 @@ fn a_subscriber_killed_during_a_stream_applies_it_once() {
     let mut big = a.connect().unwrap();
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 10000) g").unwrap();
     a.execute("INSERT INTO t VALUES (1000001, 'small before kill')").unwrap();
-    wait_for("the small transaction applied", Duration::from_secs(60), || b.query_one::<i64>("SELECT count(*) FROM t").unwrap(), 1);
+    wait_for(
+        "the small transaction applied",
+        Duration::from_secs(60),
+        || b.query_one::<i64>("SELECT count(*) FROM t").unwrap(),
+        1,
+    );
     wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b) >= 1, true);
     b.kill9().unwrap();
     restart_after_kill(b);
@@ -383,7 +407,12 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     wait_for(
         "the subscriber received the stream so far",
         Duration::from_secs(60),
-        || a.query_one::<bool>(&format!("SELECT coalesce(bool_and(write_lsn >= '{written}'), false) FROM pg_stat_replication")).unwrap(),
+        || {
+            a.query_one::<bool>(&format!(
+                "SELECT coalesce(bool_and(write_lsn >= '{written}'), false) FROM pg_stat_replication"
+            ))
+            .unwrap()
+        },
         true,
     );
     corrupt_spill_file(b);
@@ -391,13 +420,23 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     let want = summary(a);
     wait_for("the transaction applied after the worker restarted", Duration::from_secs(120), || summary(b), want);
     let log = b.log();
-    assert!(log.contains("ERROR:  XX001: spock subscription sub_n2_n1: streamed transaction file"), "a clear error with SQLSTATE data_corrupted");
-    assert!(log.contains("CRC") || log.contains("truncated") || log.contains("record at byte"), "{}", &log[log.len().saturating_sub(3000)..]);
+    assert!(
+        log.contains("ERROR:  XX001: spock subscription sub_n2_n1: streamed transaction file"),
+        "a clear error with SQLSTATE data_corrupted"
+    );
+    assert!(
+        log.contains("CRC") || log.contains("truncated") || log.contains("record at byte"),
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
 }
 
 /// Whether the subscriber's apply worker has a local transaction open (an xid).
 fn apply_txn_open(b: &TestNode) -> bool {
-    b.query_one::<bool>("SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'spock apply' AND backend_xid IS NOT NULL").unwrap()
+    b.query_one::<bool>(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'spock apply' AND backend_xid IS NOT NULL",
+    )
+    .unwrap()
 }
 
 #[test]
@@ -420,7 +459,8 @@ fn eager_apply_commits_or_falls_back_to_the_spill_file() {
     assert!(same_ts, "one local transaction");
     // The origin timestamp is the provider's commit time.
     let provider_ts = a.query_one::<String>("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1").unwrap();
-    let subscriber_ts = b.query_one::<String>("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1").unwrap();
+    let subscriber_ts =
+        b.query_one::<String>("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1").unwrap();
     assert_eq!(provider_ts, subscriber_ts);
 
     // 2. A small transaction commits while a big one is being applied eagerly: the
@@ -429,9 +469,12 @@ fn eager_apply_commits_or_falls_back_to_the_spill_file() {
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'second' FROM generate_series(20001, 26000) g").unwrap();
     wait_for("eager apply of the second stream", Duration::from_secs(60), || apply_txn_open(b), true);
     a.execute("INSERT INTO t VALUES (900001, 'small')").unwrap();
-    wait_for("the small transaction applied", Duration::from_secs(60), || {
-        b.query_one::<i64>("SELECT count(*) FROM t WHERE id = 900001").unwrap()
-    }, 1);
+    wait_for(
+        "the small transaction applied",
+        Duration::from_secs(60),
+        || b.query_one::<i64>("SELECT count(*) FROM t WHERE id = 900001").unwrap(),
+        1,
+    );
     assert!(!apply_txn_open(b), "the eager transaction was rolled back");
     big.batch_execute("INSERT INTO t SELECT g, 'second' FROM generate_series(26001, 30000) g; COMMIT").unwrap();
     let want = summary(a);
@@ -458,7 +501,9 @@ fn applied_changes(msgs: &[Decoded]) -> Vec<Message> {
         match &d.message {
             Message::StreamStart(s) => current = Some(s.xid),
             Message::StreamStop(_) => current = None,
-            Message::StreamChange(c) => streams.entry(current.unwrap()).or_default().push((c.xid, (*c.message).clone())),
+            Message::StreamChange(c) => {
+                streams.entry(current.unwrap()).or_default().push((c.xid, (*c.message).clone()))
+            }
             Message::StreamAbort(a) if a.xid == a.subxid => {
                 streams.remove(&a.xid);
             }
@@ -468,8 +513,12 @@ fn applied_changes(msgs: &[Decoded]) -> Vec<Message> {
                     kept.truncate(pos);
                 }
             }
-            Message::StreamCommit(c) => out.extend(streams.remove(&c.xid).unwrap_or_default().into_iter().map(|(_, m)| m)),
-            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => out.push(d.message.clone()),
+            Message::StreamCommit(c) => {
+                out.extend(streams.remove(&c.xid).unwrap_or_default().into_iter().map(|(_, m)| m))
+            }
+            Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) => {
+                out.push(d.message.clone())
+            }
             _ => {}
         }
     }
@@ -525,7 +574,10 @@ fn streamed_and_non_streamed_transactions_are_filtered_alike() {
     let t_inserts = a.iter().filter(|m| matches!(m, Message::Insert(i) if i.new.columns.len() == 2)).count();
     assert_eq!(t_inserts, 1000);
     // Relation messages: every streamed change has its R earlier in its transaction.
-    let rels = streamed.iter().filter(|d| matches!(&d.message, Message::StreamChange(c) if c.message.letter() == b'R')).count();
+    let rels = streamed
+        .iter()
+        .filter(|d| matches!(&d.message, Message::StreamChange(c) if c.message.letter() == b'R'))
+        .count();
     assert!(rels >= 2, "{}", shape(&streamed));
 }
 
@@ -546,7 +598,12 @@ fn a_provider_killed_during_a_stream_leaves_nothing_behind() {
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut big = a.connect().unwrap();
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'lost' FROM generate_series(1, 5000) g").unwrap();
-    wait_for("the stream spilled and applied eagerly", Duration::from_secs(60), || (spill_files(b), apply_txn_open(b)), (1, true));
+    wait_for(
+        "the stream spilled and applied eagerly",
+        Duration::from_secs(60),
+        || (spill_files(b), apply_txn_open(b)),
+        (1, true),
+    );
     a.kill9().unwrap();
     drop(big);
     restart_after_kill(a);
@@ -569,8 +626,14 @@ fn interleaved_streamed_transactions_commit_in_their_order() {
     y.batch_execute("BEGIN").unwrap();
     for i in 0..4 {
         let base = i * 2_000;
-        x.batch_execute(&format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", base + 1, base + 1_000)).unwrap();
-        y.batch_execute(&format!("INSERT INTO t SELECT g, 'y' FROM generate_series({}, {}) g", base + 1_001, base + 2_000)).unwrap();
+        x.batch_execute(&format!("INSERT INTO t SELECT g, 'x' FROM generate_series({}, {}) g", base + 1, base + 1_000))
+            .unwrap();
+        y.batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'y' FROM generate_series({}, {}) g",
+            base + 1_001,
+            base + 2_000
+        ))
+        .unwrap();
     }
     wait_for("both transactions spilled", Duration::from_secs(60), || spill_files(b), 2);
     // y commits first, then x updates rows y wrote (it waits for y's locks: none,
@@ -599,15 +662,25 @@ fn an_insert_meeting_an_existing_key_is_applied_again_searching() {
         b.execute("INSERT INTO t VALUES (5, 'local'), (15000, 'local')").unwrap();
         a.execute("INSERT INTO t VALUES (4, 'remote'), (5, 'remote'), (6, 'remote')").unwrap();
         a.execute("INSERT INTO t VALUES (7, 'after')").unwrap();
-        let small = |n: &TestNode| n.query_one::<String>("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t WHERE id < 100").unwrap();
-        wait_for("the small transactions", Duration::from_secs(60), || small(b), "4:remote,5:remote,6:remote,7:after".to_string());
+        let small = |n: &TestNode| {
+            n.query_one::<String>("SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t WHERE id < 100").unwrap()
+        };
+        wait_for(
+            "the small transactions",
+            Duration::from_secs(60),
+            || small(b),
+            "4:remote,5:remote,6:remote,7:after".to_string(),
+        );
         a.execute("INSERT INTO t SELECT g, 'big' FROM generate_series(10000, 20000) g").unwrap();
         a.execute("INSERT INTO t VALUES (8, 'after big')").unwrap();
         wait_for("the big transaction and the one after it", Duration::from_secs(120), || summary(b), summary(a));
         assert_eq!(b.query_one::<String>("SELECT v FROM t WHERE id = 15000").unwrap(), "big");
         // Each conflict decided once (the rolled-back attempts left nothing).
         assert_eq!(
-            b.query_one::<String>("SELECT string_agg(conflict_type || ':' || conflict_resolution, ',') FROM spock.resolutions").unwrap(),
+            b.query_one::<String>(
+                "SELECT string_agg(conflict_type || ':' || conflict_resolution, ',') FROM spock.resolutions"
+            )
+            .unwrap(),
             "insert_exists:apply_remote,insert_exists:apply_remote",
             "eager = {eager}"
         );

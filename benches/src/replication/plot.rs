@@ -174,7 +174,8 @@ pub struct Bar {
 
 /// A bar chart of medians with the single rounds as dots.
 pub fn bar_chart(title: &str, ylabel: &str, bars: &[Bar]) -> String {
-    let ymax_raw = bars.iter().flat_map(|b| std::iter::once(b.value).chain(b.rounds.iter().copied())).fold(0.0, f64::max);
+    let ymax_raw =
+        bars.iter().flat_map(|b| std::iter::once(b.value).chain(b.rounds.iter().copied())).fold(0.0, f64::max);
     let (ymax, ystep) = axis(ymax_raw * 1.08);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let mut out = String::new();
@@ -201,7 +202,8 @@ pub fn bar_chart(title: &str, ylabel: &str, bars: &[Bar]) -> String {
         );
         for (j, r) in b.rounds.iter().enumerate() {
             let dx = x + bw / 2.0 + (j as f64 - (b.rounds.len() as f64 - 1.0) / 2.0) * 10.0;
-            let _ = writeln!(out, r##"<circle cx="{dx:.1}" cy="{:.1}" r="3.5" fill="#222"/>"##, TOP + ph - r / ymax * ph);
+            let _ =
+                writeln!(out, r##"<circle cx="{dx:.1}" cy="{:.1}" r="3.5" fill="#222"/>"##, TOP + ph - r / ymax * ph);
         }
     }
     let _ = writeln!(out, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##);

@@ -88,16 +88,66 @@ fn metrics(cfg: &Config) -> Vec<Metric> {
     };
     // small-transaction workloads run once per system: on the "off" entry
     vec![
-        Metric { key: "backlog_tx_per_s", label: "backlog catch-up: applied tx/s".into(), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.tx_per_s) },
-        Metric { key: "backlog_rows_per_s", label: "backlog catch-up: applied rows/s".into(), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.rows_per_s) },
-        Metric { key: "backlog_catchup_s", label: "backlog catch-up: seconds, enable → origin at end".into(), higher_is_better: false, get: |r, m| (m == "off").then_some(r.backlog.catchup_s) },
-        Metric { key: "backlog_txns", label: format!("backlog size: pgbench tx in {} s", cfg.backlog_secs), higher_is_better: true, get: |r, m| (m == "off").then_some(r.backlog.txns as f64) },
-        Metric { key: "steady_p50_ms", label: format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), higher_is_better: false, get: |r, m| (m == "off").then_some(r.steady.p50_ms) },
-        Metric { key: "steady_p99_ms", label: format!("steady {} tx/s: lag p99, ms", cfg.steady_rate), higher_is_better: false, get: |r, m| (m == "off").then_some(r.steady.p99_ms) },
-        Metric { key: "large_commit_to_visible_s", label: format!("{rows}-row tx: COMMIT → visible on subscriber, s"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.commit_to_visible_s) },
-        Metric { key: "large_peak_rss_mib", label: format!("{rows}-row tx: peak RSS of apply processes, MiB"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.peak_rss_mib) },
-        Metric { key: "large_peak_anon_mib", label: format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.peak_anon_mib) },
-        Metric { key: "large_insert_s", label: format!("{rows}-row tx: INSERT + COMMIT on provider, s"), higher_is_better: false, get: |r, m| large_of(r, m).map(|l| l.insert_s) },
+        Metric {
+            key: "backlog_tx_per_s",
+            label: "backlog catch-up: applied tx/s".into(),
+            higher_is_better: true,
+            get: |r, m| (m == "off").then_some(r.backlog.tx_per_s),
+        },
+        Metric {
+            key: "backlog_rows_per_s",
+            label: "backlog catch-up: applied rows/s".into(),
+            higher_is_better: true,
+            get: |r, m| (m == "off").then_some(r.backlog.rows_per_s),
+        },
+        Metric {
+            key: "backlog_catchup_s",
+            label: "backlog catch-up: seconds, enable → origin at end".into(),
+            higher_is_better: false,
+            get: |r, m| (m == "off").then_some(r.backlog.catchup_s),
+        },
+        Metric {
+            key: "backlog_txns",
+            label: format!("backlog size: pgbench tx in {} s", cfg.backlog_secs),
+            higher_is_better: true,
+            get: |r, m| (m == "off").then_some(r.backlog.txns as f64),
+        },
+        Metric {
+            key: "steady_p50_ms",
+            label: format!("steady {} tx/s: lag p50, ms", cfg.steady_rate),
+            higher_is_better: false,
+            get: |r, m| (m == "off").then_some(r.steady.p50_ms),
+        },
+        Metric {
+            key: "steady_p99_ms",
+            label: format!("steady {} tx/s: lag p99, ms", cfg.steady_rate),
+            higher_is_better: false,
+            get: |r, m| (m == "off").then_some(r.steady.p99_ms),
+        },
+        Metric {
+            key: "large_commit_to_visible_s",
+            label: format!("{rows}-row tx: COMMIT → visible on subscriber, s"),
+            higher_is_better: false,
+            get: |r, m| large_of(r, m).map(|l| l.commit_to_visible_s),
+        },
+        Metric {
+            key: "large_peak_rss_mib",
+            label: format!("{rows}-row tx: peak RSS of apply processes, MiB"),
+            higher_is_better: false,
+            get: |r, m| large_of(r, m).map(|l| l.peak_rss_mib),
+        },
+        Metric {
+            key: "large_peak_anon_mib",
+            label: format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"),
+            higher_is_better: false,
+            get: |r, m| large_of(r, m).map(|l| l.peak_anon_mib),
+        },
+        Metric {
+            key: "large_insert_s",
+            label: format!("{rows}-row tx: INSERT + COMMIT on provider, s"),
+            higher_is_better: false,
+            get: |r, m| large_of(r, m).map(|l| l.insert_s),
+        },
     ]
 }
 
@@ -172,7 +222,8 @@ impl Report<'_> {
             if meds.iter().all(|v| !v.is_finite()) {
                 continue;
             }
-            let mut row = vec![format!("{} ({} is better)", m.label, if m.higher_is_better { "higher" } else { "lower" })];
+            let mut row =
+                vec![format!("{} ({} is better)", m.label, if m.higher_is_better { "higher" } else { "lower" })];
             if m.key == "backlog_txns" {
                 row[0] = m.label.clone();
             }
@@ -183,9 +234,17 @@ impl Report<'_> {
                 row.push(if vals[i].len() > 1 { format!("{} ({}–{})", num(*v), num(lo), num(hi)) } else { num(*v) });
                 if let Some(b) = base {
                     if i != b {
-                        let base_v = if entries[i].streaming == "off" || m.key.starts_with("large") { meds[b] } else { f64::NAN };
+                        let base_v = if entries[i].streaming == "off" || m.key.starts_with("large") {
+                            meds[b]
+                        } else {
+                            f64::NAN
+                        };
                         let ratio = v / base_v;
-                        row.push(if ratio.is_finite() && m.key != "backlog_txns" { format!("{ratio:.2}") } else { "—".into() });
+                        row.push(if ratio.is_finite() && m.key != "backlog_txns" {
+                            format!("{ratio:.2}")
+                        } else {
+                            "—".into()
+                        });
                     }
                 }
             }
@@ -254,7 +313,12 @@ impl Report<'_> {
     fn markdown(&self, plots: &[PathBuf]) -> String {
         let mut out = String::new();
         let c = self.cfg;
-        let _ = writeln!(out, "## Replication benchmark{} — {}\n", if c.quick { " (quick mode: smoke test, not a measurement)" } else { "" }, self.date);
+        let _ = writeln!(
+            out,
+            "## Replication benchmark{} — {}\n",
+            if c.quick { " (quick mode: smoke test, not a measurement)" } else { "" },
+            self.date
+        );
         for s in &self.systems {
             match &s.status {
                 Ok(d) => {
@@ -265,7 +329,13 @@ impl Report<'_> {
                 }
             }
         }
-        let _ = writeln!(out, "\nWorkloads: {}; {} interleaved round(s); run took {:.0} s.", c.workloads.join(", "), c.rounds, self.elapsed_s);
+        let _ = writeln!(
+            out,
+            "\nWorkloads: {}; {} interleaved round(s); run took {:.0} s.",
+            c.workloads.join(", "),
+            c.rounds,
+            self.elapsed_s
+        );
         if !self.results.is_empty() {
             let _ = writeln!(
                 out,
@@ -286,10 +356,15 @@ impl Report<'_> {
             let first = e.lines().next().unwrap_or("");
             let _ = writeln!(out, "\n**failed**: {s}, round {r}: {first}");
         }
-        let _ = writeln!(out, "\nMachine: {}", self.machine.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; "));
+        let _ = writeln!(
+            out,
+            "\nMachine: {}",
+            self.machine.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")
+        );
         match &self.decode {
             Ok(v) => {
-                let _ = writeln!(out, "\nDecode throughput (`decode-bench`, same run):\n\n{}", decode_table(v).trim_end());
+                let _ =
+                    writeln!(out, "\nDecode throughput (`decode-bench`, same run):\n\n{}", decode_table(v).trim_end());
             }
             Err(e) => {
                 let _ = writeln!(out, "\nDecode throughput: not run here ({e}); see `decode-bench`.");
@@ -309,7 +384,14 @@ impl Report<'_> {
         let mut files = Vec::new();
         if !self.joins.is_empty() {
             let f = dir.join(format!("{}-join.svg", self.prefix()));
-            std::fs::write(&f, plot::bar_chart(&format!("Joining a node: pgbench scale {}, seconds to ready", self.cfg.scale), "seconds", &join::bars(&self.joins)))?;
+            std::fs::write(
+                &f,
+                plot::bar_chart(
+                    &format!("Joining a node: pgbench scale {}, seconds to ready", self.cfg.scale),
+                    "seconds",
+                    &join::bars(&self.joins),
+                ),
+            )?;
             files.push(f);
         }
         files.extend(self.replication_plots(dir)?);
@@ -341,22 +423,53 @@ impl Report<'_> {
         let mut catchup = Vec::new();
         for (i, s) in systems.iter().enumerate() {
             if let Some(r) = typical(s, |r| r.steady.p99_ms) {
-                lag.push(Series { name: format!("{s} median (round {})", r.round), color: i, dashed: false, points: r.steady.series.iter().map(|x| (x.0, x.1)).collect() });
-                lag.push(Series { name: format!("{s} p99"), color: i, dashed: true, points: r.steady.series.iter().map(|x| (x.0, x.2)).collect() });
+                lag.push(Series {
+                    name: format!("{s} median (round {})", r.round),
+                    color: i,
+                    dashed: false,
+                    points: r.steady.series.iter().map(|x| (x.0, x.1)).collect(),
+                });
+                lag.push(Series {
+                    name: format!("{s} p99"),
+                    color: i,
+                    dashed: true,
+                    points: r.steady.series.iter().map(|x| (x.0, x.2)).collect(),
+                });
             }
             if let Some(r) = typical(s, |r| r.backlog.tx_per_s) {
-                catchup.push(Series { name: format!("{s} (round {})", r.round), color: i, dashed: false, points: r.backlog.timeline.clone() });
+                catchup.push(Series {
+                    name: format!("{s} (round {})", r.round),
+                    color: i,
+                    dashed: false,
+                    points: r.backlog.timeline.clone(),
+                });
             }
         }
         let round_note = "the round with the median tx/s, 0.5 s buckets";
         let f = dir.join(format!("{p}-lag.svg"));
         std::fs::write(
             &f,
-            plot::line_chart(&format!("Replication lag at {} tx/s (the round with the median p99, 1 s buckets)", self.cfg.steady_rate), "seconds since start (provider commit time)", "lag, ms", &lag),
+            plot::line_chart(
+                &format!(
+                    "Replication lag at {} tx/s (the round with the median p99, 1 s buckets)",
+                    self.cfg.steady_rate
+                ),
+                "seconds since start (provider commit time)",
+                "lag, ms",
+                &lag,
+            ),
         )?;
         files.push(f);
         let f = dir.join(format!("{p}-catchup.svg"));
-        std::fs::write(&f, plot::line_chart(&format!("Backlog catch-up: applied tx/s ({round_note})"), "seconds since the subscription was enabled", "applied tx/s", &catchup))?;
+        std::fs::write(
+            &f,
+            plot::line_chart(
+                &format!("Backlog catch-up: applied tx/s ({round_note})"),
+                "seconds since the subscription was enabled",
+                "applied tx/s",
+                &catchup,
+            ),
+        )?;
         files.push(f);
         let ms = metrics(self.cfg);
         let tx = &ms[0];
@@ -382,7 +495,14 @@ impl Report<'_> {
             })
             .collect();
         let f = dir.join(format!("{p}-large.svg"));
-        std::fs::write(&f, plot::bar_chart(&format!("{} rows in one transaction: COMMIT → visible", self.cfg.large_rows), "seconds", &bars))?;
+        std::fs::write(
+            &f,
+            plot::bar_chart(
+                &format!("{} rows in one transaction: COMMIT → visible", self.cfg.large_rows),
+                "seconds",
+                &bars,
+            ),
+        )?;
         files.push(f);
         Ok(files)
     }
@@ -418,27 +538,47 @@ pub fn load(path: &Path) -> Result<Loaded> {
     let mut cfg: Config = serde_json::from_value(v["config"].clone())?;
     cfg.poll = Config::full().poll;
     cfg.catchup_timeout = Config::full().catchup_timeout;
-    let machine = v["machine"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect()).unwrap_or_default();
+    let machine =
+        v["machine"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), text(v))).collect()).unwrap_or_default();
     let systems = v["systems"]
         .as_array()
         .map(|a| {
             a.iter()
                 .map(|s| SystemStatus {
                     name: text(&s["name"]),
-                    status: if s["available"].as_bool() == Some(true) { Ok(text(&s["description"])) } else { Err(text(&s["reason"])) },
+                    status: if s["available"].as_bool() == Some(true) {
+                        Ok(text(&s["description"]))
+                    } else {
+                        Err(text(&s["reason"]))
+                    },
                 })
                 .collect()
         })
         .unwrap_or_default();
     let results = serde_json::from_value(v["rounds"].clone())?;
-    let joins = if v["join_rounds"].is_array() { serde_json::from_value(v["join_rounds"].clone())? } else { Vec::new() };
+    let joins =
+        if v["join_rounds"].is_array() { serde_json::from_value(v["join_rounds"].clone())? } else { Vec::new() };
     let failures = v["failures"]
         .as_array()
-        .map(|a| a.iter().map(|f| (text(&f["system"]), f["round"].as_u64().unwrap_or(0) as usize, text(&f["error"]))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|f| (text(&f["system"]), f["round"].as_u64().unwrap_or(0) as usize, text(&f["error"])))
+                .collect()
+        })
         .unwrap_or_default();
     let d = &v["decode"];
     let decode = if d.get("results").is_some() { Ok(d.clone()) } else { Err(text(&d["not_run"])) };
-    Ok(Loaded { cfg, machine, systems, results, joins, failures, decode, elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0), date: text(&v["date"]) })
+    Ok(Loaded {
+        cfg,
+        machine,
+        systems,
+        results,
+        joins,
+        failures,
+        decode,
+        elapsed_s: v["elapsed_s"].as_f64().unwrap_or(0.0),
+        date: text(&v["date"]),
+    })
 }
 
 /// The table `decode-bench` prints, from its `decode.json`.

@@ -154,7 +154,8 @@ pub fn run_round(sys: &dyn System, env: &Env, cfg: &Config, round: usize) -> Res
     let pair = Pair { provider: p?, subscriber: s? };
     load(&pair, &pgbench, cfg)?;
     sys.setup(&pair)?;
-    wait_replicating(&pair, Duration::from_secs(120)).map_err(|e| super::Error(format!("replication does not start: {e}")))?;
+    wait_replicating(&pair, Duration::from_secs(120))
+        .map_err(|e| super::Error(format!("replication does not start: {e}")))?;
     let setup_s = started.elapsed().as_secs_f64();
     log(sys.name(), round, &format!("pair ready in {setup_s:.1} s"));
 
@@ -171,7 +172,10 @@ pub fn run_round(sys: &dyn System, env: &Env, cfg: &Config, round: usize) -> Res
     log(
         sys.name(),
         round,
-        &format!("steady {} tx/s: lag p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms", cfg.steady_rate, steady.p50_ms, steady.p99_ms, steady.max_ms),
+        &format!(
+            "steady {} tx/s: lag p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+            cfg.steady_rate, steady.p50_ms, steady.p99_ms, steady.max_ms
+        ),
     );
     let mut larges = Vec::new();
     for mode in std::iter::once("off").chain(sys.streaming_modes().iter().copied()) {
@@ -205,7 +209,8 @@ fn load(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<()> {
                   CREATE TABLE bench_marker(id int PRIMARY KEY, at timestamptz)";
     pair.provider.execute(tables)?;
     pair.subscriber.execute(tables)?;
-    pair.subscriber.execute("ALTER TABLE pgbench_history ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()")?;
+    pair.subscriber
+        .execute("ALTER TABLE pgbench_history ADD COLUMN applied_at timestamptz DEFAULT clock_timestamp()")?;
     let (a, b) = both(
         || pair.provider.set_and_restart("track_commit_timestamp", "on"),
         || pair.subscriber.set_and_restart("track_commit_timestamp", "on"),
@@ -220,7 +225,10 @@ fn load(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<()> {
 fn mark(pair: &Pair) -> Result<(String, String)> {
     let mut c = pair.provider.connect()?;
     let lsn = query_text(&mut c, "SELECT pg_current_wal_insert_lsn()")?;
-    let id = query_text(&mut c, "INSERT INTO bench_marker SELECT coalesce(max(id), 0) + 1, now() FROM bench_marker RETURNING id")?;
+    let id = query_text(
+        &mut c,
+        "INSERT INTO bench_marker SELECT coalesce(max(id), 0) + 1, now() FROM bench_marker RETURNING id",
+    )?;
     Ok((lsn, id))
 }
 
@@ -309,7 +317,10 @@ fn check_same(pair: &Pair) -> Result<()> {
 
 fn apply_processes(sys: &dyn System, sub: &Node) -> Vec<(u32, String)> {
     let Some(pm) = sub.postmaster_pid() else { return Vec::new() };
-    children_of(pm).into_iter().filter(|(_, title)| sys.apply_process_patterns().iter().any(|p| title.contains(p))).collect()
+    children_of(pm)
+        .into_iter()
+        .filter(|(_, title)| sys.apply_process_patterns().iter().any(|p| title.contains(p)))
+        .collect()
 }
 
 fn wait_stopped(sys: &dyn System, pair: &Pair) -> Result<()> {
@@ -322,7 +333,9 @@ fn wait_stopped(sys: &dyn System, pair: &Pair) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return err(format!("subscription still running after disable: apply processes {procs:?}, {active} active slot(s)"));
+            return err(format!(
+                "subscription still running after disable: apply processes {procs:?}, {active} active slot(s)"
+            ));
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -337,10 +350,11 @@ fn pgbench_number(out: &str, prefix: &str) -> Result<f64> {
 }
 
 fn simple_update(cfg: &Config, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = ["-n", "-b", "simple-update", "-c", &cfg.clients.to_string(), "-j", &cfg.threads.to_string()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["-n", "-b", "simple-update", "-c", &cfg.clients.to_string(), "-j", &cfg.threads.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     args.extend_from_slice(extra);
     args
 }
@@ -424,7 +438,10 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
 
 fn steady(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<Steady> {
     let start_epoch = epoch_now();
-    pair.provider.pgbench(pgbench, &simple_update(cfg, &["-R".into(), cfg.steady_rate.to_string(), "-T".into(), cfg.steady_secs.to_string()]))?;
+    pair.provider.pgbench(
+        pgbench,
+        &simple_update(cfg, &["-R".into(), cfg.steady_rate.to_string(), "-T".into(), cfg.steady_secs.to_string()]),
+    )?;
     // let the last transactions be applied before sync's connections start
     // backends that compete with the apply process for the CPU
     thread::sleep(Duration::from_millis(500));
@@ -497,7 +514,10 @@ impl Sampler {
                 // a /proc scan finds new processes (parallel apply workers come
                 // and go); in between, only the known ones are read
                 if n.is_multiple_of(8) || procs.is_empty() {
-                    procs = children_of(postmaster).into_iter().filter(|(_, t)| patterns.iter().any(|p| t.contains(p))).collect();
+                    procs = children_of(postmaster)
+                        .into_iter()
+                        .filter(|(_, t)| patterns.iter().any(|p| t.contains(p)))
+                        .collect();
                 }
                 n += 1;
                 let (mut rss, mut anon) = (0u64, 0u64);
@@ -533,7 +553,9 @@ fn large(sys: &dyn System, pair: &Pair, cfg: &Config, mode: &str) -> Result<Larg
     let sampler = Sampler::start(pm, sys.apply_process_patterns(), Duration::from_millis(20));
     let t0 = Instant::now();
     let result = (|| -> Result<(f64, f64)> {
-        prov.batch_execute(&format!("BEGIN; INSERT INTO big SELECT g, g, repeat('x', 80) FROM generate_series(1, {n}) g"))?;
+        prov.batch_execute(&format!(
+            "BEGIN; INSERT INTO big SELECT g, g, repeat('x', 80) FROM generate_series(1, {n}) g"
+        ))?;
         prov.batch_execute("COMMIT")?;
         let committed = Instant::now();
         let probe = format!("SELECT EXISTS (SELECT 1 FROM big WHERE id = {n})");
@@ -544,7 +566,11 @@ fn large(sys: &dyn System, pair: &Pair, cfg: &Config, mode: &str) -> Result<Larg
                 return Ok(((committed - t0).as_secs_f64(), (visible - committed).as_secs_f64()));
             }
             if Instant::now() > deadline {
-                return err(format!("large transaction not visible after {:?}\n{}", cfg.catchup_timeout, pair.subscriber.log_tail(30)));
+                return err(format!(
+                    "large transaction not visible after {:?}\n{}",
+                    cfg.catchup_timeout,
+                    pair.subscriber.log_tail(30)
+                ));
             }
             thread::sleep(cfg.poll);
         }

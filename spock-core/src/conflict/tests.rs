@@ -8,10 +8,7 @@ fn v(ts: i64, origin: OriginId) -> RowVersion {
     RowVersion { commit_ts: ts, origin }
 }
 
-const TB: Tiebreakers = Tiebreakers {
-    local_node: 10,
-    remote_node: 20,
-};
+const TB: Tiebreakers = Tiebreakers { local_node: 10, remote_node: 20 };
 
 #[test]
 fn names_round_trip() {
@@ -55,10 +52,7 @@ fn equal_timestamps_local_origin_is_never_same_origin() {
     // A local row (origin 0) against a remote change claiming origin 0 still goes
     // to the tiebreaker: origin 0 is "no origin", not a node.
     let p = ConflictPolicy::LastUpdateWins;
-    assert_eq!(
-        resolve(v(5, LOCAL_ORIGIN), v(5, LOCAL_ORIGIN), p, TB),
-        Ok((Resolution::KeepLocal, Reason::Tiebreaker))
-    );
+    assert_eq!(resolve(v(5, LOCAL_ORIGIN), v(5, LOCAL_ORIGIN), p, TB), Ok((Resolution::KeepLocal, Reason::Tiebreaker)));
 }
 
 #[test]
@@ -133,14 +127,8 @@ fn decide_every_kind_under_every_policy() {
 
 #[test]
 fn a_lost_delete_is_reported_as_delete_exists() {
-    let d = decide(
-        ConflictKind::DeleteOriginDiffers,
-        Some(v(9, A)),
-        v(3, B),
-        ConflictPolicy::LastUpdateWins,
-        TB,
-    )
-    .unwrap();
+    let d =
+        decide(ConflictKind::DeleteOriginDiffers, Some(v(9, A)), v(3, B), ConflictPolicy::LastUpdateWins, TB).unwrap();
     assert_eq!((d.kind, d.resolution), (ConflictKind::DeleteExists, Resolution::KeepLocal));
 }
 

@@ -37,7 +37,10 @@ fn decoding_rejects_what_spock_rejects() {
         QueuedMessage::decode(b'A', r#"{"table_name": "t"}"#),
         Err(QueueMessageError::Missing { key: "schema_name", what: "relation" })
     );
-    assert!(matches!(QueuedMessage::decode(b'S', r#"{"schema_name": "p","sequence_name": "s","last_value": "1x"}"#), Err(QueueMessageError::Malformed(_))));
+    assert!(matches!(
+        QueuedMessage::decode(b'S', r#"{"schema_name": "p","sequence_name": "s","last_value": "1x"}"#),
+        Err(QueueMessageError::Malformed(_))
+    ));
     assert_eq!(QueuedMessage::decode(b'Z', "1"), Err(QueueMessageError::UnknownType('Z')));
     assert!(matches!(QueuedMessage::decode(b'Q', "not json"), Err(QueueMessageError::Malformed(_))));
     // A number for last_value is accepted too.
@@ -108,24 +111,37 @@ fn alter_without_identity_change_leaves_memberships_alone() {
 fn adding_a_primary_key_moves_a_default_managed_table_to_default() {
     let f = facts(true, true, vec![member("default_insert_only", false)]);
     let p = place_table(TableStatement::Alter(IdentityChange::Added), &f);
-    assert_eq!(p, Placement { remove_from: vec!["default_insert_only".into()], add_to: Some("default".into()), note: None });
+    assert_eq!(
+        p,
+        Placement { remove_from: vec!["default_insert_only".into()], add_to: Some("default".into()), note: None }
+    );
     // In a custom set: sticky, with a notice.
     let f = facts(true, true, vec![member("mine", false)]);
     let p = place_table(TableStatement::Alter(IdentityChange::Added), &f);
-    assert_eq!(p, Placement { remove_from: vec![], add_to: None, note: Some(PlacementNote::IdentityGainedInCustomSet) });
+    assert_eq!(
+        p,
+        Placement { remove_from: vec![], add_to: None, note: Some(PlacementNote::IdentityGainedInCustomSet) }
+    );
 }
 
 #[test]
 fn dropping_the_primary_key_leaves_sets_that_need_it() {
     let f = facts(true, false, vec![member("default", true)]);
     let p = place_table(TableStatement::Alter(IdentityChange::Dropped), &f);
-    assert_eq!(p, Placement { remove_from: vec!["default".into()], add_to: Some("default_insert_only".into()), note: None });
+    assert_eq!(
+        p,
+        Placement { remove_from: vec!["default".into()], add_to: Some("default_insert_only".into()), note: None }
+    );
     // A custom set replicating UPDATE/DELETE: warned and moved.
     let f = facts(true, false, vec![member("mine", true)]);
     let p = place_table(TableStatement::Alter(IdentityChange::Dropped), &f);
     assert_eq!(
         p,
-        Placement { remove_from: vec!["mine".into()], add_to: Some("default_insert_only".into()), note: Some(PlacementNote::IdentityLostInCustomSet) }
+        Placement {
+            remove_from: vec!["mine".into()],
+            add_to: Some("default_insert_only".into()),
+            note: Some(PlacementNote::IdentityLostInCustomSet)
+        }
     );
     // Only insert-only custom membership: nothing breaks, sticky.
     let f = facts(true, false, vec![member("mine", false)]);

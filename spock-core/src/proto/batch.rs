@@ -80,7 +80,10 @@ impl Iterator for Frames<'_> {
         }
         if left < FRAME_HEADER {
             self.at = self.payload.len();
-            return Some(Err(DecodeError::new(self.payload.len(), DecodeErrorKind::Truncated { needed: FRAME_HEADER - left })));
+            return Some(Err(DecodeError::new(
+                self.payload.len(),
+                DecodeErrorKind::Truncated { needed: FRAME_HEADER - left },
+            )));
         }
         let mut len = [0u8; FRAME_HEADER];
         len.copy_from_slice(&self.payload[self.at..self.at + FRAME_HEADER]);
@@ -145,7 +148,13 @@ mod tests {
         assert!(ends_batch(&commit));
         assert!(ends_batch(&Message::StreamStop(StreamStop { flags: 0 })));
         let msg = |transactional| {
-            Message::LogicalMessage(LogicalMessage { xid: 1, lsn: 2, transactional, prefix: "p".into(), content: Bytes::new() })
+            Message::LogicalMessage(LogicalMessage {
+                xid: 1,
+                lsn: 2,
+                transactional,
+                prefix: "p".into(),
+                content: Bytes::new(),
+            })
         };
         assert!(!ends_batch(&msg(true)));
         assert!(ends_batch(&msg(false)));

@@ -115,9 +115,7 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
-            return Err(self.err(DecodeErrorKind::Truncated {
-                needed: n - self.remaining(),
-            }));
+            return Err(self.err(DecodeErrorKind::Truncated { needed: n - self.remaining() }));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -127,9 +125,7 @@ impl<'a> Reader<'a> {
     /// `n` bytes as a zero-copy slice of the message.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<Bytes, DecodeError> {
         if self.remaining() < n {
-            return Err(self.err(DecodeErrorKind::Truncated {
-                needed: n - self.remaining(),
-            }));
+            return Err(self.err(DecodeErrorKind::Truncated { needed: n - self.remaining() }));
         }
         let s = self.buf.slice(self.pos..self.pos + n);
         self.pos += n;
@@ -179,10 +175,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn cstring(&mut self) -> Result<String, DecodeError> {
         let start = self.pos;
         let rest = &self.buf[self.pos..];
-        let nul = rest
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or_else(|| self.err(DecodeErrorKind::MissingNul))?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or_else(|| self.err(DecodeErrorKind::MissingNul))?;
         let s = std::str::from_utf8(&rest[..nul])
             .map_err(|_| self.err_at(start, DecodeErrorKind::InvalidUtf8))?
             .to_string();
@@ -206,13 +199,7 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let b = self.u8()?;
         if b != marker {
-            return Err(self.err_at(
-                at,
-                DecodeErrorKind::UnexpectedMarker {
-                    expected,
-                    found: b as char,
-                },
-            ));
+            return Err(self.err_at(at, DecodeErrorKind::UnexpectedMarker { expected, found: b as char }));
         }
         Ok(())
     }

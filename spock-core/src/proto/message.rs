@@ -176,7 +176,10 @@ impl Message {
             other => {
                 return Err(r.err_at(
                     letter_at,
-                    DecodeErrorKind::UnexpectedMarker { expected: "a streamable message 'R', 'I', 'U', 'D', 'T' or 'M'", found: other as char },
+                    DecodeErrorKind::UnexpectedMarker {
+                        expected: "a streamable message 'R', 'I', 'U', 'D', 'T' or 'M'",
+                        found: other as char,
+                    },
                 ))
             }
         })
@@ -215,10 +218,7 @@ impl Message {
             }
         };
         r.finish()?;
-        Ok(Decoded {
-            remote_insert_lsn,
-            message,
-        })
+        Ok(Decoded { remote_insert_lsn, message })
     }
 }
 
@@ -296,12 +296,7 @@ impl Begin {
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Begin, DecodeError> {
-        Ok(Begin {
-            flags: r.u8()?,
-            final_lsn: r.u64()?,
-            commit_time: r.i64()?,
-            xid: r.u32()?,
-        })
+        Ok(Begin { flags: r.u8()?, final_lsn: r.u64()?, commit_time: r.i64()?, xid: r.u32()? })
     }
 }
 
@@ -333,11 +328,7 @@ impl Origin {
         let origin_lsn = r.u64()?;
         let origin_id = r.u16()?;
         let origin_name = if flags & ORIGIN_FLAG_HAS_NAME != 0 { Some(r.cstring()?) } else { None };
-        Ok(Origin {
-            origin_lsn,
-            origin_id,
-            origin_name,
-        })
+        Ok(Origin { origin_lsn, origin_id, origin_name })
     }
 }
 
@@ -357,10 +348,7 @@ impl CommitOrder {
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<CommitOrder, DecodeError> {
-        Ok(CommitOrder {
-            flags: r.u8()?,
-            last_commit_ts: r.i64()?,
-        })
+        Ok(CommitOrder { flags: r.u8()?, last_commit_ts: r.i64()? })
     }
 }
 
@@ -443,20 +431,9 @@ impl Relation {
             let name = r.name_with_nul(len)?;
             let type_oid = r.u32()?;
             let typmod = r.i32()?;
-            columns.push(RelColumn {
-                flags,
-                name,
-                type_oid,
-                typmod,
-            });
+            columns.push(RelColumn { flags, name, type_oid, typmod });
         }
-        Ok(Relation {
-            flags,
-            relid,
-            nspname,
-            relname,
-            columns,
-        })
+        Ok(Relation { flags, relid, nspname, relname, columns })
     }
 }
 
@@ -483,11 +460,7 @@ impl Insert {
         let flags = r.u8()?;
         let relid = r.u32()?;
         r.expect_marker(b'N', "new tuple 'N'")?;
-        Ok(Insert {
-            flags,
-            relid,
-            new: Tuple::decode(r)?,
-        })
+        Ok(Insert { flags, relid, new: Tuple::decode(r)? })
     }
 }
 
@@ -527,10 +500,7 @@ impl OldTuple {
     /// Decodes an old tuple whose letter `kind` was already read.
     fn decode_after(kind: u8, r: &mut Reader<'_>) -> Result<OldTuple, DecodeError> {
         let kind = if kind == b'K' { OldTupleKind::Key } else { OldTupleKind::Full };
-        Ok(OldTuple {
-            kind,
-            tuple: Tuple::decode(r)?,
-        })
+        Ok(OldTuple { kind, tuple: Tuple::decode(r)? })
     }
 }
 
@@ -574,18 +544,10 @@ impl Update {
         if action != b'N' {
             return Err(r.err_at(
                 if old.is_some() { r.offset() - 1 } else { at },
-                DecodeErrorKind::UnexpectedMarker {
-                    expected: "tuple 'K', 'O' or 'N'",
-                    found: action as char,
-                },
+                DecodeErrorKind::UnexpectedMarker { expected: "tuple 'K', 'O' or 'N'", found: action as char },
             ));
         }
-        Ok(Update {
-            flags,
-            relid,
-            old,
-            new: Tuple::decode(r)?,
-        })
+        Ok(Update { flags, relid, old, new: Tuple::decode(r)? })
     }
 }
 
@@ -615,17 +577,10 @@ impl Delete {
         if kind != b'K' && kind != b'O' {
             return Err(r.err_at(
                 at,
-                DecodeErrorKind::UnexpectedMarker {
-                    expected: "old tuple 'K' or 'O'",
-                    found: kind as char,
-                },
+                DecodeErrorKind::UnexpectedMarker { expected: "old tuple 'K' or 'O'", found: kind as char },
             ));
         }
-        Ok(Delete {
-            flags,
-            relid,
-            old: OldTuple::decode_after(kind, r)?,
-        })
+        Ok(Delete { flags, relid, old: OldTuple::decode_after(kind, r)? })
     }
 }
 
@@ -662,9 +617,7 @@ impl Truncate {
         let n = r.len_i32()?;
         let flags = r.u8()?;
         if r.remaining() < n.saturating_mul(4) {
-            return Err(r.err(DecodeErrorKind::Truncated {
-                needed: n * 4 - r.remaining(),
-            }));
+            return Err(r.err(DecodeErrorKind::Truncated { needed: n * 4 - r.remaining() }));
         }
         let mut relids = Vec::with_capacity(n);
         for _ in 0..n {
@@ -700,12 +653,7 @@ impl Commit {
     }
 
     fn decode_body(r: &mut Reader<'_>) -> Result<Commit, DecodeError> {
-        Ok(Commit {
-            flags: r.u8()?,
-            commit_lsn: r.u64()?,
-            end_lsn: r.u64()?,
-            commit_time: r.i64()?,
-        })
+        Ok(Commit { flags: r.u8()?, commit_lsn: r.u64()?, end_lsn: r.u64()?, commit_time: r.i64()? })
     }
 }
 
@@ -743,13 +691,7 @@ impl LogicalMessage {
         let transactional = r.u8()? != 0;
         let prefix = r.cstring()?;
         let len = r.len_i32()?;
-        Ok(LogicalMessage {
-            xid,
-            lsn,
-            transactional,
-            prefix,
-            content: r.bytes(len)?,
-        })
+        Ok(LogicalMessage { xid, lsn, transactional, prefix, content: r.bytes(len)? })
     }
 }
 

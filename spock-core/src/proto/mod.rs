@@ -32,9 +32,8 @@ pub mod writer;
 
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError};
 pub use message::{
-    Begin, Commit, CommitOrder, Delete, Insert, LogicalMessage, Message, OldTuple, OldTupleKind,
-    Origin, RelColumn, Relation, Startup, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop,
-    Truncate, Update,
+    Begin, Commit, CommitOrder, Delete, Insert, LogicalMessage, Message, OldTuple, OldTupleKind, Origin, RelColumn,
+    Relation, Startup, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop, Truncate, Update,
 };
 pub use tuple::{Datum, Tuple};
 
@@ -53,7 +52,9 @@ pub fn format_lsn(lsn: Lsn) -> String {
 pub fn parse_lsn(s: &str) -> Option<Lsn> {
     let (hi, lo) = s.split_once('/')?;
     let half = |h: &str| {
-        (!h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u64::from_str_radix(h, 16).ok()).flatten()
+        (!h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u64::from_str_radix(h, 16).ok())
+            .flatten()
     };
     Some((half(hi)? << 32) | half(lo)?)
 }
@@ -158,15 +159,10 @@ impl StreamDecoder {
                         .parse::<u32>()
                         .ok()
                         .and_then(ProtoVersion::from_u32)
-                        .ok_or_else(|| {
-                            DecodeError::new(0, DecodeErrorKind::UnsupportedVersion(v.to_string()))
-                        })?,
+                        .ok_or_else(|| DecodeError::new(0, DecodeErrorKind::UnsupportedVersion(v.to_string())))?,
                 };
                 self.version = Some(version);
-                Ok(Decoded {
-                    remote_insert_lsn: None,
-                    message: Message::Startup(startup),
-                })
+                Ok(Decoded { remote_insert_lsn: None, message: Message::Startup(startup) })
             }
         }
     }

@@ -213,18 +213,11 @@ pub fn parse_pg_bool(s: &str) -> Option<bool> {
 }
 
 fn invalid(param: &str, value: &str, reason: impl Into<String>) -> NegotiationError {
-    NegotiationError::InvalidValue {
-        param: param.to_string(),
-        value: value.to_string(),
-        reason: reason.into(),
-    }
+    NegotiationError::InvalidValue { param: param.to_string(), value: value.to_string(), reason: reason.into() }
 }
 
 fn parse_u32(param: &str, value: &str) -> Result<u32, NegotiationError> {
-    let n: i64 = value
-        .trim_start()
-        .parse()
-        .map_err(|_| invalid(param, value, "not an integer"))?;
+    let n: i64 = value.trim_start().parse().map_err(|_| invalid(param, value, "not an integer"))?;
     u32::try_from(n).map_err(|_| invalid(param, value, "out of range"))
 }
 
@@ -235,11 +228,7 @@ fn parse_bool(param: &str, value: &str) -> Result<bool, NegotiationError> {
 /// Encoding names as PostgreSQL's `pg_char_to_encoding` compares them: case and
 /// punctuation do not matter ("utf-8" is UTF8).
 fn normalize_encoding(name: &str) -> String {
-    let n: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    let n: String = name.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
     match n.as_str() {
         "unicode" => "utf8".to_string(),
         "latin1" | "iso88591" => "latin1".to_string(),
@@ -248,11 +237,48 @@ fn normalize_encoding(name: &str) -> String {
 }
 
 const KNOWN_ENCODINGS: &[&str] = &[
-    "sqlascii", "eucjp", "euccn", "euckr", "euctw", "eucjis2004", "utf8", "muleinternal", "latin1",
-    "latin2", "latin3", "latin4", "latin5", "latin6", "latin7", "latin8", "latin9", "latin10",
-    "win1256", "win1258", "win866", "win874", "koi8r", "win1251", "win1252", "iso88595",
-    "iso88596", "iso88597", "iso88598", "win1250", "win1253", "win1254", "win1255", "win1257",
-    "koi8u", "sjis", "big5", "gbk", "uhc", "gb18030", "johab", "shiftjis2004",
+    "sqlascii",
+    "eucjp",
+    "euccn",
+    "euckr",
+    "euctw",
+    "eucjis2004",
+    "utf8",
+    "muleinternal",
+    "latin1",
+    "latin2",
+    "latin3",
+    "latin4",
+    "latin5",
+    "latin6",
+    "latin7",
+    "latin8",
+    "latin9",
+    "latin10",
+    "win1256",
+    "win1258",
+    "win866",
+    "win874",
+    "koi8r",
+    "win1251",
+    "win1252",
+    "iso88595",
+    "iso88596",
+    "iso88597",
+    "iso88598",
+    "win1250",
+    "win1253",
+    "win1254",
+    "win1255",
+    "win1257",
+    "koi8u",
+    "sjis",
+    "big5",
+    "gbk",
+    "uhc",
+    "gb18030",
+    "johab",
+    "shiftjis2004",
 ];
 
 #[derive(Default)]
@@ -286,10 +312,7 @@ impl ClientBinary {
 }
 
 fn find<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 fn ident_error(param: &str, value: &str, e: IdentListError) -> NegotiationError {
@@ -373,10 +396,7 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
         return Err(NegotiationError::MaxVersionTooLow(client_max));
     }
     if client_min > client_max {
-        return Err(NegotiationError::NoCommonVersion {
-            min: client_min,
-            max: client_max,
-        });
+        return Err(NegotiationError::NoCommonVersion { min: client_min, max: client_max });
     }
     let version = ProtoVersion::from_u32(client_max.min(ProtoVersion::MAX.as_u32()))
         .ok_or(NegotiationError::NoCommonVersion { min: client_min, max: client_max })?;
@@ -403,19 +423,14 @@ pub fn negotiate(params: &[(String, String)], server: &ServerInfo) -> Result<Neg
             return Err(NegotiationError::UnknownEncoding(wanted));
         }
         if norm != normalize_encoding(&server.database_encoding) {
-            return Err(NegotiationError::EncodingMismatch {
-                wanted,
-                server: server.database_encoding.clone(),
-            });
+            return Err(NegotiationError::EncodingMismatch { wanted, server: server.database_encoding.clone() });
         }
     }
 
     match (&client_spock_version, client_spock_version_num) {
         (None, _) => notices.push("client doesn't set protocol parameter 'spock_version'".to_string()),
-        (Some(v), _) if v != &server.spock_version => notices.push(format!(
-            "client's spock_version ({v}) differs from the server's one ({})",
-            server.spock_version
-        )),
+        (Some(v), _) if v != &server.spock_version => notices
+            .push(format!("client's spock_version ({v}) differs from the server's one ({})", server.spock_version)),
         _ => {}
     }
 

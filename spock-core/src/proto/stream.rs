@@ -132,19 +132,32 @@ impl StreamOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Begin, Commit, Insert, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop, Tuple};
+    use crate::proto::{
+        Begin, Commit, Insert, StreamAbort, StreamChange, StreamCommit, StreamStart, StreamStop, Tuple,
+    };
 
     fn start(xid: u32, first: bool) -> Message {
         Message::StreamStart(StreamStart { xid, first_segment: first })
     }
     fn change(xid: u32) -> Message {
-        Message::StreamChange(StreamChange { xid, message: Box::new(Message::Insert(Insert { flags: 0, relid: 1, new: Tuple::new(vec![]) })) })
+        Message::StreamChange(StreamChange {
+            xid,
+            message: Box::new(Message::Insert(Insert { flags: 0, relid: 1, new: Tuple::new(vec![]) })),
+        })
     }
     fn stop() -> Message {
         Message::StreamStop(StreamStop::default())
     }
     fn commit(xid: u32) -> Message {
-        Message::StreamCommit(StreamCommit { xid, commit_lsn: 1, end_lsn: 2, commit_time: 3, origin_lsn: 0, origin_id: 1, origin_name: None })
+        Message::StreamCommit(StreamCommit {
+            xid,
+            commit_lsn: 1,
+            end_lsn: 2,
+            commit_time: 3,
+            origin_lsn: 0,
+            origin_id: 1,
+            origin_name: None,
+        })
     }
     fn abort(xid: u32, subxid: u32) -> Message {
         Message::StreamAbort(StreamAbort { xid, subxid })

@@ -181,7 +181,11 @@ fn tuple_golden_with_every_column_kind() {
 fn update_with_and_without_old_key_and_delete() {
     let new = Tuple::new(vec![text("1"), text("b")]);
     let key = Tuple::new(vec![text("1"), Datum::Null]);
-    for old in [None, Some(OldTuple { kind: OldTupleKind::Key, tuple: key.clone() }), Some(OldTuple { kind: OldTupleKind::Full, tuple: new.clone() })] {
+    for old in [
+        None,
+        Some(OldTuple { kind: OldTupleKind::Key, tuple: key.clone() }),
+        Some(OldTuple { kind: OldTupleKind::Full, tuple: new.clone() }),
+    ] {
         let m = Message::Update(Update { flags: 0, relid: 9, old: old.clone(), new: new.clone() });
         for v in [ProtoVersion::V4, ProtoVersion::V5] {
             assert_eq!(decode(&enc(&m, v, 1), v).unwrap().message, m);
@@ -210,7 +214,8 @@ fn logical_message_golden() {
         prefix: "Spock".into(),
         content: Bytes::from_static(b"\x00\x00\x00\x03abc"),
     });
-    let expected = Golden::new().u8(b'M').u32(0).u64(77).u8(0).raw(b"Spock\0").u32(7).raw(b"\x00\x00\x00\x03abc").done();
+    let expected =
+        Golden::new().u8(b'M').u32(0).u64(77).u8(0).raw(b"Spock\0").u32(7).raw(b"\x00\x00\x00\x03abc").done();
     assert_eq!(enc(&m, ProtoVersion::V4, 0), expected);
     assert_eq!(decode(&expected, ProtoVersion::V4).unwrap().message, m);
 }
@@ -230,7 +235,8 @@ fn startup_is_never_prefixed_and_sets_the_stream_version() {
 
 #[test]
 fn startup_without_proto_version_means_v4() {
-    let bytes = enc(&Message::Startup(Startup { params: vec![("encoding".into(), "UTF8".into())] }), ProtoVersion::V4, 0);
+    let bytes =
+        enc(&Message::Startup(Startup { params: vec![("encoding".into(), "UTF8".into())] }), ProtoVersion::V4, 0);
     let mut stream = StreamDecoder::new();
     stream.decode(&bytes).unwrap();
     assert_eq!(stream.version(), Some(ProtoVersion::V4));
@@ -238,7 +244,8 @@ fn startup_without_proto_version_means_v4() {
 
 #[test]
 fn startup_with_unknown_version_is_an_error() {
-    let bytes = enc(&Message::Startup(Startup { params: vec![("proto_version".into(), "9".into())] }), ProtoVersion::V4, 0);
+    let bytes =
+        enc(&Message::Startup(Startup { params: vec![("proto_version".into(), "9".into())] }), ProtoVersion::V4, 0);
     let err = StreamDecoder::new().decode(&bytes).unwrap_err();
     assert_eq!(err.kind, DecodeErrorKind::UnsupportedVersion("9".into()));
 }
@@ -259,13 +266,15 @@ fn decode_errors_report_offsets() {
     let e = decode(&b(&[b'I', 0, 0, 0, 0, 1, b'N', b'T', 0, 1, b't', 0, 0, 0, 1, b'a']), ProtoVersion::V4).unwrap_err();
     assert_eq!((e.offset, e.kind), (15, DecodeErrorKind::MissingNul));
     // negative length
-    let e = decode(&b(&[b'I', 0, 0, 0, 0, 1, b'N', b'T', 0, 1, b'b', 0xff, 0xff, 0xff, 0xff]), ProtoVersion::V4).unwrap_err();
+    let e = decode(&b(&[b'I', 0, 0, 0, 0, 1, b'N', b'T', 0, 1, b'b', 0xff, 0xff, 0xff, 0xff]), ProtoVersion::V4)
+        .unwrap_err();
     assert_eq!((e.offset, e.kind), (11, DecodeErrorKind::InvalidLength(-1)));
     // unknown column kind
     let e = decode(&b(&[b'I', 0, 0, 0, 0, 1, b'N', b'T', 0, 1, b'z']), ProtoVersion::V4).unwrap_err();
     assert_eq!((e.offset, e.kind), (10, DecodeErrorKind::UnknownColumnKind('z')));
     // trailing garbage
-    let mut good = enc(&Message::CommitOrder(CommitOrder { flags: 0, last_commit_ts: 1 }), ProtoVersion::V4, 0).to_vec();
+    let mut good =
+        enc(&Message::CommitOrder(CommitOrder { flags: 0, last_commit_ts: 1 }), ProtoVersion::V4, 0).to_vec();
     good.push(0);
     let e = decode(&Bytes::from(good), ProtoVersion::V4).unwrap_err();
     assert_eq!((e.offset, e.kind), (10, DecodeErrorKind::TrailingBytes(1)));
@@ -280,10 +289,7 @@ fn encode_rejects_what_the_wire_cannot_carry() {
     let mut r = sample_relation();
     r.nspname = "x".repeat(300);
     let mut out = BytesMut::new();
-    assert!(matches!(
-        Message::Relation(r).encode(ProtoVersion::V5, 0, &mut out),
-        Err(EncodeError::TooLong { .. })
-    ));
+    assert!(matches!(Message::Relation(r).encode(ProtoVersion::V5, 0, &mut out), Err(EncodeError::TooLong { .. })));
     let m = Message::Insert(Insert { flags: 0, relid: 1, new: Tuple::new(vec![text("a\0b")]) });
     assert!(matches!(m.encode(ProtoVersion::V5, 0, &mut out), Err(EncodeError::EmbeddedNul(_))));
 }
@@ -357,7 +363,10 @@ fn stream_decode_errors() {
     let e = decode(&b(&[0, 0, 0, 0, 0, 0, 0, 1, b'c', 0, 0, 0, 0, 1, 2]), ProtoVersion::V5).unwrap_err();
     assert_eq!((e.offset, e.kind), (14, DecodeErrorKind::Truncated { needed: 7 }));
     let mut out = BytesMut::new();
-    let bad = Message::StreamChange(StreamChange { xid: 1, message: Box::new(Message::Commit(Commit { flags: 0, commit_lsn: 0, end_lsn: 0, commit_time: 0 })) });
+    let bad = Message::StreamChange(StreamChange {
+        xid: 1,
+        message: Box::new(Message::Commit(Commit { flags: 0, commit_lsn: 0, end_lsn: 0, commit_time: 0 })),
+    });
     assert!(matches!(bad.encode(ProtoVersion::V5, 0, &mut out), Err(EncodeError::Unsupported(_))));
 }
 
@@ -445,7 +454,10 @@ fn a_spock_client_gets_v5_with_binary() {
     assert_eq!(n.format, ProtoFormat::Native);
     assert!(n.allow_internal_basetypes && n.allow_binary_basetypes);
     assert_eq!(n.forward_origins, ForwardOrigins::None);
-    assert_eq!(n.replication_sets.as_deref(), Some(&["default".to_string(), "default_insert_only".into(), "ddl_sql".into()][..]));
+    assert_eq!(
+        n.replication_sets.as_deref(),
+        Some(&["default".to_string(), "default_insert_only".into(), "ddl_sql".into()][..])
+    );
     assert!(n.notices.is_empty(), "{:?}", n.notices);
     let reply = startup_reply(&n, &server());
     assert_eq!(reply.get("proto_version"), Some("5"));
@@ -514,7 +526,11 @@ fn binary_transfer_needs_matching_servers() {
     assert!(!n.allow_internal_basetypes && n.allow_binary_basetypes);
     let n = negotiate(&with(spock_client(), "binary.basetypes_major_version", "1700"), &server()).unwrap();
     assert!(!n.allow_internal_basetypes && !n.allow_binary_basetypes);
-    let n = negotiate(&with(with(spock_client(), "binary.want_internal_basetypes", "0"), "binary.want_binary_basetypes", "0"), &server()).unwrap();
+    let n = negotiate(
+        &with(with(spock_client(), "binary.want_internal_basetypes", "0"), "binary.want_binary_basetypes", "0"),
+        &server(),
+    )
+    .unwrap();
     assert!(!n.allow_internal_basetypes && !n.allow_binary_basetypes);
     let n = negotiate(&with(spock_client(), "proto_format", "json"), &server()).unwrap();
     assert_eq!(n.format, ProtoFormat::Json);
@@ -569,39 +585,80 @@ fn arb_tuple() -> impl Strategy<Value = Tuple> {
 }
 
 fn arb_old() -> impl Strategy<Value = OldTuple> {
-    (any::<bool>(), arb_tuple()).prop_map(|(k, tuple)| OldTuple { kind: if k { OldTupleKind::Key } else { OldTupleKind::Full }, tuple })
+    (any::<bool>(), arb_tuple())
+        .prop_map(|(k, tuple)| OldTuple { kind: if k { OldTupleKind::Key } else { OldTupleKind::Full }, tuple })
 }
 
 fn arb_plain_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, t, x)| Message::Begin(Begin { flags: 0, final_lsn: l, commit_time: t, xid: x })),
-        (any::<u64>(), any::<u16>(), proptest::option::of(arb_name()))
-            .prop_map(|(l, id, n)| Message::Origin(Origin { origin_lsn: l, origin_id: id, origin_name: n })),
+        (any::<u64>(), any::<i64>(), any::<u32>()).prop_map(|(l, t, x)| Message::Begin(Begin {
+            flags: 0,
+            final_lsn: l,
+            commit_time: t,
+            xid: x
+        })),
+        (any::<u64>(), any::<u16>(), proptest::option::of(arb_name())).prop_map(|(l, id, n)| Message::Origin(Origin {
+            origin_lsn: l,
+            origin_id: id,
+            origin_name: n
+        })),
         any::<i64>().prop_map(|t| Message::CommitOrder(CommitOrder { flags: 0, last_commit_ts: t })),
-        (any::<u32>(), arb_name(), arb_name(), proptest::collection::vec((any::<bool>(), arb_name(), any::<u32>(), any::<i32>()), 0..5)).prop_map(
-            |(relid, nsp, rel, cols)| Message::Relation(Relation {
+        (
+            any::<u32>(),
+            arb_name(),
+            arb_name(),
+            proptest::collection::vec((any::<bool>(), arb_name(), any::<u32>(), any::<i32>()), 0..5)
+        )
+            .prop_map(|(relid, nsp, rel, cols)| Message::Relation(Relation {
                 flags: 0,
                 relid,
                 nspname: nsp,
                 relname: rel,
-                columns: cols.into_iter().map(|(k, name, t, m)| RelColumn { flags: u8::from(k), name, type_oid: t, typmod: m }).collect(),
-            })
-        ),
+                columns: cols
+                    .into_iter()
+                    .map(|(k, name, t, m)| RelColumn { flags: u8::from(k), name, type_oid: t, typmod: m })
+                    .collect(),
+            })),
         (any::<u32>(), arb_tuple()).prop_map(|(r, t)| Message::Insert(Insert { flags: 0, relid: r, new: t })),
-        (any::<u32>(), proptest::option::of(arb_old()), arb_tuple()).prop_map(|(r, o, t)| Message::Update(Update { flags: 0, relid: r, old: o, new: t })),
+        (any::<u32>(), proptest::option::of(arb_old()), arb_tuple()).prop_map(|(r, o, t)| Message::Update(Update {
+            flags: 0,
+            relid: r,
+            old: o,
+            new: t
+        })),
         (any::<u32>(), arb_old()).prop_map(|(r, o)| Message::Delete(Delete { flags: 0, relid: r, old: o })),
         (any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u32>(), 0..5))
             .prop_map(|(c, r, ids)| Message::Truncate(Truncate { cascade: c, restart_seqs: r, relids: ids })),
-        (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(a, b, t)| Message::Commit(Commit { flags: 0, commit_lsn: a, end_lsn: b, commit_time: t })),
-        (any::<u32>(), any::<u64>(), any::<bool>(), arb_name(), proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(x, l, tr, p, c)| {
-            Message::LogicalMessage(LogicalMessage { xid: x, lsn: l, transactional: tr, prefix: p, content: Bytes::from(c) })
-        }),
+        (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(a, b, t)| Message::Commit(Commit {
+            flags: 0,
+            commit_lsn: a,
+            end_lsn: b,
+            commit_time: t
+        })),
+        (any::<u32>(), any::<u64>(), any::<bool>(), arb_name(), proptest::collection::vec(any::<u8>(), 0..32))
+            .prop_map(|(x, l, tr, p, c)| {
+                Message::LogicalMessage(LogicalMessage {
+                    xid: x,
+                    lsn: l,
+                    transactional: tr,
+                    prefix: p,
+                    content: Bytes::from(c),
+                })
+            }),
     ]
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
     let streamable = arb_plain_message().prop_filter("streamable", |m| {
-        matches!(m, Message::Relation(_) | Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_) | Message::LogicalMessage(_))
+        matches!(
+            m,
+            Message::Relation(_)
+                | Message::Insert(_)
+                | Message::Update(_)
+                | Message::Delete(_)
+                | Message::Truncate(_)
+                | Message::LogicalMessage(_)
+        )
     });
     prop_oneof![
         4 => arb_plain_message(),

@@ -70,9 +70,9 @@ pub fn decide(t: &TypeFacts, allow_internal: bool, allow_binary: bool) -> Transf
 /// timestamp, timestamptz), that length.
 pub fn big_endian_send_len(oid: u32) -> Option<u8> {
     match oid {
-        16 => Some(1),                          // bool
-        21 => Some(2),                          // int2
-        23 | 26 | 700 | 1082 => Some(4),        // int4, oid, float4, date
+        16 => Some(1),                            // bool
+        21 => Some(2),                            // int2
+        23 | 26 | 700 | 1082 => Some(4),          // int4, oid, float4, date
         20 | 701 | 1083 | 1114 | 1184 => Some(8), // int8, float8, time, timestamp, timestamptz
         _ => None,
     }
@@ -109,7 +109,14 @@ mod tests {
 
     #[test]
     fn user_types_binary_only_when_not_composite_or_array() {
-        let user_enum = TypeFacts { oid: 20000, typtype: b'e', has_element: false, typlen: 4, typbyval: true, has_send_receive: true };
+        let user_enum = TypeFacts {
+            oid: 20000,
+            typtype: b'e',
+            has_element: false,
+            typlen: 4,
+            typbyval: true,
+            has_send_receive: true,
+        };
         assert_eq!(decide(&user_enum, true, true), TransferKind::Binary);
         let user_composite = TypeFacts { typtype: b'c', typlen: -1, typbyval: false, ..user_enum };
         assert_eq!(decide(&user_composite, true, true), TransferKind::Text);

@@ -20,11 +20,7 @@ fn default_sets() -> Vec<RepSet> {
 }
 
 fn member(set_id: u32, cols: Option<&[&str]>, filter: Option<&'static str>) -> Membership<&'static str> {
-    Membership {
-        set_id,
-        columns: cols.map(|c| c.iter().map(|s| s.to_string()).collect()),
-        row_filter: filter,
-    }
+    Membership { set_id, columns: cols.map(|c| c.iter().map(|s| s.to_string()).collect()), row_filter: filter }
 }
 
 fn no_filter(_: &&str) -> Result<Option<bool>, ()> {

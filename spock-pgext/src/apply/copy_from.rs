@@ -55,7 +55,8 @@ struct SourceGuard<'a>(PhantomData<&'a Connection>);
 impl<'a> SourceGuard<'a> {
     fn set(conn: &'a Connection, context: String) -> SourceGuard<'a> {
         SOURCE.with(|s| {
-            *s.borrow_mut() = Some(Source { conn: conn as *const Connection, context, pending: None, cursor: 0, done: false })
+            *s.borrow_mut() =
+                Some(Source { conn: conn as *const Connection, context, pending: None, cursor: 0, done: false })
         });
         SourceGuard(PhantomData)
     }
@@ -107,7 +108,9 @@ impl Source {
                     super::wait_for_socket(conn.socket(), 1000);
                     self.stop_if_asked();
                 }
-                Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("{}: {e}", self.context)).raise(),
+                Err(e) => {
+                    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("{}: {e}", self.context)).raise()
+                }
             }
         }
     }
@@ -139,7 +142,10 @@ unsafe extern "C-unwind" fn read_provider_data(outbuf: *mut c_void, minread: c_i
     let minread = usize::try_from(minread).unwrap_or(1).clamp(1, maxread);
     SOURCE.with(|s| match s.borrow_mut().as_mut() {
         Some(src) => src.fill(out, minread) as c_int,
-        None => PgError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "spock: COPY FROM without a provider to read from").raise(),
+        None => {
+            PgError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "spock: COPY FROM without a provider to read from")
+                .raise()
+        }
     })
 }
 
@@ -176,7 +182,14 @@ unsafe fn run_copy_from(relid: pg_sys::Oid, columns: &[String]) -> u64 {
     unsafe {
         let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         let pstate = pg_sys::make_parsestate(std::ptr::null_mut());
-        pg_sys::addRangeTableEntryForRelation(pstate, rel, pg_sys::RowExclusiveLock as c_int, std::ptr::null_mut(), false, false);
+        pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            pg_sys::RowExclusiveLock as c_int,
+            std::ptr::null_mut(),
+            false,
+            false,
+        );
         let mut attnames: *mut pg_sys::List = std::ptr::null_mut();
         for c in columns {
             let c = CString::new(c.as_str()).unwrap_or_default();

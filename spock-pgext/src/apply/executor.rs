@@ -87,7 +87,10 @@ impl LocalRelation {
             let relkind = (*(*rel).rd_rel).relkind as u8;
             if relkind != b'r' && relkind != b'p' {
                 pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-                err(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("spock: {qualified} is not a table on this node"));
+                err(
+                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                    format!("spock: {qualified} is not a table on this node"),
+                );
             }
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
@@ -109,7 +112,10 @@ impl LocalRelation {
                     pg_sys::table_close(rel, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
                     err(
                         PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                        format!("spock: column \"{}\" of replicated table {qualified} does not exist on this node", rc.name),
+                        format!(
+                            "spock: column \"{}\" of replicated table {qualified} does not exist on this node",
+                            rc.name
+                        ),
                     );
                 };
                 let att = &*pg_sys::TupleDescAttr(desc, i as i32);
@@ -133,7 +139,10 @@ impl LocalRelation {
                 let mut text_in = Box::new(pg_sys::FmgrInfo::default());
                 pg_sys::fmgr_info_cxt(input, text_in.as_mut(), pg_sys::CacheMemoryContext);
                 let binary_in = {
-                    let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(att.atttypid));
+                    let tup = pg_sys::SearchSysCache1(
+                        pg_sys::SysCacheIdentifier::TYPEOID as i32,
+                        pg_sys::Datum::from(att.atttypid),
+                    );
                     let receive = if tup.is_null() {
                         pg_sys::InvalidOid
                     } else {
@@ -178,9 +187,23 @@ impl LocalRelation {
                 identity_index = pg_sys::RelationGetPrimaryKeyIndex(rel, false);
             }
             let identity_full = (*(*rel).rd_rel).relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char;
-            let search_atts = if identity_index == pg_sys::InvalidOid { vec![true; natts] } else { index_key_atts(identity_index, natts) };
+            let search_atts = if identity_index == pg_sys::InvalidOid {
+                vec![true; natts]
+            } else {
+                index_key_atts(identity_index, natts)
+            };
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            LocalRelation { relid, qualified, attmap, natts, columns, defaults, identity_index, identity_full, search_atts }
+            LocalRelation {
+                relid,
+                qualified,
+                attmap,
+                natts,
+                columns,
+                defaults,
+                identity_index,
+                identity_full,
+                search_atts,
+            }
         }
     }
 
@@ -207,7 +230,12 @@ impl LocalRelation {
     /// TOASTed out of line).
     ///
     /// SAFETY: `slot` has the local table's descriptor.
-    pub unsafe fn fill_search_slot(&self, slot: *mut pg_sys::TupleTableSlot, tuple: &Tuple, econtext: *mut pg_sys::ExprContext) {
+    pub unsafe fn fill_search_slot(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        tuple: &Tuple,
+        econtext: *mut pg_sys::ExprContext,
+    ) {
         // SAFETY: forwarded.
         unsafe { self.fill_columns(slot, tuple, None, econtext, true) }
     }
@@ -412,7 +440,12 @@ impl TableWriter {
     ///
     /// SAFETY: inside a transaction with an active snapshot; `owner` and `cxt` live
     /// as long as the writer.
-    pub unsafe fn open(relid: pg_sys::Oid, owner: pg_sys::ResourceOwner, cxt: pg_sys::MemoryContext, txn: u64) -> TableWriter {
+    pub unsafe fn open(
+        relid: pg_sys::Oid,
+        owner: pg_sys::ResourceOwner,
+        cxt: pg_sys::MemoryContext,
+        txn: u64,
+    ) -> TableWriter {
         // SAFETY: the same setup as PostgreSQL's apply worker (create_edata_for_relation),
         // with session-lived memory and references (locks still go with the transaction).
         unsafe {
@@ -446,7 +479,20 @@ impl TableWriter {
             let econtext = pg_sys::CreateExprContext(estate);
             pg_sys::MemoryContextSwitchTo(caller);
             pg_sys::CurrentResourceOwner = tx_owner;
-            let mut w = TableWriter { rel, estate, rri, remote, local: std::ptr::null_mut(), search, new, econtext, owner, txn, extras_gone: false, arbiters: std::ptr::null_mut() };
+            let mut w = TableWriter {
+                rel,
+                estate,
+                rri,
+                remote,
+                local: std::ptr::null_mut(),
+                search,
+                new,
+                econtext,
+                owner,
+                txn,
+                extras_gone: false,
+                arbiters: std::ptr::null_mut(),
+            };
             w.create_local_slot();
             w
         }
@@ -524,7 +570,8 @@ impl TableWriter {
         // SAFETY: reads lists of the live executor state.
         unsafe {
             let slots = (*self.estate).es_tupleTable;
-            (!slots.is_null() && (*slots).length as usize > OWN_SLOTS) || !(*self.estate).es_trig_target_relations.is_null()
+            (!slots.is_null() && (*slots).length as usize > OWN_SLOTS)
+                || !(*self.estate).es_trig_target_relations.is_null()
         }
     }
 
@@ -586,11 +633,19 @@ impl TableWriter {
                     self.local,
                 )
             } else if map.identity_full {
-                pg_sys::RelationFindReplTupleSeq(self.rel, pg_sys::LockTupleMode::LockTupleExclusive, search, self.local)
+                pg_sys::RelationFindReplTupleSeq(
+                    self.rel,
+                    pg_sys::LockTupleMode::LockTupleExclusive,
+                    search,
+                    self.local,
+                )
             } else {
                 err(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("spock: table {} has no replica identity on this node: cannot find rows to update or delete", map.qualified),
+                    format!(
+                        "spock: table {} has no replica identity on this node: cannot find rows to update or delete",
+                        map.qualified
+                    ),
                 )
             }
         }
@@ -656,7 +711,8 @@ impl TableWriter {
                     self.arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), identity);
                     pg_sys::MemoryContextSwitchTo(caller);
                 }
-                recheck = pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, true, &mut duplicate, self.arbiters, false);
+                recheck =
+                    pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, true, &mut duplicate, self.arbiters, false);
             }
             if duplicate {
                 pg_sys::list_free(recheck);
@@ -675,7 +731,14 @@ impl TableWriter {
         // SAFETY: see TableWriter::open.
         unsafe {
             let mut epq: pg_sys::EPQState = std::mem::zeroed();
-            pg_sys::EvalPlanQualInit(&mut epq, self.estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut());
+            pg_sys::EvalPlanQualInit(
+                &mut epq,
+                self.estate,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                -1,
+                std::ptr::null_mut(),
+            );
             pg_sys::ExecSimpleRelationUpdate(self.rri, self.estate, &mut epq, self.local, new);
             pg_sys::EvalPlanQualEnd(&mut epq);
         }
@@ -688,7 +751,14 @@ impl TableWriter {
         // SAFETY: see TableWriter::open.
         unsafe {
             let mut epq: pg_sys::EPQState = std::mem::zeroed();
-            pg_sys::EvalPlanQualInit(&mut epq, self.estate, std::ptr::null_mut(), std::ptr::null_mut(), -1, std::ptr::null_mut());
+            pg_sys::EvalPlanQualInit(
+                &mut epq,
+                self.estate,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                -1,
+                std::ptr::null_mut(),
+            );
             pg_sys::ExecSimpleRelationDelete(self.rri, self.estate, &mut epq, self.local);
             pg_sys::EvalPlanQualEnd(&mut epq);
         }
@@ -738,7 +808,9 @@ impl TableWriter {
 ///
 /// SAFETY: `rri` has had its indexes opened (ExecOpenIndices) and outlives the
 /// iterator; entries are read as the iterator reaches them.
-unsafe fn open_indexes(rri: *mut pg_sys::ResultRelInfo) -> impl Iterator<Item = (usize, pg_sys::Relation, *mut pg_sys::IndexInfo)> {
+unsafe fn open_indexes(
+    rri: *mut pg_sys::ResultRelInfo,
+) -> impl Iterator<Item = (usize, pg_sys::Relation, *mut pg_sys::IndexInfo)> {
     // SAFETY: the caller's guarantee; `ri_NumIndices` entries in both arrays.
     let n = unsafe { (*rri).ri_NumIndices.max(0) as usize };
     (0..n).filter_map(move |i| {

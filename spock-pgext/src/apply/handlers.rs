@@ -27,8 +27,8 @@ use super::executor::{LocalRelation, LocalVersion, TableWriter};
 use super::owner::{self, OwnerSwitch, Switched};
 use super::subscription::SubscriptionInfo;
 use crate::error::{spi_failed, PgError};
-use crate::workers::shmem::ExceptionSlot;
 use crate::gucs;
+use crate::workers::shmem::ExceptionSlot;
 
 /// A remote relation and, once used, its local mapping and the executor state of
 /// its table (kept across transactions until the mapping goes).
@@ -198,13 +198,25 @@ impl ApplySession {
     pub fn new(sub: SubscriptionInfo) -> ApplySession {
         // SAFETY: a long-lived child of TopMemoryContext for per-change allocations.
         let change_cxt = unsafe {
-            pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply change".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
+            pg_sys::AllocSetContextCreateInternal(
+                pg_sys::TopMemoryContext,
+                c"spock apply change".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            )
         };
         // SAFETY: a session-lived resource owner (no parent) and memory context.
         let (writer_owner, writer_cxt) = unsafe {
             (
                 pg_sys::ResourceOwnerCreate(std::ptr::null_mut(), c"spock apply tables".as_ptr()),
-                pg_sys::AllocSetContextCreateInternal(pg_sys::TopMemoryContext, c"spock apply tables".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024),
+                pg_sys::AllocSetContextCreateInternal(
+                    pg_sys::TopMemoryContext,
+                    c"spock apply tables".as_ptr(),
+                    0,
+                    8 * 1024,
+                    8 * 1024 * 1024,
+                ),
             )
         };
         ApplySession {
@@ -370,7 +382,11 @@ impl ApplySession {
             }
             Message::LogicalMessage(m) => self.handle_message(&m),
             // Stream messages are taken by apply::stream before they get here.
-            Message::StreamStart(_) | Message::StreamStop(_) | Message::StreamChange(_) | Message::StreamCommit(_) | Message::StreamAbort(_) => {
+            Message::StreamStart(_)
+            | Message::StreamStop(_)
+            | Message::StreamChange(_)
+            | Message::StreamCommit(_)
+            | Message::StreamAbort(_) => {
                 PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, "spock: unexpected stream message").raise()
             }
         }
@@ -392,12 +408,16 @@ impl ApplySession {
 
     fn handle_startup(&mut self, s: &proto::Startup) {
         // SAFETY: reads the database encoding name.
-        let ours = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned();
+        let ours =
+            unsafe { std::ffi::CStr::from_ptr(pg_sys::GetDatabaseEncodingName()) }.to_string_lossy().into_owned();
         if let Some(enc) = s.get("encoding") {
             if !enc.eq_ignore_ascii_case(&ours) {
                 PgError::new(
                     PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                    format!("spock subscription {}: provider sends encoding {enc}, this database uses {ours}", self.sub.name),
+                    format!(
+                        "spock subscription {}: provider sends encoding {enc}, this database uses {ours}",
+                        self.sub.name
+                    ),
                 )
                 .raise();
             }
@@ -420,10 +440,8 @@ impl ApplySession {
                 super::subscription::format_lsn(b.final_lsn)
             );
         }
-        let replay = self
-            .exception
-            .filter(|e| !skip && e.final_lsn == b.final_lsn)
-            .and_then(|e| ReplayMode::from_code(e.mode));
+        let replay =
+            self.exception.filter(|e| !skip && e.final_lsn == b.final_lsn).and_then(|e| ReplayMode::from_code(e.mode));
         if let Some(mode) = replay {
             pgrx::log!(
                 "spock subscription {}: replaying remote transaction {} (commit LSN {}) that failed before, in {} mode",
@@ -568,7 +586,8 @@ impl ApplySession {
                 }
             }
             Some(mode) => {
-                let (failed_change, error) = self.exception.map_or((0, String::new()), |e| (e.failed_change, e.message()));
+                let (failed_change, error) =
+                    self.exception.map_or((0, String::new()), |e| (e.failed_change, e.message()));
                 let failed = n == failed_change;
                 if mode.logs(gucs::exception_logging(), failed) {
                     let msg: String = if failed { error } else { exc::collateral_message(mode, failed_change, &error) };
@@ -677,7 +696,8 @@ impl ApplySession {
             }
         } else {
             // SAFETY: forwarded.
-            let w = Box::into_raw(Box::new(unsafe { TableWriter::open(local, self.writer_owner, self.writer_cxt, txn) }));
+            let w =
+                Box::into_raw(Box::new(unsafe { TableWriter::open(local, self.writer_owner, self.writer_cxt, txn) }));
             if let Some(r) = self.rels.get_mut(&relid) {
                 r.writer = w;
             }
@@ -688,7 +708,9 @@ impl ApplySession {
         // The table changed (forget_invalidated closed its writer): map and open again.
         let map = self.local_relation(relid) as *const LocalRelation;
         // SAFETY: as above.
-        let w = Box::into_raw(Box::new(unsafe { TableWriter::open((*map).relid, self.writer_owner, self.writer_cxt, txn) }));
+        let w = Box::into_raw(Box::new(unsafe {
+            TableWriter::open((*map).relid, self.writer_owner, self.writer_cxt, txn)
+        }));
         if let Some(r) = self.rels.get_mut(&relid) {
             r.close_writer();
             r.writer = w;
@@ -702,7 +724,11 @@ impl ApplySession {
     /// the next changes.
     ///
     /// SAFETY: inside the apply transaction with an active snapshot.
-    unsafe fn with_writer<T>(&mut self, relid: u32, f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T) -> T {
+    unsafe fn with_writer<T>(
+        &mut self,
+        relid: u32,
+        f: impl FnOnce(&mut Self, &mut TableWriter, &LocalRelation) -> T,
+    ) -> T {
         // SAFETY: forwarded; the writer and mapping live in self.rels, untouched while
         // `f` applies the change (nothing in it drains invalidations, closes writers
         // or replaces relations). On an error the writer stays where it is; the
@@ -845,7 +871,8 @@ impl ApplySession {
                 }
                 map.fill_slot(w.new, &u.new, Some(w.local), w.econtext);
                 s.conflict_rows = (w.local, w.new);
-                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
+                let apply =
+                    s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
                 if apply {
                     w.update(w.new);
                 }
@@ -864,7 +891,8 @@ impl ApplySession {
                     return;
                 }
                 s.conflict_rows = (w.local, w.search);
-                let apply = s.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
+                let apply =
+                    s.remote_wins_over(w.local_row_version(), ConflictKind::DeleteOriginDiffers, &map.qualified);
                 if apply {
                     w.delete();
                 }
@@ -984,4 +1012,3 @@ impl ApplySession {
         }
     }
 }
-

@@ -36,7 +36,8 @@ use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 /// Feedback when asked, when positions moved (at most every 50 ms: each update
 /// costs the walsender a read), and at least every second.
-const FEEDBACK: FeedbackPolicy = FeedbackPolicy { min_gap: Duration::from_millis(50), interval: Duration::from_secs(1) };
+const FEEDBACK: FeedbackPolicy =
+    FeedbackPolicy { min_gap: Duration::from_millis(50), interval: Duration::from_secs(1) };
 /// How often the worker looks for tables waiting for a table sync.
 const SYNC_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest stretch of reading and applying without housekeeping.
@@ -50,11 +51,8 @@ fn now_pg() -> i64 {
 }
 
 pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
-    PgError::new(
-        PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-        format!("spock subscription {}: {what}: {e}", sub.name),
-    )
-    .raise()
+    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("spock subscription {}: {what}: {e}", sub.name))
+        .raise()
 }
 
 pub(crate) fn quote_ident(s: &str) -> String {
@@ -64,8 +62,9 @@ pub(crate) fn quote_ident(s: &str) -> String {
 /// Creates the subscription's slot on the provider (dropping a leftover one from an
 /// interrupted earlier attempt) and starts the origin at its consistent point.
 pub(crate) fn create_slot(sub: &SubscriptionInfo) {
-    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
-        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let conn =
+        Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+            .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     let cmd = format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output", quote_ident(&sub.slot_name));
     let rows = match conn.query(&cmd) {
         Ok(r) => r,
@@ -115,7 +114,9 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
         pg_version_num: pg_sys::PG_VERSION_NUM,
         binary: BinaryFormat::LP64_LITTLE_ENDIAN,
         forward_origins: Some(sub.forward_origins.join(",")),
-        replication_sets: Some(sub.replication_sets.iter().map(|s| spock_core::ident::quote_identifier(s)).collect::<Vec<_>>().join(",")),
+        replication_sets: Some(
+            sub.replication_sets.iter().map(|s| spock_core::ident::quote_identifier(s)).collect::<Vec<_>>().join(","),
+        ),
         replicate_only_table: None,
         spock_version: spock_core::SPOCK_COMPAT_VERSION.into(),
         spock_version_num: spock_core::SPOCK_COMPAT_VERSION_NUM,
@@ -138,7 +139,12 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
             format!("{} {}", quote_ident(k), conn.literal(v))
         })
         .collect();
-    format!("START_REPLICATION SLOT {} LOGICAL {} ({})", quote_ident(&sub.slot_name), format_lsn(start), opts.join(", "))
+    format!(
+        "START_REPLICATION SLOT {} LOGICAL {} ({})",
+        quote_ident(&sub.slot_name),
+        format_lsn(start),
+        opts.join(", ")
+    )
 }
 
 /// Waits until PostgreSQL time `until` (apply_delay), telling the provider every
@@ -190,8 +196,18 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     // (user triggers and FK checks do not fire, as in any logical apply).
     unsafe {
         pg_sys::pgstat_report_appname(appname.as_ptr());
-        pg_sys::SetConfigOption(c"session_replication_role".as_ptr(), c"replica".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
-        pg_sys::SetConfigOption(c"synchronous_commit".as_ptr(), c"off".as_ptr(), pg_sys::GucContext::PGC_SUSET, pg_sys::GucSource::PGC_S_OVERRIDE);
+        pg_sys::SetConfigOption(
+            c"session_replication_role".as_ptr(),
+            c"replica".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
     }
     // A transaction that stops this subscription's worker (sub_drop, sub_disable
     // immediate, ...) takes its hold, then terminates workers by application_name.
@@ -233,8 +249,9 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
 /// reconnect (true).
 fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
     let start = start_position(sub);
-    let conn = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
-        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let conn =
+        Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+            .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     // A transaction that failed before is replayed with values in text, so that
     // spock.exception_log shows them readably.
     let text = session.replay_pending();
@@ -274,22 +291,34 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
         loop {
             match conn.read_copy_data().unwrap_or_else(|e| fail(sub, "lost the provider", e)) {
                 CopyData::Data(buf) => match walsender::parse(&buf).unwrap_or_else(|e| {
-                    PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
+                    PgError::new(
+                        PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                        format!("spock subscription {}: {e}", sub.name),
+                    )
+                    .raise()
                 }) {
                     ServerMessage::XLogData { end, .. } => {
                         let packet = Bytes::from(buf).slice(walsender::XLOG_DATA_HEADER..);
                         // One message, or (batches agreed in the startup reply) several,
                         // each framed by its length.
                         let messages: Vec<Bytes> = if batched {
-                            batch::frames(&packet)
-                                .collect::<Result<_, _>>()
-                                .unwrap_or_else(|e| PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise())
+                            batch::frames(&packet).collect::<Result<_, _>>().unwrap_or_else(|e| {
+                                PgError::new(
+                                    PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                                    format!("spock subscription {}: {e}", sub.name),
+                                )
+                                .raise()
+                            })
                         } else {
                             vec![packet]
                         };
                         for payload in messages {
                             let decoded = decoder.decode(&payload).unwrap_or_else(|e| {
-                                PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {}: {e}", sub.name)).raise()
+                                PgError::new(
+                                    PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION,
+                                    format!("spock subscription {}: {e}", sub.name),
+                                )
+                                .raise()
                             });
                             // apply_delay: a transaction waits until its commit time plus the delay.
                             if sub.apply_delay_us > 0 {
@@ -354,7 +383,9 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
             drained += 1;
             if drained.is_multiple_of(CLOCK_EVERY)
                 && (drain_started.elapsed() >= DRAIN_SLICE
-                    || (sync_checked.elapsed() >= SYNC_CHECK_INTERVAL && !session.in_remote_transaction() && !streams.any_open()))
+                    || (sync_checked.elapsed() >= SYNC_CHECK_INTERVAL
+                        && !session.in_remote_transaction()
+                        && !streams.any_open()))
             {
                 more_waiting = true;
                 break;
@@ -375,7 +406,11 @@ fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> bool {
         }
         if session.reconnect && between {
             // Tell the provider what is applied before leaving.
-            let _ = conn.write_copy_data(&feedback(last_received, flushed.max(session.flushed_remote_lsn().unwrap_or(0)), false));
+            let _ = conn.write_copy_data(&feedback(
+                last_received,
+                flushed.max(session.flushed_remote_lsn().unwrap_or(0)),
+                false,
+            ));
             return true;
         }
         if between && !session.has_unflushed() {

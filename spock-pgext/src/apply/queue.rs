@@ -42,7 +42,11 @@ impl QueuedRow {
             pg_sys::slot_getallattrs(slot);
             let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
             if natts < 5 {
-                PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "spock: spock.queue has an unexpected shape").raise();
+                PgError::new(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "spock: spock.queue has an unexpected shape",
+                )
+                .raise();
             }
             let values = std::slice::from_raw_parts((*slot).tts_values, natts);
             let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);

@@ -101,11 +101,16 @@ pub struct StreamReceiver {
 }
 
 fn protocol_error(sub: &str, msg: impl Into<String>) -> ! {
-    PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {sub}: {}", msg.into())).raise()
+    PgError::new(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock subscription {sub}: {}", msg.into()))
+        .raise()
 }
 
 fn io_error(sub: &str, what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ! {
-    PgError::new(PgSqlErrorCode::ERRCODE_IO_ERROR, format!("spock subscription {sub}: could not {what} \"{}\": {e}", path.display())).raise()
+    PgError::new(
+        PgSqlErrorCode::ERRCODE_IO_ERROR,
+        format!("spock subscription {sub}: could not {what} \"{}\": {e}", path.display()),
+    )
+    .raise()
 }
 
 fn spill_error(sub: &str, path: &std::path::Path, e: SpillError) -> ! {
@@ -217,7 +222,10 @@ impl StreamReceiver {
         }
         // The commit LSN and time are not known yet; the origin is the provider's
         // (the subscription forwards nothing else).
-        session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(Begin { flags: 0, final_lsn: 0, commit_time: 0, xid }) });
+        session.handle(Decoded {
+            remote_insert_lsn: None,
+            message: Message::Begin(Begin { flags: 0, final_lsn: 0, commit_time: 0, xid }),
+        });
         session.handle(Decoded {
             remote_insert_lsn: None,
             message: Message::Origin(Origin { origin_lsn: 0, origin_id: self.provider_node, origin_name: None }),
@@ -231,18 +239,30 @@ impl StreamReceiver {
     fn fall_back(&mut self, session: &mut ApplySession, why: &str) {
         if let Some(xid) = self.eager.take() {
             session.abandon_remote();
-            pgrx::debug1!("spock subscription {}: streamed transaction {xid} will be replayed at commit: {why}", self.sub_name);
+            pgrx::debug1!(
+                "spock subscription {}: streamed transaction {xid} will be replayed at commit: {why}",
+                self.sub_name
+            );
         }
     }
 
     /// Commits the eagerly applied transaction.
-    fn commit_eager(&mut self, c: &spock_core::proto::StreamCommit, insert_lsn: Option<u64>, session: &mut ApplySession) {
+    fn commit_eager(
+        &mut self,
+        c: &spock_core::proto::StreamCommit,
+        insert_lsn: Option<u64>,
+        session: &mut ApplySession,
+    ) {
         self.eager = None;
         session.eager = false;
         if let Some(txn) = self.txns.remove(&c.xid) {
             drop(txn.writer);
             if let Err(e) = fs::remove_file(&txn.path) {
-                pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, txn.path.display());
+                pgrx::warning!(
+                    "spock subscription {}: could not remove \"{}\": {e}",
+                    self.sub_name,
+                    txn.path.display()
+                );
             }
         }
         session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
@@ -256,7 +276,10 @@ impl StreamReceiver {
             }
             self.txns.insert(xid, self.create_file(xid));
         } else if !self.txns.contains_key(&xid) {
-            protocol_error(&self.sub_name, format!("stream continues transaction {xid}, whose first segment was not received"));
+            protocol_error(
+                &self.sub_name,
+                format!("stream continues transaction {xid}, whose first segment was not received"),
+            );
         }
     }
 
@@ -310,7 +333,10 @@ impl StreamReceiver {
             return;
         }
         let Some(txn) = self.txns.get_mut(&xid) else {
-            protocol_error(&self.sub_name, format!("stream abort of subtransaction {subxid} for unknown transaction {xid}"));
+            protocol_error(
+                &self.sub_name,
+                format!("stream abort of subtransaction {subxid} for unknown transaction {xid}"),
+            );
         };
         let Some(offset) = txn.marks.abort(subxid) else {
             // The subtransaction sent nothing that passed the filters.
@@ -343,8 +369,15 @@ impl StreamReceiver {
             protocol_error(&self.sub_name, "stream commit before the startup message");
         };
         let SpilledTxn { path, writer, changes, .. } = txn;
-        let mut file = writer.into_inner().into_inner().unwrap_or_else(|e| io_error(&self.sub_name, "write file", &path, e.error()));
-        pgrx::debug1!("spock subscription {}: applying streamed transaction {} ({changes} messages)", self.sub_name, c.xid);
+        let mut file = writer
+            .into_inner()
+            .into_inner()
+            .unwrap_or_else(|e| io_error(&self.sub_name, "write file", &path, e.error()));
+        pgrx::debug1!(
+            "spock subscription {}: applying streamed transaction {} ({changes} messages)",
+            self.sub_name,
+            c.xid
+        );
         let mut replayed = 0u64;
         let mut last_keepalive = Instant::now();
         // Once more from the start when an insert that did not search first met an
@@ -353,7 +386,8 @@ impl StreamReceiver {
             if let Err(e) = file.seek(SeekFrom::Start(0)) {
                 io_error(&self.sub_name, "read file", &path, e);
             }
-            let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, &mut file)).unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
+            let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, &mut file))
+                .unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
             session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
             session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
             let mut buf = Vec::new();
@@ -368,7 +402,11 @@ impl StreamReceiver {
                 let d = Message::decode(&record, version).unwrap_or_else(|e| {
                     PgError::new(
                         PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                        format!("spock subscription {}: streamed transaction file \"{}\", record at byte {at}: {e}", self.sub_name, path.display()),
+                        format!(
+                            "spock subscription {}: streamed transaction file \"{}\", record at byte {at}: {e}",
+                            self.sub_name,
+                            path.display()
+                        ),
                     )
                     .raise()
                 });
@@ -402,6 +440,10 @@ impl StreamReceiver {
         if let Err(e) = fs::remove_file(&path) {
             pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, path.display());
         }
-        pgrx::debug1!("spock subscription {}: applied streamed transaction {} ({replayed} messages)", self.sub_name, c.xid);
+        pgrx::debug1!(
+            "spock subscription {}: applied streamed transaction {} ({replayed} messages)",
+            self.sub_name,
+            c.xid
+        );
     }
 }

@@ -33,12 +33,12 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
+use super::copy_from;
+use super::owner::as_table_owner;
 use super::subscription::{format_lsn, parse_lsn, set_sync_status, SubscriptionInfo};
 use super::{create_slot, fail, quote_ident};
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
-use super::copy_from;
-use super::owner::as_table_owner;
 
 /// What the subscription asked to synchronise.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,8 +108,9 @@ pub fn run(sub: &SubscriptionInfo) {
     );
     // 1. Slot and snapshot; the replication connection stays open (idle) while the
     // snapshot is used.
-    let repl = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
-        .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
+    let repl =
+        Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
+            .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)));
     // The provider's apply workers hold still while the snapshot is taken and their
     // progress read: the snapshot then holds exactly the other nodes' transactions
@@ -125,25 +126,43 @@ pub fn run(sub: &SubscriptionInfo) {
     };
     let can_pause = has("spock.pause_apply_workers()");
     if can_pause {
-        ctl.query("SELECT spock.pause_apply_workers()").unwrap_or_else(|e| sync_error(sub, "pausing the provider's apply workers", e));
+        ctl.query("SELECT spock.pause_apply_workers()")
+            .unwrap_or_else(|e| sync_error(sub, "pausing the provider's apply workers", e));
     }
-    let created = repl.query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&sub.slot_name)));
+    let created = repl.query(&format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
+        quote_ident(&sub.slot_name)
+    ));
     let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
     if can_pause {
         let held = !has("spock._apply_workers_paused()")
-            || ctl.query("SELECT spock._apply_workers_paused()").ok().and_then(|r| r.first().and_then(|r| r.first().cloned().flatten())).as_deref()
+            || ctl
+                .query("SELECT spock._apply_workers_paused()")
+                .ok()
+                .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
+                .as_deref()
                 == Some("t");
         let _ = ctl.query("SELECT spock.resume_apply_workers()");
         if created.is_ok() && !held {
-            sync_error(sub, "the provider's apply workers resumed before the snapshot was taken", "raise spock.pause_timeout on the provider");
+            sync_error(
+                sub,
+                "the provider's apply workers resumed before the snapshot was taken",
+                "raise spock.pause_timeout on the provider",
+            );
         }
     }
     drop(ctl);
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
     start_peer_subscriptions(sub, &peers);
     let row = rows.first().cloned().unwrap_or_default();
-    let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point"));
-    let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no exported snapshot"));
+    let lsn = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|s| parse_lsn(&s))
+        .unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point"));
+    let snapshot =
+        row.get(2).cloned().flatten().unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no exported snapshot"));
     BackgroundWorker::transaction(|| set_sync_status(sub.id, if kind.structure { 's' } else { 'd' }, lsn));
 
     // 2. Structure before the data.
@@ -163,7 +182,11 @@ pub fn run(sub: &SubscriptionInfo) {
         restore(sub, &dump, "post-data", true, false);
     }
     finish(sub, lsn, &dump);
-    pgrx::log!("spock subscription {}: initial sync done ({copied} tables copied); streaming from {}", sub.name, format_lsn(lsn));
+    pgrx::log!(
+        "spock subscription {}: initial sync done ({copied} tables copied); streaming from {}",
+        sub.name,
+        format_lsn(lsn)
+    );
 }
 
 /// The provider's progress per node it subscribes to: (node id, LSN in that node's
@@ -197,7 +220,9 @@ fn start_peer_subscriptions(sub: &SubscriptionInfo, peers: &[(i64, String)]) {
                     )
                     .map(|t| {
                         t.into_iter()
-                            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+                            .filter_map(|r| {
+                                Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??))
+                            })
                             .collect()
                     })
                     .unwrap_or_default()
@@ -292,7 +317,8 @@ fn local_dsn() -> String {
 fn run_tool(sub: &SubscriptionInfo, what: &str, cmd: &mut Command) -> String {
     // stderr goes to a file: a pipe nobody reads while we wait could fill up.
     let errfile = dump_path(sub).with_extension("stderr");
-    let file = std::fs::File::create(&errfile).unwrap_or_else(|e| sync_error(sub, &format!("could not create {}", errfile.display()), e));
+    let file = std::fs::File::create(&errfile)
+        .unwrap_or_else(|e| sync_error(sub, &format!("could not create {}", errfile.display()), e));
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(file);
     let mut child = cmd.spawn().unwrap_or_else(|e| sync_error(sub, &format!("could not run {what}"), e));
     let status = loop {
@@ -305,7 +331,11 @@ fn run_tool(sub: &SubscriptionInfo, what: &str, cmd: &mut Command) -> String {
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_file(&errfile);
-            PgError::new(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, format!("spock subscription {}: {what} stopped: the worker is stopping", sub.name)).raise();
+            PgError::new(
+                PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN,
+                format!("spock subscription {}: {what} stopped: the worker is stopping", sub.name),
+            )
+            .raise();
         }
     };
     let stderr = std::fs::read_to_string(&errfile).unwrap_or_default().trim().to_string();
@@ -320,9 +350,15 @@ fn run_tool(sub: &SubscriptionInfo, what: &str, cmd: &mut Command) -> String {
 /// its environment (`PGPASSWORD`), never its command line, which any local user
 /// can read.
 fn dump_structure(sub: &SubscriptionInfo, snapshot: &str, dump: &Path) {
-    let pairs = crate::libpq::parse_conninfo(&sub.provider_dsn).unwrap_or_else(|e| sync_error(sub, "reading the provider's DSN", e));
+    let pairs = crate::libpq::parse_conninfo(&sub.provider_dsn)
+        .unwrap_or_else(|e| sync_error(sub, "reading the provider's DSN", e));
     let conn = spock_core::conninfo::tool_connection(&pairs);
-    let args = spock_core::conninfo::pg_dump_structure_args(snapshot, &dump.display().to_string(), &skip_schemas(sub), &conn.conninfo);
+    let args = spock_core::conninfo::pg_dump_structure_args(
+        snapshot,
+        &dump.display().to_string(),
+        &skip_schemas(sub),
+        &conn.conninfo,
+    );
     let mut cmd = Command::new(bindir().join("pg_dump"));
     cmd.args(args);
     for (k, v) in &conn.env {
@@ -384,7 +420,9 @@ fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection, only: Option<(&
     let skip = skip_schemas(sub);
     let skip = format!("ARRAY[{}]::text[]", skip.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", "));
     let only = only
-        .map(|(n, r)| format!(" AND n.nspname::text = {} AND c.relname::text = {}", provider.literal(n), provider.literal(r)))
+        .map(|(n, r)| {
+            format!(" AND n.nspname::text = {} AND c.relname::text = {}", provider.literal(n), provider.literal(r))
+        })
         .unwrap_or_default();
     // Column lists: the union of the sets' lists, or every column when one set has
     // none; row filters: OR of the sets' filters, or none when one set has none.
@@ -499,7 +537,9 @@ fn copy_table(sub: &SubscriptionInfo, provider: &Connection, t: &CopyTable, name
     };
     let columns = spock_core::ident::split_identifier_list(&t.columns, ',')
         .unwrap_or_else(|e| sync_error(sub, &format!("the column list of {name}"), e));
-    provider.start_copy(&select, true).unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
+    provider
+        .start_copy(&select, true)
+        .unwrap_or_else(|e| sync_error(sub, &format!("COPY of {name} on the provider"), e));
     copy_from::copy_from_provider(
         provider,
         into,
@@ -546,7 +586,9 @@ pub fn pending_tables(sub_id: u32) -> Vec<(String, String, bool)> {
             )
             .map(|t| {
                 t.into_iter()
-                    .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+                    .filter_map(|r| {
+                        Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??))
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -570,7 +612,11 @@ pub fn catching_up_tables(sub_id: u32) -> Vec<(String, String, u64)> {
             .map(|t| {
                 t.into_iter()
                     .filter_map(|r| {
-                        Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, parse_lsn(&r.get::<String>(3).ok()??)?))
+                        Some((
+                            r.get::<String>(1).ok()??,
+                            r.get::<String>(2).ok()??,
+                            parse_lsn(&r.get::<String>(3).ok()??)?,
+                        ))
                     })
                     .collect()
             })
@@ -613,16 +659,29 @@ pub fn sync_pending_tables(sub: &SubscriptionInfo) -> bool {
 
 fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let name = format!("{}.{}", quote_ident(nsp), quote_ident(rel));
-    pgrx::log!("spock subscription {}: synchronising table {name}{}", sub.name, if truncate { " (emptied first)" } else { "" });
+    pgrx::log!(
+        "spock subscription {}: synchronising table {name}{}",
+        sub.name,
+        if truncate { " (emptied first)" } else { "" }
+    );
     let slot = spock_core::names::table_sync_slot_name(&sub.slot_name, &name);
     let repl = Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &slot)])
         .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
     let rows = repl
-        .query(&format!("CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')", quote_ident(&slot)))
+        .query(&format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')",
+            quote_ident(&slot)
+        ))
         .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
     let row = rows.first().cloned().unwrap_or_default();
-    let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).unwrap_or_else(|| sync_error(sub, "sync slot", "no consistent point"));
-    let snapshot = row.get(2).cloned().flatten().unwrap_or_else(|| sync_error(sub, "sync slot", "no exported snapshot"));
+    let lsn = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .and_then(|s| parse_lsn(&s))
+        .unwrap_or_else(|| sync_error(sub, "sync slot", "no consistent point"));
+    let snapshot =
+        row.get(2).cloned().flatten().unwrap_or_else(|| sync_error(sub, "sync slot", "no exported snapshot"));
 
     let provider = provider_at_snapshot(sub, &snapshot, &slot);
     let Some(t) = tables_to_copy(sub, &provider, Some((nsp, rel))).into_iter().next() else {
@@ -653,15 +712,13 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             None
         };
         if let Some(key) = key {
-            Spi::run(&format!("CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA", t.columns))
-                .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
+            Spi::run(&format!(
+                "CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA",
+                t.columns
+            ))
+            .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
             copy_table(sub, &provider, &t, &name, local_table(sub, "pg_temp.spock_sync_rows"));
-            let set = t
-                .columns
-                .split(", ")
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let set = t.columns.split(", ").map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
             // The merge writes the table as its owner, as the copy does (its triggers,
             // defaults and constraints run with the owner's rights), who may read the
             // worker's merge table for that.
@@ -678,7 +735,8 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
                 cols = t.columns
             );
             // SAFETY: inside the transaction.
-            unsafe { as_table_owner(relid, || Spi::run(&merge)) }.unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
+            unsafe { as_table_owner(relid, || Spi::run(&merge)) }
+                .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
         } else {
             copy_table(sub, &provider, &t, &name, relid);
         }

@@ -87,7 +87,16 @@ unsafe extern "C-unwind" fn spock_process_utility(
             Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
                 previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
             }),
-            None => pg_sys::standard_ProcessUtility(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc),
+            None => pg_sys::standard_ProcessUtility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
         }
     }
     if ddl && can_proceed(parsetree, context) {
@@ -117,7 +126,9 @@ fn can_proceed(parsetree: *mut pg_sys::Node, context: pg_sys::ProcessUtilityCont
             unsafe {
                 match (*parsetree).type_ {
                     pg_sys::NodeTag::T_CreateExtensionStmt | pg_sys::NodeTag::T_CreateSchemaStmt => false,
-                    pg_sys::NodeTag::T_DropStmt => (*parsetree.cast::<pg_sys::DropStmt>()).removeType != pg_sys::ObjectType::OBJECT_EXTENSION,
+                    pg_sys::NodeTag::T_DropStmt => {
+                        (*parsetree.cast::<pg_sys::DropStmt>()).removeType != pg_sys::ObjectType::OBJECT_EXTENSION
+                    }
                     _ => true,
                 }
             }
@@ -139,8 +150,15 @@ unsafe fn rangevar_is_temp(rv: *mut pg_sys::RangeVar) -> bool {
         if (*rv).relpersistence == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char {
             return true;
         }
-        let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
-        relid != pg_sys::InvalidOid && pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
+        let relid = pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        );
+        relid != pg_sys::InvalidOid
+            && pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
     }
 }
 
@@ -163,22 +181,34 @@ impl BeforeRun {
             match (*parsetree).type_ {
                 pg_sys::NodeTag::T_DropStmt => {
                     let drop = &*parsetree.cast::<pg_sys::DropStmt>();
-                    if matches!(drop.removeType, OBJECT_TABLE | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE) {
+                    if matches!(
+                        drop.removeType,
+                        OBJECT_TABLE
+                            | OBJECT_INDEX
+                            | OBJECT_SEQUENCE
+                            | OBJECT_VIEW
+                            | OBJECT_MATVIEW
+                            | OBJECT_FOREIGN_TABLE
+                    ) {
                         let objects = PgList::<pg_sys::List>::from_pg(drop.objects);
                         before.drops_only_temp = !objects.is_empty()
-                            && objects.iter_ptr().all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)));
+                            && objects
+                                .iter_ptr()
+                                .all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)));
                     }
                 }
                 pg_sys::NodeTag::T_CreateStmt => {
                     let create = &*parsetree.cast::<pg_sys::CreateStmt>();
-                    before.like_temp_source = PgList::<pg_sys::Node>::from_pg(create.tableElts).iter_ptr().find_map(|e| {
-                        let rv = if (*e).type_ == pg_sys::NodeTag::T_TableLikeClause {
-                            (*e.cast::<pg_sys::TableLikeClause>()).relation
-                        } else {
-                            std::ptr::null_mut()
-                        };
-                        (!rv.is_null() && rangevar_is_temp(rv)).then(|| CStr::from_ptr((*rv).relname).to_string_lossy().into_owned())
-                    });
+                    before.like_temp_source =
+                        PgList::<pg_sys::Node>::from_pg(create.tableElts).iter_ptr().find_map(|e| {
+                            let rv = if (*e).type_ == pg_sys::NodeTag::T_TableLikeClause {
+                                (*e.cast::<pg_sys::TableLikeClause>()).relation
+                            } else {
+                                std::ptr::null_mut()
+                            };
+                            (!rv.is_null() && rangevar_is_temp(rv))
+                                .then(|| CStr::from_ptr((*rv).relname).to_string_lossy().into_owned())
+                        });
                 }
                 _ => {}
             }
@@ -209,10 +239,23 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
     // SAFETY: each arm reads the node type its tag names.
     unsafe {
         match (*parsetree).type_ {
-            T_FetchStmt | T_NotifyStmt | T_ListenStmt | T_UnlistenStmt | T_CreateTableSpaceStmt | T_DropTableSpaceStmt
-            | T_VacuumStmt | T_ExplainStmt => SKIP,
-            T_CreatedbStmt | T_DropdbStmt | T_AlterDatabaseStmt | T_AlterDatabaseRefreshCollStmt | T_AlterDatabaseSetStmt
-            | T_AlterSystemStmt | T_CreateSubscriptionStmt | T_DropSubscriptionStmt | T_AlterSubscriptionStmt => SKIP,
+            T_FetchStmt
+            | T_NotifyStmt
+            | T_ListenStmt
+            | T_UnlistenStmt
+            | T_CreateTableSpaceStmt
+            | T_DropTableSpaceStmt
+            | T_VacuumStmt
+            | T_ExplainStmt => SKIP,
+            T_CreatedbStmt
+            | T_DropdbStmt
+            | T_AlterDatabaseStmt
+            | T_AlterDatabaseRefreshCollStmt
+            | T_AlterDatabaseSetStmt
+            | T_AlterSystemStmt
+            | T_CreateSubscriptionStmt
+            | T_DropSubscriptionStmt
+            | T_AlterSubscriptionStmt => SKIP,
             T_AlterOwnerStmt => match (*parsetree.cast::<pg_sys::AlterOwnerStmt>()).objectType {
                 OBJECT_DATABASE | OBJECT_SUBSCRIPTION => SKIP,
                 OBJECT_TABLESPACE => NO_PATH,
@@ -250,7 +293,9 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
                     return SKIP;
                 }
                 if let Some(source) = &before.like_temp_source {
-                    return Decision::Skip(Some(format!("CREATE TABLE copies the definition of temporary relation \"{source}\"")));
+                    return Decision::Skip(Some(format!(
+                        "CREATE TABLE copies the definition of temporary relation \"{source}\""
+                    )));
                 }
                 REPLICATE
             }
@@ -261,7 +306,13 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
                 if rv.is_null() {
                     return SKIP;
                 }
-                let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+                let relid = pg_sys::RangeVarGetRelidExtended(
+                    rv,
+                    pg_sys::NoLock as i32,
+                    pg_sys::RVROption::RVR_MISSING_OK,
+                    None,
+                    std::ptr::null_mut(),
+                );
                 if relid == pg_sys::InvalidOid
                     || pg_sys::get_rel_relkind(relid) == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char
                     || pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
@@ -344,11 +395,16 @@ impl Drop for SnapshotGuard {
 /// The `SET search_path TO ...; ` prefix for the session's current search_path.
 fn current_search_path_command() -> String {
     // SAFETY: returns a palloc'd copy of the setting's value.
-    let value = unsafe { CStr::from_ptr(pg_sys::GetConfigOptionByName(c"search_path".as_ptr(), std::ptr::null_mut(), false)) }
-        .to_string_lossy()
-        .into_owned();
+    let value =
+        unsafe { CStr::from_ptr(pg_sys::GetConfigOptionByName(c"search_path".as_ptr(), std::ptr::null_mut(), false)) }
+            .to_string_lossy()
+            .into_owned();
     core_ddl::search_path_command(&value, quote_identifier).unwrap_or_else(|e| {
-        PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid value for search_path: \"{value}\": {e}")).raise()
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid value for search_path: \"{value}\": {e}"),
+        )
+        .raise()
     })
 }
 
@@ -359,7 +415,9 @@ fn current_search_path_command() -> String {
 unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const std::ffi::c_char, before: &BeforeRun) {
     // SAFETY: plain state checks and a syscache lookup.
     let usable = unsafe {
-        !query_string.is_null() && pg_sys::IsTransactionState() && pg_sys::get_extension_oid(c"spock".as_ptr(), true) != pg_sys::InvalidOid
+        !query_string.is_null()
+            && pg_sys::IsTransactionState()
+            && pg_sys::get_extension_oid(c"spock".as_ptr(), true) != pg_sys::InvalidOid
     };
     if !usable {
         return;
@@ -373,7 +431,8 @@ unsafe fn queue_statement(pstmt: *mut pg_sys::PlannedStmt, query_string: *const 
         String::from_utf8_lossy(std::slice::from_raw_parts(start.cast::<u8>(), len.max(0) as usize)).into_owned()
     };
     // SAFETY: reads the current user before we become superuser.
-    let role = unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }.to_string_lossy().into_owned();
+    let role =
+        unsafe { CStr::from_ptr(pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false)) }.to_string_lossy().into_owned();
     // The session user need not be allowed to touch spock's catalogs.
     let _superuser = UserSwitch::to(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
     let _snapshot = SnapshotGuard::ensure();
@@ -522,19 +581,30 @@ pub fn place_tables_of(stmt: *mut pg_sys::Node) {
         }
         // SAFETY: valid RangeVar; the statement that ran holds the table's lock.
         let relid = unsafe {
-            pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut())
+            pg_sys::RangeVarGetRelidExtended(
+                rv,
+                pg_sys::NoLock as i32,
+                pg_sys::RVROption::RVR_MISSING_OK,
+                None,
+                std::ptr::null_mut(),
+            )
         };
         if relid == pg_sys::InvalidOid {
             continue;
         }
         // SAFETY: syscache lookup of an existing relation.
-        let partitioned = unsafe { pg_sys::get_rel_relkind(relid) } == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char;
+        let partitioned =
+            unsafe { pg_sys::get_rel_relkind(relid) } == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char;
         let relids: Vec<i64> = if partitioned {
             Spi::connect(|c| {
-                c.select("SELECT relid::oid::int8 FROM pg_catalog.pg_partition_tree($1::int8::oid::regclass)", None, &[i64::from(u32::from(relid)).into()])
-                    .unwrap_or_else(|e| spi_failed("listing partitions", e))
-                    .filter_map(|r| r.get::<i64>(1).ok().flatten())
-                    .collect()
+                c.select(
+                    "SELECT relid::oid::int8 FROM pg_catalog.pg_partition_tree($1::int8::oid::regclass)",
+                    None,
+                    &[i64::from(u32::from(relid)).into()],
+                )
+                .unwrap_or_else(|e| spi_failed("listing partitions", e))
+                .filter_map(|r| r.get::<i64>(1).ok().flatten())
+                .collect()
             })
         } else {
             vec![i64::from(u32::from(relid))]
@@ -629,11 +699,17 @@ fn place_table(relid: i64, intent: Option<AlterIdentityIntent>) {
         None => {}
     }
     for set in &placement.remove_from {
-        Spi::run_with_args("SELECT spock._autoddl_leave_set($1::int8::oid::regclass, $2)", &[relid.into(), set.as_str().into()])
-            .unwrap_or_else(|e| spi_failed("removing a table from a replication set", e));
+        Spi::run_with_args(
+            "SELECT spock._autoddl_leave_set($1::int8::oid::regclass, $2)",
+            &[relid.into(), set.as_str().into()],
+        )
+        .unwrap_or_else(|e| spi_failed("removing a table from a replication set", e));
     }
     if let Some(set) = &placement.add_to {
-        Spi::run_with_args("SELECT spock._autoddl_join_set($1::int8::oid::regclass, $2)", &[relid.into(), set.as_str().into()])
-            .unwrap_or_else(|e| spi_failed("adding a table to a replication set", e));
+        Spi::run_with_args(
+            "SELECT spock._autoddl_join_set($1::int8::oid::regclass, $2)",
+            &[relid.into(), set.as_str().into()],
+        )
+        .unwrap_or_else(|e| spi_failed("adding a table to a replication set", e));
     }
 }

@@ -224,7 +224,11 @@ pub fn execute_sql(sql: &str, role: &str, search_path: Option<&str>, how: Execut
 fn run_statement(text: &str, whole: &str, how: Execution) {
     PgTryBuilder::new(|| {
         if let Err(e) = Spi::run(text) {
-            PgError::new(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, format!("spock: cannot execute \"{text}\": {e}")).raise();
+            PgError::new(
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!("spock: cannot execute \"{text}\": {e}"),
+            )
+            .raise();
         }
     })
     .catch_others(|e| match e {

@@ -40,7 +40,11 @@ pub struct LocalNode {
 /// Column `n` (1-based) of a catalog row, which must not be NULL: a NULL or a value
 /// of another type means the catalog is not what this code expects, and is an error
 /// rather than a silent 0 or "".
-fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, n: usize, what: &str) -> T {
+fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    n: usize,
+    what: &str,
+) -> T {
     match row.get::<T>(n) {
         Ok(Some(v)) => v,
         Ok(None) => catalog_error(what, "NULL"),
@@ -49,14 +53,21 @@ fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &pgrx::spi:
 }
 
 /// Column `n` of a catalog row that may be NULL; a value of another type is an error.
-fn optional<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(row: &pgrx::spi::SpiHeapTupleData<'_>, n: usize, what: &str) -> Option<T> {
+fn optional<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
+    row: &pgrx::spi::SpiHeapTupleData<'_>,
+    n: usize,
+    what: &str,
+) -> Option<T> {
     row.get::<T>(n).unwrap_or_else(|e| catalog_error(what, e))
 }
 
 fn catalog_error(what: &str, found: impl std::fmt::Display) -> ! {
-    PgError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("spock catalog column {what} holds an unexpected value: {found}"))
-        .hint("The spock catalog was changed by hand or by another version of the extension.")
-        .raise()
+    PgError::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("spock catalog column {what} holds an unexpected value: {found}"),
+    )
+    .hint("The spock catalog was changed by hand or by another version of the extension.")
+    .raise()
 }
 
 fn first_row<T, F>(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], f: F) -> Option<T>
@@ -69,17 +80,19 @@ where
 
 /// The local node, or an error telling the user to create it.
 pub fn local_node() -> LocalNode {
-    with_snapshot(|| Spi::connect(|client| {
-        first_row(
-            client,
-            "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
-            &[],
-            |row| LocalNode {
-                id: required::<i64>(row, 1, "spock.node.node_id") as u16,
-                name: required(row, 2, "spock.node.node_name"),
-            },
-        )
-    }))
+    with_snapshot(|| {
+        Spi::connect(|client| {
+            first_row(
+                client,
+                "SELECT n.node_id::int8, n.node_name::text FROM spock.local_node l JOIN spock.node n USING (node_id)",
+                &[],
+                |row| LocalNode {
+                    id: required::<i64>(row, 1, "spock.node.node_id") as u16,
+                    name: required(row, 2, "spock.node.node_name"),
+                },
+            )
+        })
+    })
     .unwrap_or_else(|| {
         PgError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -92,59 +105,65 @@ pub fn local_node() -> LocalNode {
 
 /// Every replication set of node `node_id`.
 pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
-    with_snapshot(|| Spi::connect(|client| {
-        let table = client
-            .select(
-                "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
+    with_snapshot(|| {
+        Spi::connect(|client| {
+            let table = client
+                .select(
+                    "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
                         replicate_truncate FROM spock.replication_set WHERE set_nodeid = $1::int8::oid",
-                None,
-                &[i64::from(node_id).into()],
-            )
-            .unwrap_or_else(|e| spi_failed("reading replication sets", e));
-        table
-            .into_iter()
-            .map(|row| RepSet {
-                id: required::<i64>(&row, 1, "spock.replication_set.set_id") as u32,
-                name: required(&row, 2, "spock.replication_set.set_name"),
-                replicate_insert: required(&row, 3, "spock.replication_set.replicate_insert"),
-                replicate_update: required(&row, 4, "spock.replication_set.replicate_update"),
-                replicate_delete: required(&row, 5, "spock.replication_set.replicate_delete"),
-                replicate_truncate: required(&row, 6, "spock.replication_set.replicate_truncate"),
-            })
-            .collect()
-    }))
+                    None,
+                    &[i64::from(node_id).into()],
+                )
+                .unwrap_or_else(|e| spi_failed("reading replication sets", e));
+            table
+                .into_iter()
+                .map(|row| RepSet {
+                    id: required::<i64>(&row, 1, "spock.replication_set.set_id") as u32,
+                    name: required(&row, 2, "spock.replication_set.set_name"),
+                    replicate_insert: required(&row, 3, "spock.replication_set.replicate_insert"),
+                    replicate_update: required(&row, 4, "spock.replication_set.replicate_update"),
+                    replicate_delete: required(&row, 5, "spock.replication_set.replicate_delete"),
+                    replicate_truncate: required(&row, 6, "spock.replication_set.replicate_truncate"),
+                })
+                .collect()
+        })
+    })
 }
 
 /// A table's memberships in replication sets, with row filters as node strings.
 pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
-    with_snapshot(|| Spi::connect(|client| {
-        let table = client
-            .select(
-                "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
+    with_snapshot(|| {
+        Spi::connect(|client| {
+            let table = client
+                .select(
+                    "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
                  WHERE set_reloid = $1::int8::oid",
-                None,
-                &[i64::from(u32::from(relid)).into()],
-            )
-            .unwrap_or_else(|e| spi_failed("reading replication set tables", e));
-        table
-            .into_iter()
-            .map(|row| Membership {
-                set_id: required::<i64>(&row, 1, "spock.replication_set_table.set_id") as u32,
-                columns: optional(&row, 2, "spock.replication_set_table.set_att_list"),
-                row_filter: optional(&row, 3, "spock.replication_set_table.set_row_filter"),
-            })
-            .collect()
-    }))
+                    None,
+                    &[i64::from(u32::from(relid)).into()],
+                )
+                .unwrap_or_else(|e| spi_failed("reading replication set tables", e));
+            table
+                .into_iter()
+                .map(|row| Membership {
+                    set_id: required::<i64>(&row, 1, "spock.replication_set_table.set_id") as u32,
+                    columns: optional(&row, 2, "spock.replication_set_table.set_att_list"),
+                    row_filter: optional(&row, 3, "spock.replication_set_table.set_row_filter"),
+                })
+                .collect()
+        })
+    })
 }
 
 /// The name of node `node_id`, when known.
 pub fn node_name(node_id: u16) -> Option<String> {
-    with_snapshot(|| Spi::connect(|client| {
-        first_row(
-            client,
-            "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
-            &[i64::from(node_id).into()],
-            |row| required::<String>(row, 1, "spock.node.node_name"),
-        )
-    }))
+    with_snapshot(|| {
+        Spi::connect(|client| {
+            first_row(
+                client,
+                "SELECT node_name::text FROM spock.node WHERE node_id = $1::int8::oid",
+                &[i64::from(node_id).into()],
+                |row| required::<String>(row, 1, "spock.node.node_name"),
+            )
+        })
+    })
 }

@@ -25,15 +25,17 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 
 use bytes::BytesMut;
-use rustc_hash::FxHashMap;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgSqlErrorCode};
+use rustc_hash::FxHashMap;
 use spock_core::origin::{self, OriginId};
 use spock_core::proto::batch;
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
 use spock_core::proto::writer::{self, RowAction};
-use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate};
+use spock_core::proto::{
+    Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate,
+};
 use spock_core::repset::{Action, RepSet};
 
 use crate::error::{code_for_sqlstate, PgError};
@@ -135,7 +137,11 @@ unsafe fn client_params(options: *mut pg_sys::List) -> Vec<(String, String)> {
                     String::new()
                 } else {
                     let s = (*(arg as *mut pg_sys::String)).sval;
-                    if s.is_null() { String::new() } else { CStr::from_ptr(s).to_string_lossy().into_owned() }
+                    if s.is_null() {
+                        String::new()
+                    } else {
+                        CStr::from_ptr(s).to_string_lossy().into_owned()
+                    }
                 };
                 (key, value)
             }
@@ -166,9 +172,12 @@ unsafe extern "C-unwind" fn spock_output_startup(
             .raise()
     });
     if negotiated.format == startup::ProtoFormat::Json {
-        PgError::new(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "spock_output: proto_format \"json\" is not supported")
-            .hint("Use the native protocol (proto_format 'native' or leave it out).")
-            .raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "spock_output: proto_format \"json\" is not supported",
+        )
+        .hint("Use the native protocol (proto_format 'native' or leave it out).")
+        .raise();
     }
     // Stream large in-progress transactions only to a client that asked (spock-rs);
     // for others PostgreSQL spills them to disk as before.
@@ -194,7 +203,11 @@ unsafe extern "C-unwind" fn spock_output_startup(
         None => Vec::new(),
         Some(names) => spock_core::repset::resolve_set_names(names, &all_sets).unwrap_or_else(|e| {
             PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("spock_output: {e}"))
-                .detail(format!("Node {} has the sets: {}.", local_node.name, all_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")))
+                .detail(format!(
+                    "Node {} has the sets: {}.",
+                    local_node.name,
+                    all_sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
                 .raise()
         }),
     };
@@ -207,7 +220,13 @@ unsafe extern "C-unwind" fn spock_output_startup(
     let startup_msg = startup::startup_reply(&negotiated, &info);
     // SAFETY: a child of the decoding context's memory, deleted with it.
     let cxt = unsafe {
-        pg_sys::AllocSetContextCreateInternal((*ctx).context, c"spock output message".as_ptr(), 0, 8 * 1024, 8 * 1024 * 1024)
+        pg_sys::AllocSetContextCreateInternal(
+            (*ctx).context,
+            c"spock output message".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        )
     };
     let state = Box::new(PluginState {
         stream: stream::StreamState::default(),
@@ -245,7 +264,11 @@ unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, 
     // SAFETY: reads the current WAL write position.
     let insert_lsn = unsafe { pg_sys::GetXLogWriteRecPtr() };
     if let Err(e) = msg.encode(st.version, insert_lsn, &mut st.buf) {
-        PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode message: {e}")).raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("spock_output: cannot encode message: {e}"),
+        )
+        .raise();
     }
     if let Message::Startup(_) = msg {
         // Never framed: the subscriber learns from it whether batches follow.
@@ -312,7 +335,11 @@ unsafe fn send_startup(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut Plugin
 /// Writes BEGIN and ORIGIN for `txn` before its first sent change.
 ///
 /// SAFETY: as [`write`]; `txn` is the transaction being decoded.
-unsafe fn ensure_txn_started(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe fn ensure_txn_started(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    st: &mut PluginState,
+    txn: *mut pg_sys::ReorderBufferTXN,
+) {
     if st.stream.in_block {
         // SAFETY: forwarded.
         return unsafe { stream::ensure_block_started(ctx, st) };
@@ -341,7 +368,10 @@ unsafe fn ensure_txn_started(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut 
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn spock_output_begin(ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe extern "C-unwind" fn spock_output_begin(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+) {
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
     st.txn_started = false;
@@ -374,7 +404,10 @@ unsafe extern "C-unwind" fn spock_output_commit(
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn spock_output_filter_by_origin(ctx: *mut pg_sys::LogicalDecodingContext, origin_id: pg_sys::RepOriginId) -> bool {
+unsafe extern "C-unwind" fn spock_output_filter_by_origin(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    origin_id: pg_sys::RepOriginId,
+) -> bool {
     // While a slot is created (startup ran with is_init, no state) PostgreSQL asks
     // about commits it reads to build the snapshot; nothing is sent then anyway.
     // SAFETY: valid decoding context.
@@ -495,7 +528,10 @@ unsafe fn decode_change(
         // in a set that publishes deletes, but never send a DELETE without a key.
         PgError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("spock_output: DELETE on table {} has no replica identity to send", entry.relation_message().relname),
+            format!(
+                "spock_output: DELETE on table {} has no replica identity to send",
+                entry.relation_message().relname
+            ),
         )
         .raise()
     }
@@ -534,7 +570,11 @@ unsafe fn decode_change(
         })()
     };
     if let Err(e) = written {
-        PgError::new(PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, format!("spock_output: cannot encode change: {e}")).raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("spock_output: cannot encode change: {e}"),
+        )
+        .raise();
     }
     // SAFETY: inside a callback.
     unsafe { flush(ctx, st, false) };

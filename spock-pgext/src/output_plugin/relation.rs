@@ -105,7 +105,8 @@ fn type_row(typid: pg_sys::Oid) -> pg_sys::FormData_pg_type {
     unsafe {
         let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(typid));
         if tup.is_null() {
-            PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("cache lookup failed for type {typid:?}")).raise();
+            PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("cache lookup failed for type {typid:?}"))
+                .raise();
         }
         let row = *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
         pg_sys::ReleaseSysCache(tup);
@@ -220,7 +221,9 @@ impl RelEntry {
         let filters = self
             .filters
             // SAFETY: rel is open; the node strings were written by nodeToString.
-            .get_or_insert_with(|| unsafe { super::row_filter::RowFilters::prepare(rel, &self.publication.row_filters) });
+            .get_or_insert_with(|| unsafe {
+                super::row_filter::RowFilters::prepare(rel, &self.publication.row_filters)
+            });
         // SAFETY: tuple belongs to rel.
         unsafe { filters.all_pass(tuple) }
     }
@@ -228,7 +231,12 @@ impl RelEntry {
     /// Writes a heap tuple of the relation as a wire tuple straight into `out`.
     ///
     /// SAFETY: `rel` is open and `tuple` a valid tuple of it.
-    pub unsafe fn write_tuple(&mut self, rel: pg_sys::Relation, tuple: pg_sys::HeapTuple, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub unsafe fn write_tuple(
+        &mut self,
+        rel: pg_sys::Relation,
+        tuple: pg_sys::HeapTuple,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         self.values.clear();
         self.values.resize(self.natts, pg_sys::Datum::from(0usize));
         self.nulls.clear();
@@ -266,7 +274,11 @@ impl RelEntry {
 }
 
 /// SAFETY: `finfo` is an output function and `value` a datum of its type.
-unsafe fn write_text(w: &mut TupleWriter<'_>, finfo: &pg_sys::FmgrInfo, value: pg_sys::Datum) -> Result<(), EncodeError> {
+unsafe fn write_text(
+    w: &mut TupleWriter<'_>,
+    finfo: &pg_sys::FmgrInfo,
+    value: pg_sys::Datum,
+) -> Result<(), EncodeError> {
     // SAFETY: OutputFunctionCall returns a palloc'd C string, freed after copying.
     unsafe {
         let s = pg_sys::OutputFunctionCall(finfo as *const _ as *mut _, value);

@@ -126,7 +126,11 @@ pub(super) unsafe fn ensure_block_started(ctx: *mut pg_sys::LogicalDecodingConte
 /// already carries the same shape.
 ///
 /// SAFETY: as [`ensure_block_started`], after it.
-pub(super) unsafe fn ensure_relmeta(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, relid: pg_sys::Oid) {
+pub(super) unsafe fn ensure_relmeta(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    st: &mut PluginState,
+    relid: pg_sys::Oid,
+) {
     let Some(entry) = st.rels.get(&relid) else { return };
     let rel = entry.relation_message();
     let sent = st.stream.sent.entry(st.stream.block_xid).or_default();
@@ -151,7 +155,10 @@ fn origin_of(st: &mut PluginState, txn_origin: pg_sys::RepOriginId, origin_lsn: 
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn spock_output_stream_start(ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe extern "C-unwind" fn spock_output_stream_start(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+) {
     // SAFETY: startup ran for this context; txn is the top-level transaction.
     unsafe {
         let st = state(ctx);
@@ -165,7 +172,10 @@ unsafe extern "C-unwind" fn spock_output_stream_start(ctx: *mut pg_sys::LogicalD
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn spock_output_stream_stop(ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
+unsafe extern "C-unwind" fn spock_output_stream_stop(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    _txn: *mut pg_sys::ReorderBufferTXN,
+) {
     // SAFETY: startup ran for this context.
     unsafe {
         let st = state(ctx);
@@ -239,7 +249,11 @@ unsafe fn change_xid(txn: *mut pg_sys::ReorderBufferTXN, change: *mut pg_sys::Re
     // SAFETY: see above; change->txn is set for queued changes.
     unsafe {
         let own = (*change).txn;
-        if own.is_null() { (*txn).xid.into_inner() } else { (*own).xid.into_inner() }
+        if own.is_null() {
+            (*txn).xid.into_inner()
+        } else {
+            (*own).xid.into_inner()
+        }
     }
 }
 

@@ -18,7 +18,8 @@ fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_pa
         .into_iter()
         .map(|s| {
             s.unwrap_or_else(|| {
-                PgError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "replication set name cannot be NULL").raise()
+                PgError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "replication set name cannot be NULL")
+                    .raise()
             })
         })
         .collect();
@@ -36,9 +37,12 @@ fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_pa
     let role_id = ddl::role_oid(role);
     // SAFETY: catalog lookups of the current user's memberships.
     if !unsafe { pg_sys::member_can_set_role(pg_sys::GetUserId(), role_id) } {
-        PgError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied to run replicated DDL as role \"{role}\""))
-            .detail("Only roles that can SET ROLE to it may name it in spock.replicate_ddl().")
-            .raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to run replicated DDL as role \"{role}\""),
+        )
+        .detail("Only roles that can SET ROLE to it may name it in spock.replicate_ddl().")
+        .raise();
     }
     ddl::queue_message(Some(&sets), role, &QueuedMessage::Sql(format!("{prefix}{command}")));
     ddl::execute_sql(command, role, Some(search_path), Execution::ReplicateDdl);

@@ -36,7 +36,11 @@ fn pause_apply_workers() {
     // SAFETY: reads the clock.
     let start = unsafe { pg_sys::GetCurrentTimestamp() };
     if !shmem::pause(my_db(), start + timeout_us) {
-        PgError::new(PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, "too many databases with paused spock apply workers").raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "too many databases with paused spock apply workers",
+        )
+        .raise();
     }
     while shmem::any_in_transaction(my_db()) {
         // SAFETY: reads the clock.

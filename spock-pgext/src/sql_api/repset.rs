@@ -46,7 +46,11 @@ fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) ->
 fn require_relation(relation: pg_sys::Oid) {
     // SAFETY: a syscache lookup by oid; '\0' when there is no such relation.
     if unsafe { pg_sys::get_rel_relkind(relation) } == 0 {
-        PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", u32::from(relation))).raise();
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", u32::from(relation)),
+        )
+        .raise();
     }
 }
 

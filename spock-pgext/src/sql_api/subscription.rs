@@ -31,16 +31,22 @@ fn provider_info(
             .raise();
     }
     let node = conn.query("SELECT node_id::int8, node_name FROM spock.node_info()").unwrap_or_else(|e| {
-        PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, format!("the provider is not a spock node: {e}"))
-            .hint("Run spock.node_create() on the provider first.")
-            .raise()
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("the provider is not a spock node: {e}"),
+        )
+        .hint("Run spock.node_create() on the provider first.")
+        .raise()
     });
     let (id, name) = match node.first() {
         Some(r) => (
             r.first().cloned().flatten().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0),
             r.get(1).cloned().flatten().unwrap_or_default(),
         ),
-        None => PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider is not a spock node").raise(),
+        None => {
+            PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider is not a spock node")
+                .raise()
+        }
     };
     let sets: Vec<String> = conn
         .query("SELECT s.set_name::text FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid ORDER BY 1")
@@ -61,7 +67,8 @@ fn provider_info(
 #[pg_extern(volatile, name = "_drop_provider_slot")]
 fn drop_provider_slot(dsn: &str, slot: &str) -> bool {
     crate::privilege::require_superuser("drop a provider's replication slot");
-    let Ok(conn) = Connection::connect(dsn, &[("application_name", "spock sub_drop"), ("connect_timeout", "10")]) else {
+    let Ok(conn) = Connection::connect(dsn, &[("application_name", "spock sub_drop"), ("connect_timeout", "10")])
+    else {
         return false;
     };
     let sql = format!(
@@ -77,7 +84,11 @@ fn drop_provider_slot(dsn: &str, slot: &str) -> bool {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 pgrx::check_for_interrupts!();
             }
-            Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_IN_USE, format!("could not drop slot {slot} on the provider: {e}")).raise(),
+            Err(e) => PgError::new(
+                PgSqlErrorCode::ERRCODE_OBJECT_IN_USE,
+                format!("could not drop slot {slot} on the provider: {e}"),
+            )
+            .raise(),
         }
     }
 }

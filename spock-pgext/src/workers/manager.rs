@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
+};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
@@ -39,9 +41,7 @@ fn enabled_subscriptions() -> Vec<(u32, String)> {
                 &[],
             )
             .map(|t| {
-                t.into_iter()
-                    .filter_map(|r| Some((r.get::<i64>(1).ok()?? as u32, r.get::<String>(2).ok()??)))
-                    .collect()
+                t.into_iter().filter_map(|r| Some((r.get::<i64>(1).ok()?? as u32, r.get::<String>(2).ok()??))).collect()
             })
             .unwrap_or_default()
     })

@@ -2,8 +2,8 @@
 //! supervisor does not start managers there again and again).
 
 use pgrx::lwlock::PgLwLock;
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use spock_core::holds::{self, Hold, HoldPlan};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,7 +272,11 @@ fn paused(s: &WorkerState, dbid: u32, at: i64) -> bool {
 pub fn pause(dbid: u32, until: i64) -> bool {
     let mut s = WORKER_STATE.exclusive();
     let at = now();
-    let free = s.pauses.iter().position(|p| p.dbid == dbid).or_else(|| s.pauses.iter().position(|p| p.dbid == 0 || p.until <= at));
+    let free = s
+        .pauses
+        .iter()
+        .position(|p| p.dbid == dbid)
+        .or_else(|| s.pauses.iter().position(|p| p.dbid == 0 || p.until <= at));
     match free {
         Some(i) => {
             s.pauses[i] = Pause { dbid, until };

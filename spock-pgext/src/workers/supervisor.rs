@@ -59,7 +59,10 @@ fn start_manager(db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
         .set_notify_pid(me)
         .load_dynamic()
         .map_err(|_| {
-            pgrx::warning!("spock supervisor: could not start a manager for database {}: no background worker slot free", u32::from(db));
+            pgrx::warning!(
+                "spock supervisor: could not start a manager for database {}: no background worker slot free",
+                u32::from(db)
+            );
         })
         .ok()
 }

@@ -62,7 +62,10 @@ fn run() -> Res<()> {
         for p in &nodes {
             if s.name != p.name {
                 let sub = format!("sub_{}_{}", s.name, p.name);
-                s.execute(&format!("SELECT spock.sub_create(subscription_name := '{sub}', provider_dsn := '{}')", p.dsn("postgres")))?;
+                s.execute(&format!(
+                    "SELECT spock.sub_create(subscription_name := '{sub}', provider_dsn := '{}')",
+                    p.dsn("postgres")
+                ))?;
                 println!("   {}: sub_create('{sub}') -> provider {}", s.name, p.name);
             }
         }
@@ -105,7 +108,8 @@ fn run() -> Res<()> {
                 s.spawn(move || -> Result<(), String> {
                     let mut c = n.connect().map_err(|e| e.to_string())?;
                     let mut tx = c.transaction().map_err(|e| e.to_string())?;
-                    tx.execute("UPDATE accounts SET balance = $1 WHERE id = 101", &[&amount]).map_err(|e| e.to_string())?;
+                    tx.execute("UPDATE accounts SET balance = $1 WHERE id = 101", &[&amount])
+                        .map_err(|e| e.to_string())?;
                     barrier.wait();
                     tx.commit().map_err(|e| e.to_string())?;
                     println!("   {}: UPDATE accounts SET balance = {amount} WHERE id = 101; COMMIT", n.name);
@@ -120,8 +124,13 @@ fn run() -> Res<()> {
     })?;
     for n in &nodes {
         wait("the same balance everywhere", || {
-            let balances: Vec<i32> = nodes.iter().map(|m| m.query_one::<i32>("SELECT balance FROM accounts WHERE id = 101")).collect::<Result<_, _>>()?;
-            Ok(balances.iter().all(|b| *b == balances[0]) && n.query_one::<i64>("SELECT count(*) FROM spock.sub_show_status() WHERE status = 'replicating'")? == 2)
+            let balances: Vec<i32> = nodes
+                .iter()
+                .map(|m| m.query_one::<i32>("SELECT balance FROM accounts WHERE id = 101"))
+                .collect::<Result<_, _>>()?;
+            Ok(balances.iter().all(|b| *b == balances[0])
+                && n.query_one::<i64>("SELECT count(*) FROM spock.sub_show_status() WHERE status = 'replicating'")?
+                    == 2)
         })?;
     }
     std::thread::sleep(Duration::from_millis(500));

@@ -35,7 +35,8 @@ pub struct JoinVariant {
 }
 
 /// Tables the benchmark replicates, in every system.
-pub const TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "big", "bench_marker"];
+pub const TABLES: &[&str] =
+    &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "big", "bench_marker"];
 
 /// What systems need from the runner.
 #[derive(Debug, Clone)]
@@ -138,7 +139,11 @@ pub trait System {
 
 /// Every system, in the order rounds run them (A/B/A/B...).
 pub fn all() -> Vec<Box<dyn System>> {
-    vec![Box::new(native::Native::default()), Box::new(pglogical::Pglogical::default()), Box::new(spock::Spock::default())]
+    vec![
+        Box::new(native::Native::default()),
+        Box::new(pglogical::Pglogical::default()),
+        Box::new(spock::Spock::default()),
+    ]
 }
 
 /// `'text'` as an SQL literal.

@@ -17,7 +17,10 @@ impl System for Native {
 
     fn prepare(&mut self, env: &Env) -> std::result::Result<String, String> {
         self.install = Some(env.pg18.clone());
-        Ok(format!("{} publication/subscription (streaming = off; parallel for the large transaction too)", env.pg18.version))
+        Ok(format!(
+            "{} publication/subscription (streaming = off; parallel for the large transaction too)",
+            env.pg18.version
+        ))
     }
 
     fn install(&self) -> &Install {

@@ -53,7 +53,11 @@ pub fn apt_install(packages: &[&str]) -> std::result::Result<(), String> {
         } else {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!("apt-get {} failed: {}", args.join(" "), tail.into_iter().rev().collect::<Vec<_>>().join(" / ")))
+            Err(format!(
+                "apt-get {} failed: {}",
+                args.join(" "),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ))
         }
     };
     let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
@@ -84,11 +88,18 @@ impl System for Pglogical {
         let dir = bindir();
         if !present(&dir) {
             if !env.allow_install {
-                return Err(format!("pglogical for PostgreSQL 15 is not installed in {} (--no-install)", dir.display()));
+                return Err(format!(
+                    "pglogical for PostgreSQL 15 is not installed in {} (--no-install)",
+                    dir.display()
+                ));
             }
             apt_install(PACKAGES).map_err(|e| format!("cannot install pglogical: {e}"))?;
             if !present(&dir) {
-                return Err(format!("installed {} but {} has no postgres or ../lib/pglogical.so", PACKAGES.join(" "), dir.display()));
+                return Err(format!(
+                    "installed {} but {} has no postgres or ../lib/pglogical.so",
+                    PACKAGES.join(" "),
+                    dir.display()
+                ));
             }
         }
         let install = Install::at(&dir).map_err(|e| e.0)?;

@@ -31,7 +31,8 @@ pub struct Spock {
 }
 
 fn pg_config(install: &Install, flag: &str) -> std::result::Result<PathBuf, String> {
-    let out = Command::new(install.program("pg_config")).arg(flag).output().map_err(|e| format!("pg_config {flag}: {e}"))?;
+    let out =
+        Command::new(install.program("pg_config")).arg(flag).output().map_err(|e| format!("pg_config {flag}: {e}"))?;
     if !out.status.success() {
         return Err(format!("pg_config {flag} failed"));
     }
@@ -60,10 +61,17 @@ impl System for Spock {
             .map_err(|e| format!("{}: {e}", share.display()))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spock--") && n.to_string_lossy().ends_with(".sql")))
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    n.to_string_lossy().starts_with("spock--") && n.to_string_lossy().ends_with(".sql")
+                })
+            })
             .collect();
         if scripts.is_empty() || !lib.join("spock.so").exists() {
-            return Err(format!("spock is not installed in {} (scripts/bench.sh installs a release build)", env.pg18.pg.bindir.display()));
+            return Err(format!(
+                "spock is not installed in {} (scripts/bench.sh installs a release build)",
+                env.pg18.pg.bindir.display()
+            ));
         }
         if !scripts.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("spock.sub_create"))) {
             return Err(NOT_AVAILABLE.to_string());
@@ -81,7 +89,11 @@ impl System for Spock {
         };
         let version = std::fs::read_to_string(share.join("spock.control"))
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("default_version")).map(|l| l.split('\'').nth(1).unwrap_or("?").to_string()))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("default_version"))
+                    .map(|l| l.split('\'').nth(1).unwrap_or("?").to_string())
+            })
             .unwrap_or_else(|| "?".into());
         self.install = Some(env.pg18.clone());
         Ok(format!("spock-rs {version} on {} ({}: {build})", env.pg18.version, so.display()))
@@ -175,7 +187,10 @@ impl System for Spock {
     }
 
     fn join_subscriber(&self, pair: &Pair) -> Result<()> {
-        pair.subscriber.execute(&format!("CREATE EXTENSION spock; SELECT spock.node_create('subscriber', {})", literal(&pair.subscriber.dsn())))
+        pair.subscriber.execute(&format!(
+            "CREATE EXTENSION spock; SELECT spock.node_create('subscriber', {})",
+            literal(&pair.subscriber.dsn())
+        ))
     }
 
     fn join_start_sql(&self, pair: &Pair, variant: &JoinVariant) -> String {

@@ -22,7 +22,11 @@ impl ApplySession {
                 local
             } else {
                 let roname: Option<String> = client
-                    .select("SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid", Some(1), &[i32::from(origin).into()])
+                    .select(
+                        "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid",
+                        Some(1),
+                        &[i32::from(origin).into()],
+                    )
                     .unwrap_or_else(|e| spi_failed("reading replication origins", e))
                     .next()
                     .and_then(|r| r.get::<String>(1).ok().flatten());
@@ -84,7 +88,13 @@ impl ApplySession {
         };
         let local_tb = local.map_or(0, |l| self.node_of_origin(l.origin).1);
         let policy = gucs::conflict_policy();
-        match conflict::decide(kind, local, remote, policy, Tiebreakers { local_node: local_tb, remote_node: remote_tb }) {
+        match conflict::decide(
+            kind,
+            local,
+            remote,
+            policy,
+            Tiebreakers { local_node: local_tb, remote_node: remote_tb },
+        ) {
             Ok(d) => {
                 let msg = format!(
                     "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
@@ -103,7 +113,11 @@ impl ApplySession {
                 }
                 d
             }
-            Err(e) => PgError::new(PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE, format!("spock: {e} on relation {relation}")).raise(),
+            Err(e) => PgError::new(
+                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                format!("spock: {e} on relation {relation}"),
+            )
+            .raise(),
         }
     }
 
@@ -157,7 +171,8 @@ impl ApplySession {
         match local {
             LocalVersion::Committed { commit_ts, origin } => {
                 let local = RowVersion { commit_ts, origin };
-                !conflict::origin_differs(local, self.remote_version()) || self.decide(kind, Some(local), relation).applies_remote()
+                !conflict::origin_differs(local, self.remote_version())
+                    || self.decide(kind, Some(local), relation).applies_remote()
             }
             LocalVersion::ThisTransaction | LocalVersion::Unknown => true,
         }
@@ -168,7 +183,11 @@ impl ApplySession {
 /// times: in a mesh the row may still be arriving through another subscription.
 ///
 /// SAFETY: as [`TableWriter::find`].
-pub(super) unsafe fn find_with_retries(w: &mut TableWriter, map: &LocalRelation, search: *mut pg_sys::TupleTableSlot) -> bool {
+pub(super) unsafe fn find_with_retries(
+    w: &mut TableWriter,
+    map: &LocalRelation,
+    search: *mut pg_sys::TupleTableSlot,
+) -> bool {
     let retries = gucs::READ_RETRY_COUNT.get().max(0) as i64;
     for attempt in 0..=retries {
         // SAFETY: forwarded.

@@ -118,7 +118,11 @@ impl ApplySession {
                         None,
                         &[sch.as_str().into(), tab.as_str().into()],
                     )
-                    .map(|t| t.into_iter().filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??))).collect())
+                    .map(|t| {
+                        t.into_iter()
+                            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??)))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 _ => HashMap::new(),
             };
@@ -213,7 +217,9 @@ impl ApplySession {
 pub fn describe_error(payload: &(dyn std::any::Any + Send)) -> (String, String) {
     use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
     let report: Option<&ErrorReportWithLevel> = match payload.downcast_ref::<CaughtError>() {
-        Some(CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. }) => Some(r),
+        Some(
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. },
+        ) => Some(r),
         None => payload.downcast_ref::<ErrorReportWithLevel>(),
     };
     if let Some(r) = report {

@@ -8,10 +8,11 @@ impl ApplySession {
     /// Reads which synchronised tables the stream still has to catch up with.
     pub fn reload_table_skips(&mut self) {
         let id = self.sub.id;
-        self.table_skips = pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::catching_up_tables(id))
-            .into_iter()
-            .map(|(n, r, lsn)| ((n, r), lsn))
-            .collect();
+        self.table_skips =
+            pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::catching_up_tables(id))
+                .into_iter()
+                .map(|(n, r, lsn)| ((n, r), lsn))
+                .collect();
     }
 
     /// Whether change `c` of a transaction that committed at `final_lsn` is already
