@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: installs what is missing, builds and installs spock, then runs
+# Every test: installs what is missing, builds and installs spock, then checks the
+# formatting (rustfmt) and lints (clippy, warnings are errors) and runs
 #  - spock-core unit and property tests (no PostgreSQL needed),
 #  - the multi-node integration tests on real PostgreSQL 18 servers (tests/),
 #  - the #[pg_test]s inside a server (cargo pgrx test),
@@ -26,6 +27,8 @@ step() {
     fi
 }
 
+step "format (cargo fmt --check; rustfmt.toml)" cargo fmt --all -- --check
+step "lints (cargo clippy, warnings are errors)" cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests" cargo test --workspace --exclude spock --no-fail-fast
 step "benchmark smoke: micro-benchmarks (no timing is asserted)" cargo bench -p spock-benches -- --test
 step "benchmark smoke: decode-bench" cargo run --quiet -p spock-benches --bin decode-bench -- --quick

@@ -668,7 +668,7 @@ impl TableWriter {
         // SAFETY: reads the open relation's and its open indexes' descriptors.
         unsafe {
             let constr = (*(*self.rel).rd_att).constr;
-            if (*(*self.rel).rd_rel).relkind as u8 != b'r' || !(constr.is_null() || !(*constr).has_generated_stored) {
+            if (*(*self.rel).rd_rel).relkind as u8 != b'r' || (!constr.is_null() && (*constr).has_generated_stored) {
                 return false;
             }
             open_indexes(self.rri).any(|(_, index, _)| (*index).rd_id == identity && (*(*index).rd_index).indimmediate)
