@@ -728,7 +728,18 @@ impl TableWriter {
     ///
     /// SAFETY: `self.local` holds a row found by [`find`](Self::find); `new` a full row.
     pub unsafe fn update(&mut self, new: *mut pg_sys::TupleTableSlot) {
-        // SAFETY: see TableWriter::open.
+        // SAFETY: see TableWriter::open; `self.local` and `new` as the caller says.
+        unsafe { self.with_epq(|w, epq| pg_sys::ExecSimpleRelationUpdate(w.rri, w.estate, epq, w.local, new)) }
+    }
+
+    /// Runs `f` with an EvalPlanQual state for this writer's executor state (what
+    /// the simple update and delete need), ended afterwards.
+    ///
+    /// SAFETY: `self` is open (see TableWriter::open).
+    unsafe fn with_epq(&mut self, f: impl FnOnce(&mut Self, *mut pg_sys::EPQState)) {
+        // SAFETY: a zeroed EPQState is what EvalPlanQualInit expects to fill; it is
+        // ended before it goes out of scope (an ERROR aborts the transaction, which
+        // releases what it holds).
         unsafe {
             let mut epq: pg_sys::EPQState = std::mem::zeroed();
             pg_sys::EvalPlanQualInit(
@@ -739,7 +750,7 @@ impl TableWriter {
                 -1,
                 std::ptr::null_mut(),
             );
-            pg_sys::ExecSimpleRelationUpdate(self.rri, self.estate, &mut epq, self.local, new);
+            f(self, &mut epq);
             pg_sys::EvalPlanQualEnd(&mut epq);
         }
     }
@@ -748,20 +759,8 @@ impl TableWriter {
     ///
     /// SAFETY: `self.local` holds a row found by [`find`](Self::find).
     pub unsafe fn delete(&mut self) {
-        // SAFETY: see TableWriter::open.
-        unsafe {
-            let mut epq: pg_sys::EPQState = std::mem::zeroed();
-            pg_sys::EvalPlanQualInit(
-                &mut epq,
-                self.estate,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                -1,
-                std::ptr::null_mut(),
-            );
-            pg_sys::ExecSimpleRelationDelete(self.rri, self.estate, &mut epq, self.local);
-            pg_sys::EvalPlanQualEnd(&mut epq);
-        }
+        // SAFETY: see TableWriter::open; `self.local` as the caller says.
+        unsafe { self.with_epq(|w, epq| pg_sys::ExecSimpleRelationDelete(w.rri, w.estate, epq, w.local)) }
     }
 
     /// Commit timestamp and origin of the row in `self.local`, or `None` when the

@@ -137,6 +137,23 @@ fn can_proceed(parsetree: *mut pg_sys::Node, context: pg_sys::ProcessUtilityCont
     }
 }
 
+/// The relation a RangeVar resolves to now, or InvalidOid (no lock, missing is fine).
+///
+/// SAFETY: `rv` is a valid RangeVar; inside a transaction.
+unsafe fn existing_relid(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+    // SAFETY: as the caller guarantees; RVR_MISSING_OK never raises for a missing
+    // relation.
+    unsafe {
+        pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
 /// Whether a RangeVar names a temporary relation (by its declaration, or, when it
 /// exists, by what it resolves to).
 ///
@@ -150,13 +167,7 @@ unsafe fn rangevar_is_temp(rv: *mut pg_sys::RangeVar) -> bool {
         if (*rv).relpersistence == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char {
             return true;
         }
-        let relid = pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        );
+        let relid = existing_relid(rv);
         relid != pg_sys::InvalidOid
             && pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char
     }
@@ -306,13 +317,7 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
                 if rv.is_null() {
                     return SKIP;
                 }
-                let relid = pg_sys::RangeVarGetRelidExtended(
-                    rv,
-                    pg_sys::NoLock as i32,
-                    pg_sys::RVROption::RVR_MISSING_OK,
-                    None,
-                    std::ptr::null_mut(),
-                );
+                let relid = existing_relid(rv);
                 if relid == pg_sys::InvalidOid
                     || pg_sys::get_rel_relkind(relid) == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char
                     || pg_sys::get_rel_persistence(relid) == pg_sys::RELPERSISTENCE_TEMP as std::ffi::c_char

@@ -103,55 +103,52 @@ pub fn local_node() -> LocalNode {
     })
 }
 
-/// Every replication set of node `node_id`.
-pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
+/// Every row of a catalog query, each turned into a `T` by `f`.
+fn rows<T>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+    what: &str,
+    f: impl Fn(&pgrx::spi::SpiHeapTupleData<'_>) -> T,
+) -> Vec<T> {
     with_snapshot(|| {
         Spi::connect(|client| {
-            let table = client
-                .select(
-                    "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
-                        replicate_truncate FROM spock.replication_set WHERE set_nodeid = $1::int8::oid",
-                    None,
-                    &[i64::from(node_id).into()],
-                )
-                .unwrap_or_else(|e| spi_failed("reading replication sets", e));
-            table
-                .into_iter()
-                .map(|row| RepSet {
-                    id: required::<i64>(&row, 1, "spock.replication_set.set_id") as u32,
-                    name: required(&row, 2, "spock.replication_set.set_name"),
-                    replicate_insert: required(&row, 3, "spock.replication_set.replicate_insert"),
-                    replicate_update: required(&row, 4, "spock.replication_set.replicate_update"),
-                    replicate_delete: required(&row, 5, "spock.replication_set.replicate_delete"),
-                    replicate_truncate: required(&row, 6, "spock.replication_set.replicate_truncate"),
-                })
-                .collect()
+            let table = client.select(sql, None, args).unwrap_or_else(|e| spi_failed(what, e));
+            table.into_iter().map(|row| f(&row)).collect()
         })
     })
 }
 
+/// Every replication set of node `node_id`.
+pub fn node_repsets(node_id: u16) -> Vec<RepSet> {
+    rows(
+        "SELECT set_id::int8, set_name::text, replicate_insert, replicate_update, replicate_delete, \
+                replicate_truncate FROM spock.replication_set WHERE set_nodeid = $1::int8::oid",
+        &[i64::from(node_id).into()],
+        "reading replication sets",
+        |row| RepSet {
+            id: required::<i64>(row, 1, "spock.replication_set.set_id") as u32,
+            name: required(row, 2, "spock.replication_set.set_name"),
+            replicate_insert: required(row, 3, "spock.replication_set.replicate_insert"),
+            replicate_update: required(row, 4, "spock.replication_set.replicate_update"),
+            replicate_delete: required(row, 5, "spock.replication_set.replicate_delete"),
+            replicate_truncate: required(row, 6, "spock.replication_set.replicate_truncate"),
+        },
+    )
+}
+
 /// A table's memberships in replication sets, with row filters as node strings.
 pub fn table_memberships(relid: pg_sys::Oid) -> Vec<Membership<String>> {
-    with_snapshot(|| {
-        Spi::connect(|client| {
-            let table = client
-                .select(
-                    "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
-                 WHERE set_reloid = $1::int8::oid",
-                    None,
-                    &[i64::from(u32::from(relid)).into()],
-                )
-                .unwrap_or_else(|e| spi_failed("reading replication set tables", e));
-            table
-                .into_iter()
-                .map(|row| Membership {
-                    set_id: required::<i64>(&row, 1, "spock.replication_set_table.set_id") as u32,
-                    columns: optional(&row, 2, "spock.replication_set_table.set_att_list"),
-                    row_filter: optional(&row, 3, "spock.replication_set_table.set_row_filter"),
-                })
-                .collect()
-        })
-    })
+    rows(
+        "SELECT set_id::int8, set_att_list, set_row_filter::text FROM spock.replication_set_table \
+         WHERE set_reloid = $1::int8::oid",
+        &[i64::from(u32::from(relid)).into()],
+        "reading replication set tables",
+        |row| Membership {
+            set_id: required::<i64>(row, 1, "spock.replication_set_table.set_id") as u32,
+            columns: optional(row, 2, "spock.replication_set_table.set_att_list"),
+            row_filter: optional(row, 3, "spock.replication_set_table.set_row_filter"),
+        },
+    )
 }
 
 /// The name of node `node_id`, when known.
