@@ -10,7 +10,8 @@
 //! On the subscriber a plain role, alice, owns table `t` and a probe that records
 //! `current_user` (and whether it is superuser) in alice's table `audit`, and tries
 //! `ALTER ROLE alice SUPERUSER` when the row's `v` is 'escalate' (or alice's `ctl`
-//! says so, for the default, which sees no row).
+//! says so, for the default, which sees no row). The functions pin their
+//! search_path: apply runs with `pg_catalog, pg_temp` (docs/security.md).
 
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ fn setup(hook: Hook, settings: &[(&str, &str)]) -> Cluster {
          CREATE TABLE audit(n serial, hook text, v text, who text, super bool);
          CREATE TABLE ctl(escalate bool);
          INSERT INTO ctl VALUES (false);
-         CREATE FUNCTION probe(hook text, v text) RETURNS void LANGUAGE plpgsql AS $$
+         CREATE FUNCTION probe(hook text, v text) RETURNS void LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
          BEGIN
              INSERT INTO audit(hook, v, who, super)
                   VALUES (hook, v, current_user, (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user));
@@ -64,9 +65,9 @@ fn setup(hook: Hook, settings: &[(&str, &str)]) -> Cluster {
                  EXECUTE 'ALTER ROLE alice SUPERUSER';
              END IF;
          END $$;
-         CREATE FUNCTION probe_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+         CREATE FUNCTION probe_trigger() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
          BEGIN PERFORM probe(TG_ARGV[0], NEW.v); RETURN NEW; END $$;
-         CREATE FUNCTION probe_default() RETURNS text LANGUAGE plpgsql AS $$
+         CREATE FUNCTION probe_default() RETURNS text LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
          BEGIN PERFORM probe('default', NULL); RETURN 'x'; END $$;
          RESET ROLE;",
     )
@@ -162,7 +163,7 @@ fn always_trigger_runs_as_owner_and_cannot_make_it_superuser() {
     // A replicated TRUNCATE fires alice's TRUNCATE trigger as alice too.
     s.execute(
         "SET ROLE alice;
-         CREATE FUNCTION probe_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+         CREATE FUNCTION probe_truncate() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
          BEGIN PERFORM probe('truncate', NULL); RETURN NULL; END $$;
          CREATE TRIGGER probe_truncate BEFORE TRUNCATE ON t FOR EACH STATEMENT EXECUTE FUNCTION probe_truncate();
          ALTER TABLE t ENABLE ALWAYS TRIGGER probe_truncate;

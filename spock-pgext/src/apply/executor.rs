@@ -470,6 +470,18 @@ impl TableWriter {
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::InitResultRelInfo(rri, rel, 1, std::ptr::null_mut(), 0);
+            // Trigger functions are looked up now, in the writer's memory. PostgreSQL
+            // would look each up at its first call, in the memory current then (a
+            // transaction's): a function with a SET clause or SECURITY DEFINER keeps
+            // its state there (fn_extra), which would dangle in the next transaction
+            // of this kept writer (a crash in plpgsql_compile, seen).
+            let trig = (*rri).ri_TrigDesc;
+            if !trig.is_null() {
+                for i in 0..(*trig).numtriggers as usize {
+                    let t = (*trig).triggers.add(i);
+                    pg_sys::fmgr_info_cxt((*t).tgfoid, (*rri).ri_TrigFunctions.add(i), (*estate).es_query_cxt);
+                }
+            }
             // Index locks are taken under the session owner here; the transaction's
             // end releases them all the same (they are not session locks).
             pg_sys::ExecOpenIndices(rri, false);
