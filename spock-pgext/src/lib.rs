@@ -11,6 +11,7 @@ mod ddl;
 mod error;
 mod gucs;
 mod init;
+mod invalidation;
 mod libpq;
 pub mod output_plugin;
 mod privilege;

@@ -658,7 +658,7 @@ impl ApplySession {
     /// Drops the mappings of relations invalidated since the last call; returns
     /// whether local table `local_relid` was among them.
     fn forget_invalidated(&mut self, local_relid: pg_sys::Oid) -> bool {
-        let (all, changed) = crate::output_plugin::invalidation::drain();
+        let (all, changed) = crate::invalidation::drain();
         if all || !changed.is_empty() {
             for r in self.rels.values_mut() {
                 if all || r.local.as_ref().is_some_and(|l| changed.contains(&l.relid)) {

@@ -224,7 +224,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         report_activity("initial synchronisation");
         sync::run(&sub);
     }
-    crate::output_plugin::invalidation::register();
+    crate::invalidation::register();
     let mut session = ApplySession::new(sub.clone());
     session.attach_progress(u32::from(db));
     // A replayed transaction ends with a reconnect (back to binary transfer); so

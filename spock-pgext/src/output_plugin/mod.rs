@@ -13,7 +13,6 @@
 //! relation and again after the relation changes (relcache invalidation).
 
 pub(crate) mod catalog;
-pub(crate) mod invalidation;
 mod queue;
 mod relation;
 mod row_filter;
@@ -216,7 +215,7 @@ unsafe extern "C-unwind" fn spock_output_startup(
         unsafe { pg_sys::CommitTransactionCommand() };
     }
 
-    invalidation::register();
+    crate::invalidation::register();
     let startup_msg = startup::startup_reply(&negotiated, &info);
     // SAFETY: a child of the decoding context's memory, deleted with it.
     let cxt = unsafe {
@@ -423,7 +422,7 @@ unsafe extern "C-unwind" fn spock_output_filter_by_origin(
 ///
 /// SAFETY: `rel` is an open relation.
 unsafe fn rel_entry(st: &mut PluginState, rel: pg_sys::Relation) -> &mut RelEntry {
-    invalidation::apply(&mut st.rels);
+    crate::invalidation::apply(&mut st.rels);
     // SAFETY: open relation.
     let relid = unsafe { (*rel).rd_id };
     let (sets, only, internal, binary) = (

@@ -2,7 +2,7 @@
 //! how it is published (from the replication sets), the columns it sends and how each
 //! column's values travel (internal, send/recv binary or text), its row filters
 //! ready to evaluate, and whether its `R` message was sent. Built on first use and
-//! dropped when PostgreSQL invalidates the relation (see [`super::invalidation`]).
+//! dropped when PostgreSQL invalidates the relation (see [`crate::invalidation`]).
 
 use std::ffi::CStr;
 

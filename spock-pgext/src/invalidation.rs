@@ -1,5 +1,6 @@
-//! Relation-cache invalidation for the output plugin (and the apply worker's
-//! relation map): PostgreSQL calls our callback
+//! Relation-cache invalidation, shared by the output plugin (its relation entries)
+//! and the apply worker (its relation map and kept writers): PostgreSQL calls our
+//! callback
 //! when a relation's definition (or its replication-set membership, which the SQL
 //! API signals the same way) changes; the next callback that looks a relation up
 //! drops the stale entries so they are rebuilt and their `R` message re-sent.
@@ -17,7 +18,7 @@ thread_local! {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn spock_output_relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+unsafe extern "C-unwind" fn spock_relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     if relid == pg_sys::InvalidOid {
         ALL.with(|a| a.set(true));
     } else {
@@ -33,7 +34,7 @@ pub fn register() {
         return;
     }
     // SAFETY: registers a static function; the backend keeps a fixed-size table.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(spock_output_relcache_callback), pg_sys::Datum::from(0)) };
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(spock_relcache_callback), pg_sys::Datum::from(0)) };
 }
 
 /// Takes the invalidations seen since the last call: (everything?, relation oids).
