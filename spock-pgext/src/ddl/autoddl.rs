@@ -585,15 +585,7 @@ pub fn place_tables_of(stmt: *mut pg_sys::Node) {
             continue;
         }
         // SAFETY: valid RangeVar; the statement that ran holds the table's lock.
-        let relid = unsafe {
-            pg_sys::RangeVarGetRelidExtended(
-                rv,
-                pg_sys::NoLock as i32,
-                pg_sys::RVROption::RVR_MISSING_OK,
-                None,
-                std::ptr::null_mut(),
-            )
-        };
+        let relid = unsafe { existing_relid(rv) };
         if relid == pg_sys::InvalidOid {
             continue;
         }
