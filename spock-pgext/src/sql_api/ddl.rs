@@ -1,7 +1,7 @@
 //! `spock.replicate_ddl(command, replication_sets, search_path, role)`: runs a DDL
 //! command here and queues it (`Q`) for the subscribers of the sets, with the
 //! `SET search_path` it ran under, to be run there as `role`. Declared in
-//! `sql/spock_api.sql` (Spock's defaults `current_setting('search_path')` and
+//! `sql/api/ddl.sql` (Spock's defaults `current_setting('search_path')` and
 //! `CURRENT_USER`), with the `text[]` overload there.
 
 use pgrx::prelude::*;

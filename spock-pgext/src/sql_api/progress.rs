@@ -1,6 +1,6 @@
 //! `spock.apply_group_progress()`: apply progress of this server's subscriptions,
 //! from the workers' shared state (behind the views `spock.progress` and
-//! `spock.lag_tracker`). Declared in `sql/spock_api.sql` with pg_lsn and timestamptz
+//! `spock.lag_tracker`). Declared in `sql/api/progress.sql` with pg_lsn and timestamptz
 //! columns: both are 8-byte pass-by-value types, which is what the i64 values here
 //! are (LSNs as bits, timestamps as microseconds since 2000).
 

@@ -1,5 +1,5 @@
 //! Rust helpers behind the node and replication-set SQL API (the functions
-//! themselves are in `sql/spock_api.sql`): ids derived from names, relation-cache
+//! themselves are in `sql/api/repset.sql`): ids derived from names, relation-cache
 //! invalidation so walsenders see membership changes, row-filter parsing, slot names.
 
 use std::ffi::{CStr, CString};
@@ -100,7 +100,7 @@ unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option
 /// `spock._parse_row_filter(relation, row_filter) RETURNS pg_node_tree`: parses and
 /// checks a row filter the way a CHECK constraint is checked (only the table's
 /// columns, immutable functions, no subqueries), coerced to boolean, and returns its
-/// node tree. Declared in `sql/spock_api.sql` because pgrx has no pg_node_tree type
+/// node tree. Declared in `sql/api/repset.sql` because pgrx has no pg_node_tree type
 /// (it is a text varlena, so returning text is binary-identical).
 #[pg_extern(sql = false, volatile, name = "_parse_row_filter")]
 fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {

@@ -1,4 +1,4 @@
-//! Rust helpers behind the subscription SQL API (`sql/spock_api.sql`): the calls
+//! Rust helpers behind the subscription SQL API (`sql/api/subscription.sql`): the calls
 //! that talk to the provider.
 
 use pgrx::prelude::*;
