@@ -20,13 +20,6 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
      WHERE c.oid = p_rel;
 $$;
 
-CREATE FUNCTION spock.replicate_ddl(command text,
-    replication_sets text[] DEFAULT '{ddl_sql}',
-    search_path text DEFAULT current_setting('search_path'),
-    role text DEFAULT CURRENT_USER)
-RETURNS boolean STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'replicate_ddl_wrapper';
-
 CREATE FUNCTION spock.replicate_ddl(command text[],
     replication_sets text[] DEFAULT '{ddl_sql}',
     search_path text DEFAULT current_setting('search_path'),

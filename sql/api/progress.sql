@@ -1,12 +1,6 @@
 -- spock-rs SQL API, apply progress: the views spock.progress and spock.lag_tracker
 -- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs).
 
-CREATE FUNCTION spock.apply_group_progress(OUT dbid oid, OUT node_id oid, OUT remote_node_id oid,
-    OUT remote_commit_ts timestamptz, OUT prev_remote_ts timestamptz, OUT remote_commit_lsn pg_lsn,
-    OUT remote_insert_lsn pg_lsn, OUT received_lsn pg_lsn, OUT last_updated_ts timestamptz,
-    OUT updated_by_decode bool)
-RETURNS SETOF record VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'apply_group_progress_wrapper';
-
 CREATE VIEW spock.progress AS
     SELECT * FROM spock.apply_group_progress()
      WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());

@@ -4,9 +4,6 @@
 -- Rust side (spock-pgext/src/sql_api/repset.rs): spock._scoped_id,
 -- spock._invalidate_relcache, spock._invalidate_all, spock._parse_row_filter.
 
-CREATE FUNCTION spock._parse_row_filter(relation regclass, row_filter text) RETURNS pg_node_tree
-    STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'parse_row_filter_wrapper';
-
 CREATE FUNCTION spock._repset(p_set_name name, OUT set_id oid, OUT replicate_update boolean,
                               OUT replicate_delete boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

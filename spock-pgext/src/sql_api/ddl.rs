@@ -1,8 +1,9 @@
 //! `spock.replicate_ddl(command, replication_sets, search_path, role)`: runs a DDL
 //! command here and queues it (`Q`) for the subscribers of the sets, with the
-//! `SET search_path` it ran under, to be run there as `role`. Declared in
-//! `sql/api/ddl.sql` (Spock's defaults `current_setting('search_path')` and
-//! `CURRENT_USER`), with the `text[]` overload there.
+//! `SET search_path` it ran under, to be run there as `role`, with Spock's defaults
+//! (`current_setting('search_path')`, evaluated in the caller's session before the
+//! function's own pinned search_path applies, and `CURRENT_USER`). The `text[]`
+//! overload is in `sql/api/ddl.sql`.
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -11,8 +12,14 @@ use spock_core::ddl::QueuedMessage;
 use crate::ddl::{self, Execution};
 use crate::error::{spi_failed, PgError};
 
-#[pg_extern(sql = false, volatile, name = "replicate_ddl")]
-fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_path: &str, role: &str) -> bool {
+#[pg_extern(volatile, strict, name = "replicate_ddl")]
+#[search_path(pg_catalog, pg_temp)]
+fn replicate_ddl(
+    command: &str,
+    replication_sets: default!(Vec<Option<String>>, "'{ddl_sql}'"),
+    search_path: default!(&str, "current_setting('search_path')"),
+    role: default!(&str, "CURRENT_USER"),
+) -> bool {
     crate::output_plugin::catalog::local_node();
     let sets: Vec<String> = replication_sets
         .into_iter()

@@ -19,6 +19,16 @@ pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence"
 pgrx::extension_sql_file!("../../../sql/api/subscription.sql", name = "api_subscription", requires = ["api_sequence"]);
 // sync_event() (LANGUAGE sql) calls node_info().
 pgrx::extension_sql_file!("../../../sql/api/sync.sql", name = "api_sync", requires = ["api_subscription"]);
-pgrx::extension_sql_file!("../../../sql/api/progress.sql", name = "api_progress", requires = ["api_sync"]);
-pgrx::extension_sql_file!("../../../sql/api/ddl.sql", name = "api_ddl", requires = ["api_progress"]);
+// The views read apply_group_progress().
+pgrx::extension_sql_file!(
+    "../../../sql/api/progress.sql",
+    name = "api_progress",
+    requires = ["api_sync", sql_api::progress::apply_group_progress]
+);
+// The text[] overload of replicate_ddl (LANGUAGE sql) calls the text one.
+pgrx::extension_sql_file!(
+    "../../../sql/api/ddl.sql",
+    name = "api_ddl",
+    requires = ["api_progress", sql_api::ddl::replicate_ddl]
+);
 pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);

@@ -100,9 +100,15 @@ unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option
 /// `spock._parse_row_filter(relation, row_filter) RETURNS pg_node_tree`: parses and
 /// checks a row filter the way a CHECK constraint is checked (only the table's
 /// columns, immutable functions, no subqueries), coerced to boolean, and returns its
-/// node tree. Declared in `sql/api/repset.sql` because pgrx has no pg_node_tree type
-/// (it is a text varlena, so returning text is binary-identical).
-#[pg_extern(sql = false, volatile, name = "_parse_row_filter")]
+/// node tree. pgrx has no pg_node_tree type, so the declaration is written out here
+/// (pg_node_tree is a text varlena: returning text is binary-identical); pgrx fills
+/// in the C symbol.
+#[pg_extern(
+    volatile,
+    name = "_parse_row_filter",
+    sql = "CREATE FUNCTION spock._parse_row_filter(relation regclass, row_filter text) RETURNS pg_node_tree
+    STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
+)]
 fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
     require_relation(relation);
     // SAFETY: every call below is a plain backend function used as the server's own
