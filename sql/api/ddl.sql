@@ -1,7 +1,8 @@
 -- spock-rs SQL API, DDL replication through spock.queue (message layouts:
 -- spock_core::ddl): queueing a message, the text[] overload of spock.replicate_ddl
--- (the text one is Rust: spock-pgext/src/sql_api/ddl.rs), and the set changes of
--- AutoDDL (spock-pgext/src/ddl/autoddl.rs). The subscriber side is apply/queue.rs.
+-- (the text one and spock._queue_table_sync are Rust: spock-pgext/src/sql_api/ddl.rs),
+-- and the set changes of AutoDDL (spock-pgext/src/ddl/autoddl.rs). The subscriber
+-- side is apply/queue.rs.
 
 -- Adds a row to spock.queue; the output plugin sends it to subscribers of p_sets
 -- (NULL: every subscriber).
@@ -11,15 +12,8 @@ RETURNS void LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
     VALUES (pg_catalog.clock_timestamp(), p_role, p_sets, p_type, p_message::json);
 $$;
 
--- 'A': subscribers of the set copy the table (Spock's message layout).
-CREATE FUNCTION spock._queue_table_sync(p_set name, p_rel regclass) RETURNS void
-LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT spock._queue_message(ARRAY[p_set::text], current_user, 'A',
-               pg_catalog.format('{"schema_name": %s,"table_name": %s}', to_json(n.nspname::text), to_json(c.relname::text)))
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = p_rel;
-$$;
-
+-- The default set is spock_core::ddl::REPLICATE_DDL_DEFAULT_SET (a literal, as \df
+-- shows it; tests/tests/core_rules.rs keeps both overloads equal to it).
 CREATE FUNCTION spock.replicate_ddl(command text[],
     replication_sets text[] DEFAULT '{ddl_sql}',
     search_path text DEFAULT current_setting('search_path'),

@@ -1,6 +1,7 @@
 -- spock-rs SQL API, nodes: node_create/node_drop, interfaces, node_info, and the
 -- lookups of the local node (spock._local_node_id) and of a node by name
--- (spock._node_id). Rust side: spock-pgext/src/sql_api/node.rs.
+-- (spock._node_id). Rust side (spock-pgext/src/sql_api/node.rs):
+-- spock._node_id_for_name, spock._node_default_sets.
 --
 -- Conventions of every file in sql/api/ (loaded in the order declared in
 -- spock-pgext/src/sql_api/mod.rs, after the catalog and before privileges.sql):
@@ -56,7 +57,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('The local node is %s.', (SELECT n.node_name FROM spock.node n JOIN spock.local_node l USING (node_id)));
     END IF;
-    v_id := (hashtext(v_name::text)::bigint & 65535)::oid;
+    v_id := spock._node_id_for_name(v_name);
     SELECT n.node_name INTO v_other FROM spock.node n WHERE n.node_id = v_id;
     IF FOUND THEN
         RAISE EXCEPTION 'node id % (computed from name "%") collides with existing node "%"', v_id, v_name, v_other
@@ -67,9 +68,9 @@ BEGIN
     v_if := spock._scoped_id(v_id, v_name);
     INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn)
     VALUES (v_if, v_name, v_id, node_create.dsn);
-    PERFORM spock._create_repset(v_id, 'default', true, true, true, true);
-    PERFORM spock._create_repset(v_id, 'default_insert_only', true, false, false, true);
-    PERFORM spock._create_repset(v_id, 'ddl_sql', true, false, false, false);
+    PERFORM spock._create_repset(v_id, d.set_name, d.replicate_insert, d.replicate_update,
+                                 d.replicate_delete, d.replicate_truncate)
+       FROM spock._node_default_sets() d;
     INSERT INTO spock.local_node (node_id, node_local_interface) VALUES (v_id, v_if);
     RETURN v_id;
 END;

@@ -2,7 +2,8 @@
 -- repset_add_table/add_all_tables/remove_table/show_table, the checks a table
 -- must pass to join a set, and the event trigger that forgets dropped relations.
 -- Rust side (spock-pgext/src/sql_api/repset.rs): spock._scoped_id,
--- spock._invalidate_relcache, spock._invalidate_all, spock._parse_row_filter.
+-- spock._invalidate_relcache, spock._invalidate_all, spock._parse_row_filter,
+-- spock._set_needs_replica_identity.
 
 CREATE FUNCTION spock._repset(p_set_name name, OUT set_id oid, OUT replicate_update boolean,
                               OUT replicate_delete boolean)
@@ -75,7 +76,8 @@ BEGIN
         RAISE EXCEPTION 'set_name cannot be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO v_set FROM spock._repset(set_name);
-    IF coalesce(replicate_update, v_set.replicate_update) OR coalesce(replicate_delete, v_set.replicate_delete) THEN
+    IF spock._set_needs_replica_identity(coalesce(replicate_update, v_set.replicate_update),
+                                         coalesce(replicate_delete, v_set.replicate_delete)) THEN
         SELECT t.set_reloid INTO v_bad FROM spock.replication_set_table t
          WHERE t.set_id = v_set.set_id AND NOT spock._has_replica_identity(t.set_reloid) LIMIT 1;
         IF FOUND THEN
@@ -150,7 +152,8 @@ BEGIN
         RAISE EXCEPTION 'table % belongs to spock itself and cannot be added to a replication set', p_rel
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF (v_set.replicate_update OR v_set.replicate_delete) AND NOT spock._has_replica_identity(p_rel) THEN
+    IF spock._set_needs_replica_identity(v_set.replicate_update, v_set.replicate_delete)
+       AND NOT spock._has_replica_identity(p_rel) THEN
         IF p_skip THEN
             RAISE WARNING 'skipping table % for replication set %: it has no PRIMARY KEY or replica identity', p_rel, p_set_name;
             RETURN false;

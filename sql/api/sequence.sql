@@ -1,6 +1,7 @@
 -- spock-rs SQL API, sequences: repset_add_seq/add_all_seqs/remove_seq and sync_seq,
 -- which queue 'S' messages (spock_core::ddl::QueuedMessage::Sequence) for the
--- subscribers of the sequence's sets. Rust side: spock-pgext/src/sql_api/sequence.rs.
+-- subscribers of the sequence's sets. Rust side (spock-pgext/src/sql_api/sequence.rs):
+-- spock._sequence_sync_margin, spock._queue_sequence.
 
 -- The last_value stored in a sequence (what Spock's sequence_get_last_value reads).
 CREATE FUNCTION spock._sequence_last_value(p_seq regclass) RETURNS bigint
@@ -12,15 +13,6 @@ BEGIN
     EXECUTE format('SELECT last_value FROM %s', p_seq) INTO v;
     RETURN v;
 END;
-$$;
-
--- An 'S' message, byte for byte as Spock writes it.
-CREATE FUNCTION spock._sequence_message(p_seq regclass, p_last_value bigint) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('{"schema_name": %s,"sequence_name": %s,"last_value": "%s"}',
-                  to_json(n.nspname::text), to_json(c.relname::text), p_last_value)
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.oid = p_seq;
 $$;
 
 -- Checks that p_rel is a sequence that can be replicated.
@@ -49,12 +41,11 @@ RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM spock.sequence_state WHERE seqoid = p_seq) THEN
         INSERT INTO spock.sequence_state (seqoid, cache_size, last_value)
-        VALUES (p_seq, 1000, spock._sequence_last_value(p_seq));
+        VALUES (p_seq, spock._sequence_sync_margin(), spock._sequence_last_value(p_seq));
     END IF;
     INSERT INTO spock.replication_set_seq (set_id, set_seqoid) VALUES (p_set_id, p_seq);
     IF p_sync THEN
-        PERFORM spock._queue_message(ARRAY[p_set_name::text], current_user, 'S',
-                                     spock._sequence_message(p_seq, spock._sequence_last_value(p_seq)));
+        PERFORM spock._queue_sequence(ARRAY[p_set_name::text], p_seq, spock._sequence_last_value(p_seq));
     END IF;
 END;
 $$;
@@ -111,7 +102,8 @@ BEGIN
 END;
 $$;
 
--- Queues the sequence's value plus its cache_size (1000) for the subscribers of its
+-- Queues the sequence's value plus its cache_size (spock._sequence_sync_margin()
+-- unless changed) for the subscribers of its
 -- sets, so that their sequence is ahead of what this node hands out meanwhile.
 CREATE FUNCTION spock.sync_seq(relation regclass)
 RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -139,7 +131,7 @@ BEGIN
     v_last := CASE WHEN v_seq.seqincrement > 0 THEN least(v_current::numeric + v_cache, v_seq.seqmax)
                    ELSE greatest(v_current::numeric - v_cache, v_seq.seqmin) END;
     UPDATE spock.sequence_state SET last_value = v_last WHERE seqoid = relation;
-    PERFORM spock._queue_message(v_sets, current_user, 'S', spock._sequence_message(relation, v_last));
+    PERFORM spock._queue_sequence(v_sets, relation, v_last);
     RETURN true;
 END;
 $$;

@@ -1,7 +1,8 @@
 -- spock-rs SQL API, subscriptions: sub_create/drop/enable/disable, their sets,
 -- options, interface and skip LSN, sub_show_status. Rust side
 -- (spock-pgext/src/sql_api/subscription.rs, workers/mod.rs): spock._provider_info,
--- spock._drop_provider_slot, spock._wake_workers, spock._hold_subscription.
+-- spock._drop_provider_slot, spock._is_subscription_origin, spock._wake_workers,
+-- spock._hold_subscription.
 
 CREATE FUNCTION spock._subscription(p_name name) RETURNS spock.subscription
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -14,15 +15,6 @@ BEGIN
     END IF;
     RETURN v;
 END;
-$$;
-
--- Whether replication origin p_origin belongs to the subscription with slot p_slot:
--- the slot's own name (the provider's transactions) or <slot>_<4 hex digits> (those
--- it forwards from another node); spock_core::names::forwarded_origin_name.
-CREATE FUNCTION spock._is_subscription_origin(p_slot name, p_origin name) RETURNS boolean
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p_origin = p_slot
-        OR (left(p_origin, length(p_slot) + 1) = p_slot || '_' AND length(p_origin) = length(p_slot) + 5);
 $$;
 
 -- How far the subscription with slot p_slot has applied: the furthest progress of
@@ -66,6 +58,8 @@ BEGIN
 END;
 $$;
 
+-- The default replication_sets are spock_core::ddl::NODE_DEFAULT_SETS (a literal in
+-- the signature, as \df shows it; tests/tests/core_rules.rs keeps them equal).
 CREATE FUNCTION spock.sub_create(
     subscription_name name,
     provider_dsn text,

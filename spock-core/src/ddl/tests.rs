@@ -162,3 +162,15 @@ fn sequences_only_move_forward_and_stay_in_bounds() {
     assert_eq!(sequence_catch_up(desc, -5), None);
     assert_eq!(sequence_catch_up(desc, -1000), Some(-100));
 }
+
+#[test]
+fn node_default_sets_are_spocks() {
+    let names: Vec<&str> = NODE_DEFAULT_SETS.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["default", "default_insert_only", "ddl_sql"]);
+    let flags = |s: &NodeDefaultSet| [s.replicate_insert, s.replicate_update, s.replicate_delete, s.replicate_truncate];
+    assert_eq!(flags(&NODE_DEFAULT_SETS[0]), [true; 4]);
+    assert_eq!(flags(&NODE_DEFAULT_SETS[1]), [true, false, false, true]);
+    assert_eq!(flags(&NODE_DEFAULT_SETS[2]), [true, false, false, false]);
+    // AutoDDL's statements go to a set every node has.
+    assert!(names.contains(&AUTODDL_REPLICATION_SET));
+}

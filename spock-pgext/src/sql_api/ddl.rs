@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::ddl::QueuedMessage;
 
+use crate::catalog::relations;
 use crate::ddl::{self, Execution};
 use crate::error::{spi_failed, PgError};
 
@@ -54,4 +55,16 @@ fn replicate_ddl(
     ddl::queue_message(Some(&sets), role, &QueuedMessage::Sql(format!("{prefix}{command}")));
     ddl::execute_sql(command, role, Some(search_path), Execution::ReplicateDdl);
     true
+}
+
+/// `spock._queue_table_sync(set_name, relation)`: queues an `A` message (copy the
+/// table) for the subscribers of the set, to be applied as the current user.
+#[pg_extern(volatile, strict, name = "_queue_table_sync")]
+fn queue_table_sync(set_name: &str, relation: pg_sys::Oid) {
+    let (schema, table) = relations::relation_name(relation);
+    ddl::queue_message(
+        Some(&[set_name.to_string()]),
+        &relations::current_user_name(),
+        &QueuedMessage::TableSync { schema, table },
+    );
 }

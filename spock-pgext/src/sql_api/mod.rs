@@ -6,9 +6,11 @@
 
 mod ddl;
 mod info;
+mod node;
 mod pause;
 mod progress;
 mod repset;
+mod sequence;
 mod subscription;
 mod sync;
 
@@ -16,7 +18,12 @@ pgrx::extension_sql_file!("../../../sql/spock_catalog.sql", name = "catalog", bo
 pgrx::extension_sql_file!("../../../sql/api/node.sql", name = "api_node", requires = ["catalog"]);
 pgrx::extension_sql_file!("../../../sql/api/repset.sql", name = "api_repset", requires = ["api_node"]);
 pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence", requires = ["api_repset"]);
-pgrx::extension_sql_file!("../../../sql/api/subscription.sql", name = "api_subscription", requires = ["api_sequence"]);
+// _subscription_progress() (LANGUAGE sql) calls _is_subscription_origin().
+pgrx::extension_sql_file!(
+    "../../../sql/api/subscription.sql",
+    name = "api_subscription",
+    requires = ["api_sequence", sql_api::subscription::is_subscription_origin]
+);
 // sync_event() (LANGUAGE sql) calls node_info().
 pgrx::extension_sql_file!("../../../sql/api/sync.sql", name = "api_sync", requires = ["api_subscription"]);
 // The views read apply_group_progress().

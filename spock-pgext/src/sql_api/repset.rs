@@ -36,6 +36,22 @@ fn invalidate_all() {
     unsafe { pg_sys::CacheInvalidateRelcacheAll() }
 }
 
+/// `spock._set_needs_replica_identity(replicate_update, replicate_delete)`: whether
+/// the tables of a set with these flags need a replica identity
+/// ([`spock_core::repset::RepSet::needs_replica_identity`]).
+#[pg_extern(immutable, strict, parallel_safe, name = "_set_needs_replica_identity")]
+fn set_needs_replica_identity(replicate_update: bool, replicate_delete: bool) -> bool {
+    spock_core::repset::RepSet {
+        id: 0,
+        name: String::new(),
+        replicate_insert: true,
+        replicate_update,
+        replicate_delete,
+        replicate_truncate: true,
+    }
+    .needs_replica_identity()
+}
+
 /// `spock.spock_gen_slot_name(dbname, provider_node, subscription)`.
 #[pg_extern(immutable, strict, parallel_safe)]
 fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) -> String {

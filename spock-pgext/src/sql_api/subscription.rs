@@ -13,6 +13,15 @@ fn provider_error(what: &str, e: impl std::fmt::Display) -> ! {
         .raise()
 }
 
+/// `spock._is_subscription_origin(slot, origin)`: whether replication origin `origin`
+/// belongs to the subscription with slot `slot`: the slot's own name (the provider's
+/// transactions) or one it forwards from another node
+/// ([`spock_core::names::origin_node_of`]).
+#[pg_extern(immutable, strict, parallel_safe, name = "_is_subscription_origin")]
+fn is_subscription_origin(slot: &str, origin: &str) -> bool {
+    spock_core::names::origin_node_of(slot, origin).is_some()
+}
+
 /// `spock._provider_info(dsn)`: the provider's node id and name and its replication
 /// sets, after checking that both a normal and a replication connection work.
 #[pg_extern(volatile, name = "_provider_info")]
