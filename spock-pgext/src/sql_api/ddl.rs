@@ -9,9 +9,9 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::ddl::QueuedMessage;
 
-use crate::catalog::relations;
+use crate::catalog::{repsets, system};
 use crate::ddl::{self, Execution};
-use crate::error::{spi_failed, PgError};
+use crate::error::PgError;
 
 #[pg_extern(volatile, strict, name = "replicate_ddl")]
 #[search_path(pg_catalog, pg_temp)]
@@ -31,10 +31,7 @@ fn replicate_ddl(
             })
         })
         .collect();
-    for set in &sets {
-        Spi::run_with_args("SELECT spock._repset($1)", &[set.as_str().into()])
-            .unwrap_or_else(|e| spi_failed("looking up a replication set", e));
-    }
+    repsets::require_local_sets(&sets);
     let prefix = spock_core::ddl::search_path_command(search_path, ddl::quote_identifier).unwrap_or_else(|e| {
         PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "provided search path is not valid")
             .detail(format!("\"{search_path}\": {e}"))
@@ -61,10 +58,10 @@ fn replicate_ddl(
 /// table) for the subscribers of the set, to be applied as the current user.
 #[pg_extern(volatile, strict, name = "_queue_table_sync")]
 fn queue_table_sync(set_name: &str, relation: pg_sys::Oid) {
-    let (schema, table) = relations::relation_name(relation);
+    let (schema, table) = system::relation_name(relation);
     ddl::queue_message(
         Some(&[set_name.to_string()]),
-        &relations::current_user_name(),
+        &system::current_user_name(),
         &QueuedMessage::TableSync { schema, table },
     );
 }

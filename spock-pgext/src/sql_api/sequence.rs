@@ -5,7 +5,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use spock_core::ddl::{QueuedMessage, SEQUENCE_SYNC_MARGIN};
 
-use crate::catalog::relations;
+use crate::catalog::system;
 
 /// `spock._sequence_sync_margin()`: the initial `sequence_state.cache_size`, how far
 /// ahead `spock.sync_seq` announces a sequence.
@@ -19,10 +19,10 @@ fn sequence_sync_margin() -> i32 {
 /// as the current user.
 #[pg_extern(volatile, strict, name = "_queue_sequence")]
 fn queue_sequence(sets: Vec<String>, sequence: pg_sys::Oid, last_value: i64) {
-    let (schema, name) = relations::relation_name(sequence);
+    let (schema, name) = system::relation_name(sequence);
     crate::ddl::queue_message(
         Some(&sets),
-        &relations::current_user_name(),
+        &system::current_user_name(),
         &QueuedMessage::Sequence { schema, name, last_value },
     );
 }
