@@ -128,13 +128,9 @@ $$;
 CREATE FUNCTION spock.node_add_interface(node_name name, interface_name name, dsn text)
 RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_id oid;
+    v_id oid := spock._node_id(node_add_interface.node_name);
     v_if oid;
 BEGIN
-    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_add_interface.node_name;
-    IF v_id IS NULL THEN
-        RAISE EXCEPTION 'node "%" not found', node_add_interface.node_name USING ERRCODE = 'undefined_object';
-    END IF;
     IF EXISTS (SELECT 1 FROM spock.node_interface WHERE if_nodeid = v_id AND if_name = interface_name) THEN
         RAISE EXCEPTION 'node "%" already has interface named "%"', node_add_interface.node_name, interface_name
             USING ERRCODE = 'duplicate_object';
@@ -148,14 +144,10 @@ $$;
 CREATE FUNCTION spock.node_drop_interface(node_name name, interface_name name)
 RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_id oid;
+    v_id oid := spock._node_id(node_drop_interface.node_name);
     v_if oid;
     v_sub name;
 BEGIN
-    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_drop_interface.node_name;
-    IF v_id IS NULL THEN
-        RAISE EXCEPTION 'node "%" not found', node_drop_interface.node_name USING ERRCODE = 'undefined_object';
-    END IF;
     SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v_id AND if_name = interface_name;
     IF v_if IS NULL THEN
         RAISE EXCEPTION 'interface "%" for node "%" not found', interface_name, node_drop_interface.node_name

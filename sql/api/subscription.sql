@@ -44,6 +44,38 @@ END;
 $$;
 
 -- Fails unless every set of p_sets is one of the provider's p_provider_sets.
+-- Fails unless p_forward is what Spock supports: empty, or 'all'.
+CREATE FUNCTION spock._check_forward_origins(p_forward text[]) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_forward) f WHERE f IS DISTINCT FROM 'all') THEN
+        RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
+-- Fails unless p_delay is a finite interval that is not negative.
+CREATE FUNCTION spock._check_apply_delay(p_delay interval) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_delay IS NULL OR NOT isfinite(p_delay) OR p_delay < interval '0' THEN
+        RAISE EXCEPTION 'apply_delay must be a finite interval that is not negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END;
+$$;
+
+-- The strings of the JSON array p_options->p_key; 22023 with p_error when it is
+-- not an array.
+CREATE FUNCTION spock._option_text_array(p_options jsonb, p_key text, p_error text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_typeof(p_options->p_key) <> 'array' THEN
+        RAISE EXCEPTION '%', p_error USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(p_options->p_key) x);
+END;
+$$;
+
 CREATE FUNCTION spock._check_provider_sets(p_sets text[], p_provider_sets text[], p_provider text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -84,18 +116,14 @@ BEGIN
     IF subscription_name = '' THEN
         RAISE EXCEPTION 'subscription name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT isfinite(apply_delay) OR apply_delay < interval '0' THEN
-        RAISE EXCEPTION 'apply_delay must be a finite interval that is not negative' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM spock._check_apply_delay(apply_delay);
     IF array_position(replication_sets, NULL) IS NOT NULL OR array_position(forward_origins, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'replication_sets and forward_origins cannot contain NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF cardinality(replication_sets) = 0 THEN
         RAISE EXCEPTION 'replication_sets cannot be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(forward_origins) f WHERE f <> 'all') THEN
-        RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM spock._check_forward_origins(forward_origins);
     IF EXISTS (SELECT 1 FROM spock.subscription s WHERE s.sub_name = sub_create.subscription_name) THEN
         RAISE EXCEPTION 'subscription % already exists', subscription_name USING ERRCODE = 'duplicate_object';
     END IF;
@@ -277,13 +305,8 @@ BEGIN
         END IF;
     END LOOP;
     IF options ? 'forward_origins' THEN
-        IF jsonb_typeof(options->'forward_origins') <> 'array' THEN
-            RAISE EXCEPTION 'forward_origins must be an array: ["all"] or []' USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        SELECT coalesce(array_agg(x), '{}') INTO v_forward FROM jsonb_array_elements_text(options->'forward_origins') x;
-        IF EXISTS (SELECT 1 FROM unnest(v_forward) f WHERE f <> 'all') THEN
-            RAISE EXCEPTION 'only "all" is allowed in forward_origins' USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        v_forward := spock._option_text_array(options, 'forward_origins', 'forward_origins must be an array: ["all"] or []');
+        PERFORM spock._check_forward_origins(v_forward);
         UPDATE spock.subscription SET sub_forward_origins = v_forward WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'apply_delay' THEN
@@ -292,16 +315,11 @@ BEGIN
         EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
             RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
         END;
-        IF v_delay IS NULL OR NOT isfinite(v_delay) OR v_delay < interval '0' THEN
-            RAISE EXCEPTION 'apply_delay must be a finite interval that is not negative' USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        PERFORM spock._check_apply_delay(v_delay);
         UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'skip_schema' THEN
-        IF jsonb_typeof(options->'skip_schema') <> 'array' THEN
-            RAISE EXCEPTION 'skip_schema must be an array of schema names' USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        SELECT coalesce(array_agg(x), '{}') INTO v_skip FROM jsonb_array_elements_text(options->'skip_schema') x;
+        v_skip := spock._option_text_array(options, 'skip_schema', 'skip_schema must be an array of schema names');
         UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
     END IF;
     -- The worker reads its options when it starts.

@@ -63,20 +63,18 @@ $$;
 CREATE FUNCTION spock.table_wait_for_sync(subscription_name name, relation regclass)
 RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v spock.subscription;
+    v_status text;
 BEGIN
-    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = table_wait_for_sync.subscription_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM spock.sub_show_table(subscription_name, relation);  -- 42P01 for a missing relation
     LOOP
-        EXIT WHEN (SELECT t.status IN ('replicating', 'synchronized') FROM spock.sub_show_table(subscription_name, relation) t);
-        IF (SELECT t.status = 'sync_failed' FROM spock.sub_show_table(subscription_name, relation) t) THEN
+        -- 42704 / 42P01 for a missing subscription or relation
+        SELECT t.status INTO v_status FROM spock.sub_show_table(subscription_name, relation) t;
+        EXIT WHEN v_status IN ('replicating', 'synchronized');
+        IF v_status = 'sync_failed' THEN
             RAISE EXCEPTION 'synchronisation of table % for subscription % failed; see the server log', relation, subscription_name
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
-        IF NOT EXISTS (SELECT 1 FROM spock.subscription WHERE sub_id = v.sub_id AND sub_enabled) THEN
+        IF NOT EXISTS (SELECT 1 FROM spock.subscription s
+                        WHERE s.sub_name = table_wait_for_sync.subscription_name AND s.sub_enabled) THEN
             RAISE EXCEPTION 'subscription % is disabled; table % cannot finish synchronising', subscription_name, relation
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;

@@ -17,7 +17,6 @@ pub fn enabled_subscriptions() -> Vec<(u32, String)> {
                 &[],
             )
             .unwrap_or_else(|e| spi_failed("reading the enabled subscriptions", e))
-            .into_iter()
             .map(|r| {
                 (
                     u32::from(required::<pgrx::pg_sys::Oid>(&r, 1, "spock.subscription.sub_id")),

@@ -54,7 +54,6 @@ pub fn backend_pids(types: &[&str]) -> Vec<i32> {
         client
             .select("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = ANY ($1)", None, &[types.into()])
             .unwrap_or_else(|e| spi_failed("listing spock workers", e))
-            .into_iter()
             .map(|r| required::<i32>(&r, 1, "pg_stat_activity.pid"))
             .collect()
     })
