@@ -40,18 +40,20 @@ $$;
 CREATE FUNCTION spock.sub_wait_for_sync(subscription_name name)
 RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v spock.subscription;
+    v_enabled boolean;
     v_status "char";
 BEGIN
-    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_wait_for_sync.subscription_name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
-    END IF;
     LOOP
-        SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
-         WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
+        SELECT s.sub_enabled, y.sync_status INTO v_enabled, v_status
+          FROM spock.subscription s
+          LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+         WHERE s.sub_name = sub_wait_for_sync.subscription_name;
+        IF NOT FOUND THEN
+            -- also when it is dropped while we wait: its synchronisation never ends
+            RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+        END IF;
         EXIT WHEN v_status IS NULL OR v_status = 'r';
-        IF NOT EXISTS (SELECT 1 FROM spock.subscription WHERE sub_id = v.sub_id AND sub_enabled) THEN
+        IF NOT v_enabled THEN
             RAISE EXCEPTION 'subscription % is disabled; its synchronisation cannot finish', subscription_name
                 USING ERRCODE = 'object_not_in_prerequisite_state';
         END IF;
