@@ -372,7 +372,7 @@ pub fn place_table(statement: TableStatement, facts: &TableFacts) -> Placement {
     }
 }
 
-/// A sequence as the subscriber has it.
+/// A sequence's state: its `last_value`, direction and bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalSequence {
     /// `last_value` of the sequence relation.
@@ -393,6 +393,17 @@ pub fn sequence_catch_up(local: LocalSequence, remote_last_value: i64) -> Option
     let target = remote_last_value.clamp(local.min_value.min(local.max_value), local.max_value.max(local.min_value));
     let ahead = if local.increment >= 0 { target > local.last_value } else { target < local.last_value };
     ahead.then_some(target)
+}
+
+/// The value `spock.sync_seq` announces for `seq` (on the provider): `margin`
+/// values further in its direction of increment, so that subscribers stay ahead of
+/// what the provider hands out meanwhile, clamped to the sequence's bounds.
+pub fn sequence_sync_target(seq: LocalSequence, margin: i64) -> i64 {
+    if seq.increment > 0 {
+        seq.last_value.saturating_add(margin).min(seq.max_value)
+    } else {
+        seq.last_value.saturating_sub(margin).max(seq.min_value)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 -- spock-rs SQL API, sequences: repset_add_seq/add_all_seqs/remove_seq and sync_seq,
 -- which queue 'S' messages (spock_core::ddl::QueuedMessage::Sequence) for the
 -- subscribers of the sequence's sets. Rust side (spock-pgext/src/sql_api/sequence.rs):
--- spock._sequence_sync_margin, spock._queue_sequence.
+-- spock._sequence_sync_margin, spock._sequence_sync_target, spock._queue_sequence.
 
 -- The last_value stored in a sequence (what Spock's sequence_get_last_value reads).
 CREATE FUNCTION spock._sequence_last_value(p_seq regclass) RETURNS bigint
@@ -113,7 +113,6 @@ DECLARE
     v_current bigint;
     v_last bigint;
     v_sets text[];
-    v_seq record;
 BEGIN
     PERFORM spock._check_sequence(relation);
     SELECT cache_size INTO v_cache FROM spock.sequence_state WHERE seqoid = relation;
@@ -126,10 +125,8 @@ BEGIN
     END IF;
     v_current := spock._sequence_last_value(relation);
     -- cache_size values further in the sequence's direction, within its bounds
-    -- (numeric: no overflow near the ends of bigint, negative values included).
-    SELECT q.seqincrement, q.seqmin, q.seqmax INTO v_seq FROM pg_catalog.pg_sequence q WHERE q.seqrelid = relation;
-    v_last := CASE WHEN v_seq.seqincrement > 0 THEN least(v_current::numeric + v_cache, v_seq.seqmax)
-                   ELSE greatest(v_current::numeric - v_cache, v_seq.seqmin) END;
+    SELECT spock._sequence_sync_target(v_current, q.seqincrement, q.seqmin, q.seqmax, v_cache) INTO v_last
+      FROM pg_catalog.pg_sequence q WHERE q.seqrelid = relation;
     UPDATE spock.sequence_state SET last_value = v_last WHERE seqoid = relation;
     PERFORM spock._queue_sequence(v_sets, relation, v_last);
     RETURN true;

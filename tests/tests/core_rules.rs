@@ -5,7 +5,10 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use spock_core::ddl::{QueuedMessage, NODE_DEFAULT_SETS, REPLICATE_DDL_DEFAULT_SET, SEQUENCE_SYNC_MARGIN};
+use spock_core::ddl::{
+    sequence_sync_target, LocalSequence, QueuedMessage, NODE_DEFAULT_SETS, REPLICATE_DDL_DEFAULT_SET,
+    SEQUENCE_SYNC_MARGIN,
+};
 use spock_core::names::{node_id_for_name, origin_node_of};
 use spock_tests::{NodeOptions, TestNode};
 
@@ -127,6 +130,34 @@ fn queued_table_sync_and_sequence_messages_are_cores() {
             (vec!["default".to_string()], seq(40 + i64::from(SEQUENCE_SYNC_MARGIN))),
         ]
     );
+    // sync_seq's target near the bounds, both directions.
+    for (name, def, local) in [
+        (
+            "up",
+            "INCREMENT 7 MAXVALUE 500 START 450",
+            LocalSequence { last_value: 450, increment: 7, min_value: 1, max_value: 500 },
+        ),
+        (
+            "down",
+            "INCREMENT -1 MINVALUE -100 MAXVALUE -1 START -50",
+            LocalSequence { last_value: -50, increment: -1, min_value: -100, max_value: -1 },
+        ),
+        (
+            "top",
+            "START 9223372036854775800",
+            LocalSequence { last_value: i64::MAX - 7, increment: 1, min_value: 1, max_value: i64::MAX },
+        ),
+    ] {
+        node.execute(&format!(
+            "CREATE SEQUENCE public.{name} {def}; SELECT nextval('public.{name}');
+             SELECT spock.repset_add_seq('default', 'public.{name}'); SELECT spock.sync_seq('public.{name}');"
+        ))
+        .unwrap();
+        let announced: i64 = node
+            .query_one(&format!("SELECT last_value FROM spock.sequence_state WHERE seqoid = 'public.{name}'::regclass"))
+            .unwrap();
+        assert_eq!(announced, sequence_sync_target(local, i64::from(SEQUENCE_SYNC_MARGIN)), "sequence {name}");
+    }
 }
 
 #[test]

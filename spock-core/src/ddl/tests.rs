@@ -174,3 +174,18 @@ fn node_default_sets_are_spocks() {
     // AutoDDL's statements go to a set every node has.
     assert!(names.contains(&AUTODDL_REPLICATION_SET));
 }
+
+#[test]
+fn sync_seq_announces_the_margin_ahead_within_bounds() {
+    let asc = LocalSequence { last_value: 40, increment: 5, min_value: 1, max_value: i64::MAX };
+    assert_eq!(sequence_sync_target(asc, 1000), 1040);
+    assert_eq!(sequence_sync_target(LocalSequence { max_value: 500, ..asc }, 1000), 500);
+    assert_eq!(sequence_sync_target(LocalSequence { last_value: i64::MAX - 3, ..asc }, 1000), i64::MAX);
+    let desc = LocalSequence { last_value: -50, increment: -1, min_value: -100, max_value: -1 };
+    assert_eq!(sequence_sync_target(desc, 1000), -100);
+    assert_eq!(sequence_sync_target(LocalSequence { min_value: i64::MIN, ..desc }, 1000), -1050);
+    assert_eq!(
+        sequence_sync_target(LocalSequence { last_value: i64::MIN + 3, min_value: i64::MIN, ..desc }, 1000),
+        i64::MIN
+    );
+}

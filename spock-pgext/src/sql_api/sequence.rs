@@ -3,7 +3,7 @@
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use spock_core::ddl::{QueuedMessage, SEQUENCE_SYNC_MARGIN};
+use spock_core::ddl::{LocalSequence, QueuedMessage, SEQUENCE_SYNC_MARGIN};
 
 use crate::catalog::system;
 
@@ -12,6 +12,13 @@ use crate::catalog::system;
 #[pg_extern(immutable, parallel_safe, name = "_sequence_sync_margin")]
 fn sequence_sync_margin() -> i32 {
     SEQUENCE_SYNC_MARGIN
+}
+
+/// `spock._sequence_sync_target(last_value, increment, min_value, max_value, margin)`:
+/// the value `spock.sync_seq` announces ([`spock_core::ddl::sequence_sync_target`]).
+#[pg_extern(immutable, strict, parallel_safe, name = "_sequence_sync_target")]
+fn sequence_sync_target(last_value: i64, increment: i64, min_value: i64, max_value: i64, margin: i64) -> i64 {
+    spock_core::ddl::sequence_sync_target(LocalSequence { last_value, increment, min_value, max_value }, margin)
 }
 
 /// `spock._queue_sequence(sets, sequence, last_value)`: queues an `S` message (the
