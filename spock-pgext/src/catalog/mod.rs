@@ -5,6 +5,7 @@
 //! A value that is NULL where the catalog has none, or of another type than the
 //! catalog declares, is an error with a clear message, never a silent 0 or "".
 
+pub mod nodes;
 pub mod provider;
 pub mod repsets;
 pub mod subscriptions;

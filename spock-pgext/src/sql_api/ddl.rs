@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::ddl::QueuedMessage;
 
-use crate::catalog::{repsets, system};
+use crate::catalog::{nodes, repsets, system};
 use crate::ddl::{self, Execution};
 use crate::error::PgError;
 
@@ -21,7 +21,7 @@ fn replicate_ddl(
     search_path: default!(&str, "current_setting('search_path')"),
     role: default!(&str, "CURRENT_USER"),
 ) -> bool {
-    crate::output_plugin::catalog::local_node();
+    nodes::local_node_id();
     let sets: Vec<String> = replication_sets
         .into_iter()
         .map(|s| {
