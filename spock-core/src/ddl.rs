@@ -171,6 +171,13 @@ fn string_key(
     }
 }
 
+/// Whether the table `schema`.`table` is the queue table `spock.queue`, which both
+/// the output plugin (it publishes queue rows by their own rules) and the apply
+/// worker (it acts on the rows it inserts) recognise by this one rule.
+pub fn is_queue_table(schema: &str, table: &str) -> bool {
+    schema == "spock" && table == "queue"
+}
+
 /// Whether a queue row with `row_sets` (NULL = `None`) goes to a subscriber of
 /// `subscribed` (set names): NULL means every subscriber, otherwise one common name.
 pub fn queue_row_wanted(row_sets: Option<&[Option<String>]>, subscribed: &[&str]) -> bool {

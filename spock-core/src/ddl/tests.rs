@@ -162,3 +162,11 @@ fn sequences_only_move_forward_and_stay_in_bounds() {
     assert_eq!(sequence_catch_up(desc, -5), None);
     assert_eq!(sequence_catch_up(desc, -1000), Some(-100));
 }
+
+#[test]
+fn the_queue_table() {
+    assert!(is_queue_table("spock", "queue"));
+    assert!(!is_queue_table("public", "queue"));
+    assert!(!is_queue_table("spock", "Queue"));
+    assert!(!is_queue_table("spock", "queue2"));
+}
