@@ -165,18 +165,14 @@ impl RelEntry {
         let cxt = unsafe {
             pg_sys::AllocSetContextCreateInternal(parent, c"spock output relation".as_ptr(), 0, 1024, 8 * 1024)
         };
-        let (filters, publication) = if publication.row_filters.is_empty() {
-            (None, publication.map_filters(|_| unreachable!("no row filters")))
-        } else {
-            // SAFETY: rel is open; the node strings come from our catalog; everything
-            // is allocated in the entry's context.
-            unsafe {
-                let old = pg_sys::MemoryContextSwitchTo(cxt);
-                let filters = RowFilters::new(rel);
-                let publication = publication.map_filters(|tree| RowFilters::prepare(&tree));
-                pg_sys::MemoryContextSwitchTo(old);
-                (Some(filters), publication)
-            }
+        // SAFETY: rel is open; the node strings come from our catalog; everything is
+        // allocated in the entry's context.
+        let (filters, publication) = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(cxt);
+            let filters = (!publication.row_filters.is_empty()).then(|| RowFilters::new(rel));
+            let publication = publication.map_filters(|tree| RowFilters::prepare(&tree));
+            pg_sys::MemoryContextSwitchTo(old);
+            (filters, publication)
         };
 
         // SAFETY: returns a palloc'd bitmap of the identity key columns of an open relation.
@@ -249,10 +245,7 @@ impl RelEntry {
             // SAFETY: ends the evaluations of this change.
             unsafe { f.finish() };
         }
-        match verdict {
-            Ok(passes) => passes,
-            Err(never) => match never {},
-        }
+        verdict.unwrap_or_else(|never| match never {})
     }
 
     /// Writes a heap tuple of the relation as a wire tuple straight into `out`.
