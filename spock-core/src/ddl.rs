@@ -214,6 +214,13 @@ fn string_key(
     }
 }
 
+/// Whether the table `schema`.`table` is the queue table `spock.queue`, which both
+/// the output plugin (it publishes queue rows by their own rules) and the apply
+/// worker (it acts on the rows it inserts) recognise by this one rule.
+pub fn is_queue_table(schema: &str, table: &str) -> bool {
+    schema == "spock" && table == "queue"
+}
+
 /// Whether a queue row with `row_sets` (NULL = `None`) goes to a subscriber of
 /// `subscribed` (set names): NULL means every subscriber, otherwise one common name.
 pub fn queue_row_wanted(row_sets: Option<&[Option<String>]>, subscribed: &[&str]) -> bool {
@@ -225,15 +232,15 @@ pub fn queue_row_wanted(row_sets: Option<&[Option<String>]>, subscribed: &[&str]
 
 /// The `SET search_path TO ...; ` prefix Spock puts before queued SQL so that the
 /// subscriber resolves names as the origin did. `search_path` is the setting's value
-/// (parsed like `SplitIdentifierString`); `quote` quotes one schema name (the
-/// server's `quote_identifier`, which knows keywords). A path naming no schema gives
-/// `SET search_path TO ''; `.
-pub fn search_path_command(search_path: &str, quote: impl Fn(&str) -> String) -> Result<String, IdentListError> {
+/// (parsed like `SplitIdentifierString`); each schema is quoted like the server's
+/// `quote_identifier` ([`crate::ident::quote_identifier`]). A path naming no schema
+/// gives `SET search_path TO ''; `.
+pub fn search_path_command(search_path: &str) -> Result<String, IdentListError> {
     let schemas = split_identifier_list(search_path, ',')?;
     if schemas.is_empty() {
         return Ok("SET search_path TO ''; ".to_string());
     }
-    let quoted: Vec<String> = schemas.iter().map(|s| quote(s)).collect();
+    let quoted: Vec<String> = schemas.iter().map(|s| crate::ident::quote_identifier(s)).collect();
     Ok(format!("SET search_path TO {}; ", quoted.join(", ")))
 }
 

@@ -1,9 +1,5 @@
 use super::*;
 
-fn quote(s: &str) -> String {
-    crate::ident::quote_identifier(s)
-}
-
 #[test]
 fn sql_messages_are_json_strings_as_spock_writes_them() {
     let m = QueuedMessage::Sql("SET search_path TO public; CREATE TABLE \"T\" (a text DEFAULT E'\\n')\n".into());
@@ -63,12 +59,12 @@ fn queue_rows_go_to_subscribers_of_a_named_set_or_to_everyone() {
 
 #[test]
 fn search_path_prefix_quotes_each_schema() {
-    assert_eq!(search_path_command("\"$user\", public", quote).unwrap(), "SET search_path TO \"$user\", public; ");
-    assert_eq!(search_path_command("App,\"My Schema\"", quote).unwrap(), "SET search_path TO app, \"My Schema\"; ");
-    assert_eq!(search_path_command(" ", quote).unwrap(), "SET search_path TO ''; ");
-    assert_eq!(search_path_command("", quote).unwrap(), "SET search_path TO ''; ");
-    assert!(search_path_command("a,,b", quote).is_err());
-    assert!(search_path_command("\"open", quote).is_err());
+    assert_eq!(search_path_command("\"$user\", public").unwrap(), "SET search_path TO \"$user\", public; ");
+    assert_eq!(search_path_command("App,\"My Schema\"").unwrap(), "SET search_path TO app, \"My Schema\"; ");
+    assert_eq!(search_path_command(" ").unwrap(), "SET search_path TO ''; ");
+    assert_eq!(search_path_command("").unwrap(), "SET search_path TO ''; ");
+    assert!(search_path_command("a,,b").is_err());
+    assert!(search_path_command("\"open").is_err());
 }
 
 #[test]
@@ -188,4 +184,12 @@ fn sync_seq_announces_the_margin_ahead_within_bounds() {
         sequence_sync_target(LocalSequence { last_value: i64::MIN + 3, min_value: i64::MIN, ..desc }, 1000),
         i64::MIN
     );
+}
+
+#[test]
+fn the_queue_table() {
+    assert!(is_queue_table("spock", "queue"));
+    assert!(!is_queue_table("public", "queue"));
+    assert!(!is_queue_table("spock", "Queue"));
+    assert!(!is_queue_table("spock", "queue2"));
 }

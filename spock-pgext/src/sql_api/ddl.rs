@@ -32,7 +32,7 @@ fn replicate_ddl(
         })
         .collect();
     repsets::require_local_sets(&sets);
-    let prefix = spock_core::ddl::search_path_command(search_path, ddl::quote_identifier).unwrap_or_else(|e| {
+    let prefix = spock_core::ddl::search_path_command(search_path).unwrap_or_else(|e| {
         PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "provided search path is not valid")
             .detail(format!("\"{search_path}\": {e}"))
             .raise()
