@@ -1,6 +1,7 @@
 //! What the SQL API's Rust helpers (`sql_api/`) and the workers (`workers/`) read
-//! from catalogs, one module per group of tables; the apply worker and the output
-//! plugin have their own readers (`apply/`, `output_plugin/catalog.rs`).
+//! from catalogs, one module per group of tables, and the column readers every
+//! catalog reader uses; the output plugin's reads, which run inside a decoding
+//! callback with their own snapshot, stay in `output_plugin/catalog.rs`.
 //!
 //! A value that is NULL where the catalog has none, or of another type than the
 //! catalog declares, is an error with a clear message, never a silent 0 or "".
@@ -25,6 +26,12 @@ pub fn required<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, n: usize, 
         Ok(None) => unexpected(what, "NULL"),
         Err(e) => unexpected(what, e),
     }
+}
+
+/// Column `n` (1-based) of a catalog row that may be NULL; a value of another type is
+/// an error.
+pub fn optional<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, n: usize, what: &str) -> Option<T> {
+    row.get::<T>(n).unwrap_or_else(|e| unexpected(what, e))
 }
 
 /// A catalog value that is not what this code expects (the catalog was changed by
