@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::join::{self, JoinResult};
 use super::plot::{self, Bar, Series};
 use super::workload::RoundResult;
-use super::{Config, Result};
+use super::{json_err, Config, Result};
 
 /// Median (mean of the middle two for an even count); NaN when empty.
 pub fn median(v: &[f64]) -> f64 {
@@ -169,9 +169,9 @@ fn values(results: &[RoundResult], e: &Entry, m: &Metric) -> Vec<f64> {
 }
 
 /// Everything the run produced, ready to be written.
-pub struct Report<'a> {
+pub struct Report {
     /// Configuration.
-    pub cfg: &'a Config,
+    pub cfg: Config,
     /// Machine description lines.
     pub machine: Vec<(String, String)>,
     /// Systems and whether they ran.
@@ -190,7 +190,7 @@ pub struct Report<'a> {
     pub date: String,
 }
 
-impl Report<'_> {
+impl Report {
     fn prefix(&self) -> &'static str {
         if self.cfg.quick {
             "replication-quick"
@@ -216,7 +216,7 @@ impl Report<'_> {
         }
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "| {} |", align.join(" | "));
-        for m in metrics(self.cfg) {
+        for m in metrics(&self.cfg) {
             let vals: Vec<Vec<f64>> = entries.iter().map(|e| values(&self.results, e, &m)).collect();
             let meds: Vec<f64> = vals.iter().map(|v| median(v)).collect();
             if meds.iter().all(|v| !v.is_finite()) {
@@ -255,7 +255,7 @@ impl Report<'_> {
 
     fn summary_json(&self) -> Value {
         let entries = entries(&self.results);
-        let ms = metrics(self.cfg);
+        let ms = metrics(&self.cfg);
         let base = entries.iter().find(|e| e.system == "native" && e.streaming == "off").cloned();
         let list: Vec<Value> = entries
             .iter()
@@ -304,7 +304,7 @@ impl Report<'_> {
             "plots": plots.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>(),
             "elapsed_s": self.elapsed_s,
         });
-        std::fs::write(dir.join(format!("{p}.json")), serde_json::to_string_pretty(&json)?)?;
+        std::fs::write(dir.join(format!("{p}.json")), serde_json::to_string_pretty(&json).map_err(json_err)?)?;
         let md = self.markdown(&plots);
         std::fs::write(dir.join(format!("{p}.md")), &md)?;
         Ok(md)
@@ -312,7 +312,7 @@ impl Report<'_> {
 
     fn markdown(&self, plots: &[PathBuf]) -> String {
         let mut out = String::new();
-        let c = self.cfg;
+        let c = &self.cfg;
         let _ = writeln!(
             out,
             "## Replication benchmark{} — {}\n",
@@ -471,7 +471,7 @@ impl Report<'_> {
             ),
         )?;
         files.push(f);
-        let ms = metrics(self.cfg);
+        let ms = metrics(&self.cfg);
         let tx = &ms[0];
         let bars: Vec<Bar> = systems
             .iter()
@@ -508,34 +508,12 @@ impl Report<'_> {
     }
 }
 
-/// The parts of a report read back from its JSON (`--report-from`).
-pub struct Loaded {
-    /// Configuration of that run.
-    pub cfg: Config,
-    /// Machine description.
-    pub machine: Vec<(String, String)>,
-    /// Systems.
-    pub systems: Vec<SystemStatus>,
-    /// Rounds.
-    pub results: Vec<RoundResult>,
-    /// Join rounds.
-    pub joins: Vec<JoinResult>,
-    /// Failed rounds.
-    pub failures: Vec<(String, usize, String)>,
-    /// Decode benchmark.
-    pub decode: std::result::Result<Value, String>,
-    /// Seconds the run took.
-    pub elapsed_s: f64,
-    /// When it ran.
-    pub date: String,
-}
-
 /// Reads a `replication*.json` written by [`Report::write`], to render its
 /// Markdown and plots again.
-pub fn load(path: &Path) -> Result<Loaded> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+pub fn load(path: &Path) -> Result<Report> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?).map_err(json_err)?;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let mut cfg: Config = serde_json::from_value(v["config"].clone())?;
+    let mut cfg: Config = serde_json::from_value(v["config"].clone()).map_err(json_err)?;
     cfg.poll = Config::full().poll;
     cfg.catchup_timeout = Config::full().catchup_timeout;
     let machine =
@@ -555,9 +533,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
                 .collect()
         })
         .unwrap_or_default();
-    let results = serde_json::from_value(v["rounds"].clone())?;
-    let joins =
-        if v["join_rounds"].is_array() { serde_json::from_value(v["join_rounds"].clone())? } else { Vec::new() };
+    let results = serde_json::from_value(v["rounds"].clone()).map_err(json_err)?;
+    let joins = if v["join_rounds"].is_array() {
+        serde_json::from_value(v["join_rounds"].clone()).map_err(json_err)?
+    } else {
+        Vec::new()
+    };
     let failures = v["failures"]
         .as_array()
         .map(|a| {
@@ -568,7 +549,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .unwrap_or_default();
     let d = &v["decode"];
     let decode = if d.get("results").is_some() { Ok(d.clone()) } else { Err(text(&d["not_run"])) };
-    Ok(Loaded {
+    Ok(Report {
         cfg,
         machine,
         systems,

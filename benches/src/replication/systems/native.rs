@@ -1,13 +1,13 @@
 //! PostgreSQL 18's own publication/subscription between two PostgreSQL 18 servers.
 
 use super::{literal, Env, JoinVariant, Pair, System, PGBENCH_TABLES, TABLES};
-use crate::replication::node::Install;
 use crate::replication::Result;
+use spock_tests::PgInstall;
 
 /// Native logical replication (`CREATE PUBLICATION` / `CREATE SUBSCRIPTION`).
 #[derive(Default)]
 pub struct Native {
-    install: Option<Install>,
+    install: Option<PgInstall>,
 }
 
 impl System for Native {
@@ -23,7 +23,7 @@ impl System for Native {
         ))
     }
 
-    fn install(&self) -> &Install {
+    fn install(&self) -> &PgInstall {
         self.install.as_ref().expect("prepare() succeeded")
     }
 
@@ -40,18 +40,18 @@ impl System for Native {
     fn setup(&self, pair: &Pair) -> Result<()> {
         pair.provider.execute(&format!("CREATE PUBLICATION bench_pub FOR TABLE {}", TABLES.join(", ")))?;
         // PostgreSQL 18's default is streaming = parallel; the baseline is "off"
-        pair.subscriber.execute(&format!(
+        Ok(pair.subscriber.execute(&format!(
             "CREATE SUBSCRIPTION bench_sub CONNECTION {} PUBLICATION bench_pub WITH (copy_data = false, streaming = off)",
-            literal(&pair.provider.dsn())
-        ))
+            literal(&pair.provider.dsn("postgres"))
+        ))?)
     }
 
     fn disable(&self, pair: &Pair) -> Result<()> {
-        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub DISABLE")
+        Ok(pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub DISABLE")?)
     }
 
     fn enable(&self, pair: &Pair) -> Result<()> {
-        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub ENABLE")
+        Ok(pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub ENABLE")?)
     }
 
     fn streaming_modes(&self) -> &'static [&'static str] {
@@ -59,7 +59,7 @@ impl System for Native {
     }
 
     fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
-        pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))
+        Ok(pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))?)
     }
 
     fn join_variants(&self) -> &'static [JoinVariant] {
@@ -71,13 +71,13 @@ impl System for Native {
     }
 
     fn join_provider(&self, pair: &Pair) -> Result<()> {
-        pair.provider.execute(&format!("CREATE PUBLICATION join_pub FOR TABLE {}", PGBENCH_TABLES.join(", ")))
+        Ok(pair.provider.execute(&format!("CREATE PUBLICATION join_pub FOR TABLE {}", PGBENCH_TABLES.join(", ")))?)
     }
 
     fn join_start_sql(&self, pair: &Pair, _variant: &JoinVariant) -> String {
         format!(
             "CREATE SUBSCRIPTION join_sub CONNECTION {} PUBLICATION join_pub WITH (copy_data = true, streaming = off)",
-            literal(&pair.provider.dsn())
+            literal(&pair.provider.dsn("postgres"))
         )
     }
 
