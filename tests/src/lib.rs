@@ -840,6 +840,23 @@ impl TestNode {
         self.wait_ready()
     }
 
+    /// `pg_reload_conf()`, returning once the postmaster has read the files again
+    /// and so has signalled every process, workers included (a new connection sees
+    /// the new load time); at most 30 s.
+    pub fn reload_conf(&self) -> Result<()> {
+        let sql = "SELECT pg_conf_load_time()::text";
+        let before = self.query_text(sql)?;
+        self.execute("SELECT pg_reload_conf()")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query_text(sql)? == before {
+            if Instant::now() > deadline {
+                return err(format!("node {} did not reload its configuration within 30 s", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// `ALTER SYSTEM SET key = value` and a restart.
     pub fn set_and_restart(&self, key: &str, value: &str) -> Result<()> {
         self.execute(&format!("ALTER SYSTEM SET {key} = {value}"))?;

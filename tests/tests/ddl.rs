@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{
-    count, reload, replicating_pair, setup_node, subscribe, subscribed_pair, sync_mesh, wait_replicating,
-};
+use spock_tests::fixtures::{count, mutual_pair, reload, replicating_pair, subscribed_pair, sync_mesh};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -318,12 +316,7 @@ fn ddl_inside_functions_follows_allow_ddl_from_functions() {
 fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    subscribe(a, b);
-    wait_replicating(a, 1);
-    wait_replicating(b, 1);
+    mutual_pair(a, b);
     for n in [a, b] {
         n.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
         n.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use spock_tests::fixtures::{
-    apply_workers, count, next_commit_is_later, replicating_pair, setup_node, subscribe, subscribed_pair, sync_mesh,
-    sync_through,
+    apply_workers, count, mutual_pair, next_commit_is_later, replicating_pair, setup_node, subscribe, subscribed_pair,
+    sync_mesh, sync_through,
 };
 use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
@@ -12,21 +12,14 @@ use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 fn two_nodes_replicate_both_ways() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    subscribe(a, b);
-    wait_for(
-        "both subscriptions replicating",
-        Duration::from_secs(60),
-        || {
-            (
-                a.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
-                b.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
-            )
-        },
-        ("replicating".to_string(), "replicating".to_string()),
-    );
+    mutual_pair(a, b);
+    // one subscription each, replicating
+    for n in [a, b] {
+        assert_eq!(
+            n.query_one::<String>("SELECT string_agg(status, ',') FROM spock.sub_show_status()").unwrap(),
+            "replicating"
+        );
+    }
     a.execute("INSERT INTO t SELECT g, 'from n1' FROM generate_series(1, 100) g").unwrap();
     b.execute("INSERT INTO t SELECT g, 'from n2' FROM generate_series(101, 200) g").unwrap();
     for n in [a, b] {

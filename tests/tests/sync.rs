@@ -212,6 +212,32 @@ fn mesh_writer(
     })
 }
 
+/// Joins `n3` to the mesh of `a` (n1) and `b` (n2), copying from `a`: first its
+/// subscription to `b`, disabled, with its slot on `b` so that `b` keeps everything
+/// from then on, and `a` past that point (a sync event of `b` reached `a`); then
+/// structure and data from `a`, after which the subscription to `b` starts at `a`'s
+/// progress. Replication sets are per node: `publish` puts the tables `n3` got in its
+/// sets; then `a` and `b` subscribe to `n3`.
+fn join_third_node(a: &TestNode, b: &TestNode, n3: &TestNode, publish: fn(&TestNode)) {
+    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
+    let slot: String =
+        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
+    let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
+    assert!(reached);
+    n3.execute(&format!(
+        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
+        a.dsn("postgres")
+    ))
+    .unwrap();
+    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
+    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
+    publish(n3);
+    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+}
+
 /// Puts the tables of the mesh test in `n`'s replication sets.
 fn publish_mesh_tables(n: &TestNode) {
     // Without a key a row applied twice is a second row: duplicates show.
@@ -260,27 +286,7 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
         true,
     );
 
-    // Join n3 from A. First its subscription to B, disabled, with its slot on B so
-    // that B keeps everything from now on, and A past that point.
-    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String =
-        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
-    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
-    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
-    let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
-    assert!(reached);
-    // Structure and data from A; the subscription to B starts at A's progress.
-    n3.execute(&format!(
-        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
-        a.dsn("postgres")
-    ))
-    .unwrap();
-    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
-    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
-    // Replication sets are per node: n3 publishes the tables it got.
-    publish_mesh_tables(n3);
-    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
-    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    join_third_node(a, b, n3, publish_mesh_tables);
     for n in [a, b] {
         wait_for(
             "subscriptions to n3",
@@ -527,22 +533,7 @@ fn a_node_joins_under_pgbench_load() {
         || count(b, "SELECT count(*) FROM pgbench_history") > 0,
         true,
     );
-    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String =
-        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
-    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
-    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
-    assert!(a.query_one::<bool>(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap());
-    n3.execute(&format!(
-        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
-        a.dsn("postgres")
-    ))
-    .unwrap();
-    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
-    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
-    publish_pgbench(n3);
-    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
-    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    join_third_node(a, b, n3, publish_pgbench);
     let out = bench.join().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for _ in 0..2 {

@@ -215,8 +215,7 @@ impl System for Spock {
     fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
         // Read when the apply worker connects: reconnect it.
         pair.subscriber.execute(&format!("ALTER SYSTEM SET spock.stream_large_transactions = {mode}"))?;
-        pair.subscriber.execute("SELECT pg_reload_conf()")?;
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        pair.subscriber.reload_conf()?;
         self.disable(pair)?;
         self.enable(pair)
     }
