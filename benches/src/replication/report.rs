@@ -74,6 +74,10 @@ struct Metric {
     get: Getter,
 }
 
+fn metric(key: &'static str, label: impl Into<String>, higher_is_better: bool, get: Getter) -> Metric {
+    Metric { key, label: label.into(), higher_is_better, get }
+}
+
 fn large_of<'a>(r: &'a RoundResult, mode: &str) -> Option<&'a super::workload::Large> {
     r.large.iter().find(|l| l.streaming == mode)
 }
@@ -88,66 +92,42 @@ fn metrics(cfg: &Config) -> Vec<Metric> {
     };
     // small-transaction workloads run once per system: on the "off" entry
     vec![
-        Metric {
-            key: "backlog_tx_per_s",
-            label: "backlog catch-up: applied tx/s".into(),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.tx_per_s),
-        },
-        Metric {
-            key: "backlog_rows_per_s",
-            label: "backlog catch-up: applied rows/s".into(),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.rows_per_s),
-        },
-        Metric {
-            key: "backlog_catchup_s",
-            label: "backlog catch-up: seconds, enable → origin at end".into(),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.backlog.catchup_s),
-        },
-        Metric {
-            key: "backlog_txns",
-            label: format!("backlog size: pgbench tx in {} s", cfg.backlog_secs),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.txns as f64),
-        },
-        Metric {
-            key: "steady_p50_ms",
-            label: format!("steady {} tx/s: lag p50, ms", cfg.steady_rate),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.steady.p50_ms),
-        },
-        Metric {
-            key: "steady_p99_ms",
-            label: format!("steady {} tx/s: lag p99, ms", cfg.steady_rate),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.steady.p99_ms),
-        },
-        Metric {
-            key: "large_commit_to_visible_s",
-            label: format!("{rows}-row tx: COMMIT → visible on subscriber, s"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.commit_to_visible_s),
-        },
-        Metric {
-            key: "large_peak_rss_mib",
-            label: format!("{rows}-row tx: peak RSS of apply processes, MiB"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.peak_rss_mib),
-        },
-        Metric {
-            key: "large_peak_anon_mib",
-            label: format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.peak_anon_mib),
-        },
-        Metric {
-            key: "large_insert_s",
-            label: format!("{rows}-row tx: INSERT + COMMIT on provider, s"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.insert_s),
-        },
+        metric("backlog_tx_per_s", "backlog catch-up: applied tx/s", true, |r, m| {
+            (m == "off").then_some(r.backlog.tx_per_s)
+        }),
+        metric("backlog_rows_per_s", "backlog catch-up: applied rows/s", true, |r, m| {
+            (m == "off").then_some(r.backlog.rows_per_s)
+        }),
+        metric("backlog_catchup_s", "backlog catch-up: seconds, enable → origin at end", false, |r, m| {
+            (m == "off").then_some(r.backlog.catchup_s)
+        }),
+        metric("backlog_txns", format!("backlog size: pgbench tx in {} s", cfg.backlog_secs), true, |r, m| {
+            (m == "off").then_some(r.backlog.txns as f64)
+        }),
+        metric("steady_p50_ms", format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), false, |r, m| {
+            (m == "off").then_some(r.steady.p50_ms)
+        }),
+        metric("steady_p99_ms", format!("steady {} tx/s: lag p99, ms", cfg.steady_rate), false, |r, m| {
+            (m == "off").then_some(r.steady.p99_ms)
+        }),
+        metric(
+            "large_commit_to_visible_s",
+            format!("{rows}-row tx: COMMIT → visible on subscriber, s"),
+            false,
+            |r, m| large_of(r, m).map(|l| l.commit_to_visible_s),
+        ),
+        metric("large_peak_rss_mib", format!("{rows}-row tx: peak RSS of apply processes, MiB"), false, |r, m| {
+            large_of(r, m).map(|l| l.peak_rss_mib)
+        }),
+        metric(
+            "large_peak_anon_mib",
+            format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"),
+            false,
+            |r, m| large_of(r, m).map(|l| l.peak_anon_mib),
+        ),
+        metric("large_insert_s", format!("{rows}-row tx: INSERT + COMMIT on provider, s"), false, |r, m| {
+            large_of(r, m).map(|l| l.insert_s)
+        }),
     ]
 }
 
