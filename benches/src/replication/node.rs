@@ -63,7 +63,7 @@ pub fn start(
         .keep(keep)
         .application_name("replication-bench");
     opts.settings = settings.to_vec();
-    Ok(TestNode::start(opts)?)
+    TestNode::start(opts)
 }
 
 /// Stops servers of earlier benchmark runs that were killed before they could clean

@@ -40,18 +40,18 @@ impl System for Native {
     fn setup(&self, pair: &Pair) -> Result<()> {
         pair.provider.execute(&format!("CREATE PUBLICATION bench_pub FOR TABLE {}", TABLES.join(", ")))?;
         // PostgreSQL 18's default is streaming = parallel; the baseline is "off"
-        Ok(pair.subscriber.execute(&format!(
+        pair.subscriber.execute(&format!(
             "CREATE SUBSCRIPTION bench_sub CONNECTION {} PUBLICATION bench_pub WITH (copy_data = false, streaming = off)",
             literal(&pair.provider.dsn("postgres"))
-        ))?)
+        ))
     }
 
     fn disable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub DISABLE")?)
+        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub DISABLE")
     }
 
     fn enable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub ENABLE")?)
+        pair.subscriber.execute("ALTER SUBSCRIPTION bench_sub ENABLE")
     }
 
     fn streaming_modes(&self) -> &'static [&'static str] {
@@ -59,7 +59,7 @@ impl System for Native {
     }
 
     fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
-        Ok(pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))?)
+        pair.subscriber.execute(&format!("ALTER SUBSCRIPTION bench_sub SET (streaming = {mode})"))
     }
 
     fn join_variants(&self) -> &'static [JoinVariant] {
@@ -71,7 +71,7 @@ impl System for Native {
     }
 
     fn join_provider(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.provider.execute(&format!("CREATE PUBLICATION join_pub FOR TABLE {}", PGBENCH_TABLES.join(", ")))?)
+        pair.provider.execute(&format!("CREATE PUBLICATION join_pub FOR TABLE {}", PGBENCH_TABLES.join(", ")))
     }
 
     fn join_start_sql(&self, pair: &Pair, _variant: &JoinVariant) -> String {

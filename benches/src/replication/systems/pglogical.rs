@@ -136,7 +136,7 @@ impl System for Pglogical {
             ),
             "pglogical.replication_set_add_table",
         ))?;
-        Ok(pair.subscriber.execute(&format!(
+        pair.subscriber.execute(&format!(
             "CREATE EXTENSION pglogical;
              SELECT pglogical.create_node(node_name := 'subscriber', dsn := {});
              SELECT pglogical.create_subscription(subscription_name := 'bench_sub', provider_dsn := {},
@@ -144,14 +144,14 @@ impl System for Pglogical {
                  synchronize_data := false, forward_origins := '{{}}')",
             literal(&pair.subscriber.dsn("postgres")),
             literal(&pair.provider.dsn("postgres"))
-        ))?)
+        ))
     }
 
     fn disable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("SELECT pglogical.alter_subscription_disable('bench_sub', true)")?)
+        pair.subscriber.execute("SELECT pglogical.alter_subscription_disable('bench_sub', true)")
     }
 
     fn enable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("SELECT pglogical.alter_subscription_enable('bench_sub', true)")?)
+        pair.subscriber.execute("SELECT pglogical.alter_subscription_enable('bench_sub', true)")
     }
 }

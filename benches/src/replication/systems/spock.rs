@@ -136,22 +136,22 @@ impl System for Spock {
             format!("SELECT spock.node_create('provider', {})", literal(&pair.provider.dsn("postgres"))),
             "spock.repset_add_table",
         ))?;
-        Ok(pair.subscriber.execute(&format!(
+        pair.subscriber.execute(&format!(
             "CREATE EXTENSION spock;
              SELECT spock.node_create('subscriber', {});
              SELECT spock.sub_create('bench_sub', {}, ARRAY['default', 'default_insert_only'],
                  synchronize_structure := false, synchronize_data := false)",
             literal(&pair.subscriber.dsn("postgres")),
             literal(&pair.provider.dsn("postgres"))
-        ))?)
+        ))
     }
 
     fn disable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("SELECT spock.sub_disable('bench_sub', immediate := true)")?)
+        pair.subscriber.execute("SELECT spock.sub_disable('bench_sub', immediate := true)")
     }
 
     fn enable(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute("SELECT spock.sub_enable('bench_sub', immediate := true)")?)
+        pair.subscriber.execute("SELECT spock.sub_enable('bench_sub', immediate := true)")
     }
 
     fn join_variants(&self) -> &'static [JoinVariant] {
@@ -172,20 +172,20 @@ impl System for Spock {
     fn join_provider(&self, pair: &Pair) -> Result<()> {
         // repset_add_all_tables skips tables without a replica identity (with a
         // warning): pgbench_history goes to the insert-only set
-        Ok(pair.provider.execute(&format!(
+        pair.provider.execute(&format!(
             "CREATE EXTENSION spock;
              SELECT spock.node_create('provider', {});
              SELECT spock.repset_add_all_tables('default', '{{public}}');
              SELECT spock.repset_add_table('default_insert_only', 'pgbench_history');",
             literal(&pair.provider.dsn("postgres"))
-        ))?)
+        ))
     }
 
     fn join_subscriber(&self, pair: &Pair) -> Result<()> {
-        Ok(pair.subscriber.execute(&format!(
+        pair.subscriber.execute(&format!(
             "CREATE EXTENSION spock; SELECT spock.node_create('subscriber', {})",
             literal(&pair.subscriber.dsn("postgres"))
-        ))?)
+        ))
     }
 
     fn join_start_sql(&self, pair: &Pair, variant: &JoinVariant) -> String {
