@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod apply;
+mod catalog;
 mod ddl;
 mod error;
 mod gucs;
