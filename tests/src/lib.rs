@@ -223,7 +223,9 @@ impl PgInstall {
     }
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<Output> {
+/// Runs `cmd` to completion; an error (naming it `what`) with its output when it
+/// cannot start or exits unsuccessfully.
+pub fn run(mut cmd: Command, what: &str) -> Result<Output> {
     let out = cmd.output().map_err(|e| HarnessError(format!("{what}: {e}")))?;
     if !out.status.success() {
         return err(format!(

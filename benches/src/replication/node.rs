@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 
 use spock_tests::{NodeOptions, PgInstall, TestNode};
 
-use super::{err, Result};
+use super::Result;
 
 /// Prefix of every server directory the benchmark creates.
 pub const DIR_PREFIX: &str = "spock-rs-bench-";
@@ -107,14 +107,6 @@ pub fn run_pgbench(node: &Node, pgbench: &Path, args: &[String]) -> Result<Strin
         .env_remove("PGPORT")
         .stdin(Stdio::null());
     let what = format!("pgbench {} on {}", args.join(" "), node.name);
-    let out = cmd.output().map_err(|e| super::Error(format!("{what}: {e}")))?;
-    if !out.status.success() {
-        return err(format!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+    let out = spock_tests::run(cmd, &what)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
