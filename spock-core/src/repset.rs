@@ -22,6 +22,56 @@ pub enum Action {
     Truncate,
 }
 
+/// Which row of an UPDATE a row filter is evaluated on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateRow {
+    /// The row after the UPDATE.
+    New,
+    /// The row before it.
+    Old,
+}
+
+/// What an UPDATE of a table with row filters becomes for a subscriber, from
+/// whether its old and its new row pass the filters (all of them; NULL fails):
+///
+/// | old row | new row | sent as |
+/// |---|---|---|
+/// | passes | passes | UPDATE |
+/// | fails | passes | INSERT of the whole new row (the subscriber never had the row) |
+/// | passes | fails | DELETE of the old key (the row left the subscriber's view) |
+/// | fails | fails | nothing |
+/// | unknown | passes | UPDATE |
+/// | unknown | fails | nothing |
+///
+/// The old row is unknown when the WAL does not hold its filter columns: a filter on
+/// columns outside the replica identity of a table without REPLICA IDENTITY FULL
+/// (`spock.repset_add_table` warns of that). A row that leaves such a filter stays on
+/// the subscriber; its DELETE is sent unfiltered ([`TablePublication::delete_passes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateRoute {
+    /// Send the UPDATE.
+    Update,
+    /// Send an INSERT of the new row.
+    Insert,
+    /// Send a DELETE of the old row's key.
+    Delete,
+    /// Send nothing.
+    Skip,
+}
+
+impl UpdateRoute {
+    /// The route for an old row that passes (`Some(true)`), fails (`Some(false)`) or
+    /// is unknown (`None`), and a new row that passes or fails.
+    pub fn of(old: Option<bool>, new: bool) -> UpdateRoute {
+        match (old, new) {
+            (Some(false), true) => UpdateRoute::Insert,
+            (Some(true), false) => UpdateRoute::Delete,
+            (_, true) => UpdateRoute::Update,
+            (_, false) => UpdateRoute::Skip,
+        }
+    }
+}
+
 /// A replication set (`spock.replication_set`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepSet {
@@ -189,6 +239,49 @@ impl<F> TablePublication<F> {
             }
         }
         Ok(true)
+    }
+
+    /// Whether the table has row filters for the subscribed sets.
+    pub fn has_row_filters(&self) -> bool {
+        !self.row_filters.is_empty()
+    }
+
+    /// Where an UPDATE goes, as PostgreSQL's publications route it: `eval` evaluates
+    /// one filter on the new or the old row; the old row is asked for only when
+    /// `old_known` (its filter columns are in the WAL, see [`UpdateRoute`]). Nothing
+    /// when UPDATE is not published.
+    pub fn route_update<E>(
+        &self,
+        old_known: bool,
+        mut eval: impl FnMut(&F, UpdateRow) -> Result<Option<bool>, E>,
+    ) -> Result<UpdateRoute, E> {
+        if !self.update {
+            return Ok(UpdateRoute::Skip);
+        }
+        if self.row_filters.is_empty() {
+            return Ok(UpdateRoute::Update);
+        }
+        let new = self.row_passes(|f| eval(f, UpdateRow::New))?;
+        let old = if old_known { Some(self.row_passes(|f| eval(f, UpdateRow::Old))?) } else { None };
+        Ok(UpdateRoute::of(old, new))
+    }
+
+    /// Whether a DELETE is sent: it is published, and its old row passes the filters
+    /// when `old_known` (the WAL holds the old row's filter columns). A DELETE whose
+    /// old filter columns are not known is sent: the subscriber may have the row, and
+    /// deleting a row it does not have changes nothing there.
+    pub fn delete_passes<E>(
+        &self,
+        old_known: bool,
+        eval: impl FnMut(&F) -> Result<Option<bool>, E>,
+    ) -> Result<bool, E> {
+        if !self.delete {
+            return Ok(false);
+        }
+        if !old_known {
+            return Ok(true);
+        }
+        self.row_passes(eval)
     }
 
     /// Whether the change is sent: the action is published and every filter accepts

@@ -3,6 +3,7 @@
 -- must pass to join a set, and the event trigger that forgets dropped relations.
 -- Rust side (spock-pgext/src/sql_api/repset.rs): spock._scoped_id,
 -- spock._invalidate_relcache, spock._invalidate_all, spock._parse_row_filter,
+-- spock._row_filter_old_values_logged,
 -- spock._set_needs_replica_identity.
 
 CREATE FUNCTION spock._repset(p_set_name name, OUT set_id oid, OUT replicate_update boolean,
@@ -188,6 +189,14 @@ BEGIN
     END IF;
     IF p_row_filter IS NOT NULL THEN
         v_filter := spock._parse_row_filter(p_rel, p_row_filter);
+        -- A row that an UPDATE takes out of the filter is deleted on subscribers only
+        -- when the WAL holds the old values of the filter's columns.
+        IF (v_set.replicate_update OR v_set.replicate_delete)
+           AND NOT spock._row_filter_old_values_logged(p_rel, p_row_filter) THEN
+            RAISE WARNING 'row filter of table % reads columns whose old values are not logged', p_rel
+                USING DETAIL = 'Rows that an UPDATE moves out of the filter will stay on subscribers, and DELETEs are sent whatever the filter says.',
+                      HINT = format('Use ALTER TABLE %s REPLICA IDENTITY FULL, or filter on replica identity columns only.', p_rel);
+        END IF;
     END IF;
     INSERT INTO spock.replication_set_table (set_id, set_reloid, set_att_list, set_row_filter)
     VALUES (v_set.set_id, p_rel, p_columns, v_filter);

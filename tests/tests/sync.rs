@@ -30,6 +30,7 @@ fn provider_schema(p: &TestNode) {
          CREATE INDEX accounts_owner ON accounts(owner);
          CREATE TABLE moves(id bigserial PRIMARY KEY, account bigint REFERENCES accounts(id), amount int);
          CREATE TABLE filtered(id int PRIMARY KEY, v int);
+         ALTER TABLE filtered REPLICA IDENTITY FULL;
          CREATE TABLE narrow(id int PRIMARY KEY, public_part text, secret text);
          CREATE TABLE unpublished(id int PRIMARY KEY);",
     )
@@ -50,10 +51,10 @@ fn provider_schema(p: &TestNode) {
 }
 
 /// Writes to the provider until `stop`: new accounts with a move each, updates.
-/// `filtered` is only updated where its rows pass the row filter (v > 10) already:
-/// an update that moves a row across the filter is the row-filter transition of
-/// issue #15 (such an update must become an INSERT or DELETE on the subscriber),
-/// tested on its own once that is built.
+/// Each update of `filtered` moves a row into or out of its row filter (v > 10), so
+/// rows cross the filter before, during and after the table's copy: the copy and
+/// the stream (an INSERT for a row that enters, a DELETE for one that leaves) must
+/// agree.
 fn writer(p: &TestNode, stop: Arc<AtomicBool>, done: Arc<AtomicI64>) -> std::thread::JoinHandle<()> {
     let mut client = p.connect().unwrap();
     std::thread::spawn(move || {
@@ -66,10 +67,10 @@ fn writer(p: &TestNode, stop: Arc<AtomicBool>, done: Arc<AtomicI64>) -> std::thr
                      WITH a AS (INSERT INTO accounts(owner, balance) VALUES ('w{i}', {i}) RETURNING id)
                      INSERT INTO moves(account, amount) SELECT id, {i} FROM a;
                      UPDATE accounts SET balance = balance + 1 WHERE id = {};
-                     UPDATE filtered SET v = v + 1 WHERE id = {};
+                     UPDATE filtered SET v = CASE WHEN v > 10 THEN v - 10 ELSE v + 10 END WHERE id = {};
                      COMMIT;",
                     1 + i % 20000,
-                    11 + i % 10
+                    1 + i % 20
                 ))
                 .unwrap();
             done.store(i, Ordering::Relaxed);

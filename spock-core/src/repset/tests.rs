@@ -78,6 +78,56 @@ fn every_row_filter_must_accept_and_null_rejects() {
 }
 
 #[test]
+fn updates_that_cross_the_filter_become_inserts_and_deletes() {
+    use UpdateRoute::*;
+    assert_eq!(UpdateRoute::of(Some(true), true), Update);
+    assert_eq!(UpdateRoute::of(Some(false), true), Insert);
+    assert_eq!(UpdateRoute::of(Some(true), false), Delete);
+    assert_eq!(UpdateRoute::of(Some(false), false), Skip);
+    assert_eq!(UpdateRoute::of(None, true), Update);
+    assert_eq!(UpdateRoute::of(None, false), Skip);
+
+    // The filter is v > 10; the rows are their values of v (None: SQL NULL).
+    let p = TablePublication::new(&default_sets(), &[member(1, None, Some("v > 10"))]);
+    let route = |old: Option<Option<i32>>, new: Option<i32>| {
+        p.route_update(old.is_some(), |_, row| -> Result<Option<bool>, ()> {
+            let v = match row {
+                UpdateRow::New => new,
+                UpdateRow::Old => old.expect("the old row is asked for only when known"),
+            };
+            Ok(v.map(|v| v > 10))
+        })
+        .unwrap()
+    };
+    assert_eq!(route(Some(Some(5)), Some(11)), Insert);
+    assert_eq!(route(Some(Some(50)), Some(3)), Delete);
+    assert_eq!(route(Some(Some(50)), Some(30)), Update);
+    assert_eq!(route(Some(Some(2)), Some(1)), Skip);
+    assert_eq!(route(None, Some(3)), Skip);
+    assert_eq!(route(None, Some(30)), Update);
+    // NULL fails the filter, on either side.
+    assert_eq!(route(Some(None), Some(11)), Insert);
+    assert_eq!(route(Some(Some(50)), None), Delete);
+    // No filter: every published UPDATE goes as it is; an insert-only set sends none.
+    let unfiltered = TablePublication::new(&default_sets(), &[member(1, None, None)]);
+    assert_eq!(unfiltered.route_update(true, |f, _| no_filter(f)).unwrap(), Update);
+    let insert_only = TablePublication::new(&default_sets(), &[member(2, None, Some("v > 10"))]);
+    assert_eq!(insert_only.route_update(true, |_, _| Ok::<_, ()>(Some(true))).unwrap(), Skip);
+}
+
+#[test]
+fn deletes_are_filtered_by_the_old_row_when_it_is_known() {
+    let p = TablePublication::new(&default_sets(), &[member(1, None, Some("v > 10"))]);
+    let old = |v: i32| move |_: &&str| -> Result<Option<bool>, ()> { Ok(Some(v > 10)) };
+    assert!(p.delete_passes(true, old(50)).unwrap());
+    assert!(!p.delete_passes(true, old(5)).unwrap());
+    // Not known: sent whatever the filter would say of the key-only old row.
+    assert!(p.delete_passes(false, |_| Ok::<_, ()>(None)).unwrap());
+    let insert_only = TablePublication::new(&default_sets(), &[member(2, None, Some("v > 10"))]);
+    assert!(!insert_only.delete_passes(false, old(50)).unwrap());
+}
+
+#[test]
 fn row_filter_errors_propagate() {
     let p = TablePublication::new(&default_sets(), &[member(1, None, Some("boom"))]);
     assert_eq!(p.change_passes(Action::Insert, |_| Err("division by zero")), Err("division by zero"));

@@ -32,7 +32,7 @@ use spock_core::origin::{self, OriginId};
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
 use spock_core::proto::writer::{self, RowAction};
 use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, Truncate};
-use spock_core::repset::{Action, RepSet};
+use spock_core::repset::{Action, RepSet, UpdateRoute};
 
 use crate::error::{code_for_sqlstate, PgError};
 use relation::RelEntry;
@@ -443,23 +443,33 @@ unsafe fn decode_change(
     };
     // SAFETY: open relation.
     let relid = unsafe { (*rel).rd_id };
-    // The row filters see the new row, or the old one of a DELETE.
-    let filtered = if action == Action::Delete { oldtuple } else { newtuple };
-    // SAFETY: rel is open; the tuple is null or belongs to rel.
-    let (passes, is_queue) = unsafe {
+    // SAFETY: rel is open; the tuples are null or belong to it.
+    let (send, is_queue) = unsafe {
         let entry = rel_entry(st, rel);
-        (entry.change_passes(action, filtered), entry.is_queue)
+        // The row filters see the new row of an INSERT, the old one of a DELETE, and
+        // route an UPDATE by both (spock_core::repset::UpdateRoute).
+        let send = match action {
+            Action::Insert => entry.change_passes(action, newtuple).then_some(RowAction::Insert),
+            Action::Delete => entry.delete_passes(oldtuple).then_some(RowAction::Delete),
+            _ => match entry.route_update(newtuple, oldtuple) {
+                UpdateRoute::Update => Some(RowAction::Update),
+                UpdateRoute::Insert => Some(RowAction::Insert),
+                UpdateRoute::Delete => Some(RowAction::Delete),
+                UpdateRoute::Skip => None,
+            },
+        };
+        (send, entry.is_queue)
     };
-    if !passes {
+    let Some(row_action) = send else {
         return;
-    }
+    };
     // spock.queue rows go to subscribers of the sets they name (queue.rs).
     // SAFETY: rel is the open queue; newtuple is null or its new row.
     if is_queue && !unsafe { queue::row_wanted(rel, newtuple, &st.sets) } {
         return;
     }
     let entry = &st.rels[&relid];
-    if action == Action::Delete && oldtuple.is_null() {
+    if row_action == RowAction::Delete && oldtuple.is_null() {
         // A table without replica identity deletes without an old key; it cannot be
         // in a set that publishes deletes, but never send a DELETE without a key.
         PgError::new(
@@ -471,7 +481,7 @@ unsafe fn decode_change(
         )
         .raise()
     }
-    if action != Action::Delete && newtuple.is_null() {
+    if row_action != RowAction::Delete && newtuple.is_null() {
         return;
     }
     let old_kind = if entry.identity_full { OldTupleKind::Full } else { OldTupleKind::Key };
@@ -481,19 +491,22 @@ unsafe fn decode_change(
         ensure_relmeta(ctx, st, relid);
     }
     let entry = st.rels.get_mut(&relid).expect("entry built above");
-    let row_action = match action {
-        Action::Insert => RowAction::Insert,
-        Action::Update => RowAction::Update,
-        _ => RowAction::Delete,
+    // An UPDATE sent as INSERT carries the whole row: values the UPDATE left in TOAST
+    // come from the old row where the WAL has it (REPLICA IDENTITY FULL).
+    let newtuple = if action == Action::Update && row_action == RowAction::Insert && !oldtuple.is_null() {
+        // SAFETY: both are tuples of rel; the result lives in the message context.
+        unsafe { entry.with_unchanged_from(rel, newtuple, oldtuple) }
+    } else {
+        newtuple
     };
     // SAFETY: inside a callback; the tuples belong to rel.
     unsafe {
         st.sink.send_row(ctx, st.stream.change_prefix(), row_action, u32::from(relid), |buf| {
-            if !oldtuple.is_null() {
+            if row_action != RowAction::Insert && !oldtuple.is_null() {
                 writer::old_tuple_marker(buf, old_kind);
                 entry.write_tuple(rel, oldtuple, buf)?;
             }
-            if action != Action::Delete {
+            if row_action != RowAction::Delete {
                 writer::new_tuple_marker(buf);
                 entry.write_tuple(rel, newtuple, buf)?;
             }

@@ -18,7 +18,7 @@ use pgrx::PgSqlErrorCode;
 use spock_core::proto::transfer::{self, TransferKind, TypeFacts};
 use spock_core::proto::writer::TupleWriter;
 use spock_core::proto::{EncodeError, RelColumn, Relation as RelMessage};
-use spock_core::repset::{self, Action, RepSet, TablePublication};
+use spock_core::repset::{self, Action, RepSet, TablePublication, UpdateRoute, UpdateRow};
 
 use super::catalog;
 use super::row_filter::{FilterExpr, RowFilters};
@@ -50,6 +50,18 @@ struct Column {
     fallback_text: Box<pg_sys::FmgrInfo>,
 }
 
+/// Whether the WAL of an UPDATE tells how the old row stood with the row filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OldFilterColumns {
+    /// REPLICA IDENTITY FULL: the old row is all there.
+    InOldRow,
+    /// The filters read replica identity columns only: the old key when the UPDATE
+    /// changed it, otherwise they equal the new row's.
+    InKeyOrNewRow,
+    /// The filters read other columns, which the WAL does not hold for the old row.
+    Unknown,
+}
+
 /// Per-relation state of an output plugin connection.
 pub struct RelEntry {
     /// The entry's memory (see the module comment), deleted on drop.
@@ -58,6 +70,8 @@ pub struct RelEntry {
     publication: TablePublication<FilterExpr>,
     /// Where the row filters run; `None` without row filters.
     filters: Option<RowFilters>,
+    /// What the row filters can know of an UPDATE's old row.
+    old_filter_columns: OldFilterColumns,
     /// The table is `spock.queue`, whose rows have their own rule (`queue.rs`).
     pub is_queue: bool,
     columns: Vec<Column>,
@@ -167,10 +181,11 @@ impl RelEntry {
         };
         // SAFETY: rel is open; the node strings come from our catalog; everything is
         // allocated in the entry's context.
+        let mut filter_columns: *mut pg_sys::Bitmapset = std::ptr::null_mut();
         let (filters, publication) = unsafe {
             let old = pg_sys::MemoryContextSwitchTo(cxt);
-            let filters = (!publication.row_filters.is_empty()).then(|| RowFilters::new(rel));
-            let publication = publication.map_filters(|tree| RowFilters::prepare(&tree));
+            let filters = publication.has_row_filters().then(|| RowFilters::new(rel));
+            let publication = publication.map_filters(|tree| RowFilters::prepare(&tree, &mut filter_columns));
             pg_sys::MemoryContextSwitchTo(old);
             (filters, publication)
         };
@@ -178,6 +193,15 @@ impl RelEntry {
         // SAFETY: returns a palloc'd bitmap of the identity key columns of an open relation.
         let identity = unsafe {
             pg_sys::RelationGetIndexAttrBitmap(rel, pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY)
+        };
+        let identity_full = relform.relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char;
+        let old_filter_columns = if identity_full {
+            OldFilterColumns::InOldRow
+        // SAFETY: two valid (possibly empty) bitmaps.
+        } else if unsafe { pg_sys::bms_is_subset(filter_columns, identity) } {
+            OldFilterColumns::InKeyOrNewRow
+        } else {
+            OldFilterColumns::Unknown
         };
         // SAFETY: desc is the relation's valid tuple descriptor.
         let natts = unsafe { (*desc).natts } as usize;
@@ -213,8 +237,9 @@ impl RelEntry {
         RelEntry {
             cxt,
             filters,
+            old_filter_columns,
             is_queue: spock_core::ddl::is_queue_table(&nspname, &relname),
-            identity_full: relform.relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char,
+            identity_full,
             relmessage: RelMessage { flags: 0, relid: u32::from(relid), nspname, relname, columns: relcolumns },
             relmeta_sent: false,
             publication,
@@ -230,9 +255,10 @@ impl RelEntry {
         &self.relmessage
     }
 
-    /// Whether a change of kind `action` is sent, with its row filters evaluated on
-    /// `tuple` (the new row, or the old one of a DELETE): a change without a row to
-    /// filter does not pass filters.
+    /// Whether an INSERT or TRUNCATE is sent, with the row filters evaluated on
+    /// `tuple` (the new row of an INSERT): a row that is not there does not pass
+    /// filters. DELETE and UPDATE have their own rules ([`RelEntry::delete_passes`],
+    /// [`RelEntry::route_update`]).
     ///
     /// SAFETY: `tuple` is null or a tuple of the entry's relation.
     pub unsafe fn change_passes(&mut self, action: Action, tuple: pg_sys::HeapTuple) -> bool {
@@ -246,6 +272,94 @@ impl RelEntry {
             unsafe { f.finish() };
         }
         verdict.unwrap_or_else(|never| match never {})
+    }
+
+    /// Whether a DELETE with old row or key `oldtuple` is sent
+    /// ([`TablePublication::delete_passes`]).
+    ///
+    /// SAFETY: `oldtuple` is null or a tuple of the entry's relation.
+    pub unsafe fn delete_passes(&mut self, oldtuple: pg_sys::HeapTuple) -> bool {
+        let known = !oldtuple.is_null() && self.old_filter_columns != OldFilterColumns::Unknown;
+        let filters = &mut self.filters;
+        let verdict = self.publication.delete_passes(known, |expr| {
+            // SAFETY: the filters were prepared for this relation; the tuple belongs to it.
+            Ok::<_, std::convert::Infallible>(filters.as_mut().and_then(|f| unsafe { f.evaluate(*expr, oldtuple) }))
+        });
+        if let Some(f) = filters {
+            // SAFETY: ends the evaluations of this change.
+            unsafe { f.finish() };
+        }
+        verdict.unwrap_or_else(|never| match never {})
+    }
+
+    /// Where an UPDATE goes for this connection ([`UpdateRoute`]): `newtuple` is its
+    /// new row, `oldtuple` its old row or key as the WAL holds it (null when the key
+    /// did not change and the identity is not FULL).
+    ///
+    /// SAFETY: the tuples are null or tuples of the entry's relation.
+    pub unsafe fn route_update(&mut self, newtuple: pg_sys::HeapTuple, oldtuple: pg_sys::HeapTuple) -> UpdateRoute {
+        if newtuple.is_null() {
+            return UpdateRoute::Skip;
+        }
+        // The row the filters see as the old one; null: not known.
+        let old_row = match self.old_filter_columns {
+            OldFilterColumns::InOldRow => oldtuple,
+            OldFilterColumns::InKeyOrNewRow if oldtuple.is_null() => newtuple,
+            OldFilterColumns::InKeyOrNewRow => oldtuple,
+            OldFilterColumns::Unknown => std::ptr::null_mut(),
+        };
+        let filters = &mut self.filters;
+        let route = self.publication.route_update(!old_row.is_null(), |expr, row| {
+            let tuple = if row == UpdateRow::New { newtuple } else { old_row };
+            // SAFETY: the filters were prepared for this relation; the tuples belong to it.
+            Ok::<_, std::convert::Infallible>(filters.as_mut().and_then(|f| unsafe { f.evaluate(*expr, tuple) }))
+        });
+        if let Some(f) = filters {
+            // SAFETY: ends the evaluations of this change.
+            unsafe { f.finish() };
+        }
+        route.unwrap_or_else(|never| match never {})
+    }
+
+    /// `newtuple` with each value the UPDATE left in TOAST (an on-disk pointer the
+    /// subscriber could not resolve in an INSERT) taken from `oldtuple` where that
+    /// has it; `newtuple` itself when it has none. A new tuple in the current memory
+    /// context otherwise.
+    ///
+    /// SAFETY: `rel` is open; both are valid tuples of it.
+    pub unsafe fn with_unchanged_from(
+        &mut self,
+        rel: pg_sys::Relation,
+        newtuple: pg_sys::HeapTuple,
+        oldtuple: pg_sys::HeapTuple,
+    ) -> pg_sys::HeapTuple {
+        // SAFETY: rel is open.
+        let desc = unsafe { (*rel).rd_att };
+        let mut old_values = vec![pg_sys::Datum::from(0usize); self.natts];
+        let mut old_nulls = vec![true; self.natts];
+        self.values.clear();
+        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
+        self.nulls.clear();
+        self.nulls.resize(self.natts, true);
+        // SAFETY: arrays sized to the descriptor's natts.
+        unsafe {
+            pg_sys::heap_deform_tuple(newtuple, desc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr());
+            pg_sys::heap_deform_tuple(oldtuple, desc, old_values.as_mut_ptr(), old_nulls.as_mut_ptr());
+        }
+        let mut changed = false;
+        for col in self.columns.iter().filter(|c| c.varlena && c.index < self.natts) {
+            let i = col.index;
+            // SAFETY: a non-null varlena datum of the new row.
+            if !self.nulls[i] && unsafe { is_on_disk_toast(self.values[i]) } && !old_nulls[i] {
+                self.values[i] = old_values[i];
+                changed = true;
+            }
+        }
+        if !changed {
+            return newtuple;
+        }
+        // SAFETY: values and nulls match the descriptor.
+        unsafe { pg_sys::heap_form_tuple(desc, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) }
     }
 
     /// Writes a heap tuple of the relation as a wire tuple straight into `out`.
@@ -278,9 +392,7 @@ impl RelEntry {
                 // header bits of the server's byte order.
                 let external = unsafe { varlena::varatt_is_1b_e(ptr) };
                 // SAFETY: as above.
-                if external
-                    && u32::from(unsafe { varlena::vartag_external(ptr) }) == pg_sys::vartag_external::VARTAG_ONDISK
-                {
+                if external && unsafe { is_on_disk_toast(value) } {
                     w.unchanged_toast();
                     continue;
                 }
@@ -294,6 +406,20 @@ impl RelEntry {
             unsafe { write_value(&mut w, col, value)? };
         }
         Ok(())
+    }
+}
+
+/// Whether a non-null varlena datum is a pointer to a value in the TOAST table
+/// (what decoding hands for a value an UPDATE did not change).
+///
+/// SAFETY: `value` is a non-null varlena datum.
+unsafe fn is_on_disk_toast(value: pg_sys::Datum) -> bool {
+    let ptr = value.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: a varlena has at least a 1-byte header; an external one has its tag in
+    // the second byte. pgrx reads the header bits of the server's byte order.
+    unsafe {
+        varlena::varatt_is_1b_e(ptr)
+            && u32::from(varlena::vartag_external(ptr)) == pg_sys::vartag_external::VARTAG_ONDISK
     }
 }
 

@@ -18,8 +18,8 @@ pub struct FilterExpr(*mut pg_sys::ExprState);
 pub struct RowFilters {
     econtext: *mut pg_sys::ExprContext,
     slot: *mut pg_sys::TupleTableSlot,
-    /// The slot holds the row being filtered.
-    stored: bool,
+    /// The row the slot holds (null: none).
+    stored: pg_sys::HeapTuple,
 }
 
 impl RowFilters {
@@ -34,40 +34,44 @@ impl RowFilters {
             // under the resource owner of the moment, which is gone when we drop the slot.
             let desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
             let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
-            RowFilters { econtext, slot, stored: false }
+            RowFilters { econtext, slot, stored: std::ptr::null_mut() }
         }
     }
 
     /// Prepares `tree` (`nodeToString` output of a boolean expression over the
-    /// relation) in the current memory context.
+    /// relation) in the current memory context, adding the columns it reads to
+    /// `columns` (attribute numbers offset by `FirstLowInvalidHeapAttributeNumber`,
+    /// as `pull_varattnos` and `RelationGetIndexAttrBitmap` give them).
     ///
     /// SAFETY: the expression comes from our own catalog, written by
-    /// `spock._parse_row_filter`.
-    pub unsafe fn prepare(tree: &str) -> FilterExpr {
+    /// `spock._parse_row_filter`; `columns` is a valid (possibly empty) bitmap.
+    pub unsafe fn prepare(tree: &str, columns: &mut *mut pg_sys::Bitmapset) -> FilterExpr {
         let c = CString::new(tree).unwrap_or_else(|_| {
             PgError::new(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "row filter contains a NUL byte").raise()
         });
         // SAFETY: see above.
         unsafe {
             let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Expr;
+            // The filter's expression is over the relation alone: range table index 1.
+            pg_sys::pull_varattnos(node.cast(), 1, columns);
             let planned = pg_sys::expression_planner(node);
             FilterExpr(pg_sys::ExecInitExpr(planned, std::ptr::null_mut()))
         }
     }
 
     /// The result of `expr` on `tuple` (`None` for NULL). Call [`RowFilters::finish`]
-    /// after the last filter of a row.
+    /// after the last filter of a change.
     ///
     /// SAFETY: `expr` was prepared for the relation and `tuple` is a tuple of it,
-    /// the same for every call until `finish`.
+    /// valid until `finish`.
     pub unsafe fn evaluate(&mut self, expr: FilterExpr, tuple: pg_sys::HeapTuple) -> Option<bool> {
         // SAFETY: evaluating a prepared expression on a slot holding the tuple, in
         // the expression context's per-tuple memory.
         unsafe {
-            if !self.stored {
+            if self.stored != tuple {
                 pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
                 (*self.econtext).ecxt_scantuple = self.slot;
-                self.stored = true;
+                self.stored = tuple;
             }
             let old = pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory);
             let mut isnull = false;
@@ -82,7 +86,7 @@ impl RowFilters {
     ///
     /// SAFETY: the econtext and slot are valid (created by `new`).
     pub unsafe fn finish(&mut self) {
-        if !std::mem::take(&mut self.stored) {
+        if std::mem::replace(&mut self.stored, std::ptr::null_mut()).is_null() {
             return;
         }
         // SAFETY: see above.

@@ -126,6 +126,42 @@ unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option
     STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
 )]
 fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
+    // SAFETY: a node tree in the current memory context.
+    with_parsed_row_filter(relation, row_filter, |_, expr| unsafe {
+        CStr::from_ptr(pg_sys::nodeToString(expr.cast())).to_string_lossy().into_owned()
+    })
+}
+
+/// `spock._row_filter_old_values_logged(relation, row_filter) RETURNS boolean`:
+/// whether the WAL of an UPDATE holds the old values of every column the row filter
+/// reads (REPLICA IDENTITY FULL, or only replica identity columns), so that the
+/// output plugin can tell when a row enters or leaves the filter
+/// (`spock_core::repset::UpdateRoute`).
+#[pg_extern(volatile, strict, name = "_row_filter_old_values_logged")]
+fn row_filter_old_values_logged(relation: pg_sys::Oid, row_filter: &str) -> bool {
+    with_parsed_row_filter(relation, row_filter, |rel, expr| {
+        // SAFETY: rel is open; expr is a parsed expression over it (range table
+        // index 1); both bitmaps are palloc'd in the current context.
+        unsafe {
+            if (*(*rel).rd_rel).relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char {
+                return true;
+            }
+            let mut columns: *mut pg_sys::Bitmapset = std::ptr::null_mut();
+            pg_sys::pull_varattnos(expr.cast(), 1, &mut columns);
+            let identity =
+                pg_sys::RelationGetIndexAttrBitmap(rel, pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_IDENTITY_KEY);
+            pg_sys::bms_is_subset(columns, identity)
+        }
+    })
+}
+
+/// Parses and checks `row_filter` over `relation` (see `_parse_row_filter`) and
+/// hands the open relation and the boolean expression to `f`.
+fn with_parsed_row_filter<R>(
+    relation: pg_sys::Oid,
+    row_filter: &str,
+    f: impl FnOnce(pg_sys::Relation, *mut pg_sys::Node) -> R,
+) -> R {
     require_relation(relation);
     // SAFETY: every call below is a plain backend function used as the server's own
     // CHECK-constraint code uses it, inside the current transaction; the relation
@@ -161,9 +197,9 @@ fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
         let expr = pg_sys::transformExpr(pstate, expr, pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT);
         let expr = pg_sys::coerce_to_boolean(pstate, expr, c"row_filter".as_ptr());
         pg_sys::assign_expr_collations(pstate, expr);
-        let tree = CStr::from_ptr(pg_sys::nodeToString(expr.cast())).to_string_lossy().into_owned();
+        let result = f(rel, expr);
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        tree
+        result
     }
 }
