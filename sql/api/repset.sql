@@ -50,7 +50,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE c.relreplident
              WHEN 'f' THEN true
              WHEN 'i' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
-             WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+             -- PostgreSQL logs no old key for a DEFERRABLE primary key.
+             WHEN 'd' THEN EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary
+                                                           AND i.indimmediate)
              ELSE false
            END
       FROM pg_class c WHERE c.oid = p_rel;
@@ -158,6 +160,12 @@ BEGIN
         IF p_skip THEN
             RAISE WARNING 'skipping table % for replication set %: it has no PRIMARY KEY or replica identity', p_rel, p_set_name;
             RETURN false;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_index WHERE indrelid = p_rel AND indisprimary AND NOT indimmediate) THEN
+            RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+                USING ERRCODE = 'invalid_object_definition',
+                      DETAIL = 'The PRIMARY KEY of the table is DEFERRABLE: PostgreSQL does not log it as the replica identity of UPDATEs and DELETEs, and the given replication set is configured to replicate them.',
+                      HINT = 'Make the primary key NOT DEFERRABLE, or set REPLICA IDENTITY FULL (or USING INDEX on a unique index that is not deferrable), or use an insert-only set.';
         END IF;
         RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
             USING ERRCODE = 'invalid_object_definition',

@@ -122,6 +122,14 @@ fn repset_functions() {
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.no_pk')");
     assert!(err.starts_with("42P17") && err.contains("app.no_pk"), "{err}");
     node.execute("SELECT spock.repset_add_table('default_insert_only', 'app.no_pk')").unwrap();
+    // A DEFERRABLE primary key is no replica identity: PostgreSQL logs no old key.
+    node.execute("CREATE TABLE app.deferred(id int PRIMARY KEY DEFERRABLE, v text)").unwrap();
+    let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.deferred')");
+    assert!(err.starts_with("42P17") && err.contains("DEFERRABLE"), "{err}");
+    node.execute(
+        "ALTER TABLE app.deferred REPLICA IDENTITY FULL; SELECT spock.repset_add_table('default', 'app.deferred')",
+    )
+    .unwrap();
     node.execute("SELECT spock.repset_add_table('default', 'app.full_ident')").unwrap();
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.unlogged')");
     assert!(err.starts_with("22023") && err.contains("UNLOGGED"), "{err}");
@@ -169,7 +177,7 @@ fn repset_functions() {
         .unwrap();
     assert_eq!(
         tables,
-        "app.full_ident:default app.no_pk:default_insert_only app.parted:custom app.parted_1:custom app.with_pk:default"
+        "app.deferred:default app.full_ident:default app.no_pk:default_insert_only app.parted:custom app.parted_1:custom app.with_pk:default"
     );
     assert!(node.query_one::<bool>("SELECT spock.repset_remove_table('custom', 'app.parted')").unwrap());
     let err = error_of(&node, "SELECT spock.repset_remove_table('custom', 'app.parted')");
