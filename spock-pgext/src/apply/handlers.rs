@@ -437,7 +437,7 @@ impl ApplySession {
                 "spock subscription {}: skipping remote transaction {} with commit LSN {} (sub_alter_skiplsn)",
                 self.sub.name,
                 b.xid,
-                super::subscription::format_lsn(b.final_lsn)
+                proto::format_lsn(b.final_lsn)
             );
         }
         let replay =
@@ -447,7 +447,7 @@ impl ApplySession {
                 "spock subscription {}: replaying remote transaction {} (commit LSN {}) that failed before, in {} mode",
                 self.sub.name,
                 b.xid,
-                super::subscription::format_lsn(b.final_lsn),
+                proto::format_lsn(b.final_lsn),
                 match mode {
                     ReplayMode::Discard => "discard",
                     ReplayMode::LogOnly => "transdiscard",

@@ -30,7 +30,9 @@ use crate::error::{spi_failed, PgError};
 use crate::libpq::{wait_for_socket, Connection, CopyData};
 use crate::workers::APPLY_TYPE;
 use handlers::ApplySession;
-use subscription::{format_lsn, parse_lsn, SubscriptionInfo};
+use spock_core::ident::quote_identifier;
+use spock_core::proto::{format_lsn, parse_lsn};
+use subscription::SubscriptionInfo;
 
 /// Microseconds between the Unix and the PostgreSQL epoch.
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -55,21 +57,17 @@ pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display
         .raise()
 }
 
-pub(crate) fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// Creates the subscription's slot on the provider (dropping a leftover one from an
 /// interrupted earlier attempt) and starts the origin at its consistent point.
 pub(crate) fn create_slot(sub: &SubscriptionInfo) {
     let conn =
         Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
             .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
-    let cmd = format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output", quote_ident(&sub.slot_name));
+    let cmd = format!("CREATE_REPLICATION_SLOT {} LOGICAL spock_output", quote_identifier(&sub.slot_name));
     let rows = match conn.query(&cmd) {
         Ok(r) => r,
         Err(e) if e.sqlstate.as_deref() == Some("42710") => {
-            conn.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)))
+            conn.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)))
                 .unwrap_or_else(|e| fail(sub, "could not drop the leftover slot", e));
             conn.query(&cmd).unwrap_or_else(|e| fail(sub, "could not create the replication slot", e))
         }
@@ -114,9 +112,7 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
         pg_version_num: pg_sys::PG_VERSION_NUM,
         binary: BinaryFormat::LP64_LITTLE_ENDIAN,
         forward_origins: Some(sub.forward_origins.join(",")),
-        replication_sets: Some(
-            sub.replication_sets.iter().map(|s| spock_core::ident::quote_identifier(s)).collect::<Vec<_>>().join(","),
-        ),
+        replication_sets: Some(sub.replication_sets.iter().map(|s| quote_identifier(s)).collect::<Vec<_>>().join(",")),
         replicate_only_table: None,
         spock_version: spock_core::SPOCK_COMPAT_VERSION.into(),
         spock_version_num: spock_core::SPOCK_COMPAT_VERSION_NUM,
@@ -136,12 +132,12 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
         // internal datums, which a receiver cannot validate.
         .map(|(k, v)| {
             let v = if k == "binary.want_internal_basetypes" { "0" } else { v.as_str() };
-            format!("{} {}", quote_ident(k), conn.literal(v))
+            format!("{} {}", quote_identifier(k), conn.literal(v))
         })
         .collect();
     format!(
         "START_REPLICATION SLOT {} LOGICAL {} ({})",
-        quote_ident(&sub.slot_name),
+        quote_identifier(&sub.slot_name),
         format_lsn(start),
         opts.join(", ")
     )

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
 use spock_core::proto::stream::StreamOrder;
-use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion};
+use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion, StreamAbort};
 use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
 
 use super::handlers::ApplySession;
@@ -194,7 +194,7 @@ impl StreamReceiver {
                 if self.eager == Some(a.xid) {
                     self.fall_back(session, "a subtransaction or the transaction aborted");
                 }
-                self.abort(a.xid, a.subxid)
+                self.abort(&a)
             }
             Message::StreamCommit(c) => {
                 if self.eager == Some(c.xid) && (c.origin_id == 0 || c.origin_id == self.provider_node) {
@@ -321,8 +321,9 @@ impl StreamReceiver {
         }
     }
 
-    fn abort(&mut self, xid: u32, subxid: u32) {
-        if xid == subxid {
+    fn abort(&mut self, a: &StreamAbort) {
+        let (xid, subxid) = (a.xid, a.subxid);
+        if a.is_toplevel() {
             let Some(txn) = self.txns.remove(&xid) else {
                 protocol_error(&self.sub_name, format!("stream abort for unknown transaction {xid}"));
             };

@@ -35,10 +35,13 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::copy_from;
 use super::owner::as_table_owner;
-use super::subscription::{format_lsn, parse_lsn, set_sync_status, SubscriptionInfo};
-use super::{create_slot, fail, quote_ident};
+use super::subscription::{set_sync_status, SubscriptionInfo};
+use super::{create_slot, fail};
+use crate::ddl::quote_identifier;
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
+use spock_core::ident::quote_identifier as quote_repl_name;
+use spock_core::proto::{format_lsn, parse_lsn};
 
 /// What the subscription asked to synchronise.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,7 +114,7 @@ pub fn run(sub: &SubscriptionInfo) {
     let repl =
         Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
             .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
-    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)));
+    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_repl_name(&sub.slot_name)));
     // The provider's apply workers hold still while the snapshot is taken and their
     // progress read: the snapshot then holds exactly the other nodes' transactions
     // up to that progress, and this node's subscriptions to those nodes start there.
@@ -131,7 +134,7 @@ pub fn run(sub: &SubscriptionInfo) {
     }
     let created = repl.query(&format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
-        quote_ident(&sub.slot_name)
+        quote_repl_name(&sub.slot_name)
     ));
     let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
     if can_pause {
@@ -469,7 +472,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         // The copy's commit moves the origin to the slot's consistent point.
         copy_from::commit_as_provider(&sub.slot_name, lsn);
         for t in &tables {
-            let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
+            let name = format!("{}.{}", quote_identifier(&t.nspname), quote_identifier(&t.relname));
             let relid = local_table(sub, &name);
             if has_rows(&name) {
                 sync_error(
@@ -658,7 +661,7 @@ pub fn sync_pending_tables(sub: &SubscriptionInfo) -> bool {
 }
 
 fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
-    let name = format!("{}.{}", quote_ident(nsp), quote_ident(rel));
+    let name = format!("{}.{}", quote_identifier(nsp), quote_identifier(rel));
     pgrx::log!(
         "spock subscription {}: synchronising table {name}{}",
         sub.name,
@@ -670,7 +673,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let rows = repl
         .query(&format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')",
-            quote_ident(&slot)
+            quote_repl_name(&slot)
         ))
         .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
     let row = rows.first().cloned().unwrap_or_default();

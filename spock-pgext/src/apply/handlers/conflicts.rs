@@ -29,7 +29,9 @@ impl ApplySession {
                     )
                     .unwrap_or_else(|e| spi_failed("reading replication origins", e))
                     .next()
-                    .and_then(|r| r.get::<String>(1).ok().flatten());
+                    .and_then(|r| {
+                        r.get::<String>(1).unwrap_or_else(|e| spi_failed("reading a replication origin's name", e))
+                    });
                 match roname {
                     Some(name) => match names::origin_node_of(&slot, &name) {
                         Some(None) => provider,
@@ -42,9 +44,12 @@ impl ApplySession {
                                     Some(1),
                                     &[name.as_str().into()],
                                 )
-                                .ok()
-                                .and_then(|t| t.into_iter().next())
-                                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                                .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
+                                .next()
+                                .and_then(|r| {
+                                    r.get::<i64>(1)
+                                        .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
+                                })
                                 .map(|n| n as u16)
                                 .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
                                 .unwrap_or(0)
@@ -59,9 +64,9 @@ impl ApplySession {
                     Some(1),
                     &[i64::from(node).into()],
                 )
-                .ok()
-                .and_then(|t| t.into_iter().next())
-                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                .unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e))
+                .next()
+                .and_then(|r| r.get::<i64>(1).unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e)))
                 .unwrap_or(i64::from(node));
             (node, tiebreaker)
         });
@@ -154,7 +159,7 @@ impl ApplySession {
                         i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
                         remote.commit_ts.into(),
                         self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
-                        crate::apply::subscription::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
+                        proto::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
                         local_tuple.as_deref().into(),
                         local_xid.as_deref().into(),
                         remote_tuple.as_deref().into(),

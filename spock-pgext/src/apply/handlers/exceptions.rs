@@ -38,7 +38,7 @@ impl ApplySession {
             "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
             self.sub.name,
             remote.xid,
-            crate::apply::subscription::format_lsn(remote.final_lsn),
+            proto::format_lsn(remote.final_lsn),
             self.current_change,
             match next {
                 ReplayMode::Discard => "discard",
@@ -176,7 +176,7 @@ impl ApplySession {
     /// without moving the origin, so that re-enabling retries the transaction and
     /// `sub_alter_skiplsn` can skip it.
     pub(super) fn disable_after_exception(&mut self, remote: RemoteTxn) {
-        let lsn = crate::apply::subscription::format_lsn(remote.final_lsn);
+        let lsn = proto::format_lsn(remote.final_lsn);
         let xid = remote.xid;
         let changes = remote.changes;
         self.remote = Some(remote);
