@@ -17,6 +17,8 @@
 //! * [`walsender`]: the walsender's framing around plugin messages (`w`, `k`, `r`)
 //!   and when a subscriber owes feedback.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
+//! * [`eager`]: when a streamed transaction is applied as it arrives, and when that
+//!   falls back to replaying its spill file at commit.
 //! * [`conninfo`]: connection settings for programs we run, the password kept off
 //!   their command line.
 //!
@@ -28,6 +30,7 @@
 pub mod conflict;
 pub mod conninfo;
 pub mod ddl;
+pub mod eager;
 pub mod exception;
 pub mod holds;
 pub mod ident;

@@ -4,9 +4,9 @@
 
 use super::*;
 
-impl ApplySession {
+impl SessionState {
     pub(super) fn remote_version(&self) -> RowVersion {
-        RowVersion { commit_ts: self.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
+        RowVersion { commit_ts: self.txn.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
     }
 
     /// Node id and tiebreaker of the node that wrote under local origin `origin`.
@@ -76,17 +76,17 @@ impl ApplySession {
 
     /// Decides a conflict of `kind` against the local row version.
     pub(super) fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
-        if self.eager {
+        if let Some(r) = self.txn.remote.as_mut().filter(|r| r.eager) {
             // Needs the remote commit timestamp: replayed at commit instead.
-            self.eager_conflict = true;
+            r.needs_commit = true;
             return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
         }
         // The bookkeeping below (spock's catalogs, spock.resolutions) is the worker's,
         // not the table owner's the change runs as.
         // SAFETY: `as_owner` is set only while that switch is in force (with_writer).
-        let _worker = self.as_owner.map(|s| unsafe { super::owner::WorkerSwitch::enter(s) });
+        let _worker = self.txn.as_owner.map(|s| unsafe { crate::apply::owner::WorkerSwitch::enter(s) });
         let remote = self.remote_version();
-        let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
+        let remote_node = self.txn.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
         let remote_tb = {
             let o = self.session_origin;
             self.node_of_origin(o).1
@@ -129,7 +129,7 @@ impl ApplySession {
     pub(super) fn save_resolution(&self, d: &Decision, local: Option<RowVersion>, relation: &str) {
         let remote = self.remote_version();
         let node_name = self.sub.local_name.clone();
-        let (local_slot, remote_slot) = self.conflict_rows;
+        let (local_slot, remote_slot) = self.txn.conflict_rows;
         // SAFETY: the slots were set by the handler deciding this conflict and are
         // alive until it returns.
         let (local_tuple, local_xid, remote_tuple) = unsafe {
@@ -156,10 +156,10 @@ impl ApplySession {
                         d.resolution.as_str().into(),
                         local.map(|l| i32::from(l.origin)).into(),
                         local.map_or(0i64, |l| l.commit_ts).into(),
-                        i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
+                        i32::from(self.txn.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
                         remote.commit_ts.into(),
-                        self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
-                        proto::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
+                        self.txn.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
+                        proto::format_lsn(self.txn.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
                         local_tuple.as_deref().into(),
                         local_xid.as_deref().into(),
                         remote_tuple.as_deref().into(),

@@ -7,23 +7,25 @@ use super::*;
 impl ApplySession {
     /// Reads which synchronised tables the stream still has to catch up with.
     pub fn reload_table_skips(&mut self) {
-        let id = self.sub.id;
-        self.table_skips =
+        let id = self.s.sub.id;
+        self.s.table_skips =
             pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::catching_up_tables(id))
                 .into_iter()
                 .map(|(n, r, lsn)| ((n, r), lsn))
                 .collect();
     }
+}
 
-    /// Whether change `c` of a transaction that committed at `final_lsn` is already
-    /// in a table sync's copy.
-    pub(super) fn in_table_copy(&self, c: &Change<'_>, final_lsn: u64) -> bool {
+impl SessionState {
+    /// Whether a change to remote relation `rel` of a transaction that committed at
+    /// `final_lsn` is already in a table sync's copy.
+    pub(super) fn in_table_copy(&self, rel: Option<&proto::Relation>, final_lsn: u64) -> bool {
         if self.table_skips.is_empty() {
             return false;
         }
-        let Some(rel) = c.relid().and_then(|r| self.rels.get(&r)) else { return false };
+        let Some(rel) = rel else { return false };
         self.table_skips
-            .get(&(rel.msg.nspname.clone(), rel.msg.relname.clone()))
+            .get(&(rel.nspname.clone(), rel.relname.clone()))
             .is_some_and(|&copied_at| final_lsn < copied_at)
     }
 
