@@ -400,8 +400,7 @@ fn skip_schemas(sub: &SubscriptionInfo) -> Vec<String> {
             "SELECT coalesce(sub_skip_schema, '{}') FROM spock.subscription WHERE sub_id = $1::int8::oid",
             &[i64::from(sub.id).into()],
         )
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| no_row_or_raise(e, "reading the subscription's skipped schemas"))
         .unwrap_or_default()
     })
 }
@@ -517,8 +516,7 @@ fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -
 /// The oid of local table `name` (quoted); a clear error when it does not exist.
 fn local_table(sub: &SubscriptionInfo, name: &str) -> pg_sys::Oid {
     Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()])
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| spi_failed(&format!("looking up table {name}"), e))
         .unwrap_or_else(|| sync_error(sub, &format!("table {name} on this node"), "it does not exist"))
 }
 
@@ -587,14 +585,9 @@ pub fn pending_tables(sub_id: u32) -> Vec<(String, String, bool)> {
                 None,
                 &[i64::from(sub_id).into()],
             )
-            .map(|t| {
-                t.into_iter()
-                    .filter_map(|r| {
-                        Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(|e| spi_failed("reading the tables waiting for a sync", e))
+            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+            .collect()
     })
 }
 
@@ -612,18 +605,12 @@ pub fn catching_up_tables(sub_id: u32) -> Vec<(String, String, u64)> {
                 None,
                 &[i64::from(sub_id).into()],
             )
-            .map(|t| {
-                t.into_iter()
-                    .filter_map(|r| {
-                        Some((
-                            r.get::<String>(1).ok()??,
-                            r.get::<String>(2).ok()??,
-                            parse_lsn(&r.get::<String>(3).ok()??)?,
-                        ))
-                    })
-                    .collect()
+            // Without them the stream would apply changes a copy already holds.
+            .unwrap_or_else(|e| spi_failed("reading the tables catching up after a sync", e))
+            .filter_map(|r| {
+                Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, parse_lsn(&r.get::<String>(3).ok()??)?))
             })
-            .unwrap_or_default()
+            .collect()
     })
 }
 
@@ -780,6 +767,14 @@ fn merge_key(relid: pg_sys::Oid) -> Option<String> {
           GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC LIMIT 1",
         &[relid.into()],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| no_row_or_raise(e, "reading a table's key columns"))
+}
+
+/// For a query of at most one row read with `get_one`: no row is `None` (pgrx
+/// reports it as an error); any other error raises.
+fn no_row_or_raise<T>(e: pgrx::spi::SpiError, what: &str) -> Option<T> {
+    match e {
+        pgrx::spi::SpiError::InvalidPosition => None,
+        e => spi_failed(what, e),
+    }
 }
