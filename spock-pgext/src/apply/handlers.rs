@@ -18,6 +18,7 @@ use spock_core::conflict::{self, ConflictKind, Decision, RowVersion, Tiebreakers
 use spock_core::exception::{self as exc, ReplayMode};
 use spock_core::names;
 use spock_core::proto::{self, Decoded, Message};
+use spock_core::table_skip::InCopy;
 
 mod conflicts;
 use conflicts::find_with_retries;
@@ -83,20 +84,15 @@ impl ApplySession {
         if remote.skip || remote.apply_again {
             return Outcome::Continue;
         }
-        let (final_lsn, eager) = (remote.final_lsn, remote.eager);
-        let table = c.relid().and_then(|r| self.rels.remote(r));
-        if eager {
-            // Eager apply of a stream: the commit LSN is not known, so whether a
-            // table copy holds this change is not either (unless its copy has not
-            // even started): replay at commit instead.
-            if self.s.in_table_copy(table, u64::MAX - 1) {
-                return Outcome::Continue;
-            }
-            if self.s.in_table_copy(table, 0) {
-                return Outcome::NeedsCommit;
-            }
-        } else if self.s.in_table_copy(table, final_lsn) {
-            return Outcome::Continue;
+        let eager = remote.eager;
+        // Eager apply of a stream: the commit LSN is not known, so whether a table
+        // copy holds this change is not either (unless its copy has not even
+        // started): replay at commit instead.
+        let commit_lsn = (!eager).then_some(remote.final_lsn);
+        match self.s.in_table_copy(c.relid().and_then(|r| self.rels.remote(r)), commit_lsn) {
+            InCopy::Yes => return Outcome::Continue,
+            InCopy::Unknown => return Outcome::NeedsCommit,
+            InCopy::No => {}
         }
         let Some(remote) = self.s.txn.remote.as_mut() else { return Outcome::Continue };
         remote.changes += 1;
