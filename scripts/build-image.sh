@@ -41,20 +41,8 @@ case "${1:-}" in
 esac
 
 log() { printf '[build-image] %s\n' "$*" >&2; }
-if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 
 # --- tools -----------------------------------------------------------------
-apt_install() {
-    local missing=() pkg
-    for pkg in "$@"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        log "installing Debian packages: ${missing[*]}"
-        $SUDO apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-    fi
-}
 
 # Building: python3 (the OCI writer uses only its standard library), objcopy (binutils),
 # git (SOURCE_DATE_EPOCH, revision label). The cnpg test needs nothing more: its

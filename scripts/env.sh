@@ -15,3 +15,18 @@ install_extension() {
     [ "${1:-}" = "--release" ] && profile=release
     install -m 0755 "target/$profile/libspock_output.so" "$("$SPOCK_PG_CONFIG" --pkglibdir)/spock_output.so"
 }
+
+# Installs the Debian packages among "$@" that are not installed yet (as root, or
+# through sudo otherwise).
+apt_install() {
+    local missing=() pkg sudo=
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "[spock] installing Debian packages: ${missing[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}

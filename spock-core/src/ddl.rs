@@ -37,6 +37,49 @@ pub const DEFAULT_SET: &str = "default";
 /// Set for tables without one.
 pub const DEFAULT_INSERT_ONLY_SET: &str = "default_insert_only";
 
+/// A replication set every node gets when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeDefaultSet {
+    /// `set_name`.
+    pub name: &'static str,
+    /// `replicate_insert`.
+    pub replicate_insert: bool,
+    /// `replicate_update`.
+    pub replicate_update: bool,
+    /// `replicate_delete`.
+    pub replicate_delete: bool,
+    /// `replicate_truncate`.
+    pub replicate_truncate: bool,
+}
+
+/// The sets `spock.node_create` makes, as Spock does: `default` publishes every
+/// action, `default_insert_only` INSERT and TRUNCATE (tables without a replica
+/// identity), `ddl_sql` INSERT only (the `spock.queue` rows of `replicate_ddl`).
+/// A subscription created without `replication_sets` subscribes to all three.
+pub const NODE_DEFAULT_SETS: [NodeDefaultSet; 3] = [
+    NodeDefaultSet {
+        name: DEFAULT_SET,
+        replicate_insert: true,
+        replicate_update: true,
+        replicate_delete: true,
+        replicate_truncate: true,
+    },
+    NodeDefaultSet {
+        name: DEFAULT_INSERT_ONLY_SET,
+        replicate_insert: true,
+        replicate_update: false,
+        replicate_delete: false,
+        replicate_truncate: true,
+    },
+    NodeDefaultSet {
+        name: REPLICATE_DDL_DEFAULT_SET,
+        replicate_insert: true,
+        replicate_update: false,
+        replicate_delete: false,
+        replicate_truncate: false,
+    },
+];
+
 /// How far ahead of its current value `spock.sync_seq` announces a sequence
 /// (Spock's `SEQUENCE_REPLICATION_MIN_CACHE`, the initial `sequence_state.cache_size`).
 pub const SEQUENCE_SYNC_MARGIN: i32 = 1000;
@@ -171,6 +214,13 @@ fn string_key(
     }
 }
 
+/// Whether the table `schema`.`table` is the queue table `spock.queue`, which both
+/// the output plugin (it publishes queue rows by their own rules) and the apply
+/// worker (it acts on the rows it inserts) recognise by this one rule.
+pub fn is_queue_table(schema: &str, table: &str) -> bool {
+    schema == "spock" && table == "queue"
+}
+
 /// Whether a queue row with `row_sets` (NULL = `None`) goes to a subscriber of
 /// `subscribed` (set names): NULL means every subscriber, otherwise one common name.
 pub fn queue_row_wanted(row_sets: Option<&[Option<String>]>, subscribed: &[&str]) -> bool {
@@ -182,15 +232,15 @@ pub fn queue_row_wanted(row_sets: Option<&[Option<String>]>, subscribed: &[&str]
 
 /// The `SET search_path TO ...; ` prefix Spock puts before queued SQL so that the
 /// subscriber resolves names as the origin did. `search_path` is the setting's value
-/// (parsed like `SplitIdentifierString`); `quote` quotes one schema name (the
-/// server's `quote_identifier`, which knows keywords). A path naming no schema gives
-/// `SET search_path TO ''; `.
-pub fn search_path_command(search_path: &str, quote: impl Fn(&str) -> String) -> Result<String, IdentListError> {
+/// (parsed like `SplitIdentifierString`); each schema is quoted like the server's
+/// `quote_identifier` ([`crate::ident::quote_identifier`]). A path naming no schema
+/// gives `SET search_path TO ''; `.
+pub fn search_path_command(search_path: &str) -> Result<String, IdentListError> {
     let schemas = split_identifier_list(search_path, ',')?;
     if schemas.is_empty() {
         return Ok("SET search_path TO ''; ".to_string());
     }
-    let quoted: Vec<String> = schemas.iter().map(|s| quote(s)).collect();
+    let quoted: Vec<String> = schemas.iter().map(|s| crate::ident::quote_identifier(s)).collect();
     Ok(format!("SET search_path TO {}; ", quoted.join(", ")))
 }
 
@@ -329,7 +379,7 @@ pub fn place_table(statement: TableStatement, facts: &TableFacts) -> Placement {
     }
 }
 
-/// A sequence as the subscriber has it.
+/// A sequence's state: its `last_value`, direction and bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalSequence {
     /// `last_value` of the sequence relation.
@@ -350,6 +400,17 @@ pub fn sequence_catch_up(local: LocalSequence, remote_last_value: i64) -> Option
     let target = remote_last_value.clamp(local.min_value.min(local.max_value), local.max_value.max(local.min_value));
     let ahead = if local.increment >= 0 { target > local.last_value } else { target < local.last_value };
     ahead.then_some(target)
+}
+
+/// The value `spock.sync_seq` announces for `seq` (on the provider): `margin`
+/// values further in its direction of increment, so that subscribers stay ahead of
+/// what the provider hands out meanwhile, clamped to the sequence's bounds.
+pub fn sequence_sync_target(seq: LocalSequence, margin: i64) -> i64 {
+    if seq.increment > 0 {
+        seq.last_value.saturating_add(margin).min(seq.max_value)
+    } else {
+        seq.last_value.saturating_sub(margin).max(seq.min_value)
+    }
 }
 
 #[cfg(test)]

@@ -99,13 +99,44 @@ pub fn split_identifier_list(input: &str, separator: char) -> Result<Vec<String>
     }
 }
 
-/// Quotes `ident` for use in SQL or in an identifier list when needed (like
-/// PostgreSQL's `quote_identifier`, without the keyword check: lower-case names of
-/// `[a-z0-9_]` that do not start with a digit stay bare).
+/// The keywords PostgreSQL 18 does not accept as a bare identifier everywhere
+/// (reserved, type/function-name and column-name keywords, that is every keyword
+/// `pg_get_keywords()` lists with a category other than `U`), sorted.
+#[rustfmt::skip]
+const NON_UNRESERVED_KEYWORDS: &[&str] = &[
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric", "authorization", "between",
+    "bigint", "binary", "bit", "boolean", "both", "case", "cast", "char", "character", "check", "coalesce",
+    "collate", "collation", "column", "concurrently", "constraint", "create", "cross", "current_catalog",
+    "current_date", "current_role", "current_schema", "current_time", "current_timestamp", "current_user", "dec",
+    "decimal", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except", "exists", "extract",
+    "false", "fetch", "float", "for", "foreign", "freeze", "from", "full", "grant", "greatest", "group", "grouping",
+    "having", "ilike", "in", "initially", "inner", "inout", "int", "integer", "intersect", "interval", "into", "is",
+    "isnull", "join", "json", "json_array", "json_arrayagg", "json_exists", "json_object", "json_objectagg",
+    "json_query", "json_scalar", "json_serialize", "json_table", "json_value", "lateral", "leading", "least",
+    "left", "like", "limit", "localtime", "localtimestamp", "merge_action", "national", "natural", "nchar", "none",
+    "normalize", "not", "notnull", "null", "nullif", "numeric", "offset", "on", "only", "or", "order", "out",
+    "outer", "overlaps", "overlay", "placing", "position", "precision", "primary", "real", "references",
+    "returning", "right", "row", "select", "session_user", "setof", "similar", "smallint", "some", "substring",
+    "symmetric", "system_user", "table", "tablesample", "then", "time", "timestamp", "to", "trailing", "treat",
+    "trim", "true", "union", "unique", "user", "using", "values", "varchar", "variadic", "verbose", "when", "where",
+    "window", "with", "xmlattributes", "xmlconcat", "xmlelement", "xmlexists", "xmlforest", "xmlnamespaces",
+    "xmlparse", "xmlpi", "xmlroot", "xmlserialize", "xmltable",
+];
+
+/// Whether `word` (lower case) is a keyword that must be quoted as an identifier.
+fn is_non_unreserved_keyword(word: &str) -> bool {
+    NON_UNRESERVED_KEYWORDS.binary_search(&word).is_ok()
+}
+
+/// Quotes `ident` for use in SQL or in an identifier list when needed, as
+/// PostgreSQL's `quote_identifier` does: lower-case names of `[a-z0-9_]` that do not
+/// start with a digit and are not a reserved, type/function-name or column-name
+/// keyword stay bare; everything else is double-quoted with `"` doubled.
 pub fn quote_identifier(ident: &str) -> String {
     let safe = !ident.is_empty()
         && ident.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !ident.as_bytes()[0].is_ascii_digit();
+        && !ident.as_bytes()[0].is_ascii_digit()
+        && !is_non_unreserved_keyword(ident);
     if safe {
         ident.to_string()
     } else {
@@ -157,8 +188,35 @@ mod tests {
     }
 
     #[test]
+    fn keywords_are_sorted_lower_case() {
+        assert!(NON_UNRESERVED_KEYWORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(NON_UNRESERVED_KEYWORDS.iter().all(|k| quote_identifier(k) == format!("\"{k}\"")));
+    }
+
+    #[test]
+    fn quotes_like_the_server() {
+        // Reserved, column-name and type/function-name keywords are quoted;
+        // unreserved ones (and plain names) stay bare.
+        for (name, quoted) in [
+            ("select", "\"select\""),
+            ("user", "\"user\""),
+            ("int", "\"int\""),
+            ("left", "\"left\""),
+            ("public", "public"),
+            ("queue", "queue"),
+            ("_x1", "_x1"),
+            ("1abc", "\"1abc\""),
+            ("Mixed", "\"Mixed\""),
+            ("a\"q", "\"a\"\"q\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(quote_identifier(name), quoted, "{name}");
+        }
+    }
+
+    #[test]
     fn quoting_round_trips() {
-        for name in ["plain", "Mixed", "with space", "a\"q", "1abc", "comma,inside"] {
+        for name in ["plain", "Mixed", "with space", "a\"q", "1abc", "comma,inside", "select"] {
             let quoted = quote_identifier(name);
             assert_eq!(split_identifier_list(&quoted, ',').unwrap(), vec![name.to_string()]);
         }

@@ -139,6 +139,31 @@ impl<F: Clone> TablePublication<F> {
 }
 
 impl<F> TablePublication<F> {
+    /// Every column of every row, for `actions` only (no set involved).
+    fn unfiltered(actions: &[Action]) -> TablePublication<F> {
+        TablePublication {
+            insert: actions.contains(&Action::Insert),
+            update: actions.contains(&Action::Update),
+            delete: actions.contains(&Action::Delete),
+            truncate: actions.contains(&Action::Truncate),
+            columns: ColumnSelection::All,
+            row_filters: Vec::new(),
+        }
+    }
+
+    /// The same publication with each row filter turned into the form the caller
+    /// evaluates (a filter prepared once from its stored text, say).
+    pub fn map_filters<G>(self, f: impl FnMut(F) -> G) -> TablePublication<G> {
+        TablePublication {
+            insert: self.insert,
+            update: self.update,
+            delete: self.delete,
+            truncate: self.truncate,
+            columns: self.columns,
+            row_filters: self.row_filters.into_iter().map(f).collect(),
+        }
+    }
+
     /// Whether the table is in any subscribed set that publishes anything.
     pub fn is_member(&self) -> bool {
         self.insert || self.update || self.delete || self.truncate
@@ -157,7 +182,7 @@ impl<F> TablePublication<F> {
     /// Whether a row passes every row filter. `eval` evaluates one filter on the row
     /// (the new row for INSERT/UPDATE, the old one for DELETE) and returns `None` for
     /// SQL NULL, which rejects the row.
-    pub fn row_passes<E>(&self, mut eval: impl FnMut(&F) -> Result<Option<bool>, E>) -> Result<bool, E> {
+    fn row_passes<E>(&self, mut eval: impl FnMut(&F) -> Result<Option<bool>, E>) -> Result<bool, E> {
         for f in &self.row_filters {
             if eval(f)? != Some(true) {
                 return Ok(false);
@@ -179,13 +204,29 @@ impl<F> TablePublication<F> {
     }
 }
 
-/// Whether a message in `spock.queue` (DDL, sync requests) goes to a subscriber of
-/// `subscribed`: messages without sets are global and always do; others when one of
-/// their sets is subscribed.
-pub fn queue_message_passes<S: AsRef<str>>(message_sets: Option<&[S]>, subscribed: &[RepSet]) -> bool {
-    match message_sets {
-        None => true,
-        Some(sets) => sets.iter().any(|name| subscribed.iter().any(|s| s.name == name.as_ref())),
+/// What one output plugin connection sends of the table `schema`.`table`:
+///
+/// * a connection that catches up one table (`only_table`, the table sync's
+///   `spock.replicate_only_table`) gets every change of that table, whole, and
+///   nothing of any other table, `spock.queue` included;
+/// * otherwise `spock.queue` (see [`crate::ddl::is_queue_table`]), in no set, sends
+///   every column of its INSERTs, and nothing else; which rows go to whom is
+///   [`crate::ddl::queue_row_wanted`];
+/// * any other table: its `memberships` (asked for only then) in the subscribed
+///   `sets`, combined by [`TablePublication::new`].
+pub fn table_publication<F: Clone>(
+    schema: &str,
+    table: &str,
+    only_table: Option<(&str, &str)>,
+    sets: &[RepSet],
+    memberships: impl FnOnce() -> Vec<Membership<F>>,
+) -> TablePublication<F> {
+    const ALL: [Action; 4] = [Action::Insert, Action::Update, Action::Delete, Action::Truncate];
+    match only_table {
+        Some(only) if only == (schema, table) => TablePublication::unfiltered(&ALL),
+        Some(_) => TablePublication::unfiltered(&[]),
+        None if crate::ddl::is_queue_table(schema, table) => TablePublication::unfiltered(&[Action::Insert]),
+        None => TablePublication::new(sets, &memberships()),
     }
 }
 

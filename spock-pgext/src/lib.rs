@@ -1,12 +1,15 @@
-//! `spock`: the PostgreSQL extension of spock-rs (pgrx glue).
+//! `spock`: the PostgreSQL extension of spock-rs, everything that runs inside the
+//! server.
 //!
-//! This crate only adapts PostgreSQL to [`spock_core`]: SQL functions, GUCs, the
-//! output plugin and the workers live in modules named after the PostgreSQL concept
-//! they implement. Decisions (protocol bytes, conflict winners, filters) are made in
-//! `spock_core`; unsafe code is confined to small commented functions.
+//! SQL functions, GUCs, catalogs, the output plugin, the apply and sync workers and
+//! AutoDDL live in modules named after the PostgreSQL concept they implement. Rules
+//! that need no server (protocol bytes, conflict winners, filters, queue messages,
+//! names) are [`spock_core`]'s and are called from here; unsafe code is confined to
+//! small commented functions.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod apply;
+mod catalog;
 mod ddl;
 mod error;
 mod gucs;

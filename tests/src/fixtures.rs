@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{wait_for, TestNode};
+use crate::{wait_for, Cluster, TestNode};
 
 /// `CREATE EXTENSION spock`, the node, and table `t(id int PRIMARY KEY, v text)` in
 /// the `default` replication set.
@@ -41,6 +41,37 @@ pub fn subscribed_pair(a: &TestNode, b: &TestNode) {
     setup_node(b);
     subscribe(b, a);
     wait_replicating(b, 1);
+}
+
+/// Both nodes set up, each subscribed to the other and replicating.
+pub fn mutual_pair(a: &TestNode, b: &TestNode) {
+    setup_node(a);
+    setup_node(b);
+    subscribe(b, a);
+    subscribe(a, b);
+    wait_replicating(a, 1);
+    wait_replicating(b, 1);
+}
+
+/// Two nodes n1 and n2 started and set up as by [`subscribed_pair`]: n2 replicates
+/// from n1.
+pub fn replicating_pair() -> Cluster {
+    let cluster = Cluster::start_n(2).unwrap();
+    subscribed_pair(cluster.node(0), cluster.node(1));
+    cluster
+}
+
+/// `spock.exception_log` in command order as `table/operation/label`: `label` is
+/// `failed_label` where the error message is `LIKE failed_pattern`, `collateral`
+/// otherwise.
+pub fn exception_log(n: &TestNode, failed_pattern: &str, failed_label: &str) -> String {
+    n.query_one::<String>(&format!(
+        "SELECT coalesce(string_agg(coalesce(table_name, '') || '/' || operation || '/' ||
+                CASE WHEN error_message LIKE '{failed_pattern}' THEN '{failed_label}' ELSE 'collateral' END, ','
+                ORDER BY command_counter), '')
+           FROM spock.exception_log"
+    ))
+    .unwrap()
 }
 
 /// The single `bigint` a query returns.
@@ -91,16 +122,8 @@ pub fn apply_workers(n: &TestNode) -> i64 {
     count(n, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'")
 }
 
-/// `pg_reload_conf()`, returning once the postmaster has read the files again and
-/// so has signalled every process, workers included (a worker reloads before it
-/// applies what it reads next).
+/// `pg_reload_conf()`, returning once every process has been told
+/// ([`TestNode::reload_conf`]).
 pub fn reload(n: &TestNode) {
-    let before: String = n.query_one("SELECT pg_conf_load_time()::text").unwrap();
-    n.execute("SELECT pg_reload_conf()").unwrap();
-    wait_for(
-        "the configuration reloaded",
-        Duration::from_secs(30),
-        || n.query_one::<String>("SELECT pg_conf_load_time()::text").unwrap() != before,
-        true,
-    );
+    n.reload_conf().unwrap();
 }

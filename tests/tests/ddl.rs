@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{count, reload, setup_node, subscribe, subscribed_pair, sync_mesh, wait_replicating};
+use spock_tests::fixtures::{count, mutual_pair, reload, replicating_pair, subscribed_pair, sync_mesh};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -49,9 +49,8 @@ fn marker(a: &TestNode, b: &TestNode, id: i32) {
 
 #[test]
 fn replicate_ddl_between_row_changes() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
 
     // CREATE TABLE through the queue, then rows, ALTER TABLE, rows with the new
     // column, all in one provider session.
@@ -129,9 +128,8 @@ fn replicate_ddl_between_row_changes() {
 
 #[test]
 fn queue_rows_only_reach_subscribers_of_their_sets() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     a.execute("SELECT spock.repset_create('other')").unwrap();
     a.execute("SELECT spock.replicate_ddl('CREATE TABLE only_other (id int)', '{other}')").unwrap();
     a.execute("SELECT spock.replicate_ddl('CREATE TABLE in_ddl_sql (id int)')").unwrap();
@@ -155,19 +153,19 @@ fn queue_rows_only_reach_subscribers_of_their_sets() {
     assert!(table_exists(b, "for_all"));
 
     // A table-sync request ('A', Spock's layout) reaches the sync hand-over.
+    let offset = b.log_offset();
     a.execute(
         r#"SELECT spock._queue_message('{default}', 'postgres', 'A', '{"schema_name": "public","table_name": "t"}')"#,
     )
     .unwrap();
     marker(a, b, 4);
-    assert!(b.log().contains("the provider asks for a sync of table public.t"));
+    assert!(b.log_since(offset).contains("the provider asks for a sync of table public.t"));
 }
 
 #[test]
 fn autoddl_replicates_created_tables_and_their_rows() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     // The subscriber also places tables it creates from queued DDL.
     b.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
     reload(b);
@@ -230,6 +228,7 @@ fn autoddl_replicates_created_tables_and_their_rows() {
     wait_for("rows of the partition", WAIT, || count_when_there(b, "SELECT count(*) FROM parted"), 5);
 
     // Permanent tables made from temporary ones stay local, with Spock's warnings.
+    let offset = a.log_offset();
     a.execute(
         "SET spock.enable_ddl_replication = on;
          CREATE TEMP TABLE src_tmp (a int);
@@ -244,7 +243,7 @@ fn autoddl_replicates_created_tables_and_their_rows() {
         .unwrap(),
         ""
     );
-    let log = a.log();
+    let log = a.log_since(offset);
     assert!(log.contains("WARNING:  CREATE TABLE copies the definition of temporary relation \"src_tmp\""));
     assert!(log.contains("WARNING:  CREATE TABLE AS reads a temporary relation"));
     assert!(log.contains("DETAIL:  Temporary relations are session-private and do not exist on other nodes."));
@@ -286,9 +285,8 @@ fn autoddl_replicates_created_tables_and_their_rows() {
 
 #[test]
 fn ddl_inside_functions_follows_allow_ddl_from_functions() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     a.execute(
         "SET spock.enable_ddl_replication = on;
          DO $$ BEGIN EXECUTE 'CREATE TABLE from_fn_off (id int)'; END $$;",
@@ -318,12 +316,7 @@ fn ddl_inside_functions_follows_allow_ddl_from_functions() {
 fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    setup_node(a);
-    setup_node(b);
-    subscribe(b, a);
-    subscribe(a, b);
-    wait_replicating(a, 1);
-    wait_replicating(b, 1);
+    mutual_pair(a, b);
     for n in [a, b] {
         n.execute("ALTER SYSTEM SET spock.enable_ddl_replication = on").unwrap();
         n.execute("ALTER SYSTEM SET spock.include_ddl_repset = on").unwrap();
@@ -398,9 +391,8 @@ fn ddl_on_one_node_of_a_bidirectional_pair_while_both_write() {
 
 #[test]
 fn sync_seq_puts_the_subscribers_sequence_ahead() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     for n in [a, b] {
         n.execute("CREATE SEQUENCE s1; CREATE SEQUENCE s2; CREATE SCHEMA seqs; CREATE SEQUENCE seqs.s3").unwrap();
     }
@@ -520,9 +512,10 @@ fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
     let cluster = Cluster::start_n(2).unwrap();
     let (a, b) = (cluster.node(0), cluster.node(1));
     b.execute("ALTER SYSTEM SET spock.exception_behaviour = 'sub_disable'").unwrap();
-    b.execute("SELECT pg_reload_conf()").unwrap();
+    reload(b);
     subscribed_pair(a, b);
     b.execute("CREATE TABLE clash (id int)").unwrap();
+    let offset = b.log_offset();
     a.execute("SELECT spock.replicate_ddl('CREATE TABLE clash (id int PRIMARY KEY, v text)')").unwrap();
     a.execute("INSERT INTO t VALUES (1, 'after the failing DDL')").unwrap();
     // sub_disable: the subscription stops at the failing DDL, which is logged with
@@ -533,9 +526,9 @@ fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
         || b.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(),
         false,
     );
+    let log = b.log_since(offset);
     assert!(
-        b.log().contains("relation \"clash\" already exists")
-            && b.log().contains("during execution of queued SQL statement")
+        log.contains("relation \"clash\" already exists") && log.contains("during execution of queued SQL statement")
     );
     assert_eq!(
         count(b, "SELECT count(*) FROM spock.exception_log WHERE table_name = 'queue' AND error_message LIKE '%already exists%'"),
@@ -553,7 +546,7 @@ fn a_failing_queued_ddl_stops_the_subscription_until_fixed() {
     // With the default (transdiscard) a failing DDL is logged and skipped, and
     // replication goes on.
     b.execute("ALTER SYSTEM RESET spock.exception_behaviour").unwrap();
-    b.execute("SELECT pg_reload_conf()").unwrap();
+    reload(b);
     b.execute("CREATE TABLE clash2 (id int)").unwrap();
     a.execute("SELECT spock.replicate_ddl('CREATE TABLE clash2 (id int PRIMARY KEY)')").unwrap();
     a.execute("INSERT INTO t VALUES (2, 'after the second failing DDL')").unwrap();

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{count, subscribed_pair};
+use spock_tests::fixtures::{count, replicating_pair};
 use spock_tests::postgres::Client;
 use spock_tests::{wait_for, Cluster, TestNode};
 
@@ -95,9 +95,8 @@ fn slots(n: &TestNode) -> i64 {
 
 #[test]
 fn management_and_internal_functions_are_refused_to_every_role_but_superusers() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     create_roles(b);
 
     // Every function of schema spock that a non-superuser must not run, called with
@@ -163,9 +162,8 @@ fn management_and_internal_functions_are_refused_to_every_role_but_superusers() 
 
 #[test]
 fn granted_execute_does_not_let_a_role_connect_from_the_server_or_touch_workers() {
-    let cluster = Cluster::start_n(2).unwrap();
+    let cluster = replicating_pair();
     let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
     create_roles(b);
     // A physical slot on the subscriber itself, reachable over its own unix socket
     // where the server's OS user is trusted.
@@ -224,9 +222,8 @@ fn autoddl_settings_are_superuser_only() {
 
 #[test]
 fn catalogs_with_dsns_are_private_and_no_catalog_is_writable() {
-    let cluster = Cluster::start_n(2).unwrap();
-    let (a, b) = (cluster.node(0), cluster.node(1));
-    subscribed_pair(a, b);
+    let cluster = replicating_pair();
+    let b = cluster.node(1);
     create_roles(b);
     for role in ROLES {
         let mut c = b.connect_as("postgres", role).unwrap();

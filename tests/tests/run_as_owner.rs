@@ -119,22 +119,12 @@ fn alice_is_superuser(n: &TestNode) -> bool {
 /// exception_log rows as `table/operation/error`, error shortened to `denied`
 /// when it is the refused ALTER ROLE, `collateral` otherwise.
 fn exception_log(n: &TestNode) -> String {
-    n.query_one::<String>(
-        "SELECT coalesce(string_agg(coalesce(table_name, '') || '/' || operation || '/' ||
-                CASE WHEN error_message LIKE '%permission denied to alter role%' THEN 'denied' ELSE 'collateral' END, ','
-                ORDER BY command_counter), '')
-           FROM spock.exception_log",
-    )
-    .unwrap()
+    spock_tests::fixtures::exception_log(n, "%permission denied to alter role%", "denied")
 }
 
 /// Waits until the server log after byte `offset` contains `text`.
 fn wait_for_log(n: &TestNode, offset: usize, text: &str) {
-    wait_for(
-        &format!("\"{text}\" in the log of {}", n.name),
-        || n.log().get(offset..).is_some_and(|l| l.contains(text)),
-        true,
-    );
+    n.wait_for_log(offset, text, 1, Duration::from_secs(60));
 }
 
 #[test]
@@ -151,7 +141,7 @@ fn always_trigger_runs_as_owner_and_cannot_make_it_superuser() {
     // The attack: the trigger tries to make its owner superuser. As alice it cannot:
     // the change fails; with the default exception_behaviour (transdiscard) its
     // transaction is logged and skipped, and replication goes on.
-    let offset = s.log().len();
+    let offset = s.log_offset();
     p.execute("INSERT INTO t VALUES (2, 'escalate')").unwrap();
     wait_for_log(s, offset, "permission denied to alter role");
     wait_for("the failed transaction in exception_log", || exception_log(s), "t/INSERT/denied".into());
@@ -187,7 +177,7 @@ fn replica_trigger_runs_as_owner_in_apply_and_in_replay() {
     // The escalating change fails (as alice); the transaction is replayed change by
     // change (discard): the failing change again as alice, the other one applies,
     // its trigger again as alice.
-    let offset = s.log().len();
+    let offset = s.log_offset();
     p.execute("BEGIN; INSERT INTO t VALUES (2, 'escalate'); INSERT INTO t VALUES (3, 'three'); COMMIT").unwrap();
     wait_for("row 3 of the replayed transaction", || rows(s), "1:one,3:three".into());
     wait_for_log(s, offset, "permission denied to alter role");
@@ -213,7 +203,7 @@ fn column_default_runs_as_owner() {
     );
 
     s.execute("UPDATE ctl SET escalate = true").unwrap();
-    let offset = s.log().len();
+    let offset = s.log_offset();
     p.execute("INSERT INTO t VALUES (2, 'two')").unwrap();
     wait_for("the failed transaction in exception_log", || exception_log(s), "t/INSERT/denied".into());
     wait_for_log(s, offset, "permission denied to alter role");

@@ -397,6 +397,7 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     // Without eager apply: the file is replayed at commit.
     let cluster = pair_with(false);
     let (a, b) = (cluster.node(0), cluster.node(1));
+    let offset = b.log_offset();
     let mut big = a.connect().unwrap();
     big.batch_execute("BEGIN; INSERT INTO t SELECT g, 'big' FROM generate_series(1, 5000) g").unwrap();
     wait_for("the stream spilled on the subscriber", Duration::from_secs(60), || spill_files(b), 1);
@@ -419,7 +420,7 @@ fn a_corrupt_spill_file_is_a_clear_error_and_the_provider_streams_again() {
     big.batch_execute("COMMIT").unwrap();
     let want = summary(a);
     wait_for("the transaction applied after the worker restarted", Duration::from_secs(120), || summary(b), want);
-    let log = b.log();
+    let log = b.log_since(offset);
     assert!(
         log.contains("ERROR:  XX001: spock subscription sub_n2_n1: streamed transaction file"),
         "a clear error with SQLSTATE data_corrupted"

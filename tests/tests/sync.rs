@@ -157,14 +157,10 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     p.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200000) g").unwrap();
     s.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
     s.execute("INSERT INTO t VALUES (-1, 'local')").unwrap();
+    let offset = s.log_offset();
     s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := true)", p.dsn("postgres"))).unwrap();
     // A non-empty target is not silently mixed: the sync stops with a clear error.
-    wait_for(
-        "an error about the non-empty table",
-        Duration::from_secs(30),
-        || s.log().contains("already has rows on this node"),
-        true,
-    );
+    s.wait_for_log(offset, "already has rows on this node", 1, Duration::from_secs(30));
     assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
     assert_eq!(count(s, "SELECT count(*) FROM t"), 1);
     // Emptied, the sync proceeds; kill -9 the subscriber during it.
@@ -216,6 +212,40 @@ fn mesh_writer(
     })
 }
 
+/// Joins `n3` to the mesh of `a` (n1) and `b` (n2), copying from `a`: first its
+/// subscription to `b`, disabled, with its slot on `b` so that `b` keeps everything
+/// from then on, and `a` past that point (a sync event of `b` reached `a`); then
+/// structure and data from `a`, after which the subscription to `b` starts at `a`'s
+/// progress. Replication sets are per node: `publish` puts the tables `n3` got in its
+/// sets; then `a` and `b` subscribe to `n3`.
+fn join_third_node(a: &TestNode, b: &TestNode, n3: &TestNode, publish: fn(&TestNode)) {
+    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
+    let slot: String =
+        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
+    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
+    let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
+    assert!(reached);
+    n3.execute(&format!(
+        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
+        a.dsn("postgres")
+    ))
+    .unwrap();
+    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
+    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
+    publish(n3);
+    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+}
+
+/// Puts the tables of the mesh test in `n`'s replication sets.
+fn publish_mesh_tables(n: &TestNode) {
+    // Without a key a row applied twice is a second row: duplicates show.
+    n.execute("SELECT spock.repset_add_table('default_insert_only', 'events')").unwrap();
+    n.execute("SELECT spock.repset_add_table('default', 'history')").unwrap();
+    n.execute("SELECT spock.repset_add_table('default', 'accounts')").unwrap();
+}
+
 #[test]
 fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
     let c = Cluster::start_n(3).unwrap();
@@ -230,10 +260,7 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
              CREATE TABLE events(node text, n int);",
         )
         .unwrap();
-        // Without a key a row applied twice is a second row: duplicates show.
-        n.execute("SELECT spock.repset_add_table('default_insert_only', 'events')").unwrap();
-        n.execute("SELECT spock.repset_add_table('default', 'history')").unwrap();
-        n.execute("SELECT spock.repset_add_table('default', 'accounts')").unwrap();
+        publish_mesh_tables(n);
     }
     a.execute("INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50000) g").unwrap();
     b.execute("INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 50000) g").unwrap();
@@ -259,29 +286,7 @@ fn a_third_node_joins_a_mesh_under_load_without_losing_a_row() {
         true,
     );
 
-    // Join n3 from A. First its subscription to B, disabled, with its slot on B so
-    // that B keeps everything from now on, and A past that point.
-    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String =
-        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
-    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
-    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
-    let reached: bool = a.query_one(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap();
-    assert!(reached);
-    // Structure and data from A; the subscription to B starts at A's progress.
-    n3.execute(&format!(
-        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
-        a.dsn("postgres")
-    ))
-    .unwrap();
-    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
-    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
-    // Replication sets are per node: n3 publishes the tables it got.
-    n3.execute("SELECT spock.repset_add_table('default', 'history')").unwrap();
-    n3.execute("SELECT spock.repset_add_table('default', 'accounts')").unwrap();
-    n3.execute("SELECT spock.repset_add_table('default_insert_only', 'events')").unwrap();
-    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
-    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    join_third_node(a, b, n3, publish_mesh_tables);
     for n in [a, b] {
         wait_for(
             "subscriptions to n3",
@@ -406,10 +411,11 @@ fn tables_are_resynchronised_while_the_provider_writes() {
     // A non-empty table without a key cannot be merged: a clear failure, not a mix.
     s.execute("SELECT spock.table_wait_for_sync('sub1', 'nokey')").unwrap();
     assert_eq!(count(s, "SELECT count(*) FROM nokey"), 10);
+    let offset = s.log_offset();
     s.execute("SELECT spock.sub_resync_table('sub1', 'nokey', truncate := false)").unwrap();
     let err = s.execute("SELECT spock.table_wait_for_sync('sub1', 'nokey')").unwrap_err().0;
     assert!(err.contains("failed"), "{err}");
-    assert!(s.log().contains("no primary key or replica identity index to merge by"));
+    assert!(s.log_since(offset).contains("no primary key or replica identity index to merge by"));
     assert_eq!(count(s, "SELECT count(*) FROM nokey"), 10, "nothing was mixed in");
     // With truncate it works.
     s.execute("SELECT spock.sub_resync_table('sub1', 'nokey')").unwrap();
@@ -527,22 +533,7 @@ fn a_node_joins_under_pgbench_load() {
         || count(b, "SELECT count(*) FROM pgbench_history") > 0,
         true,
     );
-    n3.execute(&format!("SELECT spock.sub_create('n3_from_b', '{}', enabled := false)", b.dsn("postgres"))).unwrap();
-    let slot: String =
-        n3.query_one("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'n3_from_b'").unwrap();
-    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
-    let lsn: String = b.query_one("SELECT spock.sync_event()::text").unwrap();
-    assert!(a.query_one::<bool>(&format!("CALL spock.wait_for_sync_event(NULL, 'n2', '{lsn}', 60)")).unwrap());
-    n3.execute(&format!(
-        "SELECT spock.sub_create('n3_from_a', '{}', synchronize_structure := true, synchronize_data := true)",
-        a.dsn("postgres")
-    ))
-    .unwrap();
-    n3.execute("SELECT spock.sub_wait_for_sync('n3_from_a')").unwrap();
-    n3.execute("SELECT spock.sub_enable('n3_from_b')").unwrap();
-    publish_pgbench(n3);
-    a.execute(&format!("SELECT spock.sub_create('a_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
-    b.execute(&format!("SELECT spock.sub_create('b_from_n3', '{}')", n3.dsn("postgres"))).unwrap();
+    join_third_node(a, b, n3, publish_pgbench);
     let out = bench.join().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for _ in 0..2 {

@@ -37,10 +37,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use replication::node::{self, Install};
+use replication::node;
 use replication::report::{Report, SystemStatus};
 use replication::systems::{self, Env};
 use replication::{join, workload, Config, WORKLOADS};
+use spock_tests::PgInstall;
 
 const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock] \
 [--workloads replication,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
@@ -136,7 +137,7 @@ fn stop_servers_on_signals() {
             // SAFETY: waits on the set built above.
             if libc::sigwait(&set, &mut sig) == 0 {
                 eprintln!("[bench] signal {sig}: stopping the servers and exiting");
-                node::stop_all_registered();
+                spock_tests::stop_all_registered();
                 std::process::exit(128 + sig);
             }
         });
@@ -165,7 +166,7 @@ fn filesystem_of(path: &Path) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn machine(args: &Args, pg18: &Install) -> Vec<(String, String)> {
+fn machine(args: &Args, pg18: &PgInstall) -> Vec<(String, String)> {
     let cpu = first_line_with("/proc/cpuinfo", "model name")
         .map(|s| s.trim_start_matches(':').trim().to_string())
         .unwrap_or_default();
@@ -219,18 +220,7 @@ fn run_decode(args: &Args) -> Result<serde_json::Value, String> {
 
 /// Writes the Markdown and plots of the run recorded in `path` into `out`.
 fn rerender(path: &Path, out: &Path) -> replication::Result<()> {
-    let l = replication::report::load(path)?;
-    let report = Report {
-        cfg: &l.cfg,
-        machine: l.machine,
-        systems: l.systems,
-        results: l.results,
-        joins: l.joins,
-        failures: l.failures,
-        decode: l.decode,
-        elapsed_s: l.elapsed_s,
-        date: l.date,
-    };
+    let report = replication::report::load(path)?;
     println!("{}", report.write(out)?);
     Ok(())
 }
@@ -254,7 +244,7 @@ fn main() {
         });
     }
     let started = Instant::now();
-    let pg18 = match Install::pg18() {
+    let pg18 = match PgInstall::get().cloned() {
         Ok(i) => i,
         Err(e) => {
             eprintln!("replication-bench: PostgreSQL 18: {e}");
@@ -349,7 +339,7 @@ fn main() {
         Err("not selected (quick mode, --no-decode or --workloads)".into())
     };
     let report = Report {
-        cfg,
+        cfg: cfg.clone(),
         machine: machine(&args, &pg18),
         systems: statuses,
         results,

@@ -35,11 +35,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::node::{query_text, Node};
+use super::node::{self, run_pgbench, Node};
 use super::plot::Bar;
 use super::report::{median, num};
 use super::systems::{Env, JoinVariant, Pair, System, PGBENCH_TABLES};
 use super::{err, Config, Result};
+use spock_tests::query_text;
 
 /// One join of one round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,8 +87,8 @@ pub fn run_join(sys: &dyn System, variant: &JoinVariant, env: &Env, cfg: &Config
     let settings = sys.settings();
     let install = sys.install();
     let (p, s) = thread::scope(|sc| {
-        let a = sc.spawn(|| Node::start(install, "provider", &env.data_root, &settings, env.keep));
-        let b = sc.spawn(|| Node::start(install, "subscriber", &env.data_root, &settings, env.keep));
+        let a = sc.spawn(|| node::start(install, "provider", &env.data_root, &settings, env.keep));
+        let b = sc.spawn(|| node::start(install, "subscriber", &env.data_root, &settings, env.keep));
         (a.join().expect("thread"), b.join().expect("thread"))
     });
     let pair = Pair { provider: p?, subscriber: s? };
@@ -102,7 +103,7 @@ pub fn run_join(sys: &dyn System, variant: &JoinVariant, env: &Env, cfg: &Config
     let state_sql = sys.join_state_sql();
     let mut c = pair.subscriber.connect()?;
     let mut poll = pair.subscriber.connect()?;
-    let log_pos = pair.subscriber.log_len();
+    let log_pos = pair.subscriber.log_offset();
     let t0 = Instant::now();
     c.batch_execute(&start_sql)
         .map_err(|e| super::Error(format!("{start_sql}: {}", spock_tests::describe_pg_error(&e))))?;
@@ -189,8 +190,9 @@ fn load(pair: &Pair, pgbench: &Path, cfg: &Config, schema: bool) -> Result<()> {
     // d(rop), t(ables), p(rimary keys): what -i creates, without g(enerate data)
     let structure: Vec<String> = ["-i", "-q", "-I", "dtp", "-s", &scale].iter().map(|s| s.to_string()).collect();
     let (a, b) = thread::scope(|sc| {
-        let a = sc.spawn(|| pair.provider.pgbench(pgbench, &init));
-        let b = sc.spawn(|| if schema { pair.subscriber.pgbench(pgbench, &structure).map(|_| ()) } else { Ok(()) });
+        let a = sc.spawn(|| run_pgbench(&pair.provider, pgbench, &init));
+        let b =
+            sc.spawn(|| if schema { run_pgbench(&pair.subscriber, pgbench, &structure).map(|_| ()) } else { Ok(()) });
         (a.join().expect("thread"), b.join().expect("thread"))
     });
     a?;
@@ -198,7 +200,7 @@ fn load(pair: &Pair, pgbench: &Path, cfg: &Config, schema: bool) -> Result<()> {
 }
 
 /// The ERROR (and worse) lines of the subscriber's log since `pos`.
-fn error_lines(sub: &Node, pos: u64) -> Vec<String> {
+fn error_lines(sub: &Node, pos: usize) -> Vec<String> {
     sub.log_since(pos)
         .lines()
         .filter(|l| [" ERROR: ", " FATAL: ", " PANIC: "].iter().any(|k| l.contains(k)))

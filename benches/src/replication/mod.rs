@@ -1,8 +1,9 @@
 //! End-to-end replication benchmark: the pieces of `replication-bench`.
 //!
-//! * [`node`]: PostgreSQL servers of any installed version (PostgreSQL 18 for
-//!   native replication, Debian's PostgreSQL 15 for pglogical), in a data root on
-//!   tmpfs, run as the unprivileged server user, stopped on drop and on signals;
+//! * [`node`]: the benchmark's servers, nodes of the test harness
+//!   (`spock_tests::TestNode`) on any installed PostgreSQL (18 for native
+//!   replication and spock, Debian's 15 for pglogical), in a data root on tmpfs,
+//!   with the benchmark's settings;
 //! * [`systems`]: the pluggable replication systems (`native`, `pglogical`,
 //!   `spock`);
 //! * [`workload`]: the measurements (backlog catch-up, steady lag, one large
@@ -21,46 +22,12 @@ pub mod workload;
 
 use std::time::Duration;
 
-/// Error of the benchmark runner: a readable message.
-#[derive(Debug)]
-pub struct Error(pub String);
+/// Error of the benchmark runner: a readable message (the harness's error type).
+pub use spock_tests::HarnessError as Error;
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<spock_tests::postgres::Error> for Error {
-    fn from(e: spock_tests::postgres::Error) -> Self {
-        Error(spock_tests::describe_pg_error(&e))
-    }
-}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error(e.to_string())
-    }
-}
-
-impl From<spock_tests::HarnessError> for Error {
-    fn from(e: spock_tests::HarnessError) -> Self {
-        Error(e.0)
-    }
-}
-
-impl From<serde_json::Error> for Error {
-    fn from(e: serde_json::Error) -> Self {
-        Error(e.to_string())
-    }
-}
-
-impl From<String> for Error {
-    fn from(s: String) -> Self {
-        Error(s)
-    }
+/// A JSON error as an [`Error`].
+pub fn json_err(e: serde_json::Error) -> Error {
+    Error(e.to_string())
 }
 
 /// Result of the runner's operations.

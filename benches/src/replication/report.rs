@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::join::{self, JoinResult};
 use super::plot::{self, Bar, Series};
 use super::workload::RoundResult;
-use super::{Config, Result};
+use super::{json_err, Config, Result};
 
 /// Median (mean of the middle two for an even count); NaN when empty.
 pub fn median(v: &[f64]) -> f64 {
@@ -74,6 +74,10 @@ struct Metric {
     get: Getter,
 }
 
+fn metric(key: &'static str, label: impl Into<String>, higher_is_better: bool, get: Getter) -> Metric {
+    Metric { key, label: label.into(), higher_is_better, get }
+}
+
 fn large_of<'a>(r: &'a RoundResult, mode: &str) -> Option<&'a super::workload::Large> {
     r.large.iter().find(|l| l.streaming == mode)
 }
@@ -88,66 +92,42 @@ fn metrics(cfg: &Config) -> Vec<Metric> {
     };
     // small-transaction workloads run once per system: on the "off" entry
     vec![
-        Metric {
-            key: "backlog_tx_per_s",
-            label: "backlog catch-up: applied tx/s".into(),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.tx_per_s),
-        },
-        Metric {
-            key: "backlog_rows_per_s",
-            label: "backlog catch-up: applied rows/s".into(),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.rows_per_s),
-        },
-        Metric {
-            key: "backlog_catchup_s",
-            label: "backlog catch-up: seconds, enable → origin at end".into(),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.backlog.catchup_s),
-        },
-        Metric {
-            key: "backlog_txns",
-            label: format!("backlog size: pgbench tx in {} s", cfg.backlog_secs),
-            higher_is_better: true,
-            get: |r, m| (m == "off").then_some(r.backlog.txns as f64),
-        },
-        Metric {
-            key: "steady_p50_ms",
-            label: format!("steady {} tx/s: lag p50, ms", cfg.steady_rate),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.steady.p50_ms),
-        },
-        Metric {
-            key: "steady_p99_ms",
-            label: format!("steady {} tx/s: lag p99, ms", cfg.steady_rate),
-            higher_is_better: false,
-            get: |r, m| (m == "off").then_some(r.steady.p99_ms),
-        },
-        Metric {
-            key: "large_commit_to_visible_s",
-            label: format!("{rows}-row tx: COMMIT → visible on subscriber, s"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.commit_to_visible_s),
-        },
-        Metric {
-            key: "large_peak_rss_mib",
-            label: format!("{rows}-row tx: peak RSS of apply processes, MiB"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.peak_rss_mib),
-        },
-        Metric {
-            key: "large_peak_anon_mib",
-            label: format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.peak_anon_mib),
-        },
-        Metric {
-            key: "large_insert_s",
-            label: format!("{rows}-row tx: INSERT + COMMIT on provider, s"),
-            higher_is_better: false,
-            get: |r, m| large_of(r, m).map(|l| l.insert_s),
-        },
+        metric("backlog_tx_per_s", "backlog catch-up: applied tx/s", true, |r, m| {
+            (m == "off").then_some(r.backlog.tx_per_s)
+        }),
+        metric("backlog_rows_per_s", "backlog catch-up: applied rows/s", true, |r, m| {
+            (m == "off").then_some(r.backlog.rows_per_s)
+        }),
+        metric("backlog_catchup_s", "backlog catch-up: seconds, enable → origin at end", false, |r, m| {
+            (m == "off").then_some(r.backlog.catchup_s)
+        }),
+        metric("backlog_txns", format!("backlog size: pgbench tx in {} s", cfg.backlog_secs), true, |r, m| {
+            (m == "off").then_some(r.backlog.txns as f64)
+        }),
+        metric("steady_p50_ms", format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), false, |r, m| {
+            (m == "off").then_some(r.steady.p50_ms)
+        }),
+        metric("steady_p99_ms", format!("steady {} tx/s: lag p99, ms", cfg.steady_rate), false, |r, m| {
+            (m == "off").then_some(r.steady.p99_ms)
+        }),
+        metric(
+            "large_commit_to_visible_s",
+            format!("{rows}-row tx: COMMIT → visible on subscriber, s"),
+            false,
+            |r, m| large_of(r, m).map(|l| l.commit_to_visible_s),
+        ),
+        metric("large_peak_rss_mib", format!("{rows}-row tx: peak RSS of apply processes, MiB"), false, |r, m| {
+            large_of(r, m).map(|l| l.peak_rss_mib)
+        }),
+        metric(
+            "large_peak_anon_mib",
+            format!("{rows}-row tx: peak private (anon) RSS of apply, MiB"),
+            false,
+            |r, m| large_of(r, m).map(|l| l.peak_anon_mib),
+        ),
+        metric("large_insert_s", format!("{rows}-row tx: INSERT + COMMIT on provider, s"), false, |r, m| {
+            large_of(r, m).map(|l| l.insert_s)
+        }),
     ]
 }
 
@@ -169,9 +149,9 @@ fn values(results: &[RoundResult], e: &Entry, m: &Metric) -> Vec<f64> {
 }
 
 /// Everything the run produced, ready to be written.
-pub struct Report<'a> {
+pub struct Report {
     /// Configuration.
-    pub cfg: &'a Config,
+    pub cfg: Config,
     /// Machine description lines.
     pub machine: Vec<(String, String)>,
     /// Systems and whether they ran.
@@ -190,7 +170,7 @@ pub struct Report<'a> {
     pub date: String,
 }
 
-impl Report<'_> {
+impl Report {
     fn prefix(&self) -> &'static str {
         if self.cfg.quick {
             "replication-quick"
@@ -216,7 +196,7 @@ impl Report<'_> {
         }
         let _ = writeln!(out, "| {} |", header.join(" | "));
         let _ = writeln!(out, "| {} |", align.join(" | "));
-        for m in metrics(self.cfg) {
+        for m in metrics(&self.cfg) {
             let vals: Vec<Vec<f64>> = entries.iter().map(|e| values(&self.results, e, &m)).collect();
             let meds: Vec<f64> = vals.iter().map(|v| median(v)).collect();
             if meds.iter().all(|v| !v.is_finite()) {
@@ -255,7 +235,7 @@ impl Report<'_> {
 
     fn summary_json(&self) -> Value {
         let entries = entries(&self.results);
-        let ms = metrics(self.cfg);
+        let ms = metrics(&self.cfg);
         let base = entries.iter().find(|e| e.system == "native" && e.streaming == "off").cloned();
         let list: Vec<Value> = entries
             .iter()
@@ -304,7 +284,7 @@ impl Report<'_> {
             "plots": plots.iter().map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()).collect::<Vec<_>>(),
             "elapsed_s": self.elapsed_s,
         });
-        std::fs::write(dir.join(format!("{p}.json")), serde_json::to_string_pretty(&json)?)?;
+        std::fs::write(dir.join(format!("{p}.json")), serde_json::to_string_pretty(&json).map_err(json_err)?)?;
         let md = self.markdown(&plots);
         std::fs::write(dir.join(format!("{p}.md")), &md)?;
         Ok(md)
@@ -312,7 +292,7 @@ impl Report<'_> {
 
     fn markdown(&self, plots: &[PathBuf]) -> String {
         let mut out = String::new();
-        let c = self.cfg;
+        let c = &self.cfg;
         let _ = writeln!(
             out,
             "## Replication benchmark{} — {}\n",
@@ -471,7 +451,7 @@ impl Report<'_> {
             ),
         )?;
         files.push(f);
-        let ms = metrics(self.cfg);
+        let ms = metrics(&self.cfg);
         let tx = &ms[0];
         let bars: Vec<Bar> = systems
             .iter()
@@ -508,34 +488,12 @@ impl Report<'_> {
     }
 }
 
-/// The parts of a report read back from its JSON (`--report-from`).
-pub struct Loaded {
-    /// Configuration of that run.
-    pub cfg: Config,
-    /// Machine description.
-    pub machine: Vec<(String, String)>,
-    /// Systems.
-    pub systems: Vec<SystemStatus>,
-    /// Rounds.
-    pub results: Vec<RoundResult>,
-    /// Join rounds.
-    pub joins: Vec<JoinResult>,
-    /// Failed rounds.
-    pub failures: Vec<(String, usize, String)>,
-    /// Decode benchmark.
-    pub decode: std::result::Result<Value, String>,
-    /// Seconds the run took.
-    pub elapsed_s: f64,
-    /// When it ran.
-    pub date: String,
-}
-
 /// Reads a `replication*.json` written by [`Report::write`], to render its
 /// Markdown and plots again.
-pub fn load(path: &Path) -> Result<Loaded> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+pub fn load(path: &Path) -> Result<Report> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path)?).map_err(json_err)?;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let mut cfg: Config = serde_json::from_value(v["config"].clone())?;
+    let mut cfg: Config = serde_json::from_value(v["config"].clone()).map_err(json_err)?;
     cfg.poll = Config::full().poll;
     cfg.catchup_timeout = Config::full().catchup_timeout;
     let machine =
@@ -555,9 +513,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
                 .collect()
         })
         .unwrap_or_default();
-    let results = serde_json::from_value(v["rounds"].clone())?;
-    let joins =
-        if v["join_rounds"].is_array() { serde_json::from_value(v["join_rounds"].clone())? } else { Vec::new() };
+    let results = serde_json::from_value(v["rounds"].clone()).map_err(json_err)?;
+    let joins = if v["join_rounds"].is_array() {
+        serde_json::from_value(v["join_rounds"].clone()).map_err(json_err)?
+    } else {
+        Vec::new()
+    };
     let failures = v["failures"]
         .as_array()
         .map(|a| {
@@ -568,7 +529,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .unwrap_or_default();
     let d = &v["decode"];
     let decode = if d.get("results").is_some() { Ok(d.clone()) } else { Err(text(&d["not_run"])) };
-    Ok(Loaded {
+    Ok(Report {
         cfg,
         machine,
         systems,

@@ -42,9 +42,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use spock_tests::postgres::{Client, SimpleQueryMessage};
 
-use super::node::{children_of, mem_of, query_text, Node};
+use super::node::{self, mem_of, run_pgbench, Node};
 use super::systems::{Env, Pair, System};
 use super::{epoch_now, err, Config, Result};
+use spock_tests::process::children_of;
+use spock_tests::query_text;
 
 /// Backlog catch-up of one round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,8 +150,8 @@ pub fn run_round(sys: &dyn System, env: &Env, cfg: &Config, round: usize) -> Res
     let settings = sys.settings();
     let install = sys.install();
     let (p, s) = both(
-        || Node::start(install, "provider", &env.data_root, &settings, env.keep),
-        || Node::start(install, "subscriber", &env.data_root, &settings, env.keep),
+        || node::start(install, "provider", &env.data_root, &settings, env.keep),
+        || node::start(install, "subscriber", &env.data_root, &settings, env.keep),
     );
     let pair = Pair { provider: p?, subscriber: s? };
     load(&pair, &pgbench, cfg)?;
@@ -202,7 +204,7 @@ pub fn run_round(sys: &dyn System, env: &Env, cfg: &Config, round: usize) -> Res
 /// Same initial data on both sides, loaded with commit timestamps off; then on.
 fn load(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<()> {
     let init = vec!["-i".to_string(), "-q".to_string(), "-s".to_string(), cfg.scale.to_string()];
-    let (a, b) = both(|| pair.provider.pgbench(pgbench, &init), || pair.subscriber.pgbench(pgbench, &init));
+    let (a, b) = both(|| run_pgbench(&pair.provider, pgbench, &init), || run_pgbench(&pair.subscriber, pgbench, &init));
     a?;
     b?;
     let tables = "CREATE TABLE big(id int PRIMARY KEY, v int, pad text);
@@ -379,7 +381,7 @@ fn backlog(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config) -> Resul
     sys.disable(pair)?;
     wait_stopped(sys, pair)?;
     let before: u64 = pair.provider.query_text("SELECT count(*) FROM pgbench_history")?.parse().unwrap_or(0);
-    let out = pair.provider.pgbench(pgbench, &simple_update(cfg, &["-T".into(), cfg.backlog_secs.to_string()]))?;
+    let out = run_pgbench(&pair.provider, pgbench, &simple_update(cfg, &["-T".into(), cfg.backlog_secs.to_string()]))?;
     let pgbench_tps = pgbench_number(&out, "tps =")?;
     let after: u64 = pair.provider.query_text("SELECT count(*) FROM pgbench_history")?.parse().unwrap_or(0);
     let txns = after - before;
@@ -438,7 +440,8 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
 
 fn steady(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<Steady> {
     let start_epoch = epoch_now();
-    pair.provider.pgbench(
+    run_pgbench(
+        &pair.provider,
         pgbench,
         &simple_update(cfg, &["-R".into(), cfg.steady_rate.to_string(), "-T".into(), cfg.steady_secs.to_string()]),
     )?;

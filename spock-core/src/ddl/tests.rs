@@ -1,9 +1,5 @@
 use super::*;
 
-fn quote(s: &str) -> String {
-    crate::ident::quote_identifier(s)
-}
-
 #[test]
 fn sql_messages_are_json_strings_as_spock_writes_them() {
     let m = QueuedMessage::Sql("SET search_path TO public; CREATE TABLE \"T\" (a text DEFAULT E'\\n')\n".into());
@@ -63,12 +59,12 @@ fn queue_rows_go_to_subscribers_of_a_named_set_or_to_everyone() {
 
 #[test]
 fn search_path_prefix_quotes_each_schema() {
-    assert_eq!(search_path_command("\"$user\", public", quote).unwrap(), "SET search_path TO \"$user\", public; ");
-    assert_eq!(search_path_command("App,\"My Schema\"", quote).unwrap(), "SET search_path TO app, \"My Schema\"; ");
-    assert_eq!(search_path_command(" ", quote).unwrap(), "SET search_path TO ''; ");
-    assert_eq!(search_path_command("", quote).unwrap(), "SET search_path TO ''; ");
-    assert!(search_path_command("a,,b", quote).is_err());
-    assert!(search_path_command("\"open", quote).is_err());
+    assert_eq!(search_path_command("\"$user\", public").unwrap(), "SET search_path TO \"$user\", public; ");
+    assert_eq!(search_path_command("App,\"My Schema\"").unwrap(), "SET search_path TO app, \"My Schema\"; ");
+    assert_eq!(search_path_command(" ").unwrap(), "SET search_path TO ''; ");
+    assert_eq!(search_path_command("").unwrap(), "SET search_path TO ''; ");
+    assert!(search_path_command("a,,b").is_err());
+    assert!(search_path_command("\"open").is_err());
 }
 
 #[test]
@@ -161,4 +157,39 @@ fn sequences_only_move_forward_and_stay_in_bounds() {
     assert_eq!(sequence_catch_up(desc, -50), Some(-50));
     assert_eq!(sequence_catch_up(desc, -5), None);
     assert_eq!(sequence_catch_up(desc, -1000), Some(-100));
+}
+
+#[test]
+fn node_default_sets_are_spocks() {
+    let names: Vec<&str> = NODE_DEFAULT_SETS.iter().map(|s| s.name).collect();
+    assert_eq!(names, ["default", "default_insert_only", "ddl_sql"]);
+    let flags = |s: &NodeDefaultSet| [s.replicate_insert, s.replicate_update, s.replicate_delete, s.replicate_truncate];
+    assert_eq!(flags(&NODE_DEFAULT_SETS[0]), [true; 4]);
+    assert_eq!(flags(&NODE_DEFAULT_SETS[1]), [true, false, false, true]);
+    assert_eq!(flags(&NODE_DEFAULT_SETS[2]), [true, false, false, false]);
+    // AutoDDL's statements go to a set every node has.
+    assert!(names.contains(&AUTODDL_REPLICATION_SET));
+}
+
+#[test]
+fn sync_seq_announces_the_margin_ahead_within_bounds() {
+    let asc = LocalSequence { last_value: 40, increment: 5, min_value: 1, max_value: i64::MAX };
+    assert_eq!(sequence_sync_target(asc, 1000), 1040);
+    assert_eq!(sequence_sync_target(LocalSequence { max_value: 500, ..asc }, 1000), 500);
+    assert_eq!(sequence_sync_target(LocalSequence { last_value: i64::MAX - 3, ..asc }, 1000), i64::MAX);
+    let desc = LocalSequence { last_value: -50, increment: -1, min_value: -100, max_value: -1 };
+    assert_eq!(sequence_sync_target(desc, 1000), -100);
+    assert_eq!(sequence_sync_target(LocalSequence { min_value: i64::MIN, ..desc }, 1000), -1050);
+    assert_eq!(
+        sequence_sync_target(LocalSequence { last_value: i64::MIN + 3, min_value: i64::MIN, ..desc }, 1000),
+        i64::MIN
+    );
+}
+
+#[test]
+fn the_queue_table() {
+    assert!(is_queue_table("spock", "queue"));
+    assert!(!is_queue_table("public", "queue"));
+    assert!(!is_queue_table("spock", "Queue"));
+    assert!(!is_queue_table("spock", "queue2"));
 }

@@ -32,17 +32,9 @@ pub const FRAME_HEADER: usize = 4;
 /// for the transaction's next message.
 pub fn ends_batch(message: &Message) -> bool {
     match message {
-        Message::Begin(_)
-        | Message::Origin(_)
-        | Message::Relation(_)
-        | Message::Insert(_)
-        | Message::Update(_)
-        | Message::Delete(_)
-        | Message::Truncate(_)
-        | Message::StreamStart(_)
-        | Message::StreamChange(_) => false,
         Message::LogicalMessage(m) => !m.transactional,
-        _ => true,
+        Message::Begin(_) | Message::Origin(_) | Message::StreamStart(_) | Message::StreamChange(_) => false,
+        other => !other.is_streamable(),
     }
 }
 

@@ -111,6 +111,12 @@ impl Message {
         }
     }
 
+    /// Whether the message may travel inside a stream block's `x` (a change of a
+    /// streamed transaction): `R`, `I`, `U`, `D`, `T` and `M`.
+    pub fn is_streamable(&self) -> bool {
+        matches!(self.letter(), b'R' | b'I' | b'U' | b'D' | b'T' | b'M')
+    }
+
     /// Appends the message in protocol `version` (see [`super::encode`]).
     pub fn encode(&self, version: ProtoVersion, remote_insert_lsn: Lsn, out: &mut BytesMut) -> Result<(), EncodeError> {
         if let Message::Startup(s) = self {

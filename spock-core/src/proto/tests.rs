@@ -649,17 +649,7 @@ fn arb_plain_message() -> impl Strategy<Value = Message> {
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
-    let streamable = arb_plain_message().prop_filter("streamable", |m| {
-        matches!(
-            m,
-            Message::Relation(_)
-                | Message::Insert(_)
-                | Message::Update(_)
-                | Message::Delete(_)
-                | Message::Truncate(_)
-                | Message::LogicalMessage(_)
-        )
-    });
+    let streamable = arb_plain_message().prop_filter("streamable", Message::is_streamable);
     prop_oneof![
         4 => arb_plain_message(),
         1 => (any::<u32>(), any::<bool>()).prop_map(|(xid, first_segment)| Message::StreamStart(StreamStart { xid, first_segment })),

@@ -12,7 +12,7 @@
 /// The first OID of user-defined objects (`FirstNormalObjectId`).
 pub const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
 
-/// What `pg_type` says about a column's type.
+/// What `pg_type` says about a column's type: the fields of its row that decide.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct TypeFacts {
     /// The type's OID.
@@ -20,14 +20,19 @@ pub struct TypeFacts {
     /// `typtype` (`b` base, `c` composite, `d` domain, `e` enum, `p` pseudo, `r`
     /// range, `m` multirange).
     pub typtype: u8,
-    /// `typelem` is set (an array, or a fixed-length type with subscripts).
-    pub has_element: bool,
+    /// `typelem`, 0 for none (set for an array, or a fixed-length type with
+    /// subscripts).
+    pub typelem: u32,
     /// `typlen` (-1 varlena, -2 cstring).
     pub typlen: i16,
     /// `typbyval`.
     pub typbyval: bool,
-    /// Both `typsend` and `typreceive` exist.
-    pub has_send_receive: bool,
+    /// `typsend`, 0 for none.
+    pub typsend: u32,
+    /// `typreceive`, 0 for none.
+    pub typreceive: u32,
+    /// `typoutput`.
+    pub typoutput: u32,
 }
 
 /// The wire format chosen for a column.
@@ -44,25 +49,34 @@ pub enum TransferKind {
     /// the built-in send function would write).
     BinaryBigEndian(u8),
     /// `b` through the type's send function.
-    Binary,
+    Binary {
+        /// The send function's OID.
+        send: u32,
+    },
     /// `t` through the type's output function.
-    Text,
+    Text {
+        /// The output function's OID.
+        output: u32,
+    },
 }
 
-/// Chooses the transfer of a column of type `t`; `allow_internal` / `allow_binary`
+/// Spock's `decide_datum_transfer`: chooses the transfer of a column of type `t`,
+/// with the function a `b` or `t` column calls; `allow_internal` / `allow_binary`
 /// are what the subscriber asked for and the servers have in common.
-pub fn decide(t: &TypeFacts, allow_internal: bool, allow_binary: bool) -> TransferKind {
+pub fn decide_transfer(t: &TypeFacts, allow_internal: bool, allow_binary: bool) -> TransferKind {
     let builtin = t.oid < FIRST_NORMAL_OBJECT_ID;
-    if allow_internal && t.typtype == b'b' && builtin && !t.has_element && t.typlen != -2 {
+    let has_element = t.typelem != 0;
+    if allow_internal && t.typtype == b'b' && builtin && !has_element && t.typlen != -2 {
         return TransferKind::Internal { byval: t.typbyval, len: t.typlen };
     }
-    if allow_binary && t.has_send_receive && (builtin || t.typtype != b'c') && (builtin || !t.has_element) {
+    let has_send_receive = t.typsend != 0 && t.typreceive != 0;
+    if allow_binary && has_send_receive && (builtin || t.typtype != b'c') && (builtin || !has_element) {
         return match big_endian_send_len(t.oid) {
             Some(len) => TransferKind::BinaryBigEndian(len),
-            None => TransferKind::Binary,
+            None => TransferKind::Binary { send: t.typsend },
         };
     }
-    TransferKind::Text
+    TransferKind::Text { output: t.typoutput }
 }
 
 /// For built-in types whose send function writes the by-value datum's low `len`
@@ -82,53 +96,63 @@ pub fn big_endian_send_len(oid: u32) -> Option<u8> {
 mod tests {
     use super::*;
 
+    const SEND: u32 = 2407;
+    const OUTPUT: u32 = 43;
+
     fn base(oid: u32, typlen: i16, typbyval: bool) -> TypeFacts {
-        TypeFacts { oid, typtype: b'b', has_element: false, typlen, typbyval, has_send_receive: true }
+        TypeFacts {
+            oid,
+            typtype: b'b',
+            typelem: 0,
+            typlen,
+            typbyval,
+            typsend: SEND,
+            typreceive: 2406,
+            typoutput: OUTPUT,
+        }
     }
+
+    const BINARY: TransferKind = TransferKind::Binary { send: SEND };
+    const TEXT: TransferKind = TransferKind::Text { output: OUTPUT };
 
     #[test]
     fn built_in_base_types_go_internal_when_allowed() {
-        assert_eq!(decide(&base(23, 4, true), true, true), TransferKind::Internal { byval: true, len: 4 });
-        assert_eq!(decide(&base(25, -1, false), true, true), TransferKind::Internal { byval: false, len: -1 });
+        assert_eq!(decide_transfer(&base(23, 4, true), true, true), TransferKind::Internal { byval: true, len: 4 });
+        assert_eq!(decide_transfer(&base(25, -1, false), true, true), TransferKind::Internal { byval: false, len: -1 });
         // cstring never travels as internal bytes
-        assert_eq!(decide(&base(2275, -2, false), true, false), TransferKind::Text);
+        assert_eq!(decide_transfer(&base(2275, -2, false), true, false), TEXT);
         // arrays of built-ins: binary, not internal
-        let int4_array = TypeFacts { has_element: true, ..base(1007, -1, false) };
-        assert_eq!(decide(&int4_array, true, true), TransferKind::Binary);
+        let int4_array = TypeFacts { typelem: 23, ..base(1007, -1, false) };
+        assert_eq!(decide_transfer(&int4_array, true, true), BINARY);
     }
 
     #[test]
     fn binary_for_types_with_send_and_receive() {
-        assert_eq!(decide(&base(23, 4, true), false, true), TransferKind::BinaryBigEndian(4));
-        assert_eq!(decide(&base(1184, 8, true), false, true), TransferKind::BinaryBigEndian(8));
-        assert_eq!(decide(&base(16, 1, true), false, true), TransferKind::BinaryBigEndian(1));
-        assert_eq!(decide(&base(1700, -1, false), false, true), TransferKind::Binary); // numeric
-        let no_send = TypeFacts { has_send_receive: false, ..base(25, -1, false) };
-        assert_eq!(decide(&no_send, false, true), TransferKind::Text);
+        assert_eq!(decide_transfer(&base(23, 4, true), false, true), TransferKind::BinaryBigEndian(4));
+        assert_eq!(decide_transfer(&base(1184, 8, true), false, true), TransferKind::BinaryBigEndian(8));
+        assert_eq!(decide_transfer(&base(16, 1, true), false, true), TransferKind::BinaryBigEndian(1));
+        assert_eq!(decide_transfer(&base(1700, -1, false), false, true), BINARY); // numeric
+        let no_send = TypeFacts { typsend: 0, ..base(25, -1, false) };
+        assert_eq!(decide_transfer(&no_send, false, true), TEXT);
+        let no_receive = TypeFacts { typreceive: 0, ..base(25, -1, false) };
+        assert_eq!(decide_transfer(&no_receive, false, true), TEXT);
     }
 
     #[test]
     fn user_types_binary_only_when_not_composite_or_array() {
-        let user_enum = TypeFacts {
-            oid: 20000,
-            typtype: b'e',
-            has_element: false,
-            typlen: 4,
-            typbyval: true,
-            has_send_receive: true,
-        };
-        assert_eq!(decide(&user_enum, true, true), TransferKind::Binary);
+        let user_enum = TypeFacts { oid: 20000, typtype: b'e', ..base(0, 4, true) };
+        assert_eq!(decide_transfer(&user_enum, true, true), BINARY);
         let user_composite = TypeFacts { typtype: b'c', typlen: -1, typbyval: false, ..user_enum };
-        assert_eq!(decide(&user_composite, true, true), TransferKind::Text);
-        let user_array = TypeFacts { typtype: b'b', has_element: true, typlen: -1, typbyval: false, ..user_enum };
-        assert_eq!(decide(&user_array, true, true), TransferKind::Text);
+        assert_eq!(decide_transfer(&user_composite, true, true), TEXT);
+        let user_array = TypeFacts { typtype: b'b', typelem: 20001, typlen: -1, typbyval: false, ..user_enum };
+        assert_eq!(decide_transfer(&user_array, true, true), TEXT);
         // a user base type is never internal: its layout may differ between servers
         let user_base = TypeFacts { typtype: b'b', ..user_enum };
-        assert_eq!(decide(&user_base, true, false), TransferKind::Text);
+        assert_eq!(decide_transfer(&user_base, true, false), TEXT);
     }
 
     #[test]
     fn text_when_nothing_else_is_allowed() {
-        assert_eq!(decide(&base(23, 4, true), false, false), TransferKind::Text);
+        assert_eq!(decide_transfer(&base(23, 4, true), false, false), TEXT);
     }
 }

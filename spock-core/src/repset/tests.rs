@@ -92,12 +92,49 @@ fn filters_of_unsubscribed_sets_do_not_apply() {
 }
 
 #[test]
-fn queue_messages() {
+fn one_table_catch_up_sends_that_table_whole_and_nothing_else() {
     let sets = default_sets();
-    assert!(queue_message_passes::<&str>(None, &sets));
-    assert!(queue_message_passes(Some(&["ddl_sql"][..]), &sets));
-    assert!(!queue_message_passes(Some(&["other"][..]), &sets));
-    assert!(!queue_message_passes::<&str>(Some(&[][..]), &sets));
+    let asked = std::cell::Cell::new(false);
+    let read = || {
+        asked.set(true);
+        vec![member(2, Some(&["id"]), Some("f"))]
+    };
+    let p = table_publication("public", "t", Some(("public", "t")), &sets, read);
+    for a in [Action::Insert, Action::Update, Action::Delete, Action::Truncate] {
+        assert!(p.change_passes(a, no_filter).unwrap());
+    }
+    assert_eq!(p.columns, ColumnSelection::All);
+    let other = table_publication("public", "u", Some(("public", "t")), &sets, read);
+    assert!(!other.is_member());
+    let queue = table_publication("spock", "queue", Some(("public", "t")), &sets, read);
+    assert!(!queue.is_member());
+    assert!(!asked.get(), "memberships are not read for a one-table catch-up");
+}
+
+#[test]
+fn the_queue_sends_whole_inserts_only() {
+    let p = table_publication::<&str>("spock", "queue", None, &[], || unreachable!("the queue is in no set"));
+    assert!(p.change_passes(Action::Insert, no_filter).unwrap());
+    for a in [Action::Update, Action::Delete, Action::Truncate] {
+        assert!(!p.change_passes(a, no_filter).unwrap());
+    }
+    assert_eq!(p.columns, ColumnSelection::All);
+}
+
+#[test]
+fn other_tables_follow_their_memberships() {
+    let sets = default_sets();
+    let p = table_publication("public", "t", None, &sets, || vec![member(2, Some(&["id"]), None)]);
+    assert!(p.publishes(Action::Insert) && !p.publishes(Action::Update));
+    assert_eq!(p.columns, ColumnSelection::Only(["id".to_string()].into_iter().collect()));
+}
+
+#[test]
+fn filters_can_be_prepared_in_place() {
+    let p = TablePublication::new(&default_sets(), &[member(1, None, Some("a > 1"))]).map_filters(str::len);
+    assert_eq!(p.row_filters, vec![5]);
+    assert!(p.publishes(Action::Insert));
+    assert!(!p.change_passes(Action::Insert, |n: &usize| Ok::<_, ()>(Some(*n < 5))).unwrap());
 }
 
 #[test]

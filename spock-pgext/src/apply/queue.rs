@@ -27,7 +27,7 @@ pub struct QueuedRow {
 
 /// Whether a remote relation mapped to `map` is `spock.queue`.
 pub fn is_queue(map: &LocalRelation) -> bool {
-    map.qualified == "spock.queue"
+    map.qualified.split_once('.').is_some_and(|(schema, table)| spock_core::ddl::is_queue_table(schema, table))
 }
 
 impl QueuedRow {

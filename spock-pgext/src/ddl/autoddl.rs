@@ -28,7 +28,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgList, PgSqlErrorCode};
 use spock_core::ddl::{self as core_ddl, PlacementNote, QueuedMessage, SetMembership, TableFacts, TableStatement};
 
-use super::{command_name, is_ddl, queue_message, quote_identifier, running_replicated_sql, UserSwitch};
+use super::{command_name, is_ddl, queue_message, running_replicated_sql, UserSwitch};
 use crate::error::{spi_failed, PgError};
 use crate::gucs;
 
@@ -404,7 +404,7 @@ fn current_search_path_command() -> String {
         unsafe { CStr::from_ptr(pg_sys::GetConfigOptionByName(c"search_path".as_ptr(), std::ptr::null_mut(), false)) }
             .to_string_lossy()
             .into_owned();
-    core_ddl::search_path_command(&value, quote_identifier).unwrap_or_else(|e| {
+    core_ddl::search_path_command(&value).unwrap_or_else(|e| {
         PgError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("invalid value for search_path: \"{value}\": {e}"),

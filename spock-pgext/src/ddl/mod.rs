@@ -88,12 +88,9 @@ pub(crate) fn role_oid(name: &str) -> pg_sys::Oid {
     unsafe { pg_sys::get_role_oid(c.as_ptr(), false) }
 }
 
-/// The server's `quote_identifier` (it knows the keywords).
-pub(crate) fn quote_identifier(ident: &str) -> String {
-    let Ok(c) = CString::new(ident) else { return spock_core::ident::quote_identifier(ident) };
-    // SAFETY: returns its argument or a palloc'd quoted copy, both valid C strings.
-    unsafe { CStr::from_ptr(pg_sys::quote_identifier(c.as_ptr())) }.to_string_lossy().into_owned()
-}
+// The one identifier quoter is spock_core's (it knows the keywords); this name stays
+// for the callers in sql_api and apply until they call it directly.
+pub(crate) use spock_core::ident::quote_identifier;
 
 /// Inserts a `spock.queue` row (`sets` None: NULL, a message for every subscriber).
 /// `role` is recorded as the role the subscriber runs the message as.

@@ -7,6 +7,7 @@ use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
 use spock_core::repset::{Membership, RepSet};
 
+use crate::catalog::{optional, required};
 use crate::error::{spi_failed, PgError};
 
 /// Runs `f` (which uses SPI) with an active snapshot. A walsender has none, neither
@@ -35,39 +36,6 @@ pub struct LocalNode {
     pub id: u16,
     /// Node name.
     pub name: String,
-}
-
-/// Column `n` (1-based) of a catalog row, which must not be NULL: a NULL or a value
-/// of another type means the catalog is not what this code expects, and is an error
-/// rather than a silent 0 or "".
-fn required<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-    n: usize,
-    what: &str,
-) -> T {
-    match row.get::<T>(n) {
-        Ok(Some(v)) => v,
-        Ok(None) => catalog_error(what, "NULL"),
-        Err(e) => catalog_error(what, e),
-    }
-}
-
-/// Column `n` of a catalog row that may be NULL; a value of another type is an error.
-fn optional<T: pgrx::datum::FromDatum + pgrx::datum::IntoDatum>(
-    row: &pgrx::spi::SpiHeapTupleData<'_>,
-    n: usize,
-    what: &str,
-) -> Option<T> {
-    row.get::<T>(n).unwrap_or_else(|e| catalog_error(what, e))
-}
-
-fn catalog_error(what: &str, found: impl std::fmt::Display) -> ! {
-    PgError::new(
-        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        format!("spock catalog column {what} holds an unexpected value: {found}"),
-    )
-    .hint("The spock catalog was changed by hand or by another version of the extension.")
-    .raise()
 }
 
 fn first_row<T, F>(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>], f: F) -> Option<T>

@@ -16,6 +16,7 @@ pub(crate) mod catalog;
 mod queue;
 mod relation;
 mod row_filter;
+mod sink;
 mod stream;
 
 pub(crate) use stream::allow_table_scans_while_streaming;
@@ -23,22 +24,19 @@ pub(crate) use stream::allow_table_scans_while_streaming;
 use std::collections::HashMap;
 use std::ffi::CStr;
 
-use bytes::BytesMut;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::{PgList, PgSqlErrorCode};
 use rustc_hash::FxHashMap;
 use spock_core::origin::{self, OriginId};
-use spock_core::proto::batch;
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
 use spock_core::proto::writer::{self, RowAction};
-use spock_core::proto::{
-    Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, ProtoVersion, Startup, Truncate,
-};
+use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, Truncate};
 use spock_core::repset::{Action, RepSet};
 
 use crate::error::{code_for_sqlstate, PgError};
 use relation::RelEntry;
+use sink::Sink;
 
 /// Prefix of logical messages spock forwards (`spock.sync_event()`).
 const SPOCK_MESSAGE_PREFIX: &str = "Spock";
@@ -46,23 +44,42 @@ const SPOCK_MESSAGE_PREFIX: &str = "Spock";
 /// State of one decoding session, owned through `ctx->output_plugin_private`.
 struct PluginState {
     negotiated: Negotiated,
-    version: ProtoVersion,
     local_node: catalog::LocalNode,
     sets: Vec<RepSet>,
-    startup: Option<Startup>,
     /// BEGIN and ORIGIN of the current transaction were written.
     txn_started: bool,
     rels: FxHashMap<pg_sys::Oid, RelEntry>,
+    /// Parent of the relation entries' memory contexts (each entry deletes its own
+    /// when it is dropped).
+    rels_cxt: pg_sys::MemoryContext,
     node_names: HashMap<OriginId, Option<String>>,
-    buf: BytesMut,
     /// Short-lived memory for each callback, reset when it returns.
     cxt: pg_sys::MemoryContext,
     /// Streaming of in-progress transactions ([`stream`]).
     stream: stream::StreamState,
-    /// Messages are batched (`spock_rs.batch`, spock_core::proto::batch).
-    batch: bool,
-    /// A batch is being collected in `ctx->out` (prepared, not written yet).
-    batch_open: bool,
+    /// Where every message goes.
+    sink: Sink,
+}
+
+impl PluginState {
+    /// Sends `msg` (inside a stream block, in `x` when it is a change).
+    ///
+    /// SAFETY: `ctx` is the valid decoding context of a running callback.
+    unsafe fn send(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, msg: &Message) {
+        // SAFETY: forwarded.
+        unsafe { self.sink.send(ctx, msg, self.stream.change_prefix()) };
+    }
+
+    /// The `O` fields of a transaction from replication origin `txn_origin`.
+    fn origin(&mut self, txn_origin: pg_sys::RepOriginId, origin_lsn: u64) -> Origin {
+        let origin_id = origin::announced_origin(txn_origin, self.local_node.id);
+        let origin_name = if origin_id == self.local_node.id {
+            Some(self.local_node.name.clone())
+        } else {
+            self.node_names.entry(origin_id).or_insert_with(|| catalog::node_name(origin_id)).clone()
+        };
+        Origin { origin_lsn, origin_id, origin_name }
+    }
 }
 
 /// Entry point called by the `spock_output` library's `_PG_output_plugin_init`.
@@ -81,6 +98,11 @@ pub unsafe extern "C-unwind" fn spock_output_plugin_init(cb: *mut pg_sys::Output
     cb.message_cb = Some(spock_output_message);
     cb.filter_by_origin_cb = Some(spock_output_filter_by_origin);
     cb.shutdown_cb = Some(spock_output_shutdown);
+    // Changes of a streamed transaction go through the same callbacks, which write
+    // them inside `x` while a stream block is open.
+    cb.stream_change_cb = Some(spock_output_change);
+    cb.stream_truncate_cb = Some(spock_output_truncate);
+    cb.stream_message_cb = Some(spock_output_message);
     stream::register(cb);
 }
 
@@ -217,123 +239,45 @@ unsafe extern "C-unwind" fn spock_output_startup(
 
     crate::invalidation::register();
     let startup_msg = startup::startup_reply(&negotiated, &info);
-    // SAFETY: a child of the decoding context's memory, deleted with it.
-    let cxt = unsafe {
-        pg_sys::AllocSetContextCreateInternal(
-            (*ctx).context,
-            c"spock output message".as_ptr(),
-            0,
-            8 * 1024,
-            8 * 1024 * 1024,
+    // SAFETY: children of the decoding context's memory, deleted with it.
+    let (cxt, rels_cxt) = unsafe {
+        (
+            pg_sys::AllocSetContextCreateInternal(
+                (*ctx).context,
+                c"spock output message".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            ),
+            pg_sys::AllocSetContextCreateInternal(
+                (*ctx).context,
+                c"spock output relations".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            ),
         )
     };
     let state = Box::new(PluginState {
         stream: stream::StreamState::default(),
-        version: negotiated.version,
+        sink: Sink::new(&negotiated, startup_msg),
         negotiated,
         local_node,
         sets,
-        startup: Some(startup_msg),
         txn_started: false,
         rels: FxHashMap::default(),
+        rels_cxt,
         node_names: HashMap::new(),
-        buf: BytesMut::with_capacity(8192),
         cxt,
-        batch: false,
-        batch_open: false,
     });
     // SAFETY: ownership moves to the context; shutdown frees it.
     unsafe { (*ctx).output_plugin_private = Box::into_raw(state).cast() };
 }
 
-/// Encodes `msg` and hands it to PostgreSQL as one write.
-///
-/// SAFETY: `ctx` is a valid decoding context inside a callback.
-unsafe fn write(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, msg: &Message) {
-    // Inside a stream block, changes and relation messages carry their xid (`x`).
-    let wrapped;
-    let msg = match st.stream.change_prefix() {
-        Some(xid) if stream::streamable(msg) => {
-            wrapped = Message::StreamChange(spock_core::proto::StreamChange { xid, message: Box::new(msg.clone()) });
-            &wrapped
-        }
-        _ => msg,
-    };
-    st.buf.clear();
-    // SAFETY: reads the current WAL write position.
-    let insert_lsn = unsafe { pg_sys::GetXLogWriteRecPtr() };
-    if let Err(e) = msg.encode(st.version, insert_lsn, &mut st.buf) {
-        PgError::new(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("spock_output: cannot encode message: {e}"),
-        )
-        .raise();
-    }
-    if let Message::Startup(_) = msg {
-        // Never framed: the subscriber learns from it whether batches follow.
-        // SAFETY: forwarded.
-        unsafe { write_packet(ctx, &st.buf) };
-        st.batch = st.negotiated.batch();
-        return;
-    }
-    // SAFETY: forwarded.
-    unsafe { flush(ctx, st, batch::ends_batch(msg)) };
-}
-
-/// Hands the message encoded in `st.buf` to PostgreSQL: as its own packet, or
-/// (batches agreed) framed into the packet being collected, which is sent when
-/// `ends_batch` or when it is full.
-///
-/// SAFETY: as [`write`].
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, ends_batch: bool) {
-    if !st.batch {
-        // SAFETY: forwarded.
-        return unsafe { write_packet(ctx, &st.buf) };
-    }
-    // SAFETY: the output plugin write sequence on ctx->out, spread over the
-    // callbacks of one transaction (or stream block): prepared before its first
-    // message, written after its last. Nothing else touches ctx->out meanwhile.
-    unsafe {
-        if !st.batch_open {
-            pg_sys::OutputPluginPrepareWrite(ctx, true);
-            st.batch_open = true;
-        }
-        let out = (*ctx).out;
-        let header = batch::frame_header(st.buf.len());
-        pg_sys::appendBinaryStringInfo(out, header.as_ptr().cast(), header.len() as i32);
-        pg_sys::appendBinaryStringInfo(out, st.buf.as_ptr().cast(), st.buf.len() as i32);
-        if ends_batch || (*out).len as usize >= batch::BATCH_BYTES {
-            pg_sys::OutputPluginWrite(ctx, true);
-            st.batch_open = false;
-        }
-    }
-}
-
-/// Sends `bytes` as one packet.
-///
-/// SAFETY: as [`write`].
-unsafe fn write_packet(ctx: *mut pg_sys::LogicalDecodingContext, bytes: &[u8]) {
-    // SAFETY: standard output plugin write sequence on ctx->out.
-    unsafe {
-        pg_sys::OutputPluginPrepareWrite(ctx, true);
-        pg_sys::appendBinaryStringInfo((*ctx).out, bytes.as_ptr().cast(), bytes.len() as i32);
-        pg_sys::OutputPluginWrite(ctx, true);
-    }
-}
-
-/// Sends the startup reply if it was not sent yet.
-///
-/// SAFETY: as [`write`].
-unsafe fn send_startup(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState) {
-    if let Some(s) = st.startup.take() {
-        // SAFETY: forwarded.
-        unsafe { write(ctx, st, &Message::Startup(s)) };
-    }
-}
-
 /// Writes BEGIN and ORIGIN for `txn` before its first sent change.
 ///
-/// SAFETY: as [`write`]; `txn` is the transaction being decoded.
+/// SAFETY: `ctx` is the valid decoding context of a running callback; `txn` is the
+/// transaction being decoded.
 unsafe fn ensure_txn_started(
     ctx: *mut pg_sys::LogicalDecodingContext,
     st: &mut PluginState,
@@ -349,20 +293,14 @@ unsafe fn ensure_txn_started(
     // SAFETY: valid transaction from the reorder buffer.
     let (xid, final_lsn, commit_time, txn_origin, origin_lsn) =
         unsafe { ((*txn).xid, (*txn).final_lsn, (*txn).xact_time.commit_time, (*txn).origin_id, (*txn).origin_lsn) };
-    // SAFETY: forwarded.
-    unsafe { send_startup(ctx, st) };
     let begin = Message::Begin(Begin { flags: 0, final_lsn, commit_time, xid: xid.into_inner() });
+    let origin = Message::Origin(st.origin(txn_origin, origin_lsn));
     // SAFETY: forwarded.
-    unsafe { write(ctx, st, &begin) };
-    let origin_id = origin::announced_origin(txn_origin, st.local_node.id);
-    let origin_name = if origin_id == st.local_node.id {
-        Some(st.local_node.name.clone())
-    } else {
-        st.node_names.entry(origin_id).or_insert_with(|| catalog::node_name(origin_id)).clone()
-    };
-    let origin = Message::Origin(Origin { origin_lsn, origin_id, origin_name });
-    // SAFETY: forwarded.
-    unsafe { write(ctx, st, &origin) };
+    unsafe {
+        st.sink.send_startup(ctx);
+        st.send(ctx, &begin);
+        st.send(ctx, &origin);
+    }
     st.txn_started = true;
 }
 
@@ -376,7 +314,7 @@ unsafe extern "C-unwind" fn spock_output_begin(
     st.txn_started = false;
     // The startup reply goes out first, even when this transaction sends nothing.
     // SAFETY: inside a callback.
-    unsafe { send_startup(ctx, st) };
+    unsafe { st.sink.send_startup(ctx) };
 }
 
 #[pg_guard]
@@ -398,7 +336,7 @@ unsafe extern "C-unwind" fn spock_output_commit(
     let (end_lsn, commit_time) = unsafe { ((*txn).end_lsn, (*txn).xact_time.commit_time) };
     let commit = Message::Commit(Commit { flags: 0, commit_lsn, end_lsn, commit_time });
     // SAFETY: inside a callback.
-    unsafe { write(ctx, st, &commit) };
+    unsafe { st.send(ctx, &commit) };
     st.txn_started = false;
 }
 
@@ -431,13 +369,14 @@ unsafe fn rel_entry(st: &mut PluginState, rel: pg_sys::Relation) -> &mut RelEntr
         st.negotiated.allow_internal_basetypes,
         st.negotiated.allow_binary_basetypes,
     );
-    // SAFETY: forwarded.
-    st.rels.entry(relid).or_insert_with(|| unsafe { queue::build_entry(rel, sets, only, internal, binary) })
+    let parent = st.rels_cxt;
+    // SAFETY: forwarded; rels_cxt lives as long as the state.
+    st.rels.entry(relid).or_insert_with(|| unsafe { RelEntry::build(rel, parent, sets, only, internal, binary) })
 }
 
 /// Sends the relation's `R` message if this connection has not seen it.
 ///
-/// SAFETY: as [`write`].
+/// SAFETY: as [`ensure_txn_started`].
 unsafe fn ensure_relmeta(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut PluginState, relid: pg_sys::Oid) {
     if st.stream.in_block {
         // SAFETY: forwarded.
@@ -450,7 +389,7 @@ unsafe fn ensure_relmeta(ctx: *mut pg_sys::LogicalDecodingContext, st: &mut Plug
     entry.relmeta_sent = true;
     let msg = Message::Relation(entry.relation_message().clone());
     // SAFETY: forwarded.
-    unsafe { write(ctx, st, &msg) };
+    unsafe { st.send(ctx, &msg) };
 }
 
 /// Runs `f` in the per-callback memory context and resets it afterwards.
@@ -476,6 +415,8 @@ unsafe extern "C-unwind" fn spock_output_change(
 ) {
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
+    // SAFETY: valid reorder-buffer pointers.
+    unsafe { st.stream.note_change(txn, change) };
     let cxt = st.cxt;
     // SAFETY: all pointers come from the reorder buffer for this callback.
     unsafe { in_message_context(cxt, || decode_change(ctx, st, txn, rel, change)) }
@@ -502,26 +443,22 @@ unsafe fn decode_change(
     };
     // SAFETY: open relation.
     let relid = unsafe { (*rel).rd_id };
+    // The row filters see the new row, or the old one of a DELETE.
+    let filtered = if action == Action::Delete { oldtuple } else { newtuple };
+    // SAFETY: rel is open; the tuple is null or belongs to rel.
+    let (passes, is_queue) = unsafe {
+        let entry = rel_entry(st, rel);
+        (entry.change_passes(action, filtered), entry.is_queue)
+    };
+    if !passes {
+        return;
+    }
     // spock.queue rows go to subscribers of the sets they name (queue.rs).
-    // SAFETY: rel is open; newtuple is null or its new row.
-    if !unsafe { queue::row_wanted(rel, action, newtuple, &st.sets) } {
+    // SAFETY: rel is the open queue; newtuple is null or its new row.
+    if is_queue && !unsafe { queue::row_wanted(rel, newtuple, &st.sets) } {
         return;
     }
-    // SAFETY: rel is open.
-    let entry = unsafe { rel_entry(st, rel) };
-    if !entry.publication.publishes(action) {
-        return;
-    }
-    let filter_tuple = if action == Action::Delete { oldtuple } else { newtuple };
-    if entry.has_row_filters() {
-        if filter_tuple.is_null() {
-            return;
-        }
-        // SAFETY: the tuple belongs to rel.
-        if !unsafe { entry.row_passes(rel, filter_tuple) } {
-            return;
-        }
-    }
+    let entry = &st.rels[&relid];
     if action == Action::Delete && oldtuple.is_null() {
         // A table without replica identity deletes without an old key; it cannot be
         // in a set that publishes deletes, but never send a DELETE without a key.
@@ -544,19 +481,14 @@ unsafe fn decode_change(
         ensure_relmeta(ctx, st, relid);
     }
     let entry = st.rels.get_mut(&relid).expect("entry built above");
-    let buf = &mut st.buf;
-    buf.clear();
-    // SAFETY: reads the current WAL write position.
-    let insert_lsn = unsafe { pg_sys::GetXLogWriteRecPtr() };
     let row_action = match action {
         Action::Insert => RowAction::Insert,
         Action::Update => RowAction::Update,
         _ => RowAction::Delete,
     };
-    writer::row_header_in(buf, st.version, insert_lsn, st.stream.change_prefix(), row_action, u32::from(relid));
-    // SAFETY: the tuples belong to rel.
-    let written = unsafe {
-        (|| {
+    // SAFETY: inside a callback; the tuples belong to rel.
+    unsafe {
+        st.sink.send_row(ctx, st.stream.change_prefix(), row_action, u32::from(relid), |buf| {
             if !oldtuple.is_null() {
                 writer::old_tuple_marker(buf, old_kind);
                 entry.write_tuple(rel, oldtuple, buf)?;
@@ -565,18 +497,9 @@ unsafe fn decode_change(
                 writer::new_tuple_marker(buf);
                 entry.write_tuple(rel, newtuple, buf)?;
             }
-            Ok::<(), spock_core::proto::EncodeError>(())
-        })()
+            Ok(())
+        })
     };
-    if let Err(e) = written {
-        PgError::new(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("spock_output: cannot encode change: {e}"),
-        )
-        .raise();
-    }
-    // SAFETY: inside a callback.
-    unsafe { flush(ctx, st, false) };
 }
 
 #[pg_guard]
@@ -589,6 +512,8 @@ unsafe extern "C-unwind" fn spock_output_truncate(
 ) {
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
+    // SAFETY: valid reorder-buffer pointers.
+    unsafe { st.stream.note_change(txn, change) };
     let cxt = st.cxt;
     // SAFETY: arguments of a truncate callback.
     unsafe {
@@ -596,8 +521,7 @@ unsafe extern "C-unwind" fn spock_output_truncate(
             let rels = std::slice::from_raw_parts(relations, nrelations.max(0) as usize);
             let mut relids = Vec::new();
             for &rel in rels {
-                let entry = rel_entry(st, rel);
-                if entry.publication.publishes(Action::Truncate) {
+                if rel_entry(st, rel).change_passes(Action::Truncate, std::ptr::null_mut()) {
                     relids.push((*rel).rd_id);
                 }
             }
@@ -614,7 +538,7 @@ unsafe extern "C-unwind" fn spock_output_truncate(
                 restart_seqs: flags.restart_seqs,
                 relids: relids.iter().map(|r| u32::from(*r)).collect(),
             });
-            write(ctx, st, &msg);
+            st.send(ctx, &msg);
         })
     }
 }
@@ -638,9 +562,10 @@ unsafe extern "C-unwind" fn spock_output_message(
         let content = bytes::Bytes::copy_from_slice(std::slice::from_raw_parts(message.cast::<u8>(), message_size));
         let xid = if transactional && !txn.is_null() { (*txn).xid.into_inner() } else { 0 };
         if transactional && !txn.is_null() {
+            st.stream.note_txn(txn);
             ensure_txn_started(ctx, st, txn);
         } else {
-            send_startup(ctx, st);
+            st.sink.send_startup(ctx);
         }
         let msg = Message::LogicalMessage(LogicalMessage {
             xid,
@@ -649,7 +574,7 @@ unsafe extern "C-unwind" fn spock_output_message(
             prefix: SPOCK_MESSAGE_PREFIX.to_string(),
             content,
         });
-        write(ctx, st, &msg);
+        st.send(ctx, &msg);
     }
 }
 

@@ -3,18 +3,25 @@
 //! column's values travel (internal, send/recv binary or text), its row filters
 //! ready to evaluate, and whether its `R` message was sent. Built on first use and
 //! dropped when PostgreSQL invalidates the relation (see [`crate::invalidation`]).
+//!
+//! What an entry allocates in PostgreSQL memory (looked-up functions and what they
+//! cache, prepared row filters) lives in the entry's own memory context, a child of
+//! the connection's, deleted when the entry is dropped: rebuilding an entry after
+//! each invalidation does not grow the walsender's memory.
 
 use std::ffi::CStr;
 
 use bytes::BytesMut;
 use pgrx::pg_sys;
+use pgrx::varlena;
 use pgrx::PgSqlErrorCode;
 use spock_core::proto::transfer::{self, TransferKind, TypeFacts};
 use spock_core::proto::writer::TupleWriter;
 use spock_core::proto::{EncodeError, RelColumn, Relation as RelMessage};
-use spock_core::repset::{RepSet, TablePublication};
+use spock_core::repset::{self, Action, RepSet, TablePublication};
 
 use super::catalog;
+use super::row_filter::{FilterExpr, RowFilters};
 use crate::error::PgError;
 
 /// How a column's values are sent.
@@ -45,8 +52,14 @@ struct Column {
 
 /// Per-relation state of an output plugin connection.
 pub struct RelEntry {
-    /// What the subscriber gets of the table.
-    pub publication: TablePublication<String>,
+    /// The entry's memory (see the module comment), deleted on drop.
+    cxt: pg_sys::MemoryContext,
+    /// What the subscriber gets of the table, with its row filters prepared.
+    publication: TablePublication<FilterExpr>,
+    /// Where the row filters run; `None` without row filters.
+    filters: Option<RowFilters>,
+    /// The table is `spock.queue`, whose rows have their own rule (`queue.rs`).
+    pub is_queue: bool,
     columns: Vec<Column>,
     natts: usize,
     /// Whether the old tuple is the whole row (REPLICA IDENTITY FULL).
@@ -54,72 +67,85 @@ pub struct RelEntry {
     relmessage: RelMessage,
     /// Whether the `R` message went out on this connection.
     pub relmeta_sent: bool,
-    filters: Option<super::row_filter::RowFilters>,
     /// Scratch arrays for deforming tuples, reused across changes.
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
 }
 
-/// The wire decision of Spock's `decide_datum_transfer` (made by
-/// [`transfer::decide`]), with the function a `b` or `t` column calls.
-///
-/// SAFETY: `typ` must be a valid pg_type row.
-unsafe fn decide_transfer(
-    typid: pg_sys::Oid,
-    typ: &pg_sys::FormData_pg_type,
-    allow_internal: bool,
-    allow_binary: bool,
-) -> Transfer {
-    let facts = TypeFacts {
-        oid: u32::from(typid),
-        typtype: typ.typtype as u8,
-        has_element: typ.typelem != pg_sys::InvalidOid,
-        typlen: typ.typlen,
-        typbyval: typ.typbyval,
-        has_send_receive: typ.typreceive != pg_sys::InvalidOid && typ.typsend != pg_sys::InvalidOid,
-    };
-    match transfer::decide(&facts, allow_internal, allow_binary) {
-        TransferKind::Internal { byval, len } => Transfer::Internal { byval, len },
-        TransferKind::BinaryBigEndian(len) => Transfer::BinaryBigEndian(len),
-        // SAFETY: typsend is a valid function oid from pg_type.
-        TransferKind::Binary => Transfer::Binary(unsafe { fmgr_info(typ.typsend) }),
-        // SAFETY: typoutput is a valid function oid from pg_type.
-        TransferKind::Text => Transfer::Text(unsafe { fmgr_info(typ.typoutput) }),
+impl Drop for RelEntry {
+    fn drop(&mut self) {
+        // The filters' executor state first, then the memory it lives in.
+        self.filters = None;
+        // SAFETY: the entry's own context, created in `build`; the looked-up
+        // functions in it are dropped with the entry and not called afterwards.
+        unsafe { pg_sys::MemoryContextDelete(self.cxt) };
     }
 }
 
-/// Looks a function up once for repeated calls; lives in CacheMemoryContext.
+/// How a column of type `facts` travels (`spock_core::proto::transfer`), with the
+/// function a `b` or `t` column calls looked up in `cxt`.
 ///
-/// SAFETY: `func` must be a valid function oid.
-unsafe fn fmgr_info(func: pg_sys::Oid) -> Box<pg_sys::FmgrInfo> {
+/// SAFETY: `facts` comes from a pg_type row; `cxt` is a valid memory context.
+unsafe fn column_transfer(
+    facts: &TypeFacts,
+    cxt: pg_sys::MemoryContext,
+    allow_internal: bool,
+    allow_binary: bool,
+) -> Transfer {
+    match transfer::decide_transfer(facts, allow_internal, allow_binary) {
+        TransferKind::Internal { byval, len } => Transfer::Internal { byval, len },
+        TransferKind::BinaryBigEndian(len) => Transfer::BinaryBigEndian(len),
+        // SAFETY: a function oid from pg_type.
+        TransferKind::Binary { send } => Transfer::Binary(unsafe { fmgr_info(send, cxt) }),
+        // SAFETY: a function oid from pg_type.
+        TransferKind::Text { output } => Transfer::Text(unsafe { fmgr_info(output, cxt) }),
+    }
+}
+
+/// Looks function `func` up once for repeated calls; what it caches between calls
+/// goes to `cxt`.
+///
+/// SAFETY: `func` must be a valid function oid and `cxt` a valid memory context.
+unsafe fn fmgr_info(func: u32, cxt: pg_sys::MemoryContext) -> Box<pg_sys::FmgrInfo> {
     let mut finfo = Box::new(pg_sys::FmgrInfo::default());
-    // SAFETY: fills the FmgrInfo we own; extra data goes to CacheMemoryContext, which
-    // outlives every decoding context.
-    unsafe { pg_sys::fmgr_info_cxt(func, finfo.as_mut(), pg_sys::CacheMemoryContext) };
+    // SAFETY: fills the FmgrInfo we own, with `cxt` as its fn_mcxt.
+    unsafe { pg_sys::fmgr_info_cxt(pg_sys::Oid::from(func), finfo.as_mut(), cxt) };
     finfo
 }
 
-/// The pg_type row of `typid`, copied.
-fn type_row(typid: pg_sys::Oid) -> pg_sys::FormData_pg_type {
-    // SAFETY: syscache lookup and release around a plain struct copy.
+/// What the pg_type row of `typid` says for [`transfer::decide_transfer`].
+fn type_facts(typid: pg_sys::Oid) -> TypeFacts {
+    // SAFETY: syscache lookup and release around plain field copies.
     unsafe {
         let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, pg_sys::Datum::from(typid));
         if tup.is_null() {
             PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("cache lookup failed for type {typid:?}"))
                 .raise();
         }
-        let row = *pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
+        let typ = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
+        let facts = TypeFacts {
+            oid: u32::from(typid),
+            typtype: typ.typtype as u8,
+            typelem: u32::from(typ.typelem),
+            typlen: typ.typlen,
+            typbyval: typ.typbyval,
+            typsend: u32::from(typ.typsend),
+            typreceive: u32::from(typ.typreceive),
+            typoutput: u32::from(typ.typoutput),
+        };
         pg_sys::ReleaseSysCache(tup);
-        row
+        facts
     }
 }
 
 impl RelEntry {
-    /// Builds the entry of `rel` for a connection subscribed to `sets`.
+    /// Builds the entry of `rel` for a connection subscribed to `sets` (or catching
+    /// up `only_table`), with its memory in a new child of `parent`.
     ///
-    /// SAFETY: `rel` must be an open relation.
+    /// SAFETY: `rel` must be an open relation and `parent` a valid memory context.
     pub unsafe fn build(
         rel: pg_sys::Relation,
+        parent: pg_sys::MemoryContext,
         sets: &[RepSet],
         only_table: Option<&(String, String)>,
         allow_internal: bool,
@@ -130,26 +156,23 @@ impl RelEntry {
         // SAFETY: namespace oid from the relation's own form.
         let nspname = unsafe { cstr_or_empty(pg_sys::get_namespace_name(relform.relnamespace)) };
         let relname = unsafe { CStr::from_ptr(relform.relname.data.as_ptr()) }.to_string_lossy().into_owned();
+        let only_table = only_table.map(|(schema, table)| (schema.as_str(), table.as_str()));
+        let publication =
+            repset::table_publication(&nspname, &relname, only_table, sets, || catalog::table_memberships(relid));
 
-        let publication = match only_table {
-            Some((schema, table)) => {
-                let all = RepSet {
-                    id: 0,
-                    name: String::new(),
-                    replicate_insert: true,
-                    replicate_update: true,
-                    replicate_delete: true,
-                    replicate_truncate: true,
-                };
-                let member = *schema == nspname && *table == relname;
-                let memberships = if member {
-                    vec![spock_core::repset::Membership { set_id: 0, columns: None, row_filter: None }]
-                } else {
-                    vec![]
-                };
-                TablePublication::new(&[all], &memberships)
-            }
-            None => TablePublication::new(sets, &catalog::table_memberships(relid)),
+        // SAFETY: a new child of the caller's valid context; deleted on drop (or with
+        // its parent, should the build fail below).
+        let cxt = unsafe {
+            pg_sys::AllocSetContextCreateInternal(parent, c"spock output relation".as_ptr(), 0, 1024, 8 * 1024)
+        };
+        // SAFETY: rel is open; the node strings come from our catalog; everything is
+        // allocated in the entry's context.
+        let (filters, publication) = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(cxt);
+            let filters = (!publication.row_filters.is_empty()).then(|| RowFilters::new(rel));
+            let publication = publication.map_filters(|tree| RowFilters::prepare(&tree));
+            pg_sys::MemoryContextSwitchTo(old);
+            (filters, publication)
         };
 
         // SAFETY: returns a palloc'd bitmap of the identity key columns of an open relation.
@@ -170,16 +193,12 @@ impl RelEntry {
             if !publication.columns.includes(&name) {
                 continue;
             }
-            let typ = type_row(att.atttypid);
-            // SAFETY: typ is the pg_type row of the column's type.
-            let transfer = unsafe { decide_transfer(att.atttypid, &typ, allow_internal, allow_binary) };
-            columns.push(Column {
-                index,
-                varlena: att.attlen == -1,
-                transfer,
-                // SAFETY: typoutput from pg_type.
-                fallback_text: unsafe { fmgr_info(typ.typoutput) },
-            });
+            let facts = type_facts(att.atttypid);
+            // SAFETY: facts of the column's type; cxt is the entry's context.
+            let (transfer, fallback_text) = unsafe {
+                (column_transfer(&facts, cxt, allow_internal, allow_binary), fmgr_info(facts.typoutput, cxt))
+            };
+            columns.push(Column { index, varlena: att.attlen == -1, transfer, fallback_text });
             // SAFETY: identity is a valid (possibly empty) bitmap.
             let is_identity = unsafe {
                 pg_sys::bms_is_member(i32::from(att.attnum) - pg_sys::FirstLowInvalidHeapAttributeNumber, identity)
@@ -192,7 +211,9 @@ impl RelEntry {
             });
         }
         RelEntry {
-            filters: None,
+            cxt,
+            filters,
+            is_queue: spock_core::ddl::is_queue_table(&nspname, &relname),
             identity_full: relform.relreplident == pg_sys::REPLICA_IDENTITY_FULL as std::ffi::c_char,
             relmessage: RelMessage { flags: 0, relid: u32::from(relid), nspname, relname, columns: relcolumns },
             relmeta_sent: false,
@@ -209,23 +230,22 @@ impl RelEntry {
         &self.relmessage
     }
 
-    /// Whether the publication has row filters.
-    pub fn has_row_filters(&self) -> bool {
-        !self.publication.row_filters.is_empty()
-    }
-
-    /// Evaluates the row filters on `tuple`.
+    /// Whether a change of kind `action` is sent, with its row filters evaluated on
+    /// `tuple` (the new row, or the old one of a DELETE): a change without a row to
+    /// filter does not pass filters.
     ///
-    /// SAFETY: `rel` is open and `tuple` is a tuple of it.
-    pub unsafe fn row_passes(&mut self, rel: pg_sys::Relation, tuple: pg_sys::HeapTuple) -> bool {
-        let filters = self
-            .filters
-            // SAFETY: rel is open; the node strings were written by nodeToString.
-            .get_or_insert_with(|| unsafe {
-                super::row_filter::RowFilters::prepare(rel, &self.publication.row_filters)
-            });
-        // SAFETY: tuple belongs to rel.
-        unsafe { filters.all_pass(tuple) }
+    /// SAFETY: `tuple` is null or a tuple of the entry's relation.
+    pub unsafe fn change_passes(&mut self, action: Action, tuple: pg_sys::HeapTuple) -> bool {
+        let mut filters = self.filters.as_mut().filter(|_| !tuple.is_null());
+        let verdict = self.publication.change_passes(action, |expr| {
+            // SAFETY: the filters were prepared for this relation; tuple belongs to it.
+            Ok::<_, std::convert::Infallible>(filters.as_mut().and_then(|f| unsafe { f.evaluate(*expr, tuple) }))
+        });
+        if let Some(f) = filters {
+            // SAFETY: ends the evaluations of this change.
+            unsafe { f.finish() };
+        }
+        verdict.unwrap_or_else(|never| match never {})
     }
 
     /// Writes a heap tuple of the relation as a wire tuple straight into `out`.
@@ -252,11 +272,15 @@ impl RelEntry {
             }
             let value = self.values[col.index];
             if col.varlena {
-                let ptr = value.cast_mut_ptr::<u8>();
+                let ptr = value.cast_mut_ptr::<pg_sys::varlena>();
                 // SAFETY: a non-null varlena datum points to at least a 1-byte header;
-                // an external one (first byte 0x01) has its tag in the second byte.
-                let (external, tag) = unsafe { (*ptr == 0x01, if *ptr == 0x01 { *ptr.add(1) } else { 0 }) };
-                if external && u32::from(tag) == pg_sys::vartag_external::VARTAG_ONDISK {
+                // an external one has its tag in the second byte. pgrx reads the
+                // header bits of the server's byte order.
+                let external = unsafe { varlena::varatt_is_1b_e(ptr) };
+                // SAFETY: as above.
+                if external
+                    && u32::from(unsafe { varlena::vartag_external(ptr) }) == pg_sys::vartag_external::VARTAG_ONDISK
+                {
                     w.unchanged_toast();
                     continue;
                 }
@@ -305,20 +329,19 @@ unsafe fn write_value(w: &mut TupleWriter<'_>, col: &Column, value: pg_sys::Datu
             w.internal(unsafe { std::slice::from_raw_parts(value.cast_mut_ptr::<u8>(), *len as usize) })
         }
         Transfer::Internal { .. } => {
-            let ptr = value.cast_mut_ptr::<u8>();
-            // SAFETY: a non-external varlena: its header gives its total size, all of
-            // which belongs to the datum.
-            w.internal(unsafe { std::slice::from_raw_parts(ptr, varsize_any(ptr)) })
+            let ptr = value.cast_mut_ptr::<pg_sys::varlena>();
+            // SAFETY: a non-external varlena: its header (read in the server's byte
+            // order) gives its total size, all of which belongs to the datum.
+            w.internal(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), varlena::varsize_any(ptr)) })
         }
         Transfer::Binary(finfo) => {
             // SAFETY: SendFunctionCall returns a palloc'd bytea with a 4-byte header
-            // (or a short 1-byte one), freed after copying.
+            // (or a short 1-byte one), read in the server's byte order; freed after
+            // copying.
             unsafe {
                 let b = pg_sys::SendFunctionCall(finfo.as_ref() as *const _ as *mut _, value);
-                let ptr = b.cast::<u8>();
-                let size = varsize_any(ptr);
-                let hdr = if *ptr & 0x01 == 0x01 { 1 } else { 4 };
-                let r = w.binary(std::slice::from_raw_parts(ptr.add(hdr), size - hdr));
+                let data = varlena::vardata_any(b).cast::<u8>();
+                let r = w.binary(std::slice::from_raw_parts(data, varlena::varsize_any_exhdr(b)));
                 pg_sys::pfree(b.cast());
                 r
             }
@@ -334,22 +357,6 @@ unsafe fn write_value(w: &mut TupleWriter<'_>, col: &Column, value: pg_sys::Datu
         }
         // SAFETY: forwarded precondition.
         Transfer::Text(finfo) => unsafe { write_text(w, finfo, value) },
-    }
-}
-
-/// `VARSIZE_ANY` for an inline (1-byte or 4-byte header) varlena on a
-/// little-endian server.
-///
-/// SAFETY: `ptr` points to a non-external varlena.
-unsafe fn varsize_any(ptr: *const u8) -> usize {
-    // SAFETY: reading the header bytes of a valid varlena.
-    unsafe {
-        if *ptr & 0x01 == 0x01 {
-            (*ptr >> 1) as usize
-        } else {
-            let header = u32::from_ne_bytes([*ptr, *ptr.add(1), *ptr.add(2), *ptr.add(3)]);
-            (header >> 2) as usize
-        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Row filters of a relation, prepared once per relation and connection and
-//! evaluated on each decoded row: all must return true (NULL rejects the row).
+//! Row filters of a relation, prepared once per relation entry and evaluated on
+//! each decoded row. Which filters apply and how their results combine (all must
+//! return true, NULL rejects the row) is `spock_core::repset::TablePublication`.
 
 use std::ffi::CString;
 
@@ -8,87 +9,98 @@ use pgrx::PgSqlErrorCode;
 
 use crate::error::PgError;
 
-/// Prepared filters with the slot and expression context they run in. Everything is
-/// allocated in one memory context that is deleted with the value.
+/// One prepared filter expression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterExpr(*mut pg_sys::ExprState);
+
+/// The slot and expression context the filters of one relation run in. Created in
+/// the relation entry's memory context, which is deleted after the value.
 pub struct RowFilters {
-    cxt: pg_sys::MemoryContext,
-    states: Vec<*mut pg_sys::ExprState>,
     econtext: *mut pg_sys::ExprContext,
     slot: *mut pg_sys::TupleTableSlot,
+    /// The slot holds the row being filtered.
+    stored: bool,
 }
 
 impl RowFilters {
-    /// Prepares `trees` (`nodeToString` output of boolean expressions over `rel`).
+    /// The evaluation state for filters over `rel`, in the current memory context.
     ///
     /// SAFETY: `rel` must be open.
-    pub unsafe fn prepare(rel: pg_sys::Relation, trees: &[String]) -> RowFilters {
-        // SAFETY: creating a child of CacheMemoryContext and building executor state
-        // in it; the expressions come from our own catalog, written by
-        // spock._parse_row_filter.
+    pub unsafe fn new(rel: pg_sys::Relation) -> RowFilters {
+        // SAFETY: plain executor-state constructors in the current memory context.
         unsafe {
-            let cxt = pg_sys::AllocSetContextCreateInternal(
-                pg_sys::CacheMemoryContext,
-                c"spock row filters".as_ptr(),
-                0,
-                8 * 1024,
-                8 * 1024 * 1024,
-            );
-            let old = pg_sys::MemoryContextSwitchTo(cxt);
-            let mut states = Vec::with_capacity(trees.len());
-            for tree in trees {
-                let c = CString::new(tree.as_str()).unwrap_or_else(|_| {
-                    PgError::new(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "row filter contains a NUL byte").raise()
-                });
-                let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Expr;
-                let planned = pg_sys::expression_planner(node);
-                states.push(pg_sys::ExecInitExpr(planned, std::ptr::null_mut()));
-            }
             let econtext = pg_sys::CreateStandaloneExprContext();
             // A private copy of the descriptor: the relation's own is reference-counted
             // under the resource owner of the moment, which is gone when we drop the slot.
             let desc = pg_sys::CreateTupleDescCopy((*rel).rd_att);
             let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
-            pg_sys::MemoryContextSwitchTo(old);
-            RowFilters { cxt, states, econtext, slot }
+            RowFilters { econtext, slot, stored: false }
         }
     }
 
-    /// Whether every filter returns true for `tuple`.
+    /// Prepares `tree` (`nodeToString` output of a boolean expression over the
+    /// relation) in the current memory context.
     ///
-    /// SAFETY: `tuple` must be a tuple of the relation the filters were prepared for.
-    pub unsafe fn all_pass(&mut self, tuple: pg_sys::HeapTuple) -> bool {
-        // SAFETY: evaluating prepared expressions on a slot holding the tuple, in the
-        // expression context's per-tuple memory, which is reset afterwards.
+    /// SAFETY: the expression comes from our own catalog, written by
+    /// `spock._parse_row_filter`.
+    pub unsafe fn prepare(tree: &str) -> FilterExpr {
+        let c = CString::new(tree).unwrap_or_else(|_| {
+            PgError::new(PgSqlErrorCode::ERRCODE_DATA_CORRUPTED, "row filter contains a NUL byte").raise()
+        });
+        // SAFETY: see above.
         unsafe {
-            pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
-            (*self.econtext).ecxt_scantuple = self.slot;
-            let old = pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory);
-            let mut pass = true;
-            for &state in &self.states {
-                let mut isnull = false;
-                let eval = (*state).evalfunc.expect("initialized ExprState has an evalfunc");
-                let result = eval(state, self.econtext, &mut isnull);
-                if isnull || result.value() == 0 {
-                    pass = false;
-                    break;
-                }
+            let node = pg_sys::stringToNode(c.as_ptr()) as *mut pg_sys::Expr;
+            let planned = pg_sys::expression_planner(node);
+            FilterExpr(pg_sys::ExecInitExpr(planned, std::ptr::null_mut()))
+        }
+    }
+
+    /// The result of `expr` on `tuple` (`None` for NULL). Call [`RowFilters::finish`]
+    /// after the last filter of a row.
+    ///
+    /// SAFETY: `expr` was prepared for the relation and `tuple` is a tuple of it,
+    /// the same for every call until `finish`.
+    pub unsafe fn evaluate(&mut self, expr: FilterExpr, tuple: pg_sys::HeapTuple) -> Option<bool> {
+        // SAFETY: evaluating a prepared expression on a slot holding the tuple, in
+        // the expression context's per-tuple memory.
+        unsafe {
+            if !self.stored {
+                pg_sys::ExecStoreHeapTuple(tuple, self.slot, false);
+                (*self.econtext).ecxt_scantuple = self.slot;
+                self.stored = true;
             }
+            let old = pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory);
+            let mut isnull = false;
+            let eval = (*expr.0).evalfunc.expect("initialized ExprState has an evalfunc");
+            let result = eval(expr.0, self.econtext, &mut isnull);
             pg_sys::MemoryContextSwitchTo(old);
+            (!isnull).then(|| result.value() != 0)
+        }
+    }
+
+    /// Releases the row and what the evaluations allocated.
+    ///
+    /// SAFETY: the econtext and slot are valid (created by `new`).
+    pub unsafe fn finish(&mut self) {
+        if !std::mem::take(&mut self.stored) {
+            return;
+        }
+        // SAFETY: see above.
+        unsafe {
             pg_sys::ExecClearTuple(self.slot);
             pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-            pass
         }
     }
 }
 
 impl Drop for RowFilters {
     fn drop(&mut self) {
-        // SAFETY: the slot, context and states were created by `prepare` and are not
+        // SAFETY: the slot and expression context were created by `new`, in memory
+        // that is still there (the entry deletes its context after this), and are not
         // used after this.
         unsafe {
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
             pg_sys::FreeExprContext(self.econtext, false);
-            pg_sys::MemoryContextDelete(self.cxt);
         }
     }
 }

@@ -12,9 +12,9 @@
 //! * `s` (xid, first segment?) lazily, before the first change of a block that
 //!   passes the filters: a block whose changes are all filtered out sends nothing;
 //! * each change as `x` (the change's own (sub)transaction id) + the usual `R`, `I`,
-//!   `U`, `D`, `T` or `M` message, through the same code and filters (replication
-//!   sets, actions, row filters, column lists, origin filter) as a non-streamed
-//!   transaction;
+//!   `U`, `D`, `T` or `M` message, through the same callbacks, filters (replication
+//!   sets, actions, row filters, column lists, origin filter) and sink as a
+//!   non-streamed transaction;
 //! * `e` at the end of a block that sent `s`;
 //! * `c` (with the origin of the transaction, which PostgreSQL only knows at commit)
 //!   or `a`, only for transactions of which something was sent.
@@ -31,10 +31,9 @@ use std::collections::HashMap;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use spock_core::origin;
-use spock_core::proto::{Message, Origin, Relation, StreamAbort, StreamCommit, StreamStart, StreamStop};
+use spock_core::proto::{Message, Relation, StreamAbort, StreamCommit, StreamStart, StreamStop};
 
-use super::{send_startup, state, write, PluginState};
+use super::{state, PluginState};
 
 /// Runs `f`, which reads spock's catalog tables, while PostgreSQL may be streaming an
 /// in-progress transaction.
@@ -81,30 +80,38 @@ impl StreamState {
     pub(super) fn change_prefix(&self) -> Option<u32> {
         self.in_block.then_some(self.change_xid)
     }
+
+    /// Notes the (sub)transaction of a change about to be written (used inside a
+    /// stream block only).
+    ///
+    /// SAFETY: `change` and `txn` are valid reorder-buffer pointers.
+    pub(super) unsafe fn note_change(
+        &mut self,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: see above; change->txn is set for queued changes.
+        let own = unsafe { (*change).txn };
+        // SAFETY: forwarded.
+        unsafe { self.note_txn(if own.is_null() { txn } else { own }) };
+    }
+
+    /// Notes the (sub)transaction of a transactional message about to be written.
+    ///
+    /// SAFETY: `txn` is a valid reorder-buffer transaction.
+    pub(super) unsafe fn note_txn(&mut self, txn: *mut pg_sys::ReorderBufferTXN) {
+        // SAFETY: see above.
+        self.change_xid = unsafe { (*txn).xid.into_inner() };
+    }
 }
 
-/// Whether `msg` travels inside `x` when written in a stream block.
-pub(super) fn streamable(msg: &Message) -> bool {
-    matches!(
-        msg,
-        Message::Relation(_)
-            | Message::Insert(_)
-            | Message::Update(_)
-            | Message::Delete(_)
-            | Message::Truncate(_)
-            | Message::LogicalMessage(_)
-    )
-}
-
-/// Registers the stream callbacks.
+/// Registers the callbacks of stream blocks and of their ends; changes inside
+/// blocks go through the ordinary change callbacks (see `spock_output_plugin_init`).
 pub(super) fn register(cb: &mut pg_sys::OutputPluginCallbacks) {
     cb.stream_start_cb = Some(spock_output_stream_start);
     cb.stream_stop_cb = Some(spock_output_stream_stop);
     cb.stream_abort_cb = Some(spock_output_stream_abort);
     cb.stream_commit_cb = Some(spock_output_stream_commit);
-    cb.stream_change_cb = Some(spock_output_stream_change);
-    cb.stream_truncate_cb = Some(spock_output_stream_truncate);
-    cb.stream_message_cb = Some(spock_output_stream_message);
 }
 
 /// Writes `s` before the first sent change of a stream block.
@@ -119,7 +126,7 @@ pub(super) unsafe fn ensure_block_started(ctx: *mut pg_sys::LogicalDecodingConte
     st.stream.sent.entry(xid).or_default();
     st.stream.block_sent = true;
     // SAFETY: forwarded.
-    unsafe { write(ctx, st, &Message::StreamStart(StreamStart { xid, first_segment })) };
+    unsafe { st.send(ctx, &Message::StreamStart(StreamStart { xid, first_segment })) };
 }
 
 /// Sends the relation's `R` inside the stream unless this streamed transaction
@@ -140,18 +147,7 @@ pub(super) unsafe fn ensure_relmeta(
     sent.insert(relid, rel.clone());
     let msg = Message::Relation(rel.clone());
     // SAFETY: forwarded.
-    unsafe { write(ctx, st, &msg) };
-}
-
-/// The `O` fields for a transaction from replication origin `txn_origin`.
-fn origin_of(st: &mut PluginState, txn_origin: pg_sys::RepOriginId, origin_lsn: u64) -> Origin {
-    let origin_id = origin::announced_origin(txn_origin, st.local_node.id);
-    let origin_name = if origin_id == st.local_node.id {
-        Some(st.local_node.name.clone())
-    } else {
-        st.node_names.entry(origin_id).or_insert_with(|| super::catalog::node_name(origin_id)).clone()
-    };
-    Origin { origin_lsn, origin_id, origin_name }
+    unsafe { st.send(ctx, &msg) };
 }
 
 #[pg_guard]
@@ -162,7 +158,7 @@ unsafe extern "C-unwind" fn spock_output_stream_start(
     // SAFETY: startup ran for this context; txn is the top-level transaction.
     unsafe {
         let st = state(ctx);
-        send_startup(ctx, st);
+        st.sink.send_startup(ctx);
         let xid = (*txn).xid.into_inner();
         st.stream.in_block = true;
         st.stream.block_sent = false;
@@ -181,7 +177,7 @@ unsafe extern "C-unwind" fn spock_output_stream_stop(
         let st = state(ctx);
         st.stream.in_block = false;
         if std::mem::take(&mut st.stream.block_sent) {
-            write(ctx, st, &Message::StreamStop(StreamStop::default()));
+            st.send(ctx, &Message::StreamStop(StreamStop::default()));
         }
     }
 }
@@ -192,25 +188,8 @@ unsafe extern "C-unwind" fn spock_output_stream_abort(
     txn: *mut pg_sys::ReorderBufferTXN,
     _abort_lsn: pg_sys::XLogRecPtr,
 ) {
-    // SAFETY: startup ran for this context; txn (and its toptxn) are valid.
-    unsafe {
-        let st = state(ctx);
-        let top = if (*txn).toptxn.is_null() { txn } else { (*txn).toptxn };
-        let xid = (*top).xid.into_inner();
-        let subxid = (*txn).xid.into_inner();
-        let Some(sent) = st.stream.sent.get_mut(&xid) else {
-            // Nothing of this transaction was sent.
-            return;
-        };
-        if xid == subxid {
-            st.stream.sent.remove(&xid);
-        } else {
-            // The subscriber drops what it kept from the subtransaction on, which
-            // may include relation messages: send them again when needed.
-            sent.clear();
-        }
-        write(ctx, st, &Message::StreamAbort(StreamAbort { xid, subxid }));
-    }
+    // SAFETY: arguments of the abort callback.
+    unsafe { end_streamed(ctx, txn, None) }
 }
 
 #[pg_guard]
@@ -219,88 +198,56 @@ unsafe extern "C-unwind" fn spock_output_stream_commit(
     txn: *mut pg_sys::ReorderBufferTXN,
     commit_lsn: pg_sys::XLogRecPtr,
 ) {
-    // SAFETY: startup ran for this context; txn is the committed top-level transaction.
+    // SAFETY: arguments of the commit callback.
+    unsafe { end_streamed(ctx, txn, Some(commit_lsn)) }
+}
+
+/// The end of a streamed transaction: its commit at `commit_lsn` (`txn` is the
+/// top-level transaction), or the abort of `txn`, the transaction or one of its
+/// subtransactions. Sends `c` or `a` when something of the transaction was sent.
+///
+/// SAFETY: `ctx` is a decoding context whose startup ran; `txn` (and its toptxn) are
+/// valid reorder-buffer transactions.
+unsafe fn end_streamed(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    commit_lsn: Option<pg_sys::XLogRecPtr>,
+) {
+    // SAFETY: see above.
     unsafe {
         let st = state(ctx);
-        let xid = (*txn).xid.into_inner();
-        if st.stream.sent.remove(&xid).is_none() {
-            // Nothing published: tell the walsender we made progress.
-            pg_sys::OutputPluginUpdateProgress(ctx, false);
+        let top = if (*txn).toptxn.is_null() { txn } else { (*txn).toptxn };
+        let xid = (*top).xid.into_inner();
+        let subxid = (*txn).xid.into_inner();
+        let Some(sent) = st.stream.sent.get_mut(&xid) else {
+            if commit_lsn.is_some() {
+                // Nothing published: tell the walsender we made progress.
+                pg_sys::OutputPluginUpdateProgress(ctx, false);
+            }
             return;
-        }
-        let origin = origin_of(st, (*txn).origin_id, (*txn).origin_lsn);
-        let msg = Message::StreamCommit(StreamCommit {
-            xid,
-            commit_lsn,
-            end_lsn: (*txn).end_lsn,
-            commit_time: (*txn).xact_time.commit_time,
-            origin_lsn: origin.origin_lsn,
-            origin_id: origin.origin_id,
-            origin_name: origin.origin_name,
-        });
-        write(ctx, st, &msg);
-    }
-}
-
-/// The (sub)transaction id a change belongs to.
-///
-/// SAFETY: `change` and `txn` are valid reorder-buffer pointers.
-unsafe fn change_xid(txn: *mut pg_sys::ReorderBufferTXN, change: *mut pg_sys::ReorderBufferChange) -> u32 {
-    // SAFETY: see above; change->txn is set for queued changes.
-    unsafe {
-        let own = (*change).txn;
-        if own.is_null() {
-            (*txn).xid.into_inner()
+        };
+        if commit_lsn.is_none() && xid != subxid {
+            // The subscriber drops what it kept from the subtransaction on, which
+            // may include relation messages: send them again when needed.
+            sent.clear();
         } else {
-            (*own).xid.into_inner()
+            st.stream.sent.remove(&xid);
         }
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn spock_output_stream_change(
-    ctx: *mut pg_sys::LogicalDecodingContext,
-    txn: *mut pg_sys::ReorderBufferTXN,
-    rel: pg_sys::Relation,
-    change: *mut pg_sys::ReorderBufferChange,
-) {
-    // SAFETY: arguments of a change callback, passed on unchanged.
-    unsafe {
-        state(ctx).stream.change_xid = change_xid(txn, change);
-        super::spock_output_change(ctx, txn, rel, change);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn spock_output_stream_truncate(
-    ctx: *mut pg_sys::LogicalDecodingContext,
-    txn: *mut pg_sys::ReorderBufferTXN,
-    nrelations: std::ffi::c_int,
-    relations: *mut pg_sys::Relation,
-    change: *mut pg_sys::ReorderBufferChange,
-) {
-    // SAFETY: arguments of a truncate callback, passed on unchanged.
-    unsafe {
-        state(ctx).stream.change_xid = change_xid(txn, change);
-        super::spock_output_truncate(ctx, txn, nrelations, relations, change);
-    }
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn spock_output_stream_message(
-    ctx: *mut pg_sys::LogicalDecodingContext,
-    txn: *mut pg_sys::ReorderBufferTXN,
-    message_lsn: pg_sys::XLogRecPtr,
-    transactional: bool,
-    prefix: *const std::ffi::c_char,
-    message_size: pg_sys::Size,
-    message: *const std::ffi::c_char,
-) {
-    // SAFETY: arguments of a message callback, passed on unchanged.
-    unsafe {
-        if !txn.is_null() {
-            state(ctx).stream.change_xid = (*txn).xid.into_inner();
-        }
-        super::spock_output_message(ctx, txn, message_lsn, transactional, prefix, message_size, message);
+        let msg = match commit_lsn {
+            None => Message::StreamAbort(StreamAbort { xid, subxid }),
+            Some(commit_lsn) => {
+                let origin = st.origin((*txn).origin_id, (*txn).origin_lsn);
+                Message::StreamCommit(StreamCommit {
+                    xid,
+                    commit_lsn,
+                    end_lsn: (*txn).end_lsn,
+                    commit_time: (*txn).xact_time.commit_time,
+                    origin_lsn: origin.origin_lsn,
+                    origin_id: origin.origin_id,
+                    origin_name: origin.origin_name,
+                })
+            }
+        };
+        st.send(ctx, &msg);
     }
 }

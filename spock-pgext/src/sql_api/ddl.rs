@@ -1,19 +1,27 @@
 //! `spock.replicate_ddl(command, replication_sets, search_path, role)`: runs a DDL
 //! command here and queues it (`Q`) for the subscribers of the sets, with the
-//! `SET search_path` it ran under, to be run there as `role`. Declared in
-//! `sql/spock_api.sql` (Spock's defaults `current_setting('search_path')` and
-//! `CURRENT_USER`), with the `text[]` overload there.
+//! `SET search_path` it ran under, to be run there as `role`, with Spock's defaults
+//! (`current_setting('search_path')`, evaluated in the caller's session before the
+//! function's own pinned search_path applies, and `CURRENT_USER`). The `text[]`
+//! overload is in `sql/api/ddl.sql`.
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::ddl::QueuedMessage;
 
+use crate::catalog::{nodes, repsets, system};
 use crate::ddl::{self, Execution};
-use crate::error::{spi_failed, PgError};
+use crate::error::PgError;
 
-#[pg_extern(sql = false, volatile, name = "replicate_ddl")]
-fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_path: &str, role: &str) -> bool {
-    crate::output_plugin::catalog::local_node();
+#[pg_extern(volatile, strict, name = "replicate_ddl")]
+#[search_path(pg_catalog, pg_temp)]
+fn replicate_ddl(
+    command: &str,
+    replication_sets: default!(Vec<Option<String>>, "'{ddl_sql}'"),
+    search_path: default!(&str, "current_setting('search_path')"),
+    role: default!(&str, "CURRENT_USER"),
+) -> bool {
+    nodes::local_node_id();
     let sets: Vec<String> = replication_sets
         .into_iter()
         .map(|s| {
@@ -23,11 +31,8 @@ fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_pa
             })
         })
         .collect();
-    for set in &sets {
-        Spi::run_with_args("SELECT spock._repset($1)", &[set.as_str().into()])
-            .unwrap_or_else(|e| spi_failed("looking up a replication set", e));
-    }
-    let prefix = spock_core::ddl::search_path_command(search_path, ddl::quote_identifier).unwrap_or_else(|e| {
+    repsets::require_local_sets(&sets);
+    let prefix = spock_core::ddl::search_path_command(search_path).unwrap_or_else(|e| {
         PgError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "provided search path is not valid")
             .detail(format!("\"{search_path}\": {e}"))
             .raise()
@@ -47,4 +52,16 @@ fn replicate_ddl(command: &str, replication_sets: Vec<Option<String>>, search_pa
     ddl::queue_message(Some(&sets), role, &QueuedMessage::Sql(format!("{prefix}{command}")));
     ddl::execute_sql(command, role, Some(search_path), Execution::ReplicateDdl);
     true
+}
+
+/// `spock._queue_table_sync(set_name, relation)`: queues an `A` message (copy the
+/// table) for the subscribers of the set, to be applied as the current user.
+#[pg_extern(volatile, strict, name = "_queue_table_sync")]
+fn queue_table_sync(set_name: &str, relation: pg_sys::Oid) {
+    let (schema, table) = system::relation_name(relation);
+    ddl::queue_message(
+        Some(&[set_name.to_string()]),
+        &system::current_user_name(),
+        &QueuedMessage::TableSync { schema, table },
+    );
 }

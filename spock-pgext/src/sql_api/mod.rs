@@ -1,14 +1,41 @@
 //! SQL functions of schema `spock`, with Spock's names and signatures. Most of the
-//! node and replication-set API is hand-written SQL (`sql/spock_api.sql`); the
-//! helpers it needs from inside the server are here.
+//! API is hand-written SQL, one file per area in `sql/api/` named like the module
+//! here that holds its Rust helpers; the files are loaded in the order declared
+//! below: the catalog first, `privileges.sql` (search_path pins and REVOKEs over
+//! every function of the schema) last.
 
 mod ddl;
 mod info;
+mod node;
 mod pause;
 mod progress;
 mod repset;
+mod sequence;
 mod subscription;
 mod sync;
 
 pgrx::extension_sql_file!("../../../sql/spock_catalog.sql", name = "catalog", bootstrap);
-pgrx::extension_sql_file!("../../../sql/spock_api.sql", name = "api", finalize);
+pgrx::extension_sql_file!("../../../sql/api/node.sql", name = "api_node", requires = ["catalog"]);
+pgrx::extension_sql_file!("../../../sql/api/repset.sql", name = "api_repset", requires = ["api_node"]);
+pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence", requires = ["api_repset"]);
+// _subscription_progress() (LANGUAGE sql) calls _is_subscription_origin().
+pgrx::extension_sql_file!(
+    "../../../sql/api/subscription.sql",
+    name = "api_subscription",
+    requires = ["api_sequence", sql_api::subscription::is_subscription_origin]
+);
+// sync_event() (LANGUAGE sql) calls node_info().
+pgrx::extension_sql_file!("../../../sql/api/sync.sql", name = "api_sync", requires = ["api_subscription"]);
+// The views read apply_group_progress().
+pgrx::extension_sql_file!(
+    "../../../sql/api/progress.sql",
+    name = "api_progress",
+    requires = ["api_sync", sql_api::progress::apply_group_progress]
+);
+// The text[] overload of replicate_ddl (LANGUAGE sql) calls the text one.
+pgrx::extension_sql_file!(
+    "../../../sql/api/ddl.sql",
+    name = "api_ddl",
+    requires = ["api_progress", sql_api::ddl::replicate_ddl]
+);
+pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);

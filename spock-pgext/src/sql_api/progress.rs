@@ -1,8 +1,9 @@
 //! `spock.apply_group_progress()`: apply progress of this server's subscriptions,
 //! from the workers' shared state (behind the views `spock.progress` and
-//! `spock.lag_tracker`). Declared in `sql/spock_api.sql` with pg_lsn and timestamptz
-//! columns: both are 8-byte pass-by-value types, which is what the i64 values here
-//! are (LSNs as bits, timestamps as microseconds since 2000).
+//! `spock.lag_tracker`, declared in `sql/api/progress.sql`). The declaration is
+//! written out below because its pg_lsn and timestamptz columns have no pgrx type:
+//! both are 8-byte pass-by-value types, which is what the i64 values here are (LSNs
+//! as bits, timestamps as microseconds since 2000); pgrx fills in the C symbol.
 
 use pgrx::prelude::*;
 
@@ -13,7 +14,14 @@ fn opt<T: Into<i64> + Copy + PartialEq + Default>(v: T) -> Option<i64> {
 }
 
 /// One row per subscription that had an apply worker since the server started.
-#[pg_extern(sql = false, volatile)]
+#[pg_extern(
+    volatile,
+    sql = "CREATE FUNCTION spock.apply_group_progress(OUT dbid oid, OUT node_id oid, OUT remote_node_id oid,
+    OUT remote_commit_ts timestamptz, OUT prev_remote_ts timestamptz, OUT remote_commit_lsn pg_lsn,
+    OUT remote_insert_lsn pg_lsn, OUT received_lsn pg_lsn, OUT last_updated_ts timestamptz,
+    OUT updated_by_decode bool)
+RETURNS SETOF record VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
+)]
 #[allow(clippy::type_complexity)]
 fn apply_group_progress() -> TableIterator<
     'static,

@@ -1,5 +1,5 @@
 //! Rust helpers behind the node and replication-set SQL API (the functions
-//! themselves are in `sql/spock_api.sql`): ids derived from names, relation-cache
+//! themselves are in `sql/api/repset.sql`): ids derived from names, relation-cache
 //! invalidation so walsenders see membership changes, row-filter parsing, slot names.
 
 use std::ffi::{CStr, CString};
@@ -34,6 +34,22 @@ fn invalidate_all() {
     crate::privilege::require_superuser("invalidate cached relation metadata");
     // SAFETY: as above; registers a transactional "invalidate everything" message.
     unsafe { pg_sys::CacheInvalidateRelcacheAll() }
+}
+
+/// `spock._set_needs_replica_identity(replicate_update, replicate_delete)`: whether
+/// the tables of a set with these flags need a replica identity
+/// ([`spock_core::repset::RepSet::needs_replica_identity`]).
+#[pg_extern(immutable, strict, parallel_safe, name = "_set_needs_replica_identity")]
+fn set_needs_replica_identity(replicate_update: bool, replicate_delete: bool) -> bool {
+    spock_core::repset::RepSet {
+        id: 0,
+        name: String::new(),
+        replicate_insert: true,
+        replicate_update,
+        replicate_delete,
+        replicate_truncate: true,
+    }
+    .needs_replica_identity()
 }
 
 /// `spock.spock_gen_slot_name(dbname, provider_node, subscription)`.
@@ -100,9 +116,15 @@ unsafe fn is_plain_single_target_select(stmt: *mut pg_sys::SelectStmt) -> Option
 /// `spock._parse_row_filter(relation, row_filter) RETURNS pg_node_tree`: parses and
 /// checks a row filter the way a CHECK constraint is checked (only the table's
 /// columns, immutable functions, no subqueries), coerced to boolean, and returns its
-/// node tree. Declared in `sql/spock_api.sql` because pgrx has no pg_node_tree type
-/// (it is a text varlena, so returning text is binary-identical).
-#[pg_extern(sql = false, volatile, name = "_parse_row_filter")]
+/// node tree. pgrx has no pg_node_tree type, so the declaration is written out here
+/// (pg_node_tree is a text varlena: returning text is binary-identical); pgrx fills
+/// in the C symbol.
+#[pg_extern(
+    volatile,
+    name = "_parse_row_filter",
+    sql = "CREATE FUNCTION spock._parse_row_filter(relation regclass, row_filter text) RETURNS pg_node_tree
+    STRICT VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
+)]
 fn parse_row_filter(relation: pg_sys::Oid, row_filter: &str) -> String {
     require_relation(relation);
     // SAFETY: every call below is a plain backend function used as the server's own

@@ -1,16 +1,20 @@
-//! Rust helpers behind the subscription SQL API (`sql/spock_api.sql`): the calls
+//! Rust helpers behind the subscription SQL API (`sql/api/subscription.sql`): the calls
 //! that talk to the provider.
 
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+use crate::catalog::provider::{self, provider_error};
 use crate::error::PgError;
 use crate::libpq::Connection;
 
-fn provider_error(what: &str, e: impl std::fmt::Display) -> ! {
-    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("could not {what}: {e}"))
-        .hint("Check provider_dsn: the provider must accept normal and replication connections from this node.")
-        .raise()
+/// `spock._is_subscription_origin(slot, origin)`: whether replication origin `origin`
+/// belongs to the subscription with slot `slot`: the slot's own name (the provider's
+/// transactions) or one it forwards from another node
+/// ([`spock_core::names::origin_node_of`]).
+#[pg_extern(immutable, strict, parallel_safe, name = "_is_subscription_origin")]
+fn is_subscription_origin(slot: &str, origin: &str) -> bool {
+    spock_core::names::origin_node_of(slot, origin).is_some()
 }
 
 /// `spock._provider_info(dsn)`: the provider's node id and name and its replication
@@ -22,15 +26,12 @@ fn provider_info(
     crate::privilege::require_superuser("connect to a provider");
     let conn = Connection::connect(dsn, &[("application_name", "spock sub_create")])
         .unwrap_or_else(|e| provider_error("connect to the provider", e));
-    let has_spock = conn
-        .query("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'spock'")
-        .unwrap_or_else(|e| provider_error("query the provider", e));
-    if has_spock.is_empty() {
+    if !provider::has_spock(&conn) {
         PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider has no spock extension")
             .hint("Run CREATE EXTENSION spock and spock.node_create() on the provider first.")
             .raise();
     }
-    let node = conn.query("SELECT node_id::int8, node_name FROM spock.node_info()").unwrap_or_else(|e| {
+    let (id, name) = provider::node(&conn).unwrap_or_else(|e| {
         PgError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("the provider is not a spock node: {e}"),
@@ -38,22 +39,7 @@ fn provider_info(
         .hint("Run spock.node_create() on the provider first.")
         .raise()
     });
-    let (id, name) = match node.first() {
-        Some(r) => (
-            r.first().cloned().flatten().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0),
-            r.get(1).cloned().flatten().unwrap_or_default(),
-        ),
-        None => {
-            PgError::new(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "the provider is not a spock node")
-                .raise()
-        }
-    };
-    let sets: Vec<String> = conn
-        .query("SELECT s.set_name::text FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid ORDER BY 1")
-        .unwrap_or_else(|e| provider_error("read the provider's replication sets", e))
-        .into_iter()
-        .filter_map(|r| r.into_iter().next().flatten())
-        .collect();
+    let sets = provider::sets(&conn);
     drop(conn);
     let repl = Connection::connect(dsn, &[("replication", "database"), ("application_name", "spock sub_create")])
         .unwrap_or_else(|e| provider_error("open a replication connection to the provider", e));

@@ -3,6 +3,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+use crate::catalog::provider;
 use crate::error::PgError;
 use crate::libpq::Connection;
 
@@ -18,25 +19,5 @@ fn provider_tables(
         PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("could not connect to the provider: {e}"))
             .raise()
     });
-    let list = sets.iter().map(|s| conn.literal(s)).collect::<Vec<_>>().join(", ");
-    let rows = conn
-        .query(&format!(
-            "SELECT DISTINCT n.nspname::text, c.relname::text
-               FROM spock.replication_set s
-               JOIN spock.replication_set_table rt ON rt.set_id = s.set_id
-               JOIN pg_catalog.pg_class c ON c.oid = rt.set_reloid
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE s.set_name = ANY (ARRAY[{list}]::text[]) AND c.relkind = 'r'
-              ORDER BY 1, 2"
-        ))
-        .unwrap_or_else(|e| {
-            PgError::new(
-                PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE,
-                format!("could not list the provider's tables: {e}"),
-            )
-            .raise()
-        });
-    TableIterator::new(
-        rows.into_iter().filter_map(|r| Some((r.first().cloned().flatten()?, r.get(1).cloned().flatten()?))),
-    )
+    TableIterator::new(provider::tables(&conn, &sets))
 }

@@ -13,6 +13,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::{shmem, APPLY_TYPE, MANAGER_TYPE};
+use crate::catalog::{subscriptions, system};
 use crate::gucs;
 
 /// How often the manager checks the catalog when nothing wakes it.
@@ -20,31 +21,6 @@ const NAPTIME: Duration = Duration::from_secs(1);
 
 struct Worker {
     handle: DynamicBackgroundWorker,
-}
-
-fn extension_installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'spock')")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-}
-
-/// Enabled subscriptions of this node: (sub_id, name).
-fn enabled_subscriptions() -> Vec<(u32, String)> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT s.sub_id::int8, s.sub_name::text FROM spock.subscription s
-                   JOIN spock.local_node l ON l.node_id = s.sub_target
-                  WHERE s.sub_enabled ORDER BY s.sub_id",
-                None,
-                &[],
-            )
-            .map(|t| {
-                t.into_iter().filter_map(|r| Some((r.get::<i64>(1).ok()?? as u32, r.get::<String>(2).ok()??))).collect()
-            })
-            .unwrap_or_default()
-    })
 }
 
 fn start_apply(db: pg_sys::Oid, sub_id: u32, sub_name: &str) -> Option<DynamicBackgroundWorker> {
@@ -75,12 +51,12 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     super::pin_search_path();
 
-    if !BackgroundWorker::transaction(extension_installed) {
+    if !BackgroundWorker::transaction(system::extension_installed) {
         shmem::mark_no_spock(db);
         // CREATE EXTENSION may have committed (and its functions cleared the mark)
         // between the check and the mark: look again so the mark never sticks to a
         // database that has spock.
-        if !BackgroundWorker::transaction(extension_installed) {
+        if !BackgroundWorker::transaction(system::extension_installed) {
             return;
         }
         shmem::clear_no_spock(db);
@@ -92,8 +68,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     loop {
         super::reload_config_if_asked();
         let (installed, wanted) = BackgroundWorker::transaction(|| {
-            let installed = extension_installed();
-            (installed, if installed { enabled_subscriptions() } else { Vec::new() })
+            let installed = system::extension_installed();
+            (installed, if installed { subscriptions::enabled_subscriptions() } else { Vec::new() })
         });
         // Stop workers of subscriptions no longer enabled; forget ended ones.
         let ids: Vec<u32> = workers.keys().copied().collect();

@@ -10,10 +10,17 @@
 //!
 //! Workers find each other through `pg_stat_activity` (`backend_type` is
 //! "spock supervisor" / "spock manager" / "spock apply") and wake each other with
-//! SIGUSR1, which sets the receiver's latch. Shared memory ([`shmem`]) holds which
-//! databases have no spock, each apply worker's progress and pending exception,
-//! paused databases, and the holds that keep a worker stopped while a transaction
-//! changes its subscription.
+//! SIGUSR1, which sets the receiver's latch. Shared memory ([`shmem::WorkerState`],
+//! one fixed-size struct under one LWLock) holds:
+//! - the databases without spock (the supervisor starts no manager there again);
+//! - per subscription that had an apply worker since the server started
+//!   (`MAX_SUBSCRIPTIONS`): its progress (`spock.progress`), whether it is inside a
+//!   remote transaction (for pauses), whether it last stopped on request (restart
+//!   at once), and the transaction that failed to apply (replayed per
+//!   `spock.exception_behaviour`);
+//! - the databases whose apply workers are paused, with a deadline;
+//! - the holds that keep a subscription's worker stopped while a transaction
+//!   changes the subscription (`spock._hold_subscription`).
 
 pub mod manager;
 pub mod shmem;
@@ -68,7 +75,7 @@ fn wake_workers() {
     }
     // SAFETY: reading the current database id.
     shmem::clear_no_spock(unsafe { pg_sys::MyDatabaseId });
-    let pids = worker_pids(&[SUPERVISOR_TYPE, MANAGER_TYPE]);
+    let pids = crate::catalog::system::backend_pids(&[SUPERVISOR_TYPE, MANAGER_TYPE]);
     // Called inside a transaction (the SQL functions that change the catalog); the
     // callback runs after the commit is visible to other backends and only sends
     // signals, which cannot fail in a way that raises an error.
@@ -153,7 +160,7 @@ fn hold_subscription(sub_id: pg_sys::Oid) {
         .hint("Retry when one of them has ended.")
         .raise();
     }
-    let managers = worker_pids(&[MANAGER_TYPE]);
+    let managers = crate::catalog::system::backend_pids(&[MANAGER_TYPE]);
     // The same at commit and abort; it only touches shared memory under its lock and
     // sends signals.
     let release = move || {
@@ -162,15 +169,4 @@ fn hold_subscription(sub_id: pg_sys::Oid) {
     };
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, release.clone());
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, release);
-}
-
-/// Pids of the running spock workers whose `backend_type` is one of `types`.
-fn worker_pids(types: &[&str]) -> Vec<i32> {
-    let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
-    Spi::connect(|client| {
-        client
-            .select("SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = ANY ($1)", None, &[types.into()])
-            .map(|t| t.into_iter().filter_map(|r| r.get::<i32>(1).ok().flatten()).collect())
-            .unwrap_or_default()
-    })
 }

@@ -1,5 +1,6 @@
-//! The little shared state workers need: which databases have no spock (so the
-//! supervisor does not start managers there again and again).
+//! The state spock's processes share (summary in [`super`]): databases without
+//! spock, per-subscription apply progress, pending exceptions and flags, paused
+//! databases and holds, in one fixed-size [`WorkerState`] under one LWLock.
 
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_sys;
@@ -100,7 +101,8 @@ impl ExceptionSlot {
     }
 }
 
-/// Shared worker state: databases without spock, and apply progress.
+/// Shared worker state: databases without spock, apply progress and failed
+/// transactions per subscription, pauses and holds.
 #[derive(Copy, Clone)]
 pub struct WorkerState {
     no_spock: [u32; MAX_DATABASES],

@@ -133,7 +133,8 @@ fn run() -> Res<()> {
                     == 2)
         })?;
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Every node's changes applied everywhere (sync events): resolutions recorded.
+    spock_tests::fixtures::sync_mesh(&nodes);
     println!("   account 101 on every node (last update wins, the same winner everywhere):");
     for n in &nodes {
         show(n, "SELECT id, owner, balance FROM accounts WHERE id = 101")?;

@@ -14,8 +14,9 @@ pub mod spock;
 
 use std::path::PathBuf;
 
-use super::node::{Install, Node};
+use super::node::Node;
 use super::Result;
+use spock_tests::PgInstall;
 
 /// The tables `pgbench -i` creates, which the join workload copies.
 pub const PGBENCH_TABLES: &[&str] = &["pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers"];
@@ -42,7 +43,7 @@ pub const TABLES: &[&str] =
 #[derive(Debug, Clone)]
 pub struct Env {
     /// PostgreSQL 18 (the native system's server; its pgbench is the client for all).
-    pub pg18: Install,
+    pub pg18: PgInstall,
     /// Where server directories go (tmpfs by default).
     pub data_root: PathBuf,
     /// Keep server directories.
@@ -71,7 +72,7 @@ pub trait System {
     fn prepare(&mut self, env: &Env) -> std::result::Result<String, String>;
 
     /// The server installation of both nodes (after a successful `prepare`).
-    fn install(&self) -> &Install;
+    fn install(&self) -> &PgInstall;
 
     /// `postgresql.conf` settings this system's servers need on top of the common ones.
     fn settings(&self) -> Vec<(String, String)>;
@@ -144,6 +145,19 @@ pub fn all() -> Vec<Box<dyn System>> {
         Box::new(pglogical::Pglogical::default()),
         Box::new(spock::Spock::default()),
     ]
+}
+
+/// The provider statements of the pglogical-like systems: `CREATE EXTENSION`,
+/// `create_node` (a whole statement), and every table of [`TABLES`] added by
+/// function `add_table(set, table)` to set `default`, `pgbench_history` (no primary
+/// key; pgbench only inserts) to `default_insert_only`.
+pub fn provider_sql(extension: &str, create_node: String, add_table: &str) -> String {
+    let mut provider = vec![format!("CREATE EXTENSION {extension}"), create_node];
+    for t in TABLES {
+        let set = if *t == "pgbench_history" { "default_insert_only" } else { "default" };
+        provider.push(format!("SELECT {add_table}('{set}', '{t}')"));
+    }
+    provider.join(";\n")
 }
 
 /// `'text'` as an SQL literal.

@@ -1,13 +1,13 @@
 //! PostgreSQL 18's own publication/subscription between two PostgreSQL 18 servers.
 
 use super::{literal, Env, JoinVariant, Pair, System, PGBENCH_TABLES, TABLES};
-use crate::replication::node::Install;
 use crate::replication::Result;
+use spock_tests::PgInstall;
 
 /// Native logical replication (`CREATE PUBLICATION` / `CREATE SUBSCRIPTION`).
 #[derive(Default)]
 pub struct Native {
-    install: Option<Install>,
+    install: Option<PgInstall>,
 }
 
 impl System for Native {
@@ -23,7 +23,7 @@ impl System for Native {
         ))
     }
 
-    fn install(&self) -> &Install {
+    fn install(&self) -> &PgInstall {
         self.install.as_ref().expect("prepare() succeeded")
     }
 
@@ -42,7 +42,7 @@ impl System for Native {
         // PostgreSQL 18's default is streaming = parallel; the baseline is "off"
         pair.subscriber.execute(&format!(
             "CREATE SUBSCRIPTION bench_sub CONNECTION {} PUBLICATION bench_pub WITH (copy_data = false, streaming = off)",
-            literal(&pair.provider.dsn())
+            literal(&pair.provider.dsn("postgres"))
         ))
     }
 
@@ -77,7 +77,7 @@ impl System for Native {
     fn join_start_sql(&self, pair: &Pair, _variant: &JoinVariant) -> String {
         format!(
             "CREATE SUBSCRIPTION join_sub CONNECTION {} PUBLICATION join_pub WITH (copy_data = true, streaming = off)",
-            literal(&pair.provider.dsn())
+            literal(&pair.provider.dsn("postgres"))
         )
     }
 

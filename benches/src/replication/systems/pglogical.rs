@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{literal, Env, Pair, System, TABLES};
-use crate::replication::node::Install;
+use super::{literal, provider_sql, Env, Pair, System};
 use crate::replication::Result;
+use spock_tests::PgInstall;
 
 const DEFAULT_BINDIR: &str = "/usr/lib/postgresql/15/bin";
 const PACKAGES: &[&str] = &["postgresql-15-pglogical"];
@@ -18,7 +18,7 @@ const PACKAGES: &[&str] = &["postgresql-15-pglogical"];
 /// pglogical provider -> subscriber.
 #[derive(Default)]
 pub struct Pglogical {
-    install: Option<Install>,
+    install: Option<PgInstall>,
     plugin_list: bool,
 }
 
@@ -102,7 +102,7 @@ impl System for Pglogical {
                 ));
             }
         }
-        let install = Install::at(&dir).map_err(|e| e.0)?;
+        let install = PgInstall::at(&dir).map_err(|e| e.0)?;
         // Debian's 15.19+ only lets slots use listed output plugins
         self.plugin_list = install.has_setting("output_plugin_libraries");
         let desc = format!("pglogical {} on {}", package_version("postgresql-15-pglogical"), install.version);
@@ -110,7 +110,7 @@ impl System for Pglogical {
         Ok(desc)
     }
 
-    fn install(&self) -> &Install {
+    fn install(&self) -> &PgInstall {
         self.install.as_ref().expect("prepare() succeeded")
     }
 
@@ -128,24 +128,22 @@ impl System for Pglogical {
     }
 
     fn setup(&self, pair: &Pair) -> Result<()> {
-        let mut provider = vec![
-            "CREATE EXTENSION pglogical".to_string(),
-            format!("SELECT pglogical.create_node(node_name := 'provider', dsn := {})", literal(&pair.provider.dsn())),
-        ];
-        for t in TABLES {
-            // pgbench_history has no primary key: insert-only set (pgbench only inserts)
-            let set = if *t == "pgbench_history" { "default_insert_only" } else { "default" };
-            provider.push(format!("SELECT pglogical.replication_set_add_table('{set}', '{t}')"));
-        }
-        pair.provider.execute(&provider.join(";\n"))?;
+        pair.provider.execute(&provider_sql(
+            "pglogical",
+            format!(
+                "SELECT pglogical.create_node(node_name := 'provider', dsn := {})",
+                literal(&pair.provider.dsn("postgres"))
+            ),
+            "pglogical.replication_set_add_table",
+        ))?;
         pair.subscriber.execute(&format!(
             "CREATE EXTENSION pglogical;
              SELECT pglogical.create_node(node_name := 'subscriber', dsn := {});
              SELECT pglogical.create_subscription(subscription_name := 'bench_sub', provider_dsn := {},
                  replication_sets := ARRAY['default', 'default_insert_only'], synchronize_structure := false,
                  synchronize_data := false, forward_origins := '{{}}')",
-            literal(&pair.subscriber.dsn()),
-            literal(&pair.provider.dsn())
+            literal(&pair.subscriber.dsn("postgres")),
+            literal(&pair.provider.dsn("postgres"))
         ))
     }
 

@@ -17,9 +17,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{literal, Env, JoinVariant, Pair, System, TABLES};
-use crate::replication::node::Install;
+use super::{literal, provider_sql, Env, JoinVariant, Pair, System};
 use crate::replication::Result;
+use spock_tests::PgInstall;
 
 /// Why the system is skipped when the subscriber side is missing.
 pub const NOT_AVAILABLE: &str = "not available yet: the installed spock has no subscriber side (spock.sub_create)";
@@ -27,10 +27,10 @@ pub const NOT_AVAILABLE: &str = "not available yet: the installed spock has no s
 /// spock provider -> spock subscriber.
 #[derive(Default)]
 pub struct Spock {
-    install: Option<Install>,
+    install: Option<PgInstall>,
 }
 
-fn pg_config(install: &Install, flag: &str) -> std::result::Result<PathBuf, String> {
+fn pg_config(install: &PgInstall, flag: &str) -> std::result::Result<PathBuf, String> {
     let out =
         Command::new(install.program("pg_config")).arg(flag).output().map_err(|e| format!("pg_config {flag}: {e}"))?;
     if !out.status.success() {
@@ -70,7 +70,7 @@ impl System for Spock {
         if scripts.is_empty() || !lib.join("spock.so").exists() {
             return Err(format!(
                 "spock is not installed in {} (scripts/bench.sh installs a release build)",
-                env.pg18.pg.bindir.display()
+                env.pg18.bindir.display()
             ));
         }
         if !scripts.iter().any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.contains("spock.sub_create"))) {
@@ -99,7 +99,7 @@ impl System for Spock {
         Ok(format!("spock-rs {version} on {} ({}: {build})", env.pg18.version, so.display()))
     }
 
-    fn install(&self) -> &Install {
+    fn install(&self) -> &PgInstall {
         self.install.as_ref().expect("prepare() succeeded")
     }
 
@@ -131,23 +131,18 @@ impl System for Spock {
     }
 
     fn setup(&self, pair: &Pair) -> Result<()> {
-        let mut provider = vec![
-            "CREATE EXTENSION spock".to_string(),
-            format!("SELECT spock.node_create('provider', {})", literal(&pair.provider.dsn())),
-        ];
-        for t in TABLES {
-            // pgbench_history has no primary key: insert-only set (pgbench only inserts)
-            let set = if *t == "pgbench_history" { "default_insert_only" } else { "default" };
-            provider.push(format!("SELECT spock.repset_add_table('{set}', '{t}')"));
-        }
-        pair.provider.execute(&provider.join(";\n"))?;
+        pair.provider.execute(&provider_sql(
+            "spock",
+            format!("SELECT spock.node_create('provider', {})", literal(&pair.provider.dsn("postgres"))),
+            "spock.repset_add_table",
+        ))?;
         pair.subscriber.execute(&format!(
             "CREATE EXTENSION spock;
              SELECT spock.node_create('subscriber', {});
              SELECT spock.sub_create('bench_sub', {}, ARRAY['default', 'default_insert_only'],
                  synchronize_structure := false, synchronize_data := false)",
-            literal(&pair.subscriber.dsn()),
-            literal(&pair.provider.dsn())
+            literal(&pair.subscriber.dsn("postgres")),
+            literal(&pair.provider.dsn("postgres"))
         ))
     }
 
@@ -182,14 +177,14 @@ impl System for Spock {
              SELECT spock.node_create('provider', {});
              SELECT spock.repset_add_all_tables('default', '{{public}}');
              SELECT spock.repset_add_table('default_insert_only', 'pgbench_history');",
-            literal(&pair.provider.dsn())
+            literal(&pair.provider.dsn("postgres"))
         ))
     }
 
     fn join_subscriber(&self, pair: &Pair) -> Result<()> {
         pair.subscriber.execute(&format!(
             "CREATE EXTENSION spock; SELECT spock.node_create('subscriber', {})",
-            literal(&pair.subscriber.dsn())
+            literal(&pair.subscriber.dsn("postgres"))
         ))
     }
 
@@ -197,7 +192,7 @@ impl System for Spock {
         format!(
             "SELECT spock.sub_create('join_sub', {}, ARRAY['default', 'default_insert_only'],
                  synchronize_structure := {}, synchronize_data := true)",
-            literal(&pair.provider.dsn()),
+            literal(&pair.provider.dsn("postgres")),
             !variant.schema_beforehand
         )
     }
@@ -220,8 +215,7 @@ impl System for Spock {
     fn set_streaming(&self, pair: &Pair, mode: &str) -> Result<()> {
         // Read when the apply worker connects: reconnect it.
         pair.subscriber.execute(&format!("ALTER SYSTEM SET spock.stream_large_transactions = {mode}"))?;
-        pair.subscriber.execute("SELECT pg_reload_conf()")?;
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        pair.subscriber.reload_conf()?;
         self.disable(pair)?;
         self.enable(pair)
     }

@@ -1,0 +1,28 @@
+//! `spock.subscription` (with `spock.local_node`).
+
+use pgrx::prelude::*;
+
+use super::required;
+use crate::error::spi_failed;
+
+/// The enabled subscriptions of this node: (sub_id, sub_name), by sub_id.
+pub fn enabled_subscriptions() -> Vec<(u32, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT s.sub_id, s.sub_name::text FROM spock.subscription s
+                   JOIN spock.local_node l ON l.node_id = s.sub_target
+                  WHERE s.sub_enabled ORDER BY s.sub_id",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| spi_failed("reading the enabled subscriptions", e))
+            .map(|r| {
+                (
+                    u32::from(required::<pgrx::pg_sys::Oid>(&r, 1, "spock.subscription.sub_id")),
+                    required::<String>(&r, 2, "spock.subscription.sub_name"),
+                )
+            })
+            .collect()
+    })
+}

@@ -1,0 +1,22 @@
+-- spock-rs SQL API, apply progress: the views spock.progress and spock.lag_tracker
+-- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs).
+
+CREATE VIEW spock.progress AS
+    SELECT * FROM spock.apply_group_progress()
+     WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
+
+CREATE VIEW spock.lag_tracker AS
+    SELECT o.node_name AS origin_name,
+           r.node_name AS receiver_name,
+           max(p.remote_commit_ts) AS commit_timestamp,
+           max(p.remote_commit_lsn) AS commit_lsn,
+           max(p.remote_insert_lsn) AS remote_insert_lsn,
+           max(p.received_lsn) AS received_lsn,
+           max(pg_catalog.pg_wal_lsn_diff(p.remote_insert_lsn, p.remote_commit_lsn)) AS replication_lag_bytes,
+           max(p.last_updated_ts - p.remote_commit_ts) AS replication_lag
+      FROM spock.progress p
+      LEFT JOIN spock.node o ON o.node_id = p.remote_node_id
+      LEFT JOIN spock.node r ON r.node_id = p.node_id
+     GROUP BY o.node_name, r.node_name;
+-- Monitoring: progress is no secret (apply_group_progress() is executable by PUBLIC).
+GRANT SELECT ON spock.progress, spock.lag_tracker TO PUBLIC;
