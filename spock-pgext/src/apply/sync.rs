@@ -37,10 +37,9 @@ use super::copy_from;
 use super::owner::as_table_owner;
 use super::subscription::{set_sync_status, SubscriptionInfo};
 use super::{create_slot, fail};
-use crate::ddl::quote_identifier;
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
-use spock_core::ident::quote_identifier as quote_repl_name;
+use spock_core::ident::quote_identifier;
 use spock_core::proto::{format_lsn, parse_lsn};
 
 /// What the subscription asked to synchronise.
@@ -114,7 +113,7 @@ pub fn run(sub: &SubscriptionInfo) {
     let repl =
         Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
             .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
-    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_repl_name(&sub.slot_name)));
+    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
     // The provider's apply workers hold still while the snapshot is taken and their
     // progress read: the snapshot then holds exactly the other nodes' transactions
     // up to that progress, and this node's subscriptions to those nodes start there.
@@ -134,7 +133,7 @@ pub fn run(sub: &SubscriptionInfo) {
     }
     let created = repl.query(&format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
-        quote_repl_name(&sub.slot_name)
+        quote_identifier(&sub.slot_name)
     ));
     let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
     if can_pause {
@@ -660,7 +659,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let rows = repl
         .query(&format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')",
-            quote_repl_name(&slot)
+            quote_identifier(&slot)
         ))
         .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
     let row = rows.first().cloned().unwrap_or_default();
