@@ -17,6 +17,10 @@
 //! * [`walsender`]: the walsender's framing around plugin messages (`w`, `k`, `r`)
 //!   and when a subscriber owes feedback.
 //! * [`spill`]: the subscriber's CRC32-framed spill files for streamed transactions.
+//! * [`eager`]: when a streamed transaction is applied as it arrives, and when that
+//!   falls back to replaying its spill file at commit.
+//! * [`table_skip`]: which changes a subscriber skips because a table sync's copy
+//!   holds them.
 //! * [`conninfo`]: connection settings for programs we run, the password kept off
 //!   their command line.
 //!
@@ -28,6 +32,7 @@
 pub mod conflict;
 pub mod conninfo;
 pub mod ddl;
+pub mod eager;
 pub mod exception;
 pub mod holds;
 pub mod ident;
@@ -36,6 +41,7 @@ pub mod origin;
 pub mod proto;
 pub mod repset;
 pub mod spill;
+pub mod table_skip;
 pub mod walsender;
 
 /// Version of spock-rs as reported by `spock.spock_version()`.

@@ -86,12 +86,6 @@ impl<W: Write> SpillWriter<W> {
         Ok(SpillWriter { inner, offset: HEADER_LEN })
     }
 
-    /// Continues a file whose records end at `offset` (after the caller truncated it
-    /// there and positioned `inner` at that offset).
-    pub fn resume(inner: W, offset: u64) -> SpillWriter<W> {
-        SpillWriter { inner, offset: offset.max(HEADER_LEN) }
-    }
-
     /// Where the next record will start.
     pub fn offset(&self) -> u64 {
         self.offset
@@ -273,17 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn offsets_and_resume_after_truncation() {
+    fn offsets_and_rewind_after_truncation() {
         let mut w = SpillWriter::create(Vec::new()).unwrap();
         assert_eq!(w.append(b"one").unwrap(), HEADER_LEN);
         let second = w.append(b"two").unwrap();
         assert_eq!(second, HEADER_LEN + FRAME_LEN + 3);
         w.append(b"three").unwrap();
         // A subtransaction abort cuts the file back to where "two" began.
-        let mut bytes = w.into_inner();
-        bytes.truncate(second as usize);
-        let mut w = SpillWriter::resume(bytes, second);
-        w.append(b"four").unwrap();
+        w.get_mut().truncate(second as usize);
+        w.rewind(second);
+        assert_eq!(w.append(b"four").unwrap(), second);
         assert_eq!(read_all(&w.into_inner()).unwrap(), vec![b"one".to_vec(), b"four".to_vec()]);
     }
 

@@ -7,10 +7,24 @@
 //! * `k` primary keepalive: end LSN, send time, and whether a reply is wanted now.
 //! * `r` standby status update (ours): written, flushed and applied LSNs, our clock,
 //!   and whether we want a reply.
+//!
+//! [`Positions`] keeps what a subscriber has received and made durable and decides,
+//! with a [`FeedbackPolicy`], when it tells the walsender; [`UnflushedCommits`]
+//! maps local commits to the remote positions they make durable once flushed.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::proto::{Lsn, PgTimestamp};
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 00:00:00 UTC).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+/// A PostgreSQL timestamp from the time since the Unix epoch (the clock in a status
+/// update, commit times compared with `apply_delay`).
+pub fn pg_timestamp(since_unix_epoch: Duration) -> PgTimestamp {
+    i64::try_from(since_unix_epoch.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_OFFSET_US
+}
 
 /// One CopyData message from the walsender.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,6 +115,108 @@ impl FeedbackPolicy {
     }
 }
 
+/// A subscriber's positions in the stream: `received` (the end of what the
+/// walsender sent, applied or not), `flushed` (the remote position up to which
+/// everything is applied and durable here), and the pair it last reported.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    received: Lsn,
+    flushed: Lsn,
+    reported: Option<(Lsn, Lsn)>,
+    last_feedback: Instant,
+}
+
+impl Positions {
+    /// Streaming starts at `start`: everything before it is applied and durable.
+    /// Nothing is reported yet (the first update is due as soon as the policy lets).
+    pub fn new(start: Lsn, now: Instant) -> Positions {
+        Positions { received: start, flushed: start, reported: None, last_feedback: now }
+    }
+
+    /// The furthest position received.
+    pub fn received(&self) -> Lsn {
+        self.received
+    }
+
+    /// The furthest remote position applied and durable.
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// A `w` message was applied, or a `k` message read: the walsender is at `end`.
+    pub fn note_received(&mut self, end: Lsn) {
+        self.received = self.received.max(end);
+    }
+
+    /// Applied transactions up to remote position `remote` are durable.
+    pub fn note_flushed(&mut self, remote: Lsn) {
+        self.flushed = self.flushed.max(remote);
+    }
+
+    /// Between transactions with every local commit flushed: everything received
+    /// is applied and durable (what follows the last commit was keepalives or
+    /// changes we do not apply).
+    pub fn note_idle(&mut self) {
+        self.flushed = self.flushed.max(self.received);
+    }
+
+    /// Whether the positions moved since the last update sent.
+    pub fn moved(&self) -> bool {
+        self.reported != Some((self.received, self.flushed))
+    }
+
+    /// The update (written, flushed) to send now under `policy`, `reply_requested`
+    /// when the walsender asked for one; taken as sent.
+    pub fn feedback_due(&mut self, policy: &FeedbackPolicy, reply_requested: bool, now: Instant) -> Option<(Lsn, Lsn)> {
+        let since = now.saturating_duration_since(self.last_feedback);
+        if !policy.due(reply_requested, self.moved(), since) {
+            return None;
+        }
+        let update = (self.received, self.flushed);
+        self.reported = Some(update);
+        self.last_feedback = now;
+        Some(update)
+    }
+}
+
+/// Local commits not yet known to be flushed, in commit order, each with the
+/// remote end position it applied. A remote position may be reported as flushed
+/// only once the local commit that applied it is on disk (asynchronous commit).
+#[derive(Debug, Default, Clone)]
+pub struct UnflushedCommits(VecDeque<(Lsn, Lsn)>);
+
+impl UnflushedCommits {
+    /// None yet.
+    pub fn new() -> UnflushedCommits {
+        UnflushedCommits::default()
+    }
+
+    /// A local commit ending at `local_end` applied the remote transaction ending at
+    /// `remote_end`.
+    pub fn push(&mut self, local_end: Lsn, remote_end: Lsn) {
+        self.0.push_back((local_end, remote_end));
+    }
+
+    /// The local WAL is flushed up to `local_flush`: forgets the commits it covers
+    /// and gives the remote end of the last of them.
+    pub fn flushed_up_to(&mut self, local_flush: Lsn) -> Option<Lsn> {
+        let mut out = None;
+        while let Some(&(local, remote)) = self.0.front() {
+            if local > local_flush {
+                break;
+            }
+            out = Some(remote);
+            self.0.pop_front();
+        }
+        out
+    }
+
+    /// Whether a commit waits for its flush.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +275,60 @@ mod tests {
         assert!(p.due(false, true, Duration::from_millis(10)));
         assert!(!p.due(false, false, Duration::from_millis(999)));
         assert!(p.due(false, false, Duration::from_secs(1)), "at least every interval");
+    }
+
+    #[test]
+    fn pg_timestamps_count_from_2000() {
+        assert_eq!(pg_timestamp(Duration::from_secs(946_684_800)), 0);
+        assert_eq!(pg_timestamp(Duration::from_secs(946_684_801)), 1_000_000);
+        assert_eq!(pg_timestamp(Duration::ZERO), -PG_EPOCH_OFFSET_US);
+    }
+
+    #[test]
+    fn positions_report_what_is_durable() {
+        let p0 = Instant::now();
+        let policy = FeedbackPolicy { min_gap: Duration::from_millis(50), interval: Duration::from_secs(1) };
+        let mut p = Positions::new(100, p0);
+        assert!(p.moved(), "nothing reported yet");
+        assert_eq!(p.feedback_due(&policy, false, p0), None, "moved, but within min_gap");
+        assert_eq!(p.feedback_due(&policy, false, p0 + Duration::from_millis(50)), Some((100, 100)));
+        let t = p0 + Duration::from_millis(50);
+        assert!(!p.moved());
+        assert_eq!(p.feedback_due(&policy, false, t + Duration::from_millis(500)), None, "nothing new");
+        // A transaction arrives and commits; its local commit is not flushed yet.
+        p.note_received(200);
+        p.note_received(150);
+        assert_eq!(p.received(), 200);
+        assert_eq!(p.feedback_due(&policy, false, t + Duration::from_millis(60)), Some((200, 100)));
+        let t = t + Duration::from_millis(60);
+        p.note_flushed(180);
+        p.note_flushed(170);
+        assert_eq!(p.flushed(), 180);
+        assert_eq!(p.feedback_due(&policy, true, t), Some((200, 180)), "asked: at once");
+        // Idle: everything received counts as durable.
+        p.note_idle();
+        assert_eq!(p.flushed(), 200);
+        assert_eq!(p.feedback_due(&policy, false, t + Duration::from_secs(1)), Some((200, 200)));
+        assert_eq!(
+            p.feedback_due(&policy, false, t + Duration::from_secs(2)),
+            Some((200, 200)),
+            "at least every interval"
+        );
+    }
+
+    #[test]
+    fn unflushed_commits_free_remote_positions_in_order() {
+        let mut q = UnflushedCommits::new();
+        assert!(q.is_empty());
+        assert_eq!(q.flushed_up_to(u64::MAX), None);
+        q.push(10, 1000);
+        q.push(20, 2000);
+        q.push(30, 3000);
+        assert_eq!(q.flushed_up_to(9), None);
+        assert_eq!(q.flushed_up_to(20), Some(2000), "the last commit covered");
+        assert!(!q.is_empty());
+        assert_eq!(q.flushed_up_to(29), None);
+        assert_eq!(q.flushed_up_to(31), Some(3000));
+        assert!(q.is_empty());
     }
 }

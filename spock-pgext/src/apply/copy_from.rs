@@ -105,7 +105,7 @@ impl Source {
                 Ok(CopyMessage::Done) => self.done = true,
                 Ok(CopyMessage::WouldBlock) if n >= minread => return n,
                 Ok(CopyMessage::WouldBlock) => {
-                    super::wait_for_socket(conn.socket(), 1000);
+                    crate::libpq::wait_for_socket(conn.socket(), 1000);
                     self.stop_if_asked();
                 }
                 Err(e) => {

@@ -46,6 +46,55 @@ pub struct LocalRelation {
     /// Per local attribute: whether a search for a row needs it (the identity
     /// index's key columns; every column without an index).
     search_atts: Vec<bool>,
+    /// The memory of the input functions and default expressions above, freed with
+    /// the mapping (last: the fields above point into it).
+    _memory: RelationMemory,
+}
+
+/// A memory context of one [`LocalRelation`] (a child of `CacheMemoryContext`),
+/// deleted when the mapping is dropped: a mapping is rebuilt at every relcache
+/// invalidation of its table, and its lookups must not pile up in the cache.
+struct RelationMemory(pg_sys::MemoryContext);
+
+impl RelationMemory {
+    /// SAFETY: in a backend with a relation cache.
+    unsafe fn new() -> RelationMemory {
+        // SAFETY: a small child of CacheMemoryContext, owned by the returned value.
+        RelationMemory(unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CacheMemoryContext,
+                c"spock apply relation".as_ptr(),
+                0,
+                1024,
+                8 * 1024 * 1024,
+            )
+        })
+    }
+
+    /// Runs `f` with this context current; the caller's is current again when `f`
+    /// returns or raises.
+    ///
+    /// SAFETY: `f` allocates nothing that must outlive the mapping here.
+    unsafe fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Back(pg_sys::MemoryContext);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                // SAFETY: the context current before `enter`, alive around it.
+                unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
+            }
+        }
+        // SAFETY: the context lives as long as self.
+        let _back = Back(unsafe { pg_sys::MemoryContextSwitchTo(self.0) });
+        f()
+    }
+}
+
+impl Drop for RelationMemory {
+    fn drop(&mut self) {
+        // SAFETY: made by `new` and owned here; never current outside `enter`, which
+        // switches back even when an error unwinds through it.
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
+    }
 }
 
 fn err(code: PgSqlErrorCode, msg: String) -> ! {
@@ -83,6 +132,8 @@ impl LocalRelation {
         }
         // SAFETY: the relation exists; opened for the lifetime of this function.
         unsafe {
+            // Deleted again if the mapping fails below.
+            let memory = RelationMemory::new();
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             let relkind = (*(*rel).rd_rel).relkind as u8;
             if relkind != b'r' && relkind != b'p' {
@@ -137,7 +188,7 @@ impl LocalRelation {
                 let mut typioparam = pg_sys::InvalidOid;
                 pg_sys::getTypeInputInfo(att.atttypid, &mut input, &mut typioparam);
                 let mut text_in = Box::new(pg_sys::FmgrInfo::default());
-                pg_sys::fmgr_info_cxt(input, text_in.as_mut(), pg_sys::CacheMemoryContext);
+                pg_sys::fmgr_info_cxt(input, text_in.as_mut(), memory.0);
                 let binary_in = {
                     let tup = pg_sys::SearchSysCache1(
                         pg_sys::SysCacheIdentifier::TYPEOID as i32,
@@ -152,7 +203,7 @@ impl LocalRelation {
                     };
                     (receive != pg_sys::InvalidOid).then(|| {
                         let mut f = Box::new(pg_sys::FmgrInfo::default());
-                        pg_sys::fmgr_info_cxt(receive, f.as_mut(), pg_sys::CacheMemoryContext);
+                        pg_sys::fmgr_info_cxt(receive, f.as_mut(), memory.0);
                         f
                     })
                 };
@@ -175,10 +226,10 @@ impl LocalRelation {
                 }
                 let expr = pg_sys::build_column_default(rel, i as i32 + 1);
                 if !expr.is_null() {
-                    let old = pg_sys::MemoryContextSwitchTo(pg_sys::CacheMemoryContext);
-                    let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
-                    let state = pg_sys::ExecInitExpr(planned, std::ptr::null_mut());
-                    pg_sys::MemoryContextSwitchTo(old);
+                    let state = memory.enter(|| {
+                        let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
+                        pg_sys::ExecInitExpr(planned, std::ptr::null_mut())
+                    });
                     defaults.push((i, state));
                 }
             }
@@ -203,6 +254,7 @@ impl LocalRelation {
                 identity_index,
                 identity_full,
                 search_atts,
+                _memory: memory,
             }
         }
     }

@@ -37,11 +37,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
+use spock_core::eager::{CommitPlan, EagerApply, FallBack};
 use spock_core::proto::stream::StreamOrder;
-use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion};
+use spock_core::proto::{Begin, Decoded, Message, Origin, ProtoVersion, StreamAbort};
 use spock_core::spill::{SpillError, SpillReader, SpillWriter, SubxactMarks};
 
-use super::handlers::ApplySession;
+use super::session::{ApplySession, Outcome};
 use crate::error::PgError;
 
 /// Read and write buffer of a spill file.
@@ -92,12 +93,8 @@ pub struct StreamReceiver {
     /// Which blocks and transactions are open; rejects messages out of order.
     order: StreamOrder,
     txns: HashMap<u32, SpilledTxn>,
-    /// Eager apply may be tried (see the module doc).
-    eager_allowed: bool,
-    /// The provider's node id (the origin of the transactions applied eagerly).
-    provider_node: u16,
-    /// The streamed transaction being applied eagerly.
-    eager: Option<u32>,
+    /// Which streamed transaction is applied eagerly (see the module doc).
+    eager: EagerApply,
 }
 
 fn protocol_error(sub: &str, msg: impl Into<String>) -> ! {
@@ -141,9 +138,7 @@ impl StreamReceiver {
             dir,
             order: StreamOrder::new(),
             txns: HashMap::new(),
-            eager_allowed,
-            provider_node,
-            eager: None,
+            eager: EagerApply::new(eager_allowed, provider_node),
         }
     }
 
@@ -153,11 +148,11 @@ impl StreamReceiver {
         !self.txns.is_empty()
     }
 
-    /// Handles one decoded message: stream messages here, the others by `session`.
-    /// `payload` is the message as received, `version` the stream's protocol version.
-    /// `keepalive` is called about once a second while a long streamed transaction is
-    /// applied, so the provider hears from us (it ends the connection after
-    /// `wal_sender_timeout` of silence).
+    /// Handles one decoded message: stream messages here, the others by `session`;
+    /// returns what the receiver does next. `payload` is the message as received,
+    /// `version` the stream's protocol version. `keepalive` is called about once a
+    /// second while a long streamed transaction is applied, so the provider hears
+    /// from us (it ends the connection after `wal_sender_timeout` of silence).
     pub fn dispatch(
         &mut self,
         payload: &Bytes,
@@ -165,85 +160,82 @@ impl StreamReceiver {
         version: Option<ProtoVersion>,
         session: &mut ApplySession,
         keepalive: &mut dyn FnMut(),
-    ) {
+    ) -> Outcome {
         let block = self.order.block();
         if let Err(e) = self.order.accept(&d.message) {
             protocol_error(&self.sub_name, e.to_string());
         }
+        let eager = self.eager.current();
         match d.message {
             Message::StreamStart(s) => {
-                if self.eager.is_some_and(|x| x != s.xid) {
-                    self.fall_back(session, "another transaction is streamed");
-                }
                 self.start(s.xid, s.first_segment);
-                if s.first_segment && self.eager.is_none() && self.txns.len() == 1 && !session.in_remote_transaction() {
+                let enabled = crate::gucs::STREAM_EAGER_APPLY.get();
+                let (fall_back, begin) =
+                    self.eager.start(s.xid, s.first_segment, self.txns.len(), session.in_remote_transaction(), enabled);
+                self.fall_back(eager, fall_back, session);
+                if begin {
                     self.begin_eager(s.xid, session);
                 }
+                Outcome::Continue
             }
             Message::StreamChange(c) => {
                 self.change(c.xid, payload);
-                if self.eager.is_some() && self.eager == self.order.block() {
-                    session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *c.message });
-                    if session.eager_conflict {
-                        self.fall_back(session, "a conflict needs the commit timestamp");
+                if self.eager.applies(self.order.block()) {
+                    let outcome =
+                        session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *c.message });
+                    if outcome == Outcome::NeedsCommit {
+                        let fall_back = self.eager.change_needs_commit();
+                        self.fall_back(eager, fall_back, session);
                     }
                 }
+                Outcome::Continue
             }
-            Message::StreamStop(_) => self.stop(block),
+            Message::StreamStop(_) => {
+                self.stop(block);
+                Outcome::Continue
+            }
             Message::StreamAbort(a) => {
-                if self.eager == Some(a.xid) {
-                    self.fall_back(session, "a subtransaction or the transaction aborted");
-                }
-                self.abort(a.xid, a.subxid)
+                let fall_back = self.eager.abort(a.xid);
+                self.fall_back(eager, fall_back, session);
+                self.abort(&a);
+                Outcome::Continue
             }
-            Message::StreamCommit(c) => {
-                if self.eager == Some(c.xid) && (c.origin_id == 0 || c.origin_id == self.provider_node) {
-                    self.commit_eager(&c, d.remote_insert_lsn, session);
-                } else {
-                    if self.eager.is_some() {
-                        self.fall_back(session, "another transaction commits first");
-                    }
+            Message::StreamCommit(c) => match self.eager.commit(c.xid, c.origin_id) {
+                CommitPlan::CommitEager => self.commit_eager(&c, d.remote_insert_lsn, session),
+                CommitPlan::Replay { fall_back } => {
+                    self.fall_back(eager, fall_back, session);
                     self.commit(&c, d.remote_insert_lsn, version, session, keepalive)
                 }
-            }
+            },
             other => {
-                if self.eager.is_some() {
-                    self.fall_back(session, "another transaction arrived");
-                }
+                let fall_back = self.eager.other_message();
+                self.fall_back(eager, fall_back, session);
                 session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: other })
             }
         }
     }
 
-    /// Starts applying streamed transaction `xid` as it arrives.
+    /// Starts applying streamed transaction `xid` as it arrives. The commit LSN and
+    /// time are not known yet; the origin is the provider's (the subscription
+    /// forwards nothing else).
     fn begin_eager(&mut self, xid: u32, session: &mut ApplySession) {
-        if !self.eager_allowed || !crate::gucs::STREAM_EAGER_APPLY.get() {
-            return;
-        }
-        // The commit LSN and time are not known yet; the origin is the provider's
-        // (the subscription forwards nothing else).
-        session.handle(Decoded {
-            remote_insert_lsn: None,
-            message: Message::Begin(Begin { flags: 0, final_lsn: 0, commit_time: 0, xid }),
-        });
-        session.handle(Decoded {
-            remote_insert_lsn: None,
-            message: Message::Origin(Origin { origin_lsn: 0, origin_id: self.provider_node, origin_name: None }),
-        });
-        session.eager = true;
-        self.eager = Some(xid);
+        let begin = Begin { flags: 0, final_lsn: 0, commit_time: 0, xid };
+        let _ = session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(begin) });
+        let origin = Origin { origin_lsn: 0, origin_id: self.eager.provider_node(), origin_name: None };
+        let _ = session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(origin) });
+        session.mark_eager();
         pgrx::debug1!("spock subscription {}: applying streamed transaction {xid} eagerly", self.sub_name);
     }
 
-    /// Rolls the eager local transaction back; the stream is replayed at commit.
-    fn fall_back(&mut self, session: &mut ApplySession, why: &str) {
-        if let Some(xid) = self.eager.take() {
-            session.abandon_remote();
-            pgrx::debug1!(
-                "spock subscription {}: streamed transaction {xid} will be replayed at commit: {why}",
-                self.sub_name
-            );
-        }
+    /// Rolls the eager local transaction of `xid` back when `why` says so; the
+    /// stream is replayed at commit.
+    fn fall_back(&mut self, xid: Option<u32>, why: Option<FallBack>, session: &mut ApplySession) {
+        let (Some(xid), Some(why)) = (xid, why) else { return };
+        session.abandon_remote();
+        pgrx::debug1!(
+            "spock subscription {}: streamed transaction {xid} will be replayed at commit: {why}",
+            self.sub_name
+        );
     }
 
     /// Commits the eagerly applied transaction.
@@ -252,9 +244,7 @@ impl StreamReceiver {
         c: &spock_core::proto::StreamCommit,
         insert_lsn: Option<u64>,
         session: &mut ApplySession,
-    ) {
-        self.eager = None;
-        session.eager = false;
+    ) -> Outcome {
         if let Some(txn) = self.txns.remove(&c.xid) {
             drop(txn.writer);
             if let Err(e) = fs::remove_file(&txn.path) {
@@ -265,8 +255,9 @@ impl StreamReceiver {
                 );
             }
         }
-        session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
+        let outcome = session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
         pgrx::debug1!("spock subscription {}: committed eagerly applied streamed transaction {}", self.sub_name, c.xid);
+        outcome
     }
 
     fn start(&mut self, xid: u32, first_segment: bool) {
@@ -321,8 +312,9 @@ impl StreamReceiver {
         }
     }
 
-    fn abort(&mut self, xid: u32, subxid: u32) {
-        if xid == subxid {
+    fn abort(&mut self, a: &StreamAbort) {
+        let (xid, subxid) = (a.xid, a.subxid);
+        if a.is_toplevel() {
             let Some(txn) = self.txns.remove(&xid) else {
                 protocol_error(&self.sub_name, format!("stream abort for unknown transaction {xid}"));
             };
@@ -361,7 +353,7 @@ impl StreamReceiver {
         version: Option<ProtoVersion>,
         session: &mut ApplySession,
         keepalive: &mut dyn FnMut(),
-    ) {
+    ) -> Outcome {
         let Some(txn) = self.txns.remove(&c.xid) else {
             protocol_error(&self.sub_name, format!("stream commit for unknown transaction {}", c.xid));
         };
@@ -388,8 +380,8 @@ impl StreamReceiver {
             }
             let mut reader = SpillReader::open(BufReader::with_capacity(SPILL_BUFFER, &mut file))
                 .unwrap_or_else(|e| spill_error(&self.sub_name, &path, e));
-            session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
-            session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
+            let _ = session.handle(Decoded { remote_insert_lsn: None, message: Message::Begin(c.begin()) });
+            let _ = session.handle(Decoded { remote_insert_lsn: None, message: Message::Origin(c.origin()) });
             let mut buf = Vec::new();
             loop {
                 let at = reader.offset();
@@ -417,9 +409,9 @@ impl StreamReceiver {
                     )
                     .raise()
                 };
-                session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
-                if session.insert_retry {
-                    session.insert_retry = false;
+                let outcome =
+                    session.handle(Decoded { remote_insert_lsn: d.remote_insert_lsn, message: *change.message });
+                if outcome == Outcome::ApplyAgain {
                     session.abandon_remote();
                     continue 'replay;
                 }
@@ -435,7 +427,7 @@ impl StreamReceiver {
             }
             break;
         }
-        session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
+        let outcome = session.handle(Decoded { remote_insert_lsn: insert_lsn, message: Message::Commit(c.commit()) });
         drop(file);
         if let Err(e) = fs::remove_file(&path) {
             pgrx::warning!("spock subscription {}: could not remove \"{}\": {e}", self.sub_name, path.display());
@@ -445,5 +437,6 @@ impl StreamReceiver {
             self.sub_name,
             c.xid
         );
+        outcome
     }
 }

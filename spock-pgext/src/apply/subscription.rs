@@ -2,6 +2,8 @@
 
 use pgrx::prelude::*;
 
+use spock_core::proto::{format_lsn, parse_lsn};
+
 use crate::error::spi_failed;
 
 /// A subscription as the apply worker needs it.
@@ -93,6 +95,3 @@ pub fn set_sync_status(sub_id: u32, status: char, lsn: u64) {
             .unwrap_or_else(|e| spi_failed("updating the sync status", e));
     })
 }
-
-/// `X/Y` text of LSNs: the rule lives in spock-core.
-pub use spock_core::proto::{format_lsn, parse_lsn};

@@ -35,10 +35,12 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 
 use super::copy_from;
 use super::owner::as_table_owner;
-use super::subscription::{format_lsn, parse_lsn, set_sync_status, SubscriptionInfo};
-use super::{create_slot, fail, quote_ident};
+use super::subscription::{set_sync_status, SubscriptionInfo};
+use super::{create_slot, fail};
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
+use spock_core::ident::quote_identifier;
+use spock_core::proto::{format_lsn, parse_lsn};
 
 /// What the subscription asked to synchronise.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,7 +113,7 @@ pub fn run(sub: &SubscriptionInfo) {
     let repl =
         Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
             .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
-    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_ident(&sub.slot_name)));
+    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
     // The provider's apply workers hold still while the snapshot is taken and their
     // progress read: the snapshot then holds exactly the other nodes' transactions
     // up to that progress, and this node's subscriptions to those nodes start there.
@@ -131,7 +133,7 @@ pub fn run(sub: &SubscriptionInfo) {
     }
     let created = repl.query(&format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
-        quote_ident(&sub.slot_name)
+        quote_identifier(&sub.slot_name)
     ));
     let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
     if can_pause {
@@ -397,8 +399,7 @@ fn skip_schemas(sub: &SubscriptionInfo) -> Vec<String> {
             "SELECT coalesce(sub_skip_schema, '{}') FROM spock.subscription WHERE sub_id = $1::int8::oid",
             &[i64::from(sub.id).into()],
         )
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| no_row_or_raise(e, "reading the subscription's skipped schemas"))
         .unwrap_or_default()
     })
 }
@@ -469,7 +470,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         // The copy's commit moves the origin to the slot's consistent point.
         copy_from::commit_as_provider(&sub.slot_name, lsn);
         for t in &tables {
-            let name = format!("{}.{}", quote_ident(&t.nspname), quote_ident(&t.relname));
+            let name = format!("{}.{}", quote_identifier(&t.nspname), quote_identifier(&t.relname));
             let relid = local_table(sub, &name);
             if has_rows(&name) {
                 sync_error(
@@ -514,8 +515,7 @@ fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -
 /// The oid of local table `name` (quoted); a clear error when it does not exist.
 fn local_table(sub: &SubscriptionInfo, name: &str) -> pg_sys::Oid {
     Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()])
-        .ok()
-        .flatten()
+        .unwrap_or_else(|e| spi_failed(&format!("looking up table {name}"), e))
         .unwrap_or_else(|| sync_error(sub, &format!("table {name} on this node"), "it does not exist"))
 }
 
@@ -584,14 +584,9 @@ pub fn pending_tables(sub_id: u32) -> Vec<(String, String, bool)> {
                 None,
                 &[i64::from(sub_id).into()],
             )
-            .map(|t| {
-                t.into_iter()
-                    .filter_map(|r| {
-                        Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+            .unwrap_or_else(|e| spi_failed("reading the tables waiting for a sync", e))
+            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, r.get::<bool>(3).ok()??)))
+            .collect()
     })
 }
 
@@ -609,18 +604,12 @@ pub fn catching_up_tables(sub_id: u32) -> Vec<(String, String, u64)> {
                 None,
                 &[i64::from(sub_id).into()],
             )
-            .map(|t| {
-                t.into_iter()
-                    .filter_map(|r| {
-                        Some((
-                            r.get::<String>(1).ok()??,
-                            r.get::<String>(2).ok()??,
-                            parse_lsn(&r.get::<String>(3).ok()??)?,
-                        ))
-                    })
-                    .collect()
+            // Without them the stream would apply changes a copy already holds.
+            .unwrap_or_else(|e| spi_failed("reading the tables catching up after a sync", e))
+            .filter_map(|r| {
+                Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??, parse_lsn(&r.get::<String>(3).ok()??)?))
             })
-            .unwrap_or_default()
+            .collect()
     })
 }
 
@@ -658,7 +647,7 @@ pub fn sync_pending_tables(sub: &SubscriptionInfo) -> bool {
 }
 
 fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
-    let name = format!("{}.{}", quote_ident(nsp), quote_ident(rel));
+    let name = format!("{}.{}", quote_identifier(nsp), quote_identifier(rel));
     pgrx::log!(
         "spock subscription {}: synchronising table {name}{}",
         sub.name,
@@ -670,7 +659,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
     let rows = repl
         .query(&format!(
             "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL spock_output (SNAPSHOT 'export')",
-            quote_ident(&slot)
+            quote_identifier(&slot)
         ))
         .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
     let row = rows.first().cloned().unwrap_or_default();
@@ -777,6 +766,14 @@ fn merge_key(relid: pg_sys::Oid) -> Option<String> {
           GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC LIMIT 1",
         &[relid.into()],
     )
-    .ok()
-    .flatten()
+    .unwrap_or_else(|e| no_row_or_raise(e, "reading a table's key columns"))
+}
+
+/// For a query of at most one row read with `get_one`: no row is `None` (pgrx
+/// reports it as an error); any other error raises.
+fn no_row_or_raise<T>(e: pgrx::spi::SpiError, what: &str) -> Option<T> {
+    match e {
+        pgrx::spi::SpiError::InvalidPosition => None,
+        e => spi_failed(what, e),
+    }
 }

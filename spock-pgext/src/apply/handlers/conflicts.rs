@@ -4,9 +4,9 @@
 
 use super::*;
 
-impl ApplySession {
+impl SessionState {
     pub(super) fn remote_version(&self) -> RowVersion {
-        RowVersion { commit_ts: self.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
+        RowVersion { commit_ts: self.txn.remote.as_ref().map_or(0, |r| r.commit_time), origin: self.session_origin }
     }
 
     /// Node id and tiebreaker of the node that wrote under local origin `origin`.
@@ -29,7 +29,9 @@ impl ApplySession {
                     )
                     .unwrap_or_else(|e| spi_failed("reading replication origins", e))
                     .next()
-                    .and_then(|r| r.get::<String>(1).ok().flatten());
+                    .and_then(|r| {
+                        r.get::<String>(1).unwrap_or_else(|e| spi_failed("reading a replication origin's name", e))
+                    });
                 match roname {
                     Some(name) => match names::origin_node_of(&slot, &name) {
                         Some(None) => provider,
@@ -42,9 +44,12 @@ impl ApplySession {
                                     Some(1),
                                     &[name.as_str().into()],
                                 )
-                                .ok()
-                                .and_then(|t| t.into_iter().next())
-                                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                                .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
+                                .next()
+                                .and_then(|r| {
+                                    r.get::<i64>(1)
+                                        .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
+                                })
                                 .map(|n| n as u16)
                                 .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
                                 .unwrap_or(0)
@@ -59,9 +64,9 @@ impl ApplySession {
                     Some(1),
                     &[i64::from(node).into()],
                 )
-                .ok()
-                .and_then(|t| t.into_iter().next())
-                .and_then(|r| r.get::<i64>(1).ok().flatten())
+                .unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e))
+                .next()
+                .and_then(|r| r.get::<i64>(1).unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e)))
                 .unwrap_or(i64::from(node));
             (node, tiebreaker)
         });
@@ -71,17 +76,17 @@ impl ApplySession {
 
     /// Decides a conflict of `kind` against the local row version.
     pub(super) fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
-        if self.eager {
+        if let Some(r) = self.txn.remote.as_mut().filter(|r| r.eager) {
             // Needs the remote commit timestamp: replayed at commit instead.
-            self.eager_conflict = true;
+            r.needs_commit = true;
             return Decision { kind, resolution: conflict::Resolution::Skip, reason: conflict::Reason::Policy };
         }
         // The bookkeeping below (spock's catalogs, spock.resolutions) is the worker's,
         // not the table owner's the change runs as.
         // SAFETY: `as_owner` is set only while that switch is in force (with_writer).
-        let _worker = self.as_owner.map(|s| unsafe { super::owner::WorkerSwitch::enter(s) });
+        let _worker = self.txn.as_owner.map(|s| unsafe { crate::apply::owner::WorkerSwitch::enter(s) });
         let remote = self.remote_version();
-        let remote_node = self.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
+        let remote_node = self.txn.remote.as_ref().map_or(self.sub.provider_node_id, |r| r.origin_node);
         let remote_tb = {
             let o = self.session_origin;
             self.node_of_origin(o).1
@@ -124,7 +129,7 @@ impl ApplySession {
     pub(super) fn save_resolution(&self, d: &Decision, local: Option<RowVersion>, relation: &str) {
         let remote = self.remote_version();
         let node_name = self.sub.local_name.clone();
-        let (local_slot, remote_slot) = self.conflict_rows;
+        let (local_slot, remote_slot) = self.txn.conflict_rows;
         // SAFETY: the slots were set by the handler deciding this conflict and are
         // alive until it returns.
         let (local_tuple, local_xid, remote_tuple) = unsafe {
@@ -151,10 +156,10 @@ impl ApplySession {
                         d.resolution.as_str().into(),
                         local.map(|l| i32::from(l.origin)).into(),
                         local.map_or(0i64, |l| l.commit_ts).into(),
-                        i32::from(self.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
+                        i32::from(self.txn.remote.as_ref().map_or(0, |r| r.origin_node)).into(),
                         remote.commit_ts.into(),
-                        self.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
-                        crate::apply::subscription::format_lsn(self.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
+                        self.txn.remote.as_ref().map_or(0, |r| r.xid).to_string().into(),
+                        proto::format_lsn(self.txn.remote.as_ref().map_or(0, |r| r.final_lsn)).into(),
                         local_tuple.as_deref().into(),
                         local_xid.as_deref().into(),
                         remote_tuple.as_deref().into(),

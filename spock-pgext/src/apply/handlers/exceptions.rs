@@ -9,21 +9,22 @@ impl ApplySession {
     /// Whether a failed transaction waits to be replayed (the worker then asks for
     /// text transfer, so exception_log shows readable values).
     pub fn replay_pending(&self) -> bool {
-        self.exception.is_some()
+        self.s.exception.is_some()
     }
 
     /// Records, before the worker stops on `error`, where the open remote
     /// transaction failed, so that the next attempt replays it per
     /// `spock.exception_behaviour` (a transient error is simply retried).
     pub fn note_failure(&mut self, sqlstate: &str, message: &str) {
-        let (Some(remote), Some(slot)) = (self.remote.as_ref(), self.progress_slot) else { return };
+        let s = &self.s;
+        let (Some(remote), Some(slot)) = (s.txn.remote.as_ref(), s.progress_slot) else { return };
         if remote.skip {
             return;
         }
         if exc::is_transient(sqlstate) {
             pgrx::log!(
                 "spock subscription {}: transient error ({sqlstate}) applying remote transaction {}; it will be retried",
-                self.sub.name,
+                s.sub.name,
                 remote.xid
             );
             return;
@@ -33,13 +34,13 @@ impl ApplySession {
             Some(m) => m.escalate().unwrap_or(ReplayMode::Disable),
         };
         let message = format!("{message} (SQLSTATE {sqlstate})");
-        crate::workers::shmem::record_exception(slot, remote.final_lsn, self.current_change, next.code(), &message);
+        crate::workers::shmem::record_exception(slot, remote.final_lsn, s.txn.current_change, next.code(), &message);
         pgrx::log!(
             "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
-            self.sub.name,
+            s.sub.name,
             remote.xid,
-            crate::apply::subscription::format_lsn(remote.final_lsn),
-            self.current_change,
+            proto::format_lsn(remote.final_lsn),
+            s.txn.current_change,
             match next {
                 ReplayMode::Discard => "discard",
                 ReplayMode::LogOnly => "transdiscard",
@@ -51,10 +52,10 @@ impl ApplySession {
     /// Runs `f` like [`Self::in_change`] but in a subtransaction: an error rolls back
     /// only this change and is returned as text.
     pub(super) fn in_change_isolated(&mut self, f: impl FnOnce(&mut Self)) -> Result<(), String> {
-        self.ensure_local_transaction();
+        self.s.ensure_local_transaction();
         // Tables are opened inside the subtransaction and closed before it ends: a
         // rollback releases them, a release would report them as leaked.
-        self.close_writers();
+        self.rels.close_all();
         // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin,
         // keep the caller's memory context and resource owner, and on error restore
         // them, flush the error state and roll the subtransaction back (which also
@@ -67,7 +68,7 @@ impl ApplySession {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.in_change(f)));
             match r {
                 Ok(()) => {
-                    self.close_writers();
+                    self.rels.close_all();
                     pg_sys::ReleaseCurrentSubTransaction();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
@@ -79,11 +80,11 @@ impl ApplySession {
                     pg_sys::FlushErrorState();
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
                     // The rollback released the slots of tables opened inside.
-                    self.forget_transaction_writers();
-                    self.close_writers();
+                    self.s.txn.as_owner = None;
+                    self.rels.forget_transaction();
                     pg_sys::MemoryContextSwitchTo(cxt);
                     pg_sys::CurrentResourceOwner = owner;
-                    pg_sys::MemoryContextReset(self.change_cxt);
+                    pg_sys::MemoryContextReset(self.s.change_cxt);
                     Err(format!("{msg} (SQLSTATE {code})"))
                 }
             }
@@ -93,9 +94,9 @@ impl ApplySession {
     /// Adds a row to spock.exception_log for change `n` (or for the transaction when
     /// `c` is None: `operation` SUB_DISABLE), in the local transaction.
     pub(super) fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
-        self.ensure_local_transaction();
-        let Some(remote) = self.remote.as_ref() else { return };
-        let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.get(&r)).map(|r| &r.msg);
+        self.s.ensure_local_transaction();
+        let Some(remote) = self.s.txn.remote.as_ref() else { return };
+        let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.remote(r));
         let (schema, table) = rel.map_or((None, None), |r| (Some(r.nspname.clone()), Some(r.relname.clone())));
         let operation = c.map_or("SUB_DISABLE", |c| c.operation());
         let (origin, commit_time, xid) = (i64::from(remote.origin_node), remote.commit_time, i64::from(remote.xid));
@@ -160,29 +161,18 @@ impl ApplySession {
             pg_sys::CommandCounterIncrement();
         }
     }
-
-    /// Forgets the failed transaction once the transaction ending at `end_lsn` (the
-    /// replayed or skipped one) is done.
-    pub(super) fn forget_exception(&mut self, _end_lsn: u64) {
-        if self.exception.take().is_some() {
-            if let Some(i) = self.progress_slot {
-                crate::workers::shmem::clear_exception(i);
-            }
-        }
-    }
-
     /// `spock.exception_behaviour = sub_disable`: records the transaction's changes
     /// (already logged) and a SUB_DISABLE row, disables the subscription and commits
     /// without moving the origin, so that re-enabling retries the transaction and
     /// `sub_alter_skiplsn` can skip it.
     pub(super) fn disable_after_exception(&mut self, remote: RemoteTxn) {
-        let lsn = crate::apply::subscription::format_lsn(remote.final_lsn);
+        let lsn = proto::format_lsn(remote.final_lsn);
         let xid = remote.xid;
         let changes = remote.changes;
-        self.remote = Some(remote);
-        self.end_transaction_writers();
-        self.ensure_local_transaction();
-        let msg = exc::disable_message(&self.sub.name, &lsn);
+        self.s.txn.remote = Some(remote);
+        self.rels.end_transaction();
+        self.s.ensure_local_transaction();
+        let msg = exc::disable_message(&self.s.sub.name, &lsn);
         if gucs::exception_logging() != exc::ExceptionLogging::None {
             self.log_exception(None, changes + 1, &msg);
         }
@@ -190,7 +180,7 @@ impl ApplySession {
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         Spi::run_with_args(
             "UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = $1::int8::oid",
-            &[i64::from(self.sub.id).into()],
+            &[i64::from(self.s.sub.id).into()],
         )
         .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
         // SAFETY: commits without origin progress (the transaction stays unapplied).
@@ -199,16 +189,26 @@ impl ApplySession {
             pg_sys::replorigin_session_origin_lsn = pg_sys::InvalidXLogRecPtr as u64;
             pg_sys::CommitTransactionCommand();
         }
-        self.remote = None;
-        self.forget_exception(0);
+        self.s.txn.remote = None;
+        self.s.forget_exception();
         pgrx::warning!(
             "spock subscription {}: disabled after remote transaction {xid} (commit LSN {lsn}) failed; see spock.exception_log. \
              Fix the cause and run spock.sub_enable('{}'), or skip the transaction with spock.sub_alter_skiplsn('{}', '{lsn}') first",
-            self.sub.name,
-            self.sub.name,
-            self.sub.name
+            self.s.sub.name,
+            self.s.sub.name,
+            self.s.sub.name
         );
-        self.stop = true;
+    }
+}
+
+impl SessionState {
+    /// Forgets the failed transaction once it (replayed or skipped) is done.
+    pub(super) fn forget_exception(&mut self) {
+        if self.exception.take().is_some() {
+            if let Some(i) = self.progress_slot {
+                crate::workers::shmem::clear_exception(i);
+            }
+        }
     }
 }
 

@@ -3,37 +3,39 @@
 //! committed before it (docs/sync.md, table sync).
 
 use super::*;
+use spock_core::table_skip::{self, InCopy};
 
 impl ApplySession {
     /// Reads which synchronised tables the stream still has to catch up with.
     pub fn reload_table_skips(&mut self) {
-        let id = self.sub.id;
-        self.table_skips =
+        let id = self.s.sub.id;
+        self.s.table_skips =
             pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::catching_up_tables(id))
                 .into_iter()
                 .map(|(n, r, lsn)| ((n, r), lsn))
                 .collect();
     }
+}
 
-    /// Whether change `c` of a transaction that committed at `final_lsn` is already
-    /// in a table sync's copy.
-    pub(super) fn in_table_copy(&self, c: &Change<'_>, final_lsn: u64) -> bool {
+impl SessionState {
+    /// Whether a change to remote relation `rel` of a transaction that committed at
+    /// `commit_lsn` (None: not known yet, eager apply) is already in a table
+    /// sync's copy.
+    pub(super) fn in_table_copy(&self, rel: Option<&proto::Relation>, commit_lsn: Option<u64>) -> InCopy {
         if self.table_skips.is_empty() {
-            return false;
+            return InCopy::No;
         }
-        let Some(rel) = c.relid().and_then(|r| self.rels.get(&r)) else { return false };
-        self.table_skips
-            .get(&(rel.msg.nspname.clone(), rel.msg.relname.clone()))
-            .is_some_and(|&copied_at| final_lsn < copied_at)
+        let copied_at = rel.and_then(|r| self.table_skips.get(&(r.nspname.clone(), r.relname.clone())));
+        copied_at.map_or(InCopy::No, |&c| table_skip::in_copy(c, commit_lsn))
     }
 
     /// After the transaction that committed at `final_lsn`: tables whose copy it
     /// passed are replicating.
     pub(super) fn note_tables_caught_up(&mut self, final_lsn: u64) {
-        if self.table_skips.values().any(|&s| s <= final_lsn) {
+        if self.table_skips.values().any(|&s| table_skip::caught_up(s, final_lsn)) {
             let id = self.sub.id;
             pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::tables_caught_up(id, final_lsn));
-            self.table_skips.retain(|_, s| *s > final_lsn);
+            self.table_skips.retain(|_, s| !table_skip::caught_up(*s, final_lsn));
         }
     }
 }
