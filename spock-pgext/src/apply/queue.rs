@@ -12,6 +12,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, FromDatum, PgSqlErrorCode};
 use spock_core::ddl::{LocalSequence, QueuedMessage};
+use spock_core::ident::quote_identifier;
 
 use super::executor::LocalRelation;
 use super::subscription::SubscriptionInfo;
@@ -124,7 +125,7 @@ fn apply_sequence(sub: &SubscriptionInfo, schema: &str, name: &str, last_value: 
         )
         .raise()
     };
-    let qualified = format!("{}.{}", ddl::quote_identifier(schema), ddl::quote_identifier(name));
+    let qualified = format!("{}.{}", quote_identifier(schema), quote_identifier(name));
     let current = Spi::get_one::<i64>(&format!("SELECT last_value FROM {qualified}"))
         .unwrap_or_else(|e| spi_failed("reading a sequence", e))
         .unwrap_or(min_value);

@@ -88,10 +88,6 @@ pub(crate) fn role_oid(name: &str) -> pg_sys::Oid {
     unsafe { pg_sys::get_role_oid(c.as_ptr(), false) }
 }
 
-// The one identifier quoter is spock_core's (it knows the keywords); this name stays
-// for the callers in sql_api and apply until they call it directly.
-pub(crate) use spock_core::ident::quote_identifier;
-
 /// Inserts a `spock.queue` row (`sets` None: NULL, a message for every subscriber).
 /// `role` is recorded as the role the subscriber runs the message as.
 pub fn queue_message(sets: Option<&[String]>, role: &str, message: &QueuedMessage) {
