@@ -156,15 +156,7 @@ pub fn run(sub: &SubscriptionInfo) {
     drop(ctl);
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
     start_peer_subscriptions(sub, &peers);
-    let row = rows.first().cloned().unwrap_or_default();
-    let lsn = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .and_then(|s| parse_lsn(&s))
-        .unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no consistent point"));
-    let snapshot =
-        row.get(2).cloned().flatten().unwrap_or_else(|| fail(sub, "CREATE_REPLICATION_SLOT", "no exported snapshot"));
+    let (lsn, snapshot) = consistent_point(&rows).unwrap_or_else(|e| fail(sub, "CREATE_REPLICATION_SLOT", e));
     BackgroundWorker::transaction(|| set_sync_status(sub.id, if kind.structure { 's' } else { 'd' }, lsn));
 
     // 2. Structure before the data.
@@ -189,6 +181,15 @@ pub fn run(sub: &SubscriptionInfo) {
         sub.name,
         format_lsn(lsn)
     );
+}
+
+/// The consistent point (LSN) and exported snapshot of a `CREATE_REPLICATION_SLOT`
+/// result, or what is missing.
+fn consistent_point(rows: &[Vec<Option<String>>]) -> Result<(u64, String), &'static str> {
+    let row = rows.first().ok_or("no result row")?;
+    let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).ok_or("no consistent point")?;
+    let snapshot = row.get(2).cloned().flatten().ok_or("no exported snapshot")?;
+    Ok((lsn, snapshot))
 }
 
 /// The provider's progress per node it subscribes to: (node id, LSN in that node's
@@ -662,15 +663,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             quote_identifier(&slot)
         ))
         .unwrap_or_else(|e| sync_error(sub, &format!("creating the sync slot for {name}"), e));
-    let row = rows.first().cloned().unwrap_or_default();
-    let lsn = row
-        .get(1)
-        .cloned()
-        .flatten()
-        .and_then(|s| parse_lsn(&s))
-        .unwrap_or_else(|| sync_error(sub, "sync slot", "no consistent point"));
-    let snapshot =
-        row.get(2).cloned().flatten().unwrap_or_else(|| sync_error(sub, "sync slot", "no exported snapshot"));
+    let (lsn, snapshot) = consistent_point(&rows).unwrap_or_else(|e| sync_error(sub, "sync slot", e));
 
     let provider = provider_at_snapshot(sub, &snapshot, &slot);
     let Some(t) = tables_to_copy(sub, &provider, Some((nsp, rel))).into_iter().next() else {
