@@ -14,8 +14,15 @@
 //! * `apply_remote` / `keep_local`: always that.
 //! * `error`: every conflict stops the transaction (exception handling decides).
 //! * `update_exists` (the new row violates another unique index) cannot be resolved
-//!   by picking a row version and is always an error; `update_missing` and
-//!   `delete_missing` are skipped (logged) unless the policy is `error`.
+//!   by picking a row version and is always an error; `delete_missing` is skipped
+//!   (logged) unless the policy is `error`.
+//! * A DELETE is a row version too: an UPDATE or INSERT that meets a deleted version
+//!   of its row (`update_deleted`, PostgreSQL 19's name, and `insert_deleted`) is
+//!   decided against the DELETE's commit timestamp and origin like any other
+//!   version: the newer side wins, so a delete racing an update or insert ends the
+//!   same on every node. An UPDATE that finds neither row nor deleted version
+//!   (`update_missing`) is applied as an INSERT when it carries the whole row
+//!   ([`decide_update_missing`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -41,11 +48,17 @@ pub enum ConflictKind {
     DeleteMissing,
     /// A DELETE met a row changed later than the delete: the row stays.
     DeleteExists,
+    /// An UPDATE found no row, but a deleted version of it: decided against the
+    /// DELETE's commit timestamp (PostgreSQL 19's `update_deleted`).
+    UpdateDeleted,
+    /// An INSERT found no row with its key, but a deleted version of one: decided
+    /// against the DELETE's commit timestamp.
+    InsertDeleted,
 }
 
 impl ConflictKind {
-    /// Every kind, in the order of Spock's statistics columns.
-    pub const ALL: [ConflictKind; 7] = [
+    /// Every kind: Spock's, in the order of its statistics columns, then spock-rs's.
+    pub const ALL: [ConflictKind; 9] = [
         ConflictKind::InsertExists,
         ConflictKind::UpdateOriginDiffers,
         ConflictKind::UpdateExists,
@@ -53,6 +66,8 @@ impl ConflictKind {
         ConflictKind::DeleteOriginDiffers,
         ConflictKind::DeleteMissing,
         ConflictKind::DeleteExists,
+        ConflictKind::UpdateDeleted,
+        ConflictKind::InsertDeleted,
     ];
 
     /// The name used in logs and in `spock.resolutions.conflict_type`.
@@ -65,11 +80,13 @@ impl ConflictKind {
             ConflictKind::DeleteOriginDiffers => "delete_origin_differs",
             ConflictKind::DeleteMissing => "delete_missing",
             ConflictKind::DeleteExists => "delete_exists",
+            ConflictKind::UpdateDeleted => "update_deleted",
+            ConflictKind::InsertDeleted => "insert_deleted",
         }
     }
 
-    /// Spock's numeric value (`SpockConflictType`): 0..=5 as in PostgreSQL, 101 for
-    /// `delete_exists`.
+    /// Spock's numeric value (`SpockConflictType`): 0..=5 as in PostgreSQL 18, 101 for
+    /// `delete_exists`; spock-rs's own kinds follow Spock's numbering (102, 103).
     pub fn spock_code(self) -> u32 {
         match self {
             ConflictKind::InsertExists => 0,
@@ -79,10 +96,12 @@ impl ConflictKind {
             ConflictKind::DeleteOriginDiffers => 4,
             ConflictKind::DeleteMissing => 5,
             ConflictKind::DeleteExists => 101,
+            ConflictKind::UpdateDeleted => 102,
+            ConflictKind::InsertDeleted => 103,
         }
     }
 
-    /// Position in per-kind statistics arrays (0..7).
+    /// Position in per-kind statistics arrays (0..9).
     pub fn stat_index(self) -> usize {
         ConflictKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
     }
@@ -304,8 +323,10 @@ pub fn origin_differs(local: RowVersion, remote: RowVersion) -> bool {
     local.origin != remote.origin
 }
 
-/// Decides a detected conflict of `kind`. `local` is the row the change met (`None`
-/// for the `*_missing` kinds).
+/// Decides a detected conflict of `kind`. `local` is the row version the change met:
+/// the live row, the DELETE of a deleted one (`update_deleted`, `insert_deleted`),
+/// `None` for the `*_missing` kinds. An applied `update_deleted` or `insert_deleted`
+/// re-creates the row; a kept one leaves it deleted.
 pub fn decide(
     kind: ConflictKind,
     local: Option<RowVersion>,
@@ -326,7 +347,9 @@ pub fn decide(
         ConflictKind::InsertExists
         | ConflictKind::UpdateOriginDiffers
         | ConflictKind::DeleteOriginDiffers
-        | ConflictKind::DeleteExists => {
+        | ConflictKind::DeleteExists
+        | ConflictKind::UpdateDeleted
+        | ConflictKind::InsertDeleted => {
             let Some(local) = local else {
                 // Without a local row there is nothing to compare: the change applies.
                 return Ok(Decision { kind, resolution: Resolution::ApplyRemote, reason: Reason::NoLocalRow });
@@ -341,6 +364,23 @@ pub fn decide(
             Ok(Decision { kind, resolution, reason })
         }
     }
+}
+
+/// Decides an UPDATE that found neither its row nor a deleted version of it (after
+/// `spock.read_retry_count` searches): the row never reached this node, or its
+/// DELETE is older than what this node keeps. It is applied as an INSERT when it
+/// carries the whole row (`complete_row`: no value left in the provider's TOAST) and
+/// the policy lets a remote change win without a local row to compare with;
+/// otherwise it is skipped.
+pub fn decide_update_missing(complete_row: bool, policy: ConflictPolicy) -> Result<Decision, Unresolvable> {
+    let kind = ConflictKind::UpdateMissing;
+    let resolution = match policy {
+        ConflictPolicy::Error => return Err(Unresolvable { kind, policy }),
+        ConflictPolicy::KeepLocal => Resolution::Skip,
+        _ if complete_row => Resolution::ApplyRemote,
+        _ => Resolution::Skip,
+    };
+    Ok(Decision { kind, resolution, reason: Reason::NoLocalRow })
 }
 
 #[cfg(test)]

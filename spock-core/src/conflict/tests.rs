@@ -126,6 +126,31 @@ fn decide_every_kind_under_every_policy() {
 }
 
 #[test]
+fn a_delete_is_a_version_updates_and_inserts_meet() {
+    let p = ConflictPolicy::LastUpdateWins;
+    for kind in [ConflictKind::UpdateDeleted, ConflictKind::InsertDeleted] {
+        // The DELETE (local, ts 5) is newer than the remote change: the row stays deleted.
+        let d = decide(kind, Some(v(5, LOCAL_ORIGIN)), v(3, B), p, TB).unwrap();
+        assert_eq!((d.kind, d.resolution, d.reason), (kind, Resolution::KeepLocal, Reason::LocalTimestamp));
+        // The remote change is newer: the row comes back.
+        let d = decide(kind, Some(v(5, A)), v(7, B), p, TB).unwrap();
+        assert_eq!((d.kind, d.resolution), (kind, Resolution::ApplyRemote));
+    }
+}
+
+#[test]
+fn an_update_without_row_or_delete_applies_when_it_carries_the_row() {
+    use ConflictPolicy::*;
+    let d = decide_update_missing(true, LastUpdateWins).unwrap();
+    assert_eq!((d.kind, d.resolution), (ConflictKind::UpdateMissing, Resolution::ApplyRemote));
+    assert_eq!(decide_update_missing(false, LastUpdateWins).unwrap().resolution, Resolution::Skip);
+    assert_eq!(decide_update_missing(true, FirstUpdateWins).unwrap().resolution, Resolution::ApplyRemote);
+    assert_eq!(decide_update_missing(true, ApplyRemote).unwrap().resolution, Resolution::ApplyRemote);
+    assert_eq!(decide_update_missing(true, KeepLocal).unwrap().resolution, Resolution::Skip);
+    assert!(decide_update_missing(true, Error).is_err());
+}
+
+#[test]
 fn a_lost_delete_is_reported_as_delete_exists() {
     let d =
         decide(ConflictKind::DeleteOriginDiffers, Some(v(9, A)), v(3, B), ConflictPolicy::LastUpdateWins, TB).unwrap();
@@ -173,6 +198,27 @@ proptest! {
         let final_a = if res_on_a == Resolution::ApplyRemote { "B" } else { "A" };
         let final_b = if res_on_b == Resolution::ApplyRemote { "A" } else { "B" };
         prop_assert_eq!(final_a, final_b);
+    }
+
+    /// A DELETE on one node races an UPDATE (or an INSERT of the same key) on the
+    /// other: each node applies the other's change against its own version (the
+    /// deleted one, or the updated row) and both end the same, row or no row.
+    #[test]
+    fn a_delete_and_an_update_converge(
+        ts_del in 0i64..4, ts_upd in 0i64..4, tb_a in 0i64..3, tb_delta in 1i64..3, insert in any::<bool>(),
+    ) {
+        let tb_b = (tb_a + tb_delta) % 3;
+        let p = ConflictPolicy::LastUpdateWins;
+        // A deleted the row; B's UPDATE (or INSERT) arrives and meets the deleted version.
+        let kind = if insert { ConflictKind::InsertDeleted } else { ConflictKind::UpdateDeleted };
+        let on_a = decide(kind, Some(v(ts_del, LOCAL_ORIGIN)), v(ts_upd, B), p,
+            Tiebreakers { local_node: tb_a, remote_node: tb_b }).unwrap();
+        let row_on_a = on_a.applies_remote();
+        // B changed the row; A's DELETE arrives and meets it.
+        let on_b = decide(ConflictKind::DeleteOriginDiffers, Some(v(ts_upd, LOCAL_ORIGIN)), v(ts_del, A), p,
+            Tiebreakers { local_node: tb_b, remote_node: tb_a }).unwrap();
+        let row_on_b = !on_b.applies_remote();
+        prop_assert_eq!(row_on_a, row_on_b);
     }
 
     /// A third node that receives both versions, in either order, keeps the same

@@ -50,6 +50,12 @@ impl Tuple {
         Tuple { columns }
     }
 
+    /// Whether every column carries its value: none is left in the sender's TOAST
+    /// ([`Datum::UnchangedToast`], which only an UPDATE sends).
+    pub fn is_complete(&self) -> bool {
+        !self.columns.iter().any(|d| matches!(d, Datum::UnchangedToast))
+    }
+
     /// Appends the `T` block.
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         check_len("tuple column count", self.columns.len(), usize::from(u16::MAX))?;

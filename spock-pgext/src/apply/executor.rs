@@ -715,6 +715,87 @@ impl TableWriter {
         }
     }
 
+    /// The newest committed removal of the row whose identity matches `search` (its
+    /// DELETE, or an UPDATE that changed its key) among the dead versions the table
+    /// still holds: the removing transaction's commit timestamp and origin, with that
+    /// last version of the row in `self.local` (for values an UPDATE did not send).
+    /// Call it after [`find`](Self::find) found no live row. `None` when no dead
+    /// version is left (the key never existed here, or VACUUM removed it), when the
+    /// table has no identity index, or without `track_commit_timestamp`.
+    ///
+    /// SAFETY: inside a transaction; `search` has the table's descriptor.
+    pub unsafe fn find_deleted(
+        &mut self,
+        map: &LocalRelation,
+        search: *mut pg_sys::TupleTableSlot,
+    ) -> Option<(i64, u16)> {
+        // SAFETY: reads a setting.
+        if map.identity_index == pg_sys::InvalidOid || !unsafe { pg_sys::track_commit_timestamp } {
+            return None;
+        }
+        // SAFETY: the identity index is among the writer's open indexes; the scan
+        // keys are built as PostgreSQL builds them for its own replica identity
+        // lookups (btree equality of each key column); every version of the key is
+        // read under SnapshotAny and only tuple headers and commit data are looked at.
+        unsafe {
+            let (_, index, _) = open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
+            let form = (*index).rd_index;
+            let nkeys = (*form).indnkeyatts as usize;
+            pg_sys::slot_getallattrs(search);
+            let mut keys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(nkeys);
+            for (i, &attno) in (*form).indkey.values.as_slice(nkeys).iter().enumerate() {
+                if attno <= 0 {
+                    return None; // an expression column: not a replica identity index
+                }
+                let opfamily = *(*index).rd_opfamily.add(i);
+                let optype = *(*index).rd_opcintype.add(i);
+                let operator =
+                    pg_sys::get_opfamily_member(opfamily, optype, optype, pg_sys::BTEqualStrategyNumber as i16);
+                if operator == pg_sys::InvalidOid {
+                    return None;
+                }
+                let mut key = pg_sys::ScanKeyData::default();
+                let col = attno as usize - 1;
+                pg_sys::ScanKeyInit(
+                    &mut key,
+                    (i + 1) as pg_sys::AttrNumber,
+                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                    pg_sys::get_opcode(operator),
+                    *(*search).tts_values.add(col),
+                );
+                key.sk_collation = *(*index).rd_indcollation.add(i);
+                if *(*search).tts_isnull.add(col) {
+                    key.sk_flags |= (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32;
+                }
+                keys.push(key);
+            }
+            let snapshot = &raw mut pg_sys::SnapshotAnyData;
+            let scan = pg_sys::index_beginscan(self.rel, index, snapshot, std::ptr::null_mut(), nkeys as i32, 0);
+            // Index entries of versions dead to every snapshot are marked killed by
+            // other scans (our own search for the live row among them): they are
+            // what this scan looks for.
+            (*scan).ignore_killed_tuples = false;
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, std::ptr::null_mut(), 0);
+            let version = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
+            let mut newest: Option<(i64, u16)> = None;
+            while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, version) {
+                let mut should_free = false;
+                let tup = pg_sys::ExecFetchSlotHeapTuple(version, false, &mut should_free);
+                let removed = removal_of((*tup).t_data);
+                if should_free {
+                    pg_sys::heap_freetuple(tup);
+                }
+                if let Some(removal) = removed.filter(|r| newest.is_none_or(|n| r.0 > n.0)) {
+                    newest = Some(removal);
+                    pg_sys::ExecCopySlot(self.local, version);
+                }
+            }
+            pg_sys::ExecDropSingleTupleTableSlot(version);
+            pg_sys::index_endscan(scan);
+            newest
+        }
+    }
+
     /// Inserts `self.remote`.
     ///
     /// SAFETY: `self.remote` holds a row.
@@ -863,6 +944,37 @@ impl TableWriter {
             }
             version
         }
+    }
+}
+
+/// When and where the row version with header `header` was removed: the commit
+/// timestamp and origin of the transaction that deleted it (or replaced it by an
+/// UPDATE) and committed; `None` for a version that is live, only locked, removed by
+/// a transaction that aborted, is in progress or is this one, or without commit data.
+///
+/// SAFETY: `header` is a valid heap tuple header.
+unsafe fn removal_of(header: pg_sys::HeapTupleHeader) -> Option<(i64, u16)> {
+    // SAFETY: header fields, then the commit log and commit timestamps of its xmax.
+    unsafe {
+        let infomask = u32::from((*header).t_infomask);
+        if infomask & pg_sys::HEAP_XMAX_INVALID != 0 || pg_sys::HeapTupleHeaderIsOnlyLocked(header) {
+            return None;
+        }
+        let xmax = if infomask & pg_sys::HEAP_XMAX_IS_MULTI != 0 {
+            pg_sys::HeapTupleGetUpdateXid(header)
+        } else {
+            (*header).t_choice.t_heap.t_xmax
+        };
+        if xmax.into_inner() < pg_sys::FirstNormalTransactionId.into_inner()
+            || pg_sys::TransactionIdIsCurrentTransactionId(xmax)
+            || pg_sys::TransactionIdIsInProgress(xmax)
+            || !pg_sys::TransactionIdDidCommit(xmax)
+        {
+            return None;
+        }
+        let mut ts: pg_sys::TimestampTz = 0;
+        let mut origin: pg_sys::RepOriginId = 0;
+        (pg_sys::TransactionIdGetCommitTsData(xmax, &mut ts, &mut origin) && ts != 0).then_some((ts, origin))
     }
 }
 

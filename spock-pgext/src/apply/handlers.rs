@@ -236,7 +236,10 @@ impl ApplySession {
                 let unsearched = has_key
                     && !s.careful_tables.contains(&map.relid)
                     && s.txn.remote.as_ref().is_some_and(|r| r.replay.is_none())
-                    && w.can_insert_unsearched(map.identity_index);
+                    && w.can_insert_unsearched(map.identity_index)
+                    // A deleted version of the key is a version the INSERT must be
+                    // decided against (searched below).
+                    && w.find_deleted(map, w.remote).is_none();
                 if unsearched {
                     if !w.insert_reporting_duplicate(map.identity_index) {
                         pgrx::debug1!(
@@ -268,6 +271,14 @@ impl ApplySession {
                     }
                     return None;
                 }
+                if let Some((commit_ts, origin)) = w.find_deleted(map, w.remote) {
+                    // The key was deleted here: the DELETE is a version too.
+                    s.txn.conflict_rows = (w.local, w.remote);
+                    let deleted = RowVersion { commit_ts, origin };
+                    if !s.decide(ConflictKind::InsertDeleted, Some(deleted), &map.qualified).applies_remote() {
+                        return None;
+                    }
+                }
                 w.insert();
                 // spock.queue: act on the queued message in this transaction (apply/queue.rs).
                 super::queue::is_queue(map).then(|| super::queue::QueuedRow::from_slot(w.remote))
@@ -287,8 +298,30 @@ impl ApplySession {
                 let key = u.old.as_ref().map_or(&u.new, |o| &o.tuple);
                 map.fill_search_slot(w.search, key, w.econtext);
                 if !find_with_retries(w, map, w.search) {
-                    s.txn.conflict_rows = (std::ptr::null_mut(), w.search);
-                    s.decide(ConflictKind::UpdateMissing, None, &map.qualified);
+                    // No row: decided against its DELETE when a deleted version is
+                    // here, else applied as an INSERT when the UPDATE carries the
+                    // whole row (spock_core::conflict::decide_update_missing).
+                    let decision = match w.find_deleted(map, w.search) {
+                        Some((commit_ts, origin)) => {
+                            // What the UPDATE left in TOAST comes from the deleted row.
+                            map.fill_slot(w.remote, &u.new, Some(w.local), w.econtext);
+                            s.txn.conflict_rows = (w.local, w.remote);
+                            let deleted = RowVersion { commit_ts, origin };
+                            s.decide(ConflictKind::UpdateDeleted, Some(deleted), &map.qualified)
+                        }
+                        None if u.new.is_complete() => {
+                            map.fill_slot(w.remote, &u.new, None, w.econtext);
+                            s.txn.conflict_rows = (std::ptr::null_mut(), w.remote);
+                            s.decide_update_missing(true, &map.qualified)
+                        }
+                        None => {
+                            s.txn.conflict_rows = (std::ptr::null_mut(), w.search);
+                            s.decide_update_missing(false, &map.qualified)
+                        }
+                    };
+                    if decision.applies_remote() {
+                        w.insert();
+                    }
                     return;
                 }
                 map.fill_slot(w.new, &u.new, Some(w.local), w.econtext);

@@ -74,8 +74,31 @@ impl SessionState {
         v
     }
 
-    /// Decides a conflict of `kind` against the local row version.
+    /// Decides a conflict of `kind` against the local row version (the live row, or
+    /// the DELETE of a deleted one).
     pub(super) fn decide(&mut self, kind: ConflictKind, local: Option<RowVersion>, relation: &str) -> Decision {
+        self.decide_by(kind, local, relation, |remote, policy, tiebreakers| {
+            conflict::decide(kind, local, remote, policy, tiebreakers)
+        })
+    }
+
+    /// Decides an UPDATE that found neither row nor deleted version
+    /// ([`conflict::decide_update_missing`]); `complete_row`: it carries every value.
+    pub(super) fn decide_update_missing(&mut self, complete_row: bool, relation: &str) -> Decision {
+        self.decide_by(ConflictKind::UpdateMissing, None, relation, |_, policy, _| {
+            conflict::decide_update_missing(complete_row, policy)
+        })
+    }
+
+    /// Takes the decision `rule` gives for the remote change's version, the policy in
+    /// force and the writers' tiebreakers, then logs and records it.
+    fn decide_by(
+        &mut self,
+        kind: ConflictKind,
+        local: Option<RowVersion>,
+        relation: &str,
+        rule: impl FnOnce(RowVersion, conflict::ConflictPolicy, Tiebreakers) -> Result<Decision, conflict::Unresolvable>,
+    ) -> Decision {
         if let Some(r) = self.txn.remote.as_mut().filter(|r| r.eager) {
             // Needs the remote commit timestamp: replayed at commit instead.
             r.needs_commit = true;
@@ -93,13 +116,7 @@ impl SessionState {
         };
         let local_tb = local.map_or(0, |l| self.node_of_origin(l.origin).1);
         let policy = gucs::conflict_policy();
-        match conflict::decide(
-            kind,
-            local,
-            remote,
-            policy,
-            Tiebreakers { local_node: local_tb, remote_node: remote_tb },
-        ) {
+        match rule(remote, policy, Tiebreakers { local_node: local_tb, remote_node: remote_tb }) {
             Ok(d) => {
                 let msg = format!(
                     "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
