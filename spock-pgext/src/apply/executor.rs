@@ -481,6 +481,17 @@ pub struct TableWriter {
     /// The identity index as the arbiter list of
     /// [`insert_reporting_duplicate`](Self::insert_reporting_duplicate) (null until used).
     arbiters: *mut pg_sys::List,
+    /// The identity index's equality keys for [`find_deleted`](Self::find_deleted),
+    /// prepared at its first call (`None`), empty when the table has no usable index.
+    deleted_keys: Option<Vec<(pg_sys::ScanKeyData, usize)>>,
+    /// This transaction's index scan and slot of `find_deleted`, kept from call to
+    /// call (beginning a B-tree scan allocates tens of kilobytes); null outside a
+    /// transaction, ended with it like `local`.
+    deleted_scan: pg_sys::IndexScanDesc,
+    deleted_slot: *mut pg_sys::TupleTableSlot,
+    /// The local transaction (`MyProc`'s lxid) the scan and slot belong to: ended
+    /// only in that one, forgotten otherwise (its end took them).
+    deleted_lxid: u32,
 }
 
 /// Slots `open` puts in the executor state's tuple table (remote, search, new).
@@ -556,6 +567,10 @@ impl TableWriter {
                 txn,
                 extras_gone: false,
                 arbiters: std::ptr::null_mut(),
+                deleted_keys: None,
+                deleted_scan: std::ptr::null_mut(),
+                deleted_slot: std::ptr::null_mut(),
+                deleted_lxid: 0,
             };
             w.create_local_slot();
             w
@@ -589,6 +604,9 @@ impl TableWriter {
             self.local = std::ptr::null_mut();
             self.create_local_slot();
         }
+        // A scan of an earlier transaction went with it (its memory and resources).
+        self.deleted_scan = std::ptr::null_mut();
+        self.deleted_slot = std::ptr::null_mut();
         self.txn = txn;
     }
 
@@ -601,6 +619,8 @@ impl TableWriter {
             unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.local) };
             self.local = std::ptr::null_mut();
         }
+        // SAFETY: the scan and slot were made in this transaction.
+        unsafe { self.end_deleted_scan() };
         // SAFETY: the index access methods' per-statement insert state (BRIN keeps
         // buffer pins there) ends with the transaction, as ExecCloseIndices ends it
         // with each statement; a no-op for B-tree.
@@ -616,6 +636,8 @@ impl TableWriter {
     /// then be dropped: see [`has_extras`](Self::has_extras)).
     pub fn forget_transaction(&mut self) {
         self.local = std::ptr::null_mut();
+        self.deleted_scan = std::ptr::null_mut();
+        self.deleted_slot = std::ptr::null_mut();
         // SAFETY: the rollback released what the indexes' insert state pinned; the
         // state itself is memory of the executor state: forget it without cleanup.
         unsafe {
@@ -733,50 +755,56 @@ impl TableWriter {
         if map.identity_index == pg_sys::InvalidOid || !unsafe { pg_sys::track_commit_timestamp } {
             return None;
         }
-        // SAFETY: the identity index is among the writer's open indexes; the scan
-        // keys are built as PostgreSQL builds them for its own replica identity
-        // lookups (btree equality of each key column); every version of the key is
-        // read under SnapshotAny and only tuple headers and commit data are looked at.
+        // SAFETY: the writer's open identity index (see `prepare_deleted_keys`); the
+        // keys' function lookups keep what they cache in the writer's memory.
+        let (rri, estate) = (self.rri, self.estate);
+        let keys = self.deleted_keys.get_or_insert_with(|| unsafe {
+            let caller = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+            let keys = prepare_deleted_keys(rri, map.identity_index);
+            pg_sys::MemoryContextSwitchTo(caller);
+            keys
+        });
+        if keys.is_empty() {
+            return None;
+        }
+        // SAFETY: every version of the key is read under SnapshotAny and only tuple
+        // headers and commit data are looked at; the scan and its slot are this
+        // transaction's (made in its memory under its resource owner, ended with it).
         unsafe {
-            let (_, index, _) = open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
-            let form = (*index).rd_index;
-            let nkeys = (*form).indnkeyatts as usize;
             pg_sys::slot_getallattrs(search);
-            let mut keys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(nkeys);
-            for (i, &attno) in (*form).indkey.values.as_slice(nkeys).iter().enumerate() {
-                if attno <= 0 {
-                    return None; // an expression column: not a replica identity index
-                }
-                let opfamily = *(*index).rd_opfamily.add(i);
-                let optype = *(*index).rd_opcintype.add(i);
-                let operator =
-                    pg_sys::get_opfamily_member(opfamily, optype, optype, pg_sys::BTEqualStrategyNumber as i16);
-                if operator == pg_sys::InvalidOid {
-                    return None;
-                }
-                let mut key = pg_sys::ScanKeyData::default();
-                let col = attno as usize - 1;
-                pg_sys::ScanKeyInit(
-                    &mut key,
-                    (i + 1) as pg_sys::AttrNumber,
-                    pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-                    pg_sys::get_opcode(operator),
-                    *(*search).tts_values.add(col),
-                );
-                key.sk_collation = *(*index).rd_indcollation.add(i);
-                if *(*search).tts_isnull.add(col) {
-                    key.sk_flags |= (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32;
-                }
-                keys.push(key);
+            for (key, col) in keys.iter_mut() {
+                key.sk_argument = *(*search).tts_values.add(*col);
+                key.sk_flags = if *(*search).tts_isnull.add(*col) {
+                    (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32
+                } else {
+                    0
+                };
             }
-            let snapshot = &raw mut pg_sys::SnapshotAnyData;
-            let scan = pg_sys::index_beginscan(self.rel, index, snapshot, std::ptr::null_mut(), nkeys as i32, 0);
-            // Index entries of versions dead to every snapshot are marked killed by
-            // other scans (our own search for the live row among them): they are
-            // what this scan looks for.
-            (*scan).ignore_killed_tuples = false;
-            pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, std::ptr::null_mut(), 0);
-            let version = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
+            let mut scan_keys: Vec<pg_sys::ScanKeyData> = keys.iter().map(|(k, _)| *k).collect();
+            let nkeys = scan_keys.len() as i32;
+            if self.deleted_scan.is_null() {
+                let (_, index, _) =
+                    open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
+                let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
+                let scan = pg_sys::index_beginscan(
+                    self.rel,
+                    index,
+                    &raw mut pg_sys::SnapshotAnyData,
+                    std::ptr::null_mut(),
+                    nkeys,
+                    0,
+                );
+                // Index entries of versions dead to every snapshot are marked killed
+                // by other scans (our own search for the live row among them): they
+                // are what this scan looks for.
+                (*scan).ignore_killed_tuples = false;
+                self.deleted_scan = scan;
+                self.deleted_slot = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
+                self.deleted_lxid = current_lxid();
+                pg_sys::MemoryContextSwitchTo(caller);
+            }
+            let (scan, version) = (self.deleted_scan, self.deleted_slot);
+            pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
             let mut newest: Option<(i64, u16)> = None;
             while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, version) {
                 let mut should_free = false;
@@ -790,9 +818,31 @@ impl TableWriter {
                     pg_sys::ExecCopySlot(self.local, version);
                 }
             }
-            pg_sys::ExecDropSingleTupleTableSlot(version);
-            pg_sys::index_endscan(scan);
+            pg_sys::ExecClearTuple(version);
             newest
+        }
+    }
+
+    /// Ends this transaction's `find_deleted` scan and drops its slot.
+    ///
+    /// SAFETY: inside the transaction (and under the resource owner) that made them.
+    unsafe fn end_deleted_scan(&mut self) {
+        if self.deleted_lxid != current_lxid() {
+            // Made in a transaction that is over: gone with it.
+            self.deleted_scan = std::ptr::null_mut();
+            self.deleted_slot = std::ptr::null_mut();
+            return;
+        }
+        // SAFETY: see above.
+        unsafe {
+            if !self.deleted_scan.is_null() {
+                pg_sys::index_endscan(self.deleted_scan);
+                self.deleted_scan = std::ptr::null_mut();
+            }
+            if !self.deleted_slot.is_null() {
+                pg_sys::ExecDropSingleTupleTableSlot(self.deleted_slot);
+                self.deleted_slot = std::ptr::null_mut();
+            }
         }
     }
 
@@ -947,6 +997,55 @@ impl TableWriter {
     }
 }
 
+/// The equality scan keys of identity index `identity` (with the table column each
+/// key takes its value from), built as PostgreSQL builds them for its own replica
+/// identity lookups; empty when the index is not among `rri`'s open indexes or has a
+/// column no B-tree equality operator covers.
+///
+/// SAFETY: `rri`'s indexes are open.
+unsafe fn prepare_deleted_keys(
+    rri: *mut pg_sys::ResultRelInfo,
+    identity: pg_sys::Oid,
+) -> Vec<(pg_sys::ScanKeyData, usize)> {
+    // SAFETY: catalog lookups on an open index's descriptor.
+    unsafe {
+        let Some((_, index, _)) = open_indexes(rri).find(|(_, index, _)| (**index).rd_id == identity) else {
+            return Vec::new();
+        };
+        let form = (*index).rd_index;
+        let nkeys = (*form).indnkeyatts as usize;
+        let mut keys = Vec::with_capacity(nkeys);
+        for (i, &attno) in (*form).indkey.values.as_slice(nkeys).iter().enumerate() {
+            if attno <= 0 {
+                return Vec::new(); // an expression column: not a replica identity index
+            }
+            let opfamily = *(*index).rd_opfamily.add(i);
+            let optype = *(*index).rd_opcintype.add(i);
+            let operator = pg_sys::get_opfamily_member(opfamily, optype, optype, pg_sys::BTEqualStrategyNumber as i16);
+            if operator == pg_sys::InvalidOid {
+                return Vec::new();
+            }
+            let mut key = pg_sys::ScanKeyData::default();
+            pg_sys::ScanKeyInit(
+                &mut key,
+                (i + 1) as pg_sys::AttrNumber,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                pg_sys::get_opcode(operator),
+                pg_sys::Datum::from(0usize),
+            );
+            key.sk_collation = *(*index).rd_indcollation.add(i);
+            keys.push((key, attno as usize - 1));
+        }
+        keys
+    }
+}
+
+/// This backend's local transaction id (0 outside a transaction).
+fn current_lxid() -> u32 {
+    // SAFETY: MyProc is this backend's own PGPROC, set for the process's lifetime.
+    unsafe { (*pg_sys::MyProc).vxid.lxid }
+}
+
 /// When and where the row version with header `header` was removed: the commit
 /// timestamp and origin of the transaction that deleted it (or replaced it by an
 /// UPDATE) and committed; `None` for a version that is live, only locked, removed by
@@ -1027,6 +1126,7 @@ impl Drop for TableWriter {
                 pg_sys::ExecDropSingleTupleTableSlot(self.local);
                 self.local = std::ptr::null_mut();
             }
+            self.end_deleted_scan();
             let tx_owner = pg_sys::CurrentResourceOwner;
             let slots = PgList::<pg_sys::TupleTableSlot>::from_pg((*self.estate).es_tupleTable);
             for (i, slot) in slots.iter_ptr().enumerate() {

@@ -275,7 +275,7 @@ impl ApplySession {
                     // The key was deleted here: the DELETE is a version too.
                     s.txn.conflict_rows = (w.local, w.remote);
                     let deleted = RowVersion { commit_ts, origin };
-                    if !s.decide(ConflictKind::InsertDeleted, Some(deleted), &map.qualified).applies_remote() {
+                    if !s.remote_wins_over_deleted(deleted, ConflictKind::InsertDeleted, &map.qualified) {
                         return None;
                     }
                 }
@@ -301,25 +301,25 @@ impl ApplySession {
                     // No row: decided against its DELETE when a deleted version is
                     // here, else applied as an INSERT when the UPDATE carries the
                     // whole row (spock_core::conflict::decide_update_missing).
-                    let decision = match w.find_deleted(map, w.search) {
+                    let apply = match w.find_deleted(map, w.search) {
                         Some((commit_ts, origin)) => {
                             // What the UPDATE left in TOAST comes from the deleted row.
                             map.fill_slot(w.remote, &u.new, Some(w.local), w.econtext);
                             s.txn.conflict_rows = (w.local, w.remote);
                             let deleted = RowVersion { commit_ts, origin };
-                            s.decide(ConflictKind::UpdateDeleted, Some(deleted), &map.qualified)
+                            s.remote_wins_over_deleted(deleted, ConflictKind::UpdateDeleted, &map.qualified)
                         }
                         None if u.new.is_complete() => {
                             map.fill_slot(w.remote, &u.new, None, w.econtext);
                             s.txn.conflict_rows = (std::ptr::null_mut(), w.remote);
-                            s.decide_update_missing(true, &map.qualified)
+                            s.decide_update_missing(true, &map.qualified).applies_remote()
                         }
                         None => {
                             s.txn.conflict_rows = (std::ptr::null_mut(), w.search);
-                            s.decide_update_missing(false, &map.qualified)
+                            s.decide_update_missing(false, &map.qualified).applies_remote()
                         }
                     };
-                    if decision.applies_remote() {
+                    if apply {
                         w.insert();
                     }
                     return;

@@ -268,6 +268,11 @@ fn finish(sub: &SubscriptionInfo, lsn: u64, dump: &Path) {
         .unwrap_or_else(|e| spi_failed("starting the origin at the slot's consistent point", e));
         set_sync_status(sub.id, 'r', lsn);
     });
+    // The dump goes only once the status that no longer needs it is durable: apply
+    // commits need not wait for their WAL flush, and a crash that lost this commit
+    // would find the sync unfinished and its dump gone (seen after a crash).
+    // SAFETY: flushes WAL up to this backend's last commit record.
+    unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
     let _ = std::fs::remove_file(dump);
 }
 

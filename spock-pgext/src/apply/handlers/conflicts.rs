@@ -186,6 +186,15 @@ impl SessionState {
         });
     }
 
+    /// Whether an UPDATE or INSERT applies over the deleted version of its row (`kind`
+    /// `update_deleted` or `insert_deleted`): always when the DELETE came from the
+    /// same origin as the change (that node deleted and wrote the row again, in this
+    /// order), otherwise as decided against the DELETE.
+    pub(super) fn remote_wins_over_deleted(&mut self, deleted: RowVersion, kind: ConflictKind, relation: &str) -> bool {
+        !conflict::origin_differs(deleted, self.remote_version())
+            || self.decide(kind, Some(deleted), relation).applies_remote()
+    }
+
     /// Whether an UPDATE or DELETE applies to the local row it found: always, unless
     /// the row was last written by another origin and the conflict (`kind`) is decided
     /// for the local version.
