@@ -53,6 +53,19 @@ pub fn mutual_pair(a: &TestNode, b: &TestNode) {
     wait_replicating(b, 1);
 }
 
+/// Holds back both directions of a mutual pair (as a lag does): `a` stops applying
+/// `b`'s changes and `b` stops applying `a`'s, until [`resume_pair`].
+pub fn pause_pair(a: &TestNode, b: &TestNode) {
+    a.execute(&format!("SELECT spock.sub_disable('sub_{}_{}', immediate := true)", a.name, b.name)).unwrap();
+    b.execute(&format!("SELECT spock.sub_disable('sub_{}_{}', immediate := true)", b.name, a.name)).unwrap();
+}
+
+/// Lets both directions of a pair held back by [`pause_pair`] go again.
+pub fn resume_pair(a: &TestNode, b: &TestNode) {
+    a.execute(&format!("SELECT spock.sub_enable('sub_{}_{}')", a.name, b.name)).unwrap();
+    b.execute(&format!("SELECT spock.sub_enable('sub_{}_{}')", b.name, a.name)).unwrap();
+}
+
 /// Two nodes n1 and n2 started and set up as by [`subscribed_pair`]: n2 replicates
 /// from n1.
 pub fn replicating_pair() -> Cluster {

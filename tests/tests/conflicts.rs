@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::next_commit_is_later;
+use spock_tests::fixtures::{next_commit_is_later, pause_pair, resume_pair};
 use spock_tests::{Cluster, TestNode};
 
 fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
@@ -37,13 +37,11 @@ fn pair(policy: &str) -> Cluster {
 }
 
 fn apart(c: &Cluster) {
-    c.node(0).execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
-    c.node(1).execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    pause_pair(c.node(0), c.node(1));
 }
 
 fn together(c: &Cluster) {
-    c.node(0).execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
-    c.node(1).execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    resume_pair(c.node(0), c.node(1));
 }
 
 fn value(n: &TestNode) -> String {

@@ -5,7 +5,7 @@
 //! deterministic by holding both directions back while the two nodes write, as a
 //! real lag does.
 
-use spock_tests::fixtures::{mutual_pair, next_commit_is_later, sync_mesh};
+use spock_tests::fixtures::{mutual_pair, next_commit_is_later, pause_pair, resume_pair, sync_mesh};
 use spock_tests::{Cluster, NodeOptions, TestNode};
 
 fn pair() -> Cluster {
@@ -19,13 +19,11 @@ fn pair() -> Cluster {
 
 /// Neither node applies the other's changes until [`together`].
 fn apart(c: &Cluster) {
-    c.node(0).execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
-    c.node(1).execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    pause_pair(c.node(0), c.node(1));
 }
 
 fn together(c: &Cluster) {
-    c.node(0).execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
-    c.node(1).execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    resume_pair(c.node(0), c.node(1));
     sync_mesh(&[c.node(0), c.node(1)]);
 }
 
