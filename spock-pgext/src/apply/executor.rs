@@ -484,14 +484,6 @@ pub struct TableWriter {
     /// The identity index's equality keys for [`find_deleted`](Self::find_deleted),
     /// prepared at its first call (`None`), empty when the table has no usable index.
     deleted_keys: Option<Vec<(pg_sys::ScanKeyData, usize)>>,
-    /// This transaction's index scan and slot of `find_deleted`, kept from call to
-    /// call (beginning a B-tree scan allocates tens of kilobytes); null outside a
-    /// transaction, ended with it like `local`.
-    deleted_scan: pg_sys::IndexScanDesc,
-    deleted_slot: *mut pg_sys::TupleTableSlot,
-    /// The local transaction (`MyProc`'s lxid) the scan and slot belong to: ended
-    /// only in that one, forgotten otherwise (its end took them).
-    deleted_lxid: u32,
 }
 
 /// Slots `open` puts in the executor state's tuple table (remote, search, new).
@@ -568,9 +560,6 @@ impl TableWriter {
                 extras_gone: false,
                 arbiters: std::ptr::null_mut(),
                 deleted_keys: None,
-                deleted_scan: std::ptr::null_mut(),
-                deleted_slot: std::ptr::null_mut(),
-                deleted_lxid: 0,
             };
             w.create_local_slot();
             w
@@ -604,9 +593,6 @@ impl TableWriter {
             self.local = std::ptr::null_mut();
             self.create_local_slot();
         }
-        // A scan of an earlier transaction went with it (its memory and resources).
-        self.deleted_scan = std::ptr::null_mut();
-        self.deleted_slot = std::ptr::null_mut();
         self.txn = txn;
     }
 
@@ -619,8 +605,6 @@ impl TableWriter {
             unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.local) };
             self.local = std::ptr::null_mut();
         }
-        // SAFETY: the scan and slot were made in this transaction.
-        unsafe { self.end_deleted_scan() };
         // SAFETY: the index access methods' per-statement insert state (BRIN keeps
         // buffer pins there) ends with the transaction, as ExecCloseIndices ends it
         // with each statement; a no-op for B-tree.
@@ -636,8 +620,6 @@ impl TableWriter {
     /// then be dropped: see [`has_extras`](Self::has_extras)).
     pub fn forget_transaction(&mut self) {
         self.local = std::ptr::null_mut();
-        self.deleted_scan = std::ptr::null_mut();
-        self.deleted_slot = std::ptr::null_mut();
         // SAFETY: the rollback released what the indexes' insert state pinned; the
         // state itself is memory of the executor state: forget it without cleanup.
         unsafe {
@@ -768,8 +750,8 @@ impl TableWriter {
             return None;
         }
         // SAFETY: every version of the key is read under SnapshotAny and only tuple
-        // headers and commit data are looked at; the scan and its slot are this
-        // transaction's (made in its memory under its resource owner, ended with it).
+        // headers and commit data are looked at; the scan and its slot live for this
+        // call only.
         unsafe {
             pg_sys::slot_getallattrs(search);
             for (key, col) in keys.iter_mut() {
@@ -782,29 +764,21 @@ impl TableWriter {
             }
             let mut scan_keys: Vec<pg_sys::ScanKeyData> = keys.iter().map(|(k, _)| *k).collect();
             let nkeys = scan_keys.len() as i32;
-            if self.deleted_scan.is_null() {
-                let (_, index, _) =
-                    open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
-                let caller = pg_sys::MemoryContextSwitchTo(pg_sys::TopTransactionContext);
-                let scan = pg_sys::index_beginscan(
-                    self.rel,
-                    index,
-                    &raw mut pg_sys::SnapshotAnyData,
-                    std::ptr::null_mut(),
-                    nkeys,
-                    0,
-                );
-                // Index entries of versions dead to every snapshot are marked killed
-                // by other scans (our own search for the live row among them): they
-                // are what this scan looks for.
-                (*scan).ignore_killed_tuples = false;
-                self.deleted_scan = scan;
-                self.deleted_slot = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
-                self.deleted_lxid = current_lxid();
-                pg_sys::MemoryContextSwitchTo(caller);
-            }
-            let (scan, version) = (self.deleted_scan, self.deleted_slot);
+            let (_, index, _) = open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
+            let scan = pg_sys::index_beginscan(
+                self.rel,
+                index,
+                &raw mut pg_sys::SnapshotAnyData,
+                std::ptr::null_mut(),
+                nkeys,
+                0,
+            );
+            // Index entries of versions dead to every snapshot are marked killed by
+            // other scans (our own search for the live row among them): they are
+            // what this scan looks for.
+            (*scan).ignore_killed_tuples = false;
             pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+            let version = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
             let mut newest: Option<(i64, u16)> = None;
             while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, version) {
                 let mut should_free = false;
@@ -818,31 +792,9 @@ impl TableWriter {
                     pg_sys::ExecCopySlot(self.local, version);
                 }
             }
-            pg_sys::ExecClearTuple(version);
+            pg_sys::ExecDropSingleTupleTableSlot(version);
+            pg_sys::index_endscan(scan);
             newest
-        }
-    }
-
-    /// Ends this transaction's `find_deleted` scan and drops its slot.
-    ///
-    /// SAFETY: inside the transaction (and under the resource owner) that made them.
-    unsafe fn end_deleted_scan(&mut self) {
-        if self.deleted_lxid != current_lxid() {
-            // Made in a transaction that is over: gone with it.
-            self.deleted_scan = std::ptr::null_mut();
-            self.deleted_slot = std::ptr::null_mut();
-            return;
-        }
-        // SAFETY: see above.
-        unsafe {
-            if !self.deleted_scan.is_null() {
-                pg_sys::index_endscan(self.deleted_scan);
-                self.deleted_scan = std::ptr::null_mut();
-            }
-            if !self.deleted_slot.is_null() {
-                pg_sys::ExecDropSingleTupleTableSlot(self.deleted_slot);
-                self.deleted_slot = std::ptr::null_mut();
-            }
         }
     }
 
@@ -1040,12 +992,6 @@ unsafe fn prepare_deleted_keys(
     }
 }
 
-/// This backend's local transaction id (0 outside a transaction).
-fn current_lxid() -> u32 {
-    // SAFETY: MyProc is this backend's own PGPROC, set for the process's lifetime.
-    unsafe { (*pg_sys::MyProc).vxid.lxid }
-}
-
 /// When and where the row version with header `header` was removed: the commit
 /// timestamp and origin of the transaction that deleted it (or replaced it by an
 /// UPDATE) and committed; `None` for a version that is live, only locked, removed by
@@ -1126,7 +1072,6 @@ impl Drop for TableWriter {
                 pg_sys::ExecDropSingleTupleTableSlot(self.local);
                 self.local = std::ptr::null_mut();
             }
-            self.end_deleted_scan();
             let tx_owner = pg_sys::CurrentResourceOwner;
             let slots = PgList::<pg_sys::TupleTableSlot>::from_pg((*self.estate).es_tupleTable);
             for (i, slot) in slots.iter_ptr().enumerate() {
