@@ -32,10 +32,21 @@ impl SilentProvider {
         std::thread::spawn(move || {
             for s in listener.incoming().flatten() {
                 // Give up on a client after 30 s, so that a client that cannot be
-                // interrupted makes the test fail instead of hanging it.
-                if let Ok(clone) = s.try_clone() {
+                // interrupted makes the test fail instead of hanging it: read (and
+                // drop) what it sends until it closes or the 30 s are over.
+                if let Ok(mut clone) = s.try_clone() {
                     std::thread::spawn(move || {
-                        std::thread::sleep(GIVE_UP);
+                        let deadline = Instant::now() + GIVE_UP;
+                        let mut buf = [0u8; 1024];
+                        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                            if clone.set_read_timeout(Some(left.max(Duration::from_millis(1)))).is_err() {
+                                break;
+                            }
+                            match clone.read(&mut buf) {
+                                Ok(n) if n > 0 => continue,
+                                _ => break, // closed by the client, timed out, or failed
+                            }
+                        }
                         let _ = clone.shutdown(std::net::Shutdown::Both);
                     });
                 }
