@@ -21,6 +21,8 @@
 //!   falls back to replaying its spill file at commit.
 //! * [`table_skip`]: which changes a subscriber skips because a table sync's copy
 //!   holds them.
+//! * [`retention`]: how long deleted row versions are kept (the probe of a
+//!   provider's progress, the removal horizon and its cap).
 //! * [`conninfo`]: connection settings for programs we run, the password kept off
 //!   their command line.
 //!
@@ -40,6 +42,7 @@ pub mod names;
 pub mod origin;
 pub mod proto;
 pub mod repset;
+pub mod retention;
 pub mod spill;
 pub mod table_skip;
 pub mod walsender;

@@ -124,6 +124,10 @@ pub static BATCH_TRANSFER: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// table (docs/apply.md).
 pub static RUN_AS_OWNER: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `spock.deleted_version_retention`: longest time (seconds) deleted row versions
+/// are kept for late changes of peers (0: not kept).
+pub static DELETED_VERSION_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(600);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -151,6 +155,16 @@ pub fn init() {
         &EXCEPTION_LOGGING,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"spock.deleted_version_retention",
+        c"Longest time deleted row versions are kept for late changes of peers.",
+        c"A deleted row's version (its commit time and origin) decides against an older change of the same key that a peer sends later. It is kept until every subscription has applied what its provider committed before the delete, but no longer than this; 0 keeps nothing.",
+        &DELETED_VERSION_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
     );
     GucRegistry::define_int_guc(
         c"spock.restart_delay_on_exception",
@@ -238,6 +252,13 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+}
+
+/// The cap on keeping deleted row versions, in microseconds; `None` when they are
+/// not kept.
+pub fn deleted_version_retention_us() -> Option<i64> {
+    let s = DELETED_VERSION_RETENTION.get();
+    (s > 0).then(|| i64::from(s) * 1_000_000)
 }
 
 /// The restart delay in milliseconds.

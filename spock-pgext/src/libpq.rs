@@ -648,8 +648,56 @@ impl Connection {
 
     /// Runs `sql`; returns its rows (empty for commands).
     pub fn query(&self, sql: &str) -> Result<Rows, LibpqError> {
-        let api = api();
         let r = self.exec(sql)?;
+        self.rows(&r)
+    }
+
+    /// Sends `sql` without waiting for its outcome, which [`Connection::poll_query`]
+    /// reads when it has arrived.
+    pub fn send_query(&self, sql: &str) -> Result<(), LibpqError> {
+        let c = CString::new(sql).map_err(|_| LibpqError::local("query contains a NUL byte"))?;
+        // SAFETY: valid connection and query string.
+        if unsafe { (api().send_query)(self.conn, c.as_ptr()) } == 0 {
+            return Err(self.error(None));
+        }
+        Ok(())
+    }
+
+    /// The outcome of the query sent with [`Connection::send_query`] once it has
+    /// arrived; `None` while it has not (never waits for the provider).
+    pub fn poll_query(&self) -> Option<Result<Rows, LibpqError>> {
+        let api = api();
+        // SAFETY: valid connection; PQgetResult does not block once PQisBusy is 0.
+        let first = unsafe {
+            if (api.consume_input)(self.conn) == 0 {
+                return Some(Err(self.error(None)));
+            }
+            if (api.is_busy)(self.conn) != 0 {
+                return None;
+            }
+            PgResult((api.get_result)(self.conn))
+        };
+        // The rest (the end of the command) comes in the same packet: reading it
+        // leaves the connection ready for the next query.
+        let mut last = first;
+        loop {
+            let r = self.next_result();
+            if r.0.is_null() {
+                break;
+            }
+            if last.status() != PGRES_FATAL_ERROR {
+                last = r;
+            }
+        }
+        if last.0.is_null() {
+            return Some(Err(self.error(None)));
+        }
+        Some(self.rows(&last))
+    }
+
+    /// The rows of a finished command's result (an error result is the error).
+    fn rows(&self, r: &PgResult) -> Result<Rows, LibpqError> {
+        let api = api();
         let status = r.status();
         if status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK {
             return Err(self.error(Some(r.0)));

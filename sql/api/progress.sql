@@ -1,5 +1,6 @@
 -- spock-rs SQL API, apply progress: the views spock.progress and spock.lag_tracker
--- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs).
+-- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs), and
+-- spock.retention over spock.retention_horizon() (sql_api/retention.rs).
 
 CREATE VIEW spock.progress AS
     SELECT * FROM spock.apply_group_progress()
@@ -18,5 +19,21 @@ CREATE VIEW spock.lag_tracker AS
       LEFT JOIN spock.node o ON o.node_id = p.remote_node_id
       LEFT JOIN spock.node r ON r.node_id = p.node_id
      GROUP BY o.node_name, r.node_name;
--- Monitoring: progress is no secret (apply_group_progress() is executable by PUBLIC).
-GRANT SELECT ON spock.progress, spock.lag_tracker TO PUBLIC;
+-- How long this database keeps deleted row versions, and which subscriptions hold
+-- them: the manager's slot, its xmin, the time of the oldest versions kept, when
+-- the manager last looked, and the subscriptions that have not applied what their
+-- provider committed since then.
+CREATE VIEW spock.retention AS
+    SELECT 'spock_retain_' || r.dbid AS slot_name,
+           s.xmin,
+           r.kept_since,
+           r.checked_at,
+           ARRAY(SELECT b.sub_name FROM spock.subscription b
+                  WHERE b.sub_id = ANY (r.held_by) ORDER BY b.sub_name) AS held_by
+      FROM spock.retention_horizon() r
+      LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = 'spock_retain_' || r.dbid
+     WHERE r.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
+
+-- Monitoring: progress is no secret (apply_group_progress() and retention_horizon()
+-- are executable by PUBLIC).
+GRANT SELECT ON spock.progress, spock.lag_tracker, spock.retention TO PUBLIC;

@@ -359,6 +359,7 @@ const PUBLIC_FUNCTIONS: &[&str] = &[
     "apply_group_progress",
     "node_info",
     "repset_show_table",
+    "retention_horizon",
     "spock_gen_slot_name",
     "spock_max_proto_version",
     "spock_min_proto_version",

@@ -15,7 +15,9 @@
 //!   skips in its submodules);
 //! * `executor`, `owner`, `rows`, `queue`: executor calls, running as the table
 //!   owner, rows as JSON, `spock.queue` messages;
-//! * `sync`, `copy_from`: initial and table synchronisation.
+//! * `sync`, `copy_from`: initial and table synchronisation;
+//! * `retention`: asks the provider how far it is, so that deleted row versions
+//!   are kept until they cannot matter.
 
 mod copy_from;
 mod executor;
@@ -23,6 +25,7 @@ mod handlers;
 mod owner;
 pub(crate) mod queue;
 mod receiver;
+mod retention;
 mod rows;
 mod session;
 mod stream;

@@ -6,6 +6,8 @@
 //!    [`Receiver::apply_message`]), for at most [`DRAIN_SLICE`];
 //! 3. [`Receiver::between_transactions`]: note what became durable, look for
 //!    tables waiting for a sync, leave to reconnect when asked;
+//!    Then the probe for keeping deleted row versions ([`super::retention`]) takes
+//!    its step;
 //! 4. [`Receiver::send_feedback`]: tell the provider how far we are, as
 //!    [`FEEDBACK`] says;
 //! 5. [`Receiver::wait`] for the socket, and again from 2.
@@ -26,6 +28,7 @@ use spock_core::proto::{format_lsn, parse_lsn, Message, StreamDecoder};
 use spock_core::walsender::{self, FeedbackPolicy, Positions, ServerMessage};
 
 use super::handlers;
+use super::retention::Prober;
 use super::session::{ApplySession, Outcome};
 use super::stream::{self, StreamReceiver};
 use super::subscription::SubscriptionInfo;
@@ -75,6 +78,8 @@ pub struct Receiver<'a> {
     sync_checked: Instant,
     /// Reconnect at the next point between transactions.
     reconnect: bool,
+    /// Asks the provider how far it is, for keeping deleted row versions.
+    prober: Prober,
 }
 
 /// Streams from the provider and applies until the worker must stop or reconnect.
@@ -186,6 +191,7 @@ impl<'a> Receiver<'a> {
             positions: Positions::new(start, now),
             sync_checked: now,
             reconnect: false,
+            prober: Prober::new(),
         }
     }
 
@@ -197,6 +203,7 @@ impl<'a> Receiver<'a> {
             crate::workers::reload_config_if_asked();
             let drained = self.receive(session)?;
             self.between_transactions(session)?;
+            self.prober.step(self.sub, session.progress_slot(), self.positions.flushed());
             self.send_feedback(session, drained.reply_requested);
             if drained.more_waiting {
                 // Messages may sit in libpq's buffer, invisible to the socket.

@@ -134,6 +134,11 @@ impl ApplySession {
         }
     }
 
+    /// This subscription's entry in the shared progress table.
+    pub fn progress_slot(&self) -> Option<usize> {
+        self.s.progress_slot
+    }
+
     /// Attaches to the shared progress table.
     pub fn attach_progress(&mut self, dbid: u32) {
         let s = &mut self.s;

@@ -26,3 +26,25 @@ pub fn enabled_subscriptions() -> Vec<(u32, String)> {
             .collect()
     })
 }
+
+/// Every subscription of this node, enabled or not: (sub_id, sub_name), by sub_id.
+pub fn all_subscriptions() -> Vec<(u32, String)> {
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT s.sub_id, s.sub_name::text FROM spock.subscription s
+                   JOIN spock.local_node l ON l.node_id = s.sub_target
+                  ORDER BY s.sub_id",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| spi_failed("reading the subscriptions", e))
+            .map(|r| {
+                (
+                    u32::from(required::<pgrx::pg_sys::Oid>(&r, 1, "spock.subscription.sub_id")),
+                    required::<String>(&r, 2, "spock.subscription.sub_name"),
+                )
+            })
+            .collect()
+    })
+}

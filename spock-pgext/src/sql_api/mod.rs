@@ -10,6 +10,7 @@ mod node;
 mod pause;
 mod progress;
 mod repset;
+mod retention;
 mod sequence;
 mod subscription;
 mod sync;
@@ -26,11 +27,11 @@ pgrx::extension_sql_file!(
 );
 // sync_event() (LANGUAGE sql) calls node_info().
 pgrx::extension_sql_file!("../../../sql/api/sync.sql", name = "api_sync", requires = ["api_subscription"]);
-// The views read apply_group_progress().
+// The views read apply_group_progress() and retention_horizon().
 pgrx::extension_sql_file!(
     "../../../sql/api/progress.sql",
     name = "api_progress",
-    requires = ["api_sync", sql_api::progress::apply_group_progress]
+    requires = ["api_sync", sql_api::progress::apply_group_progress, sql_api::retention::retention_horizon]
 );
 // The text[] overload of replicate_ddl (LANGUAGE sql) calls the text one.
 pgrx::extension_sql_file!(

@@ -1,6 +1,7 @@
 //! The manager of one database: keeps one apply worker per enabled subscription,
 //! restarts workers that fail (after `spock.restart_delay_default`), stops workers of
-//! disabled or dropped subscriptions, and ends (stopping its workers) when the
+//! disabled or dropped subscriptions, holds the removal horizon for deleted row
+//! versions ([`super::retention`]), and ends (stopping its workers) when the
 //! extension is dropped.
 
 use std::collections::HashMap;
@@ -12,7 +13,7 @@ use pgrx::bgworkers::{
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use super::{shmem, APPLY_TYPE, MANAGER_TYPE};
+use super::{retention, shmem, APPLY_TYPE, MANAGER_TYPE};
 use crate::catalog::{subscriptions, system};
 use crate::gucs;
 
@@ -65,6 +66,7 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
 
     let mut workers: HashMap<u32, Worker> = HashMap::new();
     let mut failed_at: HashMap<u32, Instant> = HashMap::new();
+    let mut keeper = retention::Keeper::new(db);
     loop {
         super::reload_config_if_asked();
         let (installed, wanted) = BackgroundWorker::transaction(|| {
@@ -92,8 +94,10 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
         if !installed {
             pgrx::log!("{MANAGER_TYPE}: extension spock was dropped in database {}; stopping", u32::from(db));
             shmem::mark_no_spock(db);
+            keeper.stop();
             break;
         }
+        keeper.step();
         let delay = Duration::from_millis(gucs::restart_delay_ms());
         for (sub_id, name) in &wanted {
             // A transaction that stopped the worker is still changing the subscription.

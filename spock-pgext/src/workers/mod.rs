@@ -20,9 +20,13 @@
 //!   `spock.exception_behaviour`);
 //! - the databases whose apply workers are paused, with a deadline;
 //! - the holds that keep a subscription's worker stopped while a transaction
-//!   changes the subscription (`spock._hold_subscription`).
+//!   changes the subscription (`spock._hold_subscription`);
+//! - per subscription, its safe time: how far its provider's changes are applied,
+//!   from which the manager moves the horizon of deleted row versions
+//!   ([`retention`]).
 
 pub mod manager;
+pub mod retention;
 pub mod shmem;
 pub mod supervisor;
 

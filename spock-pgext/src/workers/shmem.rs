@@ -40,6 +40,9 @@ pub struct SubProgress {
     pub last_updated_ts: i64,
     /// The worker is applying a remote transaction (between BEGIN and its commit).
     pub in_txn: bool,
+    /// Every provider transaction that committed before this time (provider clock)
+    /// is applied and durable here (0: not known yet); see spock_core::retention.
+    pub safe_ts: i64,
     /// The last worker stopped because it was asked to (SIGTERM), not by an error:
     /// the manager may start the next one at once.
     pub stopped_on_request: bool,
@@ -101,6 +104,28 @@ impl ExceptionSlot {
     }
 }
 
+/// Databases whose horizon of deleted row versions is shown (`spock.retention`).
+const MAX_RETENTION: usize = 64;
+/// Subscriptions named as holding one database's horizon.
+pub const MAX_HELD_BY: usize = 8;
+
+/// The state of one database's horizon of deleted row versions (workers::retention).
+#[derive(Copy, Clone, Default, Debug)]
+pub struct RetentionState {
+    /// Database (0: free).
+    pub dbid: u32,
+    /// Deleted versions of transactions that ended after this time are kept (0:
+    /// since the slot was taken).
+    pub kept_since: i64,
+    /// When the manager last moved or checked the horizon.
+    pub checked_at: i64,
+    /// Subscriptions that have not applied what their provider committed before the
+    /// oldest candidate waiting: they hold the horizon.
+    pub held_by: [u32; MAX_HELD_BY],
+    /// How many of `held_by` are set.
+    pub n_held: u8,
+}
+
 /// Shared worker state: databases without spock, apply progress and failed
 /// transactions per subscription, pauses and holds.
 #[derive(Copy, Clone)]
@@ -115,6 +140,8 @@ pub struct WorkerState {
     pub pauses: [Pause; MAX_PAUSES],
     /// Subscriptions held stopped by a transaction in progress.
     pub holds: [Hold; MAX_HOLDS],
+    /// Horizons of deleted row versions, per database.
+    pub retention: [RetentionState; MAX_RETENTION],
 }
 
 impl Default for WorkerState {
@@ -126,6 +153,7 @@ impl Default for WorkerState {
             exceptions: [ExceptionSlot::default(); MAX_SUBSCRIPTIONS],
             pauses: [Pause::default(); MAX_PAUSES],
             holds: [Hold::default(); MAX_HOLDS],
+            retention: [RetentionState::default(); MAX_RETENTION],
         }
     }
 }
@@ -249,6 +277,21 @@ pub fn has_pending_exception(dbid: u32, sub_id: u32) -> bool {
         .iter()
         .zip(s.exceptions.iter())
         .any(|(p, e)| p.in_use && p.dbid == dbid && p.sub_id == sub_id && e.final_lsn != 0)
+}
+
+/// The safe times (spock_core::retention) of subscriptions `sub_ids` of `dbid`,
+/// in that order; `None` for one not known yet.
+pub fn safe_times(dbid: u32, sub_ids: &[u32]) -> Vec<Option<i64>> {
+    let s = WORKER_STATE.share();
+    sub_ids
+        .iter()
+        .map(|id| {
+            s.progress
+                .iter()
+                .find(|p| p.in_use && p.dbid == dbid && p.sub_id == *id && p.safe_ts != 0)
+                .map(|p| p.safe_ts)
+        })
+        .collect()
 }
 
 /// A copy of every progress entry in use.
@@ -379,4 +422,21 @@ pub fn take_stopped_on_request(dbid: u32, sub_id: u32) -> bool {
         Some(p) => std::mem::take(&mut p.stopped_on_request),
         None => false,
     }
+}
+
+/// Publishes the horizon state of database `r.dbid` (`None` in `r`: forgets it).
+pub fn set_retention(dbid: u32, r: Option<RetentionState>) {
+    let mut s = WORKER_STATE.exclusive();
+    let slot = s.retention.iter().position(|e| e.dbid == dbid).or_else(|| s.retention.iter().position(|e| e.dbid == 0));
+    if let Some(i) = slot {
+        s.retention[i] = r.unwrap_or_default();
+    }
+}
+
+/// Every database's horizon state.
+pub fn all_retention() -> Vec<RetentionState> {
+    if !preloaded() {
+        return Vec::new();
+    }
+    WORKER_STATE.share().retention.iter().filter(|e| e.dbid != 0).copied().collect()
 }

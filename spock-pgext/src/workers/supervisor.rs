@@ -92,6 +92,8 @@ pub extern "C-unwind" fn spock_supervisor_main(_arg: pg_sys::Datum) {
             }
         });
         let databases = connectable_databases();
+        // The slot that keeps deleted row versions belongs to a database's manager.
+        super::retention::drop_orphans(&databases);
         failed_at.retain(|db, _| databases.contains(db));
         for db in databases {
             if managers.contains_key(&db) || shmem::has_no_spock(db) {

@@ -1,0 +1,159 @@
+//! Deleted row versions are kept until they cannot matter (spock_core::retention):
+//! while a peer has not applied what it committed before a DELETE here, VACUUM
+//! keeps the deleted version, so an older change of that peer still loses to the
+//! DELETE when it arrives. The manager holds the removal horizon with its slot
+//! `spock_retain_<database oid>`; `spock.deleted_version_retention` caps how long.
+
+use std::time::Duration;
+
+use spock_tests::fixtures::{mutual_pair, next_commit_is_later, pause_pair, reload, resume_pair, sync_mesh};
+use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
+
+fn pair(retention: &str) -> Cluster {
+    let c = Cluster::start(
+        ["n1", "n2"]
+            .into_iter()
+            .map(|n| {
+                NodeOptions::new(n)
+                    .setting("spock.save_resolutions", "on")
+                    .setting("spock.deleted_version_retention", retention)
+            })
+            .collect(),
+    )
+    .unwrap();
+    mutual_pair(c.node(0), c.node(1));
+    c
+}
+
+fn rows(n: &TestNode) -> String {
+    n.query_text("SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM t").unwrap()
+}
+
+/// The xmin of `n`'s retention slot as a number ("" when there is no slot).
+fn slot_xmin(n: &TestNode) -> String {
+    n.query_text(
+        "SELECT coalesce((SELECT xmin::text FROM pg_replication_slots WHERE slot_name LIKE 'spock_retain_%'), '')",
+    )
+    .unwrap()
+}
+
+/// Returns once n's manager has looked at its horizon after this call, and which
+/// subscriptions it found holding it.
+fn horizon_checked(n: &TestNode) -> String {
+    let t: String = n.query_one("SELECT clock_timestamp()::text").unwrap();
+    wait_for(
+        "the manager to look at the horizon",
+        Duration::from_secs(60),
+        || {
+            n.query_one::<bool>(&format!("SELECT coalesce(bool_or(checked_at > '{t}'), false) FROM spock.retention"))
+                .unwrap()
+        },
+        true,
+    );
+    n.query_text("SELECT array_to_string(held_by, ',') FROM spock.retention").unwrap()
+}
+
+/// The dead row versions of table t that VACUUM could not remove yet.
+fn kept_dead_versions(n: &TestNode) -> i64 {
+    n.execute("VACUUM t").unwrap();
+    n.query_one::<i64>("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 't'").unwrap()
+}
+
+/// n2 updates row 1 while both directions are held back; n1 deletes it later and
+/// runs VACUUM before n2's update arrives.
+fn older_update_meets_vacuumed_delete(c: &Cluster) {
+    let (n1, n2) = (c.node(0), c.node(1));
+    n1.execute("INSERT INTO t VALUES (1, 'original'), (2, 'other')").unwrap();
+    sync_mesh(&[n1, n2]);
+    pause_pair(n1, n2);
+    n2.execute("UPDATE t SET v = 'updated first' WHERE id = 1").unwrap();
+    next_commit_is_later(n2, n1);
+    n1.execute("DELETE FROM t WHERE id = 1").unwrap();
+    n1.execute("VACUUM t").unwrap();
+}
+
+#[test]
+fn vacuum_keeps_a_deleted_version_a_lagging_peer_still_needs() {
+    let c = pair("600");
+    let (n1, n2) = (c.node(0), c.node(1));
+    older_update_meets_vacuumed_delete(&c);
+    // The manager has looked since the DELETE, and kept it for n1's subscription.
+    assert_eq!(horizon_checked(n1), "sub_n1_n2");
+    assert!(kept_dead_versions(n1) >= 1, "VACUUM removed the deleted version n2's update needs");
+    resume_pair(n1, n2);
+    sync_mesh(&[n1, n2]);
+
+    // The DELETE is newer than the UPDATE: the row is gone on both nodes.
+    assert_eq!(rows(n1), "2=other");
+    assert_eq!(rows(n2), rows(n1));
+    let r: String = n1
+        .query_text("SELECT string_agg(conflict_type || ':' || conflict_resolution, ',') FROM spock.resolutions")
+        .unwrap();
+    assert_eq!(r, "update_deleted:keep_local");
+}
+
+#[test]
+fn without_retention_vacuum_lets_an_older_update_bring_a_deleted_row_back() {
+    // The control: with nothing kept, VACUUM removes the deleted version and the
+    // older UPDATE, finding no trace of the DELETE, re-creates the row on n1 only.
+    let c = pair("0");
+    let (n1, n2) = (c.node(0), c.node(1));
+    assert_eq!(slot_xmin(n1), "", "no slot when nothing is kept");
+    older_update_meets_vacuumed_delete(&c);
+    assert_eq!(kept_dead_versions(n1), 0);
+    resume_pair(n1, n2);
+    sync_mesh(&[n1, n2]);
+    assert_eq!(rows(n1), "1=updated first,2=other");
+    assert_eq!(rows(n2), "2=other");
+}
+
+#[test]
+fn the_horizon_follows_the_subscriptions_and_the_slot_goes_with_them() {
+    let c = pair("600");
+    let (n1, n2) = (c.node(0), c.node(1));
+    // Both providers are idle: the probes alone move the horizon past a
+    // transaction that ends now.
+    let xid: i64 = n1.query_one("SELECT txid_current()").unwrap();
+    wait_for(
+        "n1's retention horizon to pass a finished transaction",
+        Duration::from_secs(60),
+        || slot_xmin(n1).parse::<i64>().is_ok_and(|x| x > xid),
+        true,
+    );
+    // A subscription that does not apply holds it.
+    n1.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
+    let held = slot_xmin(n1);
+    n1.query_one::<i64>("SELECT txid_current()").unwrap();
+    assert_eq!(horizon_checked(n1), "sub_n1_n2");
+    assert_eq!(slot_xmin(n1), held);
+    n1.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
+    let xid: i64 = n1.query_one("SELECT txid_current()").unwrap();
+    wait_for(
+        "n1's horizon to move again",
+        Duration::from_secs(60),
+        || slot_xmin(n1).parse::<i64>().is_ok_and(|x| x > xid),
+        true,
+    );
+    // Off: the slot is dropped.
+    n1.execute("ALTER SYSTEM SET spock.deleted_version_retention = 0").unwrap();
+    reload(n1);
+    wait_for("n1's retention slot to be dropped", Duration::from_secs(60), || slot_xmin(n1), String::new());
+    // No subscription: no slot either.
+    n2.execute("SELECT spock.sub_drop('sub_n2_n1')").unwrap();
+    wait_for("n2's retention slot to be dropped", Duration::from_secs(60), || slot_xmin(n2), String::new());
+}
+
+#[test]
+fn the_cap_lets_go_and_says_which_subscription_is_behind() {
+    let c = pair("2");
+    let (n1, n2) = (c.node(0), c.node(1));
+    let offset = n1.log_offset();
+    pause_pair(n1, n2);
+    n1.wait_for_log(
+        offset,
+        "are no longer kept: subscription(s) sub_n1_n2 have not applied",
+        1,
+        Duration::from_secs(60),
+    );
+    resume_pair(n1, n2);
+}
