@@ -618,6 +618,11 @@ impl TestNode {
             .arg("-o")
             .arg(format!("-p {}", self.port))
             .args(["-w", "-t", "120", "start"]);
+        // SPOCK_TEST_CORE=1: the server may write core files (into its data
+        // directory; keep it with SPOCK_TEST_KEEP=1) for a backtrace of a crash.
+        if std::env::var_os("SPOCK_TEST_CORE").is_some() {
+            cmd.arg("-c");
+        }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         run(cmd, &format!("starting node {}", self.name))
             .map(|_| ())
