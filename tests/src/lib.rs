@@ -884,7 +884,32 @@ impl Drop for TestNode {
         } else if panicking {
             eprintln!("--- log of node {} ---\n{}", self.name, self.log_tail(60));
         }
+        // Every test also asserts that no server process crashed: the postmaster
+        // recovers from a crash and replication goes on, so a test's own checks can
+        // pass over one.
+        if !panicking {
+            if let Some(line) = crash_line(&self.log()) {
+                panic!("a server process of node {} crashed: {line}\n{}", self.name, self.log_tail(60));
+            }
+        }
     }
+}
+
+/// The first line of a server log that reports a crash: a process ended by a
+/// signal that means a bug (SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE), or a PANIC.
+pub fn crash_line(log: &str) -> Option<&str> {
+    log.lines().find(|l| {
+        [
+            "terminated by signal 11",
+            "terminated by signal 6",
+            "terminated by signal 7",
+            "terminated by signal 4",
+            "terminated by signal 8",
+        ]
+        .iter()
+        .any(|s| l.contains(s))
+            || l.contains(" PANIC: ")
+    })
 }
 
 /// The only value of `sql` (simple protocol: one statement, its own snapshot, no

@@ -463,6 +463,15 @@ fn a_local_alter_table_on_the_subscriber_is_picked_up() {
         },
         "1:updated:local default,2:after:local default".to_string(),
     );
+    // Many transactions, each in a change's memory of its own: the default's value
+    // must not live there (it once did, and later rows got another row's text or
+    // crashed the worker).
+    let mut c = a.connect().unwrap();
+    for id in 3..103 {
+        c.execute("INSERT INTO t VALUES ($1::int, repeat(md5($1::int::text), 3))", &[&id]).unwrap();
+    }
+    wait_for("the rows", Duration::from_secs(60), || count(b, "SELECT count(*) FROM t"), 102);
+    assert_eq!(count(b, "SELECT count(*) FROM t WHERE note IS DISTINCT FROM 'local default'"), 0);
 }
 
 #[test]

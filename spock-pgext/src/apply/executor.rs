@@ -224,12 +224,19 @@ impl LocalRelation {
                 if att.attisdropped || att.attgenerated != 0 || mapped.is_some() {
                     continue;
                 }
-                let expr = pg_sys::build_column_default(rel, i as i32 + 1);
-                if !expr.is_null() {
-                    let state = memory.enter(|| {
+                // The whole expression in the mapping's memory: planning copies nodes
+                // flat, so a by-reference constant of the default ('x'::text) keeps
+                // pointing into the memory the default was read into. Read into the
+                // change's memory, it dangled after the change (a crash in
+                // tts_virtual_materialize at the next INSERT that used the default).
+                let state = memory.enter(|| {
+                    let expr = pg_sys::build_column_default(rel, i as i32 + 1);
+                    (!expr.is_null()).then(|| {
                         let planned = pg_sys::expression_planner(expr as *mut pg_sys::Expr);
                         pg_sys::ExecInitExpr(planned, std::ptr::null_mut())
-                    });
+                    })
+                });
+                if let Some(state) = state {
                     defaults.push((i, state));
                 }
             }

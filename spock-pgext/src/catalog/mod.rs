@@ -44,3 +44,11 @@ pub fn unexpected(what: &str, found: impl std::fmt::Display) -> ! {
     .hint("The catalog was changed by hand or by another version of spock.")
     .raise()
 }
+
+/// The value of a query that returns at most one row: no row is `None`, as a NULL is.
+pub fn at_most_one<T>(r: Result<Option<T>, pgrx::spi::SpiError>) -> Result<Option<T>, pgrx::spi::SpiError> {
+    match r {
+        Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+        r => r,
+    }
+}

@@ -48,3 +48,14 @@ pub fn all_subscriptions() -> Vec<(u32, String)> {
             .collect()
     })
 }
+
+/// The provider node of the subscription whose replication origin is `origin_name`
+/// (one of the origins a subscription keeps per originating node), if any.
+pub fn provider_of_origin(origin_name: &str) -> Option<u16> {
+    super::at_most_one(Spi::get_one_with_args::<i64>(
+        "SELECT sub_origin::int8 FROM spock.subscription WHERE spock._is_subscription_origin(sub_slot_name, $1)",
+        &[origin_name.into()],
+    ))
+    .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
+    .map(|n| n as u16)
+}

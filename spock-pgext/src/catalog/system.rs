@@ -58,3 +58,12 @@ pub fn backend_pids(types: &[&str]) -> Vec<i32> {
             .collect()
     })
 }
+
+/// The name of replication origin `roident`, if it exists.
+pub fn origin_name(roident: u16) -> Option<String> {
+    super::at_most_one(Spi::get_one_with_args::<String>(
+        "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid",
+        &[i32::from(roident).into()],
+    ))
+    .unwrap_or_else(|e| spi_failed("reading replication origins", e))
+}

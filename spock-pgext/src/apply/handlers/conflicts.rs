@@ -3,6 +3,7 @@
 //! for the decision, the log line and the `spock.resolutions` row.
 
 use super::*;
+use crate::catalog;
 
 impl SessionState {
     pub(super) fn remote_version(&self) -> RowVersion {
@@ -14,62 +15,22 @@ impl SessionState {
         if let Some(v) = self.origin_nodes.get(&origin) {
             return *v;
         }
-        let slot = self.sub.slot_name.clone();
-        let local = self.sub.local_node_id;
-        let provider = self.sub.provider_node_id;
-        let v = Spi::connect(|client| {
-            let node = if origin == 0 {
-                local
-            } else {
-                let roname: Option<String> = client
-                    .select(
-                        "SELECT roname::text FROM pg_catalog.pg_replication_origin WHERE roident = $1::int4::oid",
-                        Some(1),
-                        &[i32::from(origin).into()],
-                    )
-                    .unwrap_or_else(|e| spi_failed("reading replication origins", e))
-                    .next()
-                    .and_then(|r| {
-                        r.get::<String>(1).unwrap_or_else(|e| spi_failed("reading a replication origin's name", e))
-                    });
-                match roname {
-                    Some(name) => match names::origin_node_of(&slot, &name) {
-                        Some(None) => provider,
-                        Some(Some(n)) => n,
-                        None => {
-                            // Another subscription's origin: its provider.
-                            client
-                                .select(
-                                    "SELECT sub_origin::int8 FROM spock.subscription WHERE spock._is_subscription_origin(sub_slot_name, $1)",
-                                    Some(1),
-                                    &[name.as_str().into()],
-                                )
-                                .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
-                                .next()
-                                .and_then(|r| {
-                                    r.get::<i64>(1)
-                                        .unwrap_or_else(|e| spi_failed("reading the subscription of a replication origin", e))
-                                })
-                                .map(|n| n as u16)
-                                .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
-                                .unwrap_or(0)
-                        }
-                    },
-                    None => 0,
-                }
-            };
-            let tiebreaker = client
-                .select(
-                    "SELECT coalesce((info->>'tiebreaker')::int8, node_id::int8) FROM spock.node WHERE node_id = $1::int8::oid",
-                    Some(1),
-                    &[i64::from(node).into()],
-                )
-                .unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e))
-                .next()
-                .and_then(|r| r.get::<i64>(1).unwrap_or_else(|e| spi_failed("reading a node's tiebreaker", e)))
-                .unwrap_or(i64::from(node));
-            (node, tiebreaker)
-        });
+        let node = if origin == 0 {
+            self.sub.local_node_id
+        } else {
+            match catalog::system::origin_name(origin) {
+                Some(name) => match names::origin_node_of(&self.sub.slot_name, &name) {
+                    Some(None) => self.sub.provider_node_id,
+                    Some(Some(n)) => n,
+                    // Another subscription's origin: its provider.
+                    None => catalog::subscriptions::provider_of_origin(&name)
+                        .or_else(|| names::origin_node_of(name.rsplit_once('_').map_or("", |x| x.0), &name).flatten())
+                        .unwrap_or(0),
+                },
+                None => 0,
+            }
+        };
+        let v = (node, catalog::nodes::tiebreaker(node));
         self.origin_nodes.insert(origin, v);
         v
     }
