@@ -44,6 +44,19 @@ pub fn should_send(txn_origin: OriginId, forward: ForwardOrigins) -> bool {
     txn_origin == LOCAL_ORIGIN || forward == ForwardOrigins::All
 }
 
+/// The replication origin under which a subscriber writes the deleted version it
+/// keeps for a DELETE of a row it never had (a row inserted and deleted at once,
+/// only there to be found by later changes of that key). Its id is reserved by
+/// creating the origin; nothing replicates under it.
+pub const TOMBSTONE_ORIGIN_NAME: &str = "spock_tombstone";
+
+/// Whether a change written under `change_origin` goes to a subscriber that asked
+/// for `forward`: as [`should_send`], but never a change written under the
+/// tombstone origin (`tombstone`, 0 when it does not exist yet).
+pub fn should_send_change(change_origin: OriginId, forward: ForwardOrigins, tombstone: OriginId) -> bool {
+    (tombstone == LOCAL_ORIGIN || change_origin != tombstone) && should_send(change_origin, forward)
+}
+
 /// The origin the `O` message names for a transaction: its own origin when it came
 /// from another node, else the provider's node id.
 pub fn announced_origin(txn_origin: OriginId, local_node_id: OriginId) -> OriginId {
@@ -51,6 +64,22 @@ pub fn announced_origin(txn_origin: OriginId, local_node_id: OriginId) -> Origin
         local_node_id
     } else {
         txn_origin
+    }
+}
+
+#[cfg(test)]
+mod tombstone_tests {
+    use super::*;
+
+    #[test]
+    fn changes_under_the_tombstone_origin_are_never_sent() {
+        assert!(!should_send_change(7, ForwardOrigins::All, 7));
+        assert!(should_send_change(8, ForwardOrigins::All, 7));
+        assert!(!should_send_change(8, ForwardOrigins::None, 7));
+        assert!(should_send_change(LOCAL_ORIGIN, ForwardOrigins::None, 7));
+        // No tombstone origin yet: only the forwarding rule.
+        assert!(should_send_change(LOCAL_ORIGIN, ForwardOrigins::None, LOCAL_ORIGIN));
+        assert!(should_send_change(3, ForwardOrigins::All, LOCAL_ORIGIN));
     }
 }
 

@@ -53,6 +53,21 @@ pub fn mutual_pair(a: &TestNode, b: &TestNode) {
     wait_replicating(b, 1);
 }
 
+/// Every node set up and subscribed to every other, all replicating.
+pub fn full_mesh(nodes: &[&TestNode]) {
+    for n in nodes {
+        setup_node(n);
+    }
+    for s in nodes {
+        for p in nodes.iter().filter(|p| p.name != s.name) {
+            subscribe(s, p);
+        }
+    }
+    for n in nodes {
+        wait_replicating(n, nodes.len() as i64 - 1);
+    }
+}
+
 /// Holds back both directions of a mutual pair (as a lag does): `a` stops applying
 /// `b`'s changes and `b` stops applying `a`'s, until [`resume_pair`].
 pub fn pause_pair(a: &TestNode, b: &TestNode) {

@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{mutual_pair, next_commit_is_later, pause_pair, reload, resume_pair, sync_mesh};
+use spock_tests::fixtures::{
+    count, full_mesh, mutual_pair, next_commit_is_later, pause_pair, reload, resume_pair, sync_mesh, sync_through,
+};
 use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
 fn pair(retention: &str) -> Cluster {
@@ -156,4 +158,43 @@ fn the_cap_lets_go_and_says_which_subscription_is_behind() {
         Duration::from_secs(60),
     );
     resume_pair(n1, n2);
+}
+
+#[test]
+fn a_delete_that_arrives_before_the_row_still_wins_over_its_older_insert() {
+    let c = Cluster::start(
+        ["n1", "n2", "n3"].into_iter().map(|n| NodeOptions::new(n).setting("spock.save_resolutions", "on")).collect(),
+    )
+    .unwrap();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    full_mesh(&[n1, n2, n3]);
+    // n3 lags behind n1: n1's INSERT reaches n2, n2 deletes the row, and n2's
+    // DELETE reaches n3 before the INSERT does.
+    n3.execute("SELECT spock.sub_disable('sub_n3_n1', immediate := true)").unwrap();
+    n1.execute("INSERT INTO t VALUES (1, 'from n1'), (2, 'stays')").unwrap();
+    sync_through(n1, n2);
+    next_commit_is_later(n1, n2);
+    n2.execute("DELETE FROM t WHERE id = 1").unwrap();
+    sync_through(n2, n3);
+    // n3 met a DELETE of a row it does not have: it keeps the DELETE as a deleted
+    // version, which VACUUM leaves while n3 has not applied n1's changes.
+    n3.execute("VACUUM t").unwrap();
+    n3.execute("SELECT spock.sub_enable('sub_n3_n1')").unwrap();
+    sync_mesh(&[n1, n2, n3]);
+
+    for n in [n1, n2, n3] {
+        assert_eq!(rows(n), "2=stays", "node {}", n.name);
+    }
+    let r: String = n3
+        .query_text(
+            "SELECT string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY id) FROM spock.resolutions",
+        )
+        .unwrap();
+    assert_eq!(r, "delete_missing:skip,insert_deleted:keep_local");
+    // The kept version was written under its own origin, never sent: n1 and n2
+    // met only each other's changes.
+    for n in [n1, n2] {
+        assert_eq!(count(n, "SELECT count(*) FROM spock.resolutions WHERE conflict_type LIKE 'insert%'"), 0);
+    }
+    assert_eq!(count(n3, "SELECT count(*) FROM pg_replication_origin WHERE roname = 'spock_tombstone'"), 1);
 }

@@ -1,6 +1,7 @@
-//! A seeded randomized race test: two nodes write conflicting upserts, increments and
-//! deletes of a few hot keys while one or both directions are held back (as a lag
-//! does), then catch up; after every round both nodes hold the same rows. The seed is
+//! A seeded randomized race test: three nodes in a full mesh write conflicting
+//! upserts, increments and deletes of a few hot keys while some of the six
+//! directions are held back (as a lag does), then catch up; after every round all
+//! nodes hold the same rows. The seed is
 //! printed and can be given back with SPOCK_TEST_SEED=<n> to replay a run.
 //!
 //! Dead row versions are what deletes are decided by (docs/apply.md, "Deletes are
@@ -8,7 +9,7 @@
 //! (`spock.deleted_version_retention`), so every round runs VACUUM on both nodes
 //! before the held directions catch up.
 
-use spock_tests::fixtures::{mutual_pair, sync_mesh};
+use spock_tests::fixtures::{full_mesh, sync_mesh};
 use spock_tests::{Cluster, NodeOptions, TestNode};
 
 /// xorshift64*: small, seeded, good enough to pick operations.
@@ -32,7 +33,7 @@ fn rows(n: &TestNode) -> String {
 }
 
 #[test]
-fn two_nodes_converge_under_random_races() {
+fn three_nodes_converge_under_random_races() {
     let seed: u64 = std::env::var("SPOCK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
@@ -40,31 +41,36 @@ fn two_nodes_converge_under_random_races() {
     let mut rng = Rng(seed);
 
     let c = Cluster::start(
-        ["n1", "n2"].into_iter().map(|n| NodeOptions::new(n).setting("spock.save_resolutions", "on")).collect(),
+        ["n1", "n2", "n3"].into_iter().map(|n| NodeOptions::new(n).setting("spock.save_resolutions", "on")).collect(),
     )
     .unwrap();
-    let nodes = [c.node(0), c.node(1)];
-    mutual_pair(nodes[0], nodes[1]);
+    let nodes = [c.node(0), c.node(1), c.node(2)];
+    full_mesh(&nodes);
     for n in nodes {
         n.execute("CREATE TABLE kv(k int PRIMARY KEY, v int NOT NULL)").unwrap();
         n.execute("SELECT spock.repset_add_table('default', 'kv')").unwrap();
     }
     sync_mesh(&nodes);
-    let subs = [(nodes[0], "sub_n1_n2"), (nodes[1], "sub_n2_n1")];
+    // Every direction: (subscriber, its subscription to the provider).
+    let subs: Vec<(&TestNode, String)> = nodes
+        .iter()
+        .flat_map(|s| {
+            nodes.iter().filter(|p| p.name != s.name).map(move |p| (*s, format!("sub_{}_{}", s.name, p.name)))
+        })
+        .collect();
 
     for round in 1..=8 {
-        // Hold back one direction, the other or both.
-        let held: Vec<_> = match rng.below(3) {
-            0 => vec![subs[0]],
-            1 => vec![subs[1]],
-            _ => subs.to_vec(),
-        };
+        // Hold back some directions (at least one).
+        let mut held: Vec<&(&TestNode, String)> = subs.iter().filter(|_| rng.below(2) == 0).collect();
+        if held.is_empty() {
+            held.push(&subs[rng.below(subs.len() as u64) as usize]);
+        }
         for (n, sub) in &held {
             n.execute(&format!("SELECT spock.sub_disable('{sub}', immediate := true)")).unwrap();
         }
         let mut ops = Vec::new();
         for _ in 0..12 {
-            let n = nodes[rng.below(2) as usize];
+            let n = nodes[rng.below(3) as usize];
             let k = 1 + rng.below(6);
             let sql = match rng.below(3) {
                 0 => format!(
@@ -84,14 +90,22 @@ fn two_nodes_converge_under_random_races() {
             n.execute(&format!("SELECT spock.sub_enable('{sub}')")).unwrap();
         }
         sync_mesh(&nodes);
-        let (a, b) = (rows(nodes[0]), rows(nodes[1]));
-        assert_eq!(
-            a,
-            b,
-            "seed {seed}, round {round}: the nodes differ after\n{}\nresolutions on n1: {}\nresolutions on n2: {}",
-            ops.join("\n"),
-            nodes[0].query_text("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY id), '') FROM spock.resolutions").unwrap(),
-            nodes[1].query_text("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY id), '') FROM spock.resolutions").unwrap(),
-        );
+        let resolutions = |n: &TestNode| {
+            n.query_text("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY id), '') FROM spock.resolutions").unwrap()
+        };
+        let first = rows(nodes[0]);
+        for n in &nodes[1..] {
+            assert_eq!(
+                rows(n),
+                first,
+                "seed {seed}, round {round}: {} differs from n1 after\n{}\nheld: {:?}\nresolutions: n1 {}; n2 {}; n3 {}",
+                n.name,
+                ops.join("\n"),
+                held.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+                resolutions(nodes[0]),
+                resolutions(nodes[1]),
+                resolutions(nodes[2]),
+            );
+        }
     }
 }

@@ -878,6 +878,62 @@ impl TableWriter {
         }
     }
 
+    /// Leaves a deleted version of the key in `key` (the search slot of a DELETE
+    /// that found no row): the key is inserted, entered in the table's indexes and
+    /// deleted again in this transaction, so that a later change of that key finds
+    /// the DELETE's commit timestamp and origin ([`find_deleted`](Self::find_deleted))
+    /// until the horizon of deleted versions passes it, as it finds any deleted row.
+    /// Columns outside the key are NULL; constraints and triggers do not run (the
+    /// row is never visible). Both changes are written under replication origin
+    /// `tombstone` (the transaction itself commits under the DELETE's origin), which
+    /// output plugins never send. Nothing is done for a table without an identity
+    /// index (nothing would find it) or without commit timestamps.
+    ///
+    /// SAFETY: inside the transaction the writer is ready for, with an active
+    /// snapshot; `key` has the table's descriptor.
+    pub unsafe fn leave_deleted_version(
+        &mut self,
+        map: &LocalRelation,
+        key: *mut pg_sys::TupleTableSlot,
+        tombstone: pg_sys::RepOriginId,
+    ) {
+        if map.identity_index == pg_sys::InvalidOid || tombstone == 0 || !unsafe { pg_sys::track_commit_timestamp } {
+            return;
+        }
+        struct Origin(pg_sys::RepOriginId);
+        impl Drop for Origin {
+            fn drop(&mut self) {
+                // SAFETY: restores the session's origin, also when an error unwinds.
+                unsafe { pg_sys::replorigin_session_origin = self.0 };
+            }
+        }
+        // SAFETY: a heap insert, its index entries and its delete, as
+        // insert_reporting_duplicate and ExecSimpleRelationDelete do them, without
+        // the row's constraints and triggers.
+        unsafe {
+            let _origin = Origin(pg_sys::replorigin_session_origin);
+            pg_sys::replorigin_session_origin = tombstone;
+            pg_sys::simple_table_tuple_insert(self.rel, key);
+            if (*self.rri).ri_NumIndices > 0 {
+                let recheck = pg_sys::ExecInsertIndexTuples(
+                    self.rri,
+                    key,
+                    self.estate,
+                    false,
+                    false,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    false,
+                );
+                pg_sys::list_free(recheck);
+            }
+            pg_sys::CommandCounterIncrement();
+            let mut tid = (*key).tts_tid;
+            pg_sys::simple_table_tuple_delete(self.rel, &mut tid, pg_sys::GetActiveSnapshot());
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
     /// Replaces the row in `self.local` by `new`.
     ///
     /// SAFETY: `self.local` holds a row found by [`find`](Self::find); `new` a full row.

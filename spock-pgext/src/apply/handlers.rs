@@ -343,6 +343,9 @@ impl ApplySession {
                 if !find_with_retries(w, map, w.search) {
                     s.txn.conflict_rows = (std::ptr::null_mut(), w.search);
                     s.decide(ConflictKind::DeleteMissing, None, &map.qualified);
+                    // The DELETE is a version all the same: an older INSERT or
+                    // UPDATE of the key that arrives later loses to it.
+                    w.leave_deleted_version(map, w.search, s.tombstone_origin);
                     return;
                 }
                 s.txn.conflict_rows = (w.local, w.search);

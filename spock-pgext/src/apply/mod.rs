@@ -140,6 +140,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     crate::invalidation::register();
     let mut session = ApplySession::new(sub.clone());
     session.attach_progress(u32::from(db));
+    session.reserve_tombstone_origin();
     // A replayed transaction ends with a reconnect (back to binary transfer); so
     // does a table sync request: tables are copied while the stream stops.
     loop {

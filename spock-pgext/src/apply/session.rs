@@ -86,6 +86,8 @@ pub(super) struct SessionState {
     /// The worker's own user: changes to tables owned by another role run as that
     /// owner (apply::owner).
     pub(super) worker_user: pg_sys::Oid,
+    /// Replication origin `spock_tombstone` (0 until reserved).
+    pub(super) tombstone_origin: pg_sys::RepOriginId,
 }
 
 impl ApplySession {
@@ -117,6 +119,7 @@ impl ApplySession {
                 table_skips: HashMap::new(),
                 careful_tables: HashSet::new(),
                 worker_user: owner::worker_user(),
+                tombstone_origin: 0,
             },
         }
     }
@@ -131,6 +134,27 @@ impl ApplySession {
                 pg_sys::replorigin_session_origin = 0;
             }
             self.s.session_origin = 0;
+        }
+    }
+
+    /// Makes sure replication origin `spock_tombstone` exists (its id is where
+    /// deleted versions of rows this node never had are written) and tells the
+    /// output plugins its id.
+    pub fn reserve_tombstone_origin(&mut self) {
+        let name = std::ffi::CString::new(spock_core::origin::TOMBSTONE_ORIGIN_NAME).expect("no NUL");
+        // SAFETY: a short transaction of its own, between remote transactions.
+        let id = unsafe {
+            pg_sys::StartTransactionCommand();
+            let mut id = pg_sys::replorigin_by_name(name.as_ptr(), true);
+            if id == 0 {
+                id = pg_sys::replorigin_create(name.as_ptr());
+            }
+            pg_sys::CommitTransactionCommand();
+            id
+        };
+        self.s.tombstone_origin = id;
+        if crate::workers::shmem::preloaded() {
+            crate::workers::shmem::set_tombstone_origin(id);
         }
     }
 

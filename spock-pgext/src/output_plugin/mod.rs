@@ -353,7 +353,9 @@ unsafe extern "C-unwind" fn spock_output_filter_by_origin(
     }
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
-    !origin::should_send(origin_id, st.negotiated.forward_origins)
+    // Deleted versions a subscriber keeps are written under their own origin and
+    // never leave the node (apply::executor, leave_deleted_version).
+    !origin::should_send_change(origin_id, st.negotiated.forward_origins, crate::workers::shmem::tombstone_origin())
 }
 
 /// The cache entry of `rel`, built on first use or after invalidation.

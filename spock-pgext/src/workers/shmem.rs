@@ -142,6 +142,9 @@ pub struct WorkerState {
     pub holds: [Hold; MAX_HOLDS],
     /// Horizons of deleted row versions, per database.
     pub retention: [RetentionState; MAX_RETENTION],
+    /// The id of replication origin `spock_tombstone` once an apply worker made
+    /// sure it exists (0: not yet); origins are the server's, not a database's.
+    pub tombstone_origin: u16,
 }
 
 impl Default for WorkerState {
@@ -154,6 +157,7 @@ impl Default for WorkerState {
             pauses: [Pause::default(); MAX_PAUSES],
             holds: [Hold::default(); MAX_HOLDS],
             retention: [RetentionState::default(); MAX_RETENTION],
+            tombstone_origin: 0,
         }
     }
 }
@@ -439,4 +443,17 @@ pub fn all_retention() -> Vec<RetentionState> {
         return Vec::new();
     }
     WORKER_STATE.share().retention.iter().filter(|e| e.dbid != 0).copied().collect()
+}
+
+/// Records the id of replication origin `spock_tombstone`.
+pub fn set_tombstone_origin(id: u16) {
+    WORKER_STATE.exclusive().tombstone_origin = id;
+}
+
+/// The id of replication origin `spock_tombstone` (0: not known).
+pub fn tombstone_origin() -> u16 {
+    if !preloaded() {
+        return 0;
+    }
+    WORKER_STATE.share().tombstone_origin
 }
