@@ -10,7 +10,6 @@
 //! session ([`SessionState`]) beside it.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -516,18 +515,8 @@ impl SessionState {
         } else {
             names::forwarded_origin_name(&self.sub.slot_name, node)
         };
-        let c = CString::new(name).unwrap_or_default();
-        // SAFETY: origin lookup/creation in its own short transaction, outside any
-        // apply transaction (the O message precedes every change).
-        let id = unsafe {
-            pg_sys::StartTransactionCommand();
-            let mut id = pg_sys::replorigin_by_name(c.as_ptr(), true);
-            if id == 0 {
-                id = pg_sys::replorigin_create(c.as_ptr());
-            }
-            pg_sys::CommitTransactionCommand();
-            id
-        };
+        // Outside any apply transaction: the O message precedes every change.
+        let id = super::origin_named(&name);
         self.origins.insert(node, id);
         id
     }

@@ -48,6 +48,22 @@ use receiver::Exit;
 use session::ApplySession;
 use subscription::SubscriptionInfo;
 
+/// The id of replication origin `name`, created if it does not exist, in a short
+/// transaction of its own (call it between remote transactions).
+pub(crate) fn origin_named(name: &str) -> pg_sys::RepOriginId {
+    let c = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: catalog lookup and insert in a transaction of their own.
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        let mut id = pg_sys::replorigin_by_name(c.as_ptr(), true);
+        if id == 0 {
+            id = pg_sys::replorigin_create(c.as_ptr());
+        }
+        pg_sys::CommitTransactionCommand();
+        id
+    }
+}
+
 pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
     PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("spock subscription {}: {what}: {e}", sub.name))
         .raise()

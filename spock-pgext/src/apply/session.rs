@@ -141,17 +141,7 @@ impl ApplySession {
     /// deleted versions of rows this node never had are written) and tells the
     /// output plugins its id.
     pub fn reserve_tombstone_origin(&mut self) {
-        let name = std::ffi::CString::new(spock_core::origin::TOMBSTONE_ORIGIN_NAME).expect("no NUL");
-        // SAFETY: a short transaction of its own, between remote transactions.
-        let id = unsafe {
-            pg_sys::StartTransactionCommand();
-            let mut id = pg_sys::replorigin_by_name(name.as_ptr(), true);
-            if id == 0 {
-                id = pg_sys::replorigin_create(name.as_ptr());
-            }
-            pg_sys::CommitTransactionCommand();
-            id
-        };
+        let id = super::origin_named(spock_core::origin::TOMBSTONE_ORIGIN_NAME);
         self.s.tombstone_origin = id;
         if crate::workers::shmem::preloaded() {
             crate::workers::shmem::set_tombstone_origin(id);
