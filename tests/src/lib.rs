@@ -811,6 +811,14 @@ impl TestNode {
         run(cmd, &format!("stopping node {}", self.name)).map(|_| ())
     }
 
+    /// Stops the server at once (`pg_ctl stop -m immediate`): no shutdown
+    /// checkpoint, recovery at the next start, as after a power loss.
+    pub fn stop_immediate(&self) -> Result<()> {
+        let mut cmd = self.install.command("pg_ctl");
+        cmd.arg("-D").arg(self.data_dir()).args(["-m", "immediate", "-w", "-t", "120", "stop"]);
+        run(cmd, &format!("stopping node {} (immediate)", self.name)).map(|_| ())
+    }
+
     /// Kills the postmaster with SIGKILL, as a crash would (children exit when
     /// they notice their parent is gone).
     pub fn kill9(&self) -> Result<()> {
