@@ -13,24 +13,11 @@
 
 use std::time::{Duration, Instant};
 
+use spock_tests::fixtures::sync_through;
 use spock_tests::{Cluster, TestNode};
 
 fn wait_for<T: PartialEq + std::fmt::Debug>(what: &str, f: impl FnMut() -> T, want: T) {
     spock_tests::wait_for(what, Duration::from_secs(60), f, want)
-}
-
-/// Waits (polling every millisecond: a round must not cost a 100 ms poll) until
-/// the subscriber has `n` rows.
-fn wait_rows(s: &mut postgres::Client, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: i64 = s.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
-        if got == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {n} rows, got {got}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Logs the memory contexts of process `pid` and returns their grand total.
@@ -79,7 +66,10 @@ fn apply_memory_is_flat_across_relation_rebuilds() {
     let mut round = |i: i64| {
         sc.batch_execute(&format!("ALTER TABLE t ALTER COLUMN extra SET DEFAULT 'd{i}'")).unwrap();
         pc.batch_execute(&format!("INSERT INTO t VALUES ({i}, ARRAY[{i}, {i}])")).unwrap();
-        wait_rows(&mut sc, i);
+        // The provider's sync event comes after the row in the same stream.
+        sync_through(p, s);
+        let got: i64 = sc.query_one("SELECT count(*) FROM t", &[]).unwrap().get(0);
+        assert_eq!(got, i, "round {i}: the row is applied");
     };
     for i in 1..=warmup {
         round(i);
