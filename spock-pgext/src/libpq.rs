@@ -617,27 +617,27 @@ impl Connection {
         }
     }
 
-    /// Sends `sql` and waits for its outcome: the first COPY result, else the
-    /// last result (an error wins over what follows it), as PQexec would.
+    /// Sends `sql` and waits for its outcome (see [`Connection::outcome`]).
     fn exec(&self, sql: &str) -> Result<PgResult, LibpqError> {
-        let api = api();
-        let c = CString::new(sql).map_err(|_| LibpqError::local("query contains a NUL byte"))?;
-        // SAFETY: valid connection and query string.
-        if unsafe { (api.send_query)(self.conn, c.as_ptr()) } == 0 {
-            return Err(self.error(None));
-        }
-        let mut last = PgResult(std::ptr::null_mut());
-        loop {
+        self.send_query(sql)?;
+        self.outcome(PgResult(std::ptr::null_mut()))
+    }
+
+    /// Reads the rest of the results of the command sent, `first` being the one
+    /// read already (null: none), and returns its outcome: the first COPY result,
+    /// else the last result (an error wins over what follows it), as PQexec would.
+    fn outcome(&self, first: PgResult) -> Result<PgResult, LibpqError> {
+        let copying = |r: &PgResult| matches!(r.status(), PGRES_COPY_OUT | PGRES_COPY_IN | PGRES_COPY_BOTH);
+        let mut last = first;
+        let mut done = copying(&last);
+        while !done {
             let r = self.next_result();
             if r.0.is_null() {
                 break;
             }
-            let status = r.status();
+            done = copying(&r);
             if last.status() != PGRES_FATAL_ERROR {
                 last = r;
-            }
-            if matches!(status, PGRES_COPY_OUT | PGRES_COPY_IN | PGRES_COPY_BOTH) {
-                break;
             }
         }
         if last.0.is_null() {
@@ -679,20 +679,7 @@ impl Connection {
         };
         // The rest (the end of the command) comes in the same packet: reading it
         // leaves the connection ready for the next query.
-        let mut last = first;
-        loop {
-            let r = self.next_result();
-            if r.0.is_null() {
-                break;
-            }
-            if last.status() != PGRES_FATAL_ERROR {
-                last = r;
-            }
-        }
-        if last.0.is_null() {
-            return Some(Err(self.error(None)));
-        }
-        Some(self.rows(&last))
+        Some(self.outcome(first).and_then(|r| self.rows(&r)))
     }
 
     /// The rows of a finished command's result (an error result is the error).

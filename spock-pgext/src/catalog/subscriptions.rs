@@ -5,31 +5,23 @@ use pgrx::prelude::*;
 use super::required;
 use crate::error::spi_failed;
 
-/// The enabled subscriptions of this node: (sub_id, sub_name), by sub_id.
-pub fn enabled_subscriptions() -> Vec<(u32, String)> {
-    subscriptions(true)
-}
-
-/// Every subscription of this node, enabled or not: (sub_id, sub_name), by sub_id.
-pub fn all_subscriptions() -> Vec<(u32, String)> {
-    subscriptions(false)
-}
-
-fn subscriptions(enabled_only: bool) -> Vec<(u32, String)> {
+/// Every subscription of this node: (sub_id, sub_name, sub_enabled), by sub_id.
+pub fn all_subscriptions() -> Vec<(u32, String, bool)> {
     Spi::connect(|client| {
         client
             .select(
-                "SELECT s.sub_id, s.sub_name::text FROM spock.subscription s
+                "SELECT s.sub_id, s.sub_name::text, s.sub_enabled FROM spock.subscription s
                    JOIN spock.local_node l ON l.node_id = s.sub_target
-                  WHERE s.sub_enabled OR NOT $1 ORDER BY s.sub_id",
+                  ORDER BY s.sub_id",
                 None,
-                &[enabled_only.into()],
+                &[],
             )
             .unwrap_or_else(|e| spi_failed("reading the subscriptions", e))
             .map(|r| {
                 (
                     u32::from(required::<pgrx::pg_sys::Oid>(&r, 1, "spock.subscription.sub_id")),
                     required::<String>(&r, 2, "spock.subscription.sub_name"),
+                    required::<bool>(&r, 3, "spock.subscription.sub_enabled"),
                 )
             })
             .collect()

@@ -69,10 +69,12 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     let mut keeper = retention::Keeper::new(db);
     loop {
         super::reload_config_if_asked();
-        let (installed, wanted) = BackgroundWorker::transaction(|| {
+        let (installed, subs) = BackgroundWorker::transaction(|| {
             let installed = system::extension_installed();
-            (installed, if installed { subscriptions::enabled_subscriptions() } else { Vec::new() })
+            (installed, if installed { subscriptions::all_subscriptions() } else { Vec::new() })
         });
+        let wanted: Vec<(u32, String)> =
+            subs.iter().filter(|(_, _, enabled)| *enabled).map(|(id, name, _)| (*id, name.clone())).collect();
         // Stop workers of subscriptions no longer enabled; forget ended ones.
         let ids: Vec<u32> = workers.keys().copied().collect();
         for sub_id in ids {
@@ -97,7 +99,7 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             keeper.stop();
             break;
         }
-        keeper.step();
+        keeper.step(&subs);
         let delay = Duration::from_millis(gucs::restart_delay_ms());
         for (sub_id, name) in &wanted {
             // A transaction that stopped the worker is still changing the subscription.

@@ -24,7 +24,6 @@ use pgrx::prelude::*;
 use spock_core::retention::{Applied, Candidate, Horizon};
 
 use super::shmem;
-use crate::catalog::subscriptions;
 use crate::error::spi_failed;
 use crate::gucs;
 
@@ -63,9 +62,9 @@ impl Keeper {
         }
     }
 
-    /// One step of the manager's loop, outside a transaction.
-    pub fn step(&mut self) {
-        let subs = BackgroundWorker::transaction(subscriptions::all_subscriptions);
+    /// One step of the manager's loop, outside a transaction; `subs`: every
+    /// subscription of the database, enabled or not (id, name, enabled).
+    pub fn step(&mut self, subs: &[(u32, String, bool)]) {
         let Some(cap) = gucs::deleted_version_retention_us().filter(|_| !subs.is_empty()) else {
             self.stop();
             return;
@@ -77,7 +76,7 @@ impl Keeper {
         // SAFETY: reads the proc array under its lock.
         let xid = unsafe { pg_sys::GetOldestActiveTransactionId() };
         self.horizon.note(Candidate { xid: u32::from(xid), taken_at: now });
-        let ids: Vec<u32> = subs.iter().map(|(id, _)| *id).collect();
+        let ids: Vec<u32> = subs.iter().map(|(id, _, _)| *id).collect();
         let safe = shmem::safe_times(u32::from(self.db), &ids);
         let advance = self.horizon.advance(Applied::of(safe.iter().copied()), now, cap);
         if let Some(c) = advance.install {
@@ -104,7 +103,7 @@ impl Keeper {
                 .iter()
                 .zip(&safe)
                 .filter(|(_, t)| t.is_none_or(|t| t < now - cap))
-                .map(|((_, name), _)| name.as_str())
+                .map(|((_, name, _), _)| name.as_str())
                 .collect();
             pgrx::warning!(
                 "spock: deleted row versions older than spock.deleted_version_retention ({} s) are no longer kept: subscription(s) {} have not applied what their provider committed before then; a late change from such a provider may bring back a row deleted here",
