@@ -3,8 +3,8 @@
 //! native logical replication (DESIGN.md section 6; method in docs/benchmarks.md).
 //!
 //! ```text
-//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock]
-//!                   [--workloads replication,join,decode] [--data-root DIR]
+//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain]
+//!                   [--workloads replication,deletes,join,decode] [--data-root DIR]
 //!                   [--out DIR] [--no-install] [--no-decode] [--keep]
 //!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
 //!                   [--large-rows N]
@@ -15,11 +15,13 @@
 //! streaming=parallel for the large transaction), `pglogical` (2.4 on Debian's
 //! PostgreSQL 15; its packages are installed when missing), `spock` (spock-rs on
 //! PostgreSQL 18, when the installed extension has `spock.sub_create`; otherwise
-//! reported as not available and skipped).
+//! reported as not available and skipped), `spock-noretain` (spock-rs keeping no
+//! deleted row versions; only when named in `--systems`).
 //!
-//! Workloads (`--workloads`, default all of them; quick mode: replication, join):
-//! `replication` (backlog catch-up, steady lag, one large transaction: one pair per
-//! round and system), `join` (a new node copies a pgbench database: one pair per
+//! Workloads (`--workloads`, default all of them; quick mode: replication,
+//! deletes, join): `replication` (backlog catch-up, steady lag, one large
+//! transaction: one pair per round and system), `deletes` (catch-up of a
+//! delete-heavy mix on the same pair), `join` (a new node copies a pgbench database: one pair per
 //! round, system and way of joining; native and spock), `decode` (`decode-bench`,
 //! spock_output vs pgoutput decoding, when it is built next to this program).
 //!
@@ -43,8 +45,8 @@ use replication::systems::{self, Env};
 use replication::{join, workload, Config, WORKLOADS};
 use spock_tests::PgInstall;
 
-const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock] \
-[--workloads replication,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
+const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain] \
+[--workloads replication,deletes,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
 [--steady-secs N] [--steady-rate N] [--large-rows N] | --report-from FILE [--out DIR]";
 
 struct Args {
@@ -116,6 +118,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if no_decode {
         a.cfg.workloads.retain(|w| w != "decode");
+    }
+    if a.cfg.runs("deletes") && !a.cfg.runs("replication") {
+        return Err("--workloads: deletes runs on the pair of replication; select both".into());
     }
     Ok(a)
 }
@@ -268,11 +273,14 @@ fn main() {
     if let Some(wanted) = &args.systems {
         for w in wanted {
             if !all.iter().any(|s| s.name() == w) {
-                eprintln!("replication-bench: unknown system {w}; known: native, pglogical, spock");
+                let known: Vec<&str> = all.iter().map(|s| s.name()).collect();
+                eprintln!("replication-bench: unknown system {w}; known: {}", known.join(", "));
                 std::process::exit(2);
             }
         }
         all.retain(|s| wanted.iter().any(|w| w == s.name()));
+    } else {
+        all.retain(|s| s.by_default());
     }
     let mut statuses = Vec::new();
     let mut runnable = Vec::new();

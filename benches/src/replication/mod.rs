@@ -39,9 +39,10 @@ pub fn err<T>(msg: impl Into<String>) -> Result<T> {
 }
 
 /// Workload groups `--workloads` can select: `replication` (backlog catch-up,
-/// steady lag, large transaction: they share one pair per round), `join` (initial
-/// copy to a new node), `decode` (`decode-bench`).
-pub const WORKLOADS: &[&str] = &["replication", "join", "decode"];
+/// steady lag, large transaction: they share one pair per round), `deletes` (the
+/// delete-heavy mix's catch-up, on the same pair: needs `replication`), `join`
+/// (initial copy to a new node), `decode` (`decode-bench`).
+pub const WORKLOADS: &[&str] = &["replication", "deletes", "join", "decode"];
 
 fn default_workloads() -> Vec<String> {
     // runs recorded before `--workloads` existed ran these
@@ -104,7 +105,7 @@ impl Config {
         Config {
             quick: true,
             // decode-bench only in full mode
-            workloads: vec!["replication".into(), "join".into()],
+            workloads: vec!["replication".into(), "deletes".into(), "join".into()],
             rounds: 1,
             scale: 1,
             backlog_secs: 5,

@@ -104,6 +104,12 @@ fn metrics(cfg: &Config) -> Vec<Metric> {
         metric("backlog_txns", format!("backlog size: pgbench tx in {} s", cfg.backlog_secs), true, |r, m| {
             (m == "off").then_some(r.backlog.txns as f64)
         }),
+        metric("delete_mix_tx_per_s", "delete mix catch-up: applied tx/s", true, |r, m| {
+            r.delete_mix.as_ref().filter(|_| m == "off").map(|d| d.tx_per_s)
+        }),
+        metric("delete_mix_catchup_s", "delete mix catch-up: seconds, enable → origin at end", false, |r, m| {
+            r.delete_mix.as_ref().filter(|_| m == "off").map(|d| d.catchup_s)
+        }),
         metric("steady_p50_ms", format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), false, |r, m| {
             (m == "off").then_some(r.steady.p50_ms)
         }),
@@ -319,8 +325,23 @@ impl Report {
         if !self.results.is_empty() {
             let _ = writeln!(
                 out,
-                "\n### Replication\n\npgbench scale {}, `-b simple-update -c{} -j{}`; backlog {} s; steady `-R {}` for {} s; large transaction {} rows. Ratio = system ÷ native (the same run).\n",
-                c.scale, c.clients, c.threads, c.backlog_secs, c.steady_rate, c.steady_secs, c.large_rows
+                "\n### Replication\n\npgbench scale {}, `-b simple-update -c{} -j{}`; backlog {} s; steady `-R {}` for {} s; large transaction {} rows.{} Ratio = system ÷ native (the same run).\n",
+                c.scale,
+                c.clients,
+                c.threads,
+                c.backlog_secs,
+                c.steady_rate,
+                c.steady_secs,
+                c.large_rows,
+                if c.runs("deletes") {
+                    format!(
+                        " Delete mix: {} s of backlog, each transaction deletes a random key of `bench_queue` ({} keys, half present) and upserts another.",
+                        c.backlog_secs,
+                        20_000 * c.scale as u64
+                    )
+                } else {
+                    String::new()
+                }
             );
             out.push_str(&self.table());
         }

@@ -127,6 +127,9 @@ pub struct RoundResult {
     pub steady: Steady,
     /// Workload 3, per streaming mode ("off" first).
     pub large: Vec<Large>,
+    /// Workload 4 (`deletes`): backlog catch-up of the delete-heavy mix.
+    #[serde(default)]
+    pub delete_mix: Option<Backlog>,
     /// Seconds the whole round took.
     pub total_s: f64,
 }
@@ -196,9 +199,32 @@ pub fn run_round(sys: &dyn System, env: &Env, cfg: &Config, round: usize) -> Res
         );
         larges.push(l);
     }
+    let delete_mix = if cfg.runs("deletes") {
+        let d = delete_mix(sys, &pair, &pgbench, cfg, &env.data_root)?;
+        log(
+            sys.name(),
+            round,
+            &format!(
+                "delete mix: backlog of {} tx ({:.0} tx/s produced, {} row changes) applied in {:.2} s: {:.0} tx/s",
+                d.txns, d.pgbench_tps, d.rows, d.catchup_s, d.tx_per_s
+            ),
+        );
+        Some(d)
+    } else {
+        None
+    };
     let total_s = started.elapsed().as_secs_f64();
     log(sys.name(), round, &format!("done in {total_s:.0} s"));
-    Ok(RoundResult { system: sys.name().to_string(), round, setup_s, backlog, steady, large: larges, total_s })
+    Ok(RoundResult {
+        system: sys.name().to_string(),
+        round,
+        setup_s,
+        backlog,
+        steady,
+        large: larges,
+        delete_mix,
+        total_s,
+    })
 }
 
 /// Same initial data on both sides, loaded with commit timestamps off; then on.
@@ -207,8 +233,15 @@ fn load(pair: &Pair, pgbench: &Path, cfg: &Config) -> Result<()> {
     let (a, b) = both(|| run_pgbench(&pair.provider, pgbench, &init), || run_pgbench(&pair.subscriber, pgbench, &init));
     a?;
     b?;
-    let tables = "CREATE TABLE big(id int PRIMARY KEY, v int, pad text);
-                  CREATE TABLE bench_marker(id int PRIMARY KEY, at timestamptz)";
+    // bench_queue: every other key of the delete mix's key space is there at the start
+    let tables = format!(
+        "CREATE TABLE big(id int PRIMARY KEY, v int, pad text);
+         CREATE TABLE bench_marker(id int PRIMARY KEY, at timestamptz);
+         CREATE TABLE bench_queue(id int PRIMARY KEY, v int, pad text);
+         INSERT INTO bench_queue SELECT g, 0, repeat('q', 40) FROM generate_series(1, {}, 2) g",
+        queue_keys(cfg)
+    );
+    let tables = tables.as_str();
     pair.provider.execute(tables)?;
     pair.subscriber.execute(tables)?;
     pair.subscriber
@@ -424,6 +457,89 @@ fn backlog(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config) -> Resul
         rows_per_s: rows as f64 / catchup_s,
         first_apply_s,
         timeline,
+    })
+}
+
+/// Key space of the delete mix (`bench_queue`).
+fn queue_keys(cfg: &Config) -> u64 {
+    20_000 * cfg.scale as u64
+}
+
+/// The delete mix, one pgbench transaction: delete a random key of `bench_queue`
+/// (there half of the time), then insert another random key, or update it where it
+/// exists. In the steady state half of the keys exist, so a transaction changes
+/// about 1.5 rows: a DELETE half of the time, an INSERT (often of a key deleted
+/// earlier) or an UPDATE. Every INSERT is searched for deleted versions on spock.
+const DELETE_MIX: &str = "\\set d random(1, :keys)
+\\set i random(1, :keys)
+BEGIN;
+DELETE FROM bench_queue WHERE id = :d;
+INSERT INTO bench_queue VALUES (:i, :d, repeat('q', 40)) ON CONFLICT (id) DO UPDATE SET v = excluded.v;
+END;
+";
+
+/// Row changes of `bench_queue` so far (cumulative statistics of the provider: the
+/// pgbench sessions report theirs as they exit, so the count is approximate).
+fn queue_changes(node: &Node) -> Result<u64> {
+    let v = node.query_text(
+        "SELECT n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 'bench_queue'",
+    )?;
+    Ok(v.trim().parse().unwrap_or(0))
+}
+
+/// Workload 4: backlog catch-up of [`DELETE_MIX`] (`-c/-j` as the backlog, for
+/// `backlog_secs`), measured as [`backlog`] measures simple-update. Then both
+/// sides must hold the same `bench_queue`.
+fn delete_mix(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config, dir: &Path) -> Result<Backlog> {
+    let script = dir.join(format!("delete-mix-{}.sql", std::process::id()));
+    std::fs::write(&script, DELETE_MIX).map_err(|e| super::Error(format!("{}: {e}", script.display())))?;
+    sys.disable(pair)?;
+    wait_stopped(sys, pair)?;
+    let changes_before = queue_changes(&pair.provider)?;
+    let args: Vec<String> = [
+        "-n",
+        "-f",
+        &script.display().to_string(),
+        "-D",
+        &format!("keys={}", queue_keys(cfg)),
+        "-c",
+        &cfg.clients.to_string(),
+        "-j",
+        &cfg.threads.to_string(),
+        "-T",
+        &cfg.backlog_secs.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = run_pgbench(&pair.provider, pgbench, &args);
+    let _ = std::fs::remove_file(&script);
+    let out = out?;
+    let pgbench_tps = pgbench_number(&out, "tps =")?;
+    let txns = pgbench_number(&out, "number of transactions actually processed:")? as u64;
+    let (lsn, id) = mark(pair)?;
+    let rows = queue_changes(&pair.provider)?.saturating_sub(changes_before);
+
+    let t0 = Instant::now();
+    sys.enable(pair)?;
+    let t1 = wait_applied(&pair.subscriber, &lsn, cfg, cfg.catchup_timeout)?;
+    let catchup_s = (t1 - t0).as_secs_f64();
+    marker_visible(&pair.subscriber, &id)?;
+    let sql =
+        "SELECT count(*) || ' rows, sum ' || coalesce(sum(v), 0) || ', keys ' || coalesce(sum(id), 0) FROM bench_queue";
+    let (p, s) = (pair.provider.query_text(sql)?, pair.subscriber.query_text(sql)?);
+    if p != s {
+        return err(format!("delete mix: subscriber differs from provider: provider {p}; subscriber {s}"));
+    }
+    Ok(Backlog {
+        txns,
+        rows,
+        pgbench_tps,
+        catchup_s,
+        tx_per_s: txns as f64 / catchup_s,
+        rows_per_s: rows as f64 / catchup_s,
+        first_apply_s: 0.0,
+        timeline: Vec::new(),
     })
 }
 

@@ -36,8 +36,15 @@ pub struct JoinVariant {
 }
 
 /// Tables the benchmark replicates, in every system.
-pub const TABLES: &[&str] =
-    &["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "big", "bench_marker"];
+pub const TABLES: &[&str] = &[
+    "pgbench_accounts",
+    "pgbench_branches",
+    "pgbench_tellers",
+    "pgbench_history",
+    "big",
+    "bench_marker",
+    "bench_queue",
+];
 
 /// What systems need from the runner.
 #[derive(Debug, Clone)]
@@ -65,6 +72,12 @@ pub struct Pair {
 pub trait System {
     /// Short name used in tables, plots and JSON.
     fn name(&self) -> &'static str;
+
+    /// Whether it runs without being named in `--systems` (variants of a system
+    /// for one question run only when asked for).
+    fn by_default(&self) -> bool {
+        true
+    }
 
     /// Checks what the system needs, installing missing packages when
     /// `env.allow_install`. `Ok(description)` (versions) when it can run,
@@ -144,6 +157,7 @@ pub fn all() -> Vec<Box<dyn System>> {
         Box::new(native::Native::default()),
         Box::new(pglogical::Pglogical::default()),
         Box::new(spock::Spock::default()),
+        Box::new(spock::Spock::without_retention()),
     ]
 }
 

@@ -25,9 +25,26 @@ use spock_tests::PgInstall;
 pub const NOT_AVAILABLE: &str = "not available yet: the installed spock has no subscriber side (spock.sub_create)";
 
 /// spock provider -> spock subscriber.
-#[derive(Default)]
 pub struct Spock {
     install: Option<PgInstall>,
+    name: &'static str,
+    /// Settings on top of the defaults (a variant).
+    extra: &'static [(&'static str, &'static str)],
+}
+
+impl Default for Spock {
+    fn default() -> Spock {
+        Spock { install: None, name: "spock", extra: &[] }
+    }
+}
+
+impl Spock {
+    /// spock-rs keeping no deleted row versions (`spock.deleted_version_retention =
+    /// 0`): what deciding races against deletes costs, side by side with the
+    /// default (docs/apply.md). Runs only when named in `--systems`.
+    pub fn without_retention() -> Spock {
+        Spock { install: None, name: "spock-noretain", extra: &[("spock.deleted_version_retention", "0")] }
+    }
 }
 
 fn pg_config(install: &PgInstall, flag: &str) -> std::result::Result<PathBuf, String> {
@@ -51,7 +68,11 @@ fn same_file(installed: &Path, profile: &str) -> bool {
 
 impl System for Spock {
     fn name(&self) -> &'static str {
-        "spock"
+        self.name
+    }
+
+    fn by_default(&self) -> bool {
+        self.extra.is_empty()
     }
 
     fn prepare(&mut self, env: &Env) -> std::result::Result<String, String> {
@@ -110,6 +131,7 @@ impl System for Spock {
             // transactions; the large transaction is measured again with it on.
             ("spock.stream_large_transactions".to_string(), "off".to_string()),
         ];
+        s.extend(self.extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         if self.install.as_ref().is_some_and(|i| i.has_setting("output_plugin_libraries")) {
             s.push(("output_plugin_libraries".into(), "'pgoutput, spock_output'".into()));
         }
