@@ -82,6 +82,34 @@ fn discard_skips_only_the_failing_change() {
     p.execute("INSERT INTO t2 VALUES (2, 'good')").unwrap();
     wait_for("later rows", || rows(s, "t2"), "2:good".into());
     assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 1);
+    assert!(
+        s.query_one::<bool>("SELECT local_tup IS NULL AND local_origin IS NULL FROM spock.exception_log").unwrap(),
+        "an INSERT that met no row records no local row"
+    );
+
+    // A failing UPDATE records the local row it met, with its origin and commit time.
+    p.execute("INSERT INTO t2 VALUES (5, 'five')").unwrap();
+    wait_for("row 5", || rows(s, "t2"), "2:good,5:five".into());
+    p.execute("UPDATE t2 SET v = 'bad' WHERE x = 5").unwrap();
+    p.execute("INSERT INTO t1 VALUES (6, 'marker')").unwrap();
+    wait_for("the transaction after the failed UPDATE", || rows(s, "t1"), "1:a,2:after,6:marker".into());
+    assert_eq!(rows(s, "t2"), "2:good,5:five", "the failing UPDATE is discarded");
+    let (local_tup, known): (String, bool) = {
+        let mut client = s.connect().unwrap();
+        let r = client
+            .query_one(
+                "SELECT local_tup::text,
+                        local_origin = (SELECT roident FROM pg_replication_origin WHERE roname LIKE 'spk_%')
+                        AND local_commit_ts BETWEEN now() - interval '1 hour' AND remote_commit_ts
+                   FROM spock.exception_log WHERE operation = 'UPDATE'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(local_tup.contains("\"attname\": \"v\"") && local_tup.contains("\"value\": \"five\""), "{local_tup}");
+    assert!(local_tup.contains("\"atttype\": \"integer\""), "{local_tup}");
+    assert!(known, "the local row's origin (the subscription's) and its older commit time are recorded");
 }
 
 #[test]

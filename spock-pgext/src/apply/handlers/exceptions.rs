@@ -91,9 +91,44 @@ impl ApplySession {
         }
     }
 
+    /// The local row change `c` is about (found by its key as apply finds it, as
+    /// the table owner), in `spock.exception_log`'s tuple form, with its commit
+    /// timestamp and origin when known. `None` when there is none, or when looking
+    /// fails (the table is missing here, say): the lookup runs in a subtransaction
+    /// of its own and changes nothing.
+    fn local_row_of(&mut self, c: Change<'_>) -> Option<(String, Option<RowVersion>)> {
+        let relid = c.relid().filter(|_| !matches!(c, Change::Truncate(_)))?;
+        let key = c.old_tuple().or(c.new_tuple())?;
+        let mut found = None;
+        let _ = self.in_change_isolated(|s| {
+            // SAFETY: inside the apply transaction with an active snapshot
+            // (in_change); the slots are the writer's.
+            found = unsafe {
+                s.with_writer(relid, |_, w, map| {
+                    map.fill_search_slot(w.search, key, w.econtext);
+                    if !w.find(map, w.search) {
+                        return None;
+                    }
+                    let version = match w.local_row_version() {
+                        LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
+                        LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
+                    };
+                    Some((crate::apply::rows::slot_json_array(w.local), version))
+                })
+            };
+        });
+        found
+    }
+
     /// Adds a row to spock.exception_log for change `n` (or for the transaction when
-    /// `c` is None: `operation` SUB_DISABLE), in the local transaction.
+    /// `c` is None: `operation` SUB_DISABLE), in the local transaction, with the
+    /// local row the change is about where there is one.
     pub(super) fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
+        self.s.ensure_local_transaction();
+        if self.s.txn.remote.is_none() {
+            return;
+        }
+        let local = c.and_then(|c| self.local_row_of(c));
         self.s.ensure_local_transaction();
         let Some(remote) = self.s.txn.remote.as_ref() else { return };
         let rel = c.and_then(|c| c.relid()).and_then(|r| self.rels.remote(r));
@@ -136,9 +171,12 @@ impl ApplySession {
             client
                 .update(
                     "INSERT INTO spock.exception_log (remote_origin, remote_commit_ts, command_counter, retry_errored_at,
-                        remote_xid, table_schema, table_name, operation, remote_old_tup, remote_new_tup, error_message)
+                        remote_xid, table_schema, table_name, operation, remote_old_tup, remote_new_tup, error_message,
+                        local_tup, local_origin, local_commit_ts)
                      VALUES ($1::int8::oid, '2000-01-01 00:00:00+00'::timestamptz + $2 * interval '1 microsecond', $3,
-                             pg_catalog.clock_timestamp(), $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10)",
+                             pg_catalog.clock_timestamp(), $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10,
+                             $11::jsonb, $12::int8::oid,
+                             '2000-01-01 00:00:00+00'::timestamptz + $13 * interval '1 microsecond')",
                     None,
                     &[
                         origin.into(),
@@ -151,6 +189,9 @@ impl ApplySession {
                         old_json.as_deref().into(),
                         new_json.as_deref().into(),
                         message.into(),
+                        local.as_ref().map(|(row, _)| row.as_str()).into(),
+                        local.as_ref().and_then(|(_, v)| v.map(|v| i64::from(v.origin))).into(),
+                        local.as_ref().and_then(|(_, v)| v.map(|v| v.commit_ts)).into(),
                     ],
                 )
                 .unwrap_or_else(|e| spi_failed("recording an exception", e));
