@@ -5,7 +5,7 @@
 //! deterministic by holding both directions back while the two nodes write, as a
 //! real lag does.
 
-use spock_tests::fixtures::{mutual_pair, next_commit_is_later, pause_pair, resume_pair, sync_mesh};
+use spock_tests::fixtures::{mutual_pair, next_commit_is_later, pause_pair, resume_pair, sync_mesh, sync_through};
 use spock_tests::{Cluster, NodeOptions, TestNode};
 
 fn pair() -> Cluster {
@@ -139,4 +139,40 @@ fn an_update_of_a_row_that_never_arrived_is_applied_when_it_carries_the_whole_ro
     let recorded: String =
         n2.query_one("SELECT remote_tuple FROM spock.resolutions WHERE conflict_resolution = 'apply_remote'").unwrap();
     assert!(recorded.contains("small, updated") && recorded.contains("doc"), "the whole remote row: {recorded}");
+}
+
+/// A local DELETE in progress when an older INSERT of the same key arrives: the
+/// INSERT waits for it and then loses to it (`insert_deleted`); it is not let in
+/// once the DELETE commits.
+#[test]
+fn an_insert_that_meets_a_local_delete_in_progress_loses_to_it() {
+    let c = pair();
+    let (n1, n2) = (c.node(0), c.node(1));
+    // n2 has row 7, n1 does not (n1 does not apply n2's changes yet).
+    n1.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
+    n2.execute("INSERT INTO t VALUES (7, 'n2')").unwrap();
+    let mut deleting = n2.connect().unwrap();
+    deleting.batch_execute("BEGIN; DELETE FROM t WHERE id = 7").unwrap();
+    // n1 inserts 7; n2's apply meets the row its local transaction is deleting.
+    n1.execute("INSERT INTO t VALUES (7, 'n1')").unwrap();
+    spock_tests::wait_for(
+        "n2's apply worker waiting for the local DELETE",
+        std::time::Duration::from_secs(60),
+        || {
+            n2.query_one::<i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply' AND wait_event_type = 'Lock'",
+            )
+            .unwrap()
+        },
+        1,
+    );
+    next_commit_is_later(n1, n2);
+    deleting.batch_execute("COMMIT").unwrap();
+    sync_through(n1, n2);
+    assert_eq!(rows(n2), "", "the DELETE committed after n1's INSERT: the row stays deleted on n2");
+    assert_eq!(resolutions(n2), "insert_deleted:keep_local");
+    n1.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
+    sync_mesh(&[n1, n2]);
+    assert_eq!(rows(n1), "", "n2's newer DELETE removes n1's row");
+    assert_eq!(rows(n2), "");
 }

@@ -451,6 +451,15 @@ unsafe fn index_key_atts(index: pg_sys::Oid, natts: usize) -> Vec<bool> {
     keys
 }
 
+/// The versions of one key in a table's identity index ([`TableWriter::key_versions`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyVersions {
+    /// The newest committed removal: its commit timestamp and origin.
+    pub removed: Option<(i64, u16)>,
+    /// Some version of the key is there (live, dead, or of a transaction in progress).
+    pub any: bool,
+}
+
 /// Executor state for changes to one table (the open table and indexes, result
 /// relation, slots), kept across changes and transactions: PostgreSQL's apply worker
 /// builds it for every change, which was most of our per-change cost. It is dropped
@@ -740,9 +749,24 @@ impl TableWriter {
         map: &LocalRelation,
         search: *mut pg_sys::TupleTableSlot,
     ) -> Option<(i64, u16)> {
+        // SAFETY: forwarded.
+        unsafe { self.key_versions(map, search) }.removed
+    }
+
+    /// What the identity index holds for the key of `search` under `SnapshotAny`:
+    /// the newest committed removal (as [`find_deleted`](Self::find_deleted)) and
+    /// whether any version of the key is there at all (live, dead, or written or
+    /// removed by a transaction in progress): an INSERT skips searching only for a
+    /// key of which no version is here. Without an identity index or
+    /// `track_commit_timestamp`: nothing (no decision is taken against versions
+    /// then).
+    ///
+    /// SAFETY: as [`find_deleted`](Self::find_deleted).
+    pub unsafe fn key_versions(&mut self, map: &LocalRelation, search: *mut pg_sys::TupleTableSlot) -> KeyVersions {
+        let none = KeyVersions { removed: None, any: false };
         // SAFETY: reads a setting.
         if map.identity_index == pg_sys::InvalidOid || !unsafe { pg_sys::track_commit_timestamp } {
-            return None;
+            return none;
         }
         // SAFETY: the writer's open identity index (see `prepare_deleted_keys`); the
         // keys' function lookups keep what they cache in the writer's memory.
@@ -754,7 +778,7 @@ impl TableWriter {
             keys
         });
         if keys.is_empty() {
-            return None;
+            return none;
         }
         // SAFETY: every version of the key is read under SnapshotAny and only tuple
         // headers and commit data are looked at; the scan and its slot live for this
@@ -771,7 +795,11 @@ impl TableWriter {
             }
             let mut scan_keys: Vec<pg_sys::ScanKeyData> = keys.iter().map(|(k, _)| *k).collect();
             let nkeys = scan_keys.len() as i32;
-            let (_, index, _) = open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)?;
+            let Some((_, index, _)) =
+                open_indexes(self.rri).find(|(_, index, _)| (**index).rd_id == map.identity_index)
+            else {
+                return none;
+            };
             let scan = pg_sys::index_beginscan(
                 self.rel,
                 index,
@@ -787,7 +815,9 @@ impl TableWriter {
             pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
             let version = pg_sys::table_slot_create(self.rel, std::ptr::null_mut());
             let mut newest: Option<(i64, u16)> = None;
+            let mut any = false;
             while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, version) {
+                any = true;
                 let mut should_free = false;
                 let tup = pg_sys::ExecFetchSlotHeapTuple(version, false, &mut should_free);
                 let removed = removal_of((*tup).t_data);
@@ -801,7 +831,7 @@ impl TableWriter {
             }
             pg_sys::ExecDropSingleTupleTableSlot(version);
             pg_sys::index_endscan(scan);
-            newest
+            KeyVersions { removed: newest, any }
         }
     }
 

@@ -236,9 +236,11 @@ impl ApplySession {
                     && !s.careful_tables.contains(&map.relid)
                     && s.txn.remote.as_ref().is_some_and(|r| r.replay.is_none())
                     && w.can_insert_unsearched(map.identity_index)
-                    // A deleted version of the key is a version the INSERT must be
-                    // decided against (searched below).
-                    && w.find_deleted(map, w.remote).is_none();
+                    // Only a key of which no version is here: a deleted version is
+                    // one the INSERT must be decided against (below), and a live
+                    // one would make the unique check report a duplicate, which
+                    // costs applying the whole transaction again.
+                    && !w.key_versions(map, w.remote).any;
                 if unsearched {
                     if !w.insert_reporting_duplicate(map.identity_index) {
                         pgrx::debug1!(

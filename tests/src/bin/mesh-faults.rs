@@ -73,7 +73,11 @@ fn main() {
         "mesh-faults: {} rounds of {} s, {} hot keys, {} transactions/s per node, seed {}",
         o.rounds, o.secs, o.keys, o.rate, o.seed
     );
-    let c = Cluster::start(["n1", "n2", "n3"].into_iter().map(NodeOptions::new).collect()).expect("start nodes");
+    // Every decision in spock.resolutions: printed for the keys that diverge.
+    let c = Cluster::start(
+        ["n1", "n2", "n3"].into_iter().map(|n| NodeOptions::new(n).setting("spock.save_resolutions", "on")).collect(),
+    )
+    .expect("start nodes");
     let nodes = [c.node(0), c.node(1), c.node(2)];
     full_mesh(&nodes);
     for n in nodes {
@@ -85,6 +89,21 @@ fn main() {
              SELECT spock.repset_add_table('default_insert_only', 'ins');",
         )
         .expect("tables");
+        // Each node's own history of kv (local and applied changes; not replicated),
+        // printed for the keys that diverge.
+        n.execute(
+            "CREATE TABLE kv_audit(id bigserial, op text, k int, old_v int, new_v int,
+                 xid xid8 DEFAULT pg_current_xact_id(), applied bool DEFAULT pg_replication_origin_session_is_setup(),
+                 at timestamptz DEFAULT clock_timestamp());
+             CREATE FUNCTION kv_audit_f() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO kv_audit(op, k, old_v, new_v) VALUES (TG_OP, coalesce(NEW.k, OLD.k), OLD.v, NEW.v);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER kv_audit_t AFTER INSERT OR UPDATE OR DELETE ON kv FOR EACH ROW EXECUTE FUNCTION kv_audit_f();
+             ALTER TABLE kv ENABLE ALWAYS TRIGGER kv_audit_t;",
+        )
+        .expect("audit of kv");
     }
     sync_mesh(&nodes);
     let scripts: Vec<std::path::PathBuf> = nodes.iter().map(|n| pgbench_script(&n.name, o.keys)).collect();
@@ -106,6 +125,9 @@ fn main() {
             failed += 1;
             for line in r.details.iter().take(20) {
                 println!("  {line}");
+            }
+            for k in r.divergent_keys.iter().take(5) {
+                print_history(&nodes, *k);
             }
         }
     }
@@ -216,7 +238,37 @@ fn restart(n: &TestNode) {
     }
 }
 
+/// What every node did to key `k` (its audit of kv, with commit times and origins)
+/// and decided about it (spock.resolutions).
+fn print_history(nodes: &[&TestNode; 3], k: i64) {
+    println!("  history of key {k}:");
+    for n in nodes {
+        let audit = n
+            .query_text(&format!(
+                "SELECT string_agg(format('      %s %s %s->%s xid %s %s commit %s origin %s', a.at::time, a.op, a.old_v, a.new_v,
+                        a.xid, CASE WHEN a.applied THEN 'applied' ELSE 'local' END, c.timestamp::time, c.roident), E'\\n' ORDER BY a.id)
+                   FROM kv_audit a
+                   LEFT JOIN LATERAL pg_xact_commit_timestamp_origin((a.xid::text::int8 % 4294967296)::text::xid) c ON true
+                  WHERE a.k = {k}"
+            ))
+            .unwrap_or_else(|e| format!("(audit unreadable: {e})"));
+        let resolutions = n
+            .query_text(&format!(
+                "SELECT string_agg(format('      %s %s/%s local %s@%s remote %s@%s', log_time::time, conflict_type, conflict_resolution,
+                        local_origin, local_timestamp::time, remote_origin, remote_timestamp::time), E'\\n' ORDER BY log_time)
+                   FROM spock.resolutions
+                  WHERE coalesce(local_tuple::jsonb ->> 'k', remote_tuple::jsonb ->> 'k') = '{k}'"
+            ))
+            .unwrap_or_else(|e| format!("(resolutions unreadable: {e})"));
+        let origins = n
+            .query_text("SELECT string_agg(roident || '=' || roname, ', ' ORDER BY roident) FROM pg_replication_origin")
+            .unwrap_or_default();
+        println!("    {} (origins {origins}):\n{audit}\n    resolutions:\n{resolutions}", n.name);
+    }
+}
+
 struct Report {
+    divergent_keys: Vec<i64>,
     divergent: usize,
     lost: usize,
     duplicated: usize,
@@ -272,10 +324,12 @@ fn check(nodes: &[&TestNode; 3]) -> Report {
     let mut details = Vec::new();
     let keys: std::collections::BTreeSet<i64> = kv.iter().flat_map(|m| m.keys().copied()).collect();
     let mut divergent = 0;
+    let mut divergent_keys = Vec::new();
     for k in keys {
         let vs: Vec<Option<&i64>> = kv.iter().map(|m| m.get(&k)).collect();
         if vs.iter().any(|v| *v != vs[0]) {
             divergent += 1;
+            divergent_keys.push(k);
             details.push(format!("key {k}: {vs:?}"));
         }
     }
@@ -312,5 +366,5 @@ fn check(nodes: &[&TestNode; 3]) -> Report {
             }
         }
     }
-    Report { divergent, lost, duplicated, rows, details }
+    Report { divergent_keys, divergent, lost, duplicated, rows, details }
 }
