@@ -95,9 +95,9 @@ fn main() {
             "CREATE TABLE kv_audit(id bigserial, op text, k int, old_v int, new_v int,
                  xid xid8 DEFAULT pg_current_xact_id(), applied bool DEFAULT pg_replication_origin_session_is_setup(),
                  at timestamptz DEFAULT clock_timestamp());
-             CREATE FUNCTION kv_audit_f() RETURNS trigger LANGUAGE plpgsql AS $$
+             CREATE FUNCTION kv_audit_f() RETURNS trigger LANGUAGE plpgsql SET search_path = public, pg_catalog AS $$
              BEGIN
-                 INSERT INTO kv_audit(op, k, old_v, new_v) VALUES (TG_OP, coalesce(NEW.k, OLD.k), OLD.v, NEW.v);
+                 INSERT INTO public.kv_audit(op, k, old_v, new_v) VALUES (TG_OP, coalesce(NEW.k, OLD.k), OLD.v, NEW.v);
                  RETURN NULL;
              END $$;
              CREATE TRIGGER kv_audit_t AFTER INSERT OR UPDATE OR DELETE ON kv FOR EACH ROW EXECUTE FUNCTION kv_audit_f();
