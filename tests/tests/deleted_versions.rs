@@ -95,6 +95,24 @@ fn vacuum_keeps_a_deleted_version_a_lagging_peer_still_needs() {
 }
 
 #[test]
+fn a_crash_keeps_the_deleted_versions_a_lagging_peer_needs() {
+    // The slot's xmin is on disk from the start: a crash before any checkpoint
+    // brings back a horizon that still protects the DELETE (not none at all).
+    let c = pair("600");
+    let (n1, n2) = (c.node(0), c.node(1));
+    older_update_meets_vacuumed_delete(&c);
+    assert_eq!(horizon_checked(n1), "sub_n1_n2");
+    n1.stop_immediate().unwrap();
+    n1.restart().unwrap();
+    assert_eq!(horizon_checked(n1), "sub_n1_n2");
+    assert!(kept_dead_versions(n1) >= 1, "after the crash VACUUM removed the deleted version n2's update needs");
+    resume_pair(n1, n2);
+    sync_mesh(&[n1, n2]);
+    assert_eq!(rows(n1), "2=other");
+    assert_eq!(rows(n2), rows(n1));
+}
+
+#[test]
 fn without_retention_vacuum_lets_an_older_update_bring_a_deleted_row_back() {
     // The control: with nothing kept, VACUUM removes the deleted version and the
     // older UPDATE, finding no trace of the DELETE, re-creates the row on n1 only.

@@ -15,8 +15,9 @@
 //! is dropped when either stops, and when the extension is dropped. The supervisor
 //! drops the slot of a database that no longer exists.
 //!
-//! The slot's `xmin` is marked dirty, not written at once: a checkpoint writes it,
-//! and after a crash the one on disk is older, which keeps more, never less.
+//! The slot's first `xmin` is written to disk at once; later moves are marked
+//! dirty and written by the next checkpoint, so after a crash the one on disk is
+//! older, which keeps more, never less.
 
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
@@ -139,11 +140,17 @@ impl Keeper {
         self.unavailable_warned = false;
         self.horizon = Horizon::new();
         self.kept_since = 0;
-        // A new slot has no xmin: hold from the oldest running transaction on.
+        // A new slot has no xmin: hold from the oldest running transaction on, and
+        // write that to disk at once. Later moves reach the disk with the next
+        // checkpoint; after a crash the older xmin on disk keeps more, but a slot
+        // without one there would keep nothing until the manager runs again, and
+        // VACUUM could remove what lagging subscriptions still need.
         // SAFETY: reads the proc array under its lock.
         let xid = unsafe { pg_sys::GetOldestActiveTransactionId() };
         if current_xmin().is_none() {
             set_xmin(xid);
+            // SAFETY: writes the slot this process holds (MyReplicationSlot).
+            unsafe { pg_sys::ReplicationSlotSave() };
         }
         true
     }
