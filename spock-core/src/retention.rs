@@ -14,9 +14,13 @@
 //!   that time is the subscription's *safe time* ([`ProbeState`]);
 //! * the manager of the database notes, every second, the oldest transaction still
 //!   running (a [`Candidate`]: every transaction older than it committed before that
-//!   moment), and holds the server's removal horizon at the newest candidate that
-//!   every subscription's safe time has passed ([`Horizon`]), never longer than a
-//!   cap, after which it lets go and says so.
+//!   moment) with a bound on the commit timestamps of what those transactions
+//!   removed ([`removal_bound`]: the node's own removals, at most the time of the
+//!   candidate, and what its apply workers applied, which carries the providers'
+//!   older timestamps while a subscription catches up), and holds the server's
+//!   removal horizon at the newest candidate whose bound every subscription's safe
+//!   time has passed ([`Horizon`]), never longer than a cap, after which it lets go
+//!   and says so.
 //!
 //! Times are compared across nodes as last-update-wins compares them: the clocks
 //! are assumed synchronised, with [`MARGIN_US`] of slack.
@@ -109,15 +113,64 @@ impl ProbeState {
     }
 }
 
+/// The safe time a subscription has once a transaction its provider committed at
+/// `commit_ts` (its own, not forwarded) is applied and durable here: the provider
+/// sends its transactions in commit order, so every one that committed before,
+/// less [`MARGIN_US`] (the gap between taking a commit timestamp and writing the
+/// commit record), came first. While a subscription catches up this moves with it,
+/// where a probe only answers at the end of the backlog.
+pub fn safe_after_applied(commit_ts: PgTimestamp) -> PgTimestamp {
+    commit_ts.saturating_sub(MARGIN_US)
+}
+
 /// A possible removal horizon: `xid` was the oldest transaction still running at
 /// `taken_at` (local clock), so every transaction older than it had committed (or
-/// aborted) by then.
+/// aborted) by then, and whatever they removed carries a commit timestamp no later
+/// than `removed_before`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
     /// The horizon (a 32-bit transaction id).
     pub xid: u32,
     /// When it was taken.
     pub taken_at: PgTimestamp,
+    /// A bound on the commit timestamps of the removals older than `xid`: the
+    /// candidate can be installed once every subscription's safe time has passed
+    /// it. `taken_at` always is one (see [`removal_bound`]).
+    pub removed_before: PgTimestamp,
+}
+
+impl Candidate {
+    /// A candidate whose removals are bounded only by the time it was taken.
+    pub fn at(xid: u32, taken_at: PgTimestamp) -> Candidate {
+        Candidate { xid, taken_at, removed_before: taken_at }
+    }
+}
+
+/// What bounds the commit timestamps of removals made before a candidate was
+/// taken, read right after its horizon: the node's own removing transactions and
+/// the transactions its apply workers applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removers {
+    /// A local transaction that removes rows is committing (between its pre-commit
+    /// and the end of its commit): its timestamp is not known yet.
+    pub local_committing: bool,
+    /// The latest end of a committed local transaction that removed rows (local
+    /// clock, at or after its commit timestamp).
+    pub local_last: PgTimestamp,
+    /// The newest provider commit timestamp an apply worker committed with,
+    /// published before its commit.
+    pub applied_last: PgTimestamp,
+    /// What is not known otherwise (transactions from before the manager started
+    /// counting, prepared transactions): at least this.
+    pub floor: PgTimestamp,
+}
+
+/// The bound on removal commit timestamps of a candidate taken at `now`: the
+/// newest of the local and the applied removals and the floor, or `now` while a
+/// local removal's timestamp is not known yet.
+pub fn removal_bound(r: Removers, now: PgTimestamp) -> PgTimestamp {
+    let local = if r.local_committing { now } else { r.local_last };
+    local.max(r.applied_last).max(r.floor)
 }
 
 /// How far the subscriptions of a database have applied their providers' changes.
@@ -208,7 +261,7 @@ impl Horizon {
         let mut install = None;
         let mut capped = false;
         while let Some(c) = self.candidates.front().copied() {
-            let normal = applied.passed(c.taken_at);
+            let normal = applied.passed(c.removed_before);
             if !normal && c.taken_at > limit {
                 break;
             }
@@ -266,7 +319,7 @@ mod tests {
     }
 
     fn c(xid: u32, secs: i64) -> Candidate {
-        Candidate { xid, taken_at: secs * S }
+        Candidate::at(xid, secs * S)
     }
 
     #[test]
@@ -311,5 +364,30 @@ mod tests {
         // Caught up again: moves normally, not capped.
         let a = h.advance(Applied::Before(8 * S), 10 * S, 4 * S);
         assert_eq!(a, Advance { install: Some(c(108, 8)), capped: false });
+    }
+
+    #[test]
+    fn removals_are_bounded_by_what_removed_rows_not_by_the_clock() {
+        let quiet = Removers { local_committing: false, local_last: 3 * S, applied_last: 7 * S, floor: S };
+        assert_eq!(removal_bound(quiet, 100 * S), 7 * S, "only applied removals since 7 s");
+        let local = Removers { local_last: 9 * S, ..quiet };
+        assert_eq!(removal_bound(local, 100 * S), 9 * S);
+        let committing = Removers { local_committing: true, ..quiet };
+        assert_eq!(removal_bound(committing, 100 * S), 100 * S, "a local removal of unknown time: now");
+        let floor = Removers { floor: 50 * S, ..quiet };
+        assert_eq!(removal_bound(floor, 100 * S), 50 * S);
+    }
+
+    #[test]
+    fn a_subscription_catching_up_passes_candidates_bounded_by_what_it_applied() {
+        // Nothing here removes rows but the subscription's own apply, which is 60 s
+        // behind: a candidate taken now is bounded by the provider time it applied,
+        // so the horizon follows the catch-up instead of waiting for its end.
+        let mut h = Horizon::new();
+        h.note(Candidate { xid: 10, taken_at: 100 * S, removed_before: 40 * S });
+        h.note(Candidate { xid: 20, taken_at: 101 * S, removed_before: 45 * S });
+        let a = h.advance(Applied::Before(44 * S), 101 * S, 600 * S);
+        assert_eq!(a.install.map(|c| c.xid), Some(10));
+        assert_eq!(h.waiting(), 1);
     }
 }

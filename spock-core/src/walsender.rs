@@ -182,8 +182,14 @@ impl Positions {
 /// Local commits not yet known to be flushed, in commit order, each with the
 /// remote end position it applied. A remote position may be reported as flushed
 /// only once the local commit that applied it is on disk (asynchronous commit).
+/// A commit may carry the provider's commit timestamp (for the provider's own
+/// transactions): the newest of those flushed is kept
+/// ([`flushed_stamp`](Self::flushed_stamp)).
 #[derive(Debug, Default, Clone)]
-pub struct UnflushedCommits(VecDeque<(Lsn, Lsn)>);
+pub struct UnflushedCommits {
+    queue: VecDeque<(Lsn, Lsn, Option<i64>)>,
+    flushed_stamp: Option<i64>,
+}
 
 impl UnflushedCommits {
     /// None yet.
@@ -194,26 +200,39 @@ impl UnflushedCommits {
     /// A local commit ending at `local_end` applied the remote transaction ending at
     /// `remote_end`.
     pub fn push(&mut self, local_end: Lsn, remote_end: Lsn) {
-        self.0.push_back((local_end, remote_end));
+        self.queue.push_back((local_end, remote_end, None));
+    }
+
+    /// [`push`](Self::push) of a transaction the provider committed at `stamp`.
+    pub fn push_stamped(&mut self, local_end: Lsn, remote_end: Lsn, stamp: i64) {
+        self.queue.push_back((local_end, remote_end, Some(stamp)));
     }
 
     /// The local WAL is flushed up to `local_flush`: forgets the commits it covers
     /// and gives the remote end of the last of them.
     pub fn flushed_up_to(&mut self, local_flush: Lsn) -> Option<Lsn> {
         let mut out = None;
-        while let Some(&(local, remote)) = self.0.front() {
+        while let Some(&(local, remote, stamp)) = self.queue.front() {
             if local > local_flush {
                 break;
             }
             out = Some(remote);
-            self.0.pop_front();
+            if stamp.is_some() {
+                self.flushed_stamp = self.flushed_stamp.max(stamp);
+            }
+            self.queue.pop_front();
         }
         out
     }
 
+    /// The newest provider commit timestamp among the commits flushed so far.
+    pub fn flushed_stamp(&self) -> Option<i64> {
+        self.flushed_stamp
+    }
+
     /// Whether a commit waits for its flush.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.queue.is_empty()
     }
 }
 
@@ -329,6 +348,13 @@ mod tests {
         assert!(!q.is_empty());
         assert_eq!(q.flushed_up_to(29), None);
         assert_eq!(q.flushed_up_to(31), Some(3000));
+        assert_eq!(q.flushed_stamp(), None, "no stamp pushed");
+        q.push_stamped(40, 4000, 77);
+        q.push(50, 5000);
+        assert_eq!(q.flushed_up_to(39), None);
+        assert_eq!(q.flushed_stamp(), None, "not flushed yet");
+        assert_eq!(q.flushed_up_to(60), Some(5000));
+        assert_eq!(q.flushed_stamp(), Some(77));
         assert!(q.is_empty());
     }
 }

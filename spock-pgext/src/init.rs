@@ -42,6 +42,8 @@ pub extern "C-unwind" fn _PG_init() {
     crate::ddl::autoddl::install_hook();
     if loading_at_server_start() {
         crate::workers::shmem::init();
+        crate::workers::removals::init_shmem();
+        crate::workers::removals::install();
         crate::workers::register_supervisor();
     }
 }

@@ -21,15 +21,18 @@ CREATE VIEW spock.lag_tracker AS
      GROUP BY o.node_name, r.node_name;
 -- How long this database keeps deleted row versions, and which subscriptions hold
 -- them: the manager's slot, its xmin, the time of the oldest versions kept, when
--- the manager last looked, and the subscriptions that have not applied what their
--- provider committed since then.
+-- the manager last looked, the subscriptions that have not applied what their
+-- provider committed before the oldest removal still kept, and up to when rows
+-- were removed here (the newest commit timestamp of a removal the manager knew of
+-- when it last looked).
 CREATE VIEW spock.retention AS
     SELECT 'spock_retain_' || r.dbid AS slot_name,
            s.xmin,
            r.kept_since,
            r.checked_at,
            ARRAY(SELECT b.sub_name FROM spock.subscription b
-                  WHERE b.sub_id = ANY (r.held_by) ORDER BY b.sub_name) AS held_by
+                  WHERE b.sub_id = ANY (r.held_by) ORDER BY b.sub_name) AS held_by,
+           r.removals_until
       FROM spock.retention_horizon() r
       LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = 'spock_retain_' || r.dbid
      WHERE r.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());

@@ -112,6 +112,49 @@ fn a_crash_keeps_the_deleted_versions_a_lagging_peer_needs() {
     assert_eq!(rows(n2), rows(n1));
 }
 
+/// `removals_until` of n's horizon, as text, once its manager looked after now.
+fn removals_until(n: &TestNode) -> String {
+    horizon_checked(n);
+    n.query_text("SELECT coalesce(removals_until::text, '') FROM spock.retention").unwrap()
+}
+
+#[test]
+fn versions_are_kept_after_what_removed_rows_not_after_every_write() {
+    // What a candidate horizon must wait for is bounded by the commit timestamps of
+    // the removals before it (workers::removals): local UPDATE/DELETE statements
+    // and applied transactions count; local inserts and spock's own catalog writes
+    // do not.
+    let c = pair("600");
+    let (n1, n2) = (c.node(0), c.node(1));
+    // Whether n's manager, looking after now, bounds removals at `than` or later.
+    let later = |n: &TestNode, than: &str| {
+        let until = removals_until(n);
+        !until.is_empty() && n.query_one::<bool>(&format!("SELECT '{than}'::timestamptz <= '{until}'")).unwrap()
+    };
+    let t0: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
+    n1.execute("INSERT INTO t VALUES (5, 'x')").unwrap();
+    n1.execute("SELECT spock.sub_disable('sub_n1_n2'); SELECT spock.sub_enable('sub_n1_n2')").unwrap();
+    assert!(!later(n1, &t0), "an INSERT and catalog writes removed nothing: {}", removals_until(n1));
+
+    let t1: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
+    n1.execute("DELETE FROM t WHERE id = 5").unwrap();
+    assert!(later(n1, &t1), "a local DELETE counts from its commit: {}", removals_until(n1));
+
+    // A transaction n2 applies counts with n1's commit timestamp.
+    n1.execute("INSERT INTO t VALUES (6, 'y')").unwrap();
+    sync_mesh(&[n1, n2]);
+    let t2: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
+    n1.execute("UPDATE t SET v = 'z' WHERE id = 6").unwrap();
+    let committed: String = n1.query_one("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 6").unwrap();
+    sync_mesh(&[n1, n2]);
+    assert!(later(n2, &t2), "an applied UPDATE counts: {}", removals_until(n2));
+    let until = removals_until(n2);
+    assert!(
+        n2.query_one::<bool>(&format!("SELECT '{until}'::timestamptz = '{committed}'")).unwrap(),
+        "with its provider's commit timestamp {committed}: {until}"
+    );
+}
+
 #[test]
 fn without_retention_vacuum_lets_an_older_update_bring_a_deleted_row_back() {
     // The control: with nothing kept, VACUUM removes the deleted version and the

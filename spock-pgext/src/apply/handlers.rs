@@ -424,7 +424,9 @@ impl ApplySession {
             return outcome;
         }
         self.rels.end_transaction();
-        self.s.commit_applied(c);
+        // The provider's own transactions tell how far its clock is applied.
+        let own = remote.origin_node == self.s.sub.provider_node_id;
+        self.s.commit_applied(c, own);
         outcome
     }
 }
@@ -589,15 +591,23 @@ impl SessionState {
     }
 
     /// Commits the local transaction of an applied remote one, with the origin's
-    /// progress, and shows it in the shared progress table.
-    fn commit_applied(&mut self, c: &proto::Commit) {
+    /// progress, and shows it in the shared progress table. `own`: the provider
+    /// wrote the transaction itself (not forwarded from another origin), so its
+    /// commit timestamp is from the provider's clock.
+    fn commit_applied(&mut self, c: &proto::Commit, own: bool) {
+        // What it removed carries the provider's timestamp (workers::removals).
+        crate::workers::removals::note_applied(c.commit_time);
         // SAFETY: the origin's progress is set to the remote end LSN and committed in
         // the same commit record as the applied rows.
         unsafe {
             pg_sys::replorigin_session_origin_lsn = c.end_lsn;
             pg_sys::replorigin_session_origin_timestamp = c.commit_time;
             pg_sys::CommitTransactionCommand();
-            self.pending.push(pg_sys::XactLastCommitEnd, c.end_lsn);
+            if own {
+                self.pending.push_stamped(pg_sys::XactLastCommitEnd, c.end_lsn, c.commit_time);
+            } else {
+                self.pending.push(pg_sys::XactLastCommitEnd, c.end_lsn);
+            }
             pg_sys::pgstat_report_stat(false);
         }
         if let Some(i) = self.progress_slot {

@@ -203,7 +203,7 @@ impl<'a> Receiver<'a> {
             crate::workers::reload_config_if_asked();
             let drained = self.receive(session)?;
             self.between_transactions(session)?;
-            self.prober.step(self.sub, session.progress_slot(), self.positions.flushed());
+            self.prober.step(self.sub, session.progress_slot(), self.positions.flushed(), session.flushed_stamp());
             self.send_feedback(session, drained.reply_requested);
             if drained.more_waiting {
                 // Messages may sit in libpq's buffer, invisible to the socket.

@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use spock_core::proto::{parse_lsn, Lsn};
-use spock_core::retention::{Probe, ProbeState};
+use spock_core::retention::{safe_after_applied, Probe, ProbeState};
 
 use super::subscription::SubscriptionInfo;
 use crate::libpq::{Connection, Rows};
@@ -48,16 +48,19 @@ impl Prober {
     }
 
     /// One step, between the steps of the replication loop: publishes a safe time
-    /// `flushed` (the remote position applied and durable here) covers, reads an
-    /// answer that arrived, sends the next probe when one is due.
-    pub fn step(&mut self, sub: &SubscriptionInfo, progress_slot: Option<usize>, flushed: Lsn) {
+    /// `flushed` (the remote position applied and durable here) covers, or that
+    /// `applied` (the newest commit timestamp of the provider's own transactions
+    /// applied and durable here) gives, reads an answer that arrived, sends the
+    /// next probe when one is due.
+    pub fn step(&mut self, sub: &SubscriptionInfo, progress_slot: Option<usize>, flushed: Lsn, applied: Option<i64>) {
         let Some(slot) = progress_slot else { return };
         if crate::gucs::deleted_version_retention_us().is_none() {
             self.conn = None;
             return;
         }
-        if let Some(t) = self.state.covered(flushed) {
-            shmem::update_progress(slot, |p| p.safe_ts = t);
+        let safe = self.state.covered(flushed).max(applied.map(safe_after_applied));
+        if let Some(t) = safe {
+            shmem::update_progress(slot, |p| p.safe_ts = p.safe_ts.max(t));
         }
         if self.state.awaiting_answer() {
             let Some(answer) = self.conn.as_ref().and_then(|c| c.poll_query()) else { return };

@@ -229,6 +229,12 @@ impl ApplySession {
         self.s.pending.flushed_up_to(flushed)
     }
 
+    /// The newest commit timestamp of the provider's own transactions applied and
+    /// durable here.
+    pub fn flushed_stamp(&self) -> Option<i64> {
+        self.s.pending.flushed_stamp()
+    }
+
     /// Whether applied transactions still wait for their local commit to be flushed.
     pub fn has_unflushed(&self) -> bool {
         !self.s.pending.is_empty()

@@ -12,7 +12,7 @@ use crate::workers::shmem;
 #[pg_extern(
     volatile,
     sql = "CREATE FUNCTION spock.retention_horizon(OUT dbid oid, OUT kept_since timestamptz,
-    OUT checked_at timestamptz, OUT held_by oid[])
+    OUT checked_at timestamptz, OUT held_by oid[], OUT removals_until timestamptz)
 RETURNS SETOF record VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"
 )]
 #[allow(clippy::type_complexity)]
@@ -23,6 +23,7 @@ fn retention_horizon() -> TableIterator<
         name!(kept_since, Option<i64>),
         name!(checked_at, i64),
         name!(held_by, Vec<pgrx::pg_sys::Oid>),
+        name!(removals_until, Option<i64>),
     ),
 > {
     let rows: Vec<_> = shmem::all_retention()
@@ -33,6 +34,7 @@ fn retention_horizon() -> TableIterator<
                 (r.kept_since != 0).then_some(r.kept_since),
                 r.checked_at,
                 r.held_by[..usize::from(r.n_held)].iter().map(|id| pgrx::pg_sys::Oid::from(*id)).collect(),
+                (r.removals_until != 0).then_some(r.removals_until),
             )
         })
         .collect();

@@ -26,6 +26,7 @@
 //!   ([`retention`]).
 
 pub mod manager;
+pub mod removals;
 pub mod retention;
 pub mod shmem;
 pub mod supervisor;

@@ -22,7 +22,7 @@
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use spock_core::retention::{Applied, Candidate, Horizon};
+use spock_core::retention::{removal_bound, Applied, Candidate, Horizon};
 
 use super::shmem;
 use crate::error::spi_failed;
@@ -48,6 +48,9 @@ pub struct Keeper {
     unavailable_warned: bool,
     /// When the horizon in force was taken (0: when the slot was taken).
     kept_since: i64,
+    /// When the slot was taken: removals from before are bounded by this time
+    /// only (nothing counted them for this keeper).
+    floor: i64,
 }
 
 impl Keeper {
@@ -60,6 +63,7 @@ impl Keeper {
             cap_warned: false,
             unavailable_warned: false,
             kept_since: 0,
+            floor: 0,
         }
     }
 
@@ -76,7 +80,9 @@ impl Keeper {
         let now = now();
         // SAFETY: reads the proc array under its lock.
         let xid = unsafe { pg_sys::GetOldestActiveTransactionId() };
-        self.horizon.note(Candidate { xid: u32::from(xid), taken_at: now });
+        // Read after the horizon: what every transaction older than it removed.
+        let removed_before = removal_bound(super::removals::removers(self.floor), now);
+        self.horizon.note(Candidate { xid: u32::from(xid), taken_at: now, removed_before });
         let ids: Vec<u32> = subs.iter().map(|(id, _, _)| *id).collect();
         let safe = shmem::safe_times(u32::from(self.db), &ids);
         let advance = self.horizon.advance(Applied::of(safe.iter().copied()), now, cap);
@@ -85,11 +91,12 @@ impl Keeper {
             self.kept_since = c.taken_at;
         }
         // The subscriptions behind the oldest candidate waiting hold the horizon.
-        let oldest = self.horizon.oldest_waiting().map_or(now, |c| c.taken_at);
+        let oldest = self.horizon.oldest_waiting().map_or(removed_before, |c| c.removed_before);
         let mut state = shmem::RetentionState {
             dbid: u32::from(self.db),
             kept_since: self.kept_since,
             checked_at: now,
+            removals_until: removed_before,
             ..Default::default()
         };
         for (id, t) in ids.iter().zip(&safe) {
@@ -140,6 +147,7 @@ impl Keeper {
         self.unavailable_warned = false;
         self.horizon = Horizon::new();
         self.kept_since = 0;
+        self.floor = now();
         // A new slot has no xmin: hold from the oldest running transaction on, and
         // write that to disk at once. Later moves reach the disk with the next
         // checkpoint; after a crash the older xmin on disk keeps more, but a slot

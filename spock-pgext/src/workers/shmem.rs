@@ -124,6 +124,8 @@ pub struct RetentionState {
     pub held_by: [u32; MAX_HELD_BY],
     /// How many of `held_by` are set.
     pub n_held: u8,
+    /// The removal bound of the newest candidate (spock_core::retention::removal_bound).
+    pub removals_until: i64,
 }
 
 /// Shared worker state: databases without spock, apply progress and failed
