@@ -23,6 +23,8 @@
 //!   holds them.
 //! * [`retention`]: how long deleted row versions are kept (the probe of a
 //!   provider's progress, the removal horizon and its cap).
+//! * [`parallel`]: parallel apply: key dependencies between transactions in commit
+//!   order, barriers, and which writer takes each transaction (not used yet).
 //! * [`conninfo`]: connection settings for programs we run, the password kept off
 //!   their command line.
 //!
@@ -40,6 +42,7 @@ pub mod holds;
 pub mod ident;
 pub mod names;
 pub mod origin;
+pub mod parallel;
 pub mod proto;
 pub mod repset;
 pub mod retention;
