@@ -100,6 +100,7 @@ fn structure_and_data_while_the_provider_writes() {
     let done = Arc::new(AtomicI64::new(0));
     let w = writer(p, stop.clone(), done.clone());
     wait_for("the writer is running", Duration::from_secs(30), || done.load(Ordering::Relaxed) > 20, true);
+    let provider_log = p.log_offset();
     s.execute(&format!(
         "SELECT spock.sub_create('sub1', '{}', synchronize_structure := true, synchronize_data := true)",
         p.dsn("postgres")
@@ -110,6 +111,9 @@ fn structure_and_data_while_the_provider_writes() {
         "sync_init"
     );
     s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    let errors: Vec<String> =
+        p.log_since(provider_log).lines().filter(|l| l.contains("ERROR")).map(str::to_string).collect();
+    assert!(errors.is_empty(), "a first sync logs no error on the provider: {errors:?}");
     // Keep writing a little after the sync, then quiesce.
     let at_sync = done.load(Ordering::Relaxed);
     wait_for("writes after the sync", Duration::from_secs(30), || done.load(Ordering::Relaxed) > at_sync + 20, true);

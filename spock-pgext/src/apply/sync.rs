@@ -113,12 +113,23 @@ pub fn run(sub: &SubscriptionInfo) {
     let repl =
         Connection::connect(&sub.provider_dsn, &[("replication", "database"), ("application_name", &sub.slot_name)])
             .unwrap_or_else(|e| fail(sub, "could not connect to the provider in replication mode", e));
-    let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
     // The provider's apply workers hold still while the snapshot is taken and their
     // progress read: the snapshot then holds exactly the other nodes' transactions
     // up to that progress, and this node's subscriptions to those nodes start there.
     let ctl = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
         .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+    // A slot left by an interrupted earlier attempt is dropped; asked first, so
+    // that a first sync does not log an error on the provider for a slot that is not
+    // there (log-based alerting trips on it).
+    let leftover = ctl
+        .query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            ctl.literal(&sub.slot_name)
+        ))
+        .is_ok_and(|rows| !rows.is_empty());
+    if leftover {
+        let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
+    }
     let has = |f: &str| {
         ctl.query(&format!("SELECT pg_catalog.to_regprocedure('{f}') IS NOT NULL"))
             .ok()
