@@ -7,56 +7,22 @@ use std::ffi::CStr;
 
 use pgrx::pg_sys;
 
-/// The slot's values as a JSON object of text values.
+/// One column of a row: its name, its type and modifier, and its value's text
+/// output (`None`: NULL).
+struct TextColumn {
+    name: String,
+    type_oid: pg_sys::Oid,
+    typmod: i32,
+    value: Option<String>,
+}
+
+/// The slot's columns (dropped ones skipped), values as their types' text output.
+/// What [`slot_json`] and [`slot_json_array`] both show.
 ///
 /// SAFETY: `slot` is a valid, filled slot of the table's descriptor, inside a
 /// transaction (output functions may read catalogs).
-pub unsafe fn slot_json(slot: *mut pg_sys::TupleTableSlot) -> String {
-    let mut out = String::from("{");
-    // SAFETY: forwarded: the slot and its descriptor are valid; arrays have natts entries.
-    unsafe {
-        pg_sys::slot_getallattrs(slot);
-        let desc = (*slot).tts_tupleDescriptor;
-        let natts = (*desc).natts as usize;
-        let values = std::slice::from_raw_parts((*slot).tts_values, natts);
-        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, natts);
-        let mut first = true;
-        for i in 0..natts {
-            let att = &*pg_sys::TupleDescAttr(desc, i as i32);
-            if att.attisdropped {
-                continue;
-            }
-            if !first {
-                out.push_str(", ");
-            }
-            first = false;
-            let name = CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy();
-            spock_core::exception::push_json_string(&mut out, &name);
-            out.push_str(": ");
-            if nulls[i] {
-                out.push_str("null");
-                continue;
-            }
-            let mut func = pg_sys::InvalidOid;
-            let mut varlena = false;
-            pg_sys::getTypeOutputInfo(att.atttypid, &mut func, &mut varlena);
-            let text = pg_sys::OidOutputFunctionCall(func, values[i]);
-            spock_core::exception::push_json_string(&mut out, &CStr::from_ptr(text).to_string_lossy());
-            pg_sys::pfree(text.cast());
-        }
-    }
-    out.push('}');
-    out
-}
-
-/// The slot's values as `spock.exception_log` shows tuples
-/// (spock_core::exception::tuple_json): an array of `{"attname", "atttype",
-/// "value"}` with the local column types and the values' text output.
-///
-/// SAFETY: as [`slot_json`].
-pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
-    let mut labels = Vec::new();
-    let mut columns = Vec::new();
+unsafe fn text_columns(slot: *mut pg_sys::TupleTableSlot) -> Vec<TextColumn> {
+    let mut out = Vec::new();
     // SAFETY: forwarded: the slot and its descriptor are valid; arrays have natts
     // entries; the palloc'd strings are freed after being copied.
     unsafe {
@@ -70,25 +36,70 @@ pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
             if att.attisdropped {
                 continue;
             }
-            let type_name = pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod);
-            labels.push(spock_core::exception::ColumnLabel {
-                name: CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned(),
-                type_name: Some(CStr::from_ptr(type_name).to_string_lossy().into_owned()),
-            });
-            pg_sys::pfree(type_name.cast());
-            columns.push(if nulls[i] {
-                spock_core::proto::Datum::Null
-            } else {
+            let value = (!nulls[i]).then(|| {
                 let mut func = pg_sys::InvalidOid;
                 let mut varlena = false;
                 pg_sys::getTypeOutputInfo(att.atttypid, &mut func, &mut varlena);
                 let text = pg_sys::OidOutputFunctionCall(func, values[i]);
-                let d = spock_core::proto::Datum::Text(CStr::from_ptr(text).to_bytes().to_vec().into());
+                let v = CStr::from_ptr(text).to_string_lossy().into_owned();
                 pg_sys::pfree(text.cast());
-                d
+                v
+            });
+            out.push(TextColumn {
+                name: CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned(),
+                type_oid: att.atttypid,
+                typmod: att.atttypmod,
+                value,
             });
         }
     }
+    out
+}
+
+/// The slot's values as a JSON object of text values.
+///
+/// SAFETY: as [`text_columns`].
+pub unsafe fn slot_json(slot: *mut pg_sys::TupleTableSlot) -> String {
+    let mut out = String::from("{");
+    // SAFETY: forwarded.
+    for (i, c) in unsafe { text_columns(slot) }.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        spock_core::exception::push_json_string(&mut out, &c.name);
+        out.push_str(": ");
+        match &c.value {
+            None => out.push_str("null"),
+            Some(v) => spock_core::exception::push_json_string(&mut out, v),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The slot's values as `spock.exception_log` shows tuples
+/// (spock_core::exception::tuple_json): an array of `{"attname", "atttype",
+/// "value"}` with the local column types and the values' text output.
+///
+/// SAFETY: as [`text_columns`].
+pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
+    // SAFETY: forwarded.
+    let (labels, columns): (Vec<_>, Vec<_>) = unsafe { text_columns(slot) }
+        .into_iter()
+        .map(|c| {
+            // SAFETY: a catalog lookup in the caller's transaction; the palloc'd
+            // string is freed once copied.
+            let type_name = unsafe {
+                let p = pg_sys::format_type_with_typemod(c.type_oid, c.typmod);
+                let t = CStr::from_ptr(p).to_string_lossy().into_owned();
+                pg_sys::pfree(p.cast());
+                t
+            };
+            let label = spock_core::exception::ColumnLabel { name: c.name, type_name: Some(type_name) };
+            let datum = c.value.map_or(spock_core::proto::Datum::Null, |v| spock_core::proto::Datum::Text(v.into()));
+            (label, datum)
+        })
+        .unzip();
     spock_core::exception::tuple_json(&labels, &spock_core::proto::Tuple { columns })
 }
 
