@@ -384,14 +384,17 @@ fn pgbench_number(out: &str, prefix: &str) -> Result<f64> {
         .ok_or_else(|| super::Error(format!("no \"{prefix}\" in pgbench output:\n{out}")))
 }
 
-fn simple_update(cfg: &Config, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["-n", "-b", "simple-update", "-c", &cfg.clients.to_string(), "-j", &cfg.threads.to_string()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+/// pgbench arguments: no vacuum, the `workload` arguments, the configured clients
+/// and threads, then `extra`.
+fn pgbench_args(cfg: &Config, workload: &[&str], extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = std::iter::once("-n").chain(workload.iter().copied()).map(String::from).collect();
+    args.extend(["-c".to_string(), cfg.clients.to_string(), "-j".to_string(), cfg.threads.to_string()]);
     args.extend_from_slice(extra);
     args
+}
+
+fn simple_update(cfg: &Config, extra: &[String]) -> Vec<String> {
+    pgbench_args(cfg, &["-b", "simple-update"], extra)
 }
 
 /// Rows of `sql` (simple protocol), each as a vector of floats.
@@ -418,14 +421,7 @@ fn backlog(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config) -> Resul
     let pgbench_tps = pgbench_number(&out, "tps =")?;
     let after: u64 = pair.provider.query_text("SELECT count(*) FROM pgbench_history")?.parse().unwrap_or(0);
     let txns = after - before;
-    let (lsn, id) = mark(pair)?;
-
-    let enabled_epoch = epoch_now();
-    let t0 = Instant::now();
-    sys.enable(pair)?;
-    let t1 = wait_applied(&pair.subscriber, &lsn, cfg, cfg.catchup_timeout)?;
-    let catchup_s = (t1 - t0).as_secs_f64();
-    marker_visible(&pair.subscriber, &id)?;
+    let (enabled_epoch, catchup_s) = catch_up(sys, pair, cfg)?;
     check_same(pair)?;
 
     let bucket = 0.5;
@@ -447,17 +443,37 @@ fn backlog(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config) -> Resul
     .first()
     .map(|r| r[0])
     .unwrap_or(0.0);
-    let rows = 2 * txns;
-    Ok(Backlog {
-        txns,
-        rows,
-        pgbench_tps,
-        catchup_s,
-        tx_per_s: txns as f64 / catchup_s,
-        rows_per_s: rows as f64 / catchup_s,
-        first_apply_s,
-        timeline,
-    })
+    Ok(Backlog { first_apply_s, timeline, ..Backlog::measured(txns, 2 * txns, pgbench_tps, catchup_s) })
+}
+
+impl Backlog {
+    /// A backlog of `txns` transactions (`rows` row changes) that pgbench produced
+    /// at `pgbench_tps` and the subscriber applied in `catchup_s`; no time line.
+    fn measured(txns: u64, rows: u64, pgbench_tps: f64, catchup_s: f64) -> Backlog {
+        Backlog {
+            txns,
+            rows,
+            pgbench_tps,
+            catchup_s,
+            tx_per_s: txns as f64 / catchup_s,
+            rows_per_s: rows as f64 / catchup_s,
+            first_apply_s: 0.0,
+            timeline: Vec::new(),
+        }
+    }
+}
+
+/// Notes the end of the backlog (a marker), enables the subscription and waits
+/// until the subscriber has applied everything up to the marker; returns when it
+/// was enabled (epoch seconds) and the seconds the catch-up took.
+fn catch_up(sys: &dyn System, pair: &Pair, cfg: &Config) -> Result<(f64, f64)> {
+    let (lsn, id) = mark(pair)?;
+    let enabled_epoch = epoch_now();
+    let t0 = Instant::now();
+    sys.enable(pair)?;
+    let t1 = wait_applied(&pair.subscriber, &lsn, cfg, cfg.catchup_timeout)?;
+    marker_visible(&pair.subscriber, &id)?;
+    Ok((enabled_epoch, (t1 - t0).as_secs_f64()))
 }
 
 /// Key space of the delete mix (`bench_queue`).
@@ -496,51 +512,22 @@ fn delete_mix(sys: &dyn System, pair: &Pair, pgbench: &Path, cfg: &Config, dir: 
     sys.disable(pair)?;
     wait_stopped(sys, pair)?;
     let changes_before = queue_changes(&pair.provider)?;
-    let args: Vec<String> = [
-        "-n",
-        "-f",
-        &script.display().to_string(),
-        "-D",
-        &format!("keys={}", queue_keys(cfg)),
-        "-c",
-        &cfg.clients.to_string(),
-        "-j",
-        &cfg.threads.to_string(),
-        "-T",
-        &cfg.backlog_secs.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (path, keys) = (script.display().to_string(), format!("keys={}", queue_keys(cfg)));
+    let args = pgbench_args(cfg, &["-f", &path, "-D", &keys], &["-T".into(), cfg.backlog_secs.to_string()]);
     let out = run_pgbench(&pair.provider, pgbench, &args);
     let _ = std::fs::remove_file(&script);
     let out = out?;
     let pgbench_tps = pgbench_number(&out, "tps =")?;
     let txns = pgbench_number(&out, "number of transactions actually processed:")? as u64;
-    let (lsn, id) = mark(pair)?;
     let rows = queue_changes(&pair.provider)?.saturating_sub(changes_before);
-
-    let t0 = Instant::now();
-    sys.enable(pair)?;
-    let t1 = wait_applied(&pair.subscriber, &lsn, cfg, cfg.catchup_timeout)?;
-    let catchup_s = (t1 - t0).as_secs_f64();
-    marker_visible(&pair.subscriber, &id)?;
+    let (_, catchup_s) = catch_up(sys, pair, cfg)?;
     let sql =
         "SELECT count(*) || ' rows, sum ' || coalesce(sum(v), 0) || ', keys ' || coalesce(sum(id), 0) FROM bench_queue";
     let (p, s) = (pair.provider.query_text(sql)?, pair.subscriber.query_text(sql)?);
     if p != s {
         return err(format!("delete mix: subscriber differs from provider: provider {p}; subscriber {s}"));
     }
-    Ok(Backlog {
-        txns,
-        rows,
-        pgbench_tps,
-        catchup_s,
-        tx_per_s: txns as f64 / catchup_s,
-        rows_per_s: rows as f64 / catchup_s,
-        first_apply_s: 0.0,
-        timeline: Vec::new(),
-    })
+    Ok(Backlog::measured(txns, rows, pgbench_tps, catchup_s))
 }
 
 /// Value at quantile `q` (0..1) of sorted `v`, linear interpolation.
