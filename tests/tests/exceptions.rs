@@ -48,6 +48,12 @@ fn exception_log(n: &TestNode) -> String {
     spock_tests::fixtures::exception_log(n, "%no_bad%", "failed")
 }
 
+/// The one row of `sql`: a text and a boolean.
+fn text_and_flag(n: &TestNode, sql: &str) -> (String, bool) {
+    let r = n.connect().unwrap().query_one(sql, &[]).unwrap();
+    (r.get(0), r.get(1))
+}
+
 /// The transaction with the bad row, then a good one after it.
 fn bad_then_good(p: &TestNode) {
     p.execute("BEGIN; INSERT INTO t1 VALUES (1, 'a'); INSERT INTO t2 VALUES (1, 'bad'); INSERT INTO t3 VALUES (1, 'c'); COMMIT")
@@ -64,17 +70,11 @@ fn discard_skips_only_the_failing_change() {
     assert_eq!(rows(s, "t2"), "", "the violating row must not be applied");
     assert_eq!(rows(s, "t3"), "1:c", "the other changes of the transaction apply");
     assert_eq!(exception_log(s), "t2/INSERT/failed");
-    let (new_tup, xid_ok): (String, bool) = {
-        let mut client = s.connect().unwrap();
-        let r = client
-            .query_one(
-                "SELECT remote_new_tup::text, remote_xid > 0 AND remote_origin > 0 AND remote_commit_ts > now() - interval '1 hour'
-                   FROM spock.exception_log",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (new_tup, xid_ok) = text_and_flag(
+        s,
+        "SELECT remote_new_tup::text, remote_xid > 0 AND remote_origin > 0 AND remote_commit_ts > now() - interval '1 hour'
+           FROM spock.exception_log",
+    );
     assert!(new_tup.contains("\"attname\": \"v\"") && new_tup.contains("\"value\": \"bad\""), "{new_tup}");
     assert!(new_tup.contains("\"atttype\": \"text\""), "{new_tup}");
     assert!(xid_ok, "remote xid, origin and commit time are recorded");
@@ -94,19 +94,13 @@ fn discard_skips_only_the_failing_change() {
     p.execute("INSERT INTO t1 VALUES (6, 'marker')").unwrap();
     wait_for("the transaction after the failed UPDATE", || rows(s, "t1"), "1:a,2:after,6:marker".into());
     assert_eq!(rows(s, "t2"), "2:good,5:five", "the failing UPDATE is discarded");
-    let (local_tup, known): (String, bool) = {
-        let mut client = s.connect().unwrap();
-        let r = client
-            .query_one(
-                "SELECT local_tup::text,
-                        local_origin = (SELECT roident FROM pg_replication_origin WHERE roname LIKE 'spk_%')
-                        AND local_commit_ts BETWEEN now() - interval '1 hour' AND remote_commit_ts
-                   FROM spock.exception_log WHERE operation = 'UPDATE'",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (local_tup, known) = text_and_flag(
+        s,
+        "SELECT local_tup::text,
+                local_origin = (SELECT roident FROM pg_replication_origin WHERE roname LIKE 'spk_%')
+                AND local_commit_ts BETWEEN now() - interval '1 hour' AND remote_commit_ts
+           FROM spock.exception_log WHERE operation = 'UPDATE'",
+    );
     assert!(local_tup.contains("\"attname\": \"v\"") && local_tup.contains("\"value\": \"five\""), "{local_tup}");
     assert!(local_tup.contains("\"atttype\": \"integer\""), "{local_tup}");
     assert!(known, "the local row's origin (the subscription's) and its older commit time are recorded");

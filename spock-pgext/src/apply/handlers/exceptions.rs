@@ -124,10 +124,10 @@ impl ApplySession {
     /// `c` is None: `operation` SUB_DISABLE), in the local transaction, with the
     /// local row the change is about where there is one.
     pub(super) fn log_exception(&mut self, c: Option<Change<'_>>, n: u32, message: &str) {
-        self.s.ensure_local_transaction();
         if self.s.txn.remote.is_none() {
             return;
         }
+        // The lookup starts the local transaction if needed; without a change, this does.
         let local = c.and_then(|c| self.local_row_of(c));
         self.s.ensure_local_transaction();
         let Some(remote) = self.s.txn.remote.as_ref() else { return };
