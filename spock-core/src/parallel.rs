@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use crate::proto::{Datum, Message, Relation, Tuple};
+
 /// A key of one table, hashed with its table and the unique index it belongs to.
 pub type KeyHash = u64;
 
@@ -143,6 +145,13 @@ impl Assigner {
         writer
     }
 
+    /// Every transaction up to `seq` committed.
+    pub fn committed_up_to(&mut self, seq: u64) {
+        for q in &mut self.queues {
+            q.retain(|s| *s > seq);
+        }
+    }
+
     /// Transaction `seq` committed.
     pub fn committed(&mut self, seq: u64) {
         for q in &mut self.queues {
@@ -153,6 +162,176 @@ impl Assigner {
     /// Transactions given to each writer and not committed.
     pub fn in_flight(&self) -> Vec<usize> {
         self.queues.iter().map(Vec::len).collect()
+    }
+}
+
+/// The key columns of one remote relation, as far as ordering goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RelKeys {
+    /// Positions of the replica identity's columns.
+    key: Vec<usize>,
+    /// Changes to it are barriers: it has no key, or it is `spock.queue` (queued
+    /// DDL, SQL and sequences act on anything).
+    barrier: bool,
+}
+
+/// Builds the [`Footprint`] of each transaction from its messages, as the leader
+/// receives them: keys from the replica identity columns the relation message
+/// marks (old and new key of an UPDATE, the key of a DELETE), a barrier for
+/// TRUNCATE, `spock.queue`, tables without a key, a key column left in the
+/// provider's TOAST, a relation whose key changed, a message outside the
+/// transaction's own, and transactions forwarded from another origin.
+///
+/// Values are hashed as they travel (text or binary, one form per type within a
+/// stream). Two values a unique index holds equal but that travel differently
+/// (numeric 1.0 and 1.00, a case-insensitive collation) hash apart: such a missed
+/// dependency is met by the writers as a lock wait, which the apply resolves by
+/// applying again serially.
+#[derive(Debug, Clone, Default)]
+pub struct FootprintBuilder {
+    rels: HashMap<u32, RelKeys>,
+    current: Footprint,
+    provider: u16,
+}
+
+impl FootprintBuilder {
+    /// A builder for a stream from provider node `provider`.
+    pub fn new(provider: u16) -> FootprintBuilder {
+        FootprintBuilder { provider, ..FootprintBuilder::default() }
+    }
+
+    /// Notes one message of the stream (relation messages also between
+    /// transactions).
+    pub fn note(&mut self, m: &Message) {
+        match m {
+            Message::Relation(r) => self.relation(r),
+            Message::Origin(o) => {
+                if o.origin_id != 0 && o.origin_id != self.provider {
+                    self.current.barrier = true;
+                }
+            }
+            Message::Insert(i) => self.tuple(i.relid, &i.new),
+            Message::Update(u) => {
+                if let Some(old) = &u.old {
+                    self.tuple(u.relid, &old.tuple);
+                }
+                self.tuple(u.relid, &u.new);
+            }
+            Message::Delete(d) => self.tuple(d.relid, &d.old.tuple),
+            Message::Truncate(_) => self.current.barrier = true,
+            Message::LogicalMessage(l) if !l.transactional => self.current.barrier = true,
+            _ => {}
+        }
+    }
+
+    fn relation(&mut self, r: &Relation) {
+        let key: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_identity()).map(|(i, _)| i).collect();
+        let barrier = key.is_empty() || crate::ddl::is_queue_table(&r.nspname, &r.relname);
+        let keys = RelKeys { key, barrier };
+        if let Some(old) = self.rels.insert(r.relid, keys.clone()) {
+            if old != keys {
+                // Keys hashed before and after would not meet.
+                self.current.barrier = true;
+            }
+        }
+    }
+
+    fn tuple(&mut self, relid: u32, t: &Tuple) {
+        let Some(rel) = self.rels.get(&relid) else {
+            self.current.barrier = true;
+            return;
+        };
+        if rel.barrier {
+            self.current.barrier = true;
+            return;
+        }
+        let mut columns = Vec::with_capacity(rel.key.len());
+        for &i in &rel.key {
+            match t.columns.get(i) {
+                Some(Datum::Null) => columns.push(None),
+                Some(Datum::Text(b) | Datum::Binary(b) | Datum::Internal(b)) => columns.push(Some(&b[..])),
+                Some(Datum::UnchangedToast) | None => {
+                    self.current.barrier = true;
+                    return;
+                }
+            }
+        }
+        let h = key_hash(relid, 0, columns);
+        if !self.current.keys.contains(&h) {
+            self.current.keys.push(h);
+        }
+    }
+
+    /// The footprint of the transaction noted since the last call.
+    pub fn take(&mut self) -> Footprint {
+        std::mem::take(&mut self.current)
+    }
+}
+
+/// What the leader sends a writer through its queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unit {
+    /// A message every writer applies at once, in stream order (the startup and
+    /// relation messages).
+    Message(bytes::Bytes),
+    /// A whole transaction (its protocol messages from BEGIN to COMMIT, as
+    /// received) with its sequence number.
+    Transaction { seq: u64, messages: Vec<bytes::Bytes> },
+}
+
+/// A unit that does not parse (a bug: the leader wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed parallel apply unit: {0}")]
+pub struct UnitError(&'static str);
+
+impl Unit {
+    /// The bytes of a [`Unit::Message`].
+    pub fn encode_message(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(payload.len() + 1);
+        out.push(b'M');
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The bytes of a [`Unit::Transaction`]: its sequence number, then each
+    /// message framed by its length.
+    pub fn encode_transaction(seq: u64, messages: &[bytes::Bytes]) -> Vec<u8> {
+        let len: usize = messages.iter().map(|m| m.len() + 4).sum();
+        let mut out = Vec::with_capacity(len + 9);
+        out.push(b'T');
+        out.extend_from_slice(&seq.to_le_bytes());
+        for m in messages {
+            out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    /// Parses a unit (copying it out of the queue's buffer).
+    pub fn decode(buf: &[u8]) -> Result<Unit, UnitError> {
+        let (&kind, rest) = buf.split_first().ok_or(UnitError("empty"))?;
+        match kind {
+            b'M' => Ok(Unit::Message(bytes::Bytes::copy_from_slice(rest))),
+            b'T' => {
+                let (seq, mut rest) = rest.split_at_checked(8).ok_or(UnitError("short sequence number"))?;
+                let seq = u64::from_le_bytes(seq.try_into().map_err(|_| UnitError("sequence number"))?);
+                let all = bytes::Bytes::copy_from_slice(rest);
+                let mut messages = Vec::new();
+                let mut at = 0usize;
+                while !rest.is_empty() {
+                    let (len, tail) = rest.split_at_checked(4).ok_or(UnitError("short length"))?;
+                    let len = u32::from_le_bytes(len.try_into().map_err(|_| UnitError("length"))?) as usize;
+                    if tail.len() < len {
+                        return Err(UnitError("message beyond the end"));
+                    }
+                    messages.push(all.slice(at + 4..at + 4 + len));
+                    at += 4 + len;
+                    rest = &tail[len..];
+                }
+                Ok(Unit::Transaction { seq, messages })
+            }
+            _ => Err(UnitError("unknown kind")),
+        }
     }
 }
 
@@ -220,5 +399,101 @@ mod tests {
         a.committed(2);
         assert_eq!(a.assign(5, Some(2)), 1, "2 committed: the least busy (writer 1, first of equals)");
         assert_eq!(a.in_flight(), vec![1, 1, 1]);
+    }
+    fn rel(relid: u32, name: &str, key: &[bool]) -> Message {
+        use crate::proto::RelColumn;
+        let columns = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| RelColumn {
+                flags: if *k { crate::proto::message::COLUMN_FLAG_REPLICA_IDENTITY } else { 0 },
+                name: format!("c{i}"),
+                type_oid: 23,
+                typmod: -1,
+            })
+            .collect();
+        let (nspname, relname) = name.split_once('.').unwrap();
+        Message::Relation(Relation { flags: 0, relid, nspname: nspname.into(), relname: relname.into(), columns })
+    }
+
+    fn row(vals: &[&str]) -> Tuple {
+        Tuple::new(vals.iter().map(|v| Datum::Text(bytes::Bytes::copy_from_slice(v.as_bytes()))).collect())
+    }
+
+    fn insert(relid: u32, vals: &[&str]) -> Message {
+        Message::Insert(crate::proto::Insert { flags: 0, relid, new: row(vals) })
+    }
+
+    #[test]
+    fn footprints_hash_identity_columns_only() {
+        let mut b = FootprintBuilder::new(7);
+        b.note(&rel(1, "public.t", &[true, false]));
+        b.note(&insert(1, &["1", "a"]));
+        let f1 = b.take();
+        b.note(&insert(1, &["1", "b"]));
+        let f2 = b.take();
+        b.note(&insert(1, &["2", "a"]));
+        let f3 = b.take();
+        assert!(!f1.barrier && !f2.barrier && !f3.barrier);
+        assert_eq!(f1.keys, f2.keys, "same key, other non-key value");
+        assert_ne!(f1.keys, f3.keys);
+        assert_eq!(f1.keys.len(), 1);
+    }
+
+    #[test]
+    fn an_update_counts_its_old_and_new_key_and_a_delete_its_key() {
+        use crate::proto::{Delete, OldTuple, OldTupleKind, Update};
+        let mut b = FootprintBuilder::new(7);
+        b.note(&rel(1, "public.t", &[true, false]));
+        let old = OldTuple { kind: OldTupleKind::Key, tuple: row(&["1", ""]) };
+        b.note(&Message::Update(Update { flags: 0, relid: 1, old: Some(old), new: row(&["2", "x"]) }));
+        let up = b.take();
+        assert_eq!(up.keys.len(), 2);
+        b.note(&insert(1, &["2", "y"]));
+        assert_eq!(b.take().keys[0], up.keys[1]);
+        let old = OldTuple { kind: OldTupleKind::Key, tuple: row(&["1", ""]) };
+        b.note(&Message::Delete(Delete { flags: 0, relid: 1, old }));
+        assert_eq!(b.take().keys[0], up.keys[0]);
+    }
+
+    #[test]
+    fn barriers_truncate_queue_keyless_unknown_toasted_key_forwarded_and_changed_keys() {
+        use crate::proto::{Origin, Truncate, Update};
+        let mut b = FootprintBuilder::new(7);
+        b.note(&rel(1, "public.t", &[true, false]));
+        b.note(&rel(2, "public.nokey", &[false, false]));
+        b.note(&rel(3, "spock.queue", &[true, false]));
+        b.note(&Message::Truncate(Truncate { cascade: false, restart_seqs: false, relids: vec![1] }));
+        assert!(b.take().barrier, "TRUNCATE");
+        b.note(&insert(2, &["1", "2"]));
+        assert!(b.take().barrier, "no key");
+        b.note(&insert(3, &["1", "2"]));
+        assert!(b.take().barrier, "spock.queue");
+        b.note(&insert(9, &["1"]));
+        assert!(b.take().barrier, "unknown relation");
+        let new = Tuple::new(vec![Datum::UnchangedToast, Datum::Null]);
+        b.note(&Message::Update(Update { flags: 0, relid: 1, old: None, new }));
+        assert!(b.take().barrier, "key left in TOAST");
+        b.note(&Message::Origin(Origin { origin_lsn: 0, origin_id: 7, origin_name: None }));
+        b.note(&insert(1, &["1", "2"]));
+        assert!(!b.take().barrier, "the provider's own");
+        b.note(&Message::Origin(Origin { origin_lsn: 0, origin_id: 8, origin_name: None }));
+        assert!(b.take().barrier, "forwarded");
+        b.note(&rel(1, "public.t", &[true, false]));
+        assert!(!b.take().barrier, "the same relation again");
+        b.note(&rel(1, "public.t", &[true, true]));
+        assert!(b.take().barrier, "the key changed");
+    }
+    #[test]
+    fn units_round_trip_and_bad_ones_are_errors() {
+        let m = Unit::encode_message(b"Rabc");
+        assert_eq!(Unit::decode(&m), Ok(Unit::Message(bytes::Bytes::from_static(b"Rabc"))));
+        let msgs = vec![bytes::Bytes::from_static(b"B1"), bytes::Bytes::new(), bytes::Bytes::from_static(b"C123")];
+        let t = Unit::encode_transaction(42, &msgs);
+        assert_eq!(Unit::decode(&t), Ok(Unit::Transaction { seq: 42, messages: msgs }));
+        assert!(Unit::decode(&[]).is_err());
+        assert!(Unit::decode(b"X").is_err());
+        assert!(Unit::decode(&t[..5]).is_err());
+        assert!(Unit::decode(&t[..t.len() - 1]).is_err());
     }
 }
