@@ -205,11 +205,7 @@ impl FootprintBuilder {
     pub fn note(&mut self, m: &Message) {
         match m {
             Message::Relation(r) => self.relation(r),
-            Message::Origin(o) => {
-                if o.origin_id != 0 && o.origin_id != self.provider {
-                    self.current.barrier = true;
-                }
-            }
+            Message::Origin(o) if o.origin_id != 0 && o.origin_id != self.provider => self.current.barrier = true,
             Message::Insert(i) => self.tuple(i.relid, &i.new),
             Message::Update(u) => {
                 if let Some(old) = &u.old {
@@ -276,7 +272,12 @@ pub enum Unit {
     Message(bytes::Bytes),
     /// A whole transaction (its protocol messages from BEGIN to COMMIT, as
     /// received) with its sequence number.
-    Transaction { seq: u64, messages: Vec<bytes::Bytes> },
+    Transaction {
+        /// Its place in the provider's commit order.
+        seq: u64,
+        /// Its messages.
+        messages: Vec<bytes::Bytes>,
+    },
 }
 
 /// A unit that does not parse (a bug: the leader wrote it).

@@ -128,6 +128,11 @@ pub static RUN_AS_OWNER: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// are kept for late changes of peers (0: not kept).
 pub static DELETED_VERSION_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(600);
 
+/// `spock.parallel_apply_workers` (spock-rs): writers per subscription (1: the
+/// subscription's worker applies everything itself). Read when a worker connects;
+/// `sub_alter_options` overrides it per subscription.
+pub static PARALLEL_APPLY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -153,6 +158,16 @@ pub fn init() {
         c"Which changes of a failed remote transaction are recorded in spock.exception_log.",
         c"none, discard (the failing changes) or all.",
         &EXCEPTION_LOGGING,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"spock.parallel_apply_workers",
+        c"Writers that apply each subscription's transactions in parallel.",
+        c"Transactions that touch the same key are applied in commit order, everything else side by side, and every transaction commits in the provider's commit order. 1 applies in the subscription's worker alone. Each writer takes a background worker slot (max_worker_processes).",
+        &PARALLEL_APPLY_WORKERS,
+        1,
+        crate::apply::MAX_WRITERS as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );
