@@ -41,7 +41,8 @@ CREATE TABLE spock.subscription (
     sub_force_text_transfer boolean NOT NULL DEFAULT false,
     sub_skip_lsn pg_lsn NOT NULL DEFAULT '0/0',
     sub_skip_schema text[],
-    sub_created_at timestamptz
+    sub_created_at timestamptz,
+    sub_parallel_apply_workers integer CHECK (sub_parallel_apply_workers BETWEEN 1 AND 16)
 );
 CREATE SEQUENCE spock.sub_id_generator AS integer MINVALUE 1 CYCLE START WITH 1
     OWNED BY spock.subscription.sub_id;

@@ -299,9 +299,10 @@ BEGIN
         RETURN false;
     END IF;
     FOR v_key IN SELECT jsonb_object_keys(options) LOOP
-        IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema') THEN
+        IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema', 'parallel_apply_workers') THEN
             RAISE EXCEPTION 'unknown subscription option "%"', v_key
-                USING ERRCODE = 'invalid_parameter_value', HINT = 'Known options: forward_origins, apply_delay, skip_schema.';
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: forward_origins, apply_delay, skip_schema, parallel_apply_workers.';
         END IF;
     END LOOP;
     IF options ? 'forward_origins' THEN
@@ -321,6 +322,20 @@ BEGIN
     IF options ? 'skip_schema' THEN
         v_skip := spock._option_text_array(options, 'skip_schema', 'skip_schema must be an array of schema names');
         UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'parallel_apply_workers' THEN
+        -- null: the node's spock.parallel_apply_workers again.
+        IF jsonb_typeof(options->'parallel_apply_workers') = 'null' THEN
+            UPDATE spock.subscription SET sub_parallel_apply_workers = NULL WHERE sub_id = v.sub_id;
+        ELSIF jsonb_typeof(options->'parallel_apply_workers') <> 'number'
+              OR (options->>'parallel_apply_workers') !~ '^[0-9]+$'
+              OR (options->>'parallel_apply_workers')::numeric NOT BETWEEN 1 AND 16 THEN
+            RAISE EXCEPTION 'parallel_apply_workers must be a whole number from 1 to 16, or null'
+                USING ERRCODE = 'invalid_parameter_value';
+        ELSE
+            UPDATE spock.subscription SET sub_parallel_apply_workers = (options->>'parallel_apply_workers')::integer
+             WHERE sub_id = v.sub_id;
+        END IF;
     END IF;
     -- The worker reads its options when it starts.
     PERFORM spock._stop_apply_worker(v.sub_slot_name);

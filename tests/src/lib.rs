@@ -370,7 +370,17 @@ fn test_settings() -> Vec<(String, String)> {
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    .chain(parallel_apply_setting())
     .collect()
+}
+
+/// `SPOCK_TEST_PARALLEL_APPLY=N`: every test server applies with N writers per
+/// subscription (`spock.parallel_apply_workers`), so that the suite runs once
+/// serially and once in parallel.
+fn parallel_apply_setting() -> Option<(String, String)> {
+    let n = std::env::var("SPOCK_TEST_PARALLEL_APPLY").ok()?;
+    let n: u32 = n.trim().parse().ok().filter(|n| (1..=16).contains(n))?;
+    Some(("spock.parallel_apply_workers".to_string(), n.to_string()))
 }
 
 /// How to set up one node.

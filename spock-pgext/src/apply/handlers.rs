@@ -42,7 +42,9 @@ impl ApplySession {
         match d.message {
             Message::Startup(s) => self.s.handle_startup(&s),
             Message::Begin(b) => {
-                self.s.wait_while_paused();
+                if !self.s.writer {
+                    self.s.wait_while_paused();
+                }
                 self.s.handle_begin(&b)
             }
             Message::Origin(o) => self.s.handle_origin(&o),
@@ -56,9 +58,7 @@ impl ApplySession {
                 let final_lsn = self.s.txn.remote.as_ref().map_or(0, |r| r.final_lsn);
                 let outcome = self.handle_commit(&c);
                 self.s.note_tables_caught_up(final_lsn);
-                if let Some(i) = self.s.progress_slot {
-                    crate::workers::shmem::leave_transaction(i);
-                }
+                self.s.leave_transaction_mark();
                 return outcome;
             }
             Message::LogicalMessage(m) => self.s.handle_message(&m),
@@ -432,6 +432,14 @@ impl ApplySession {
 }
 
 impl SessionState {
+    /// Clears this worker's in-transaction mark in the progress table (a writer of a
+    /// parallel apply leaves it to the leader).
+    pub(super) fn leave_transaction_mark(&self) {
+        if let (Some(i), false) = (self.progress_slot, self.writer) {
+            crate::workers::shmem::leave_transaction(i);
+        }
+    }
+
     /// Before a remote transaction: waits while `spock.pause_apply_workers()` holds
     /// this database's workers, then marks this worker as inside a transaction.
     fn wait_while_paused(&mut self) {
@@ -534,9 +542,21 @@ impl SessionState {
     }
 
     /// Makes the session apply under the origin of transactions from `node`.
-    fn use_origin(&mut self, node: u16) {
+    pub(super) fn use_origin(&mut self, node: u16) {
         let origin = self.origin_for(node);
         if origin != self.session_origin {
+            if self.writer {
+                // The leader applies forwarded transactions itself (they are
+                // barriers: spock_core::parallel::FootprintBuilder).
+                PgError::new(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!(
+                        "spock subscription {}: a parallel apply writer was given a transaction from node {node}",
+                        self.sub.name
+                    ),
+                )
+                .raise();
+            }
             // SAFETY: no local transaction is open yet (changes start it); switching
             // the session's origin between transactions is allowed.
             unsafe {
@@ -551,7 +571,7 @@ impl SessionState {
     }
 
     /// Starts the local transaction of the remote one, if not started yet.
-    fn ensure_local_transaction(&mut self) {
+    pub(super) fn ensure_local_transaction(&mut self) {
         let Some(remote) = self.txn.remote.as_mut() else { return };
         if !remote.local_started {
             self.txn.local_txns += 1;

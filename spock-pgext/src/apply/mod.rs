@@ -23,6 +23,7 @@ mod copy_from;
 mod executor;
 mod handlers;
 mod owner;
+mod parallel;
 pub(crate) mod queue;
 mod receiver;
 mod retention;
@@ -44,6 +45,7 @@ use spock_core::proto::{format_lsn, parse_lsn};
 use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
 use crate::workers::APPLY_TYPE;
+pub use parallel::MAX_WRITERS;
 use receiver::Exit;
 use session::ApplySession;
 use subscription::SubscriptionInfo;
@@ -148,6 +150,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
         return;
     }
     pgrx::log!("{APPLY_TYPE} for subscription {} started", sub.name);
+    parallel::stop_old_writers(&sub);
 
     if sub.sync_status != 'r' {
         report_activity("initial synchronisation");

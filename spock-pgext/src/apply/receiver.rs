@@ -28,6 +28,7 @@ use spock_core::proto::{format_lsn, parse_lsn, Message, StreamDecoder};
 use spock_core::walsender::{self, FeedbackPolicy, Positions, ServerMessage};
 
 use super::handlers;
+use super::parallel::{Pool, Route};
 use super::retention::Prober;
 use super::session::{ApplySession, Outcome};
 use super::stream::{self, StreamReceiver};
@@ -80,6 +81,8 @@ pub struct Receiver<'a> {
     reconnect: bool,
     /// Asks the provider how far it is, for keeping deleted row versions.
     prober: Prober,
+    /// The writers of a parallel apply (apply::parallel), if any.
+    pool: Option<Pool>,
 }
 
 /// Streams from the provider and applies until the worker must stop or reconnect.
@@ -152,7 +155,7 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
 
 impl<'a> Receiver<'a> {
     /// Connects and starts streaming from the subscription's progress.
-    fn start(sub: &'a SubscriptionInfo, session: &ApplySession) -> Receiver<'a> {
+    fn start(sub: &'a SubscriptionInfo, session: &mut ApplySession) -> Receiver<'a> {
         let start = start_position(sub);
         let conn = Connection::connect(
             &sub.provider_dsn,
@@ -173,6 +176,10 @@ impl<'a> Receiver<'a> {
         let streams = StreamReceiver::new(sub.id, &sub.name, eager, sub.provider_node_id);
         let cmd = start_replication_command(sub, &conn, start, text);
         conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(sub, "could not start replication", e));
+        // Writers apply in parallel unless a failed transaction is replayed or one
+        // is to be skipped (both change by change, in this worker).
+        let writers = sub.parallel_apply_workers();
+        let pool = (writers > 1 && !text && sub.skip_lsn == 0).then(|| Pool::start(sub, session, writers)).flatten();
         report_activity("replicating");
         pgrx::log!(
             "spock subscription {}: streaming from {} at {}{}",
@@ -192,6 +199,7 @@ impl<'a> Receiver<'a> {
             sync_checked: now,
             reconnect: false,
             prober: Prober::new(),
+            pool,
         }
     }
 
@@ -287,6 +295,33 @@ impl<'a> Receiver<'a> {
             // The provider agreed to batches (a Spock provider never does).
             self.batched = s.get(batch::BATCH_PARAM) == Some("t");
         }
+        if let Some(pool) = self.pool.as_mut() {
+            if let Message::Begin(_) = decoded.message {
+                // An eagerly applied stream gives way (apply::stream).
+                self.streams.other_arrived(session);
+            }
+            match pool.route(payload, &decoded.message, session)? {
+                Route::Taken => return Ok(()),
+                Route::Local => {}
+                Route::Replay(held) => {
+                    for p in &held {
+                        let d = self.decoder.decode(p).unwrap_or_else(|e| protocol_violation(self.sub, e));
+                        self.apply_decoded(p, d, session)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.apply_decoded(payload, decoded, session)
+    }
+
+    /// Applies one decoded protocol message in this worker.
+    fn apply_decoded(
+        &mut self,
+        payload: &Bytes,
+        decoded: spock_core::proto::Decoded,
+        session: &mut ApplySession,
+    ) -> Result<(), Exit> {
         // Positions as of before this message: nothing newer is durable yet.
         let (conn, written, flushed) = (&self.conn, self.positions.received(), self.positions.flushed());
         let version = self.decoder.version();
@@ -324,7 +359,7 @@ impl<'a> Receiver<'a> {
     /// Between transactions (no stream open either: an eagerly applied one keeps a
     /// local transaction open).
     fn idle(&self, session: &ApplySession) -> bool {
-        !session.in_remote_transaction() && !self.streams.any_open()
+        !session.in_remote_transaction() && !self.streams.any_open() && self.pool.as_ref().is_none_or(Pool::idle)
     }
 
     fn sync_check_due(&self) -> bool {
@@ -334,6 +369,9 @@ impl<'a> Receiver<'a> {
     /// Notes what became durable; between transactions looks for tables waiting
     /// for a sync (every SYNC_CHECK_INTERVAL) and leaves when a reconnect is due.
     fn between_transactions(&mut self, session: &mut ApplySession) -> Result<(), Exit> {
+        if let Some(pool) = self.pool.as_mut() {
+            pool.observe(session)?;
+        }
         if let Some(f) = session.flushed_remote_lsn() {
             self.positions.note_flushed(f);
         }
@@ -373,7 +411,8 @@ impl<'a> Receiver<'a> {
 
     /// Waits for data (shorter while commits wait for their flush, to report it).
     fn wait(&self, session: &ApplySession) -> Result<(), Exit> {
-        wait_for_socket(self.conn.socket(), if session.has_unflushed() { 100 } else { 1000 });
+        let busy = session.has_unflushed() || self.pool.as_ref().is_some_and(Pool::in_flight);
+        wait_for_socket(self.conn.socket(), if busy { 100 } else { 1000 });
         if crate::workers::sigterm_received() {
             return Err(Exit::Stop);
         }

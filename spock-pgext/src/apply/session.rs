@@ -88,6 +88,13 @@ pub(super) struct SessionState {
     pub(super) worker_user: pg_sys::Oid,
     /// Replication origin `spock_tombstone` (0 until reserved).
     pub(super) tombstone_origin: pg_sys::RepOriginId,
+    /// This session is a writer of a parallel apply (apply::parallel): it shares
+    /// the leader's origin and leaves pauses and the progress table's in-transaction
+    /// mark to the leader.
+    pub(super) writer: bool,
+    /// Leader of a parallel apply: transactions whose commit LSN is at most this are
+    /// applied by the leader alone (after writers met a lock wait between them).
+    pub(super) serial_until: u64,
 }
 
 impl ApplySession {
@@ -120,6 +127,8 @@ impl ApplySession {
                 careful_tables: HashSet::new(),
                 worker_user: owner::worker_user(),
                 tombstone_origin: 0,
+                writer: false,
+                serial_until: 0,
             },
         }
     }
@@ -211,9 +220,7 @@ impl ApplySession {
             }
         }
         self.rels.forget_mappings();
-        if let Some(i) = self.s.progress_slot {
-            crate::workers::shmem::leave_transaction(i);
-        }
+        self.s.leave_transaction_mark();
     }
 
     /// Whether a remote transaction is open.
@@ -233,6 +240,60 @@ impl ApplySession {
     /// durable here.
     pub fn flushed_stamp(&self) -> Option<i64> {
         self.s.pending.flushed_stamp()
+    }
+
+    /// A writer of a parallel apply: applies under replication origin `origin`,
+    /// which the leader (`leader_pid`) holds, and reports into the shared progress
+    /// table of subscription `sub_id` of `dbid` without the leader's marks.
+    pub fn attach_as_writer(&mut self, dbid: u32, origin: pg_sys::RepOriginId, leader_pid: i32) {
+        let s = &mut self.s;
+        s.writer = true;
+        if crate::workers::shmem::preloaded() {
+            s.progress_slot = crate::workers::shmem::progress_slot(dbid, s.sub.id);
+        }
+        // SAFETY: between transactions, no origin set up in this process yet; the
+        // leader holds `origin` and commits are kept in order (apply::parallel).
+        unsafe {
+            pg_sys::replorigin_session_setup(origin, leader_pid);
+            pg_sys::replorigin_session_origin = origin;
+        }
+        s.origins.insert(s.sub.provider_node_id, origin);
+        s.session_origin = origin;
+    }
+
+    /// The leader of a parallel apply: holds the provider's replication origin
+    /// (writers share it) and returns its id.
+    pub fn hold_provider_origin(&mut self) -> pg_sys::RepOriginId {
+        let provider = self.s.sub.provider_node_id;
+        self.s.use_origin(provider);
+        self.s.session_origin
+    }
+
+    /// A writer: starts the local transaction of the remote one begun and returns
+    /// its transaction id (assigned at once, so that a writer waiting for this one
+    /// to commit waits on its lock, where the deadlock detector sees it).
+    pub fn start_local_xid(&mut self) -> u32 {
+        self.s.ensure_local_transaction();
+        // SAFETY: inside the transaction just started.
+        unsafe { u32::from(pg_sys::GetCurrentTransactionId()) }
+    }
+
+    /// A commit made by a writer of a parallel apply (the leader keeps the list of
+    /// commits waiting for their flush).
+    pub fn note_writer_commit(&mut self, local_end: u64, remote_end: u64, commit_ts: i64) {
+        self.s.pending.push_stamped(local_end, remote_end, commit_ts);
+    }
+
+    /// Transactions whose commit LSN is at most this are applied by the leader
+    /// alone.
+    pub fn serial_until(&self) -> u64 {
+        self.s.serial_until
+    }
+
+    /// After a lock wait between writers: the leader applies transactions up to
+    /// commit LSN `lsn` alone.
+    pub fn apply_serially_until(&mut self, lsn: u64) {
+        self.s.serial_until = self.s.serial_until.max(lsn);
     }
 
     /// Whether applied transactions still wait for their local commit to be flushed.

@@ -215,6 +215,15 @@ impl StreamReceiver {
         }
     }
 
+    /// A transaction that is not streamed arrived and is applied elsewhere (by a
+    /// parallel apply writer): an eagerly applied stream is rolled back, to be
+    /// replayed at its commit.
+    pub fn other_arrived(&mut self, session: &mut ApplySession) {
+        let eager = self.eager.current();
+        let fall_back = self.eager.other_message();
+        self.fall_back(eager, fall_back, session);
+    }
+
     /// Starts applying streamed transaction `xid` as it arrives. The commit LSN and
     /// time are not known yet; the origin is the provider's (the subscription
     /// forwards nothing else).

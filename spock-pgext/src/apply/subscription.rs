@@ -38,6 +38,17 @@ pub struct SubscriptionInfo {
     /// `sub_apply_delay` in microseconds: a transaction is applied no earlier than
     /// its commit time plus this.
     pub apply_delay_us: i64,
+    /// `sub_parallel_apply_workers`: writers for this subscription (NULL: the
+    /// node's `spock.parallel_apply_workers`).
+    pub parallel_apply_workers: Option<i32>,
+}
+
+impl SubscriptionInfo {
+    /// Writers to apply with (1: this worker alone).
+    pub fn parallel_apply_workers(&self) -> usize {
+        let n = self.parallel_apply_workers.unwrap_or_else(|| crate::gucs::PARALLEL_APPLY_WORKERS.get());
+        n.clamp(1, super::MAX_WRITERS as i32) as usize
+    }
 }
 
 /// Loads subscription `sub_id`; `None` when it does not exist (dropped meanwhile).
@@ -51,7 +62,8 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
                         coalesce((SELECT y.sync_status::text FROM spock.local_sync_status y
                                    WHERE y.sync_subid = s.sub_id AND y.sync_nspname IS NULL), 'r'),
                         s.sub_skip_lsn::text,
-                        (extract(epoch FROM coalesce(s.sub_apply_delay, '0')) * 1000000)::int8
+                        (extract(epoch FROM coalesce(s.sub_apply_delay, '0')) * 1000000)::int8,
+                        s.sub_parallel_apply_workers
                    FROM spock.subscription s
                    JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
                    JOIN spock.node o ON o.node_id = s.sub_origin
@@ -78,6 +90,7 @@ pub fn load(sub_id: u32) -> Option<SubscriptionInfo> {
             sync_status: text(11).chars().next().unwrap_or('r'),
             skip_lsn: parse_lsn(&text(12)).unwrap_or(0),
             apply_delay_us: row.get::<i64>(13).ok().flatten().unwrap_or(0).max(0),
+            parallel_apply_workers: row.get::<i32>(14).ok().flatten(),
         })
     })
 }

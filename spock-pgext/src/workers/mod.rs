@@ -43,6 +43,8 @@ pub const SUPERVISOR_TYPE: &str = "spock supervisor";
 pub const MANAGER_TYPE: &str = "spock manager";
 /// `backend_type` of apply workers.
 pub const APPLY_TYPE: &str = "spock apply";
+/// Background worker type of a parallel apply writer.
+pub const WRITER_TYPE: &str = "spock apply writer";
 
 /// Registers the supervisor; called from `_PG_init` while preloading.
 pub fn register_supervisor() {

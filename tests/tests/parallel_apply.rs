@@ -1,0 +1,185 @@
+//! Parallel apply (`spock.parallel_apply_workers`, the subscription option
+//! `parallel_apply_workers`): writers apply independent transactions side by side,
+//! dependent ones in order, barriers alone, and every transaction commits in the
+//! provider's commit order.
+
+use std::time::Duration;
+
+use spock_tests::fixtures::{count, replicating_pair, sync_through};
+use spock_tests::{wait_for, TestNode};
+
+/// Writers of `n` (backend type `spock apply writer`).
+fn writers(n: &TestNode) -> i64 {
+    count(n, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply writer'")
+}
+
+/// Sets the subscription of `b` to `a` to `n` writers and waits until they run.
+fn use_writers(a: &TestNode, b: &TestNode, n: i64) {
+    b.execute(&format!(
+        "SELECT spock.sub_alter_options('sub_{}_{}', '{{\"parallel_apply_workers\": {n}}}')",
+        b.name, a.name
+    ))
+    .unwrap();
+    wait_for("writers running", Duration::from_secs(60), || writers(b), if n > 1 { n } else { 0 });
+}
+
+/// Creates `sql`'s table on both nodes and adds it to the default set on `a`.
+fn table_on_both(a: &TestNode, b: &TestNode, name: &str, sql: &str) {
+    a.execute(sql).unwrap();
+    b.execute(sql).unwrap();
+    a.execute(&format!("SELECT spock.repset_add_table('default', '{name}')")).unwrap();
+}
+
+fn md5(n: &TestNode, table: &str, order: &str) -> String {
+    n.query_one::<String>(&format!(
+        "SELECT coalesce(md5(string_agg(x::text, ',' ORDER BY {order})), '') FROM {table} x"
+    ))
+    .unwrap()
+}
+
+fn set_enabled(a: &TestNode, b: &TestNode, on: bool) {
+    let f = if on { "sub_enable" } else { "sub_disable" };
+    let extra = if on { "" } else { ", immediate := true" };
+    b.execute(&format!("SELECT spock.{f}('sub_{}_{}'{extra})", b.name, a.name)).unwrap();
+}
+
+#[test]
+fn dependent_transactions_apply_in_order_and_commits_keep_the_providers_order() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    table_on_both(a, b, "hot", "CREATE TABLE hot(id int PRIMARY KEY, v text NOT NULL DEFAULT '')");
+    table_on_both(a, b, "log", "CREATE TABLE log(i int PRIMARY KEY, note text)");
+    a.execute("INSERT INTO hot SELECT g FROM generate_series(0, 4) g").unwrap();
+    sync_through(a, b);
+    let offset = b.log_offset();
+    use_writers(a, b, 4);
+    b.wait_for_log(offset, "applying with 4 parallel writers", 1, Duration::from_secs(60));
+
+    // A backlog: independent transactions (one log row each) and, every third,
+    // one that appends to one of five hot rows (a chain per row, order visible).
+    set_enabled(a, b, false);
+    let mut c = a.connect().unwrap();
+    for i in 1..=1500 {
+        let mut t = c.transaction().unwrap();
+        t.execute("INSERT INTO log VALUES ($1, $2)", &[&i, &format!("row {i}")]).unwrap();
+        if i % 3 == 0 {
+            t.execute("UPDATE hot SET v = v || ',' || $2 WHERE id = $1 % 5", &[&i, &i.to_string()]).unwrap();
+        }
+        t.commit().unwrap();
+    }
+    set_enabled(a, b, true);
+    // Commits in the provider's order: every snapshot of the subscriber sees a
+    // prefix of the log (ids 1..n, one transaction each), never a gap.
+    let mut seen = 0;
+    while seen < 1500 {
+        let (n, max): (i64, i64) = {
+            let mut cb = b.connect().unwrap();
+            let row = cb.query_one("SELECT count(*), coalesce(max(i), 0)::int8 FROM log", &[]).unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(n, max, "the subscriber saw {n} log rows up to id {max}: a later commit before an earlier one");
+        seen = n;
+    }
+    sync_through(a, b);
+    assert_eq!(md5(b, "hot", "id"), md5(a, "hot", "id"), "the hot rows' chains");
+    assert_eq!(md5(b, "log", "i"), md5(a, "log", "i"));
+    assert_eq!(writers(b), 4);
+    assert!(!b.log_since(offset).contains("ERROR"), "{}", b.log_tail(40));
+}
+
+#[test]
+fn barriers_truncate_ddl_keyless_tables_sequences_and_sync_events_keep_their_place() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    table_on_both(a, b, "kv", "CREATE TABLE kv(id int PRIMARY KEY, v int)");
+    table_on_both(a, b, "trunc", "CREATE TABLE trunc(id int PRIMARY KEY, v int)");
+    // A table without a key replicates inserts only, through a set of its own.
+    a.execute("SELECT spock.repset_create('inserts', true, false, false, true)").unwrap();
+    for n in [a, b] {
+        n.execute("CREATE TABLE nokey(a int, b text)").unwrap();
+    }
+    a.execute("SELECT spock.repset_add_table('inserts', 'nokey')").unwrap();
+    b.execute(&format!("SELECT spock.sub_add_repset('sub_{}_{}', 'inserts')", b.name, a.name)).unwrap();
+    for n in [a, b] {
+        n.execute("CREATE SEQUENCE s").unwrap();
+    }
+    a.execute("SELECT spock.repset_add_seq('default', 's')").unwrap();
+    sync_through(a, b);
+    use_writers(a, b, 4);
+
+    set_enabled(a, b, false);
+    let mut c = a.connect().unwrap();
+    for round in 0..20 {
+        for k in 0..20 {
+            let id = round * 100 + k;
+            c.execute(
+                "INSERT INTO kv VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = excluded.v",
+                &[&(id % 150), &id],
+            )
+            .unwrap();
+            c.execute("INSERT INTO trunc VALUES ($1, $2)", &[&id, &round]).unwrap();
+            c.execute("INSERT INTO nokey VALUES ($1, $2)", &[&id, &format!("r{round}")]).unwrap();
+        }
+        match round % 4 {
+            // TRUNCATE: the rows before it go, those after stay.
+            0 => {
+                c.execute("TRUNCATE trunc", &[]).unwrap();
+            }
+            // Queued DDL: a column added, then written by the next transactions.
+            1 => {
+                c.execute(&format!("SELECT spock.replicate_ddl('ALTER TABLE public.kv ADD COLUMN c{round} int')"), &[])
+                    .unwrap();
+                c.execute(&format!("UPDATE kv SET c{round} = v WHERE id % 7 = 0"), &[]).unwrap();
+            }
+            // A sequence's value.
+            2 => {
+                c.execute("SELECT nextval('s') FROM generate_series(1, 50)", &[]).unwrap();
+                c.execute("SELECT spock.sync_seq('s')", &[]).unwrap();
+            }
+            // A sync event in the middle of the stream.
+            _ => {
+                c.execute("SELECT spock.sync_event()", &[]).unwrap();
+            }
+        }
+    }
+    set_enabled(a, b, true);
+    sync_through(a, b);
+    for (t, order) in [("kv", "id"), ("trunc", "id"), ("nokey", "a, b")] {
+        assert_eq!(md5(b, t, order), md5(a, t, order), "table {t}");
+    }
+    assert_eq!(count(b, "SELECT count(*) FROM nokey"), 400, "every keyless row exactly once");
+    let seq_a = count(a, "SELECT last_value FROM s");
+    wait_for("the sequence", Duration::from_secs(60), || count(b, "SELECT last_value FROM s") >= seq_a, true);
+    assert_eq!(writers(b), 4);
+}
+
+#[test]
+fn a_transaction_that_needs_an_earlier_one_first_is_applied_again_serially() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    // `k` is unique but not the key: the leader does not see that the INSERT of
+    // (2, 7) needs the DELETE of (1, 7) first.
+    table_on_both(a, b, "u", "CREATE TABLE u(id int PRIMARY KEY, k int UNIQUE)");
+    table_on_both(a, b, "big", "CREATE TABLE big(id int PRIMARY KEY, v int)");
+    a.execute("INSERT INTO u VALUES (1, 7)").unwrap();
+    a.execute("INSERT INTO big SELECT g, 0 FROM generate_series(1, 100) g").unwrap();
+    sync_through(a, b);
+    use_writers(a, b, 4);
+
+    // A local transaction holds a row the first transaction updates: its writer
+    // waits, and the second transaction, on another writer, meets (1, 7).
+    let mut local = b.connect().unwrap();
+    let mut lock = local.transaction().unwrap();
+    lock.execute("SELECT * FROM big WHERE id = 50 FOR UPDATE", &[]).unwrap();
+    let offset = b.log_offset();
+    a.execute("BEGIN; UPDATE big SET v = v + 1; DELETE FROM u WHERE id = 1; COMMIT").unwrap();
+    a.execute("INSERT INTO u VALUES (2, 7)").unwrap();
+    b.wait_for_log(offset, "are applied again, serially", 1, Duration::from_secs(60));
+    lock.rollback().unwrap();
+    sync_through(a, b);
+    assert_eq!(md5(b, "u", "id"), md5(a, "u", "id"));
+    assert_eq!(md5(b, "big", "id"), md5(a, "big", "id"));
+    assert_eq!(count(b, "SELECT count(*) FROM spock.exception_log"), 0, "nothing was an exception");
+    // Parallel again once past them.
+    wait_for("writers running", Duration::from_secs(60), || writers(b), 4);
+}
