@@ -2,7 +2,8 @@
 # Every test: installs what is missing, builds and installs spock, then checks the
 # formatting (rustfmt) and lints (clippy, warnings are errors) and runs
 #  - spock-core unit and property tests (no PostgreSQL needed),
-#  - the multi-node integration tests on real PostgreSQL 18 servers (tests/),
+#  - the multi-node integration tests on real PostgreSQL 18 servers (tests/), once
+#    with serial apply and once with four parallel apply writers per subscription,
 #  - the #[pg_test]s inside a server (cargo pgrx test),
 #  - smoke runs of the benchmarks (micro-benchmarks once each, decode benchmark in
 #    quick mode; no timing asserted).
@@ -30,6 +31,10 @@ step() {
 step "format (cargo fmt --check; rustfmt.toml)" cargo fmt --all -- --check
 step "lints (cargo clippy, warnings are errors)" cargo clippy --workspace --all-targets -- -D warnings
 step "unit and integration tests" cargo test --workspace --exclude spock --no-fail-fast
+# The integration tests again with every subscription applying through four
+# parallel writers (spock.parallel_apply_workers = 4 on every test server).
+step "integration tests with 4 parallel apply writers" \
+    env SPOCK_TEST_PARALLEL_APPLY=4 cargo test -p spock-tests --no-fail-fast
 step "benchmark smoke: micro-benchmarks (no timing is asserted)" cargo bench -p spock-benches -- --test
 step "benchmark smoke: decode-bench" cargo run --quiet -p spock-benches --bin decode-bench -- --quick
 step "benchmark smoke: replication-bench" \

@@ -170,17 +170,21 @@ impl Assigner {
 struct RelKeys {
     /// Positions of the replica identity's columns.
     key: Vec<usize>,
-    /// Changes to it are barriers: it has no key, or it is `spock.queue` (queued
-    /// DDL, SQL and sequences act on anything).
+    /// Changes to it are barriers: it is `spock.queue` (queued DDL, SQL and
+    /// sequences act on anything).
     barrier: bool,
 }
 
 /// Builds the [`Footprint`] of each transaction from its messages, as the leader
 /// receives them: keys from the replica identity columns the relation message
 /// marks (old and new key of an UPDATE, the key of a DELETE), a barrier for
-/// TRUNCATE, `spock.queue`, tables without a key, a key column left in the
-/// provider's TOAST, a relation whose key changed, a message outside the
-/// transaction's own, and transactions forwarded from another origin.
+/// TRUNCATE, `spock.queue`, an UPDATE or DELETE of a table without a key, a key
+/// column left in the provider's TOAST, a relation whose key changed, a message
+/// outside the transaction's own, and transactions forwarded from another origin.
+///
+/// An INSERT into a table without a key adds nothing: such a table only receives
+/// inserts (without a key an UPDATE or DELETE cannot be replicated), and inserts
+/// that no key ties together commute; they still commit in the provider's order.
 ///
 /// Values are hashed as they travel (text or binary, one form per type within a
 /// stream). Two values a unique index holds equal but that travel differently
@@ -206,14 +210,14 @@ impl FootprintBuilder {
         match m {
             Message::Relation(r) => self.relation(r),
             Message::Origin(o) if o.origin_id != 0 && o.origin_id != self.provider => self.current.barrier = true,
-            Message::Insert(i) => self.tuple(i.relid, &i.new),
+            Message::Insert(i) => self.tuple(i.relid, &i.new, true),
             Message::Update(u) => {
                 if let Some(old) = &u.old {
-                    self.tuple(u.relid, &old.tuple);
+                    self.tuple(u.relid, &old.tuple, false);
                 }
-                self.tuple(u.relid, &u.new);
+                self.tuple(u.relid, &u.new, false);
             }
-            Message::Delete(d) => self.tuple(d.relid, &d.old.tuple),
+            Message::Delete(d) => self.tuple(d.relid, &d.old.tuple, false),
             Message::Truncate(_) => self.current.barrier = true,
             Message::LogicalMessage(l) if !l.transactional => self.current.barrier = true,
             _ => {}
@@ -222,7 +226,7 @@ impl FootprintBuilder {
 
     fn relation(&mut self, r: &Relation) {
         let key: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_identity()).map(|(i, _)| i).collect();
-        let barrier = key.is_empty() || crate::ddl::is_queue_table(&r.nspname, &r.relname);
+        let barrier = crate::ddl::is_queue_table(&r.nspname, &r.relname);
         let keys = RelKeys { key, barrier };
         if let Some(old) = self.rels.insert(r.relid, keys.clone()) {
             if old != keys {
@@ -232,13 +236,17 @@ impl FootprintBuilder {
         }
     }
 
-    fn tuple(&mut self, relid: u32, t: &Tuple) {
+    /// Notes a row of `relid`; `insert`: the new row of an INSERT.
+    fn tuple(&mut self, relid: u32, t: &Tuple, insert: bool) {
         let Some(rel) = self.rels.get(&relid) else {
             self.current.barrier = true;
             return;
         };
-        if rel.barrier {
+        if rel.barrier || (rel.key.is_empty() && !insert) {
             self.current.barrier = true;
+            return;
+        }
+        if rel.key.is_empty() {
             return;
         }
         let mut columns = Vec::with_capacity(rel.key.len());
@@ -458,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn barriers_truncate_queue_keyless_unknown_toasted_key_forwarded_and_changed_keys() {
+    fn barriers_truncate_queue_keyless_changes_unknown_toasted_key_forwarded_and_changed_keys() {
         use crate::proto::{Origin, Truncate, Update};
         let mut b = FootprintBuilder::new(7);
         b.note(&rel(1, "public.t", &[true, false]));
@@ -467,7 +475,10 @@ mod tests {
         b.note(&Message::Truncate(Truncate { cascade: false, restart_seqs: false, relids: vec![1] }));
         assert!(b.take().barrier, "TRUNCATE");
         b.note(&insert(2, &["1", "2"]));
-        assert!(b.take().barrier, "no key");
+        assert_eq!(b.take(), Footprint::default(), "an insert without a key ties nothing");
+        let old = crate::proto::OldTuple { kind: crate::proto::OldTupleKind::Full, tuple: row(&["1", "2"]) };
+        b.note(&Message::Delete(crate::proto::Delete { flags: 0, relid: 2, old }));
+        assert!(b.take().barrier, "a delete without a key");
         b.note(&insert(3, &["1", "2"]));
         assert!(b.take().barrier, "spock.queue");
         b.note(&insert(9, &["1"]));

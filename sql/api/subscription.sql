@@ -291,6 +291,7 @@ DECLARE
     v_forward text[];
     v_delay interval;
     v_skip text[];
+    v_workers integer;
 BEGIN
     IF jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
@@ -325,17 +326,18 @@ BEGIN
     END IF;
     IF options ? 'parallel_apply_workers' THEN
         -- null: the node's spock.parallel_apply_workers again.
-        IF jsonb_typeof(options->'parallel_apply_workers') = 'null' THEN
-            UPDATE spock.subscription SET sub_parallel_apply_workers = NULL WHERE sub_id = v.sub_id;
-        ELSIF jsonb_typeof(options->'parallel_apply_workers') <> 'number'
-              OR (options->>'parallel_apply_workers') !~ '^[0-9]+$'
-              OR (options->>'parallel_apply_workers')::numeric NOT BETWEEN 1 AND 16 THEN
-            RAISE EXCEPTION 'parallel_apply_workers must be a whole number from 1 to 16, or null'
-                USING ERRCODE = 'invalid_parameter_value';
-        ELSE
-            UPDATE spock.subscription SET sub_parallel_apply_workers = (options->>'parallel_apply_workers')::integer
-             WHERE sub_id = v.sub_id;
+        v_workers := NULL;
+        IF jsonb_typeof(options->'parallel_apply_workers') <> 'null' THEN
+            IF jsonb_typeof(options->'parallel_apply_workers') = 'number'
+               AND (options->>'parallel_apply_workers') ~ '^[0-9]{1,2}$' THEN
+                v_workers := (options->>'parallel_apply_workers')::integer;
+            END IF;
+            IF v_workers IS NULL OR v_workers NOT BETWEEN 1 AND 16 THEN
+                RAISE EXCEPTION 'parallel_apply_workers must be a whole number from 1 to 16, or null'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
         END IF;
+        UPDATE spock.subscription SET sub_parallel_apply_workers = v_workers WHERE sub_id = v.sub_id;
     END IF;
     -- The worker reads its options when it starts.
     PERFORM spock._stop_apply_worker(v.sub_slot_name);

@@ -160,7 +160,7 @@ fn an_insert_that_meets_a_local_delete_in_progress_loses_to_it() {
         std::time::Duration::from_secs(60),
         || {
             n2.query_one::<i64>(
-                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply' AND wait_event_type = 'Lock'",
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('spock apply', 'spock apply writer') AND wait_event_type = 'Lock'",
             )
             .unwrap()
         },

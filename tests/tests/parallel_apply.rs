@@ -183,3 +183,163 @@ fn a_transaction_that_needs_an_earlier_one_first_is_applied_again_serially() {
     // Parallel again once past them.
     wait_for("writers running", Duration::from_secs(60), || writers(b), 4);
 }
+
+#[test]
+fn the_option_takes_a_whole_number_from_1_to_16_or_null() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let sub = format!("sub_{}_{}", b.name, a.name);
+    for bad in ["0", "17", "\"4\"", "2.5", "-1", "[4]"] {
+        let err = b
+            .execute(&format!("SELECT spock.sub_alter_options('{sub}', '{{\"parallel_apply_workers\": {bad}}}')"))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("22023") && err.contains("parallel_apply_workers"), "{bad}: {err}");
+    }
+    let stored = || b.query_one::<Option<i32>>("SELECT sub_parallel_apply_workers FROM spock.subscription").unwrap();
+    assert_eq!(stored(), None, "nothing stored: the node's setting");
+    use_writers(a, b, 3);
+    assert_eq!(stored(), Some(3));
+    a.execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 50) g").unwrap();
+    sync_through(a, b);
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 50);
+    // null: back to spock.parallel_apply_workers (the test's default, or the
+    // suite's SPOCK_TEST_PARALLEL_APPLY)
+    b.execute(&format!("SELECT spock.sub_alter_options('{sub}', '{{\"parallel_apply_workers\": null}}')")).unwrap();
+    assert_eq!(stored(), None);
+    let node_setting: i64 = count(b, "SELECT current_setting('spock.parallel_apply_workers')::int8");
+    wait_for(
+        "writers of the node's setting",
+        Duration::from_secs(60),
+        || writers(b),
+        if node_setting > 1 { node_setting } else { 0 },
+    );
+    a.execute("INSERT INTO t SELECT g, 'y' FROM generate_series(51, 60) g").unwrap();
+    sync_through(a, b);
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 60);
+}
+
+/// Rows `from..to`, one transaction each: a row of the keyless `log` (applied twice
+/// it would show as a duplicate) and of `t`. Returns where it stopped.
+fn write_rows(node: &TestNode, from: i32, to: i32) -> i32 {
+    let Ok(mut c) = node.connect() else { return from };
+    for id in from..to {
+        let r = c.batch_execute(&format!("INSERT INTO log VALUES ({id}, 'x'); INSERT INTO t VALUES ({id}, 'x')"));
+        if r.is_err() {
+            return id;
+        }
+    }
+    to
+}
+
+#[test]
+fn kill_9_of_subscriber_and_provider_with_four_writers_loses_nothing_and_applies_nothing_twice() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    for n in [a, b] {
+        n.execute("CREATE TABLE log(id int, v text)").unwrap();
+    }
+    a.execute("SELECT spock.repset_add_table('default_insert_only', 'log')").unwrap();
+    use_writers(a, b, 4);
+    // A backlog, applied by four writers while the subscriber is killed.
+    set_enabled(a, b, false);
+    assert_eq!(write_rows(a, 0, 12_000), 12_000);
+    set_enabled(a, b, true);
+    for round in 0..3 {
+        let before = count(b, "SELECT count(*) FROM log");
+        let target = (before + 1500).min(12_000);
+        wait_for(
+            "rows applied before the kill",
+            Duration::from_secs(120),
+            || count(b, "SELECT count(*) FROM log") >= target,
+            true,
+        );
+        wait_for("four writers applying", Duration::from_secs(60), || writers(b), 4);
+        b.kill9().unwrap();
+        b.restart().unwrap();
+        eprintln!("round {round}: subscriber killed after {target}+ rows");
+    }
+    // The provider killed while it streams new rows.
+    let mut next = 12_000;
+    for _ in 0..2 {
+        let stop = std::thread::scope(|s| {
+            let w = s.spawn(|| write_rows(a, next, next + 5000));
+            let written = |a: &TestNode| count(a, &format!("SELECT count(*) FROM log WHERE id >= {next}"));
+            wait_for("rows written before the kill", Duration::from_secs(120), || written(a) >= 1500, true);
+            a.kill9().unwrap();
+            w.join().unwrap()
+        });
+        a.restart().unwrap();
+        next = (stop + 1).max(count(a, "SELECT coalesce(max(id), 0)::int8 FROM log") as i32 + 1);
+    }
+    write_rows(a, next, next + 100);
+    let n = count(a, "SELECT count(*) FROM log");
+    for table in ["log", "t"] {
+        wait_for(
+            &format!("{table} caught up"),
+            Duration::from_secs(180),
+            || count(b, &format!("SELECT count(*) FROM {table}")),
+            n,
+        );
+    }
+    sync_through(a, b);
+    assert_eq!(count(b, "SELECT count(*) FROM log"), n, "rows applied twice");
+    assert_eq!(count(b, "SELECT count(DISTINCT id) FROM log"), n);
+    assert_eq!(md5(b, "log", "id"), md5(a, "log", "id"));
+    assert_eq!(md5(b, "t", "id"), md5(a, "t", "id"));
+}
+
+/// Both nodes of a mutual pair change the same keys while apart, `n1` first and
+/// `n2` after (so `n2`'s commits are the later ones in every conflict), then the
+/// changes cross, applied with `n` writers on each side. Returns the rows of both
+/// nodes and each node's resolutions by kind.
+fn crossing_workload(n: i64) -> [String; 4] {
+    let cluster = spock_tests::Cluster::start_n(2).unwrap();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    for node in [a, b] {
+        node.execute("ALTER SYSTEM SET spock.save_resolutions = on").unwrap();
+        node.reload_conf().unwrap();
+    }
+    spock_tests::fixtures::mutual_pair(a, b);
+    a.execute("INSERT INTO t SELECT g, 'start' FROM generate_series(1, 200) g").unwrap();
+    spock_tests::fixtures::sync_mesh(&[a, b]);
+    use_writers(a, b, n);
+    use_writers(b, a, n);
+    spock_tests::fixtures::pause_pair(a, b);
+    let changes = |node: &TestNode, step: i32, tag: &str| {
+        let mut c = node.connect().unwrap();
+        for i in 0..300 {
+            let k = (i * step) % 200 + 1;
+            let sql = match i % 10 {
+                0 => format!("DELETE FROM t WHERE id = {k}"),
+                1 => format!("INSERT INTO t VALUES ({}, '{tag}-{i}') ON CONFLICT (id) DO UPDATE SET v = excluded.v", 1000 + i),
+                2 => format!("BEGIN; UPDATE t SET v = '{tag}-{i}' WHERE id = {k}; UPDATE t SET v = v || '+' WHERE id = {}; COMMIT", (k + 50) % 200 + 1),
+                _ => format!("UPDATE t SET v = '{tag}-{i}' WHERE id = {k}"),
+            };
+            c.batch_execute(&sql).unwrap();
+        }
+    };
+    changes(a, 7, "n1");
+    spock_tests::fixtures::next_commit_is_later(a, b);
+    changes(b, 11, "n2");
+    spock_tests::fixtures::resume_pair(a, b);
+    spock_tests::fixtures::sync_mesh(&[a, b]);
+    let by_kind = |node: &TestNode| {
+        node.query_one::<String>(
+            "SELECT coalesce(string_agg(k, ',' ORDER BY k), '') FROM
+               (SELECT conflict_type || ':' || conflict_resolution || '=' || count(*) AS k
+                  FROM spock.resolutions GROUP BY conflict_type, conflict_resolution) x",
+        )
+        .unwrap()
+    };
+    [md5(a, "t", "id"), md5(b, "t", "id"), by_kind(a), by_kind(b)]
+}
+
+#[test]
+fn a_conflicting_two_node_workload_ends_as_with_serial_apply() {
+    let serial = crossing_workload(1);
+    assert_eq!(serial[0], serial[1], "both nodes hold the same rows");
+    assert!(!serial[2].is_empty() && !serial[3].is_empty(), "conflicts were resolved: {serial:?}");
+    let parallel = crossing_workload(4);
+    assert_eq!(parallel, serial, "four writers: the same rows and the same resolutions as one");
+}

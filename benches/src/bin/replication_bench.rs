@@ -3,8 +3,8 @@
 //! native logical replication (DESIGN.md section 6; method in docs/benchmarks.md).
 //!
 //! ```text
-//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain]
-//!                   [--workloads replication,deletes,join,decode] [--data-root DIR]
+//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4]
+//!                   [--workloads replication,deletes,parallel,join,decode] [--data-root DIR]
 //!                   [--out DIR] [--no-install] [--no-decode] [--keep]
 //!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
 //!                   [--large-rows N]
@@ -16,12 +16,16 @@
 //! PostgreSQL 15; its packages are installed when missing), `spock` (spock-rs on
 //! PostgreSQL 18, when the installed extension has `spock.sub_create`; otherwise
 //! reported as not available and skipped), `spock-noretain` (spock-rs keeping no
-//! deleted row versions; only when named in `--systems`).
+//! deleted row versions; only when named in `--systems`), `spock-p2` and
+//! `spock-p4` (spock-rs applying with 2 and 4 writers per subscription; only when
+//! named in `--systems`).
 //!
 //! Workloads (`--workloads`, default all of them; quick mode: replication,
-//! deletes, join): `replication` (backlog catch-up, steady lag, one large
+//! deletes, parallel, join): `replication` (backlog catch-up, steady lag, one large
 //! transaction: one pair per round and system), `deletes` (catch-up of a
-//! delete-heavy mix on the same pair), `join` (a new node copies a pgbench database: one pair per
+//! delete-heavy mix on the same pair), `parallel` (catch-up of simple-update,
+//! tpcb-like and an insert mix on the same pair, with the CPU seconds of the
+//! walsender, the apply leader and the writers), `join` (a new node copies a pgbench database: one pair per
 //! round, system and way of joining; native and spock), `decode` (`decode-bench`,
 //! spock_output vs pgoutput decoding, when it is built next to this program).
 //!
@@ -45,8 +49,8 @@ use replication::systems::{self, Env};
 use replication::{join, workload, Config, WORKLOADS};
 use spock_tests::PgInstall;
 
-const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain] \
-[--workloads replication,deletes,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
+const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4] \
+[--workloads replication,deletes,parallel,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
 [--steady-secs N] [--steady-rate N] [--large-rows N] | --report-from FILE [--out DIR]";
 
 struct Args {

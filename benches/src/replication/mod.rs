@@ -40,9 +40,11 @@ pub fn err<T>(msg: impl Into<String>) -> Result<T> {
 
 /// Workload groups `--workloads` can select: `replication` (backlog catch-up,
 /// steady lag, large transaction: they share one pair per round), `deletes` (the
-/// delete-heavy mix's catch-up, on the same pair: needs `replication`), `join`
+/// delete-heavy mix's catch-up, on the same pair: needs `replication`), `parallel`
+/// (catch-up of simple-update, tpcb-like and an insert mix with the CPU time of
+/// walsender, apply leader and writers, on the same pair), `join`
 /// (initial copy to a new node), `decode` (`decode-bench`).
-pub const WORKLOADS: &[&str] = &["replication", "deletes", "join", "decode"];
+pub const WORKLOADS: &[&str] = &["replication", "deletes", "parallel", "join", "decode"];
 
 fn default_workloads() -> Vec<String> {
     // runs recorded before `--workloads` existed ran these
@@ -105,7 +107,7 @@ impl Config {
         Config {
             quick: true,
             // decode-bench only in full mode
-            workloads: vec!["replication".into(), "deletes".into(), "join".into()],
+            workloads: vec!["replication".into(), "deletes".into(), "parallel".into(), "join".into()],
             rounds: 1,
             scale: 1,
             backlog_secs: 5,

@@ -82,6 +82,10 @@ fn large_of<'a>(r: &'a RoundResult, mode: &str) -> Option<&'a super::workload::L
     r.large.iter().find(|l| l.streaming == mode)
 }
 
+fn catchup_of<'a>(r: &'a RoundResult, mode: &str, kind: &str) -> Option<&'a super::workload::Catchup> {
+    r.catchups.iter().find(|c| mode == "off" && c.workload == kind)
+}
+
 fn metrics(cfg: &Config) -> Vec<Metric> {
     let rows = if cfg.large_rows.is_multiple_of(1_000_000) {
         format!("{}M", cfg.large_rows / 1_000_000)
@@ -109,6 +113,48 @@ fn metrics(cfg: &Config) -> Vec<Metric> {
         }),
         metric("delete_mix_catchup_s", "delete mix catch-up: seconds, enable → origin at end", false, |r, m| {
             r.delete_mix.as_ref().filter(|_| m == "off").map(|d| d.catchup_s)
+        }),
+        metric("su_tx_per_s", "simple-update catch-up: applied tx/s", true, |r, m| {
+            catchup_of(r, m, "simple-update").map(|c| c.backlog.tx_per_s)
+        }),
+        metric("su_cpu_walsender_s", "simple-update catch-up: CPU s, walsender", false, |r, m| {
+            catchup_of(r, m, "simple-update").map(|c| c.cpu_walsender_s)
+        }),
+        metric("su_cpu_leader_s", "simple-update catch-up: CPU s, apply leader", false, |r, m| {
+            catchup_of(r, m, "simple-update").map(|c| c.cpu_leader_s)
+        }),
+        metric("su_cpu_writers_s", "simple-update catch-up: CPU s, writers", false, |r, m| {
+            catchup_of(r, m, "simple-update").map(|c| c.cpu_writers_s)
+        }),
+        metric("su_rss_mib", "simple-update catch-up: peak RSS of apply processes, MiB", false, |r, m| {
+            catchup_of(r, m, "simple-update").map(|c| c.peak_rss_mib)
+        }),
+        metric("tpcb_tx_per_s", "tpcb-like catch-up: applied tx/s", true, |r, m| {
+            catchup_of(r, m, "tpcb-like").map(|c| c.backlog.tx_per_s)
+        }),
+        metric("tpcb_cpu_walsender_s", "tpcb-like catch-up: CPU s, walsender", false, |r, m| {
+            catchup_of(r, m, "tpcb-like").map(|c| c.cpu_walsender_s)
+        }),
+        metric("tpcb_cpu_leader_s", "tpcb-like catch-up: CPU s, apply leader", false, |r, m| {
+            catchup_of(r, m, "tpcb-like").map(|c| c.cpu_leader_s)
+        }),
+        metric("tpcb_cpu_writers_s", "tpcb-like catch-up: CPU s, writers", false, |r, m| {
+            catchup_of(r, m, "tpcb-like").map(|c| c.cpu_writers_s)
+        }),
+        metric("ins_tx_per_s", "insert mix catch-up: applied tx/s", true, |r, m| {
+            catchup_of(r, m, "insert-mix").map(|c| c.backlog.tx_per_s)
+        }),
+        metric("ins_cpu_walsender_s", "insert mix catch-up: CPU s, walsender", false, |r, m| {
+            catchup_of(r, m, "insert-mix").map(|c| c.cpu_walsender_s)
+        }),
+        metric("ins_cpu_leader_s", "insert mix catch-up: CPU s, apply leader", false, |r, m| {
+            catchup_of(r, m, "insert-mix").map(|c| c.cpu_leader_s)
+        }),
+        metric("ins_cpu_writers_s", "insert mix catch-up: CPU s, writers", false, |r, m| {
+            catchup_of(r, m, "insert-mix").map(|c| c.cpu_writers_s)
+        }),
+        metric("ins_rss_mib", "insert mix catch-up: peak RSS of apply processes, MiB", false, |r, m| {
+            catchup_of(r, m, "insert-mix").map(|c| c.peak_rss_mib)
         }),
         metric("steady_p50_ms", format!("steady {} tx/s: lag p50, ms", cfg.steady_rate), false, |r, m| {
             (m == "off").then_some(r.steady.p50_ms)

@@ -44,6 +44,9 @@ pub const TABLES: &[&str] = &[
     "big",
     "bench_marker",
     "bench_queue",
+    "bench_ins_a",
+    "bench_ins_b",
+    "bench_ins_c",
 ];
 
 /// What systems need from the runner.
@@ -158,6 +161,8 @@ pub fn all() -> Vec<Box<dyn System>> {
         Box::new(pglogical::Pglogical::default()),
         Box::new(spock::Spock::default()),
         Box::new(spock::Spock::without_retention()),
+        Box::new(spock::Spock::parallel(2)),
+        Box::new(spock::Spock::parallel(4)),
     ]
 }
 

@@ -45,6 +45,16 @@ impl Spock {
     pub fn without_retention() -> Spock {
         Spock { install: None, name: "spock-noretain", extra: &[("spock.deleted_version_retention", "0")] }
     }
+
+    /// spock-rs applying with `n` (2 or 4) writers per subscription
+    /// (`spock.parallel_apply_workers`; `spock` itself applies with one process).
+    /// Runs only when named in `--systems`.
+    pub fn parallel(n: u32) -> Spock {
+        match n {
+            2 => Spock { install: None, name: "spock-p2", extra: &[("spock.parallel_apply_workers", "2")] },
+            _ => Spock { install: None, name: "spock-p4", extra: &[("spock.parallel_apply_workers", "4")] },
+        }
+    }
 }
 
 fn pg_config(install: &PgInstall, flag: &str) -> std::result::Result<PathBuf, String> {

@@ -15,6 +15,13 @@ impl ApplySession {
                 .map(|(n, r, lsn)| ((n, r), lsn))
                 .collect();
     }
+
+    /// Whether some synchronised table waits for the stream to pass its copy (its
+    /// changes are sorted by commit LSN: the leader of a parallel apply applies
+    /// until then alone).
+    pub fn catching_up_tables(&self) -> bool {
+        !self.s.table_skips.is_empty()
+    }
 }
 
 impl SessionState {

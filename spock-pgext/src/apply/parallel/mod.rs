@@ -7,8 +7,9 @@
 //!   transaction that shares a key with one in flight goes to the writer holding
 //!   that one, behind it (spock_core::parallel::Assigner); others to the least busy
 //!   writer.
-//! * Barriers (TRUNCATE, `spock.queue`, tables without a key, forwarded
-//!   transactions, transactions too large to hold) and everything outside
+//! * Barriers (TRUNCATE, `spock.queue`, UPDATE/DELETE without a key, forwarded
+//!   transactions, transactions too large to hold, every transaction while a
+//!   synchronised table catches up with the stream) and everything outside
 //!   transactions that acts on the origin or the tables (streamed transactions,
 //!   sync events) wait until every writer is done; the leader then applies them
 //!   itself, with its own session, as serial apply does.
@@ -55,7 +56,8 @@ pub enum Route {
     /// The leader applies it, as serial apply does.
     Local,
     /// The leader applies these held messages (the transaction is a barrier, or too
-    /// large to hold), then goes on as for [`Route::Local`].
+    /// large to hold, or only its relation messages when a writer has it), then
+    /// goes on as for [`Route::Local`].
     Replay(Vec<Bytes>),
 }
 
@@ -67,6 +69,8 @@ struct WriterHandle {
 /// A transaction being received.
 struct Held {
     messages: Vec<Bytes>,
+    /// Its relation messages (also among `messages`, in place).
+    relations: Vec<Bytes>,
     bytes: usize,
     final_lsn: u64,
 }
@@ -250,10 +254,17 @@ impl Pool {
 
     /// Routes one decoded message of the stream.
     pub fn route(&mut self, payload: &Bytes, m: &Message, session: &mut ApplySession) -> Result<Route, Exit> {
-        if let Message::Startup(_) | Message::Relation(_) = m {
-            // Every writer needs them, in stream order; so does the leader.
+        pgrx::log!("TMPDEBUG route {:?} held={} local={}", std::mem::discriminant(m), self.held.is_some(), self.local);
+        // Relation messages: every writer needs them, and the leader, in stream
+        // order. Inside a held transaction they stay in it, in place (its changes
+        // before one use the relation as it was), and go to the others when the
+        // transaction is handed out.
+        let relation = matches!(m, Message::Startup(_) | Message::Relation(_));
+        if relation {
             self.builder.note(m);
-            self.broadcast(payload, session)?;
+        }
+        if relation && self.held.is_none() {
+            self.broadcast(payload, None, session)?;
             return Ok(Route::Local);
         }
         if self.local {
@@ -263,7 +274,11 @@ impl Pool {
             return Ok(Route::Local);
         }
         if let Some(h) = self.held.as_mut() {
-            self.builder.note(m);
+            if relation {
+                h.relations.push(payload.clone());
+            } else {
+                self.builder.note(m);
+            }
             h.messages.push(payload.clone());
             h.bytes += payload.len();
             if let Message::Commit(_) = m {
@@ -271,23 +286,32 @@ impl Pool {
             }
             if h.bytes > MAX_HELD_BYTES {
                 self.drain(session)?;
-                let h = self.held.take().map(|h| h.messages).unwrap_or_default();
+                let h = self.held.take().expect("held above");
+                for r in &h.relations {
+                    self.broadcast(r, None, session)?;
+                }
                 self.builder.take();
                 self.local = true;
-                return Ok(Route::Replay(h));
+                return Ok(Route::Replay(h.messages));
             }
             return Ok(Route::Taken);
         }
         match m {
-            Message::Begin(b) if b.final_lsn <= session.serial_until() => {
+            // After a lock wait between writers, and while a synchronised table
+            // waits for the stream to pass its copy: the leader alone.
+            Message::Begin(b) if b.final_lsn <= session.serial_until() || session.catching_up_tables() => {
                 self.drain(session)?;
                 self.local = true;
                 Ok(Route::Local)
             }
             Message::Begin(b) => {
                 self.builder.take();
-                self.held =
-                    Some(Held { messages: vec![payload.clone()], bytes: payload.len(), final_lsn: b.final_lsn });
+                self.held = Some(Held {
+                    messages: vec![payload.clone()],
+                    relations: Vec::new(),
+                    bytes: payload.len(),
+                    final_lsn: b.final_lsn,
+                });
                 Ok(Route::Taken)
             }
             // Streamed transactions and sync events: after everything before them.
@@ -304,18 +328,39 @@ impl Pool {
     fn finish(&mut self, session: &mut ApplySession) -> Result<Route, Exit> {
         let Some(h) = self.held.take() else { return Ok(Route::Local) };
         let footprint = self.builder.take();
+        pgrx::log!(
+            "TMPDEBUG finish {} messages barrier={} keys={}",
+            h.messages.len(),
+            footprint.barrier,
+            footprint.keys.len()
+        );
         if footprint.barrier {
             self.drain(session)?;
+            for r in &h.relations {
+                self.broadcast(r, None, session)?;
+            }
             return Ok(Route::Replay(h.messages));
         }
         self.enter_transaction(session)?;
+        // The ring of assignments holds what is in flight.
+        while self.dispatched - self.committed >= (shared::RING / 2) as u64 {
+            self.nap(10, session)?;
+        }
         let (seq, wait) = self.deps.admit(&footprint);
         let w = self.assigner.assign(seq, wait);
         self.dispatched = seq;
         self.dispatched_lsn = h.final_lsn;
+        self.shared().assign(seq, w);
         let unit = Unit::encode_transaction(seq, &h.messages);
         self.send(w, &unit, session)?;
-        Ok(Route::Taken)
+        if h.relations.is_empty() {
+            return Ok(Route::Taken);
+        }
+        // The others learn its relations after it; the leader too.
+        for r in &h.relations {
+            self.broadcast(r, Some(w), session)?;
+        }
+        Ok(Route::Replay(h.relations))
     }
 
     /// Marks this worker inside a transaction for `spock.pause_apply_workers()`;
@@ -335,9 +380,10 @@ impl Pool {
         Ok(())
     }
 
-    fn broadcast(&mut self, payload: &Bytes, session: &mut ApplySession) -> Result<(), Exit> {
+    /// Sends a message every writer applies (but `except`, which has it already).
+    fn broadcast(&mut self, payload: &Bytes, except: Option<usize>, session: &mut ApplySession) -> Result<(), Exit> {
         let unit = Unit::encode_message(payload);
-        for w in 0..self.writers.len() {
+        for w in (0..self.writers.len()).filter(|w| Some(*w) != except) {
             self.send(w, &unit, session)?;
         }
         Ok(())
@@ -433,21 +479,27 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(i, s)| (i, s.state()))
-            .find(|(_, (state, _))| *state != WriterState::Running);
-        let Some((i, (state, message))) = failure else { return Ok(()) };
+            .find(|(_, (state, _, _))| *state != WriterState::Running);
+        let Some((i, (state, sqlstate, message))) = failure else { return Ok(()) };
         self.stop_writers();
         if state == WriterState::Retry {
             let until = self.dispatched_lsn.max(self.held.as_ref().map_or(0, |h| h.final_lsn));
             session.apply_serially_until(until);
             pgrx::log!(
-                "spock subscription {}: parallel apply writer {} stopped: {message}; transactions up to commit LSN {} are applied again, serially",
+                "spock subscription {}: parallel apply writer {} stopped: {message} (SQLSTATE {sqlstate}); transactions up to commit LSN {} are applied again, serially",
                 self.sub_name,
                 i + 1,
                 format_lsn(until)
             );
             return Err(Exit::Reconnect);
         }
-        internal(format!("spock subscription {}: parallel apply writer {} failed: {message}", self.sub_name, i + 1))
+        // The writer's error, with its SQLSTATE (recorded for replay as in serial
+        // apply); the worker restarts.
+        PgError::new(
+            PgSqlErrorCode::from(shared::sqlstate_code(&sqlstate)),
+            format!("spock subscription {}: parallel apply writer {}: {message}", self.sub_name, i + 1),
+        )
+        .raise()
     }
 
     /// Stops every writer (a transaction one of them has not committed rolls back)

@@ -17,6 +17,9 @@ pub(super) const QUEUE_BYTES: usize = 1 << 20;
 const MAGIC: u64 = 0x7370_6f63_6b70_6131;
 /// Room for a writer's error message.
 const MESSAGE_BYTES: usize = 1024;
+/// Transactions in flight at most (handed out, not committed): the size of the
+/// ring that says which writer has each.
+pub(super) const RING: usize = 1 << 16;
 
 /// What a writer tells the leader about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +46,9 @@ pub(super) struct WriterSlot {
     pub xid: AtomicU32,
     /// A [`WriterState`].
     pub state: AtomicU32,
-    /// The error, NUL-terminated, written before `state` leaves Running.
+    /// The error's SQLSTATE and message (NUL-terminated), written before `state`
+    /// leaves Running.
+    sqlstate: [u8; 5],
     message: [u8; MESSAGE_BYTES],
 }
 
@@ -64,6 +69,8 @@ pub(super) struct Shared {
     remote_end: AtomicU64,
     commit_ts: AtomicI64,
     pub slots: [WriterSlot; MAX_WRITERS],
+    /// Which writer has transaction `seq` (at `seq % RING`), set before it is sent.
+    assigned: [std::sync::atomic::AtomicU8; RING],
 }
 
 /// The last commit published: every transaction up to `seq` has committed.
@@ -152,38 +159,84 @@ impl Shared {
         }
     }
 
-    /// The local transaction id of transaction `seq` while a writer applies it.
-    pub(super) fn xid_of(&self, seq: u64) -> Option<u32> {
-        self.active()
-            .iter()
-            .find(|s| s.seq.load(Ordering::SeqCst) == seq)
-            .map(|s| s.xid.load(Ordering::SeqCst))
-            .filter(|x| *x != 0)
+    /// Records that writer `w` has transaction `seq` (before sending it).
+    pub(super) fn assign(&self, seq: u64, w: usize) {
+        self.assigned[(seq % RING as u64) as usize].store(w as u8, Ordering::SeqCst);
+    }
+
+    /// What transaction `seq` waits behind: the local transaction id of `seq`
+    /// itself once its writer applies it, else of the transaction its writer applies
+    /// before it (its queue runs in order). `None`: nothing to wait on yet (the
+    /// writer is between transactions or has not got its transaction id: a moment).
+    pub(super) fn blocker_of(&self, seq: u64) -> Option<u32> {
+        let w = self.assigned[(seq % RING as u64) as usize].load(Ordering::SeqCst) as usize;
+        let (current, xid) = self.slots.get(w)?.current();
+        (current != 0 && current <= seq && xid != 0).then_some(xid)
     }
 }
 
 impl WriterSlot {
-    /// Records why this writer stops, then its state (the leader reads the message
-    /// once it sees the state).
-    pub(super) fn fail(&self, state: WriterState, message: &str) {
+    /// The transaction this writer applies and its local transaction id, read
+    /// together (the pair is read again until the transaction did not change in
+    /// between).
+    pub(super) fn current(&self) -> (u64, u32) {
+        loop {
+            let seq = self.seq.load(Ordering::SeqCst);
+            let xid = self.xid.load(Ordering::SeqCst);
+            if self.seq.load(Ordering::SeqCst) == seq {
+                return (seq, xid);
+            }
+        }
+    }
+
+    /// Starts transaction `seq` (its id comes later, [`WriterSlot::set_xid`]).
+    pub(super) fn begin(&self, seq: u64) {
+        self.xid.store(0, Ordering::SeqCst);
+        self.seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// The local transaction id of the transaction begun.
+    pub(super) fn set_xid(&self, xid: u32) {
+        self.xid.store(xid, Ordering::SeqCst);
+    }
+
+    /// Between transactions.
+    pub(super) fn end(&self) {
+        self.seq.store(0, Ordering::SeqCst);
+        self.xid.store(0, Ordering::SeqCst);
+    }
+
+    /// Records why this writer stops (SQLSTATE and message), then its state (the
+    /// leader reads them once it sees the state).
+    pub(super) fn fail(&self, state: WriterState, sqlstate: &str, message: &str) {
         let bytes = message.as_bytes();
         let n = bytes.len().min(MESSAGE_BYTES - 1);
-        // SAFETY: only this writer writes its message, before publishing the state;
+        // SAFETY: only this writer writes its error, before publishing the state;
         // the leader reads it only after seeing the state.
         unsafe {
             let dst = self.message.as_ptr().cast_mut();
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, n);
             *dst.add(n) = 0;
+            let code = self.sqlstate.as_ptr().cast_mut();
+            let src = if sqlstate.len() == 5 { sqlstate.as_bytes() } else { b"XX000" };
+            std::ptr::copy_nonoverlapping(src.as_ptr(), code, 5);
         }
         self.state.store(state as u32, Ordering::SeqCst);
     }
 
-    /// The state, and the message when it is not Running.
-    pub(super) fn state(&self) -> (WriterState, String) {
+    /// The state, and the SQLSTATE and message when it is not Running.
+    pub(super) fn state(&self) -> (WriterState, String, String) {
+        let error = || (String::from_utf8_lossy(&self.sqlstate).into_owned(), self.message());
         match self.state.load(Ordering::SeqCst) {
-            1 => (WriterState::Failed, self.message()),
-            2 => (WriterState::Retry, self.message()),
-            _ => (WriterState::Running, String::new()),
+            1 => {
+                let (c, m) = error();
+                (WriterState::Failed, c, m)
+            }
+            2 => {
+                let (c, m) = error();
+                (WriterState::Retry, c, m)
+            }
+            _ => (WriterState::Running, String::new(), String::new()),
         }
     }
 
@@ -191,6 +244,16 @@ impl WriterSlot {
         let end = self.message.iter().position(|b| *b == 0).unwrap_or(MESSAGE_BYTES);
         String::from_utf8_lossy(&self.message[..end]).into_owned()
     }
+}
+
+/// The packed error code of a five-character SQLSTATE (PostgreSQL's
+/// MAKE_SQLSTATE), internal_error for anything else.
+pub(super) fn sqlstate_code(sqlstate: &str) -> i32 {
+    let b = sqlstate.as_bytes();
+    if b.len() != 5 || !b.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+        return sqlstate_code("XX000");
+    }
+    b.iter().enumerate().map(|(i, c)| (((*c - b'0') & 0x3f) as i32) << (6 * i)).sum()
 }
 
 /// Sets the latch of the process with number `procno` (no-op for -1).

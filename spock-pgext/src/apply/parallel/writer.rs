@@ -183,8 +183,7 @@ impl Writer<'_> {
             }
             Unit::Transaction { seq, messages } => {
                 let slot = &self.shared.slots[self.index];
-                slot.seq.store(seq, Ordering::SeqCst);
-                slot.xid.store(0, Ordering::SeqCst);
+                slot.begin(seq);
                 crate::apply::report_activity("applying");
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.transaction(seq, &messages)));
                 if let Err(e) = r {
@@ -194,16 +193,15 @@ impl Writer<'_> {
                     // it to change first): applied again serially, it tells.
                     let earlier_pending = self.shared.committed_seq() + 1 < seq;
                     if earlier_pending || spock_core::exception::is_transient(&code) {
-                        slot.fail(WriterState::Retry, &format!("{msg} (SQLSTATE {code})"));
+                        slot.fail(WriterState::Retry, &code, &msg);
                     } else {
                         self.session.note_failure(&code, &msg);
-                        slot.fail(WriterState::Failed, &format!("{msg} (SQLSTATE {code})"));
+                        slot.fail(WriterState::Failed, &code, &msg);
                     }
                     wake(self.shared.leader_procno);
                     std::panic::resume_unwind(e);
                 }
-                slot.seq.store(0, Ordering::SeqCst);
-                slot.xid.store(0, Ordering::SeqCst);
+                slot.end();
                 crate::apply::report_activity("waiting for transactions");
             }
         }
@@ -221,23 +219,24 @@ impl Writer<'_> {
         let Some((commit, body)) = messages.split_last() else { return };
         // Once more from the start when an insert that did not search first met an
         // existing key (the session then searches in that table).
+        // Every transaction gets its local transaction id before its first change
+        // (an empty one too): a writer waiting for it waits on that id's lock,
+        // where the deadlock detector sees the wait.
         'apply: loop {
             let mut started = false;
             for payload in body {
                 let d = self.decode(payload);
-                let is_change = matches!(
-                    d.message,
-                    Message::Insert(_) | Message::Update(_) | Message::Delete(_) | Message::Truncate(_)
-                );
-                if is_change && !started {
-                    let xid = self.session.start_local_xid();
-                    self.shared.slots[self.index].xid.store(xid, Ordering::SeqCst);
+                if !started && !matches!(d.message, Message::Begin(_) | Message::Origin(_)) {
+                    self.start_local();
                     started = true;
                 }
                 if self.session.handle(d) == Outcome::ApplyAgain {
                     self.session.abandon_remote();
                     continue 'apply;
                 }
+            }
+            if !started {
+                self.start_local();
             }
             break;
         }
@@ -262,7 +261,15 @@ impl Writer<'_> {
         }
     }
 
-    /// Waits until every transaction before `seq` has committed.
+    fn start_local(&mut self) {
+        let xid = self.session.start_local_xid();
+        self.shared.slots[self.index].set_xid(xid);
+    }
+
+    /// Waits until every transaction before `seq` has committed: on the lock of the
+    /// transaction just before it, or, while that one waits in its writer's queue,
+    /// of the one its writer applies first. Every wait between writers is thus a
+    /// lock wait the deadlock detector sees.
     fn wait_turn(&self, seq: u64) {
         // Never commit for a leader that is gone: its successor streams from the
         // origin's progress and would apply this transaction again.
@@ -272,7 +279,11 @@ impl Writer<'_> {
             if self.shared.committed_seq() + 1 >= seq {
                 return;
             }
-            match self.shared.xid_of(seq - 1) {
+            let blocker = self.shared.blocker_of(seq - 1);
+            if self.shared.committed_seq() + 1 >= seq {
+                return;
+            }
+            match blocker {
                 Some(xid) => {
                     // SAFETY: waits on the lock of another backend's transaction
                     // (never our own: each writer applies one at a time).
