@@ -173,6 +173,22 @@ struct RelKeys {
     /// Changes to it are barriers: it is `spock.queue` (queued DDL, SQL and
     /// sequences act on anything).
     barrier: bool,
+    /// The subscriber's other unique indexes: their id and the positions of their
+    /// columns ([`FootprintBuilder::set_unique_keys`]).
+    uniques: Vec<(u32, Vec<usize>)>,
+}
+
+/// Which row image of a change is noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Image {
+    /// The row an INSERT adds.
+    Inserted,
+    /// The new row of an UPDATE.
+    New,
+    /// The old key of an UPDATE or DELETE (other columns NULL).
+    OldKey,
+    /// The whole old row (REPLICA IDENTITY FULL).
+    OldRow,
 }
 
 /// Builds the [`Footprint`] of each transaction from its messages, as the leader
@@ -210,14 +226,14 @@ impl FootprintBuilder {
         match m {
             Message::Relation(r) => self.relation(r),
             Message::Origin(o) if o.origin_id != 0 && o.origin_id != self.provider => self.current.barrier = true,
-            Message::Insert(i) => self.tuple(i.relid, &i.new, true),
+            Message::Insert(i) => self.tuple(i.relid, &i.new, Image::Inserted),
             Message::Update(u) => {
                 if let Some(old) = &u.old {
-                    self.tuple(u.relid, &old.tuple, false);
+                    self.tuple(u.relid, &old.tuple, old_image(old));
                 }
-                self.tuple(u.relid, &u.new, false);
+                self.tuple(u.relid, &u.new, Image::New);
             }
-            Message::Delete(d) => self.tuple(d.relid, &d.old.tuple, false),
+            Message::Delete(d) => self.tuple(d.relid, &d.old.tuple, old_image(&d.old)),
             Message::Truncate(_) => self.current.barrier = true,
             Message::LogicalMessage(l) if !l.transactional => self.current.barrier = true,
             _ => {}
@@ -227,42 +243,61 @@ impl FootprintBuilder {
     fn relation(&mut self, r: &Relation) {
         let key: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_identity()).map(|(i, _)| i).collect();
         let barrier = crate::ddl::is_queue_table(&r.nspname, &r.relname);
-        let keys = RelKeys { key, barrier };
+        let uniques = self.rels.get(&r.relid).map(|k| k.uniques.clone()).unwrap_or_default();
+        let keys = RelKeys { key, barrier, uniques };
         if let Some(old) = self.rels.insert(r.relid, keys.clone()) {
-            if old != keys {
+            if old.key != keys.key || old.barrier != keys.barrier {
                 // Keys hashed before and after would not meet.
                 self.current.barrier = true;
             }
         }
     }
 
-    /// Notes a row of `relid`; `insert`: the new row of an INSERT.
-    fn tuple(&mut self, relid: u32, t: &Tuple, insert: bool) {
+    /// The subscriber's unique indexes of relation `relid` besides its identity:
+    /// each index's id and the positions of its columns in the relation message
+    /// (call after the relation's message). An INSERT, the new row of an UPDATE
+    /// and a whole old row then also count the values of each (unless one is
+    /// NULL, which conflicts with nothing). An old key alone does not carry them:
+    /// a DELETE followed by an INSERT of the same unique value in another key is
+    /// left to the writers' lock waits.
+    pub fn set_unique_keys(&mut self, relid: u32, uniques: Vec<(u32, Vec<usize>)>) {
+        if let Some(k) = self.rels.get_mut(&relid) {
+            k.uniques = uniques;
+        }
+    }
+
+    /// Notes row image `image` of a change to `relid`.
+    fn tuple(&mut self, relid: u32, t: &Tuple, image: Image) {
         let Some(rel) = self.rels.get(&relid) else {
             self.current.barrier = true;
             return;
         };
-        if rel.barrier || (rel.key.is_empty() && !insert) {
+        if rel.barrier || (rel.key.is_empty() && image != Image::Inserted) {
             self.current.barrier = true;
             return;
         }
-        if rel.key.is_empty() {
-            return;
-        }
-        let mut columns = Vec::with_capacity(rel.key.len());
-        for &i in &rel.key {
-            match t.columns.get(i) {
-                Some(Datum::Null) => columns.push(None),
-                Some(Datum::Text(b) | Datum::Binary(b) | Datum::Internal(b)) => columns.push(Some(&b[..])),
-                Some(Datum::UnchangedToast) | None => {
+        let mut hashes = Vec::new();
+        if !rel.key.is_empty() {
+            match values(t, &rel.key) {
+                Some(columns) => hashes.push(key_hash(relid, 0, columns)),
+                None => {
                     self.current.barrier = true;
                     return;
                 }
             }
         }
-        let h = key_hash(relid, 0, columns);
-        if !self.current.keys.contains(&h) {
-            self.current.keys.push(h);
+        if image != Image::OldKey {
+            for (index, cols) in &rel.uniques {
+                // NULL conflicts with nothing; a value left in TOAST did not change.
+                if let Some(columns) = values(t, cols).filter(|c| c.iter().all(Option::is_some)) {
+                    hashes.push(key_hash(relid, *index, columns));
+                }
+            }
+        }
+        for h in hashes {
+            if !self.current.keys.contains(&h) {
+                self.current.keys.push(h);
+            }
         }
     }
 
@@ -270,6 +305,26 @@ impl FootprintBuilder {
     pub fn take(&mut self) -> Footprint {
         std::mem::take(&mut self.current)
     }
+}
+
+/// The image an old tuple carries.
+fn old_image(old: &crate::proto::OldTuple) -> Image {
+    match old.kind {
+        crate::proto::OldTupleKind::Key => Image::OldKey,
+        crate::proto::OldTupleKind::Full => Image::OldRow,
+    }
+}
+
+/// The values of columns `cols` of `t` (NULL as `None`); `None` when one is left
+/// in the provider's TOAST or missing.
+fn values<'a>(t: &'a Tuple, cols: &[usize]) -> Option<Vec<Option<&'a [u8]>>> {
+    cols.iter()
+        .map(|&i| match t.columns.get(i)? {
+            Datum::Null => Some(None),
+            Datum::Text(b) | Datum::Binary(b) | Datum::Internal(b) => Some(Some(&b[..])),
+            Datum::UnchangedToast => None,
+        })
+        .collect()
 }
 
 /// What the leader sends a writer through its queue.
@@ -507,5 +562,37 @@ mod tests {
         assert!(Unit::decode(b"X").is_err());
         assert!(Unit::decode(&t[..5]).is_err());
         assert!(Unit::decode(&t[..t.len() - 1]).is_err());
+    }
+    #[test]
+    fn unique_indexes_tie_inserts_and_new_rows_but_not_old_keys_or_nulls() {
+        use crate::proto::{Delete, OldTuple, OldTupleKind, Update};
+        let mut b = FootprintBuilder::new(7);
+        b.note(&rel(1, "public.u", &[true, false, false]));
+        b.set_unique_keys(1, vec![(500, vec![1])]);
+        b.note(&insert(1, &["1", "7", "x"]));
+        let a = b.take();
+        b.note(&insert(1, &["2", "7", "y"]));
+        let c = b.take();
+        assert_eq!(a.keys.len(), 2);
+        assert!(a.keys.iter().any(|k| c.keys.contains(k)), "same unique value, other keys: tied");
+        let nulls = Tuple::new(vec![
+            Datum::Text(bytes::Bytes::from_static(b"3")),
+            Datum::Null,
+            Datum::Text(bytes::Bytes::from_static(b"z")),
+        ]);
+        b.note(&Message::Insert(crate::proto::Insert { flags: 0, relid: 1, new: nulls.clone() }));
+        assert_eq!(b.take().keys.len(), 1, "NULL ties nothing");
+        let old = OldTuple { kind: OldTupleKind::Key, tuple: row(&["1", "", ""]) };
+        b.note(&Message::Delete(Delete { flags: 0, relid: 1, old }));
+        assert_eq!(b.take().keys.len(), 1, "an old key carries no unique value");
+        let old = OldTuple { kind: OldTupleKind::Full, tuple: row(&["1", "7", "x"]) };
+        b.note(&Message::Update(Update { flags: 0, relid: 1, old: Some(old), new: row(&["1", "8", "x"]) }));
+        let up = b.take();
+        assert!(up.keys.iter().any(|k| a.keys.contains(k) && c.keys.contains(k)), "the old row's unique value");
+        assert_eq!(up.keys.len(), 3, "key once, old and new unique values");
+        b.note(&rel(1, "public.u", &[true, false, false]));
+        assert!(!b.take().barrier, "the relation again keeps its unique keys");
+        b.note(&insert(1, &["4", "7", "w"]));
+        assert_eq!(b.take().keys.len(), 2);
     }
 }

@@ -1,6 +1,7 @@
 -- spock-rs SQL API, apply progress: the views spock.progress and spock.lag_tracker
--- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs), and
--- spock.retention over spock.retention_horizon() (sql_api/retention.rs).
+-- over spock.apply_group_progress() (spock-pgext/src/sql_api/progress.rs),
+-- spock.retention over spock.retention_horizon() (sql_api/retention.rs), and
+-- spock.apply_workers over pg_stat_activity.
 
 CREATE VIEW spock.progress AS
     SELECT * FROM spock.apply_group_progress()
@@ -37,6 +38,27 @@ CREATE VIEW spock.retention AS
       LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = 'spock_retain_' || r.dbid
      WHERE r.dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
 
+-- The apply processes of each subscription: its worker (the leader) and, with
+-- parallel apply, its writers, with what they are doing (the activity the
+-- workers report, their wait, their local transaction).
+CREATE VIEW spock.apply_workers AS
+    SELECT s.sub_name,
+           CASE a.backend_type WHEN 'spock apply' THEN 'leader' ELSE 'writer' END AS role,
+           CASE WHEN a.backend_type = 'spock apply writer'
+                THEN pg_catalog.substring(a.application_name, ' writer ([0-9]+)$')::integer END AS writer,
+           a.pid,
+           a.query AS activity,
+           a.wait_event_type,
+           a.wait_event,
+           a.backend_xid AS xid,
+           a.xact_start
+      FROM pg_catalog.pg_stat_activity a
+      JOIN spock.subscription s
+        ON a.application_name = s.sub_slot_name
+        OR pg_catalog.left(a.application_name, pg_catalog.length(s.sub_slot_name) + 8) = s.sub_slot_name || ' writer '
+     WHERE a.backend_type IN ('spock apply', 'spock apply writer')
+       AND a.datname = pg_catalog.current_database();
+
 -- Monitoring: progress is no secret (apply_group_progress() and retention_horizon()
 -- are executable by PUBLIC).
-GRANT SELECT ON spock.progress, spock.lag_tracker, spock.retention TO PUBLIC;
+GRANT SELECT ON spock.progress, spock.lag_tracker, spock.retention, spock.apply_workers TO PUBLIC;

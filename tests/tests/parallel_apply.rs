@@ -84,6 +84,14 @@ fn dependent_transactions_apply_in_order_and_commits_keep_the_providers_order() 
     assert_eq!(md5(b, "hot", "id"), md5(a, "hot", "id"), "the hot rows' chains");
     assert_eq!(md5(b, "log", "i"), md5(a, "log", "i"));
     assert_eq!(writers(b), 4);
+    assert_eq!(
+        b.query_one::<String>(
+            "SELECT string_agg(role || coalesce(writer::text, ''), ',' ORDER BY role, writer) FROM spock.apply_workers"
+        )
+        .unwrap(),
+        "leader,writer1,writer2,writer3,writer4",
+        "spock.apply_workers"
+    );
     assert!(!b.log_since(offset).contains("ERROR"), "{}", b.log_tail(40));
 }
 

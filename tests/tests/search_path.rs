@@ -456,7 +456,10 @@ fn plain_roles_only_read_and_replication_roles_can_provide() {
     assert_eq!(relname, "t");
     plain.batch_execute("SELECT spock.spock_version(), spock.spock_max_proto_version()").unwrap();
     plain
-        .batch_execute("SELECT * FROM spock.tables; SELECT * FROM spock.progress; SELECT * FROM spock.lag_tracker")
+        .batch_execute(
+            "SELECT * FROM spock.tables; SELECT * FROM spock.progress; SELECT * FROM spock.lag_tracker;
+             SELECT * FROM spock.apply_workers",
+        )
         .unwrap();
 
     // A subscription whose provider DSN names the replication role: sub_create reads

@@ -139,6 +139,49 @@ fn start_writer(
     }
 }
 
+/// The unique indexes of the local table of relation `r` besides its identity:
+/// each index's oid and the positions of its columns in `r` (indexes on
+/// expressions or on columns the provider does not send are left out: a
+/// conflict on them is met by the writers as a lock wait or an error, and applied
+/// again serially).
+fn unique_keys(r: &spock_core::proto::Relation) -> Vec<(u32, Vec<usize>)> {
+    let lookup = || {
+        pgrx::Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT i.indexrelid::int8, array_agg(coalesce(a.attname::text, '') ORDER BY k.ord)
+                       FROM pg_catalog.pg_index i
+                       JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                       LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                      WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+                      GROUP BY i.indexrelid
+                     HAVING bool_and(k.attnum > 0)",
+                    None,
+                    &[r.nspname.as_str().into(), r.relname.as_str().into()],
+                )
+                .unwrap_or_else(|e| crate::error::spi_failed("reading a table's unique indexes", e));
+            let mut out = Vec::new();
+            for row in rows {
+                let (Ok(Some(oid)), Ok(Some(names))) = (row.get::<i64>(1), row.get::<Vec<String>>(2)) else { continue };
+                let cols: Option<Vec<usize>> =
+                    names.iter().map(|n| r.columns.iter().position(|c| &c.name == n)).collect();
+                out.extend(cols.map(|c| (oid as u32, c)));
+            }
+            out
+        })
+    };
+    let identity: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_identity()).map(|(i, _)| i).collect();
+    // SAFETY: reads whether a transaction is open (the leader may be applying one).
+    let found = if unsafe { pg_sys::IsTransactionState() } {
+        lookup()
+    } else {
+        pgrx::bgworkers::BackgroundWorker::transaction(lookup)
+    };
+    found.into_iter().filter(|(_, cols)| *cols != identity).collect()
+}
+
 /// Stops writers left by an earlier worker of subscription `sub` and waits until
 /// they are gone: one could still commit a transaction this worker will receive
 /// again. (A writer also checks that its leader lives before each commit.)
@@ -254,7 +297,6 @@ impl Pool {
 
     /// Routes one decoded message of the stream.
     pub fn route(&mut self, payload: &Bytes, m: &Message, session: &mut ApplySession) -> Result<Route, Exit> {
-        pgrx::log!("TMPDEBUG route {:?} held={} local={}", std::mem::discriminant(m), self.held.is_some(), self.local);
         // Relation messages: every writer needs them, and the leader, in stream
         // order. Inside a held transaction they stay in it, in place (its changes
         // before one use the relation as it was), and go to the others when the
@@ -262,6 +304,9 @@ impl Pool {
         let relation = matches!(m, Message::Startup(_) | Message::Relation(_));
         if relation {
             self.builder.note(m);
+        }
+        if let Message::Relation(r) = m {
+            self.builder.set_unique_keys(r.relid, unique_keys(r));
         }
         if relation && self.held.is_none() {
             self.broadcast(payload, None, session)?;
@@ -328,12 +373,6 @@ impl Pool {
     fn finish(&mut self, session: &mut ApplySession) -> Result<Route, Exit> {
         let Some(h) = self.held.take() else { return Ok(Route::Local) };
         let footprint = self.builder.take();
-        pgrx::log!(
-            "TMPDEBUG finish {} messages barrier={} keys={}",
-            h.messages.len(),
-            footprint.barrier,
-            footprint.keys.len()
-        );
         if footprint.barrier {
             self.drain(session)?;
             for r in &h.relations {
