@@ -460,16 +460,22 @@ impl Pool {
     /// Waits on the latch (writers set it when they commit or fail) for at most
     /// `ms`, then looks at the writers.
     fn nap(&mut self, ms: i64, session: &mut ApplySession) -> Result<(), Exit> {
-        // SAFETY: waits on our own latch; the server's death ends the process.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                ms,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
+        let shared = self.shared();
+        shared.leader_waits.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A commit published between the last look and the flag would not wake us.
+        if shared.committed_seq() <= self.committed {
+            // SAFETY: waits on our own latch; the server's death ends the process.
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    ms,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
         }
+        self.shared().leader_waits.store(false, std::sync::atomic::Ordering::SeqCst);
         pgrx::check_for_interrupts!();
         if crate::workers::sigterm_received() {
             return Err(Exit::Stop);

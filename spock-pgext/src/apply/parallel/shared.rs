@@ -63,6 +63,12 @@ pub(super) struct Shared {
     pub leader_procno: i32,
     /// The replication origin writers commit under (the provider's).
     pub origin: u16,
+    /// The leader waits for writers (to drain, for room in a queue, for a pause):
+    /// writers set its latch when they commit. Otherwise it looks by itself.
+    pub leader_waits: std::sync::atomic::AtomicBool,
+    /// Held while a commit is published (writers may publish concurrently: the
+    /// next one commits as soon as the previous transaction's lock is released).
+    publishing: std::sync::atomic::AtomicBool,
     version: AtomicU64,
     committed: AtomicU64,
     local_end: AtomicU64,
@@ -123,15 +129,22 @@ impl Shared {
         &self.slots[..self.writers as usize]
     }
 
-    /// Publishes the commit of transaction `c.seq` (called by the one writer whose
-    /// turn it is).
+    /// Publishes the commit of transaction `c.seq`. The writer of the next
+    /// transaction may commit (and publish) as soon as this one's lock is
+    /// released, before this call: the newest commit stays.
     pub(super) fn publish(&self, c: Committed) {
-        self.version.fetch_add(1, Ordering::SeqCst);
-        self.local_end.store(c.local_end, Ordering::SeqCst);
-        self.remote_end.store(c.remote_end, Ordering::SeqCst);
-        self.commit_ts.store(c.commit_ts, Ordering::SeqCst);
-        self.committed.store(c.seq, Ordering::SeqCst);
-        self.version.fetch_add(1, Ordering::SeqCst);
+        while self.publishing.compare_exchange_weak(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+            std::hint::spin_loop();
+        }
+        if c.seq > self.committed.load(Ordering::SeqCst) {
+            self.version.fetch_add(1, Ordering::SeqCst);
+            self.local_end.store(c.local_end, Ordering::SeqCst);
+            self.remote_end.store(c.remote_end, Ordering::SeqCst);
+            self.commit_ts.store(c.commit_ts, Ordering::SeqCst);
+            self.committed.store(c.seq, Ordering::SeqCst);
+            self.version.fetch_add(1, Ordering::SeqCst);
+        }
+        self.publishing.store(false, Ordering::SeqCst);
     }
 
     /// Every transaction up to this one has committed.
@@ -165,13 +178,24 @@ impl Shared {
     }
 
     /// What transaction `seq` waits behind: the local transaction id of `seq`
-    /// itself once its writer applies it, else of the transaction its writer applies
-    /// before it (its queue runs in order). `None`: nothing to wait on yet (the
-    /// writer is between transactions or has not got its transaction id: a moment).
-    pub(super) fn blocker_of(&self, seq: u64) -> Option<u32> {
+    /// itself once its writer applies it (`true`), else of the transaction its
+    /// writer applies before it (its queue runs in order; `false`). `None`: nothing
+    /// to wait on yet (the writer is between transactions or has not got its
+    /// transaction id: a moment).
+    pub(super) fn blocker_of(&self, seq: u64) -> Option<(u32, bool)> {
         let w = self.assigned[(seq % RING as u64) as usize].load(Ordering::SeqCst) as usize;
         let (current, xid) = self.slots.get(w)?.current();
-        (current != 0 && current <= seq && xid != 0).then_some(xid)
+        (current != 0 && current <= seq && xid != 0).then_some((xid, current == seq))
+    }
+
+    /// Whether the leader process still runs (its process slot still holds it).
+    pub(super) fn leader_alive(&self) -> bool {
+        // SAFETY: a read of the pid field of a PGPROC in shared memory; a slot
+        // taken over by another process holds another pid.
+        unsafe {
+            let proc_ = pg_sys::ProcNumberGetProc(self.leader_procno);
+            !proc_.is_null() && (*proc_).pid == self.leader_pid
+        }
     }
 }
 

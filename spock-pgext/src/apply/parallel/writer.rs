@@ -253,11 +253,10 @@ impl Writer<'_> {
         // SAFETY: reads the end of this process's last commit record.
         let local_end = unsafe { pg_sys::XactLastCommitEnd };
         self.shared.publish(Committed { seq, local_end, remote_end: end_lsn, commit_ts });
-        wake(self.shared.leader_procno);
-        for (i, s) in self.shared.active().iter().enumerate() {
-            if i != self.index {
-                wake(s.procno.load(Ordering::SeqCst));
-            }
+        // The writer of the next transaction waits on our transaction's lock (its
+        // release woke it); the leader only needs a wake-up while it waits for us.
+        if self.shared.leader_waits.load(Ordering::SeqCst) {
+            wake(self.shared.leader_procno);
         }
     }
 
@@ -284,23 +283,33 @@ impl Writer<'_> {
                 return;
             }
             match blocker {
-                Some(xid) => {
+                Some((xid, previous)) => {
                     // SAFETY: waits on the lock of another backend's transaction
-                    // (never our own: each writer applies one at a time).
-                    unsafe {
+                    // (never our own: each writer applies one at a time); then
+                    // reads its outcome from the commit log.
+                    let committed = unsafe {
                         pg_sys::XactLockTableWait(
                             xid.into(),
                             std::ptr::null_mut(),
                             std::ptr::null_mut(),
                             pg_sys::XLTW_Oper::XLTW_None,
-                        )
+                        );
+                        pg_sys::TransactionIdDidCommit(xid.into())
                     };
-                    if self.shared.committed_seq() + 1 < seq {
-                        // It ended; its writer publishes the commit right after.
+                    if previous && committed {
+                        // The transaction just before ours committed (its writer
+                        // publishes it in a moment): our turn.
+                        return;
+                    }
+                    if previous {
+                        // It rolled back (to be applied again, or its writer
+                        // stopped): wait for its next attempt, or for the leader.
                         nap(1);
+                    } else {
+                        pgrx::check_for_interrupts!();
                     }
                 }
-                None => nap(10),
+                None => nap(1),
             }
             if leader_checked.elapsed() >= LEADER_CHECK {
                 leader_checked = Instant::now();
@@ -310,8 +319,7 @@ impl Writer<'_> {
     }
 
     fn check_leader(&self) {
-        // SAFETY: a lookup in the process array.
-        if !unsafe { pg_sys::IsBackendPid(self.shared.leader_pid) } {
+        if !self.shared.leader_alive() {
             internal("spock apply writer: the subscription's worker is gone".into());
         }
     }
