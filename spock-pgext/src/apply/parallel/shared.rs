@@ -188,6 +188,15 @@ impl Shared {
         (current != 0 && current <= seq && xid != 0).then_some((xid, current == seq))
     }
 
+    /// Sets the latch of the writer that has transaction `seq` (if it is handed
+    /// out: otherwise of a writer that may not need it, which is harmless).
+    pub(super) fn wake_writer_of(&self, seq: u64) {
+        let w = self.assigned[(seq % RING as u64) as usize].load(Ordering::SeqCst) as usize;
+        if let Some(slot) = self.active().get(w) {
+            wake(slot.procno.load(Ordering::SeqCst));
+        }
+    }
+
     /// Whether the leader process still runs (its process slot still holds it).
     pub(super) fn leader_alive(&self) -> bool {
         // SAFETY: a read of the pid field of a PGPROC in shared memory; a slot

@@ -227,7 +227,7 @@ impl Writer<'_> {
             for payload in body {
                 let d = self.decode(payload);
                 if !started && !matches!(d.message, Message::Begin(_) | Message::Origin(_)) {
-                    self.start_local();
+                    self.start_local(seq);
                     started = true;
                 }
                 if self.session.handle(d) == Outcome::ApplyAgain {
@@ -236,7 +236,7 @@ impl Writer<'_> {
                 }
             }
             if !started {
-                self.start_local();
+                self.start_local(seq);
             }
             break;
         }
@@ -260,9 +260,13 @@ impl Writer<'_> {
         }
     }
 
-    fn start_local(&mut self) {
+    /// Starts the local transaction of `seq`, publishes its id and wakes the writer
+    /// of the next transaction, which may be napping until there is an id to wait
+    /// on.
+    fn start_local(&mut self, seq: u64) {
         let xid = self.session.start_local_xid();
         self.shared.slots[self.index].set_xid(xid);
+        self.shared.wake_writer_of(seq + 1);
     }
 
     /// Waits until every transaction before `seq` has committed: on the lock of the
@@ -301,13 +305,11 @@ impl Writer<'_> {
                         // publishes it in a moment): our turn.
                         return;
                     }
-                    if previous {
-                        // It rolled back (to be applied again, or its writer
-                        // stopped): wait for its next attempt, or for the leader.
-                        nap(1);
-                    } else {
-                        pgrx::check_for_interrupts!();
-                    }
+                    // It rolled back (to be applied again, or its writer stopped),
+                    // or the transaction its writer applied before it ended: nap
+                    // until that writer starts the next one (it sets our latch),
+                    // leaving it the CPU.
+                    nap(1);
                 }
                 None => nap(1),
             }
