@@ -91,7 +91,10 @@ for f in "$PKGLIB/spock.so" "$PKGEXT/spock.control" "$TARGET_DIR/release/libspoc
     [ -f "$f" ] || { echo "build-image.sh: $f was not built" >&2; exit 1; }
 done
 SQL_VERSION="$(sed -nE "s/^default_version *= *'(.*)'/\1/p" "$PKGEXT/spock.control")"
-TAG="${SPOCK_IMAGE_TAG:-${SQL_VERSION}-${PG_MAJOR}-${OS}}"
+# The tag carries spock-rs's own release (the workspace version); the SQL version is
+# the Spock API level (6.0.0), the same for several spock-rs releases.
+RS_VERSION="$(sed -nE 's/^version *= *"(.*)"/\1/p' Cargo.toml | head -1)"
+TAG="${SPOCK_IMAGE_TAG:-${RS_VERSION}-${PG_MAJOR}-${OS}}"
 
 # --- stage the tree --------------------------------------------------------
 ROOTFS="$OUT/spock-rootfs"

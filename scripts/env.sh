@@ -14,6 +14,9 @@ install_extension() {
     local profile=debug
     [ "${1:-}" = "--release" ] && profile=release
     install -m 0755 "target/$profile/libspock_output.so" "$("$SPOCK_PG_CONFIG" --pkglibdir)/spock_output.so"
+    # The 0.1.0 install script, for the upgrade test (cargo pgrx installs the
+    # current version's script and the spock--<old>--<new>.sql upgrade scripts).
+    install -m 0644 spock-pgext/sql/spock--0.1.0.sql "$("$SPOCK_PG_CONFIG" --sharedir)/extension/"
 }
 
 # Installs the Debian packages among "$@" that are not installed yet (as root, or
