@@ -7,6 +7,42 @@ CREATE VIEW spock.progress AS
     SELECT * FROM spock.apply_group_progress()
      WHERE dbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database());
 
+-- Spock's spock.read_peer_progress(), on a provider that a new node subscribes
+-- to (a Spock subscriber calls it right after creating its slot, inside the
+-- transaction that imported the slot's snapshot, with the provider's apply
+-- workers paused): first a header row with the slot's restart_lsn (the caller
+-- ignores it), then for every subscription of this node to another peer than the
+-- new node how far this node has applied that peer (remote_commit_lsn: the
+-- subscription's origin progress, as in the snapshot) and the apply progress
+-- kept in memory (timestamps NULL when not known since the last restart; LSNs
+-- never NULL, which the caller requires). The new node takes those positions as
+-- its own starting points for each peer.
+CREATE FUNCTION spock.read_peer_progress(p_slot_name text, p_provider_node_id oid, p_subscriber_node_id oid)
+RETURNS TABLE(lsn pg_lsn, snapshot text, dbid oid, node_id oid, remote_node_id oid,
+              remote_commit_ts timestamptz, prev_remote_ts timestamptz, remote_commit_lsn pg_lsn,
+              remote_insert_lsn pg_lsn, received_lsn pg_lsn, last_updated_ts timestamptz,
+              updated_by_decode boolean)
+VOLATILE STRICT LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_restart pg_lsn;
+BEGIN
+    SELECT s.restart_lsn INTO v_restart FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = p_slot_name;
+    RETURN QUERY SELECT v_restart, ''::text, NULL::oid, NULL::oid, NULL::oid, NULL::timestamptz,
+                        NULL::timestamptz, NULL::pg_lsn, NULL::pg_lsn, NULL::pg_lsn, NULL::timestamptz, NULL::boolean;
+    RETURN QUERY
+        SELECT v_restart, ''::text, d.oid, s.sub_target, s.sub_origin, p.remote_commit_ts, p.prev_remote_ts,
+               c.applied, pg_catalog.greatest(p.remote_insert_lsn, c.applied),
+               pg_catalog.greatest(p.received_lsn, c.applied), p.last_updated_ts, false
+          FROM spock.subscription s
+         CROSS JOIN LATERAL (SELECT spock._subscription_progress(s.sub_slot_name) AS applied) c
+         CROSS JOIN (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) d
+          LEFT JOIN spock.progress p ON p.node_id = s.sub_target AND p.remote_node_id = s.sub_origin
+         WHERE s.sub_target = p_provider_node_id AND s.sub_origin <> p_subscriber_node_id
+         ORDER BY s.sub_origin;
+END;
+$$;
+
 CREATE VIEW spock.lag_tracker AS
     SELECT o.node_name AS origin_name,
            r.node_name AS receiver_name,

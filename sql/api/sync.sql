@@ -133,13 +133,14 @@ END;
 $$;
 
 -- A marker in the provider's WAL; subscribers have passed it once
--- wait_for_sync_event() returns true there.
+-- wait_for_sync_event() returns true there. The payload is Spock's (its message
+-- type and this node's id in native byte order, a zeroed name), so Spock
+-- subscribers read it too; a non-transactional event is flushed at once, as
+-- Spock's is (a transactional one with its commit). 55000 without a local node.
 CREATE FUNCTION spock.sync_event(transactional boolean DEFAULT false)
 RETURNS pg_lsn STRICT VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_logical_emit_message(transactional, 'Spock',
-        (SELECT int4send(3) || int4send(node_id::int4) || convert_to(node_name, 'UTF8')
-                || decode(repeat('00', 64 - octet_length(node_name)), 'hex')
-           FROM spock.node_info()));
+                                              spock._sync_event_payload(spock._local_node_id()), true);
 $$;
 
 -- Waits until the named slot (NULL: every spock slot of this database) has

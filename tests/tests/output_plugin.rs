@@ -616,3 +616,61 @@ fn binary_values_are_what_the_types_send_functions_write() {
         }
     }
 }
+
+/// Sync events leave the provider in Spock's layout, whoever wrote them: the
+/// type (3) and the writer's node id in native byte order, then a zeroed 64-byte
+/// name (Spock 6.0.0 reads the type in its own byte order and errors on anything
+/// else). One written by spock-rs 0.1.0 (big-endian, name filled in) and still in
+/// the WAL after an upgrade goes out re-encoded; repair-mode messages and unknown
+/// types stay on the provider. A non-transactional event is flushed when
+/// sync_event() returns, as Spock's is, and the message's LSN is what it returned.
+#[test]
+#[cfg(target_endian = "little")]
+fn sync_events_are_sent_in_spocks_layout() {
+    let node = provider_with_table("p9", "CREATE TABLE t(id int PRIMARY KEY)");
+    let id: i64 = node.query_one("SELECT node_id::int8 FROM spock.node_info()").unwrap();
+    let name: String = node.query_one("SELECT node_name::text FROM spock.node_info()").unwrap();
+    let lsn: String = node.query_one("SELECT spock.sync_event()::text").unwrap();
+    let flushed: bool = node.query_one(&format!("SELECT pg_current_wal_flush_lsn() >= '{lsn}'::pg_lsn")).unwrap();
+    assert!(flushed, "a non-transactional sync event is flushed when sync_event() returns");
+    // What spock-rs 0.1.0 wrote, a repair-mode message, an unknown type, another prefix.
+    let old = format!(
+        "int4send(3) || int4send({id}) || convert_to('{name}', 'UTF8') || decode(repeat('00', 64 - {}), 'hex')",
+        name.len()
+    );
+    node.execute(&format!(
+        "SELECT pg_logical_emit_message(false, 'Spock', {old});
+         SELECT pg_logical_emit_message(true, 'Spock', '\\x01000000'::bytea);
+         SELECT pg_logical_emit_message(false, 'Spock', '\\x09000000'::bytea);
+         SELECT pg_logical_emit_message(false, 'other', '\\x03000000'::bytea);
+         BEGIN; INSERT INTO t VALUES (1); SELECT spock.sync_event(true); COMMIT;"
+    ))
+    .unwrap();
+    let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
+    let mut golden = vec![3u8, 0, 0, 0];
+    golden.extend_from_slice(&(id as u32).to_le_bytes());
+    golden.resize(72, 0);
+    let events: Vec<_> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::LogicalMessage(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 3, "two non-transactional events and one transactional: {}", letters(&msgs));
+    for e in &events {
+        assert_eq!(e.prefix, "Spock");
+        assert_eq!(e.content.to_vec(), golden);
+    }
+    assert_eq!(spock_core::proto::format_lsn(events[0].lsn), lsn);
+    assert!(!events[0].transactional && !events[1].transactional && events[2].transactional);
+    assert_eq!(letters(&msgs), "MMBORIMC", "the transactional event inside its transaction");
+}
+
+#[test]
+fn sync_event_needs_a_local_node() {
+    let node = TestNode::start(NodeOptions::new("p10")).unwrap();
+    node.execute("CREATE EXTENSION spock").unwrap();
+    let e = node.execute("SELECT spock.sync_event()").unwrap_err().to_string();
+    assert!(e.contains("55000"), "{e}");
+}

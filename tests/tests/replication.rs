@@ -248,7 +248,7 @@ fn progress_views_sync_events_and_waiting() {
     assert!(passed);
     let progress: String = b
         .query_one(
-            "SELECT row(n.node_name, p.remote_commit_lsn IS NOT NULL, p.received_lsn >= p.remote_commit_lsn, p.remote_commit_ts IS NOT NULL)::text
+            "SELECT row(n.node_name, p.remote_commit_lsn > '0/0', p.received_lsn >= p.remote_commit_lsn, p.remote_commit_ts IS NOT NULL)::text
                FROM spock.progress p JOIN spock.node n ON n.node_id = p.remote_node_id",
         )
         .unwrap();

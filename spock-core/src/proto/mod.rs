@@ -28,6 +28,7 @@ pub mod startup;
 pub mod stream;
 pub mod transfer;
 pub mod tuple;
+pub mod wal_message;
 pub mod writer;
 
 pub use codec::{DecodeError, DecodeErrorKind, EncodeError};

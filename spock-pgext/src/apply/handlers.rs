@@ -16,6 +16,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::conflict::{self, ConflictKind, Decision, RowVersion, Tiebreakers};
 use spock_core::exception::{self as exc, ReplayMode};
 use spock_core::names;
+use spock_core::proto::wal_message::WalMessage;
 use spock_core::proto::{self, Decoded, Message};
 use spock_core::table_skip::InCopy;
 
@@ -454,8 +455,24 @@ impl SessionState {
     /// A sync event (`spock.sync_event()`) outside a transaction: the provider has
     /// passed `lsn`, so has this subscription (wait_for_sync_event looks at the
     /// origin's progress). Transactional ones are covered by their commit.
+    /// Either layout is read (Spock's, and spock-rs 0.1.0's big-endian one); a
+    /// message of another kind is skipped with a warning (Spock errors, and so
+    /// would stop at it forever).
     fn handle_message(&mut self, m: &proto::LogicalMessage) {
-        if m.transactional || m.prefix != "Spock" || self.txn.remote.is_some() {
+        if m.prefix != "Spock" {
+            return;
+        }
+        match WalMessage::parse(&m.content) {
+            WalMessage::SyncEvent(_) => {}
+            other => {
+                pgrx::warning!(
+                    "spock: skipping a \"Spock\" message at {} that is not a sync event ({other:?})",
+                    proto::format_lsn(m.lsn)
+                );
+                return;
+            }
+        }
+        if m.transactional || self.txn.remote.is_some() {
             return;
         }
         let provider = self.sub.provider_node_id;

@@ -30,6 +30,7 @@ use pgrx::{PgList, PgSqlErrorCode};
 use rustc_hash::FxHashMap;
 use spock_core::origin::{self, OriginId};
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
+use spock_core::proto::wal_message::WalMessage;
 use spock_core::proto::writer::{self, RowAction};
 use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, Truncate};
 use spock_core::repset::{Action, RepSet, UpdateRoute};
@@ -574,7 +575,23 @@ unsafe extern "C-unwind" fn spock_output_message(
         if CStr::from_ptr(prefix).to_bytes() != SPOCK_MESSAGE_PREFIX.as_bytes() {
             return;
         }
-        let content = bytes::Bytes::copy_from_slice(std::slice::from_raw_parts(message.cast::<u8>(), message_size));
+        // Only sync events leave the provider, always in Spock's layout (one written
+        // by spock-rs 0.1.0, big-endian, may still be in the WAL); repair-mode
+        // messages concern this node alone, and what we do not know is not sent.
+        let payload = std::slice::from_raw_parts(message.cast::<u8>(), message_size);
+        let event = match WalMessage::parse(payload) {
+            WalMessage::SyncEvent(e) => e,
+            WalMessage::RepairMode(_) => return,
+            WalMessage::Unknown(kind) => {
+                pgrx::warning!(
+                    "spock: ignoring a \"Spock\" WAL message at {} of unknown type {} ({message_size} bytes)",
+                    spock_core::proto::format_lsn(message_lsn),
+                    kind.map_or("(too short)".to_string(), |k| k.to_string())
+                );
+                return;
+            }
+        };
+        let content = bytes::Bytes::copy_from_slice(&event.encode());
         let xid = if transactional && !txn.is_null() { (*txn).xid.into_inner() } else { 0 };
         if transactional && !txn.is_null() {
             st.stream.note_txn(txn);

@@ -25,8 +25,12 @@ pgrx::extension_sql_file!(
     name = "api_subscription",
     requires = ["api_sequence", sql_api::subscription::is_subscription_origin]
 );
-// sync_event() (LANGUAGE sql) calls node_info().
-pgrx::extension_sql_file!("../../../sql/api/sync.sql", name = "api_sync", requires = ["api_subscription"]);
+// sync_event() (LANGUAGE sql) calls _sync_event_payload().
+pgrx::extension_sql_file!(
+    "../../../sql/api/sync.sql",
+    name = "api_sync",
+    requires = ["api_subscription", sql_api::sync::sync_event_payload]
+);
 // The views read apply_group_progress() and retention_horizon().
 pgrx::extension_sql_file!(
     "../../../sql/api/progress.sql",

@@ -13,7 +13,8 @@ fn opt<T: Into<i64> + Copy + PartialEq + Default>(v: T) -> Option<i64> {
     (v != T::default()).then(|| v.into())
 }
 
-/// One row per subscription that had an apply worker since the server started.
+/// One row per subscription that had an apply worker since the server started;
+/// LSNs not known yet are 0/0 (as Spock's), timestamps NULL.
 #[pg_extern(
     volatile,
     sql = "CREATE FUNCTION spock.apply_group_progress(OUT dbid oid, OUT node_id oid, OUT remote_node_id oid,
@@ -31,9 +32,9 @@ fn apply_group_progress() -> TableIterator<
         name!(remote_node_id, pgrx::pg_sys::Oid),
         name!(remote_commit_ts, Option<i64>),
         name!(prev_remote_ts, Option<i64>),
-        name!(remote_commit_lsn, Option<i64>),
-        name!(remote_insert_lsn, Option<i64>),
-        name!(received_lsn, Option<i64>),
+        name!(remote_commit_lsn, i64),
+        name!(remote_insert_lsn, i64),
+        name!(received_lsn, i64),
         name!(last_updated_ts, Option<i64>),
         name!(updated_by_decode, bool),
     ),
@@ -47,9 +48,9 @@ fn apply_group_progress() -> TableIterator<
                 pgrx::pg_sys::Oid::from(u32::from(p.remote_node_id)),
                 opt(p.remote_commit_ts),
                 opt(p.prev_remote_ts),
-                opt(p.remote_commit_lsn as i64),
-                opt(p.remote_insert_lsn as i64),
-                opt(p.received_lsn as i64),
+                p.remote_commit_lsn as i64,
+                p.remote_insert_lsn as i64,
+                p.received_lsn as i64,
                 opt(p.last_updated_ts),
                 false,
             )

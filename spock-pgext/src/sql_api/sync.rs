@@ -1,4 +1,5 @@
-//! Helpers of the table-sync functions (`spock.sub_alter_sync`).
+//! Helpers of the table-sync functions (`spock.sub_alter_sync`) and of
+//! `spock.sync_event()`.
 
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -20,4 +21,11 @@ fn provider_tables(
             .raise()
     });
     TableIterator::new(provider::tables(&conn, &sets))
+}
+
+/// The payload of a sync event written by node `node_id`, byte for byte as Spock
+/// writes it on this machine (spock_core::proto::wal_message).
+#[pg_extern(immutable, parallel_safe, strict, name = "_sync_event_payload")]
+fn sync_event_payload(node_id: pgrx::pg_sys::Oid) -> Vec<u8> {
+    spock_core::proto::wal_message::SyncEvent { origin: u32::from(node_id) }.encode().to_vec()
 }
