@@ -50,8 +50,8 @@ BEGIN
                         NULL::timestamptz, NULL::pg_lsn, NULL::pg_lsn, NULL::pg_lsn, NULL::timestamptz, NULL::boolean;
     RETURN QUERY
         SELECT v_restart, ''::text, d.oid, s.sub_target, s.sub_origin, p.remote_commit_ts, p.prev_remote_ts,
-               c.applied, pg_catalog.greatest(p.remote_insert_lsn, c.applied),
-               pg_catalog.greatest(p.received_lsn, c.applied), p.last_updated_ts, false
+               c.applied, GREATEST(p.remote_insert_lsn, c.applied),
+               GREATEST(p.received_lsn, c.applied), p.last_updated_ts, false
           FROM spock.subscription s
          CROSS JOIN LATERAL (SELECT spock._subscription_progress(s.sub_slot_name) AS applied) c
          CROSS JOIN (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) d

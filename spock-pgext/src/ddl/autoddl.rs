@@ -46,11 +46,36 @@ pub fn install_hook() {
     }
 }
 
+// `standard_ProcessUtility` itself, not pgrx's wrapper of it (see the hook).
+unsafe extern "C-unwind" {
+    #[link_name = "standard_ProcessUtility"]
+    fn standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
 /// The ProcessUtility hook: deny, run, then queue.
+///
+/// Not `#[pg_guard]`, and the statement does not run through `pg_sys`: pgrx turns
+/// an ERROR that crosses its guard into a Rust panic and raises it again with only
+/// its message, detail, hint and (known) SQLSTATE, which would drop the CONTEXT
+/// lines, the cursor position, the internal query and the schema/table/column/
+/// datatype/constraint names of every error of every utility statement (a DO
+/// block's RAISE, a CALL). Our own work runs in the guarded [`before_utility`] and
+/// [`after_utility`]; the statement runs through plain C function pointers, so its
+/// ERROR goes by longjmp from PostgreSQL to the handler above us, untouched. The
+/// jump crosses this frame only, which holds nothing to drop (`Copy` values) and no
+/// `catch_unwind`. Nothing here may panic either: no guard would catch it.
 ///
 /// SAFETY: called by PostgreSQL with the arguments of `ProcessUtility`.
 #[allow(clippy::too_many_arguments)] // ProcessUtility's signature
-#[pg_guard]
 unsafe extern "C-unwind" fn spock_process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
     query_string: *const std::ffi::c_char,
@@ -61,6 +86,22 @@ unsafe extern "C-unwind" fn spock_process_utility(
     dest: *mut pg_sys::DestReceiver,
     qc: *mut pg_sys::QueryCompletion,
 ) {
+    // SAFETY: the statement PostgreSQL gave us, in its transaction.
+    let before = unsafe { before_utility(pstmt) };
+    let run = PREVIOUS_HOOK.get().copied().flatten().unwrap_or(standard_process_utility);
+    // SAFETY: the arguments we were given, forwarded.
+    unsafe { run(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc) };
+    // SAFETY: the statement ran; same arguments.
+    unsafe { after_utility(pstmt, query_string, context, before) };
+}
+
+/// Before the statement runs: `spock.deny_all_ddl`, and what AutoDDL must see
+/// before the statement changes it (a DROP's targets are gone afterwards, and a
+/// CREATE TABLE's LIKE clauses may be expanded away).
+///
+/// SAFETY: `pstmt` is the utility statement given to the hook.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> BeforeRun {
     // SAFETY: a utility PlannedStmt always has its statement.
     let parsetree = unsafe { (*pstmt).utilityStmt };
     let ddl = is_ddl(parsetree);
@@ -71,36 +112,29 @@ unsafe extern "C-unwind" fn spock_process_utility(
         )
         .raise();
     }
-    // A DROP's targets are gone afterwards, and a CREATE TABLE's LIKE clauses may be
-    // expanded away: look at them now.
-    let before = if ddl && gucs::ENABLE_DDL_REPLICATION.get() {
+    if ddl && gucs::ENABLE_DDL_REPLICATION.get() {
         // SAFETY: a valid parse tree, inside the statement's transaction.
         unsafe { BeforeRun::inspect(parsetree) }
     } else {
-        BeforeRun::default()
-    };
-    // SAFETY: the arguments we were given, forwarded; an ERROR becomes a Rust panic
-    // (pgrx guards its binding of standard_ProcessUtility; a previous hook is a bare
-    // C function pointer, so its call gets the guard here).
-    unsafe {
-        match PREVIOUS_HOOK.get().copied().flatten() {
-            Some(previous) => pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                previous(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
+        BeforeRun { ddl, ..BeforeRun::NOTHING }
     }
-    if ddl && can_proceed(parsetree, context) {
-        // SAFETY: the statement ran; same arguments.
+}
+
+/// After the statement ran: queue it.
+///
+/// SAFETY: the hook's arguments, after the statement ran; `before` is what
+/// [`before_utility`] returned for it.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    context: pg_sys::ProcessUtilityContext::Type,
+    before: BeforeRun,
+) {
+    // SAFETY: a utility PlannedStmt always has its statement.
+    let parsetree = unsafe { (*pstmt).utilityStmt };
+    if before.ddl && can_proceed(parsetree, context) {
+        // SAFETY: as the caller guarantees.
         unsafe { queue_statement(pstmt, query_string, &before) };
     }
 }
@@ -173,20 +207,30 @@ unsafe fn rangevar_is_temp(rv: *mut pg_sys::RangeVar) -> bool {
     }
 }
 
-/// What is only known before a statement runs.
-#[derive(Debug, Default)]
+/// What is only known before a statement runs. `Copy`, so nothing to drop: the
+/// hook's frame holds it while the statement runs, and an ERROR leaves that frame by
+/// longjmp.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
 struct BeforeRun {
+    /// The statement is DDL (as `log_statement = ddl` counts them).
+    ddl: bool,
     /// A DROP of relations that names only temporary ones.
     drops_only_temp: bool,
-    /// The temporary relation a CREATE TABLE copies with LIKE.
-    like_temp_source: Option<String>,
+    /// The temporary relation a CREATE TABLE copies with LIKE: its name, palloc'd in
+    /// the statement's memory context; null when none.
+    like_temp_source: *const std::ffi::c_char,
 }
 
 impl BeforeRun {
-    /// SAFETY: `parsetree` is a valid parse tree; inside a transaction.
+    /// Nothing seen.
+    const NOTHING: BeforeRun = BeforeRun { ddl: false, drops_only_temp: false, like_temp_source: std::ptr::null() };
+
+    /// SAFETY: `parsetree` is a valid parse tree of a DDL statement; inside a
+    /// transaction.
     unsafe fn inspect(parsetree: *mut pg_sys::Node) -> BeforeRun {
         use pg_sys::ObjectType::*;
-        let mut before = BeforeRun::default();
+        let mut before = BeforeRun { ddl: true, ..BeforeRun::NOTHING };
         // SAFETY: each branch reads the node type its tag names.
         unsafe {
             match (*parsetree).type_ {
@@ -210,16 +254,17 @@ impl BeforeRun {
                 }
                 pg_sys::NodeTag::T_CreateStmt => {
                     let create = &*parsetree.cast::<pg_sys::CreateStmt>();
-                    before.like_temp_source =
-                        PgList::<pg_sys::Node>::from_pg(create.tableElts).iter_ptr().find_map(|e| {
+                    before.like_temp_source = PgList::<pg_sys::Node>::from_pg(create.tableElts)
+                        .iter_ptr()
+                        .find_map(|e| {
                             let rv = if (*e).type_ == pg_sys::NodeTag::T_TableLikeClause {
                                 (*e.cast::<pg_sys::TableLikeClause>()).relation
                             } else {
                                 std::ptr::null_mut()
                             };
-                            (!rv.is_null() && rangevar_is_temp(rv))
-                                .then(|| CStr::from_ptr((*rv).relname).to_string_lossy().into_owned())
-                        });
+                            (!rv.is_null() && rangevar_is_temp(rv)).then(|| pg_sys::pstrdup((*rv).relname).cast_const())
+                        })
+                        .unwrap_or(std::ptr::null());
                 }
                 _ => {}
             }
@@ -303,7 +348,8 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
                 if rangevar_is_temp(create.relation) {
                     return SKIP;
                 }
-                if let Some(source) = &before.like_temp_source {
+                if !before.like_temp_source.is_null() {
+                    let source = CStr::from_ptr(before.like_temp_source).to_string_lossy();
                     return Decision::Skip(Some(format!(
                         "CREATE TABLE copies the definition of temporary relation \"{source}\""
                     )));

@@ -93,17 +93,38 @@ pub fn removers(floor: i64) -> Removers {
     }
 }
 
-#[pg_guard]
+// `standard_ExecutorStart` itself, not pgrx's wrapper of it (see the hook).
+unsafe extern "C-unwind" {
+    #[link_name = "standard_ExecutorStart"]
+    fn standard_executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int);
+}
+
+/// The ExecutorStart hook: note a removing statement, then start the executor.
+///
+/// Not `#[pg_guard]`, and the executor does not start through `pg_sys`, for the
+/// reason given at AutoDDL's ProcessUtility hook: an ERROR raised while the executor
+/// starts (a function run by initial partition pruning, say) must reach the handler
+/// above us as raised, with its CONTEXT, position and SQLSTATE. This frame holds
+/// nothing to drop and no `catch_unwind`, and cannot panic; our own work runs in
+/// [`note_removal`].
+///
+/// SAFETY: called by PostgreSQL with the arguments of `ExecutorStart`.
 unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags: std::ffi::c_int) {
-    // SAFETY: the executor's own query descriptor, read before it is started.
-    unsafe {
-        if !REMOVING.load(Ordering::Relaxed) && may_remove(query) {
-            REMOVING.store(true, Ordering::Relaxed);
-        }
-        match PREVIOUS_EXECUTOR_START.get().copied().flatten() {
-            Some(previous) => previous(query, eflags),
-            None => pg_sys::standard_ExecutorStart(query, eflags),
-        }
+    // SAFETY: the executor's own query descriptor, before it is started.
+    unsafe { note_removal(query) };
+    let run = PREVIOUS_EXECUTOR_START.get().copied().flatten().unwrap_or(standard_executor_start);
+    // SAFETY: the arguments we were given, forwarded.
+    unsafe { run(query, eflags) };
+}
+
+/// Marks the transaction as removing rows if this statement may.
+///
+/// SAFETY: `query` is the executor's query descriptor, with its plan.
+#[pg_guard]
+unsafe extern "C-unwind" fn note_removal(query: *mut pg_sys::QueryDesc) {
+    // SAFETY: as the caller guarantees.
+    if !REMOVING.load(Ordering::Relaxed) && unsafe { may_remove(query) } {
+        REMOVING.store(true, Ordering::Relaxed);
     }
 }
 
