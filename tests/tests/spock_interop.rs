@@ -154,7 +154,7 @@ fn read_peer_progress_gives_a_header_then_each_peer_a_new_node_needs() {
 }
 
 /// A Spock node and a spock-rs node subscribe to each other, each with Spock's
-/// own `sub_create` and an initial sync of structure and data from the other;
+/// own `sub_create` and an initial sync of the other's table;
 /// then rows, sync events, both-way conflicts (last update wins on both kinds),
 /// DDL and sequences, in both directions.
 #[test]
@@ -178,10 +178,14 @@ fn a_spock_node_and_a_spock_rs_node_replicate_both_ways() {
                 SELECT spock.repset_add_table('default', 'from_s');",
     )
     .unwrap();
+    // Structure and data from spock-rs to Spock; back, the data only (a structure
+    // sync dumps the whole database, and from_r is on both nodes by then: Spock's
+    // restore refuses that as ours does).
     sub_create(s1, r1, true, true);
     wait_ready(s1, 1);
     s1.execute("SELECT spock.repset_add_table('default', 'from_r')").unwrap();
-    sub_create(r1, s1, true, true);
+    r1.execute("CREATE TABLE from_s (id int PRIMARY KEY, v text)").unwrap();
+    sub_create(r1, s1, false, true);
     wait_ready(r1, 1);
     r1.execute("SELECT spock.repset_add_table('default', 'from_s')").unwrap();
     assert_eq!(digest(s1, "from_r", "id"), digest(r1, "from_r", "id"));
