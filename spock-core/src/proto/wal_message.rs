@@ -14,6 +14,9 @@
 //! both layouts (they cannot be confused: type 3 reads as 0x03000000 in the other
 //! order, which is no type) and [`SyncEvent::encode`] always writes Spock's.
 
+/// The prefix of Spock's logical decoding messages.
+pub const PREFIX: &str = "Spock";
+
 /// Size of a sync event's payload.
 pub const SYNC_EVENT_SIZE: usize = 72;
 

@@ -16,7 +16,7 @@ use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::conflict::{self, ConflictKind, Decision, RowVersion, Tiebreakers};
 use spock_core::exception::{self as exc, ReplayMode};
 use spock_core::names;
-use spock_core::proto::wal_message::WalMessage;
+use spock_core::proto::wal_message::{self, WalMessage};
 use spock_core::proto::{self, Decoded, Message};
 use spock_core::table_skip::InCopy;
 
@@ -459,7 +459,7 @@ impl SessionState {
     /// message of another kind is skipped with a warning (Spock errors, and so
     /// would stop at it forever).
     fn handle_message(&mut self, m: &proto::LogicalMessage) {
-        if m.prefix != "Spock" {
+        if m.prefix != wal_message::PREFIX {
             return;
         }
         match WalMessage::parse(&m.content) {

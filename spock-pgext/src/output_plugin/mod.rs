@@ -30,7 +30,7 @@ use pgrx::{PgList, PgSqlErrorCode};
 use rustc_hash::FxHashMap;
 use spock_core::origin::{self, OriginId};
 use spock_core::proto::startup::{self, BinaryFormat, Negotiated, ServerInfo};
-use spock_core::proto::wal_message::WalMessage;
+use spock_core::proto::wal_message::{self, WalMessage};
 use spock_core::proto::writer::{self, RowAction};
 use spock_core::proto::{Begin, Commit, LogicalMessage, Message, OldTupleKind, Origin, Truncate};
 use spock_core::repset::{Action, RepSet, UpdateRoute};
@@ -38,9 +38,6 @@ use spock_core::repset::{Action, RepSet, UpdateRoute};
 use crate::error::{code_for_sqlstate, PgError};
 use relation::RelEntry;
 use sink::Sink;
-
-/// Prefix of logical messages spock forwards (`spock.sync_event()`).
-const SPOCK_MESSAGE_PREFIX: &str = "Spock";
 
 /// State of one decoding session, owned through `ctx->output_plugin_private`.
 struct PluginState {
@@ -572,7 +569,7 @@ unsafe extern "C-unwind" fn spock_output_message(
     // SAFETY: startup ran for this context; prefix and message come from the decoded record.
     unsafe {
         let st = state(ctx);
-        if CStr::from_ptr(prefix).to_bytes() != SPOCK_MESSAGE_PREFIX.as_bytes() {
+        if CStr::from_ptr(prefix).to_bytes() != wal_message::PREFIX.as_bytes() {
             return;
         }
         // Only sync events leave the provider, always in Spock's layout (one written
@@ -603,7 +600,7 @@ unsafe extern "C-unwind" fn spock_output_message(
             xid,
             lsn: message_lsn,
             transactional,
-            prefix: SPOCK_MESSAGE_PREFIX.to_string(),
+            prefix: wal_message::PREFIX.to_string(),
             content,
         });
         st.send(ctx, &msg);
