@@ -449,6 +449,9 @@ fn expected_files(version: &str) -> Vec<String> {
         "lib/spock.so",
         "lib/spock_output.so",
         "licenses/LICENSE",
+        // The update from spock-rs's first SQL version, so that a cluster whose image
+        // moves to this one can ALTER EXTENSION spock UPDATE.
+        &format!("share/extension/spock--0.1.0--{version}.sql"),
         &format!("share/extension/spock--{version}.sql"),
         "share/extension/spock.control",
     ]

@@ -188,6 +188,71 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
 }
 
+/// A structure sync that meets a table of the same name on the subscriber stops with
+/// pg_restore's error and, retried, never drops or replaces that table (its rows and
+/// its replication-set membership stay); renamed away (with its index, whose name the
+/// provider's post-data would take), the sync proceeds. A crash
+/// during the copy keeps the structure the first attempt restored and finishes.
+#[test]
+fn structure_sync_retries_never_drop_a_local_table() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    node(p);
+    node(s);
+    s.execute("ALTER SYSTEM SET spock.restart_delay_default = 200").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    p.execute(
+        "CREATE TABLE t(id int PRIMARY KEY, v text);
+         SELECT spock.repset_add_table('default', 't');
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 200000) g;",
+    )
+    .unwrap();
+    s.execute(
+        "CREATE TABLE t(id int PRIMARY KEY, mine text);
+         INSERT INTO t VALUES (-1, 'local');
+         SELECT spock.repset_add_table('default', 't');",
+    )
+    .unwrap();
+    let offset = s.log_offset();
+    s.execute(&format!(
+        "SELECT spock.sub_create('sub1', '{}', synchronize_structure := true, synchronize_data := true)",
+        p.dsn("postgres")
+    ))
+    .unwrap();
+    // Three attempts, each stopped by the local table; nothing of it changes.
+    s.wait_for_log(offset, "relation \"t\" already exists", 3, Duration::from_secs(60));
+    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
+    assert_eq!(s.query_one::<String>("SELECT string_agg(mine, ',') FROM t").unwrap(), "local");
+    assert_eq!(count(s, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid = 't'::regclass"), 1);
+    // Renamed away, the sync restores the provider's t and copies it; kill -9 the
+    // subscriber during the copy.
+    s.execute("ALTER TABLE t RENAME TO t_local; ALTER INDEX t_pkey RENAME TO t_local_pkey").unwrap();
+    wait_for(
+        "the copy started",
+        Duration::from_secs(60),
+        || {
+            p.query_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name LIKE '%_sync' AND query LIKE 'COPY %')").unwrap()
+        },
+        true,
+    );
+    s.kill9().unwrap();
+    s.restart().unwrap();
+    let restarted = s.log_offset();
+    p.execute("INSERT INTO t VALUES (200001, 'after the crash')").unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 200001);
+    assert_eq!(s.query_one::<String>("SELECT string_agg(mine, ',') FROM t_local").unwrap(), "local");
+    assert_eq!(count(s, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid = 't_local'::regclass"), 1);
+    // Whether the crash came before or after the structure committed, the retry
+    // never failed on the structure it had restored itself.
+    assert!(
+        !s.log_since(restarted).contains("already exists"),
+        "the retry after the crash tripped over its own structure"
+    );
+}
+
 /// Inserts history rows on `n` (and with `update`, moves balances) until `stop`.
 fn mesh_writer(
     n: &TestNode,

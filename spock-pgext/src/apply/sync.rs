@@ -5,7 +5,7 @@
 //!    its consistent point is in the snapshot, everything after comes by streaming.
 //! 2. Structure: `pg_dump -Fc -s --snapshot` of the provider (the spock schema and
 //!    extension and `skip_schema` left out), `pg_restore --section=pre-data` here
-//!    in one transaction.
+//!    in one transaction with status 'd'.
 //! 3. Data: for every table of the subscribed sets, `COPY t (columns) TO STDOUT`
 //!    (`COPY (SELECT columns FROM ONLY t WHERE row filters)` when rows are filtered)
 //!    on the provider under the snapshot, read by PostgreSQL's COPY FROM running in
@@ -17,13 +17,18 @@
 //!    `spock.local_sync_status`. A table that already has rows here stops the sync
 //!    with a clear error instead of mixing data.
 //! 4. `pg_restore --section=post-data` (indexes, constraints, triggers) in one
-//!    transaction, then the origin starts at the slot's consistent point and the
-//!    status becomes 'r' in one commit.
+//!    transaction with status 'w', then the origin starts at the slot's consistent
+//!    point and the status becomes 'r' in one commit.
 //!
-//! Crash safety: before 'c' nothing of the data is committed and the whole sync
-//! starts again with a new slot (a structure restored by an interrupted attempt is
-//! restored again with `--clean`); at 'c' the data and the slot are kept and only
-//! post-data (best effort: parts may exist) and the final step are repeated.
+//! Crash safety: each restored section commits together with the status that
+//! follows it (psql runs pg_restore's script and the status update in one
+//! transaction): 's' means none of the structure is here, 'd' all of it, 'w' the
+//! post-data too. Before 'c' nothing of the data is committed and the sync starts
+//! again with a new slot, keeping a structure restored before ('d'). A retry never
+//! drops anything: a table (or index) of the same name made on this node stops the
+//! sync with pg_restore's error, every attempt, until it is renamed or dropped. At
+//! 'c' the data and the slot are kept and only post-data (unless 'w') and the final
+//! step are repeated.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -89,15 +94,16 @@ pub fn run(sub: &SubscriptionInfo) {
         return;
     }
     let dump = dump_path(sub);
-    if status == 'c' && lsn != 0 {
+    if matches!(status, 'c' | 'w') && lsn != 0 {
         pgrx::log!("spock subscription {}: initial sync: data was copied before a restart; finishing", sub.name);
-        if kind.structure {
-            restore(sub, &dump, "post-data", false, false);
+        if kind.structure && status == 'c' {
+            restore_section(sub, &dump, "post-data", 'w', lsn);
         }
         finish(sub, lsn, &dump);
         return;
     }
-    let retry_structure = status == 's';
+    // The structure a previous attempt restored (it committed with status 'd').
+    let structure_here = kind.structure && status == 'd';
     pgrx::log!(
         "spock subscription {}: initial sync of {}{}",
         sub.name,
@@ -168,13 +174,18 @@ pub fn run(sub: &SubscriptionInfo) {
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
     start_peer_subscriptions(sub, &peers);
     let (lsn, snapshot) = consistent_point(&rows).unwrap_or_else(|e| fail(sub, "CREATE_REPLICATION_SLOT", e));
-    BackgroundWorker::transaction(|| set_sync_status(sub.id, if kind.structure { 's' } else { 'd' }, lsn));
+    let restore_structure = kind.structure && !structure_here;
+    BackgroundWorker::transaction(|| set_sync_status(sub.id, if restore_structure { 's' } else { 'd' }, lsn));
 
     // 2. Structure before the data.
-    if kind.structure {
+    if restore_structure {
         dump_structure(sub, &snapshot, &dump);
-        restore(sub, &dump, "pre-data", true, retry_structure);
-        BackgroundWorker::transaction(|| set_sync_status(sub.id, 'd', lsn));
+        restore_section(sub, &dump, "pre-data", 'd', lsn);
+    } else if structure_here {
+        pgrx::log!(
+            "spock subscription {}: initial sync: the structure was restored before a restart; keeping it",
+            sub.name
+        );
     }
     // 3. Data, one local transaction.
     let copied = if kind.data { copy_data(sub, &snapshot, lsn) } else { 0 };
@@ -184,7 +195,7 @@ pub fn run(sub: &SubscriptionInfo) {
     drop(repl);
     // 4. Constraints and indexes after the data.
     if kind.structure {
-        restore(sub, &dump, "post-data", true, false);
+        restore_section(sub, &dump, "post-data", 'w', lsn);
     }
     finish(sub, lsn, &dump);
     pgrx::log!(
@@ -386,27 +397,38 @@ fn dump_structure(sub: &SubscriptionInfo, snapshot: &str, dump: &Path) {
     run_tool(sub, "pg_dump of the provider's structure", &mut cmd);
 }
 
-/// Restores one section of the dump here. `strict`: one transaction, stop at the
-/// first error; otherwise objects that exist already are left alone (a repeated
-/// post-data step). `clean`: drop what an interrupted attempt restored first.
-fn restore(sub: &SubscriptionInfo, dump: &Path, section: &str, strict: bool, clean: bool) {
+/// Restores one section of the dump here and records the next status in ONE local
+/// transaction: pg_restore writes the section's script, psql runs it and the status
+/// update between one BEGIN and COMMIT and stops at the first error (an object of
+/// the same name here fails the restore and leaves everything as it was). The
+/// status then tells exactly whether the section is here: a retry neither drops
+/// nor restores anything twice.
+fn restore_section(sub: &SubscriptionInfo, dump: &Path, section: &str, then: char, lsn: u64) {
     if !dump.exists() {
         sync_error(sub, &format!("restoring {section}"), format!("the dump {} is missing", dump.display()));
     }
+    let script = dump.with_extension(format!("{section}.sql"));
     let mut cmd = Command::new(bindir().join("pg_restore"));
+    cmd.arg(format!("--section={section}")).arg(format!("--file={}", script.display())).arg(dump);
+    run_tool(sub, &format!("pg_restore --section={section}"), &mut cmd);
+    let mut cmd = Command::new(bindir().join("psql"));
     // As a replica: AutoDDL must not queue the restored statements for other nodes.
     cmd.env("PGOPTIONS", "-c session_replication_role=replica");
-    cmd.arg(format!("--section={section}")).arg(format!("--dbname={}", local_dsn()));
-    if strict {
-        cmd.arg("--single-transaction").arg("--exit-on-error");
-    }
-    if clean {
-        cmd.arg("--clean").arg("--if-exists");
-    }
-    cmd.arg(dump);
-    let warnings = run_tool(sub, &format!("pg_restore --section={section}"), &mut cmd);
+    cmd.args(["--no-psqlrc", "--quiet", "--single-transaction", "--set=ON_ERROR_STOP=1"])
+        .arg(format!("--dbname={}", local_dsn()))
+        .arg(format!("--file={}", script.display()))
+        .arg(format!(
+            "--command=UPDATE spock.local_sync_status SET sync_status = '{then}', sync_statuslsn = '{}'
+                 WHERE sync_subid = {} AND sync_nspname IS NULL",
+            format_lsn(lsn),
+            sub.id
+        ));
+    // (On failure the script stays beside the dump for inspection; the next attempt
+    // writes it again.)
+    let warnings = run_tool(sub, &format!("restoring {section}"), &mut cmd);
+    let _ = std::fs::remove_file(&script);
     if !warnings.is_empty() {
-        pgrx::log!("spock subscription {}: pg_restore --section={section}: {warnings}", sub.name);
+        pgrx::log!("spock subscription {}: restoring {section}: {warnings}", sub.name);
     }
 }
 
