@@ -62,3 +62,302 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION spock.read_peer_progress(text, oid, oid) FROM PUBLIC;
+
+-- spock_gen_slot_name with Spock's signature (name arguments and result), in SQL
+-- over the Rust function, which keeps its C symbol.
+DROP FUNCTION spock.spock_gen_slot_name(text, text, text);
+CREATE FUNCTION spock._gen_slot_name(dbname text, provider_node text, subscription text) RETURNS text
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'spock_gen_slot_name_wrapper';
+ALTER FUNCTION spock._gen_slot_name(text, text, text) SET search_path = pg_catalog, pg_temp;
+
+
+CREATE FUNCTION spock.spock_gen_slot_name(dbname name, provider_node name, subscription name) RETURNS name
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT spock._gen_slot_name(dbname::text, provider_node::text, subscription::text)::name;
+$$;
+
+
+-- Subscriptions as Spock keeps them: the provider's interface named after the
+-- provider node, sub_forward_origins NULL when empty, sub_drop returning 1 (0
+-- when absent with ifexists). Generated columns refused in column lists.
+
+CREATE OR REPLACE FUNCTION spock.sub_create(
+    subscription_name name,
+    provider_dsn text,
+    replication_sets text[] = '{default,default_insert_only,ddl_sql}',
+    synchronize_structure boolean = false,
+    synchronize_data boolean = false,
+    forward_origins text[] = '{}',
+    apply_delay interval DEFAULT '0',
+    force_text_transfer boolean = false,
+    enabled boolean = true,
+    skip_schema text[] = '{}')
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_local oid := spock._local_node_id();
+    v_local_if oid;
+    v_provider record;
+    v_if oid;
+    v_if_name name;
+    v_slot name;
+    v_id oid;
+    v_other name;
+BEGIN
+    IF subscription_name = '' THEN
+        RAISE EXCEPTION 'subscription name cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM spock._check_apply_delay(apply_delay);
+    IF array_position(replication_sets, NULL) IS NOT NULL OR array_position(forward_origins, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'replication_sets and forward_origins cannot contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(replication_sets) = 0 THEN
+        RAISE EXCEPTION 'replication_sets cannot be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM spock._check_forward_origins(forward_origins);
+    IF EXISTS (SELECT 1 FROM spock.subscription s WHERE s.sub_name = sub_create.subscription_name) THEN
+        RAISE EXCEPTION 'subscription % already exists', subscription_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    SELECT * INTO v_provider FROM spock._provider_info(provider_dsn);
+    IF v_provider.node_id = v_local THEN
+        RAISE EXCEPTION 'node % cannot subscribe to itself', v_provider.node_name USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM spock._check_provider_sets(replication_sets, v_provider.replication_sets, v_provider.node_name);
+    SELECT n.node_name INTO v_other FROM spock.node n WHERE n.node_id = v_provider.node_id;
+    IF v_other IS NULL THEN
+        INSERT INTO spock.node (node_id, node_name) VALUES (v_provider.node_id, v_provider.node_name);
+    ELSIF v_other <> v_provider.node_name THEN
+        RAISE EXCEPTION 'provider node "%" has the same node id (%) as node "%"', v_provider.node_name, v_provider.node_id, v_other
+            USING ERRCODE = 'duplicate_object', HINT = 'Node names must hash to distinct 16-bit ids; rename one of the nodes.';
+    END IF;
+    SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v_provider.node_id AND if_dsn = provider_dsn;
+    IF v_if IS NULL THEN
+        -- Named after the provider node, as Spock names it (sub_alter_interface(sub,
+        -- '<provider node>') goes back to it); <node>_<subscription> when another
+        -- DSN has that name already.
+        v_if_name := v_provider.node_name::name;
+        IF EXISTS (SELECT 1 FROM spock.node_interface WHERE if_nodeid = v_provider.node_id AND if_name = v_if_name) THEN
+            v_if_name := (v_provider.node_name || '_' || subscription_name)::name;
+        END IF;
+        v_if := spock._scoped_id(v_provider.node_id, v_if_name);
+        INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn)
+        VALUES (v_if, v_if_name, v_provider.node_id, provider_dsn);
+    END IF;
+    SELECT node_local_interface INTO v_local_if FROM spock.local_node;
+    v_slot := spock.spock_gen_slot_name(current_database()::name, v_provider.node_name::name, subscription_name);
+    v_id := nextval('spock.sub_id_generator')::oid;
+    INSERT INTO spock.subscription (sub_id, sub_name, sub_origin, sub_target, sub_origin_if, sub_target_if,
+        sub_enabled, sub_slot_name, sub_replication_sets, sub_forward_origins, sub_apply_delay,
+        sub_force_text_transfer, sub_skip_lsn, sub_skip_schema, sub_created_at)
+    VALUES (v_id, subscription_name, v_provider.node_id, v_local, v_if, v_local_if, enabled, v_slot,
+        replication_sets, CASE WHEN cardinality(forward_origins) > 0 THEN forward_origins END, apply_delay,
+        force_text_transfer, '0/0', skip_schema, now());
+    -- 'i': the apply worker creates the slot (and synchronises structure 's', data
+    -- 'd' or both 'f'); a disabled subscription is ready at once (the operator
+    -- manages the slot, as with Spock).
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    VALUES (CASE WHEN synchronize_structure AND synchronize_data THEN 'f'
+                 WHEN synchronize_structure THEN 's'
+                 WHEN synchronize_data THEN 'd'
+                 ELSE 'i' END,
+            v_id, NULL, NULL, CASE WHEN enabled THEN 'i' ELSE 'r' END, '0/0');
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = v_slot) THEN
+        PERFORM pg_catalog.pg_replication_origin_create(v_slot);
+    END IF;
+    PERFORM spock._wake_workers();
+    RETURN v_id;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.sub_drop(subscription_name name, ifexists boolean DEFAULT false)
+RETURNS oid STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription;
+    v_dsn text;
+    v_origin text;
+BEGIN
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_drop.subscription_name;
+    IF NOT FOUND THEN
+        IF ifexists THEN
+            RETURN 0;
+        END IF;
+        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    SELECT if_dsn INTO v_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if;
+    IF NOT spock._drop_provider_slot(v_dsn, v.sub_slot_name) THEN
+        RAISE WARNING 'could not reach the provider to drop slot %', v.sub_slot_name
+            USING HINT = 'Drop it on the provider with pg_drop_replication_slot(), or it will keep WAL there.';
+    END IF;
+    FOR v_origin IN SELECT roname FROM pg_catalog.pg_replication_origin
+                     WHERE spock._is_subscription_origin(v.sub_slot_name, roname)
+    LOOP
+        PERFORM pg_catalog.pg_replication_origin_drop(v_origin);
+    END LOOP;
+    DELETE FROM spock.local_sync_status WHERE sync_subid = v.sub_id;
+    DELETE FROM spock.subscription WHERE sub_id = v.sub_id;
+    PERFORM spock._wake_workers();
+    -- Spock's values: 1 dropped, 0 not there (with ifexists), not the id.
+    RETURN 1;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.sub_alter_options(subscription_name name, options jsonb)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_key text;
+    v_forward text[];
+    v_delay interval;
+    v_skip text[];
+    v_workers integer;
+BEGIN
+    IF jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF options = '{}'::jsonb THEN
+        RETURN false;
+    END IF;
+    FOR v_key IN SELECT jsonb_object_keys(options) LOOP
+        IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema', 'parallel_apply_workers') THEN
+            RAISE EXCEPTION 'unknown subscription option "%"', v_key
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Known options: forward_origins, apply_delay, skip_schema, parallel_apply_workers.';
+        END IF;
+    END LOOP;
+    IF options ? 'forward_origins' THEN
+        v_forward := spock._option_text_array(options, 'forward_origins', 'forward_origins must be an array: ["all"] or []');
+        PERFORM spock._check_forward_origins(v_forward);
+        -- (NULL when empty, as Spock keeps it)
+        UPDATE spock.subscription SET sub_forward_origins = CASE WHEN cardinality(v_forward) > 0 THEN v_forward END
+         WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'apply_delay' THEN
+        BEGIN
+            v_delay := (options->>'apply_delay')::interval;
+        EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
+            RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
+        END;
+        PERFORM spock._check_apply_delay(v_delay);
+        UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'skip_schema' THEN
+        v_skip := spock._option_text_array(options, 'skip_schema', 'skip_schema must be an array of schema names');
+        UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
+    END IF;
+    IF options ? 'parallel_apply_workers' THEN
+        -- null: the node's spock.parallel_apply_workers again.
+        v_workers := NULL;
+        IF jsonb_typeof(options->'parallel_apply_workers') <> 'null' THEN
+            IF jsonb_typeof(options->'parallel_apply_workers') = 'number'
+               AND (options->>'parallel_apply_workers') ~ '^[0-9]{1,2}$' THEN
+                v_workers := (options->>'parallel_apply_workers')::integer;
+            END IF;
+            IF v_workers IS NULL OR v_workers NOT BETWEEN 1 AND 16 THEN
+                RAISE EXCEPTION 'parallel_apply_workers must be a whole number from 1 to 16, or null'
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+        UPDATE spock.subscription SET sub_parallel_apply_workers = v_workers WHERE sub_id = v.sub_id;
+    END IF;
+    -- The worker reads its options when it starts.
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    PERFORM spock._wake_workers();
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock._repset_add_relation(p_set_name name, p_rel regclass, p_columns text[],
+                                           p_row_filter text, p_skip boolean) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_set record;
+    v_class record;
+    v_col text;
+    v_missing text;
+    v_filter pg_node_tree;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(p_set_name);
+    SELECT c.relkind, c.relpersistence, n.nspname INTO v_class
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', p_rel::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF v_class.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', p_rel USING ERRCODE = 'wrong_object_type';
+    END IF;
+    -- As CREATE PUBLICATION: no system catalogs; nor anything else initdb made
+    -- (information_schema), which exists on every node anyway.
+    IF p_rel::oid < 16384 THEN
+        RAISE EXCEPTION 'cannot add relation "%" to a replication set', p_rel
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'This operation is not supported for system tables.';
+    END IF;
+    IF v_class.relpersistence <> 'p' THEN
+        RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_class.nspname = 'spock' THEN
+        RAISE EXCEPTION 'table % belongs to spock itself and cannot be added to a replication set', p_rel
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF spock._set_needs_replica_identity(v_set.replicate_update, v_set.replicate_delete)
+       AND NOT spock._has_replica_identity(p_rel) THEN
+        IF p_skip THEN
+            RAISE WARNING 'skipping table % for replication set %: it has no PRIMARY KEY or replica identity', p_rel, p_set_name;
+            RETURN false;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_index WHERE indrelid = p_rel AND indisprimary AND NOT indimmediate) THEN
+            RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+                USING ERRCODE = 'invalid_object_definition',
+                      DETAIL = 'The PRIMARY KEY of the table is DEFERRABLE: PostgreSQL does not log it as the replica identity of UPDATEs and DELETEs, and the given replication set is configured to replicate them.',
+                      HINT = 'Make the primary key NOT DEFERRABLE, or set REPLICA IDENTITY FULL (or USING INDEX on a unique index that is not deferrable), or use an insert-only set.';
+        END IF;
+        RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+            USING ERRCODE = 'invalid_object_definition',
+                  DETAIL = 'table does not have PRIMARY KEY and given replication set is configured to replicate UPDATEs and/or DELETEs',
+                  HINT = 'Add a PRIMARY KEY (or REPLICA IDENTITY FULL) to the table, or use an insert-only set.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = p_rel) THEN
+        RAISE EXCEPTION 'table % is already in replication set %', p_rel, p_set_name USING ERRCODE = 'duplicate_object';
+    END IF;
+    IF p_columns IS NOT NULL THEN
+        FOREACH v_col IN ARRAY p_columns LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = p_rel AND attname = v_col
+                                                         AND attnum > 0 AND NOT attisdropped) THEN
+                RAISE EXCEPTION 'table % does not have column %', p_rel, v_col USING ERRCODE = 'undefined_column';
+            END IF;
+            -- Generated columns are computed on each node, never sent (Spock's wording).
+            IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = p_rel AND attname = v_col AND attgenerated <> '') THEN
+                RAISE EXCEPTION 'column % cannot be declared as generated', v_col USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+        SELECT string_agg(a.attname, ', ') INTO v_missing
+          FROM pg_attribute a
+         WHERE a.attrelid = p_rel AND a.attnum > 0
+           AND a.attnum = ANY (SELECT unnest(i.indkey) FROM pg_index i
+                                WHERE i.indrelid = p_rel
+                                  AND (i.indisreplident OR (i.indisprimary AND
+                                       (SELECT relreplident FROM pg_class WHERE oid = p_rel) = 'd')))
+           AND NOT (a.attname = ANY (p_columns));
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'REPLICA IDENTITY columns must be replicated'
+                USING ERRCODE = 'invalid_column_reference', DETAIL = format('Missing: %s.', v_missing);
+        END IF;
+    END IF;
+    IF p_row_filter IS NOT NULL THEN
+        v_filter := spock._parse_row_filter(p_rel, p_row_filter);
+        -- A row that an UPDATE takes out of the filter is deleted on subscribers only
+        -- when the WAL holds the old values of the filter's columns.
+        IF (v_set.replicate_update OR v_set.replicate_delete)
+           AND NOT spock._row_filter_old_values_logged(p_rel, p_row_filter) THEN
+            RAISE WARNING 'row filter of table % reads columns whose old values are not logged', p_rel
+                USING DETAIL = 'Rows that an UPDATE moves out of the filter will stay on subscribers, and DELETEs are sent whatever the filter says.',
+                      HINT = format('Use ALTER TABLE %s REPLICA IDENTITY FULL, or filter on replica identity columns only.', p_rel);
+        END IF;
+    END IF;
+    INSERT INTO spock.replication_set_table (set_id, set_reloid, set_att_list, set_row_filter)
+    VALUES (v_set.set_id, p_rel, p_columns, v_filter);
+    PERFORM spock._invalidate_relcache(p_rel);
+    RETURN true;
+END;
+$$;
+
+UPDATE spock.subscription SET sub_forward_origins = NULL WHERE cardinality(sub_forward_origins) = 0;

@@ -181,6 +181,10 @@ BEGIN
                                                          AND attnum > 0 AND NOT attisdropped) THEN
                 RAISE EXCEPTION 'table % does not have column %', p_rel, v_col USING ERRCODE = 'undefined_column';
             END IF;
+            -- Generated columns are computed on each node, never sent (Spock's wording).
+            IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = p_rel AND attname = v_col AND attgenerated <> '') THEN
+                RAISE EXCEPTION 'column % cannot be declared as generated', v_col USING ERRCODE = 'invalid_parameter_value';
+            END IF;
         END LOOP;
         SELECT string_agg(a.attname, ', ') INTO v_missing
           FROM pg_attribute a

@@ -43,6 +43,13 @@ BEGIN
 END;
 $$;
 
+-- The slot name of a subscription (Spock's signature: name arguments and result);
+-- spock._gen_slot_name (Rust) makes it.
+CREATE FUNCTION spock.spock_gen_slot_name(dbname name, provider_node name, subscription name) RETURNS name
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT spock._gen_slot_name(dbname::text, provider_node::text, subscription::text)::name;
+$$;
+
 -- Fails unless every set of p_sets is one of the provider's p_provider_sets.
 -- Fails unless p_forward is what Spock supports: empty, or 'all'.
 CREATE FUNCTION spock._check_forward_origins(p_forward text[]) RETURNS void
@@ -109,6 +116,7 @@ DECLARE
     v_local_if oid;
     v_provider record;
     v_if oid;
+    v_if_name name;
     v_slot name;
     v_id oid;
     v_other name;
@@ -141,9 +149,16 @@ BEGIN
     END IF;
     SELECT if_id INTO v_if FROM spock.node_interface WHERE if_nodeid = v_provider.node_id AND if_dsn = provider_dsn;
     IF v_if IS NULL THEN
-        v_if := spock._scoped_id(v_provider.node_id, (v_provider.node_name || '_' || subscription_name)::name);
+        -- Named after the provider node, as Spock names it (sub_alter_interface(sub,
+        -- '<provider node>') goes back to it); <node>_<subscription> when another
+        -- DSN has that name already.
+        v_if_name := v_provider.node_name::name;
+        IF EXISTS (SELECT 1 FROM spock.node_interface WHERE if_nodeid = v_provider.node_id AND if_name = v_if_name) THEN
+            v_if_name := (v_provider.node_name || '_' || subscription_name)::name;
+        END IF;
+        v_if := spock._scoped_id(v_provider.node_id, v_if_name);
         INSERT INTO spock.node_interface (if_id, if_name, if_nodeid, if_dsn)
-        VALUES (v_if, (v_provider.node_name || '_' || subscription_name)::name, v_provider.node_id, provider_dsn);
+        VALUES (v_if, v_if_name, v_provider.node_id, provider_dsn);
     END IF;
     SELECT node_local_interface INTO v_local_if FROM spock.local_node;
     v_slot := spock.spock_gen_slot_name(current_database()::name, v_provider.node_name::name, subscription_name);
@@ -152,7 +167,8 @@ BEGIN
         sub_enabled, sub_slot_name, sub_replication_sets, sub_forward_origins, sub_apply_delay,
         sub_force_text_transfer, sub_skip_lsn, sub_skip_schema, sub_created_at)
     VALUES (v_id, subscription_name, v_provider.node_id, v_local, v_if, v_local_if, enabled, v_slot,
-        replication_sets, forward_origins, apply_delay, force_text_transfer, '0/0', skip_schema, now());
+        replication_sets, CASE WHEN cardinality(forward_origins) > 0 THEN forward_origins END, apply_delay,
+        force_text_transfer, '0/0', skip_schema, now());
     -- 'i': the apply worker creates the slot (and synchronises structure 's', data
     -- 'd' or both 'f'); a disabled subscription is ready at once (the operator
     -- manages the slot, as with Spock).
@@ -180,7 +196,7 @@ BEGIN
     SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_drop.subscription_name;
     IF NOT FOUND THEN
         IF ifexists THEN
-            RETURN NULL;
+            RETURN 0;
         END IF;
         RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
     END IF;
@@ -198,7 +214,8 @@ BEGIN
     DELETE FROM spock.local_sync_status WHERE sync_subid = v.sub_id;
     DELETE FROM spock.subscription WHERE sub_id = v.sub_id;
     PERFORM spock._wake_workers();
-    RETURN v.sub_id;
+    -- Spock's values: 1 dropped, 0 not there (with ifexists), not the id.
+    RETURN 1;
 END;
 $$;
 
@@ -309,7 +326,9 @@ BEGIN
     IF options ? 'forward_origins' THEN
         v_forward := spock._option_text_array(options, 'forward_origins', 'forward_origins must be an array: ["all"] or []');
         PERFORM spock._check_forward_origins(v_forward);
-        UPDATE spock.subscription SET sub_forward_origins = v_forward WHERE sub_id = v.sub_id;
+        -- (NULL when empty, as Spock keeps it)
+        UPDATE spock.subscription SET sub_forward_origins = CASE WHEN cardinality(v_forward) > 0 THEN v_forward END
+         WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'apply_delay' THEN
         BEGIN

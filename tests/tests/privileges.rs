@@ -47,6 +47,10 @@ const MANAGEMENT: &[&str] = &[
     "resume_apply_workers",
 ];
 
+/// Internal helpers that PUBLIC may run: pure functions of their arguments, called
+/// by a public function in LANGUAGE sql (spock_gen_slot_name(name, name, name)).
+const PURE_HELPERS: &[&str] = &["_gen_slot_name"];
+
 /// Helpers that connect from the server, stop or wake workers, or touch caches:
 /// they must refuse non-superusers even when EXECUTE has been granted.
 const GUARDED: &[(&str, &str)] = &[
@@ -120,7 +124,9 @@ fn management_and_internal_functions_are_refused_to_every_role_but_superusers() 
         .unwrap()
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .filter(|(_, name, _, _): &(String, String, bool, String)| name.starts_with('_') || MANAGEMENT.contains(&name.as_str()))
+        .filter(|(_, name, _, _): &(String, String, bool, String)| {
+            (name.starts_with('_') && !PURE_HELPERS.contains(&name.as_str())) || MANAGEMENT.contains(&name.as_str())
+        })
         .collect();
     for must in [
         "_provider_info",

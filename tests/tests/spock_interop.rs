@@ -181,12 +181,14 @@ fn a_spock_node_and_a_spock_rs_node_replicate_both_ways() {
     // Structure and data from spock-rs to Spock; back, the data only (a structure
     // sync dumps the whole database, and from_r is on both nodes by then: Spock's
     // restore refuses that as ours does).
+    // Each node publishes the other's table only once its own data sync is done (the
+    // copy would otherwise bring back rows written here, which the sync refuses).
     sub_create(s1, r1, true, true);
     wait_ready(s1, 1);
-    s1.execute("SELECT spock.repset_add_table('default', 'from_r')").unwrap();
     r1.execute("CREATE TABLE from_s (id int PRIMARY KEY, v text)").unwrap();
     sub_create(r1, s1, false, true);
     wait_ready(r1, 1);
+    s1.execute("SELECT spock.repset_add_table('default', 'from_r')").unwrap();
     r1.execute("SELECT spock.repset_add_table('default', 'from_s')").unwrap();
     assert_eq!(digest(s1, "from_r", "id"), digest(r1, "from_r", "id"));
     assert_eq!(digest(r1, "from_s", "id"), digest(s1, "from_s", "id"));
@@ -270,4 +272,93 @@ fn a_spock_node_and_a_spock_rs_node_replicate_both_ways() {
         let v: i64 = other.query_one(&format!("SELECT last_value FROM seq_{}", n.name)).unwrap();
         assert!(v >= 50, "seq_{} on {}: {v}", n.name, other.name);
     }
+}
+
+/// `count:md5` of each pgbench table on `n`.
+fn pgbench_digests(n: &TestNode) -> Vec<String> {
+    [
+        ("(SELECT aid, bid, abalance FROM pgbench_accounts)", "aid"),
+        ("(SELECT bid, bbalance FROM pgbench_branches)", "bid"),
+        ("(SELECT tid, bid, tbalance FROM pgbench_tellers)", "tid"),
+        ("(SELECT tid, bid, aid, delta, mtime FROM pgbench_history)", "x::text"),
+    ]
+    .iter()
+    .map(|(t, order)| digest(n, t, order))
+    .collect()
+}
+
+/// Two Spock nodes and a spock-rs node in a full mesh (six subscriptions made with
+/// Spock's API on each side), pgbench on all three at once: every update of a hot
+/// branch or teller row conflicts somewhere and last-update-wins must pick the same
+/// version on both kinds; every history row reaches every node once.
+#[test]
+fn a_mesh_of_two_spock_nodes_and_one_spock_rs_node_converges_under_pgbench() {
+    let Some(spock) = spock_install("a_mesh_of_two_spock_nodes_and_one_spock_rs_node_converges_under_pgbench") else {
+        return;
+    };
+    let cluster = mixed("ssr", &spock);
+    let nodes = [cluster.node(0), cluster.node(1), cluster.node(2)];
+    for n in nodes {
+        create_node(n);
+        let (ok, _, err) = n.run_tool("pgbench", &["-i", "-s", "1", "-q", &n.dsn("postgres")]).unwrap();
+        assert!(ok, "pgbench -i on {}: {err}", n.name);
+        n.execute(
+            "SELECT spock.repset_add_table('default', t) FROM unnest(ARRAY['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers']) t;
+             SELECT spock.repset_add_table('default_insert_only', 'pgbench_history');",
+        )
+        .unwrap();
+    }
+    assert!(is_spock(nodes[0]) && is_spock(nodes[1]) && !is_spock(nodes[2]));
+    nodes[2].execute("ALTER SYSTEM SET spock.save_resolutions = on").unwrap();
+    nodes[2].execute("SELECT pg_reload_conf()").unwrap();
+    for n in nodes {
+        for p in nodes {
+            if n.name != p.name {
+                sub_create(n, p, false, false);
+            }
+        }
+    }
+    for n in nodes {
+        wait_ready(n, 2);
+    }
+    let before = nodes.map(|n| n.query_one::<i64>("SELECT count(*) FROM pgbench_history").unwrap());
+    assert_eq!(before, [0, 0, 0]);
+    // pgbench on every node at once, a fixed number of transactions each.
+    let runs: Vec<(bool, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                scope.spawn(move || {
+                    let (ok, _, err) =
+                        n.run_tool("pgbench", &["-n", "-c", "2", "-j", "1", "-t", "300", &n.dsn("postgres")]).unwrap();
+                    (ok, format!("{}: {err}", n.name))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (ok, err) in &runs {
+        assert!(ok, "pgbench failed on {err}");
+    }
+    // Every node passes every other node's sync event, written after its last
+    // pgbench commit (nothing is forwarded: each node applies each origin from its
+    // own subscription to it).
+    for p in nodes {
+        for s in nodes {
+            if p.name != s.name {
+                sync(p, s);
+            }
+        }
+    }
+    let reference = pgbench_digests(nodes[0]);
+    for n in &nodes[1..] {
+        assert_eq!(pgbench_digests(n), reference, "{} differs from {}", n.name, nodes[0].name);
+    }
+    // 3 nodes x 2 clients x 300 transactions, each one history row, on every node.
+    for n in nodes {
+        assert_eq!(n.query_one::<i64>("SELECT count(*) FROM pgbench_history").unwrap(), 1800, "on {}", n.name);
+    }
+    // Conflicts happened and were resolved on the spock-rs node (branch rows are hot).
+    let resolved: i64 = nodes[2].query_one("SELECT count(*) FROM spock.resolutions").unwrap();
+    assert!(resolved > 0, "no conflict was resolved on r1");
 }

@@ -253,6 +253,48 @@ fn structure_sync_retries_never_drop_a_local_table() {
     );
 }
 
+/// A table with two upstreams (Spock's multiple_upstreams): each provider owns its
+/// keys; the second data sync adds its rows to those the first subscription
+/// replicated, while a row written on the subscriber itself still stops it.
+#[test]
+fn data_sync_adds_to_rows_of_another_upstream_but_not_to_local_rows() {
+    let c = Cluster::start_n(3).unwrap();
+    let (p1, p2, s) = (c.node(0), c.node(1), c.node(2));
+    for n in [p1, p2, s] {
+        node(n);
+        n.execute("CREATE TABLE t(id int PRIMARY KEY, v text)").unwrap();
+    }
+    p1.execute(
+        "INSERT INTO t SELECT g, 'p1' FROM generate_series(1, 3) g; SELECT spock.repset_add_table('default', 't')",
+    )
+    .unwrap();
+    p2.execute(
+        "INSERT INTO t SELECT g, 'p2' FROM generate_series(4, 6) g; SELECT spock.repset_add_table('default', 't')",
+    )
+    .unwrap();
+    s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := true)", p1.dsn("postgres"))).unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub1')").unwrap();
+    // A row written here: the second sync refuses the table.
+    s.execute("INSERT INTO t VALUES (100, 'local')").unwrap();
+    let offset = s.log_offset();
+    s.execute(&format!("SELECT spock.sub_create('sub2', '{}', synchronize_data := true)", p2.dsn("postgres"))).unwrap();
+    s.wait_for_log(offset, "table public.t already has rows on this node", 1, Duration::from_secs(30));
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 4);
+    // Gone, the rows of the first upstream stay and the second one's are added.
+    s.execute("DELETE FROM t WHERE id = 100").unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub2')").unwrap();
+    assert_eq!(
+        s.query_one::<String>("SELECT string_agg(id || v, ',' ORDER BY id) FROM t").unwrap(),
+        "1p1,2p1,3p1,4p2,5p2,6p2"
+    );
+    p1.execute("INSERT INTO t VALUES (7, 'p1')").unwrap();
+    p2.execute("INSERT INTO t VALUES (8, 'p2')").unwrap();
+    for p in [p1, p2] {
+        p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    }
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 8);
+}
+
 /// Inserts history rows on `n` (and with `update`, moves balances) until `stop`.
 fn mesh_writer(
     n: &TestNode,

@@ -14,8 +14,9 @@
 //!    and are not sent on to other nodes) with the oldest commit timestamp and
 //!    `session_replication_role = replica`; the same
 //!    transaction records status 'c' and each table's row in
-//!    `spock.local_sync_status`. A table that already has rows here stops the sync
-//!    with a clear error instead of mixing data.
+//!    `spock.local_sync_status`. A table that already has rows written here stops
+//!    the sync with a clear error instead of mixing data (rows another
+//!    subscription replicated here stay: several upstreams of one table).
 //! 4. `pg_restore --section=post-data` (indexes, constraints, triggers) in one
 //!    transaction with status 'w', then the origin starts at the slot's consistent
 //!    point and the status becomes 'r' in one commit.
@@ -511,7 +512,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
         for t in &tables {
             let name = format!("{}.{}", quote_identifier(&t.nspname), quote_identifier(&t.relname));
             let relid = local_table(sub, &name);
-            if has_rows(&name) {
+            if has_local_rows(&name) {
                 sync_error(
                     sub,
                     &format!("table {name} already has rows on this node"),
@@ -563,6 +564,26 @@ fn has_rows(name: &str) -> bool {
     Spi::get_one::<bool>(&format!("SELECT EXISTS (SELECT 1 FROM {name})"))
         .unwrap_or_else(|e| spi_failed(&format!("reading table {name}"), e))
         .unwrap_or(false)
+}
+
+/// Whether table `name` has a row that no subscription brought here: one written
+/// on this node, or whose origin is unknown (frozen, or commit timestamps off).
+/// Rows another subscription replicated (another upstream of the same table, as in
+/// Spock's multiple upstreams) stay and the copy adds the provider's; a key both
+/// have stops the copy with the unique violation.
+fn has_local_rows(name: &str) -> bool {
+    let by_origin = format!(
+        "SELECT EXISTS (SELECT 1 FROM {name}
+                         WHERE coalesce((pg_catalog.pg_xact_commit_timestamp_origin(xmin)).roident, 0) = 0)"
+    );
+    let sql = if track_commit_timestamp() { by_origin } else { format!("SELECT EXISTS (SELECT 1 FROM {name})") };
+    Spi::get_one::<bool>(&sql).unwrap_or_else(|e| spi_failed(&format!("reading table {name}"), e)).unwrap_or(true)
+}
+
+/// `track_commit_timestamp` (without it no row's origin is known).
+fn track_commit_timestamp() -> bool {
+    // SAFETY: a plain read of a server setting.
+    unsafe { pg_sys::track_commit_timestamp }
 }
 
 /// Copies table `t` (`name`: its quoted name) from the provider's snapshot into

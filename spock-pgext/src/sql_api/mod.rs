@@ -23,7 +23,7 @@ pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence"
 pgrx::extension_sql_file!(
     "../../../sql/api/subscription.sql",
     name = "api_subscription",
-    requires = ["api_sequence", sql_api::subscription::is_subscription_origin]
+    requires = ["api_sequence", sql_api::subscription::is_subscription_origin, sql_api::repset::spock_gen_slot_name]
 );
 // sync_event() (LANGUAGE sql) calls _sync_event_payload().
 pgrx::extension_sql_file!(

@@ -52,9 +52,12 @@ fn set_needs_replica_identity(replicate_update: bool, replicate_delete: bool) ->
     .needs_replica_identity()
 }
 
-/// `spock.spock_gen_slot_name(dbname, provider_node, subscription)`.
-#[pg_extern(immutable, strict, parallel_safe)]
-fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) -> String {
+/// `spock._gen_slot_name(dbname, provider_node, subscription)`, behind
+/// `spock.spock_gen_slot_name(name, name, name)` (Spock's signature, in SQL). The C
+/// symbol keeps the name 0.1.0 declared, so a server runs the old SQL until
+/// `ALTER EXTENSION spock UPDATE`.
+#[pg_extern(name = "_gen_slot_name", immutable, strict, parallel_safe)]
+pub fn spock_gen_slot_name(dbname: &str, provider_node: &str, subscription: &str) -> String {
     spock_core::names::slot_name(dbname, provider_node, subscription)
 }
 
