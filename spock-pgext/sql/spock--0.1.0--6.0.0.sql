@@ -361,3 +361,92 @@ END;
 $$;
 
 UPDATE spock.subscription SET sub_forward_origins = NULL WHERE cardinality(sub_forward_origins) = 0;
+
+-- Replication-set membership as a dependency (Spock's spock.depend): a RESTRICT
+-- drop of a member table or sequence, or of a column its row filter reads, fails
+-- (the ProcessUtility hook asks _dependent_memberships); CASCADE drops the
+-- membership with a NOTICE (the sql_drop event trigger).
+CREATE FUNCTION spock._row_filter_columns(filter text) RETURNS smallint[]
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'row_filter_columns_wrapper';
+ALTER FUNCTION spock._row_filter_columns(text) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._row_filter_columns(text) FROM PUBLIC;
+CREATE FUNCTION spock._statement_search_path() RETURNS text[]
+STRICT STABLE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'statement_search_path_wrapper';
+ALTER FUNCTION spock._statement_search_path() SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._statement_search_path() FROM PUBLIC;
+
+
+CREATE FUNCTION spock._dependent_memberships(p_rel oid, p_attnum int2)
+RETURNS TABLE(kind text, set_name text)
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'table', s.set_name::text
+      FROM spock.replication_set_table t JOIN spock.replication_set s ON s.set_id = t.set_id
+     WHERE t.set_reloid = p_rel
+       AND (p_attnum = 0 OR p_attnum = ANY (spock._row_filter_columns(t.set_row_filter::text)))
+    UNION ALL
+    SELECT 'sequence', s.set_name::text
+      FROM spock.replication_set_seq q JOIN spock.replication_set s ON s.set_id = q.set_id
+     WHERE q.set_seqoid = p_rel AND p_attnum = 0
+     ORDER BY 2;
+$$;
+
+REVOKE ALL ON FUNCTION spock._dependent_memberships(oid, int2) FROM PUBLIC;
+
+
+CREATE OR REPLACE FUNCTION spock._forget_dropped_relations() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_oids oid[];
+    v_drop record;
+    v_gone text[];
+BEGIN
+    IF to_regclass('spock.replication_set_table') IS NULL THEN
+        RETURN;  -- spock itself is being dropped
+    END IF;
+    FOR v_drop IN
+        SELECT d.objid, d.objsubid, d.object_type,
+               -- (qualified unless the statement's search_path had the schema)
+               CASE WHEN d.schema_name = ANY (spock._statement_search_path()) THEN ''
+                    ELSE quote_ident(d.schema_name) || '.' END
+               || quote_ident(d.address_names[2]) AS name
+          FROM pg_catalog.pg_event_trigger_dropped_objects() d
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass
+           AND ((d.objsubid = 0 AND d.object_type IN ('table', 'sequence', 'foreign table'))
+                OR (d.objsubid > 0 AND d.object_type = 'table column'))
+    LOOP
+        IF v_drop.objsubid = 0 THEN
+            v_oids := v_oids || v_drop.objid;
+            WITH gone AS (
+                DELETE FROM spock.replication_set_table WHERE set_reloid::oid = v_drop.objid RETURNING set_id)
+            SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)
+                             ORDER BY s.set_name)
+              INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+            IF v_gone IS NULL THEN
+                WITH gone AS (
+                    DELETE FROM spock.replication_set_seq WHERE set_seqoid::oid = v_drop.objid RETURNING set_id)
+                SELECT array_agg(format('sequence %s membership in replication set %s', v_drop.name, s.set_name)
+                                 ORDER BY s.set_name)
+                  INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+            END IF;
+        ELSE
+            WITH gone AS (
+                DELETE FROM spock.replication_set_table
+                 WHERE set_reloid::oid = v_drop.objid
+                   AND v_drop.objsubid = ANY (spock._row_filter_columns(set_row_filter::text))
+                RETURNING set_id)
+            SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)
+                             ORDER BY s.set_name)
+              INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+        END IF;
+        IF cardinality(v_gone) = 1 THEN
+            RAISE NOTICE 'drop cascades to %', v_gone[1];
+        ELSIF cardinality(v_gone) > 1 THEN
+            RAISE NOTICE 'drop cascades to % other objects', cardinality(v_gone)
+                USING DETAIL = array_to_string(ARRAY(SELECT 'drop cascades to ' || g FROM unnest(v_gone) g), E'\n');
+        END IF;
+    END LOOP;
+    IF v_oids IS NOT NULL THEN
+        DELETE FROM spock.sequence_state WHERE seqoid = ANY (v_oids);
+    END IF;
+END;
+$$;

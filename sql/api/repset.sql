@@ -368,27 +368,87 @@ BEGIN
 END;
 $$;
 
--- A dropped table or sequence leaves its replication sets and its sequence state
--- (Spock tracks this in spock.depend). ENABLE ALWAYS: also when the apply worker
--- (session_replication_role = replica) drops it. SECURITY DEFINER: any role that may
--- drop a table may drop a replicated one.
+-- The replication sets whose membership depends on relation p_rel (p_attnum 0) or
+-- on its column p_attnum (the memberships whose row filter reads it), with the
+-- kind of member ('table', 'sequence'); Spock's spock.depend holds the same.
+-- Called by the ProcessUtility hook before a RESTRICT drop
+-- (spock-pgext/src/ddl/membership.rs), which words the error.
+CREATE FUNCTION spock._dependent_memberships(p_rel oid, p_attnum int2)
+RETURNS TABLE(kind text, set_name text)
+LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'table', s.set_name::text
+      FROM spock.replication_set_table t JOIN spock.replication_set s ON s.set_id = t.set_id
+     WHERE t.set_reloid = p_rel
+       AND (p_attnum = 0 OR p_attnum = ANY (spock._row_filter_columns(t.set_row_filter::text)))
+    UNION ALL
+    SELECT 'sequence', s.set_name::text
+      FROM spock.replication_set_seq q JOIN spock.replication_set s ON s.set_id = q.set_id
+     WHERE q.set_seqoid = p_rel AND p_attnum = 0
+     ORDER BY 2;
+$$;
+
+-- A dropped table or sequence leaves its replication sets and its sequence state,
+-- a dropped column the sets whose row filter reads it (Spock tracks this in
+-- spock.depend), each with a NOTICE as PostgreSQL gives for what a drop cascades
+-- to (a RESTRICT drop of a member never gets here: see _dependent_memberships).
+-- ENABLE ALWAYS: also when the apply worker (session_replication_role = replica)
+-- drops it. SECURITY DEFINER: any role that may drop a table may drop a replicated
+-- one.
 CREATE FUNCTION spock._forget_dropped_relations() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_oids oid[];
+    v_drop record;
+    v_gone text[];
 BEGIN
     IF to_regclass('spock.replication_set_table') IS NULL THEN
         RETURN;  -- spock itself is being dropped
     END IF;
-    SELECT array_agg(d.objid) INTO v_oids FROM pg_catalog.pg_event_trigger_dropped_objects() d
-     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
-       AND d.object_type IN ('table', 'sequence');
-    IF v_oids IS NULL THEN
-        RETURN;
+    FOR v_drop IN
+        SELECT d.objid, d.objsubid, d.object_type,
+               -- (qualified unless the statement's search_path had the schema)
+               CASE WHEN d.schema_name = ANY (spock._statement_search_path()) THEN ''
+                    ELSE quote_ident(d.schema_name) || '.' END
+               || quote_ident(d.address_names[2]) AS name
+          FROM pg_catalog.pg_event_trigger_dropped_objects() d
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass
+           AND ((d.objsubid = 0 AND d.object_type IN ('table', 'sequence', 'foreign table'))
+                OR (d.objsubid > 0 AND d.object_type = 'table column'))
+    LOOP
+        IF v_drop.objsubid = 0 THEN
+            v_oids := v_oids || v_drop.objid;
+            WITH gone AS (
+                DELETE FROM spock.replication_set_table WHERE set_reloid::oid = v_drop.objid RETURNING set_id)
+            SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)
+                             ORDER BY s.set_name)
+              INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+            IF v_gone IS NULL THEN
+                WITH gone AS (
+                    DELETE FROM spock.replication_set_seq WHERE set_seqoid::oid = v_drop.objid RETURNING set_id)
+                SELECT array_agg(format('sequence %s membership in replication set %s', v_drop.name, s.set_name)
+                                 ORDER BY s.set_name)
+                  INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+            END IF;
+        ELSE
+            WITH gone AS (
+                DELETE FROM spock.replication_set_table
+                 WHERE set_reloid::oid = v_drop.objid
+                   AND v_drop.objsubid = ANY (spock._row_filter_columns(set_row_filter::text))
+                RETURNING set_id)
+            SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)
+                             ORDER BY s.set_name)
+              INTO v_gone FROM gone JOIN spock.replication_set s ON s.set_id = gone.set_id;
+        END IF;
+        IF cardinality(v_gone) = 1 THEN
+            RAISE NOTICE 'drop cascades to %', v_gone[1];
+        ELSIF cardinality(v_gone) > 1 THEN
+            RAISE NOTICE 'drop cascades to % other objects', cardinality(v_gone)
+                USING DETAIL = array_to_string(ARRAY(SELECT 'drop cascades to ' || g FROM unnest(v_gone) g), E'\n');
+        END IF;
+    END LOOP;
+    IF v_oids IS NOT NULL THEN
+        DELETE FROM spock.sequence_state WHERE seqoid = ANY (v_oids);
     END IF;
-    DELETE FROM spock.replication_set_table WHERE set_reloid::oid = ANY (v_oids);
-    DELETE FROM spock.replication_set_seq WHERE set_seqoid::oid = ANY (v_oids);
-    DELETE FROM spock.sequence_state WHERE seqoid = ANY (v_oids);
 END;
 $$;
 

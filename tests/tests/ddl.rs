@@ -274,8 +274,9 @@ fn autoddl_replicates_created_tables_and_their_rows() {
         3,
     );
 
-    // DROP TABLE replicates, and the dropped table leaves the sets on both nodes.
-    a.execute("SET spock.enable_ddl_replication = on; DROP TABLE auto_pk, parted").unwrap();
+    // DROP TABLE replicates, and the dropped table leaves the sets on both nodes
+    // (CASCADE: a member of a set depends on it).
+    a.execute("SET spock.enable_ddl_replication = on; DROP TABLE auto_pk, parted CASCADE").unwrap();
     marker(a, b, 1);
     for n in [a, b] {
         assert!(!table_exists(n, "auto_pk"));
@@ -442,7 +443,7 @@ fn sync_seq_puts_the_subscribers_sequence_ahead() {
     assert_eq!(count(a, "SELECT count(*) FROM spock.sequence_state WHERE seqoid = 's2'::regclass"), 0);
     assert_eq!(sqlstate(a, "SELECT spock.sync_seq('s2')"), "55000");
     // A dropped sequence leaves its set and its state.
-    a.execute("DROP SEQUENCE s1").unwrap();
+    a.execute("DROP SEQUENCE s1 CASCADE").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.replication_set_seq"), 1);
     assert_eq!(count(a, "SELECT count(*) FROM spock.sequence_state"), 1);
 }
@@ -599,4 +600,112 @@ fn include_ddl_repset_places_tables_by_their_replica_identity() {
     assert_eq!(sets("ctas"), "default_insert_only");
     // Statements run as subcommands or by the server itself are not queued twice.
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue WHERE message::text ~ 'CREATE SEQUENCE|CREATE INDEX'"), 0);
+}
+
+/// What psql prints on stderr for `sql` (NOTICEs and errors, terse).
+fn psql_messages(n: &TestNode, sql: &str) -> String {
+    let (_, _, err) =
+        n.run_tool("psql", &["-X", "-q", "-v", "VERBOSITY=terse", "-d", &n.dsn("postgres"), "-c", sql]).unwrap();
+    err.trim().to_string()
+}
+
+/// A replication-set membership depends on its table, sequence and the columns its
+/// row filter reads, as in Spock: a RESTRICT drop fails with 2BP01 and changes
+/// nothing, CASCADE drops the membership with a NOTICE; the apply worker always
+/// cascades (a DROP without CASCADE of a table that is a member only on the
+/// subscriber still applies there).
+#[test]
+fn dropping_a_replicated_table_column_or_sequence_needs_cascade() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    a.execute(
+        "CREATE TABLE m (id int PRIMARY KEY, data text, x int);
+         SELECT spock.repset_add_table('default', 'm');
+         SELECT spock.repset_create('extra');
+         SELECT spock.repset_add_table('extra', 'm', row_filter := 'x > 0');
+         CREATE SEQUENCE sq;
+         SELECT spock.repset_add_seq('default', 'sq');",
+    )
+    .unwrap();
+    let members = |n: &TestNode| {
+        n.query_one::<String>(
+            "SELECT coalesce(string_agg(s.set_name || ':' || r.set_reloid::regclass::text, ',' ORDER BY s.set_name), '')
+               FROM spock.replication_set_table r JOIN spock.replication_set s USING (set_id)
+              WHERE r.set_reloid <> 't'::regclass",
+        )
+        .unwrap()
+    };
+    assert_eq!(members(a), "default:m,extra:m");
+
+    // RESTRICT: refused, with PostgreSQL's wording, nothing changed.
+    let e = a.connect().unwrap().batch_execute("DROP TABLE m").unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "2BP01");
+    assert_eq!(db.message(), "cannot drop table m because other objects depend on it");
+    assert_eq!(
+        db.detail(),
+        Some(
+            "table m membership in replication set default depends on table m\n\
+             table m membership in replication set extra depends on table m"
+        )
+    );
+    assert_eq!(db.hint(), Some("Use DROP ... CASCADE to drop the dependent objects too."));
+    assert_eq!(
+        error_of(a, "ALTER TABLE m DROP COLUMN x"),
+        ("2BP01".into(), "cannot drop column x of table m because other objects depend on it".into())
+    );
+    assert_eq!(
+        error_of(a, "DROP SEQUENCE sq"),
+        ("2BP01".into(), "cannot drop sequence sq because other objects depend on it".into())
+    );
+    assert_eq!(members(a), "default:m,extra:m");
+    // A column no row filter reads goes as usual.
+    a.execute("ALTER TABLE m DROP COLUMN data").unwrap();
+
+    // CASCADE: the memberships that depend on it go, with a NOTICE each.
+    assert_eq!(
+        psql_messages(a, "ALTER TABLE m DROP COLUMN x CASCADE"),
+        "NOTICE:  drop cascades to table m membership in replication set extra"
+    );
+    assert_eq!(members(a), "default:m");
+    assert_eq!(
+        psql_messages(a, "DROP SEQUENCE sq CASCADE"),
+        "NOTICE:  drop cascades to sequence sq membership in replication set default"
+    );
+    assert_eq!(count(a, "SELECT count(*) FROM spock.replication_set_seq"), 0);
+
+    // Through replicate_ddl the same rules hold on the provider; the subscriber's
+    // apply cascades by itself.
+    b.execute(
+        "CREATE TABLE only_b_member (id int PRIMARY KEY);
+         SELECT spock.repset_add_table('default', 'only_b_member');",
+    )
+    .unwrap();
+    a.execute("CREATE TABLE only_b_member (id int PRIMARY KEY)").unwrap();
+    let e = a.connect().unwrap().batch_execute("SELECT spock.replicate_ddl('DROP TABLE public.m')").unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "2BP01");
+    a.execute("SELECT spock.replicate_ddl('DROP TABLE public.only_b_member')").unwrap();
+    wait_for("only_b_member dropped on b", WAIT, || table_exists(b, "only_b_member"), false);
+    assert_eq!(
+        count(b, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid::text = 'only_b_member'"),
+        0
+    );
+    assert_eq!(
+        psql_messages(a, "SELECT spock.replicate_ddl('DROP TABLE IF EXISTS public.m CASCADE')"),
+        "NOTICE:  drop cascades to table m membership in replication set default"
+    );
+    assert_eq!(members(a), "");
+    assert!(!table_exists(a, "m"));
+    // A plain role that owns a member table gets the same error, and may cascade.
+    a.execute(
+        "CREATE ROLE plain LOGIN; GRANT CREATE ON SCHEMA public TO plain;
+         CREATE TABLE owned (id int PRIMARY KEY); ALTER TABLE owned OWNER TO plain;
+         SELECT spock.repset_add_table('default', 'owned');",
+    )
+    .unwrap();
+    let mut c = a.connect_as("postgres", "plain").unwrap();
+    let e = c.batch_execute("DROP TABLE owned").unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "2BP01");
+    c.batch_execute("DROP TABLE owned CASCADE").unwrap();
+    assert_eq!(members(a), "");
 }

@@ -485,7 +485,7 @@ fn plain_roles_only_read_and_replication_roles_can_provide() {
     a.execute("GRANT CREATE ON SCHEMA public TO plain").unwrap();
     plain.batch_execute("CREATE TABLE mine (id int PRIMARY KEY)").unwrap();
     a.execute("SELECT spock.repset_add_table('default', 'mine')").unwrap();
-    plain.batch_execute("DROP TABLE mine").unwrap();
+    plain.batch_execute("DROP TABLE mine CASCADE").unwrap();
     assert_eq!(count_in(a, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid::oid >= 16384 AND NOT EXISTS (SELECT FROM pg_class WHERE oid = set_reloid)"), 0);
     assert_eq!(count_in(a, "SELECT count(*) FROM spock.replication_set_table"), 1, "only t is left");
 }

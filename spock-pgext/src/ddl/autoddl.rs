@@ -112,6 +112,13 @@ unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> B
         )
         .raise();
     }
+    if ddl {
+        // SAFETY: a valid parse tree, inside the statement's transaction.
+        unsafe {
+            super::membership::note_statement_search_path();
+            super::membership::refuse_restricted_drop(parsetree);
+        }
+    }
     if ddl && gucs::ENABLE_DDL_REPLICATION.get() {
         // SAFETY: a valid parse tree, inside the statement's transaction.
         unsafe { BeforeRun::inspect(parsetree) }
@@ -174,7 +181,7 @@ fn can_proceed(parsetree: *mut pg_sys::Node, context: pg_sys::ProcessUtilityCont
 /// The relation a RangeVar resolves to now, or InvalidOid (no lock, missing is fine).
 ///
 /// SAFETY: `rv` is a valid RangeVar; inside a transaction.
-unsafe fn existing_relid(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
+pub(super) unsafe fn existing_relid(rv: *mut pg_sys::RangeVar) -> pg_sys::Oid {
     // SAFETY: as the caller guarantees; RVR_MISSING_OK never raises for a missing
     // relation.
     unsafe {
@@ -418,10 +425,10 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
 }
 
 /// Pushes an active snapshot when there is none, popped on drop.
-struct SnapshotGuard(bool);
+pub(super) struct SnapshotGuard(bool);
 
 impl SnapshotGuard {
-    fn ensure() -> SnapshotGuard {
+    pub(super) fn ensure() -> SnapshotGuard {
         // SAFETY: snapshot stack calls inside a transaction.
         unsafe {
             if pg_sys::ActiveSnapshotSet() {

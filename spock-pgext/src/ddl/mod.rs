@@ -12,6 +12,7 @@
 //! The message layouts and placement rules are in `spock_core::ddl`.
 
 pub mod autoddl;
+pub mod membership;
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};

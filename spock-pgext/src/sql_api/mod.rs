@@ -17,7 +17,12 @@ mod sync;
 
 pgrx::extension_sql_file!("../../../sql/spock_catalog.sql", name = "catalog", bootstrap);
 pgrx::extension_sql_file!("../../../sql/api/node.sql", name = "api_node", requires = ["catalog"]);
-pgrx::extension_sql_file!("../../../sql/api/repset.sql", name = "api_repset", requires = ["api_node"]);
+// _dependent_memberships() (LANGUAGE sql) calls _row_filter_columns().
+pgrx::extension_sql_file!(
+    "../../../sql/api/repset.sql",
+    name = "api_repset",
+    requires = ["api_node", ddl::membership::row_filter_columns]
+);
 pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence", requires = ["api_repset"]);
 // _subscription_progress() (LANGUAGE sql) calls _is_subscription_origin().
 pgrx::extension_sql_file!(
