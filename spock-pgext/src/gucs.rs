@@ -31,6 +31,11 @@ pub enum ConflictResolutionGuc {
 pub static CONFLICT_RESOLUTION: GucSetting<ConflictResolutionGuc> =
     GucSetting::<ConflictResolutionGuc>::new(ConflictResolutionGuc::LastUpdateWins);
 
+/// `spock.check_all_uc_indexes`: an INSERT whose key is not here is also checked
+/// against the table's other unique indexes, and a local row one of them finds is
+/// the row the INSERT conflicts with (Spock's setting, off by default as there).
+pub static CHECK_ALL_UC_INDEXES: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Levels for `spock.conflict_log_level`.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LogLevelGuc {
@@ -200,6 +205,14 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.check_all_uc_indexes",
+        c"Check all valid unique indexes for conflict resolution on INSERT when primary or replica identity index fails.",
+        c"A remote INSERT that meets a local row through another unique index is resolved as a conflict with that row instead of failing.",
+        &CHECK_ALL_UC_INDEXES,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_enum_guc(
         c"spock.conflict_resolution",

@@ -166,3 +166,59 @@ fn delete_conflicts() {
     assert_eq!(value(b), "updated after the delete");
     assert_eq!(value(a), "updated after the delete");
 }
+
+/// `spock.check_all_uc_indexes` (Spock's test conflict_secondary_unique): an INSERT
+/// whose key is new but whose value of another unique index is taken here conflicts
+/// with that row and, being later, replaces it (key included); a partial index only
+/// counts for rows in its predicate; NULLs meet only in a NULLS NOT DISTINCT index.
+#[test]
+fn check_all_uc_indexes_resolves_conflicts_on_other_unique_indexes() {
+    let c = pair("last_update_wins");
+    let (a, b) = (c.node(0), c.node(1));
+    for n in [a, b] {
+        n.execute("ALTER SYSTEM SET spock.check_all_uc_indexes = on").unwrap();
+        n.execute("SELECT pg_reload_conf()").unwrap();
+        n.execute(
+            "CREATE TABLE u (a int PRIMARY KEY, b int NOT NULL UNIQUE, v text);
+             CREATE TABLE pred (a int PRIMARY KEY, b int NOT NULL, check_unique boolean NOT NULL);
+             CREATE UNIQUE INDEX ON pred (b) WHERE check_unique;
+             CREATE TABLE nulls (a int PRIMARY KEY, b int UNIQUE);
+             CREATE TABLE nnd (a int PRIMARY KEY, b int UNIQUE NULLS NOT DISTINCT);
+             SELECT spock.repset_add_table('default', t) FROM unnest(ARRAY['u', 'pred', 'nulls', 'nnd']) t;",
+        )
+        .unwrap();
+    }
+    // Rows written on b alone, then later rows from a that meet them through b's
+    // unique indexes.
+    apart(&c);
+    b.execute(
+        "INSERT INTO u VALUES (100, 1, 'local');
+         INSERT INTO pred VALUES (3, 2, true);
+         INSERT INTO nulls VALUES (10, NULL);
+         INSERT INTO nnd VALUES (100, NULL);",
+    )
+    .unwrap();
+    next_commit_is_later(b, a);
+    a.execute(
+        "INSERT INTO u VALUES (200, 1, 'remote');
+         INSERT INTO pred VALUES (4, 2, false);
+         INSERT INTO nulls VALUES (20, NULL);
+         INSERT INTO nnd VALUES (200, NULL);",
+    )
+    .unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    wait_for("b applied a's rows", || b.query_one::<i64>("SELECT count(*) FROM nnd WHERE a = 200").unwrap(), 1);
+    let rows = |sql: &str| {
+        b.query_one::<String>(&format!("SELECT string_agg(x::text, ' ' ORDER BY x::text) FROM ({sql}) x")).unwrap()
+    };
+    assert_eq!(rows("SELECT * FROM u"), "(200,1,remote)", "the later row replaced the local one");
+    assert_eq!(rows("SELECT * FROM pred"), "(3,2,t) (4,2,f)", "outside the predicate: no conflict");
+    assert_eq!(rows("SELECT * FROM nulls"), "(10,) (20,)", "NULLs are distinct");
+    assert_eq!(rows("SELECT * FROM nnd"), "(200,)", "NULLS NOT DISTINCT: the NULLs met");
+    assert_eq!(
+        b.query_one::<String>("SELECT string_agg(regexp_replace(relname, '^.*[.]', '') || ':' || conflict_type || ':' || conflict_resolution, ',' ORDER BY id) FROM spock.resolutions").unwrap(),
+        "u:insert_exists:apply_remote,nnd:insert_exists:apply_remote"
+    );
+    // The subscription never stopped on a duplicate key.
+    assert_eq!(b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating");
+}

@@ -835,6 +835,113 @@ impl TableWriter {
         }
     }
 
+    /// With `spock.check_all_uc_indexes`: the live local row that one of the table's
+    /// unique indexes other than the identity index finds for the values of
+    /// `self.remote`, locked, into `self.local` (Spock's `check_all_uc_indexes`).
+    /// Indexes are tried in the order the executor opened them; an index on
+    /// expressions is skipped, a partial one only counts when the remote row is in
+    /// its predicate, and a NULL in a key finds nothing unless the index is NULLS
+    /// NOT DISTINCT.
+    ///
+    /// SAFETY: inside the transaction the writer is ready for, with an active
+    /// snapshot; `self.remote` holds a row.
+    pub unsafe fn find_by_other_unique_index(&mut self, map: &LocalRelation) -> bool {
+        // SAFETY: the writer's open indexes and executor state; the scans, keys and
+        // predicate states live for this call (the keys' cached lookups and the
+        // predicate state in per-tuple memory, reset after the change).
+        unsafe {
+            pg_sys::slot_getallattrs(self.remote);
+            let candidates: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)> = open_indexes(self.rri)
+                .filter(|(_, index, info)| {
+                    let form = (**index).rd_index;
+                    (**index).rd_id != map.identity_index
+                        && (*form).indisunique
+                        && (*form).indisvalid
+                        && (**info).ii_Expressions.is_null()
+                })
+                .map(|(_, index, info)| (index, info))
+                .collect();
+            for (index, info) in candidates {
+                let caller = pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory);
+                let in_predicate = (*info).ii_Predicate.is_null() || {
+                    let qual = pg_sys::ExecPrepareQual((*info).ii_Predicate, self.estate);
+                    (*self.econtext).ecxt_scantuple = self.remote;
+                    pg_sys::ExecQual(qual, self.econtext)
+                };
+                let mut keys = if in_predicate { prepare_deleted_keys(self.rri, (*index).rd_id) } else { Vec::new() };
+                pg_sys::MemoryContextSwitchTo(caller);
+                if keys.is_empty() {
+                    continue;
+                }
+                let mut has_null = false;
+                for (key, col) in keys.iter_mut() {
+                    key.sk_argument = *(*self.remote).tts_values.add(*col);
+                    if *(*self.remote).tts_isnull.add(*col) {
+                        has_null = true;
+                        key.sk_flags = (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32;
+                    }
+                }
+                if has_null && !(*info).ii_NullsNotDistinct {
+                    continue;
+                }
+                if self.lock_row_found_by(index, &mut keys) {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+
+    /// Finds the live row that `keys` (equality keys on `index`'s columns) find,
+    /// locks it and leaves it in `self.local`; a row updated or deleted concurrently
+    /// is searched again, as PostgreSQL's own apply searches its rows.
+    ///
+    /// SAFETY: `index` is one of the writer's open indexes; inside its transaction.
+    unsafe fn lock_row_found_by(&mut self, index: pg_sys::Relation, keys: &mut [(pg_sys::ScanKeyData, usize)]) -> bool {
+        let mut scan_keys: Vec<pg_sys::ScanKeyData> = keys.iter().map(|(k, _)| *k).collect();
+        let nkeys = scan_keys.len() as i32;
+        // SAFETY: an MVCC index scan of the open index into the writer's local slot,
+        // then a row lock as RelationFindReplTupleByIndex takes it.
+        unsafe {
+            loop {
+                let snapshot = pg_sys::GetLatestSnapshot();
+                let scan = pg_sys::index_beginscan(self.rel, index, snapshot, std::ptr::null_mut(), nkeys, 0);
+                pg_sys::index_rescan(scan, scan_keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+                let found = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, self.local);
+                pg_sys::index_endscan(scan);
+                if !found {
+                    return false;
+                }
+                let mut tmfd = pg_sys::TM_FailureData::default();
+                let tid = (*self.local).tts_tid;
+                let result = pg_sys::table_tuple_lock(
+                    self.rel,
+                    &tid as *const pg_sys::ItemPointerData as *mut pg_sys::ItemPointerData,
+                    pg_sys::GetLatestSnapshot(),
+                    self.local,
+                    pg_sys::GetCurrentCommandId(false),
+                    pg_sys::LockTupleMode::LockTupleExclusive,
+                    pg_sys::LockWaitPolicy::LockWaitBlock,
+                    0,
+                    &mut tmfd,
+                );
+                match result {
+                    pg_sys::TM_Result::TM_Ok => return true,
+                    // Changed or deleted since the scan: search again.
+                    pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => continue,
+                    pg_sys::TM_Result::TM_Invisible => err(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        "spock: attempted to lock an invisible row".to_string(),
+                    ),
+                    _ => err(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        format!("spock: unexpected result {result} locking a row"),
+                    ),
+                }
+            }
+        }
+    }
+
     /// Inserts `self.remote`.
     ///
     /// SAFETY: `self.remote` holds a row.

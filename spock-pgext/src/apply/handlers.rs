@@ -233,7 +233,9 @@ impl ApplySession {
                 let has_key = map.identity_index != pg_sys::InvalidOid;
                 // Search first only where a duplicate key was met before, or when
                 // replaying a failed transaction change by change.
+                let check_all_unique = crate::gucs::CHECK_ALL_UC_INDEXES.get();
                 let unsearched = has_key
+                    && !check_all_unique
                     && !s.careful_tables.contains(&map.relid)
                     && s.txn.remote.as_ref().is_some_and(|r| r.replay.is_none())
                     && w.can_insert_unsearched(map.identity_index)
@@ -257,7 +259,9 @@ impl ApplySession {
                     }
                     return super::queue::is_queue(map).then(|| super::queue::QueuedRow::from_slot(w.remote));
                 }
-                if has_key && w.find(map, w.remote) {
+                // (spock.check_all_uc_indexes: a row another unique index finds is the
+                // row this INSERT meets, decided and overwritten as one with its key.)
+                if (has_key && w.find(map, w.remote)) || (check_all_unique && w.find_by_other_unique_index(map)) {
                     let local = match w.local_row_version() {
                         LocalVersion::Committed { commit_ts, origin } => Some(RowVersion { commit_ts, origin }),
                         LocalVersion::ThisTransaction | LocalVersion::Unknown => None,
