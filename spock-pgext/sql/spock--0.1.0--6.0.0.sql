@@ -450,3 +450,24 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Repair mode (Spock's spock.repair_mode).
+CREATE FUNCTION spock._repair_mode_payload(enabled boolean) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'repair_mode_payload_wrapper';
+ALTER FUNCTION spock._repair_mode_payload(boolean) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._repair_mode_payload(boolean) FROM PUBLIC;
+
+
+CREATE FUNCTION spock.repair_mode(enabled boolean) RETURNS pg_lsn
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lsn pg_lsn := pg_catalog.pg_logical_emit_message(true, 'Spock', spock._repair_mode_payload(enabled));
+BEGIN
+    -- (set_config with is_local: kept to the end of the transaction, past this
+    -- function's own SET clause, which concerns search_path only)
+    PERFORM pg_catalog.set_config('spock.replication_repair_mode', CASE WHEN enabled THEN 'on' ELSE 'off' END, true);
+    RETURN v_lsn;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock.repair_mode(boolean) FROM PUBLIC;

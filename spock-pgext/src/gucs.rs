@@ -343,8 +343,20 @@ pub static ALLOW_DDL_FROM_FUNCTIONS: GucSetting<bool> = GucSetting::<bool>::new(
 /// `spock.deny_all_ddl`: every DDL statement is refused.
 pub static DENY_ALL_DDL: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `spock.replication_repair_mode`: set by `spock.repair_mode()` for the rest of
+/// the transaction; AutoDDL leaves DDL alone meanwhile.
+pub static REPLICATION_REPAIR_MODE: GucSetting<bool> = GucSetting::<bool>::new(false);
+
 /// Registers the DDL replication parameters; called from `_PG_init`.
 pub fn init_ddl() {
+    GucRegistry::define_bool_guc(
+        c"spock.replication_repair_mode",
+        c"Set by spock.repair_mode(): this transaction's changes stay on this node.",
+        c"",
+        &REPLICATION_REPAIR_MODE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_bool_guc(
         c"spock.deny_all_ddl",
         c"Deny All DDL statements",

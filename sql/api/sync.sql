@@ -222,3 +222,21 @@ BEGIN
     CALL spock.wait_for_sync_event(result, spock._node_id(origin), lsn, timeout, wait_if_disabled);
 END;
 $$;
+
+-- Repair mode (Spock's spock.repair_mode): from here to repair_mode(false) or the
+-- end of the transaction, this transaction's changes stay on this node. A
+-- transactional 'Spock' message in the WAL tells the output plugin, which sends
+-- none of the changes after it (sync events still go); the setting
+-- spock.replication_repair_mode, on until the transaction ends, keeps AutoDDL from
+-- queueing DDL or adding tables to sets. Returns the message's LSN.
+CREATE FUNCTION spock.repair_mode(enabled boolean) RETURNS pg_lsn
+LANGUAGE plpgsql VOLATILE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_lsn pg_lsn := pg_catalog.pg_logical_emit_message(true, 'Spock', spock._repair_mode_payload(enabled));
+BEGIN
+    -- (set_config with is_local: kept to the end of the transaction, past this
+    -- function's own SET clause, which concerns search_path only)
+    PERFORM pg_catalog.set_config('spock.replication_repair_mode', CASE WHEN enabled THEN 'on' ELSE 'off' END, true);
+    RETURN v_lsn;
+END;
+$$;

@@ -709,3 +709,50 @@ fn dropping_a_replicated_table_column_or_sequence_needs_cascade() {
     c.batch_execute("DROP TABLE owned CASCADE").unwrap();
     assert_eq!(members(a), "");
 }
+
+/// `spock.repair_mode(true)` keeps the rest of its transaction (up to
+/// `repair_mode(false)`) on this node: rows and AutoDDL's DDL; sync events and the
+/// next transactions replicate as usual. Only superusers may call it.
+#[test]
+fn repair_mode_keeps_changes_on_this_node() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    a.execute(
+        "BEGIN;
+         INSERT INTO t VALUES (1, 'replicated');
+         SELECT spock.repair_mode(true);
+         INSERT INTO t VALUES (2, 'local fix');
+         UPDATE t SET v = 'changed locally' WHERE id = 1;
+         SELECT spock.repair_mode(false);
+         INSERT INTO t VALUES (3, 'replicated');
+         COMMIT;
+         BEGIN;
+         SELECT spock.repair_mode(true);
+         INSERT INTO t VALUES (4, 'local fix');
+         COMMIT;
+         INSERT INTO t VALUES (5, 'replicated');",
+    )
+    .unwrap();
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    let rows =
+        |n: &TestNode| n.query_one::<String>("SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM t").unwrap();
+    assert_eq!(rows(a), "1=changed locally,2=local fix,3=replicated,4=local fix,5=replicated");
+    assert_eq!(rows(b), "1=replicated,3=replicated,5=replicated");
+    // AutoDDL queues nothing in repair mode; the setting ends with the transaction.
+    let queued = count(a, "SELECT count(*) FROM spock.queue");
+    a.execute(
+        "SET spock.enable_ddl_replication = on;
+         BEGIN;
+         SELECT spock.repair_mode(true);
+         CREATE TABLE only_here (id int PRIMARY KEY);
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(count(a, "SELECT count(*) FROM spock.queue"), queued);
+    assert_eq!(a.query_one::<String>("SELECT current_setting('spock.replication_repair_mode')").unwrap(), "off");
+    // Not for plain roles.
+    a.execute("CREATE ROLE plain LOGIN").unwrap();
+    let mut c = a.connect_as("postgres", "plain").unwrap();
+    let e = c.batch_execute("SELECT spock.repair_mode(true)").unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
+}

@@ -43,6 +43,12 @@ impl SyncEvent {
     }
 }
 
+/// The payload of `spock.repair_mode(on)`: the message type alone, in native byte
+/// order as Spock writes it.
+pub fn repair_mode_payload(on: bool) -> [u8; 4] {
+    (if on { REPAIR_MODE_ON } else { REPAIR_MODE_OFF }).to_ne_bytes()
+}
+
 /// What a `Spock` WAL message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalMessage {
@@ -92,6 +98,14 @@ mod tests {
     /// writes (type 3 and the id little-endian, then 64 zero bytes).
     #[cfg(target_endian = "little")]
     const SPOCK_GOLDEN: &str = "03000000fd6c0000";
+
+    #[test]
+    fn repair_mode_payloads_read_back() {
+        assert_eq!(WalMessage::parse(&repair_mode_payload(true)), WalMessage::RepairMode(true));
+        assert_eq!(WalMessage::parse(&repair_mode_payload(false)), WalMessage::RepairMode(false));
+        #[cfg(target_endian = "little")]
+        assert_eq!(repair_mode_payload(true), [1, 0, 0, 0]);
+    }
 
     #[test]
     #[cfg(target_endian = "little")]

@@ -149,7 +149,7 @@ unsafe extern "C-unwind" fn after_utility(
 /// Spock's `autoddl_can_proceed`: cheap checks, no catalog access.
 fn can_proceed(parsetree: *mut pg_sys::Node, context: pg_sys::ProcessUtilityContext::Type) -> bool {
     use pg_sys::ProcessUtilityContext::*;
-    if !gucs::ENABLE_DDL_REPLICATION.get() || running_replicated_sql() {
+    if !gucs::ENABLE_DDL_REPLICATION.get() || running_replicated_sql() || gucs::REPLICATION_REPAIR_MODE.get() {
         return false;
     }
     // SAFETY: plain reads of backend globals.

@@ -57,6 +57,40 @@ struct PluginState {
     stream: stream::StreamState,
     /// Where every message goes.
     sink: Sink,
+    /// Top-level transactions in repair mode (`spock.repair_mode(true)` came and
+    /// no `repair_mode(false)` after it): their changes are not sent.
+    repair: std::collections::HashSet<u32>,
+}
+
+/// The top-level transaction id of `txn`.
+///
+/// SAFETY: `txn` is a valid reorder-buffer transaction.
+unsafe fn top_xid(txn: *mut pg_sys::ReorderBufferTXN) -> u32 {
+    // SAFETY: as the caller guarantees; toptxn is null or valid.
+    unsafe {
+        let top = if (*txn).toptxn.is_null() { txn } else { (*txn).toptxn };
+        (*top).xid.into_inner()
+    }
+}
+
+impl PluginState {
+    /// Whether `txn`'s changes are held back by `spock.repair_mode`.
+    ///
+    /// SAFETY: `txn` is null or a valid reorder-buffer transaction.
+    unsafe fn in_repair_mode(&self, txn: *mut pg_sys::ReorderBufferTXN) -> bool {
+        // SAFETY: forwarded.
+        !self.repair.is_empty() && !txn.is_null() && self.repair.contains(&unsafe { top_xid(txn) })
+    }
+
+    /// Forgets the repair mode of a transaction that ended.
+    ///
+    /// SAFETY: as [`in_repair_mode`](Self::in_repair_mode).
+    unsafe fn end_repair_mode(&mut self, txn: *mut pg_sys::ReorderBufferTXN) {
+        if !self.repair.is_empty() && !txn.is_null() {
+            // SAFETY: forwarded.
+            self.repair.remove(&unsafe { top_xid(txn) });
+        }
+    }
 }
 
 impl PluginState {
@@ -267,6 +301,7 @@ unsafe extern "C-unwind" fn spock_output_startup(
         rels_cxt,
         node_names: HashMap::new(),
         cxt,
+        repair: std::collections::HashSet::new(),
     });
     // SAFETY: ownership moves to the context; shutdown frees it.
     unsafe { (*ctx).output_plugin_private = Box::into_raw(state).cast() };
@@ -323,6 +358,8 @@ unsafe extern "C-unwind" fn spock_output_commit(
 ) {
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
+    // SAFETY: valid transaction.
+    unsafe { st.end_repair_mode(txn) };
     if !st.txn_started {
         // Nothing of this transaction was published: send nothing, but let the
         // walsender know we made progress so it can confirm it.
@@ -417,6 +454,10 @@ unsafe extern "C-unwind" fn spock_output_change(
     let st = unsafe { state(ctx) };
     // SAFETY: valid reorder-buffer pointers.
     unsafe { st.stream.note_change(txn, change) };
+    // SAFETY: valid transaction.
+    if unsafe { st.in_repair_mode(txn) } {
+        return;
+    }
     let cxt = st.cxt;
     // SAFETY: all pointers come from the reorder buffer for this callback.
     unsafe { in_message_context(cxt, || decode_change(ctx, st, txn, rel, change)) }
@@ -527,6 +568,10 @@ unsafe extern "C-unwind" fn spock_output_truncate(
     let st = unsafe { state(ctx) };
     // SAFETY: valid reorder-buffer pointers.
     unsafe { st.stream.note_change(txn, change) };
+    // SAFETY: valid transaction.
+    if unsafe { st.in_repair_mode(txn) } {
+        return;
+    }
     let cxt = st.cxt;
     // SAFETY: arguments of a truncate callback.
     unsafe {
@@ -574,11 +619,22 @@ unsafe extern "C-unwind" fn spock_output_message(
         }
         // Only sync events leave the provider, always in Spock's layout (one written
         // by spock-rs 0.1.0, big-endian, may still be in the WAL); repair-mode
-        // messages concern this node alone, and what we do not know is not sent.
+        // messages hold back the rest of their transaction's changes (or let them
+        // go again) and are not sent; what we do not know is not sent either.
         let payload = std::slice::from_raw_parts(message.cast::<u8>(), message_size);
         let event = match WalMessage::parse(payload) {
             WalMessage::SyncEvent(e) => e,
-            WalMessage::RepairMode(_) => return,
+            WalMessage::RepairMode(on) => {
+                if transactional && !txn.is_null() {
+                    let xid = top_xid(txn);
+                    if on {
+                        st.repair.insert(xid);
+                    } else {
+                        st.repair.remove(&xid);
+                    }
+                }
+                return;
+            }
             WalMessage::Unknown(kind) => {
                 pgrx::warning!(
                     "spock: ignoring a \"Spock\" WAL message at {} of unknown type {} ({message_size} bytes)",

@@ -216,6 +216,9 @@ unsafe fn end_streamed(
     // SAFETY: see above.
     unsafe {
         let st = state(ctx);
+        if (*txn).toptxn.is_null() {
+            st.end_repair_mode(txn);
+        }
         let top = if (*txn).toptxn.is_null() { txn } else { (*txn).toptxn };
         let xid = (*top).xid.into_inner();
         let subxid = (*txn).xid.into_inner();

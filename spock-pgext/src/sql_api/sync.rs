@@ -29,3 +29,9 @@ fn provider_tables(
 fn sync_event_payload(node_id: pgrx::pg_sys::Oid) -> Vec<u8> {
     spock_core::proto::wal_message::SyncEvent { origin: u32::from(node_id) }.encode().to_vec()
 }
+
+/// The payload of `spock.repair_mode(on)`'s WAL message, as Spock writes it.
+#[pg_extern(immutable, parallel_safe, strict, name = "_repair_mode_payload")]
+fn repair_mode_payload(enabled: bool) -> Vec<u8> {
+    spock_core::proto::wal_message::repair_mode_payload(enabled).to_vec()
+}
