@@ -471,3 +471,42 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION spock.repair_mode(boolean) FROM PUBLIC;
+
+-- Conflict statistics (Spock's get/reset_subscription_stats) and the cleanup of
+-- spock.resolutions (cleanup_resolutions, spock.resolutions_retention_days).
+CREATE FUNCTION spock._conflict_counts(subid oid) RETURNS bigint[]
+STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'conflict_counts_wrapper';
+ALTER FUNCTION spock._conflict_counts(oid) SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION spock.reset_subscription_stats(subid oid DEFAULT NULL) RETURNS void
+VOLATILE PARALLEL UNSAFE SET search_path TO pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'reset_subscription_stats_wrapper';
+REVOKE ALL ON FUNCTION spock.reset_subscription_stats(oid) FROM PUBLIC;
+
+
+CREATE FUNCTION spock.get_subscription_stats(subid oid,
+    OUT subid oid, OUT confl_insert_exists bigint, OUT confl_update_origin_differs bigint,
+    OUT confl_update_exists bigint, OUT confl_update_missing bigint,
+    OUT confl_delete_origin_differs bigint, OUT confl_delete_missing bigint,
+    OUT confl_delete_exists bigint, OUT stats_reset timestamptz)
+RETURNS record LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT $1, c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+           CASE WHEN c[8] <> 0 THEN '2000-01-01 00:00:00+00'::timestamptz + c[8] * interval '1 microsecond' END
+      FROM (SELECT spock._conflict_counts($1) AS c) x;
+$$;
+
+CREATE FUNCTION spock.cleanup_resolutions(days integer DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_days integer := coalesce(days, current_setting('spock.resolutions_retention_days')::integer);
+    v_deleted bigint;
+BEGIN
+    IF v_days <= 0 THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM spock.resolutions WHERE log_time < now() - make_interval(days => v_days);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock.cleanup_resolutions(integer) FROM PUBLIC;

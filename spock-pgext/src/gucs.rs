@@ -36,6 +36,10 @@ pub static CONFLICT_RESOLUTION: GucSetting<ConflictResolutionGuc> =
 /// the row the INSERT conflicts with (Spock's setting, off by default as there).
 pub static CHECK_ALL_UC_INDEXES: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `spock.resolutions_retention_days`: `spock.resolutions` rows older than this
+/// are deleted once a day (0: never).
+pub static RESOLUTIONS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(100);
+
 /// Levels for `spock.conflict_log_level`.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum LogLevelGuc {
@@ -205,6 +209,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"spock.resolutions_retention_days",
+        c"Number of days to retain rows in spock.resolutions.",
+        c"Older rows are deleted once a day by each database's spock manager; 0 disables the cleanup.",
+        &RESOLUTIONS_RETENTION_DAYS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
         c"spock.check_all_uc_indexes",

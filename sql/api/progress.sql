@@ -98,3 +98,36 @@ CREATE VIEW spock.apply_workers AS
 -- Monitoring: progress is no secret (apply_group_progress() and retention_horizon()
 -- are executable by PUBLIC).
 GRANT SELECT ON spock.progress, spock.lag_tracker, spock.retention, spock.apply_workers TO PUBLIC;
+
+-- Conflicts met by a subscription's apply since the counters were reset (Spock's
+-- spock.get_subscription_stats; counted in shared memory since the server
+-- started, not kept across restarts). Zeros for a subscription whose worker has
+-- not run yet.
+CREATE FUNCTION spock.get_subscription_stats(subid oid,
+    OUT subid oid, OUT confl_insert_exists bigint, OUT confl_update_origin_differs bigint,
+    OUT confl_update_exists bigint, OUT confl_update_missing bigint,
+    OUT confl_delete_origin_differs bigint, OUT confl_delete_missing bigint,
+    OUT confl_delete_exists bigint, OUT stats_reset timestamptz)
+RETURNS record LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT $1, c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+           CASE WHEN c[8] <> 0 THEN '2000-01-01 00:00:00+00'::timestamptz + c[8] * interval '1 microsecond' END
+      FROM (SELECT spock._conflict_counts($1) AS c) x;
+$$;
+
+-- Deletes the spock.resolutions rows older than `days` days (NULL: the setting
+-- spock.resolutions_retention_days; 0 or less deletes nothing) and returns how
+-- many went. Each node's manager runs it once a day (Spock's apply workers do).
+CREATE FUNCTION spock.cleanup_resolutions(days integer DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_days integer := coalesce(days, current_setting('spock.resolutions_retention_days')::integer);
+    v_deleted bigint;
+BEGIN
+    IF v_days <= 0 THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM spock.resolutions WHERE log_time < now() - make_interval(days => v_days);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END;
+$$;

@@ -222,3 +222,68 @@ fn check_all_uc_indexes_resolves_conflicts_on_other_unique_indexes() {
     // The subscription never stopped on a duplicate key.
     assert_eq!(b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "replicating");
 }
+
+/// `spock.get_subscription_stats` counts each conflict kind per subscription until
+/// `spock.reset_subscription_stats`; `spock.cleanup_resolutions` trims old rows of
+/// `spock.resolutions` by `spock.resolutions_retention_days` or its argument.
+#[test]
+fn conflict_statistics_and_resolutions_cleanup() {
+    let c = pair("last_update_wins");
+    let (a, b) = (c.node(0), c.node(1));
+    let sub: i64 = b.query_one("SELECT sub_id::int8 FROM spock.subscription").unwrap();
+    let stats = || {
+        b.query_one::<String>(&format!(
+            "SELECT concat_ws(',', confl_insert_exists, confl_update_origin_differs, confl_update_exists,
+                              confl_update_missing, confl_delete_origin_differs, confl_delete_missing,
+                              confl_delete_exists)
+               FROM spock.get_subscription_stats({sub})"
+        ))
+        .unwrap()
+    };
+    b.execute(&format!("SELECT spock.reset_subscription_stats({sub})")).unwrap();
+    assert_eq!(stats(), "0,0,0,0,0,0,0");
+    assert!(b
+        .query_one::<bool>(&format!(
+            "SELECT stats_reset > now() - interval '1 hour' FROM spock.get_subscription_stats({sub})"
+        ))
+        .unwrap());
+    a.execute("INSERT INTO t VALUES (1, 'a'), (2, 'a'), (3, 'a')").unwrap();
+    settle(&c);
+    // update_missing, delete_missing, insert_exists on b.
+    apart(&c);
+    b.execute("DELETE FROM t WHERE id IN (1, 2); INSERT INTO t VALUES (4, 'b')").unwrap();
+    next_commit_is_later(b, a);
+    a.execute("UPDATE t SET v = 'a2' WHERE id = 1; DELETE FROM t WHERE id = 2; INSERT INTO t VALUES (4, 'a')").unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    wait_for("b applied a's changes", || b.query_one::<String>("SELECT v FROM t WHERE id = 4").unwrap(), "a".into());
+    assert_eq!(stats(), "1,0,0,1,0,1,0");
+    // Reset: back to zero; a plain role reads them but may not reset them.
+    b.execute("CREATE ROLE plain LOGIN").unwrap();
+    let mut p = b.connect_as("postgres", "plain").unwrap();
+    assert_eq!(
+        p.query_one(&format!("SELECT confl_insert_exists FROM spock.get_subscription_stats({sub})"), &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+    let e = p.batch_execute(&format!("SELECT spock.reset_subscription_stats({sub})")).unwrap_err();
+    assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
+    b.execute("SELECT spock.reset_subscription_stats()").unwrap();
+    assert_eq!(stats(), "0,0,0,0,0,0,0");
+
+    // cleanup_resolutions: rows older than the retention go.
+    let saved = b.query_one::<i64>("SELECT count(*) FROM spock.resolutions").unwrap();
+    assert!(saved >= 3, "{saved} resolutions saved");
+    b.execute("UPDATE spock.resolutions SET log_time = now() - interval '60 days' WHERE id = (SELECT min(id) FROM spock.resolutions)").unwrap();
+    assert_eq!(b.query_one::<i64>("SELECT spock.cleanup_resolutions(90)").unwrap(), 0);
+    b.execute("ALTER SYSTEM SET spock.resolutions_retention_days = 0").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "the setting",
+        || b.query_one::<String>("SELECT current_setting('spock.resolutions_retention_days')").unwrap(),
+        "0".into(),
+    );
+    assert_eq!(b.query_one::<i64>("SELECT spock.cleanup_resolutions()").unwrap(), 0, "0 days: no cleanup");
+    assert_eq!(b.query_one::<i64>("SELECT spock.cleanup_resolutions(30)").unwrap(), 1);
+    assert_eq!(b.query_one::<i64>("SELECT count(*) FROM spock.resolutions").unwrap(), saved - 1);
+}

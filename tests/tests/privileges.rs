@@ -47,9 +47,11 @@ const MANAGEMENT: &[&str] = &[
     "resume_apply_workers",
 ];
 
-/// Internal helpers that PUBLIC may run: pure functions of their arguments, called
-/// by a public function in LANGUAGE sql (spock_gen_slot_name(name, name, name)).
-const PURE_HELPERS: &[&str] = &["_gen_slot_name"];
+/// Internal helpers that PUBLIC may run, called by a public function in LANGUAGE
+/// sql: a pure function of its arguments (for spock_gen_slot_name(name, name,
+/// name)) and the conflict counters (for get_subscription_stats, as PostgreSQL's
+/// pg_stat_subscription_stats is public).
+const PURE_HELPERS: &[&str] = &["_gen_slot_name", "_conflict_counts"];
 
 /// Helpers that connect from the server, stop or wake workers, or touch caches:
 /// they must refuse non-superusers even when EXECUTE has been granted.

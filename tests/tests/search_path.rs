@@ -357,9 +357,12 @@ fn autoddl_queries_ignore_operators_planted_by_the_ddl_author() {
 /// The functions of schema spock that every role may call, and why: they only read,
 /// and what they read is guarded by the catalogs' privileges.
 const PUBLIC_FUNCTIONS: &[&str] = &[
+    // (reads the conflict counters for get_subscription_stats)
+    "_conflict_counts",
     // (computes spock_gen_slot_name's result from its arguments)
     "_gen_slot_name",
     "apply_group_progress",
+    "get_subscription_stats",
     "node_info",
     "repset_show_table",
     "retention_horizon",

@@ -40,7 +40,12 @@ pgrx::extension_sql_file!(
 pgrx::extension_sql_file!(
     "../../../sql/api/progress.sql",
     name = "api_progress",
-    requires = ["api_sync", sql_api::progress::apply_group_progress, sql_api::retention::retention_horizon]
+    requires = [
+        "api_sync",
+        sql_api::progress::apply_group_progress,
+        sql_api::progress::conflict_counts,
+        sql_api::retention::retention_horizon
+    ]
 );
 // The text[] overload of replicate_ddl (LANGUAGE sql) calls the text one.
 pgrx::extension_sql_file!(

@@ -58,3 +58,25 @@ fn apply_group_progress() -> TableIterator<
         .collect();
     TableIterator::new(rows)
 }
+
+/// `spock._conflict_counts(subid)`: the subscription's conflict counters in the
+/// order of Spock's statistics columns, then when they were last reset
+/// (microseconds since 2000-01-01, 0 when never); `spock.get_subscription_stats`
+/// shows them. Counted in shared memory since the server started.
+#[pg_extern(name = "_conflict_counts", stable, strict, parallel_safe)]
+fn conflict_counts(subid: pg_sys::Oid) -> Vec<i64> {
+    // SAFETY: reads this backend's database id.
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let (counts, reset) = crate::workers::shmem::conflict_stats(db, u32::from(subid));
+    counts.iter().map(|c| i64::try_from(*c).unwrap_or(i64::MAX)).chain(std::iter::once(reset)).collect()
+}
+
+/// `spock.reset_subscription_stats(subid)`: sets the conflict counters of
+/// subscription `subid` (NULL: of every subscription of this database) to zero.
+#[pg_extern(name = "reset_subscription_stats", volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reset_subscription_stats(subid: default!(Option<pg_sys::Oid>, "NULL")) {
+    // SAFETY: reads this backend's database id and the statement's start time.
+    let (db, now) = unsafe { (u32::from(pg_sys::MyDatabaseId), pg_sys::GetCurrentTimestamp()) };
+    crate::workers::shmem::reset_conflict_stats(db, subid.map(u32::from), now);
+}

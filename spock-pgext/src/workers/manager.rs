@@ -20,6 +20,26 @@ use crate::gucs;
 /// How often the manager checks the catalog when nothing wakes it.
 const NAPTIME: Duration = Duration::from_secs(1);
 
+/// How often `spock.resolutions` is trimmed.
+const RESOLUTIONS_CLEANUP_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// `spock.cleanup_resolutions()` with the configured retention; a failure is a
+/// WARNING (tried again the next day), never the manager's end.
+fn trim_resolutions() {
+    if gucs::RESOLUTIONS_RETENTION_DAYS.get() <= 0 {
+        return;
+    }
+    BackgroundWorker::transaction(|| {
+        let _ = Spi::run(
+            "DO $$BEGIN
+                 PERFORM spock.cleanup_resolutions();
+             EXCEPTION WHEN OTHERS THEN
+                 RAISE WARNING 'spock: trimming spock.resolutions failed: %', SQLERRM;
+             END$$",
+        );
+    });
+}
+
 struct Worker {
     handle: DynamicBackgroundWorker,
 }
@@ -67,6 +87,9 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     let mut workers: HashMap<u32, Worker> = HashMap::new();
     let mut failed_at: HashMap<u32, Instant> = HashMap::new();
     let mut keeper = retention::Keeper::new(db);
+    // spock.resolutions is trimmed to spock.resolutions_retention_days once a day,
+    // the first time a minute after the manager starts.
+    let mut resolutions_trimmed = Instant::now().checked_sub(RESOLUTIONS_CLEANUP_EVERY - Duration::from_secs(60));
     loop {
         super::reload_config_if_asked();
         let (installed, subs) = BackgroundWorker::transaction(|| {
@@ -100,6 +123,10 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             break;
         }
         keeper.step(&subs);
+        if resolutions_trimmed.is_none_or(|t| t.elapsed() >= RESOLUTIONS_CLEANUP_EVERY) {
+            resolutions_trimmed = Some(Instant::now());
+            trim_resolutions();
+        }
         let delay = Duration::from_millis(gucs::restart_delay_ms());
         for (sub_id, name) in &wanted {
             // A transaction that stopped the worker is still changing the subscription.

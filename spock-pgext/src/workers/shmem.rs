@@ -46,6 +46,52 @@ pub struct SubProgress {
     /// The last worker stopped because it was asked to (SIGTERM), not by an error:
     /// the manager may start the next one at once.
     pub stopped_on_request: bool,
+    /// Conflicts met since `stats_reset`, per kind in the order of Spock's
+    /// statistics columns (`spock_core::conflict::ConflictKind::ALL`, first 7):
+    /// `spock.get_subscription_stats`.
+    pub conflicts: [u64; CONFLICT_COUNTERS],
+    /// When the counters were last reset (0: never since the server started).
+    pub stats_reset: i64,
+}
+
+/// Conflict counters per subscription: Spock's seven kinds.
+pub const CONFLICT_COUNTERS: usize = 7;
+
+/// Counts a conflict of kind number `kind` (< [`CONFLICT_COUNTERS`]) for
+/// subscription `sub_id` of database `dbid`.
+pub fn count_conflict(dbid: u32, sub_id: u32, kind: usize) {
+    if kind >= CONFLICT_COUNTERS {
+        return;
+    }
+    let Some(i) = progress_slot(dbid, sub_id) else { return };
+    let mut s = WORKER_STATE.exclusive();
+    s.progress[i].conflicts[kind] += 1;
+}
+
+/// The conflict counters of a subscription and when they were reset (zeros and 0
+/// when its worker never ran since the server started).
+pub fn conflict_stats(dbid: u32, sub_id: u32) -> ([u64; CONFLICT_COUNTERS], i64) {
+    let s = WORKER_STATE.share();
+    s.progress
+        .iter()
+        .find(|p| p.in_use && p.dbid == dbid && p.sub_id == sub_id)
+        .map_or(([0; CONFLICT_COUNTERS], 0), |p| (p.conflicts, p.stats_reset))
+}
+
+/// Resets the conflict counters of subscription `sub_id` (every subscription of
+/// `dbid` when `None`), stamping the reset with `now`.
+pub fn reset_conflict_stats(dbid: u32, sub_id: Option<u32>, now: i64) {
+    if let Some(id) = sub_id {
+        // Claimed if new, so that the reset time shows.
+        progress_slot(dbid, id);
+    }
+    let mut s = WORKER_STATE.exclusive();
+    for p in s.progress.iter_mut() {
+        if p.in_use && p.dbid == dbid && sub_id.is_none_or(|id| id == p.sub_id) {
+            p.conflicts = [0; CONFLICT_COUNTERS];
+            p.stats_reset = now;
+        }
+    }
 }
 
 /// Databases whose apply workers are paused (`spock.pause_apply_workers()`).

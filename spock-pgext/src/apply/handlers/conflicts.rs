@@ -79,6 +79,17 @@ impl SessionState {
         let policy = gucs::conflict_policy();
         match rule(remote, policy, Tiebreakers { local_node: local_tb, remote_node: remote_tb }) {
             Ok(d) => {
+                // Spock's statistics count its seven kinds. An UPDATE of a row
+                // deleted here is update_missing there (Spock keeps no deleted
+                // versions); an INSERT of a deleted key is no conflict for Spock.
+                let counted = if d.kind == ConflictKind::UpdateDeleted { ConflictKind::UpdateMissing } else { d.kind };
+                if let Some(k) =
+                    ConflictKind::ALL[..crate::workers::shmem::CONFLICT_COUNTERS].iter().position(|k| *k == counted)
+                {
+                    // SAFETY: reads this backend's database id.
+                    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+                    crate::workers::shmem::count_conflict(db, self.sub.id, k);
+                }
                 let msg = format!(
                     "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
                     d.kind,
