@@ -510,3 +510,36 @@ END;
 $$;
 
 REVOKE ALL ON FUNCTION spock.cleanup_resolutions(integer) FROM PUBLIC;
+
+-- spock.readonly: no table resync in a read-only node.
+CREATE OR REPLACE FUNCTION spock.sub_resync_table(subscription_name name, relation regclass, truncate boolean DEFAULT true)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+    v_nsp name;
+    v_rel name;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relation;
+    IF NOT FOUND THEN
+        -- (without this check a row with no table would be a second subscription-level row)
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF NOT v.sub_enabled THEN
+        RAISE EXCEPTION 'subscription % is disabled', subscription_name
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it first: the apply worker copies the table.';
+    END IF;
+    IF current_setting('spock.readonly') <> 'off' THEN
+        RAISE EXCEPTION 'cannot resync table "%.%": subscriber is in read-only mode', v_nsp, v_rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('spock.readonly is set to "%s" on this node.', current_setting('spock.readonly')),
+                  HINT = 'Set spock.readonly to ''off'' before resyncing.';
+    END IF;
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    VALUES (CASE WHEN truncate THEN 'f' ELSE 'd' END, v.sub_id, v_nsp, v_rel, 'i', '0/0')
+    ON CONFLICT (sync_subid, sync_nspname, sync_relname)
+    DO UPDATE SET sync_kind = EXCLUDED.sync_kind, sync_status = 'i', sync_statuslsn = '0/0';
+    RETURN true;
+END;
+$$;

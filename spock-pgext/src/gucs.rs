@@ -36,6 +36,27 @@ pub static CONFLICT_RESOLUTION: GucSetting<ConflictResolutionGuc> =
 /// the row the INSERT conflicts with (Spock's setting, off by default as there).
 pub static CHECK_ALL_UC_INDEXES: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// Values of `spock.readonly`.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReadonlyGuc {
+    /// Writable.
+    #[name = c"off"]
+    Off,
+    /// Sessions of non-superusers are read-only; replicated changes apply.
+    #[name = c"local"]
+    Local,
+    /// Spock's older name of `local`.
+    #[name = c"user"]
+    #[hidden = true]
+    User,
+    /// Also no replicated change applies: the apply workers stop.
+    #[name = c"all"]
+    All,
+}
+
+/// `spock.readonly` (Spock's read-only modes).
+pub static READONLY: GucSetting<ReadonlyGuc> = GucSetting::<ReadonlyGuc>::new(ReadonlyGuc::Off);
+
 /// `spock.resolutions_retention_days`: `spock.resolutions` rows older than this
 /// are deleted once a day (0: never).
 pub static RESOLUTIONS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(100);
@@ -209,6 +230,14 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"spock.readonly",
+        c"Controls cluster read-only mode.",
+        c"off; local: sessions of non-superusers cannot write (their transactions are read-only); all: neither do the apply workers, which stop.",
+        &READONLY,
+        GucContext::Suset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"spock.resolutions_retention_days",

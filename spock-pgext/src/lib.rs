@@ -18,6 +18,7 @@ mod invalidation;
 mod libpq;
 pub mod output_plugin;
 mod privilege;
+mod readonly;
 mod sql_api;
 mod workers;
 

@@ -105,6 +105,12 @@ BEGIN
         RAISE EXCEPTION 'subscription % is disabled', subscription_name
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'Enable it first: the apply worker copies the table.';
     END IF;
+    IF current_setting('spock.readonly') <> 'off' THEN
+        RAISE EXCEPTION 'cannot resync table "%.%": subscriber is in read-only mode', v_nsp, v_rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('spock.readonly is set to "%s" on this node.', current_setting('spock.readonly')),
+                  HINT = 'Set spock.readonly to ''off'' before resyncing.';
+    END IF;
     INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
     VALUES (CASE WHEN truncate THEN 'f' ELSE 'd' END, v.sub_id, v_nsp, v_rel, 'i', '0/0')
     ON CONFLICT (sync_subid, sync_nspname, sync_relname)

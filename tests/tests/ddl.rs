@@ -756,3 +756,68 @@ fn repair_mode_keeps_changes_on_this_node() {
     let e = c.batch_execute("SELECT spock.repair_mode(true)").unwrap_err();
     assert_eq!(e.as_db_error().unwrap().code().code(), "42501");
 }
+
+/// `spock.readonly` (Spock's modes): `local` makes the transactions of non-superuser
+/// sessions read-only (DML, DDL, nextval fail with 25006; reads and VACUUM work)
+/// while superusers write and replicated changes apply; `all` stops the apply
+/// workers until it is off again, when they catch up; only superusers set it.
+#[test]
+fn readonly_modes() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    b.execute(
+        "CREATE ROLE plain LOGIN; GRANT CREATE ON SCHEMA public TO plain;
+         CREATE TABLE mine (id int PRIMARY KEY); ALTER TABLE mine OWNER TO plain;
+         CREATE SEQUENCE plain_seq; ALTER SEQUENCE plain_seq OWNER TO plain;",
+    )
+    .unwrap();
+    let code = |e: postgres::Error| e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_default();
+    let mut p = b.connect_as("postgres", "plain").unwrap();
+    p.batch_execute("INSERT INTO mine VALUES (1)").unwrap();
+    assert_eq!(code(p.batch_execute("SET spock.readonly = 'local'").unwrap_err()), "42501");
+    b.execute("ALTER SYSTEM SET spock.readonly = 'local'").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
+    let mut p = b.connect_as("postgres", "plain").unwrap();
+    wait_for(
+        "the setting",
+        WAIT,
+        || p.query_one("SHOW spock.readonly", &[]).unwrap().get::<_, String>(0),
+        "local".into(),
+    );
+    for sql in [
+        "INSERT INTO mine VALUES (2)",
+        "DELETE FROM mine",
+        "TRUNCATE mine",
+        "CREATE TABLE nope (id int)",
+        "SELECT nextval('plain_seq')",
+    ] {
+        assert_eq!(code(p.batch_execute(sql).expect_err(sql)), "25006", "{sql}");
+    }
+    p.batch_execute("SELECT count(*) FROM mine").unwrap();
+    p.batch_execute("VACUUM ANALYZE mine").unwrap();
+    // Superusers write; replicated changes apply.
+    b.execute("INSERT INTO mine VALUES (3)").unwrap();
+    a.execute("INSERT INTO t VALUES (1, 'while local')").unwrap();
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 1);
+    let e = b.connect().unwrap().batch_execute("SELECT spock.sub_resync_table('sub_n2_n1', 't')").unwrap_err();
+    assert_eq!(code(e), "55000");
+
+    // all: the apply worker stops; back to off, it catches up.
+    b.execute("ALTER SYSTEM SET spock.readonly = 'all'").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "apply stopped",
+        WAIT,
+        || count(b, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'"),
+        0,
+    );
+    a.execute("INSERT INTO t VALUES (2, 'while all')").unwrap();
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 1);
+    b.execute("ALTER SYSTEM RESET spock.readonly").unwrap();
+    b.execute("SELECT pg_reload_conf()").unwrap();
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(count(b, "SELECT count(*) FROM t"), 2);
+    let mut p = b.connect_as("postgres", "plain").unwrap();
+    p.batch_execute("INSERT INTO mine VALUES (4)").unwrap();
+}

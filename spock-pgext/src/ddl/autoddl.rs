@@ -112,6 +112,8 @@ unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> B
         )
         .raise();
     }
+    // SAFETY: inside the statement's transaction.
+    unsafe { crate::readonly::enforce() };
     if ddl {
         // SAFETY: a valid parse tree, inside the statement's transaction.
         unsafe {

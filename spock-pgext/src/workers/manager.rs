@@ -87,6 +87,7 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
     let mut workers: HashMap<u32, Worker> = HashMap::new();
     let mut failed_at: HashMap<u32, Instant> = HashMap::new();
     let mut keeper = retention::Keeper::new(db);
+    let mut readonly_logged = false;
     // spock.resolutions is trimmed to spock.resolutions_retention_days once a day,
     // the first time a minute after the manager starts.
     let mut resolutions_trimmed = Instant::now().checked_sub(RESOLUTIONS_CLEANUP_EVERY - Duration::from_secs(60));
@@ -96,8 +97,20 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             let installed = system::extension_installed();
             (installed, if installed { subscriptions::all_subscriptions() } else { Vec::new() })
         });
-        let wanted: Vec<(u32, String)> =
+        // spock.readonly = all: no apply worker runs (those running are stopped).
+        let readonly = crate::readonly::stops_apply();
+        if readonly != readonly_logged {
+            readonly_logged = readonly;
+            if readonly {
+                pgrx::log!(
+                    "{MANAGER_TYPE}: spock.readonly is \"all\": the apply workers of database {} stop until it changes",
+                    u32::from(db)
+                );
+            }
+        }
+        let enabled: Vec<(u32, String)> =
             subs.iter().filter(|(_, _, enabled)| *enabled).map(|(id, name, _)| (*id, name.clone())).collect();
+        let wanted: Vec<(u32, String)> = if readonly { Vec::new() } else { enabled.clone() };
         // Stop workers of subscriptions no longer enabled; forget ended ones.
         let ids: Vec<u32> = workers.keys().copied().collect();
         for sub_id in ids {
@@ -115,7 +128,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
                 failed_at.insert(sub_id, Instant::now());
             }
         }
-        shmem::retain_progress(u32::from(db), &wanted.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        // (the shared state of subscriptions stopped by spock.readonly stays)
+        shmem::retain_progress(u32::from(db), &enabled.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         if !installed {
             pgrx::log!("{MANAGER_TYPE}: extension spock was dropped in database {}; stopping", u32::from(db));
             shmem::mark_no_spock(db);

@@ -122,6 +122,9 @@ unsafe extern "C-unwind" fn executor_start(query: *mut pg_sys::QueryDesc, eflags
 /// SAFETY: `query` is the executor's query descriptor, with its plan.
 #[pg_guard]
 unsafe extern "C-unwind" fn note_removal(query: *mut pg_sys::QueryDesc) {
+    // spock.readonly: this session's transaction may have to be read-only first.
+    // SAFETY: the executor runs inside a transaction.
+    unsafe { crate::readonly::enforce() };
     // SAFETY: as the caller guarantees.
     if !REMOVING.load(Ordering::Relaxed) && unsafe { may_remove(query) } {
         REMOVING.store(true, Ordering::Relaxed);
