@@ -543,3 +543,30 @@ BEGIN
     RETURN true;
 END;
 $$;
+
+-- sub_show_status reads the workers afresh on each call.
+CREATE OR REPLACE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,
+    OUT subscription_name text, OUT status text, OUT provider_node text, OUT provider_dsn text,
+    OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[])
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- The workers as they are now, also when called again in one transaction (a
+    -- DO block waiting for 'replicating' would otherwise read its first snapshot
+    -- of pg_stat_activity forever).
+    SELECT pg_catalog.pg_stat_clear_snapshot();
+    SELECT s.sub_name::text,
+           CASE
+             WHEN NOT s.sub_enabled THEN 'disabled'
+             WHEN coalesce(y.sync_status, 'r') <> 'r' THEN 'initializing'
+             WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                           WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name
+                             AND a.query = 'replicating') THEN 'replicating'
+             ELSE 'down'
+           END,
+           n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins
+      FROM spock.subscription s
+      JOIN spock.node n ON n.node_id = s.sub_origin
+      JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
+      LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+     WHERE $1 IS NULL OR s.sub_name = $1
+     ORDER BY s.sub_name;
+$$;

@@ -281,7 +281,11 @@ $$;
 CREATE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,
     OUT subscription_name text, OUT status text, OUT provider_node text, OUT provider_dsn text,
     OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[])
-RETURNS SETOF record STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- The workers as they are now, also when called again in one transaction (a
+    -- DO block waiting for 'replicating' would otherwise read its first snapshot
+    -- of pg_stat_activity forever).
+    SELECT pg_catalog.pg_stat_clear_snapshot();
     SELECT s.sub_name::text,
            CASE
              WHEN NOT s.sub_enabled THEN 'disabled'

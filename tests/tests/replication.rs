@@ -577,3 +577,29 @@ fn a_worker_stopped_on_purpose_comes_back_at_once() {
         "closing kept tables released locks it did not hold"
     );
 }
+
+/// Spock's tests wait for a subscription in a DO block that calls
+/// `spock.sub_show_status()` until it says 'replicating': each call reads the
+/// workers as they are now, not the transaction's first snapshot of them.
+#[test]
+fn sub_show_status_sees_the_worker_come_back_within_one_transaction() {
+    let cluster = replicating_pair();
+    let b = cluster.node(1);
+    b.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    assert_eq!(b.query_one::<String>("SELECT status FROM spock.sub_show_status()").unwrap(), "disabled");
+    // A transaction that looked at the workers while there was none, then waits.
+    let mut waiter = b.connect().unwrap();
+    waiter.batch_execute("SET statement_timeout = '60s'; BEGIN; SELECT * FROM spock.sub_show_status();").unwrap();
+    b.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    waiter
+        .batch_execute(
+            "DO $$
+             BEGIN
+                 WHILE EXISTS (SELECT 1 FROM spock.sub_show_status() WHERE status <> 'replicating') LOOP
+                     PERFORM pg_sleep(0.05);
+                 END LOOP;
+             END$$;
+             COMMIT;",
+        )
+        .unwrap();
+}
