@@ -603,3 +603,27 @@ fn sub_show_status_sees_the_worker_come_back_within_one_transaction() {
         )
         .unwrap();
 }
+
+/// A table of a set that publishes deletes loses its replica identity on the
+/// provider (its primary key dropped): its DELETEs carry no key and cannot be
+/// replicated. They are skipped with a WARNING naming the table (Spock skips them
+/// too), and the stream goes on; before, the walsender failed at that change,
+/// forever.
+#[test]
+fn a_delete_without_replica_identity_is_skipped_with_a_warning() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    a.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')").unwrap();
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    let log = a.log_offset();
+    a.execute("ALTER TABLE t DROP CONSTRAINT t_pkey; DELETE FROM t WHERE id = 1; INSERT INTO t VALUES (3, 'three')")
+        .unwrap();
+    a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    assert_eq!(b.query_one::<String>("SELECT string_agg(id::text, ',' ORDER BY id) FROM t").unwrap(), "1,2,3");
+    a.wait_for_log(
+        log,
+        "DELETEs on table public.t are not replicated: the table has no replica identity",
+        1,
+        Duration::from_secs(30),
+    );
+}

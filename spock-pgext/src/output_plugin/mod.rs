@@ -509,19 +509,24 @@ unsafe fn decode_change(
     if is_queue && !unsafe { queue::row_wanted(rel, newtuple, &st.sets) } {
         return;
     }
-    let entry = &st.rels[&relid];
     if row_action == RowAction::Delete && oldtuple.is_null() {
-        // A table without replica identity deletes without an old key; it cannot be
-        // in a set that publishes deletes, but never send a DELETE without a key.
-        PgError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!(
-                "spock_output: DELETE on table {} has no replica identity to send",
+        // The table lost its replica identity after it joined a set that publishes
+        // deletes (its primary key dropped, say): the WAL holds no key of the row,
+        // so no subscriber could find it. Spock skips such a DELETE; so do we, with
+        // a WARNING (once per table and connection), rather than stopping the
+        // stream for good at this change.
+        let entry = st.rels.get_mut(&relid).expect("entry built above");
+        if !entry.warned_keyless_delete {
+            entry.warned_keyless_delete = true;
+            pgrx::warning!(
+                "spock_output: DELETEs on table {}.{} are not replicated: the table has no replica identity",
+                entry.relation_message().nspname,
                 entry.relation_message().relname
-            ),
-        )
-        .raise()
+            );
+        }
+        return;
     }
+    let entry = &st.rels[&relid];
     if row_action != RowAction::Delete && newtuple.is_null() {
         return;
     }

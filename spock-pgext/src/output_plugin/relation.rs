@@ -81,6 +81,8 @@ pub struct RelEntry {
     relmessage: RelMessage,
     /// Whether the `R` message went out on this connection.
     pub relmeta_sent: bool,
+    /// A DELETE without a key was skipped with a WARNING (once per entry).
+    pub warned_keyless_delete: bool,
     /// Scratch arrays for deforming tuples, reused across changes.
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
@@ -242,6 +244,7 @@ impl RelEntry {
             identity_full,
             relmessage: RelMessage { flags: 0, relid: u32::from(relid), nspname, relname, columns: relcolumns },
             relmeta_sent: false,
+            warned_keyless_delete: false,
             publication,
             columns,
             natts,
