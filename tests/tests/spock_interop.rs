@@ -362,3 +362,188 @@ fn a_mesh_of_two_spock_nodes_and_one_spock_rs_node_converges_under_pgbench() {
     let resolved: i64 = nodes[2].query_one("SELECT count(*) FROM spock.resolutions").unwrap();
     assert!(resolved > 0, "no conflict was resolved on r1");
 }
+
+/// Writes on `n` until `stop`: each transaction inserts its next row into `ledger`
+/// (keyed) and `events` (no key), and updates the row it wrote five transactions
+/// before; `done` counts committed transactions.
+fn writer(
+    n: &TestNode,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicI64>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let mut client = n.connect().unwrap();
+    let name = n.name.clone();
+    std::thread::spawn(move || {
+        let mut seq = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            seq += 1;
+            client
+                .batch_execute(&format!(
+                    "BEGIN;
+                     INSERT INTO ledger VALUES ('{name}', {seq}, 'new');
+                     INSERT INTO events VALUES ('{name}', {seq});
+                     UPDATE ledger SET v = 'updated' WHERE node = '{name}' AND seq = {};
+                     COMMIT;",
+                    seq - 5
+                ))
+                .unwrap();
+            done.store(seq, Ordering::Relaxed);
+        }
+    })
+}
+
+/// A running [`writer`].
+struct Writer {
+    node: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a [`writer`] on `n` and waits until it wrote a few transactions.
+fn start_writer(writers: &mut Vec<Writer>, n: &TestNode) {
+    use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+    let (stop, done) = (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicI64::new(0)));
+    let handle = writer(n, stop.clone(), done.clone());
+    wait_for(&format!("{} writing", n.name), WAIT, || done.load(Ordering::Relaxed) > 10, true);
+    writers.push(Writer { node: n.name.clone(), stop, done, handle: Some(handle) });
+}
+
+/// Stops the writer of node `name` and waits for its last transaction.
+fn stop_writer(writers: &mut [Writer], name: &str) {
+    let w = writers.iter_mut().find(|w| w.node == name).unwrap();
+    w.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    w.handle.take().unwrap().join().unwrap();
+}
+
+/// Node `c` joins `a` and `b` as docs/sync.md says (a disabled subscription to `b`
+/// whose slot `b` creates at once, `a` past `b`'s sync event, the structure and data
+/// copied from `a`, then the subscription to `b`), publishes the tables, and `a` and
+/// `b` subscribe to it.
+fn join(a: &TestNode, b: &TestNode, c: &TestNode) {
+    create_node(c);
+    c.execute(&format!(
+        "SELECT spock.sub_create('sub_{}_{}', '{}', enabled := false)",
+        c.name,
+        b.name,
+        b.dsn("postgres")
+    ))
+    .unwrap();
+    let slot: String = c
+        .query_one(&format!(
+            "SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = 'sub_{}_{}'",
+            c.name, b.name
+        ))
+        .unwrap();
+    b.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    sync(b, a);
+    sub_create(c, a, true, true);
+    wait_for(
+        &format!("{} synchronized from {}", c.name, a.name),
+        WAIT,
+        || {
+            c.query_one::<i64>("SELECT count(*) FROM spock.local_sync_status WHERE sync_status NOT IN ('r', 'y')")
+                .unwrap()
+        },
+        0,
+    );
+    c.execute(&format!("SELECT spock.sub_enable('sub_{}_{}')", c.name, b.name)).unwrap();
+    c.execute(
+        "SELECT spock.repset_add_table('default', 'ledger');
+         SELECT spock.repset_add_table('default_insert_only', 'events');",
+    )
+    .unwrap();
+    wait_ready(c, 2);
+    for n in [a, b] {
+        sub_create(n, c, false, false);
+    }
+}
+
+/// Node `gone` leaves: its writes stopped, every node has them, then the
+/// subscriptions from and to it are dropped.
+fn retire(gone: &TestNode, stay: &[&TestNode]) {
+    for n in stay {
+        sync(gone, n);
+    }
+    for n in stay {
+        n.execute(&format!("SELECT spock.sub_drop('sub_{}_{}')", n.name, gone.name)).unwrap();
+        gone.execute(&format!("SELECT spock.sub_drop('sub_{}_{}')", gone.name, n.name)).unwrap();
+    }
+}
+
+/// A mesh of two Spock nodes moves to two spock-rs nodes one node at a time while
+/// every node in it keeps writing: r1 joins (copying from s1), s2 leaves, r2 joins
+/// (copying from r1, the spock-rs node), s1 leaves. Every row written anywhere is on
+/// both remaining nodes exactly once (a keyed and a keyless table), with its last
+/// update, and the two are identical.
+#[test]
+fn a_spock_mesh_moves_to_spock_rs_one_node_at_a_time() {
+    use std::sync::atomic::Ordering;
+    let Some(spock) = spock_install("a_spock_mesh_moves_to_spock_rs_one_node_at_a_time") else { return };
+    let cluster = mixed("ssrr", &spock);
+    let (s1, s2, r1, r2) = (cluster.node(0), cluster.node(1), cluster.node(2), cluster.node(3));
+    for n in [s1, s2] {
+        create_node(n);
+        n.execute(
+            "CREATE TABLE ledger (node text, seq int, v text, PRIMARY KEY (node, seq));
+             CREATE TABLE events (node text, seq int);
+             SELECT spock.repset_add_table('default', 'ledger');
+             SELECT spock.repset_add_table('default_insert_only', 'events');",
+        )
+        .unwrap();
+    }
+    sub_create(s1, s2, false, false);
+    sub_create(s2, s1, false, false);
+    wait_ready(s1, 1);
+    wait_ready(s2, 1);
+
+    let mut writers: Vec<Writer> = Vec::new();
+    start_writer(&mut writers, s1);
+    start_writer(&mut writers, s2);
+
+    // r1 joins s1 and s2 while both write; then it writes too, and s2 leaves.
+    join(s1, s2, r1);
+    start_writer(&mut writers, r1);
+    stop_writer(&mut writers, "s2");
+    retire(s2, &[s1, r1]);
+    // r2 joins r1 and s1 (copying from the spock-rs node); s1 leaves.
+    join(r1, s1, r2);
+    start_writer(&mut writers, r2);
+    stop_writer(&mut writers, "s1");
+    retire(s1, &[r1, r2]);
+    stop_writer(&mut writers, "r1");
+    stop_writer(&mut writers, "r2");
+    sync(r1, r2);
+    sync(r2, r1);
+
+    let written: i64 = writers.iter().map(|w| w.done.load(Ordering::Relaxed)).sum();
+    eprintln!(
+        "written: {}",
+        writers.iter().map(|w| format!("{} {}", w.node, w.done.load(Ordering::Relaxed))).collect::<Vec<_>>().join(", ")
+    );
+    for n in [r1, r2] {
+        let (rows, distinct, events, distinct_events): (i64, i64, i64, i64) = {
+            let mut c = n.connect().unwrap();
+            let r = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM ledger), (SELECT count(DISTINCT (node, seq)) FROM ledger),
+                            (SELECT count(*) FROM events), (SELECT count(DISTINCT (node, seq)) FROM events)",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1), r.get(2), r.get(3))
+        };
+        assert_eq!((rows, distinct, events, distinct_events), (written, written, written, written), "on {}", n.name);
+        // Every row but each writer's last five got its update.
+        let stale: i64 = n
+            .query_one(
+                "SELECT count(*) FROM ledger l WHERE v = 'new'
+                   AND seq <= (SELECT max(seq) FROM ledger m WHERE m.node = l.node) - 5",
+            )
+            .unwrap();
+        assert_eq!(stale, 0, "updates lost on {}", n.name);
+    }
+    assert_eq!(digest(r1, "ledger", "node, seq"), digest(r2, "ledger", "node, seq"));
+    assert_eq!(digest(r1, "events", "node, seq"), digest(r2, "events", "node, seq"));
+}
