@@ -37,6 +37,7 @@ pub mod conflict;
 pub mod conninfo;
 pub mod ddl;
 pub mod eager;
+pub mod error_context;
 pub mod exception;
 pub mod holds;
 pub mod ident;

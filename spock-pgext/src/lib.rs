@@ -12,6 +12,7 @@ mod apply;
 mod catalog;
 mod ddl;
 mod error;
+mod error_context;
 mod gucs;
 mod init;
 mod invalidation;

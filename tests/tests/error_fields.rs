@@ -202,3 +202,29 @@ fn errors_keep_their_fields_through_spock_hooks() {
         ("23514", Some("errs"), Some("checked"), Some("positive"))
     );
 }
+
+/// Errors and warnings raised inside spock's SQL functions come without the
+/// CONTEXT lines of spock's own PL/pgSQL frames, as from Spock's C functions; the
+/// lines of the caller's frames stay.
+#[test]
+fn spock_functions_report_errors_without_their_own_frames() {
+    let cluster = Cluster::start(vec![NodeOptions::new("spock")]).expect("start a node");
+    let n = cluster.node(0);
+    setup_node(n);
+    let direct = error_of(n, "SELECT spock.repset_add_table('nonexisting', 't')");
+    assert_eq!((direct.sqlstate.as_str(), direct.message.as_str()), ("42704", "replication set nonexisting not found"));
+    assert_eq!(direct.context, None);
+    let from_do = error_of(n, "DO $$BEGIN PERFORM spock.repset_add_table('nonexisting', 't'); END$$");
+    assert_eq!(
+        from_do.context.as_deref(),
+        Some(
+            "SQL statement \"SELECT spock.repset_add_table('nonexisting', 't')\"\n\
+             PL/pgSQL function inline_code_block line 1 at PERFORM"
+        )
+    );
+    // The server log keeps the same report.
+    let log = n.log_offset();
+    let _ = error_of(n, "SELECT spock.repset_create('')");
+    n.wait_for_log(log, "replication set name cannot be empty", 1, std::time::Duration::from_secs(10));
+    assert!(!n.log_since(log).contains("PL/pgSQL function spock."), "{}", n.log_since(log));
+}
