@@ -277,7 +277,7 @@ DECLARE
     v_filter pg_node_tree;
 BEGIN
     SELECT * INTO v_set FROM spock._repset(p_set_name);
-    SELECT c.relkind, c.relpersistence, n.nspname INTO v_class
+    SELECT c.relkind, c.relpersistence, n.nspname, c.relname INTO v_class
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'relation with OID % does not exist', p_rel::oid USING ERRCODE = 'undefined_table';
@@ -295,13 +295,17 @@ BEGIN
         RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_class.nspname = 'spock' THEN
-        RAISE EXCEPTION 'table % belongs to spock itself and cannot be added to a replication set', p_rel
-            USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_class.relname
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'table is in the ignored schema spock',
+                  HINT = 'Move this relation to a schema allowed for replication';
     END IF;
     IF spock._set_needs_replica_identity(v_set.replicate_update, v_set.replicate_delete)
        AND NOT spock._has_replica_identity(p_rel) THEN
+        -- (Spock's wording)
         IF p_skip THEN
-            RAISE WARNING 'skipping table % for replication set %: it has no PRIMARY KEY or replica identity', p_rel, p_set_name;
+            RAISE WARNING 'skipping table %.% for replication set %', quote_ident(v_class.nspname), quote_ident(v_class.relname), p_set_name
+                USING DETAIL = 'Table has no replica identity index, and the replication set replicates UPDATEs or DELETEs.',
+                      HINT = 'Add a PRIMARY KEY to the table, or nominate a unique index on NOT NULL columns with ALTER TABLE ... REPLICA IDENTITY USING INDEX.';
             RETURN false;
         END IF;
         IF EXISTS (SELECT 1 FROM pg_index WHERE indrelid = p_rel AND indisprimary AND NOT indimmediate) THEN
@@ -310,10 +314,10 @@ BEGIN
                       DETAIL = 'The PRIMARY KEY of the table is DEFERRABLE: PostgreSQL does not log it as the replica identity of UPDATEs and DELETEs, and the given replication set is configured to replicate them.',
                       HINT = 'Make the primary key NOT DEFERRABLE, or set REPLICA IDENTITY FULL (or USING INDEX on a unique index that is not deferrable), or use an insert-only set.';
         END IF;
-        RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+        RAISE EXCEPTION 'table % cannot be added to replication set %', v_class.relname, p_set_name
             USING ERRCODE = 'invalid_object_definition',
-                  DETAIL = 'table does not have PRIMARY KEY and given replication set is configured to replicate UPDATEs and/or DELETEs',
-                  HINT = 'Add a PRIMARY KEY (or REPLICA IDENTITY FULL) to the table, or use an insert-only set.';
+                  DETAIL = 'Table has no replica identity index, and the replication set replicates UPDATEs or DELETEs.',
+                  HINT = 'Add a PRIMARY KEY to the table, or nominate a unique index on NOT NULL columns with ALTER TABLE ... REPLICA IDENTITY USING INDEX.';
     END IF;
     IF EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = p_rel) THEN
         RAISE EXCEPTION 'table % is already in replication set %', p_rel, p_set_name USING ERRCODE = 'duplicate_object';
@@ -554,12 +558,13 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
     -- of pg_stat_activity forever).
     SELECT pg_catalog.pg_stat_clear_snapshot();
     SELECT s.sub_name::text,
+           -- As Spock: down while no apply worker runs (between the attempts of one
+           -- that fails, say), initializing while it synchronises.
            CASE
              WHEN NOT s.sub_enabled THEN 'disabled'
+             WHEN w.query IS NULL THEN 'down'
              WHEN coalesce(y.sync_status, 'r') <> 'r' THEN 'initializing'
-             WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                           WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name
-                             AND a.query = 'replicating') THEN 'replicating'
+             WHEN w.query = 'replicating' THEN 'replicating'
              ELSE 'down'
            END,
            n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins
@@ -567,6 +572,8 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
       JOIN spock.node n ON n.node_id = s.sub_origin
       JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
       LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+      LEFT JOIN LATERAL (SELECT max(a.query) AS query FROM pg_catalog.pg_stat_activity a
+                          WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name) w ON true
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
 $$;

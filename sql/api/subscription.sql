@@ -287,12 +287,13 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
     -- of pg_stat_activity forever).
     SELECT pg_catalog.pg_stat_clear_snapshot();
     SELECT s.sub_name::text,
+           -- As Spock: down while no apply worker runs (between the attempts of one
+           -- that fails, say), initializing while it synchronises.
            CASE
              WHEN NOT s.sub_enabled THEN 'disabled'
+             WHEN w.query IS NULL THEN 'down'
              WHEN coalesce(y.sync_status, 'r') <> 'r' THEN 'initializing'
-             WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                           WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name
-                             AND a.query = 'replicating') THEN 'replicating'
+             WHEN w.query = 'replicating' THEN 'replicating'
              ELSE 'down'
            END,
            n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins
@@ -300,6 +301,8 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
       JOIN spock.node n ON n.node_id = s.sub_origin
       JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
       LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+      LEFT JOIN LATERAL (SELECT max(a.query) AS query FROM pg_catalog.pg_stat_activity a
+                          WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name) w ON true
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
 $$;

@@ -166,7 +166,9 @@ fn data_sync_refuses_a_table_with_rows_and_survives_a_crash() {
     s.execute(&format!("SELECT spock.sub_create('sub1', '{}', synchronize_data := true)", p.dsn("postgres"))).unwrap();
     // A non-empty target is not silently mixed: the sync stops with a clear error.
     s.wait_for_log(offset, "already has rows on this node", 1, Duration::from_secs(30));
-    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
+    // (initializing while a worker retries, down between its attempts, as Spock says)
+    let status = s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap();
+    assert!(status == "initializing" || status == "down", "{status}");
     assert_eq!(count(s, "SELECT count(*) FROM t"), 1);
     // Emptied, the sync proceeds; kill -9 the subscriber during it.
     s.execute("DELETE FROM t").unwrap();
@@ -221,7 +223,9 @@ fn structure_sync_retries_never_drop_a_local_table() {
     .unwrap();
     // Three attempts, each stopped by the local table; nothing of it changes.
     s.wait_for_log(offset, "relation \"t\" already exists", 3, Duration::from_secs(60));
-    assert_eq!(s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap(), "initializing");
+    // (initializing while a worker retries, down between its attempts, as Spock says)
+    let status = s.query_one::<String>("SELECT status FROM spock.sub_show_status('sub1')").unwrap();
+    assert!(status == "initializing" || status == "down", "{status}");
     assert_eq!(s.query_one::<String>("SELECT string_agg(mine, ',') FROM t").unwrap(), "local");
     assert_eq!(count(s, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid = 't'::regclass"), 1);
     // Renamed away, the sync restores the provider's t and copies it; kill -9 the
