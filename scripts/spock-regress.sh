@@ -30,6 +30,11 @@
 #                            (default 900: long enough for a test whose every wait
 #                            hangs to still reach its cleanup at the end, such as
 #                            primary_key's ALTER SYSTEM resets)
+#   --setting NAME=VALUE     add a server setting after Spock's configuration (for
+#                            instance spock.deleted_version_retention=0, which
+#                            turns off spock-rs's retention of deleted row versions
+#                            and with it the physical slot spock_retain_<db> that
+#                            Spock's tests see in pg_replication_slots); repeatable
 #   --keep                   leave the (last) data directory in the output directory
 #   --strict                 exit 1 unless every test passed
 #
@@ -75,6 +80,7 @@ ISOLATED=0
 KEEP=0
 STRICT=0
 ARGS=()
+EXTRA_SETTINGS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) OUT="$2"; shift 2 ;;
@@ -84,6 +90,8 @@ while [ $# -gt 0 ]; do
         --test-timeout) TEST_TIMEOUT="$2"; shift 2 ;;
         --test-timeout=*) TEST_TIMEOUT="${1#*=}"; shift ;;
         --isolated) ISOLATED=1; shift ;;
+        --setting) EXTRA_SETTINGS+=("$2"); shift 2 ;;
+        --setting=*) EXTRA_SETTINGS+=("${1#*=}"); shift ;;
         --keep) KEEP=1; shift ;;
         --strict) STRICT=1; shift ;;
         -h|--help) usage ;;
@@ -275,6 +283,10 @@ start_instance() {
         # (pg_regress's temp instance also listens on a unix socket only).
         printf "\n# spock-regress.sh\nlisten_addresses = ''\nunix_socket_directories = '%s'\nport = %s\n" \
             "$SOCKDIR" "$PORT"
+        # ...and the settings asked for with --setting.
+        for setting in ${EXTRA_SETTINGS[@]+"${EXTRA_SETTINGS[@]}"}; do
+            printf "%s = '%s'\n" "${setting%%=*}" "${setting#*=}"
+        done
     } >>"$DATA/postgresql.conf"
     # Start it, niced (the machine is shared), with pg_regress's environment, from
     # the checkout's top directory as `make regresscheck` does: regress-postgresql.conf
