@@ -166,7 +166,7 @@ BEGIN
             RETURN false;
         END IF;
         IF EXISTS (SELECT 1 FROM pg_index WHERE indrelid = p_rel AND indisprimary AND NOT indimmediate) THEN
-            RAISE EXCEPTION 'table % cannot be added to replication set %', p_rel, p_set_name
+            RAISE EXCEPTION 'table % cannot be added to replication set %', v_class.relname, p_set_name
                 USING ERRCODE = 'invalid_object_definition',
                       DETAIL = 'The PRIMARY KEY of the table is DEFERRABLE: PostgreSQL does not log it as the replica identity of UPDATEs and DELETEs, and the given replication set is configured to replicate them.',
                       HINT = 'Make the primary key NOT DEFERRABLE, or set REPLICA IDENTITY FULL (or USING INDEX on a unique index that is not deferrable), or use an insert-only set.';
