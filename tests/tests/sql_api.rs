@@ -121,7 +121,10 @@ fn repset_functions() {
     // tables without replica identity only in sets that do not replicate UPDATE/DELETE
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.no_pk')");
     // (Spock's wording: the table's own name)
-    assert!(err.starts_with("42P17") && err.contains("table no_pk cannot be added to replication set default"), "{err}");
+    assert!(
+        err.starts_with("42P17") && err.contains("table no_pk cannot be added to replication set default"),
+        "{err}"
+    );
     node.execute("SELECT spock.repset_add_table('default_insert_only', 'app.no_pk')").unwrap();
     // A DEFERRABLE primary key is no replica identity: PostgreSQL logs no old key.
     node.execute("CREATE TABLE app.deferred(id int PRIMARY KEY DEFERRABLE, v text)").unwrap();

@@ -662,3 +662,21 @@ fn a_node_joins_under_pgbench_load() {
     assert_eq!(pgbench_digests(n3), d, "n3 differs from n2");
     assert!(count(n3, "SELECT count(*) FROM pgbench_history") > 100, "pgbench ran during the join");
 }
+
+/// `sub_resync_table(..., truncate := true)` of a table the apply worker has been
+/// writing to: the worker lets go of the table before it empties and copies it
+/// (TRUNCATE refuses a table its own session has open).
+#[test]
+fn resync_with_truncate_of_a_table_the_worker_writes_to() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    spock_tests::fixtures::subscribed_pair(p, s);
+    p.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g").unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    s.execute("DELETE FROM t WHERE id > 50; INSERT INTO t VALUES (1000, 'local')").unwrap();
+    let log = s.log_offset();
+    s.execute("SELECT spock.sub_resync_table('sub_n2_n1', 't', true)").unwrap();
+    s.execute("SELECT spock.table_wait_for_sync('sub_n2_n1', 't')").unwrap();
+    assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
+    assert!(!s.log_since(log).contains("being used by active queries"), "{}", s.log_since(log));
+}

@@ -165,6 +165,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     loop {
         session.release_origin();
         report_activity("synchronising tables");
+        session.close_tables();
         sync::sync_pending_tables(&sub);
         session.reload_table_skips();
         if receiver::stream(&sub, &mut session) == Exit::Stop {

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use spock_core::walsender::UnflushedCommits;
 
@@ -131,6 +132,14 @@ impl ApplySession {
                 serial_until: 0,
             },
         }
+    }
+
+    /// Closes the tables the session keeps open: a table sync may TRUNCATE them,
+    /// which refuses a table this session has open ("being used by active queries
+    /// in this session").
+    pub fn close_tables(&mut self) {
+        let rels = &mut self.rels;
+        BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| rels.close_all()));
     }
 
     /// Lets go of the replication origin (a table sync sets it up for its copy, see
