@@ -342,7 +342,7 @@ fn bad_startup_parameters_give_clear_errors() {
         (spock_params("default,nosuchset"), "42704", "nosuchset"),
         (with_param(spock_params("default"), "expected_encoding", "LATIN1"), "0A000", "encoding"),
         (with_param(spock_params("default"), "spock.forward_origins", "n1"), "22023", "forward"),
-        (with_param(spock_params("default"), "proto_format", "json"), "0A000", "json"),
+        (with_param(spock_params("default"), "proto_format", "xml"), "0A000", "xml"),
     ];
     for (params, code, needle) in cases {
         let err = slot_messages(&node, "postgres", "s", &params, true).unwrap_err().0;
@@ -642,10 +642,12 @@ fn sync_events_are_sent_in_spocks_layout() {
         "SELECT pg_logical_emit_message(false, 'Spock', {old});
          SELECT pg_logical_emit_message(true, 'Spock', '\\x01000000'::bytea);
          SELECT pg_logical_emit_message(false, 'Spock', '\\x09000000'::bytea);
-         SELECT pg_logical_emit_message(false, 'other', '\\x03000000'::bytea);
-         BEGIN; INSERT INTO t VALUES (1); SELECT spock.sync_event(true); COMMIT;"
+         SELECT pg_logical_emit_message(false, 'other', '\\x03000000'::bytea);"
     ))
     .unwrap();
+    // (its own transaction: the repair-mode message above holds back the rest of
+    // the transaction it is in)
+    node.execute("BEGIN; INSERT INTO t VALUES (1); SELECT spock.sync_event(true); COMMIT;").unwrap();
     let msgs = messages(&slot_messages(&node, "postgres", "s", &text_params("default"), false).unwrap());
     let mut golden = vec![3u8, 0, 0, 0];
     golden.extend_from_slice(&(id as u32).to_le_bytes());
@@ -673,4 +675,44 @@ fn sync_event_needs_a_local_node() {
     node.execute("CREATE EXTENSION spock").unwrap();
     let e = node.execute("SELECT spock.sync_event()").unwrap_err().to_string();
     assert!(e.contains("55000"), "{e}");
+}
+
+/// `proto_format = json` (pglogical's and Spock's text format, for
+/// pg_logical_slot_get_changes): one JSON object per message, rows with their
+/// relation and tuples typed as to_json types them, as Spock's tests read them.
+#[test]
+fn proto_format_json_for_sql_decoding() {
+    let node = provider_with_table("p12", "CREATE TABLE t(id int PRIMARY KEY, v text, ok bool, j jsonb, f float8)");
+    for sql in [
+        "INSERT INTO t VALUES (1, 'a \"q\"', true, '{\"k\": [1]}', 'NaN')",
+        "UPDATE t SET v = NULL WHERE id = 1",
+        "DELETE FROM t WHERE id = 1",
+    ] {
+        node.execute(sql).unwrap();
+    }
+    let rows = node
+        .query_one::<String>(
+            "SELECT string_agg(coalesce(data::json->>'action', '?') || ' ' ||
+                               CASE WHEN data::json->>'action' IN ('I', 'U', 'D') THEN data ELSE '' END, E'\\n' ORDER BY lsn)
+               FROM pg_logical_slot_get_changes('s', NULL, NULL, 'min_proto_version', '4', 'max_proto_version', '5',
+                                                'startup_params_format', '1', 'proto_format', 'json',
+                                                'spock.replication_set_names', 'default')",
+        )
+        .unwrap();
+    let lines: Vec<&str> = rows.lines().collect();
+    assert_eq!(lines[0].trim(), "S");
+    assert_eq!(
+        &lines[1..],
+        [
+            "B ",
+            r#"I {"action":"I","relation":["public","t"],"newtuple":{"id":1,"v":"a \"q\"","ok":true,"j":{"k": [1]},"f":"NaN"}}"#,
+            "C ",
+            "B ",
+            r#"U {"action":"U","relation":["public","t"],"newtuple":{"id":1,"v":null,"ok":true,"j":{"k": [1]},"f":"NaN"}}"#,
+            "C ",
+            "B ",
+            r#"D {"action":"D","relation":["public","t"],"oldtuple":{"id":1,"v":null,"ok":null,"j":null,"f":null}}"#,
+            "C ",
+        ]
+    );
 }

@@ -23,6 +23,7 @@
 
 pub mod batch;
 mod codec;
+pub mod json;
 pub mod message;
 pub mod startup;
 pub mod stream;

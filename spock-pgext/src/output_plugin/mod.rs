@@ -224,18 +224,17 @@ unsafe extern "C-unwind" fn spock_output_startup(
             .hint("The subscriber must send Spock's startup parameters (startup_params_format, min_proto_version, max_proto_version, ...).")
             .raise()
     });
-    if negotiated.format == startup::ProtoFormat::Json {
-        PgError::new(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "spock_output: proto_format \"json\" is not supported",
-        )
-        .hint("Use the native protocol (proto_format 'native' or leave it out).")
-        .raise();
+    // proto_format = json: text, for pg_logical_slot_get_changes() (debugging and
+    // tests), never streamed.
+    let json = negotiated.format == startup::ProtoFormat::Json;
+    if json {
+        // SAFETY: PostgreSQL passes valid pointers.
+        unsafe { (*opt).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_TEXTUAL_OUTPUT };
     }
     // Stream large in-progress transactions only to a client that asked (spock-rs);
     // for others PostgreSQL spills them to disk as before.
     // SAFETY: valid decoding context.
-    unsafe { (*ctx).streaming &= negotiated.streaming() };
+    unsafe { (*ctx).streaming &= negotiated.streaming() && !json };
     for notice in &negotiated.notices {
         pgrx::debug1!("spock_output: {notice}");
     }
@@ -292,7 +291,7 @@ unsafe extern "C-unwind" fn spock_output_startup(
     };
     let state = Box::new(PluginState {
         stream: stream::StreamState::default(),
-        sink: Sink::new(&negotiated, startup_msg),
+        sink: Sink::new(&negotiated, startup_msg, &params),
         negotiated,
         local_node,
         sets,
@@ -545,6 +544,22 @@ unsafe fn decode_change(
     } else {
         newtuple
     };
+    if st.sink.is_json() {
+        // SAFETY: the tuples belong to rel; inside a callback.
+        let text = unsafe {
+            let old = (row_action != RowAction::Insert && !oldtuple.is_null()).then(|| entry.json_tuple(rel, oldtuple));
+            let new = (row_action != RowAction::Delete).then(|| entry.json_tuple(rel, newtuple));
+            let action = match row_action {
+                RowAction::Insert => 'I',
+                RowAction::Update => 'U',
+                RowAction::Delete => 'D',
+            };
+            let m = entry.relation_message();
+            spock_core::proto::json::row(action, &m.nspname, &m.relname, old.as_deref(), new.as_deref())
+        };
+        // SAFETY: inside a callback.
+        return unsafe { st.sink.send_json(ctx, &text) };
+    }
     // SAFETY: inside a callback; the tuples belong to rel.
     unsafe {
         st.sink.send_row(ctx, st.stream.change_prefix(), row_action, u32::from(relid), |buf| {

@@ -46,8 +46,10 @@ struct Column {
     varlena: bool,
     transfer: Transfer,
     /// Text output, used when a value cannot travel as `transfer` says (an indirect
-    /// TOAST pointer for internal transfer).
+    /// TOAST pointer for internal transfer), and for `proto_format = json`.
     fallback_text: Box<pg_sys::FmgrInfo>,
+    /// pg_type.typcategory of the column's type (how json writes its values).
+    category: u8,
 }
 
 /// Whether the WAL of an UPDATE tells how the old row stood with the row filters.
@@ -224,7 +226,17 @@ impl RelEntry {
             let (transfer, fallback_text) = unsafe {
                 (column_transfer(&facts, cxt, allow_internal, allow_binary), fmgr_info(facts.typoutput, cxt))
             };
-            columns.push(Column { index, varlena: att.attlen == -1, transfer, fallback_text });
+            let mut category: std::ffi::c_char = 0;
+            let mut preferred = false;
+            // SAFETY: a type oid from the descriptor; writes the two outputs.
+            unsafe { pg_sys::get_type_category_preferred(att.atttypid, &mut category, &mut preferred) };
+            columns.push(Column {
+                index,
+                varlena: att.attlen == -1,
+                transfer,
+                fallback_text,
+                category: category as u8,
+            });
             // SAFETY: identity is a valid (possibly empty) bitmap.
             let is_identity = unsafe {
                 pg_sys::bms_is_member(i32::from(att.attnum) - pg_sys::FirstLowInvalidHeapAttributeNumber, identity)
@@ -409,6 +421,49 @@ impl RelEntry {
             unsafe { write_value(&mut w, col, value)? };
         }
         Ok(())
+    }
+}
+
+impl RelEntry {
+    /// A heap tuple of the relation as `proto_format = json` writes it: each sent
+    /// column by name, with its text output typed as `to_json` types it; a value
+    /// an UPDATE left in TOAST is left out.
+    ///
+    /// SAFETY: `rel` is open and `tuple` a valid tuple of it.
+    pub unsafe fn json_tuple(
+        &mut self,
+        rel: pg_sys::Relation,
+        tuple: pg_sys::HeapTuple,
+    ) -> Vec<(String, spock_core::proto::json::JsonValue)> {
+        use spock_core::proto::json::JsonValue;
+        self.values.clear();
+        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
+        self.nulls.clear();
+        self.nulls.resize(self.natts, true);
+        // SAFETY: arrays sized to the descriptor's natts.
+        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) };
+        let mut out = Vec::with_capacity(self.columns.len());
+        for (col, meta) in self.columns.iter().zip(&self.relmessage.columns) {
+            if col.index >= self.natts || self.nulls[col.index] {
+                out.push((meta.name.clone(), JsonValue::Null));
+                continue;
+            }
+            let value = self.values[col.index];
+            // SAFETY: a non-null varlena datum; see write_tuple.
+            if col.varlena && unsafe { is_on_disk_toast(value) } {
+                continue;
+            }
+            // SAFETY: the column's output function on a non-null datum of its type;
+            // the palloc'd string is freed after copying.
+            let text = unsafe {
+                let s = pg_sys::OutputFunctionCall(&*col.fallback_text as *const _ as *mut _, value);
+                let t = CStr::from_ptr(s).to_string_lossy().into_owned();
+                pg_sys::pfree(s.cast());
+                t
+            };
+            out.push((meta.name.clone(), JsonValue::from_text(col.category, meta.type_oid, text)));
+        }
+        out
     }
 }
 

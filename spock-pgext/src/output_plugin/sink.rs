@@ -26,6 +26,10 @@ pub(super) struct Sink {
     /// A batch is being collected in `ctx->out` (prepared, not written yet).
     batch_open: bool,
     buf: BytesMut,
+    /// `proto_format = json`: the startup message to write first (then `None`),
+    /// and text messages instead of the native ones.
+    json: bool,
+    json_startup: Option<String>,
 }
 
 /// An ERROR for a message that cannot be encoded (a value too large for the format).
@@ -36,15 +40,31 @@ fn encode_failed(what: &str, e: EncodeError) -> ! {
 
 impl Sink {
     /// A sink for a connection that negotiated `negotiated`; `startup` is its reply.
-    pub(super) fn new(negotiated: &Negotiated, startup: Startup) -> Sink {
+    pub(super) fn new(negotiated: &Negotiated, startup: Startup, params: &[(String, String)]) -> Sink {
+        let json = negotiated.format == spock_core::proto::startup::ProtoFormat::Json;
         Sink {
             version: negotiated.version,
             startup: Some(startup),
-            batch_agreed: negotiated.batch(),
+            batch_agreed: negotiated.batch() && !json,
             batch: false,
             batch_open: false,
             buf: BytesMut::with_capacity(8192),
+            json,
+            json_startup: json.then(|| spock_core::proto::json::startup(params)),
         }
+    }
+
+    /// `proto_format = json` was asked for.
+    pub(super) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one JSON message (json mode).
+    ///
+    /// SAFETY: as [`Sink::send_startup`], which ran before.
+    pub(super) unsafe fn send_json(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, text: &str) {
+        // SAFETY: forwarded.
+        unsafe { write_packet(ctx, text.as_bytes()) };
     }
 
     /// Sends the startup reply if it was not sent yet. It is never framed: the
@@ -53,6 +73,11 @@ impl Sink {
     /// SAFETY: `ctx` is a valid decoding context inside a callback.
     pub(super) unsafe fn send_startup(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
         let Some(startup) = self.startup.take() else { return };
+        if let Some(text) = self.json_startup.take() {
+            // SAFETY: forwarded.
+            unsafe { write_packet(ctx, text.as_bytes()) };
+            return;
+        }
         self.buf.clear();
         if let Err(e) = Message::Startup(startup).encode(self.version, insert_lsn(), &mut self.buf) {
             encode_failed("the startup reply", e);
@@ -73,6 +98,18 @@ impl Sink {
         msg: &Message,
         stream_xid: Option<u32>,
     ) {
+        if self.json {
+            // Only BEGIN and COMMIT have a json form besides rows and the startup.
+            let text = match msg {
+                Message::Begin(b) => {
+                    spock_core::proto::json::begin(b.xid, b.final_lsn, Some(&timestamptz_text(b.commit_time)))
+                }
+                Message::Commit(c) => spock_core::proto::json::commit(c.commit_lsn, c.end_lsn),
+                _ => return,
+            };
+            // SAFETY: forwarded.
+            return unsafe { self.send_json(ctx, &text) };
+        }
         let wrapped;
         let msg = match stream_xid {
             Some(xid) if msg.is_streamable() => {
@@ -150,6 +187,12 @@ fn insert_lsn() -> u64 {
 /// Sends `bytes` as one packet.
 ///
 /// SAFETY: as [`Sink::send`].
+/// A commit timestamp as PostgreSQL prints a timestamptz.
+fn timestamptz_text(t: i64) -> String {
+    // SAFETY: timestamptz_to_str formats into a static buffer, copied at once.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::timestamptz_to_str(t)) }.to_string_lossy().into_owned()
+}
+
 unsafe fn write_packet(ctx: *mut pg_sys::LogicalDecodingContext, bytes: &[u8]) {
     // SAFETY: standard output plugin write sequence on ctx->out.
     unsafe {
