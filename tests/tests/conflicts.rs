@@ -48,9 +48,14 @@ fn value(n: &TestNode) -> String {
     n.query_one::<Option<String>>("SELECT (SELECT v FROM t WHERE id = 1)").unwrap().unwrap_or_else(|| "<none>".into())
 }
 
+/// The resolutions in the provider's commit order (parallel writers decide
+/// independent transactions in any order, so `id` need not follow it).
 fn resolutions(n: &TestNode) -> String {
-    n.query_one::<String>("SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY id), '') FROM spock.resolutions")
-        .unwrap()
+    n.query_one::<String>(
+        "SELECT coalesce(string_agg(conflict_type || ':' || conflict_resolution, ',' ORDER BY remote_timestamp, id), '')
+           FROM spock.resolutions",
+    )
+    .unwrap()
 }
 
 /// Waits until each node's slots confirmed everything: both sides applied all.
