@@ -577,3 +577,55 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
 $$;
+
+-- node_drop words an active slot as Spock does.
+CREATE OR REPLACE FUNCTION spock.node_drop(node_name name, ifexists boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id oid;
+    v_slot record;
+BEGIN
+    SELECT n.node_id INTO v_id FROM spock.node n WHERE n.node_name = node_drop.node_name;
+    IF v_id IS NULL THEN
+        IF ifexists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION 'node % not found', node_drop.node_name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.subscription WHERE sub_origin = v_id OR sub_target = v_id) THEN
+        RAISE EXCEPTION 'cannot drop node "%" because it still has subscriptions associated with it', node_drop.node_name
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'drop the subscriptions first';
+    END IF;
+    IF EXISTS (SELECT 1 FROM spock.local_node l WHERE l.node_id = v_id) THEN
+        -- Every slot is checked before any is dropped: dropping a slot is not undone
+        -- when the transaction aborts.
+        SELECT slot_name INTO v_slot FROM pg_catalog.pg_replication_slots
+         WHERE plugin = 'spock_output' AND database = current_database() AND slot_name ~ '^spk_' AND active
+         ORDER BY slot_name LIMIT 1;
+        IF FOUND THEN
+            -- (Spock's message; the slot in the DETAIL)
+            RAISE EXCEPTION 'cannot drop node "%" because one or more replication slots for the node are still active',
+                            node_drop.node_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Replication slot "%s" is active.', v_slot.slot_name),
+                      HINT = 'drop the subscriptions connected to the node first';
+        END IF;
+        FOR v_slot IN SELECT slot_name FROM pg_catalog.pg_replication_slots
+                       WHERE plugin = 'spock_output' AND database = current_database()
+                         AND slot_name ~ '^spk_'
+        LOOP
+            PERFORM pg_catalog.pg_drop_replication_slot(v_slot.slot_name);
+        END LOOP;
+        DELETE FROM spock.local_node WHERE node_id = v_id;
+    END IF;
+    DELETE FROM spock.replication_set_table t USING spock.replication_set s
+     WHERE t.set_id = s.set_id AND s.set_nodeid = v_id;
+    DELETE FROM spock.replication_set_seq q USING spock.replication_set s
+     WHERE q.set_id = s.set_id AND s.set_nodeid = v_id;
+    DELETE FROM spock.replication_set WHERE set_nodeid = v_id;
+    DELETE FROM spock.node_interface WHERE if_nodeid = v_id;
+    DELETE FROM spock.node WHERE node_id = v_id;
+    PERFORM spock._invalidate_all();
+    RETURN true;
+END;
+$$;

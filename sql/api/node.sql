@@ -100,9 +100,11 @@ BEGIN
          WHERE plugin = 'spock_output' AND database = current_database() AND slot_name ~ '^spk_' AND active
          ORDER BY slot_name LIMIT 1;
         IF FOUND THEN
-            RAISE EXCEPTION 'cannot drop node "%" because replication slot "%" is still active',
-                            node_drop.node_name, v_slot.slot_name
+            -- (Spock's message; the slot in the DETAIL)
+            RAISE EXCEPTION 'cannot drop node "%" because one or more replication slots for the node are still active',
+                            node_drop.node_name
                 USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = format('Replication slot "%s" is active.', v_slot.slot_name),
                       HINT = 'drop the subscriptions connected to the node first';
         END IF;
         FOR v_slot IN SELECT slot_name FROM pg_catalog.pg_replication_slots

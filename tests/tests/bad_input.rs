@@ -69,7 +69,7 @@ fn node_drop_checks_every_slot_before_dropping_any() {
     let catalog_before = catalogs(a);
     let (code, message, _) = error_of(a, "SELECT spock.node_drop('n1')");
     assert_eq!(code, "55000");
-    assert!(message.contains("is still active"), "{message}");
+    assert!(message.contains("replication slots for the node are still active"), "{message}");
     assert_eq!(a.query_one::<String>(slots).unwrap(), before, "no slot was dropped");
     assert_eq!(catalogs(a), catalog_before);
 }
