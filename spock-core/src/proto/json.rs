@@ -6,8 +6,6 @@
 //! writes them: numbers and booleans bare, `json`/`jsonb` as they are, everything
 //! else a JSON string of the type's text output, NULL as `null`.
 
-use std::fmt::Write;
-
 use super::format_lsn;
 
 /// A column's value in a tuple.
@@ -68,25 +66,10 @@ fn is_json_number(s: &str) -> bool {
     i == b.len()
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string (as PostgreSQL's `escape_json` writes it,
+/// [`crate::ddl::json_string`]).
 pub fn escape_into(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    out.push_str(&crate::ddl::json_string(s));
 }
 
 /// The startup message: the parameters the client sent.

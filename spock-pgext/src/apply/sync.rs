@@ -572,18 +572,16 @@ fn has_rows(name: &str) -> bool {
 /// Spock's multiple upstreams) stay and the copy adds the provider's; a key both
 /// have stops the copy with the unique violation.
 fn has_local_rows(name: &str) -> bool {
-    let by_origin = format!(
+    // SAFETY: a plain read of a server setting (without it no row's origin is known).
+    if !unsafe { pg_sys::track_commit_timestamp } {
+        return has_rows(name);
+    }
+    Spi::get_one::<bool>(&format!(
         "SELECT EXISTS (SELECT 1 FROM {name}
                          WHERE coalesce((pg_catalog.pg_xact_commit_timestamp_origin(xmin)).roident, 0) = 0)"
-    );
-    let sql = if track_commit_timestamp() { by_origin } else { format!("SELECT EXISTS (SELECT 1 FROM {name})") };
-    Spi::get_one::<bool>(&sql).unwrap_or_else(|e| spi_failed(&format!("reading table {name}"), e)).unwrap_or(true)
-}
-
-/// `track_commit_timestamp` (without it no row's origin is known).
-fn track_commit_timestamp() -> bool {
-    // SAFETY: a plain read of a server setting.
-    unsafe { pg_sys::track_commit_timestamp }
+    ))
+    .unwrap_or_else(|e| spi_failed(&format!("reading table {name}"), e))
+    .unwrap_or(true)
 }
 
 /// Copies table `t` (`name`: its quoted name) from the provider's snapshot into

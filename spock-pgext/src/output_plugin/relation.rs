@@ -386,13 +386,8 @@ impl RelEntry {
         tuple: pg_sys::HeapTuple,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        self.values.clear();
-        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
-        self.nulls.clear();
-        self.nulls.resize(self.natts, true);
-        // SAFETY: arrays sized to the descriptor's natts; decoding hands tuples of the
-        // relation's current shape.
-        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) };
+        // SAFETY: as the caller guarantees.
+        unsafe { self.deform(rel, tuple) };
         let mut w = TupleWriter::new(out, self.columns.len() as u16);
         for col in &self.columns {
             if col.index >= self.natts || self.nulls[col.index] {
@@ -425,6 +420,19 @@ impl RelEntry {
 }
 
 impl RelEntry {
+    /// Deforms `tuple` into the entry's scratch arrays (`values`, `nulls`).
+    ///
+    /// SAFETY: `rel` is open and `tuple` a valid tuple of it (decoding hands tuples
+    /// of the relation's current shape).
+    unsafe fn deform(&mut self, rel: pg_sys::Relation, tuple: pg_sys::HeapTuple) {
+        self.values.clear();
+        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
+        self.nulls.clear();
+        self.nulls.resize(self.natts, true);
+        // SAFETY: arrays sized to the descriptor's natts.
+        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) };
+    }
+
     /// A heap tuple of the relation as `proto_format = json` writes it: each sent
     /// column by name, with its text output typed as `to_json` types it; a value
     /// an UPDATE left in TOAST is left out.
@@ -436,12 +444,8 @@ impl RelEntry {
         tuple: pg_sys::HeapTuple,
     ) -> Vec<(String, spock_core::proto::json::JsonValue)> {
         use spock_core::proto::json::JsonValue;
-        self.values.clear();
-        self.values.resize(self.natts, pg_sys::Datum::from(0usize));
-        self.nulls.clear();
-        self.nulls.resize(self.natts, true);
-        // SAFETY: arrays sized to the descriptor's natts.
-        unsafe { pg_sys::heap_deform_tuple(tuple, (*rel).rd_att, self.values.as_mut_ptr(), self.nulls.as_mut_ptr()) };
+        // SAFETY: as the caller guarantees.
+        unsafe { self.deform(rel, tuple) };
         let mut out = Vec::with_capacity(self.columns.len());
         for (col, meta) in self.columns.iter().zip(&self.relmessage.columns) {
             if col.index >= self.natts || self.nulls[col.index] {
@@ -453,14 +457,8 @@ impl RelEntry {
             if col.varlena && unsafe { is_on_disk_toast(value) } {
                 continue;
             }
-            // SAFETY: the column's output function on a non-null datum of its type;
-            // the palloc'd string is freed after copying.
-            let text = unsafe {
-                let s = pg_sys::OutputFunctionCall(&*col.fallback_text as *const _ as *mut _, value);
-                let t = CStr::from_ptr(s).to_string_lossy().into_owned();
-                pg_sys::pfree(s.cast());
-                t
-            };
+            // SAFETY: the column's output function on a non-null datum of its type.
+            let text = unsafe { with_output_text(&col.fallback_text, value, |s| s.to_string_lossy().into_owned()) };
             out.push((meta.name.clone(), JsonValue::from_text(col.category, meta.type_oid, text)));
         }
         out
@@ -487,10 +485,18 @@ unsafe fn write_text(
     finfo: &pg_sys::FmgrInfo,
     value: pg_sys::Datum,
 ) -> Result<(), EncodeError> {
-    // SAFETY: OutputFunctionCall returns a palloc'd C string, freed after copying.
+    // SAFETY: forwarded.
+    unsafe { with_output_text(finfo, value, |s| w.text(s.to_bytes())) }
+}
+
+/// Calls `f` with the text output of `value`.
+///
+/// SAFETY: `finfo` is an output function and `value` a datum of its type.
+unsafe fn with_output_text<R>(finfo: &pg_sys::FmgrInfo, value: pg_sys::Datum, f: impl FnOnce(&CStr) -> R) -> R {
+    // SAFETY: OutputFunctionCall returns a palloc'd C string, freed after `f`.
     unsafe {
         let s = pg_sys::OutputFunctionCall(finfo as *const _ as *mut _, value);
-        let r = w.text(CStr::from_ptr(s).to_bytes());
+        let r = f(CStr::from_ptr(s));
         pg_sys::pfree(s.cast());
         r
     }

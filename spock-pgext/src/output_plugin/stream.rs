@@ -219,8 +219,7 @@ unsafe fn end_streamed(
         if (*txn).toptxn.is_null() {
             st.end_repair_mode(txn);
         }
-        let top = if (*txn).toptxn.is_null() { txn } else { (*txn).toptxn };
-        let xid = (*top).xid.into_inner();
+        let xid = super::top_xid(txn);
         let subxid = (*txn).xid.into_inner();
         let Some(sent) = st.stream.sent.get_mut(&xid) else {
             if commit_lsn.is_some() {
