@@ -57,17 +57,6 @@ pub struct SubProgress {
 /// Conflict counters per subscription: Spock's seven kinds.
 pub const CONFLICT_COUNTERS: usize = 7;
 
-/// Counts a conflict of kind number `kind` (< [`CONFLICT_COUNTERS`]) for
-/// subscription `sub_id` of database `dbid`.
-pub fn count_conflict(dbid: u32, sub_id: u32, kind: usize) {
-    if kind >= CONFLICT_COUNTERS {
-        return;
-    }
-    let Some(i) = progress_slot(dbid, sub_id) else { return };
-    let mut s = WORKER_STATE.exclusive();
-    s.progress[i].conflicts[kind] += 1;
-}
-
 /// The conflict counters of a subscription and when they were reset (zeros and 0
 /// when its worker never ran since the server started).
 pub fn conflict_stats(dbid: u32, sub_id: u32) -> ([u64; CONFLICT_COUNTERS], i64) {

@@ -83,12 +83,10 @@ impl SessionState {
                 // deleted here is update_missing there (Spock keeps no deleted
                 // versions); an INSERT of a deleted key is no conflict for Spock.
                 let counted = if d.kind == ConflictKind::UpdateDeleted { ConflictKind::UpdateMissing } else { d.kind };
-                if let Some(k) =
-                    ConflictKind::ALL[..crate::workers::shmem::CONFLICT_COUNTERS].iter().position(|k| *k == counted)
-                {
-                    // SAFETY: reads this backend's database id.
-                    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
-                    crate::workers::shmem::count_conflict(db, self.sub.id, k);
+                let kind =
+                    ConflictKind::ALL[..crate::workers::shmem::CONFLICT_COUNTERS].iter().position(|k| *k == counted);
+                if let (Some(k), Some(slot)) = (kind, self.progress_slot) {
+                    crate::workers::shmem::update_progress(slot, |p| p.conflicts[k] += 1);
                 }
                 let msg = format!(
                     "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
