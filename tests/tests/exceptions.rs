@@ -159,6 +159,41 @@ fn sub_disable_stops_until_skipped_or_fixed() {
     assert_eq!(rows(s, "t1"), "2:after,3:a");
 }
 
+/// sub_disable writes the SUB_DISABLE row (with the skip_lsn) as soon as the failure
+/// is caught, before the worker comes back to replay the transaction (Spock's
+/// tests look for it right away); the replay keeps one such row, after the changes'.
+#[test]
+fn sub_disable_row_is_written_at_the_failure() {
+    let c = setup("sub_disable");
+    let (p, s) = (c.node(0), c.node(1));
+    // The worker does not come back to replay until the delay is lifted.
+    s.execute("ALTER SYSTEM SET spock.restart_delay_on_exception = '1h'").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    bad_then_good(p);
+    wait_for(
+        "SUB_DISABLE row",
+        || s.query_one::<i64>("SELECT count(*) FROM spock.exception_log WHERE operation = 'SUB_DISABLE'").unwrap(),
+        1,
+    );
+    assert_eq!(exception_log(s), "/SUB_DISABLE/collateral", "only the SUB_DISABLE row before the replay");
+    let msg: String = s.query_one("SELECT error_message FROM spock.exception_log").unwrap();
+    assert!(msg.starts_with("disabling subscription sub1 due to exception(s) - skip_lsn = "), "{msg}");
+    assert_eq!(rows(s, "t1"), "", "nothing of the failed transaction applied");
+    // The replay logs the changes and disables, keeping one SUB_DISABLE row, last.
+    s.execute("ALTER SYSTEM RESET spock.restart_delay_on_exception").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "subscription disabled",
+        || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(),
+        false,
+    );
+    assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral,/SUB_DISABLE/collateral");
+    assert_eq!(
+        s.query_one::<String>("SELECT error_message FROM spock.exception_log WHERE operation = 'SUB_DISABLE'").unwrap(),
+        msg
+    );
+}
+
 /// A transient error (here a lock timeout while a local transaction holds the row)
 /// is retried, never treated as an exception: the change arrives once the lock is
 /// released and nothing is logged.

@@ -113,13 +113,22 @@ pub struct ExceptionSlot {
     pub failed_change: u32,
     /// [`spock_core::exception::ReplayMode::code`] of the next attempt.
     pub mode: u8,
+    /// The SUB_DISABLE row of spock.exception_log is written already (at the failure).
+    pub disable_logged: bool,
     msg_len: u16,
     msg: [u8; EXCEPTION_MSG_LEN],
 }
 
 impl Default for ExceptionSlot {
     fn default() -> Self {
-        ExceptionSlot { final_lsn: 0, failed_change: 0, mode: 0, msg_len: 0, msg: [0; EXCEPTION_MSG_LEN] }
+        ExceptionSlot {
+            final_lsn: 0,
+            failed_change: 0,
+            mode: 0,
+            disable_logged: false,
+            msg_len: 0,
+            msg: [0; EXCEPTION_MSG_LEN],
+        }
     }
 }
 
@@ -293,7 +302,13 @@ pub fn record_exception(i: usize, final_lsn: u64, failed_change: u32, mode: u8, 
     e.final_lsn = final_lsn;
     e.failed_change = failed_change;
     e.mode = mode;
+    e.disable_logged = false;
     e.set_message(message);
+}
+
+/// Notes that the failed transaction of slot `i` has its SUB_DISABLE row logged.
+pub fn mark_disable_logged(i: usize) {
+    WORKER_STATE.exclusive().exceptions[i].disable_logged = true;
 }
 
 /// The failed transaction remembered in slot `i`, if any.

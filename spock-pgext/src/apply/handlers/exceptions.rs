@@ -35,11 +35,11 @@ impl ApplySession {
         };
         let message = format!("{message} (SQLSTATE {sqlstate})");
         crate::workers::shmem::record_exception(slot, remote.final_lsn, s.txn.current_change, next.code(), &message);
+        let (xid, final_lsn) = (remote.xid, remote.final_lsn);
         pgrx::log!(
-            "spock subscription {}: remote transaction {} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
+            "spock subscription {}: remote transaction {xid} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
             s.sub.name,
-            remote.xid,
-            proto::format_lsn(remote.final_lsn),
+            proto::format_lsn(final_lsn),
             s.txn.current_change,
             match next {
                 ReplayMode::Discard => "discard",
@@ -47,6 +47,52 @@ impl ApplySession {
                 ReplayMode::Disable => "sub_disable",
             }
         );
+        if next == ReplayMode::Disable && gucs::exception_logging() != exc::ExceptionLogging::None {
+            self.log_disable_at_failure(slot);
+        }
+    }
+
+    /// The subscription will be disabled (`sub_disable`): its SUB_DISABLE row of
+    /// spock.exception_log, with the skip_lsn to give `sub_alter_skiplsn`, is
+    /// written now, as the failure is caught, as Spock does: whoever watches for the
+    /// row (the worker is gone until it restarts to replay) sees it at once. The
+    /// failed local transaction is rolled back first; the replay after the restart
+    /// logs the changes and disables the subscription without a second row.
+    fn log_disable_at_failure(&mut self, slot: usize) {
+        let Some(mut remote) = self.s.txn.remote.take() else { return };
+        remote.local_started = false;
+        self.s.txn.as_owner = None;
+        self.rels.forget_transaction();
+        // SAFETY: the error was caught (and its state flushed) by the caller's
+        // catch_unwind; whatever transaction is open, and any subtransaction of it,
+        // is rolled back as PG_CATCH blocks do before new work.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        self.rels.forget_mappings();
+        let msg = exc::disable_message(&self.s.sub.name, &proto::format_lsn(remote.final_lsn));
+        let n = self.s.txn.current_change;
+        self.s.txn.remote = Some(remote);
+        let logged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.log_exception(None, n, &msg);
+            // SAFETY: commits the row alone, without origin progress.
+            unsafe {
+                pg_sys::replorigin_session_origin_lsn = pg_sys::InvalidXLogRecPtr as u64;
+                pg_sys::CommitTransactionCommand();
+            }
+        }));
+        self.s.txn.remote = None;
+        match logged {
+            Ok(()) => crate::workers::shmem::mark_disable_logged(slot),
+            Err(e) => {
+                // SAFETY: as above, for an error while writing the row; the replay
+                // writes it instead.
+                unsafe { pg_sys::AbortOutOfAnyTransaction() };
+                let (code, m) = describe_error(e.as_ref());
+                pgrx::log!(
+                    "spock subscription {}: could not record the SUB_DISABLE exception now ({code}): {m}",
+                    self.s.sub.name
+                );
+            }
+        }
     }
 
     /// Runs `f` like [`Self::in_change`] but in a subtransaction: an error rolls back
@@ -214,6 +260,21 @@ impl ApplySession {
         self.rels.end_transaction();
         self.s.ensure_local_transaction();
         let msg = exc::disable_message(&self.s.sub.name, &lsn);
+        // SAFETY: SPI in the open local transaction needs an active snapshot.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+        if self.s.exception.is_some_and(|e| e.disable_logged) {
+            // The row written at the failure makes way for this one, which comes
+            // after the changes' rows in command order (one row, whoever looks).
+            Spi::run_with_args(
+                "DELETE FROM spock.exception_log WHERE ctid = (SELECT ctid FROM spock.exception_log
+                   WHERE operation = 'SUB_DISABLE' AND remote_xid = $1 AND error_message = $2
+                   ORDER BY retry_errored_at DESC LIMIT 1)",
+                &[i64::from(xid).into(), msg.as_str().into()],
+            )
+            .unwrap_or_else(|e| spi_failed("replacing the SUB_DISABLE exception row", e));
+        }
+        // SAFETY: pops the snapshot pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
         if gucs::exception_logging() != exc::ExceptionLogging::None {
             self.log_exception(None, changes + 1, &msg);
         }
