@@ -36,22 +36,53 @@ pub static CONFLICT_RESOLUTION: GucSetting<ConflictResolutionGuc> =
 /// the row the INSERT conflicts with (Spock's setting, off by default as there).
 pub static CHECK_ALL_UC_INDEXES: GucSetting<bool> = GucSetting::<bool>::new(false);
 
-/// Values of `spock.readonly`.
-#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+/// Values of `spock.readonly`. `user` is Spock's older name of `local`: the same
+/// value (SHOW says `local`), hence the entries written out below rather than
+/// derived (a derived enum gives every name its own value).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ReadonlyGuc {
     /// Writable.
-    #[name = c"off"]
     Off,
     /// Sessions of non-superusers are read-only; replicated changes apply.
-    #[name = c"local"]
     Local,
-    /// Spock's older name of `local`.
-    #[name = c"user"]
-    #[hidden = true]
-    User,
     /// Also no replicated change applies: the apply workers stop.
-    #[name = c"all"]
     All,
+}
+
+/// `config_enum_entry` rows of `spock.readonly`, ending with PostgreSQL's NULL row.
+struct ReadonlyEntries([pgrx::pg_sys::config_enum_entry; 5]);
+
+// SAFETY: immutable data pointing only at static C strings.
+unsafe impl Sync for ReadonlyEntries {}
+
+static READONLY_ENTRIES: ReadonlyEntries = ReadonlyEntries([
+    pgrx::pg_sys::config_enum_entry { name: c"off".as_ptr(), val: 0, hidden: false },
+    pgrx::pg_sys::config_enum_entry { name: c"local".as_ptr(), val: 1, hidden: false },
+    pgrx::pg_sys::config_enum_entry { name: c"user".as_ptr(), val: 1, hidden: true },
+    pgrx::pg_sys::config_enum_entry { name: c"all".as_ptr(), val: 2, hidden: false },
+    pgrx::pg_sys::config_enum_entry { name: std::ptr::null(), val: 0, hidden: false },
+]);
+
+// SAFETY: the entries end with the NULL row, and their values are exactly the
+// ordinals from_ordinal and to_ordinal map.
+unsafe impl pgrx::guc::GucEnum for ReadonlyGuc {
+    fn from_ordinal(ordinal: i32) -> Self {
+        match ordinal {
+            1 => ReadonlyGuc::Local,
+            2 => ReadonlyGuc::All,
+            _ => ReadonlyGuc::Off,
+        }
+    }
+
+    fn to_ordinal(&self) -> i32 {
+        match self {
+            ReadonlyGuc::Off => 0,
+            ReadonlyGuc::Local => 1,
+            ReadonlyGuc::All => 2,
+        }
+    }
+
+    const CONFIG_ENUM_ENTRY: *const pgrx::pg_sys::config_enum_entry = READONLY_ENTRIES.0.as_ptr();
 }
 
 /// `spock.readonly` (Spock's read-only modes).

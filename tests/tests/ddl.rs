@@ -775,6 +775,11 @@ fn readonly_modes() {
     let mut p = b.connect_as("postgres", "plain").unwrap();
     p.batch_execute("INSERT INTO mine VALUES (1)").unwrap();
     assert_eq!(code(p.batch_execute("SET spock.readonly = 'local'").unwrap_err()), "42501");
+    // 'user' is Spock's older name of 'local': the same value.
+    let mut su = b.connect().unwrap();
+    su.batch_execute("SET spock.readonly = 'user'").unwrap();
+    assert_eq!(su.query_one("SHOW spock.readonly", &[]).unwrap().get::<_, String>(0), "local");
+    drop(su);
     b.execute("ALTER SYSTEM SET spock.readonly = 'local'").unwrap();
     b.execute("SELECT pg_reload_conf()").unwrap();
     let mut p = b.connect_as("postgres", "plain").unwrap();
