@@ -137,6 +137,89 @@ CREATE TABLE spock.exception_log (
     PRIMARY KEY (remote_origin, remote_commit_ts, command_counter, retry_errored_at)
 ) WITH (user_catalog_table = true);
 
+-- Schemas and extensions spock treats specially (Spock's spock.reserved_object):
+-- exclude_from_dump keeps them out of the structure sync's pg_dump (a subscriber
+-- has them already), block_in_repset keeps their tables out of replication sets,
+-- replicate_ddl = false keeps AutoDDL of a schema on this node (schemas only; NULL
+-- for extensions). The built-in rows are re-created by the extension script and
+-- cannot be changed; rows added with reserved_object_add() are dumped with the
+-- database.
+CREATE TABLE spock.reserved_object (
+    name name NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('schema', 'extension')),
+    exclude_from_dump boolean NOT NULL DEFAULT true,
+    block_in_repset boolean NOT NULL DEFAULT true,
+    replicate_ddl boolean,
+    builtin boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (name, kind),
+    CONSTRAINT reserved_object_replicate_ddl_kind CHECK ((kind = 'schema') = (replicate_ddl IS NOT NULL))
+) WITH (user_catalog_table = true);
+SELECT pg_catalog.pg_extension_config_dump('spock.reserved_object', 'WHERE NOT builtin');
+-- lolor's tables replicate (large objects must survive on every node), though
+-- the extension itself is not dumped.
+INSERT INTO spock.reserved_object (name, kind, exclude_from_dump, block_in_repset, replicate_ddl, builtin) VALUES
+    ('spock', 'schema', true, true, true, true),
+    ('spock', 'extension', true, true, NULL, true),
+    ('snowflake', 'schema', true, true, true, true),
+    ('snowflake', 'extension', true, true, NULL, true),
+    ('lolor', 'schema', true, false, true, true),
+    ('lolor', 'extension', true, false, NULL, true),
+    ('pgedge_ace', 'schema', true, true, false, true);
+
+CREATE FUNCTION spock._reserved_object_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF OLD.builtin THEN
+        RAISE EXCEPTION 'cannot % built-in reserved object "%" (%)', lower(TG_OP), OLD.name, OLD.kind
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END;
+$$;
+CREATE TRIGGER reserved_object_guard BEFORE UPDATE OR DELETE ON spock.reserved_object
+    FOR EACH ROW EXECUTE FUNCTION spock._reserved_object_guard();
+
+-- Whether `p_name` (a schema or an extension, per `p_kind`) is reserved for
+-- `p_purpose`: 'dump', 'repset' or 'ddl' (the last: its DDL stays on this node).
+CREATE FUNCTION spock._is_reserved(p_kind text, p_purpose text, p_name name) RETURNS boolean
+STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(bool_or(CASE p_purpose WHEN 'dump' THEN exclude_from_dump
+                                          WHEN 'repset' THEN block_in_repset
+                                          WHEN 'ddl' THEN NOT replicate_ddl END), false)
+      FROM spock.reserved_object WHERE name = p_name AND kind = p_kind
+$$;
+
+-- Adds a reserved object or changes one that is not built in.
+CREATE FUNCTION spock.reserved_object_add(p_name name, p_kind text, p_exclude_from_dump boolean DEFAULT true,
+    p_block_in_repset boolean DEFAULT true, p_replicate_ddl boolean DEFAULT NULL)
+RETURNS void VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- replicate_ddl is for schemas only: true unless given for a schema, NULL for
+    -- an extension.
+    v_ddl boolean := CASE WHEN p_kind = 'schema' THEN coalesce(p_replicate_ddl, true) END;
+BEGIN
+    IF p_name IS NULL OR p_kind IS NULL OR p_exclude_from_dump IS NULL OR p_block_in_repset IS NULL THEN
+        RAISE EXCEPTION 'reserved object name, kind and flags cannot be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- One at a time per name and kind (a user catalog takes no ON CONFLICT).
+    PERFORM pg_catalog.pg_advisory_xact_lock('spock.reserved_object'::regclass::oid::int,
+                                             pg_catalog.hashtext(p_kind || '.' || p_name));
+    UPDATE spock.reserved_object
+       SET exclude_from_dump = p_exclude_from_dump, block_in_repset = p_block_in_repset, replicate_ddl = v_ddl
+     WHERE name = p_name AND kind = p_kind;
+    IF NOT FOUND THEN
+        INSERT INTO spock.reserved_object (name, kind, exclude_from_dump, block_in_repset, replicate_ddl, builtin)
+        VALUES (p_name, p_kind, p_exclude_from_dump, p_block_in_repset, v_ddl, false);
+    END IF;
+END;
+$$;
+
+-- Removes a reserved object that is not built in.
+CREATE FUNCTION spock.reserved_object_remove(p_name name, p_kind text) RETURNS void
+VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM spock.reserved_object WHERE name = p_name AND kind = p_kind
+$$;
+
 CREATE VIEW spock.tables AS
     WITH set_relations AS (
         SELECT s.set_name, r.set_reloid

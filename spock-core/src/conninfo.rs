@@ -62,9 +62,15 @@ pub fn tool_connection(pairs: &[(String, String)]) -> ToolConnection {
 }
 
 /// The arguments of `pg_dump` for the structure of a provider at `snapshot` into
-/// `file`, leaving out spock and `exclude_schemas`; `conninfo` has no password
-/// ([`tool_connection`]).
-pub fn pg_dump_structure_args(snapshot: &str, file: &str, exclude_schemas: &[String], conninfo: &str) -> Vec<String> {
+/// `file`, leaving out spock, `exclude_schemas` and `exclude_extensions`;
+/// `conninfo` has no password ([`tool_connection`]).
+pub fn pg_dump_structure_args(
+    snapshot: &str,
+    file: &str,
+    exclude_schemas: &[String],
+    exclude_extensions: &[String],
+    conninfo: &str,
+) -> Vec<String> {
     let mut args = vec![
         "--schema-only".to_string(),
         "--format=custom".to_string(),
@@ -76,6 +82,7 @@ pub fn pg_dump_structure_args(snapshot: &str, file: &str, exclude_schemas: &[Str
         format!("--file={file}"),
     ];
     args.extend(exclude_schemas.iter().map(|s| format!("--exclude-schema={s}")));
+    args.extend(exclude_extensions.iter().map(|e| format!("--exclude-extension={e}")));
     args.push(format!("--dbname={conninfo}"));
     args
 }
@@ -115,13 +122,24 @@ mod tests {
         assert!(!t.conninfo.contains("password"), "{}", t.conninfo);
         assert_eq!(t.conninfo, "host='10.0.0.1' dbname='app' user='rep' connect_timeout='30'");
         assert_eq!(t.env, vec![("PGPASSWORD".to_string(), secret.to_string())]);
-        let args = pg_dump_structure_args("00000003-1", "/tmp/d", &["skipme".to_string()], &t.conninfo);
+        let args = pg_dump_structure_args(
+            "00000003-1",
+            "/tmp/d",
+            &["skipme".to_string()],
+            &["lolor".to_string()],
+            &t.conninfo,
+        );
         assert!(args.iter().all(|a| !a.contains("s3cr")), "{args:?}");
         assert_eq!(
             args.last().map(String::as_str),
             Some("--dbname=host='10.0.0.1' dbname='app' user='rep' connect_timeout='30'")
         );
         assert!(args.contains(&"--exclude-schema=skipme".to_string()));
+        assert!(args.contains(&"--exclude-extension=lolor".to_string()));
+        assert!(
+            args.contains(&"--exclude-schema=spock".to_string())
+                && args.contains(&"--exclude-extension=spock".to_string())
+        );
     }
 
     #[test]

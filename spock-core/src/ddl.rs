@@ -289,7 +289,8 @@ impl SetMembership {
 /// What is known about a table after a DDL statement ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableFacts {
-    /// Permanent (WAL-logged): neither UNLOGGED nor TEMP.
+    /// Replicable: permanent (neither UNLOGGED nor TEMP) and not in a schema kept
+    /// out of replication sets (spock.reserved_object).
     pub logged: bool,
     /// Rows can be found by key: a replica identity index (primary key or `USING
     /// INDEX`) or `REPLICA IDENTITY FULL`.

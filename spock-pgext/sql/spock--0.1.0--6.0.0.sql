@@ -294,11 +294,7 @@ BEGIN
     IF v_class.relpersistence <> 'p' THEN
         RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_class.nspname = 'spock' THEN
-        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_class.relname
-            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'table is in the ignored schema spock',
-                  HINT = 'Move this relation to a schema allowed for replication';
-    END IF;
+    PERFORM spock._check_not_reserved(p_rel);
     IF spock._set_needs_replica_identity(v_set.replicate_update, v_set.replicate_delete)
        AND NOT spock._has_replica_identity(p_rel) THEN
         -- (Spock's wording)
@@ -629,3 +625,249 @@ BEGIN
     RETURN true;
 END;
 $$;
+
+-- Schemas and extensions spock treats specially (Spock's spock.reserved_object):
+-- exclude_from_dump keeps them out of the structure sync's pg_dump (a subscriber
+-- has them already), block_in_repset keeps their tables out of replication sets,
+-- replicate_ddl = false keeps AutoDDL of a schema on this node (schemas only; NULL
+-- for extensions). The built-in rows are re-created by the extension script and
+-- cannot be changed; rows added with reserved_object_add() are dumped with the
+-- database.
+CREATE TABLE spock.reserved_object (
+    name name NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('schema', 'extension')),
+    exclude_from_dump boolean NOT NULL DEFAULT true,
+    block_in_repset boolean NOT NULL DEFAULT true,
+    replicate_ddl boolean,
+    builtin boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (name, kind),
+    CONSTRAINT reserved_object_replicate_ddl_kind CHECK ((kind = 'schema') = (replicate_ddl IS NOT NULL))
+) WITH (user_catalog_table = true);
+SELECT pg_catalog.pg_extension_config_dump('spock.reserved_object', 'WHERE NOT builtin');
+-- lolor's tables replicate (large objects must survive on every node), though
+-- the extension itself is not dumped.
+INSERT INTO spock.reserved_object (name, kind, exclude_from_dump, block_in_repset, replicate_ddl, builtin) VALUES
+    ('spock', 'schema', true, true, true, true),
+    ('spock', 'extension', true, true, NULL, true),
+    ('snowflake', 'schema', true, true, true, true),
+    ('snowflake', 'extension', true, true, NULL, true),
+    ('lolor', 'schema', true, false, true, true),
+    ('lolor', 'extension', true, false, NULL, true),
+    ('pgedge_ace', 'schema', true, true, false, true);
+
+CREATE FUNCTION spock._reserved_object_guard() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF OLD.builtin THEN
+        RAISE EXCEPTION 'cannot % built-in reserved object "%" (%)', lower(TG_OP), OLD.name, OLD.kind
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+END;
+$$;
+CREATE TRIGGER reserved_object_guard BEFORE UPDATE OR DELETE ON spock.reserved_object
+    FOR EACH ROW EXECUTE FUNCTION spock._reserved_object_guard();
+
+-- Whether `p_name` (a schema or an extension, per `p_kind`) is reserved for
+-- `p_purpose`: 'dump', 'repset' or 'ddl' (the last: its DDL stays on this node).
+CREATE FUNCTION spock._is_reserved(p_kind text, p_purpose text, p_name name) RETURNS boolean
+STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(bool_or(CASE p_purpose WHEN 'dump' THEN exclude_from_dump
+                                          WHEN 'repset' THEN block_in_repset
+                                          WHEN 'ddl' THEN NOT replicate_ddl END), false)
+      FROM spock.reserved_object WHERE name = p_name AND kind = p_kind
+$$;
+
+-- Adds a reserved object or changes one that is not built in.
+CREATE FUNCTION spock.reserved_object_add(p_name name, p_kind text, p_exclude_from_dump boolean DEFAULT true,
+    p_block_in_repset boolean DEFAULT true, p_replicate_ddl boolean DEFAULT NULL)
+RETURNS void VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- replicate_ddl is for schemas only: true unless given for a schema, NULL for
+    -- an extension.
+    v_ddl boolean := CASE WHEN p_kind = 'schema' THEN coalesce(p_replicate_ddl, true) END;
+BEGIN
+    IF p_name IS NULL OR p_kind IS NULL OR p_exclude_from_dump IS NULL OR p_block_in_repset IS NULL THEN
+        RAISE EXCEPTION 'reserved object name, kind and flags cannot be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- One at a time per name and kind (a user catalog takes no ON CONFLICT).
+    PERFORM pg_catalog.pg_advisory_xact_lock('spock.reserved_object'::regclass::oid::int,
+                                             pg_catalog.hashtext(p_kind || '.' || p_name));
+    UPDATE spock.reserved_object
+       SET exclude_from_dump = p_exclude_from_dump, block_in_repset = p_block_in_repset, replicate_ddl = v_ddl
+     WHERE name = p_name AND kind = p_kind;
+    IF NOT FOUND THEN
+        INSERT INTO spock.reserved_object (name, kind, exclude_from_dump, block_in_repset, replicate_ddl, builtin)
+        VALUES (p_name, p_kind, p_exclude_from_dump, p_block_in_repset, v_ddl, false);
+    END IF;
+END;
+$$;
+
+-- Removes a reserved object that is not built in.
+CREATE FUNCTION spock.reserved_object_remove(p_name name, p_kind text) RETURNS void
+VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM spock.reserved_object WHERE name = p_name AND kind = p_kind
+$$;
+
+CREATE OR REPLACE FUNCTION spock._check_schemas(p_schemas text[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_schema text;
+BEGIN
+    FOREACH v_schema IN ARRAY p_schemas LOOP
+        IF v_schema IS NULL THEN
+            RAISE EXCEPTION 'schema name cannot be NULL' USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v_schema) THEN
+            RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
+        END IF;
+        IF v_schema IN ('pg_catalog', 'information_schema', 'pg_toast') THEN
+            RAISE EXCEPTION 'cannot add schema "%" to a replication set', v_schema
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = 'This operation is not supported for system schemas.';
+        END IF;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.repset_add_all_tables(set_name name, schema_names text[],
+    synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rel regclass;
+BEGIN
+    PERFORM spock._repset(set_name);
+    PERFORM spock._check_schemas(schema_names);
+    FOR v_rel IN
+        SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind IN ('r', 'p')
+           AND c.relpersistence = 'p' AND c.oid >= 16384
+           AND NOT c.relispartition AND NOT spock._reserved_extension_member(c.oid)
+           AND NOT EXISTS (SELECT 1 FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id)
+                            WHERE t.set_reloid = c.oid AND s.set_name = repset_add_all_tables.set_name
+                              AND s.set_nodeid = spock._local_node_id())
+         ORDER BY n.nspname, c.relname
+    LOOP
+        IF spock._repset_add_relation(set_name, v_rel, NULL, NULL, true) THEN
+            PERFORM spock._repset_add_relation(set_name, p.relid, NULL, NULL, true)
+               FROM pg_partition_tree(v_rel) p WHERE p.relid <> v_rel AND p.isleaf;
+            IF synchronize_data THEN
+                PERFORM spock._queue_table_sync(set_name, p.relid)
+                   FROM pg_partition_tree(v_rel) p WHERE p.isleaf;
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.repset_add_all_seqs(set_name name, schema_names text[], synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_set record;
+    v_seq regclass;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    PERFORM spock._check_schemas(schema_names);
+    FOR v_seq IN
+        SELECT DISTINCT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind = 'S'
+           AND c.relpersistence = 'p' AND c.oid >= 16384 AND NOT spock._reserved_extension_member(c.oid)
+           AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
+    LOOP
+        PERFORM spock._repset_add_seq(v_set.set_id, set_name, v_seq, synchronize_data);
+    END LOOP;
+    RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock._check_sequence(p_rel regclass) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_class record;
+BEGIN
+    SELECT c.relkind, c.relpersistence, c.relname INTO v_class FROM pg_catalog.pg_class c WHERE c.oid = p_rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', p_rel::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    IF v_class.relkind IS DISTINCT FROM 'S' THEN
+        RAISE EXCEPTION '"%" is not a sequence', v_class.relname USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF v_class.relpersistence <> 'p' THEN
+        RAISE EXCEPTION 'UNLOGGED and TEMP sequences cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM spock._check_not_reserved(p_rel);
+END;
+$$;
+
+CREATE FUNCTION spock._extension_of(p_rel oid) RETURNS name
+STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.extname FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = p_rel AND d.objsubid = 0
+       AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+     LIMIT 1
+$$;
+
+CREATE FUNCTION spock._check_not_reserved(p_rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_nsp name;
+    v_rel name;
+    v_ext name;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    IF spock._is_reserved('schema', 'repset', v_nsp) THEN
+        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_rel
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('table is in the ignored schema %s', v_nsp),
+                  HINT = 'Move this relation to a schema allowed for replication';
+    END IF;
+    v_ext := spock._extension_of(p_rel);
+    IF v_ext IS NOT NULL AND spock._is_reserved('extension', 'repset', v_ext) THEN
+        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_rel
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('relation belongs to the ignored extension %s', v_ext),
+                  HINT = 'Move this relation to an extension allowed for replication';
+    END IF;
+END;
+$$;
+
+CREATE FUNCTION spock._unreserved_schemas(p_schemas text[]) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_schema text;
+    v_kept text[] := '{}';
+BEGIN
+    FOREACH v_schema IN ARRAY p_schemas LOOP
+        IF spock._is_reserved('schema', 'repset', v_schema) THEN
+            RAISE WARNING 'skipping schema %', v_schema
+                USING DETAIL = 'Relations of this schema cannot be added to any replication set.';
+        ELSE
+            v_kept := v_kept || v_schema;
+        END IF;
+    END LOOP;
+    RETURN v_kept;
+END;
+$$;
+
+CREATE FUNCTION spock._reserved_extension_member(p_rel oid) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ext name := spock._extension_of(p_rel);
+BEGIN
+    IF v_ext IS NULL OR NOT spock._is_reserved('extension', 'repset', v_ext) THEN
+        RETURN false;
+    END IF;
+    RAISE WARNING 'skipping relation %', p_rel::regclass
+        USING DETAIL = format('Relation belongs to extension %s, which is excluded from replication.', v_ext);
+    RETURN true;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock._extension_of(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock._check_not_reserved(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock._unreserved_schemas(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock._reserved_extension_member(oid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock._reserved_object_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock._is_reserved(text, text, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock.reserved_object_add(name, text, boolean, boolean, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock.reserved_object_remove(name, text) FROM PUBLIC;

@@ -121,6 +121,41 @@ BEGIN
 END;
 $$;
 
+-- The extension a relation belongs to, if any.
+CREATE FUNCTION spock._extension_of(p_rel oid) RETURNS name
+STABLE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.extname FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = p_rel AND d.objsubid = 0
+       AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+     LIMIT 1
+$$;
+
+-- Refuses a relation whose schema or extension spock.reserved_object keeps out
+-- of replication sets (Spock's wording).
+CREATE FUNCTION spock._check_not_reserved(p_rel regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_nsp name;
+    v_rel name;
+    v_ext name;
+BEGIN
+    SELECT n.nspname, c.relname INTO v_nsp, v_rel
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_rel;
+    IF spock._is_reserved('schema', 'repset', v_nsp) THEN
+        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_rel
+            USING ERRCODE = 'invalid_parameter_value', DETAIL = format('table is in the ignored schema %s', v_nsp),
+                  HINT = 'Move this relation to a schema allowed for replication';
+    END IF;
+    v_ext := spock._extension_of(p_rel);
+    IF v_ext IS NOT NULL AND spock._is_reserved('extension', 'repset', v_ext) THEN
+        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_rel
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('relation belongs to the ignored extension %s', v_ext),
+                  HINT = 'Move this relation to an extension allowed for replication';
+    END IF;
+END;
+$$;
+
 -- Adds one relation to a set, checking what Spock checks. p_skip: return false
 -- with a WARNING instead of failing when the table cannot be replicated.
 CREATE FUNCTION spock._repset_add_relation(p_set_name name, p_rel regclass, p_columns text[],
@@ -151,11 +186,7 @@ BEGIN
     IF v_class.relpersistence <> 'p' THEN
         RAISE EXCEPTION 'UNLOGGED and TEMP tables cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_class.nspname = 'spock' THEN
-        RAISE EXCEPTION 'relation % cannot be added to any replication set', v_class.relname
-            USING ERRCODE = 'invalid_parameter_value', DETAIL = 'table is in the ignored schema spock',
-                  HINT = 'Move this relation to a schema allowed for replication';
-    END IF;
+    PERFORM spock._check_not_reserved(p_rel);
     IF spock._set_needs_replica_identity(v_set.replicate_update, v_set.replicate_delete)
        AND NOT spock._has_replica_identity(p_rel) THEN
         -- (Spock's wording)
@@ -253,6 +284,42 @@ BEGIN
 END;
 $$;
 
+-- The schemas of a list that spock.reserved_object does not keep out of
+-- replication sets; each one it does is passed over with a WARNING (Spock's).
+CREATE FUNCTION spock._unreserved_schemas(p_schemas text[]) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_schema text;
+    v_kept text[] := '{}';
+BEGIN
+    FOREACH v_schema IN ARRAY p_schemas LOOP
+        IF spock._is_reserved('schema', 'repset', v_schema) THEN
+            RAISE WARNING 'skipping schema %', v_schema
+                USING DETAIL = 'Relations of this schema cannot be added to any replication set.';
+        ELSE
+            v_kept := v_kept || v_schema;
+        END IF;
+    END LOOP;
+    RETURN v_kept;
+END;
+$$;
+
+-- Whether a relation belongs to an extension whose relations stay out of
+-- replication sets; passed over with a WARNING (Spock's) when it does.
+CREATE FUNCTION spock._reserved_extension_member(p_rel oid) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ext name := spock._extension_of(p_rel);
+BEGIN
+    IF v_ext IS NULL OR NOT spock._is_reserved('extension', 'repset', v_ext) THEN
+        RETURN false;
+    END IF;
+    RAISE WARNING 'skipping relation %', p_rel::regclass
+        USING DETAIL = format('Relation belongs to extension %s, which is excluded from replication.', v_ext);
+    RETURN true;
+END;
+$$;
+
 -- Checks the schema_names of repset_add_all_tables/_seqs: they exist and are not
 -- system schemas (as CREATE PUBLICATION ... FOR TABLES IN SCHEMA).
 CREATE FUNCTION spock._check_schemas(p_schemas text[]) RETURNS void
@@ -267,7 +334,7 @@ BEGIN
         IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v_schema) THEN
             RAISE EXCEPTION 'schema "%" does not exist', v_schema USING ERRCODE = 'invalid_schema_name';
         END IF;
-        IF v_schema IN ('pg_catalog', 'information_schema', 'pg_toast', 'spock') THEN
+        IF v_schema IN ('pg_catalog', 'information_schema', 'pg_toast') THEN
             RAISE EXCEPTION 'cannot add schema "%" to a replication set', v_schema
                 USING ERRCODE = 'invalid_parameter_value', DETAIL = 'This operation is not supported for system schemas.';
         END IF;
@@ -285,9 +352,9 @@ BEGIN
     PERFORM spock._check_schemas(schema_names);
     FOR v_rel IN
         SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY (schema_names) AND c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
-           AND c.oid >= 16384 AND n.nspname <> 'spock'
-           AND NOT c.relispartition
+         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind IN ('r', 'p')
+           AND c.relpersistence = 'p' AND c.oid >= 16384
+           AND NOT c.relispartition AND NOT spock._reserved_extension_member(c.oid)
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id)
                             WHERE t.set_reloid = c.oid AND s.set_name = repset_add_all_tables.set_name
                               AND s.set_nodeid = spock._local_node_id())

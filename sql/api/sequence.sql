@@ -31,6 +31,7 @@ BEGIN
     IF v_class.relpersistence <> 'p' THEN
         RAISE EXCEPTION 'UNLOGGED and TEMP sequences cannot be replicated' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM spock._check_not_reserved(p_rel);
 END;
 $$;
 
@@ -75,8 +76,8 @@ BEGIN
     PERFORM spock._check_schemas(schema_names);
     FOR v_seq IN
         SELECT DISTINCT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY (schema_names) AND c.relkind = 'S' AND c.relpersistence = 'p'
-           AND c.oid >= 16384 AND n.nspname <> 'spock'
+         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind = 'S'
+           AND c.relpersistence = 'p' AND c.oid >= 16384 AND NOT spock._reserved_extension_member(c.oid)
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
     LOOP
         PERFORM spock._repset_add_seq(v_set.set_id, set_name, v_seq, synchronize_data);

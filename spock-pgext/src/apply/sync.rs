@@ -384,10 +384,13 @@ fn dump_structure(sub: &SubscriptionInfo, snapshot: &str, dump: &Path) {
     let pairs = crate::libpq::parse_conninfo(&sub.provider_dsn)
         .unwrap_or_else(|e| sync_error(sub, "reading the provider's DSN", e));
     let conn = spock_core::conninfo::tool_connection(&pairs);
+    let mut schemas = skip_schemas(sub);
+    schemas.extend(reserved_for_dump("schema"));
     let args = spock_core::conninfo::pg_dump_structure_args(
         snapshot,
         &dump.display().to_string(),
-        &skip_schemas(sub),
+        &schemas,
+        &reserved_for_dump("extension"),
         &conn.conninfo,
     );
     let mut cmd = Command::new(bindir().join("pg_dump"));
@@ -431,6 +434,20 @@ fn restore_section(sub: &SubscriptionInfo, dump: &Path, section: &str, then: cha
     if !warnings.is_empty() {
         pgrx::log!("spock subscription {}: restoring {section}: {warnings}", sub.name);
     }
+}
+
+/// The schemas or extensions (`kind`) spock.reserved_object keeps out of the
+/// structure sync: this node has its own (spock, snowflake, lolor, ...).
+fn reserved_for_dump(kind: &str) -> Vec<String> {
+    BackgroundWorker::transaction(|| {
+        Spi::get_one_with_args::<Vec<String>>(
+            "SELECT coalesce(array_agg(name::text ORDER BY name), '{}') FROM spock.reserved_object
+              WHERE kind = $1 AND exclude_from_dump",
+            &[kind.into()],
+        )
+        .unwrap_or_else(|e| no_row_or_raise(e, "reading spock.reserved_object"))
+        .unwrap_or_default()
+    })
 }
 
 fn skip_schemas(sub: &SubscriptionInfo) -> Vec<String> {

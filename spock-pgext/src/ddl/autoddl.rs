@@ -226,6 +226,9 @@ struct BeforeRun {
     ddl: bool,
     /// A DROP of relations that names only temporary ones.
     drops_only_temp: bool,
+    /// A DROP whose objects (schemas or relations) all lie in schemas whose DDL
+    /// stays on this node (spock.reserved_object, replicate_ddl = false).
+    drops_only_ddl_local: bool,
     /// The temporary relation a CREATE TABLE copies with LIKE: its name, palloc'd in
     /// the statement's memory context; null when none.
     like_temp_source: *const std::ffi::c_char,
@@ -233,7 +236,12 @@ struct BeforeRun {
 
 impl BeforeRun {
     /// Nothing seen.
-    const NOTHING: BeforeRun = BeforeRun { ddl: false, drops_only_temp: false, like_temp_source: std::ptr::null() };
+    const NOTHING: BeforeRun = BeforeRun {
+        ddl: false,
+        drops_only_temp: false,
+        drops_only_ddl_local: false,
+        like_temp_source: std::ptr::null(),
+    };
 
     /// SAFETY: `parsetree` is a valid parse tree of a DDL statement; inside a
     /// transaction.
@@ -260,6 +268,8 @@ impl BeforeRun {
                                 .iter_ptr()
                                 .all(|names| rangevar_is_temp(pg_sys::makeRangeVarFromNameList(names)));
                     }
+                    // Before the DROP, while the objects still resolve.
+                    before.drops_only_ddl_local = drop_targets_only_ddl_local(drop);
                 }
                 pg_sys::NodeTag::T_CreateStmt => {
                     let create = &*parsetree.cast::<pg_sys::CreateStmt>();
@@ -282,6 +292,112 @@ impl BeforeRun {
     }
 }
 
+/// Whether DDL of schema `nspname` stays on this node: a spock.reserved_object
+/// schema with replicate_ddl = false (Spock's node-local schemas, e.g. pgedge_ace).
+fn schema_is_ddl_local(nspname: &str) -> bool {
+    // SAFETY: syscache lookups; the catalog is missing while the extension is
+    // created or updated from a version without it.
+    let present = unsafe {
+        let spock = pg_sys::get_namespace_oid(c"spock".as_ptr(), true);
+        spock != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"reserved_object".as_ptr(), spock) != pg_sys::InvalidOid
+    };
+    if !present {
+        return false;
+    }
+    // The session user need not be allowed to read spock's catalogs.
+    let _superuser = UserSwitch::to(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
+    let _snapshot = SnapshotGuard::ensure();
+    Spi::get_one_with_args::<bool>("SELECT spock._is_reserved('schema', 'ddl', $1)", &[nspname.into()])
+        .unwrap_or_else(|e| spi_failed("reading spock.reserved_object", e))
+        .unwrap_or(false)
+}
+
+/// The schema a RangeVar names, or that the relation it names now lives in (None:
+/// unqualified and missing).
+///
+/// SAFETY: `rv` is null or a valid RangeVar; inside a transaction.
+unsafe fn rangevar_schema(rv: *mut pg_sys::RangeVar) -> Option<String> {
+    if rv.is_null() {
+        return None;
+    }
+    // SAFETY: a valid RangeVar; syscache lookups of an existing relation.
+    unsafe {
+        let nsp = if !(*rv).schemaname.is_null() {
+            (*rv).schemaname
+        } else {
+            let relid = existing_relid(rv);
+            if relid == pg_sys::InvalidOid {
+                return None;
+            }
+            pg_sys::get_namespace_name(pg_sys::get_rel_namespace(relid))
+        };
+        (!nsp.is_null()).then(|| CStr::from_ptr(nsp).to_string_lossy().into_owned())
+    }
+}
+
+/// Whether every object a DROP names (schemas, or relations of any kind) lies in
+/// a schema whose DDL stays on this node. Asked before the DROP runs, so that
+/// unqualified names still resolve.
+///
+/// SAFETY: `drop` is a valid DropStmt; inside a transaction.
+unsafe fn drop_targets_only_ddl_local(drop: &pg_sys::DropStmt) -> bool {
+    use pg_sys::ObjectType::*;
+    // SAFETY: the object list's element types follow the DropStmt's removeType.
+    unsafe {
+        if pg_sys::creating_extension || drop.objects.is_null() {
+            return false;
+        }
+        let objects = PgList::<pg_sys::Node>::from_pg(drop.objects);
+        let schema_of = |o: *mut pg_sys::Node| -> Option<String> {
+            match drop.removeType {
+                OBJECT_SCHEMA => {
+                    let sval = (*o.cast::<pg_sys::String>()).sval;
+                    (!sval.is_null()).then(|| CStr::from_ptr(sval).to_string_lossy().into_owned())
+                }
+                OBJECT_TABLE | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_FOREIGN_TABLE => {
+                    rangevar_schema(pg_sys::makeRangeVarFromNameList(o.cast::<pg_sys::List>()))
+                }
+                _ => None,
+            }
+        };
+        !objects.is_empty() && objects.iter_ptr().all(|o| schema_of(o).is_some_and(|s| schema_is_ddl_local(&s)))
+    }
+}
+
+/// Spock's node-local DDL: a statement whose targets all lie in schemas whose DDL
+/// stays on this node is not replicated (nor are its tables placed in sets). Only
+/// statements whose target schema is known are classified.
+///
+/// SAFETY: `parsetree` is the analysed statement that just ran.
+unsafe fn targets_only_ddl_local(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> bool {
+    use pg_sys::NodeTag::*;
+    // SAFETY: each arm reads the node type its tag names.
+    unsafe {
+        let rv = match (*parsetree).type_ {
+            T_CreateSchemaStmt => {
+                let name = (*parsetree.cast::<pg_sys::CreateSchemaStmt>()).schemaname;
+                return !name.is_null() && schema_is_ddl_local(&CStr::from_ptr(name).to_string_lossy());
+            }
+            T_DropStmt => return before.drops_only_ddl_local,
+            T_CreateStmt => (*parsetree.cast::<pg_sys::CreateStmt>()).relation,
+            T_CreateTableAsStmt => {
+                let into = (*parsetree.cast::<pg_sys::CreateTableAsStmt>()).into;
+                if into.is_null() {
+                    return false;
+                }
+                (*into).rel
+            }
+            T_AlterTableStmt => (*parsetree.cast::<pg_sys::AlterTableStmt>()).relation,
+            T_ViewStmt => (*parsetree.cast::<pg_sys::ViewStmt>()).view,
+            T_CreateSeqStmt => (*parsetree.cast::<pg_sys::CreateSeqStmt>()).sequence,
+            T_IndexStmt => (*parsetree.cast::<pg_sys::IndexStmt>()).relation,
+            _ => return false,
+        };
+        rangevar_schema(rv).is_some_and(|s| schema_is_ddl_local(&s))
+    }
+}
+
 /// What AutoDDL does with a statement.
 enum Decision {
     /// Not replicated; an optional WARNING (with Spock's DETAIL) says why before the
@@ -301,6 +417,10 @@ unsafe fn classify(parsetree: *mut pg_sys::Node, before: &BeforeRun) -> Decision
     const SKIP: Decision = Decision::Skip(None);
     const NO_PATH: Decision = Decision::Replicate { search_path: false, unsafe_: false };
     const REPLICATE: Decision = Decision::Replicate { search_path: true, unsafe_: false };
+    // SAFETY: the statement that ran, in its transaction.
+    if unsafe { targets_only_ddl_local(parsetree, before) } {
+        return SKIP;
+    }
     // SAFETY: each arm reads the node type its tag names.
     unsafe {
         match (*parsetree).type_ {
@@ -698,8 +818,10 @@ fn place_table(relid: i64, intent: Option<AlterIdentityIntent>) {
     let (facts, relname) = Spi::connect(|c| {
         let row = c
             .select(
-                "SELECT c.relpersistence = 'p', coalesce(spock._has_replica_identity(c.oid), false), c.relname::text
-                   FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
+                "SELECT c.relpersistence = 'p' AND NOT spock._is_reserved('schema', 'repset', n.nspname),
+                        coalesce(spock._has_replica_identity(c.oid), false), c.relname::text
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1::int8::oid",
                 Some(1),
                 &[relid.into()],
             )
