@@ -696,6 +696,13 @@ fn dropping_a_replicated_table_column_or_sequence_needs_cascade() {
     );
     assert_eq!(members(a), "");
     assert!(!table_exists(a, "m"));
+    // With AutoDDL on, a DROP cascades to memberships without CASCADE (Spock).
+    a.execute("SELECT spock.replicate_ddl('CREATE TABLE public.z (id int PRIMARY KEY)')").unwrap();
+    a.execute("SELECT spock.repset_add_table('default', 'z')").unwrap();
+    wait_for("z on b", WAIT, || table_exists(b, "z"), true);
+    let messages = psql_messages(a, "SET spock.enable_ddl_replication = on; DROP TABLE z");
+    assert!(messages.contains("NOTICE:  drop cascades to table z membership in replication set default"), "{messages}");
+    wait_for("z dropped on b", WAIT, || table_exists(b, "z"), false);
     // A plain role that owns a member table gets the same error, and may cascade.
     a.execute(
         "CREATE ROLE plain LOGIN; GRANT CREATE ON SCHEMA public TO plain;

@@ -159,17 +159,44 @@ fn sub_disable_stops_until_skipped_or_fixed() {
     assert_eq!(rows(s, "t1"), "2:after,3:a");
 }
 
-/// sub_disable writes the SUB_DISABLE row (with the skip_lsn) as soon as the failure
-/// is caught, before the worker comes back to replay the transaction (Spock's
-/// tests look for it right away); the replay keeps one such row, after the changes'.
+/// A failed transaction is replayed at once from the worker's memory (as Spock's
+/// replay queue), without a restart: the same apply worker goes on.
+#[test]
+fn a_failed_transaction_is_replayed_without_a_restart() {
+    let c = setup("transdiscard");
+    let (p, s) = (c.node(0), c.node(1));
+    let pid = || s.query_one::<i32>("SELECT pid FROM pg_stat_activity WHERE backend_type = 'spock apply'").unwrap();
+    let before = pid();
+    let offset = s.log_offset();
+    bad_then_good(p);
+    wait_for("the transaction after the failed one", || rows(s, "t1"), "2:after".into());
+    assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral");
+    assert_eq!(pid(), before, "the worker that failed replayed the transaction");
+    assert!(s.log_since(offset).contains("replaying the failed transaction from memory"));
+    // Values that came in binary are logged as text.
+    let new_tup: String =
+        s.query_one("SELECT remote_new_tup::text FROM spock.exception_log WHERE table_name = 't2'").unwrap();
+    assert!(new_tup.contains("\"value\": \"bad\"") && new_tup.contains("\"value\": \"1\""), "{new_tup}");
+}
+
+/// A transaction replayed after a restart (here a streamed one, applied from its
+/// spill file or eagerly) gets its SUB_DISABLE row, with the skip_lsn, as soon as
+/// the failure is caught, before the worker comes back (Spock's tests look for it
+/// right away); the replay keeps one such row, after the changes'.
 #[test]
 fn sub_disable_row_is_written_at_the_failure() {
     let c = setup("sub_disable");
     let (p, s) = (c.node(0), c.node(1));
+    p.execute("ALTER SYSTEM SET logical_decoding_work_mem = '64kB'").unwrap();
+    p.execute("SELECT pg_reload_conf()").unwrap();
     // The worker does not come back to replay until the delay is lifted.
     s.execute("ALTER SYSTEM SET spock.restart_delay_on_exception = '1h'").unwrap();
     s.execute("SELECT pg_reload_conf()").unwrap();
-    bad_then_good(p);
+    p.execute(
+        "BEGIN; INSERT INTO t1 SELECT g, repeat('x', 100) FROM generate_series(1, 3000) g;
+         INSERT INTO t2 VALUES (1, 'bad'); COMMIT",
+    )
+    .unwrap();
     wait_for(
         "SUB_DISABLE row",
         || s.query_one::<i64>("SELECT count(*) FROM spock.exception_log WHERE operation = 'SUB_DISABLE'").unwrap(),
@@ -178,7 +205,7 @@ fn sub_disable_row_is_written_at_the_failure() {
     assert_eq!(exception_log(s), "/SUB_DISABLE/collateral", "only the SUB_DISABLE row before the replay");
     let msg: String = s.query_one("SELECT error_message FROM spock.exception_log").unwrap();
     assert!(msg.starts_with("disabling subscription sub1 due to exception(s) - skip_lsn = "), "{msg}");
-    assert_eq!(rows(s, "t1"), "", "nothing of the failed transaction applied");
+    assert_eq!(rows(s, "t2"), "", "nothing of the failed transaction applied");
     // The replay logs the changes and disables, keeping one SUB_DISABLE row, last.
     s.execute("ALTER SYSTEM RESET spock.restart_delay_on_exception").unwrap();
     s.execute("SELECT pg_reload_conf()").unwrap();
@@ -187,7 +214,15 @@ fn sub_disable_row_is_written_at_the_failure() {
         || s.query_one::<bool>("SELECT sub_enabled FROM spock.subscription").unwrap(),
         false,
     );
-    assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral,/SUB_DISABLE/collateral");
+    assert_eq!(
+        s.query_one::<String>(
+            "SELECT string_agg(operation, ',' ORDER BY command_counter) FROM spock.exception_log
+              WHERE command_counter > 3000"
+        )
+        .unwrap(),
+        "INSERT,SUB_DISABLE"
+    );
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 3002);
     assert_eq!(
         s.query_one::<String>("SELECT error_message FROM spock.exception_log WHERE operation = 'SUB_DISABLE'").unwrap(),
         msg

@@ -683,6 +683,10 @@ fn sync_event_needs_a_local_node() {
 #[test]
 fn proto_format_json_for_sql_decoding() {
     let node = provider_with_table("p12", "CREATE TABLE t(id int PRIMARY KEY, v text, ok bool, j jsonb, f float8)");
+    // Transactions that send nothing come first: the startup message waits for
+    // the first one that does (upto_nchanges = 1 returns it with that one, S B I C).
+    node.execute("CREATE TABLE unpublished(x int)").unwrap();
+    node.execute("INSERT INTO unpublished VALUES (1)").unwrap();
     for sql in [
         "INSERT INTO t VALUES (1, 'a \"q\"', true, '{\"k\": [1]}', 'NaN')",
         "UPDATE t SET v = NULL WHERE id = 1",
@@ -690,6 +694,15 @@ fn proto_format_json_for_sql_decoding() {
     ] {
         node.execute(sql).unwrap();
     }
+    let first = node
+        .query_one::<String>(
+            "SELECT string_agg(coalesce(data::json->>'action', '?'), ' ' ORDER BY lsn)
+               FROM pg_logical_slot_peek_changes('s', NULL, 1, 'min_proto_version', '4', 'max_proto_version', '5',
+                                                 'startup_params_format', '1', 'proto_format', 'json',
+                                                 'spock.replication_set_names', 'default')",
+        )
+        .unwrap();
+    assert_eq!(first, "S B I C");
     let rows = node
         .query_one::<String>(
             "SELECT string_agg(coalesce(data::json->>'action', '?') || ' ' ||

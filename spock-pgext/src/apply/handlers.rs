@@ -25,7 +25,7 @@ use conflicts::find_with_retries;
 mod exceptions;
 mod table_skips;
 
-pub use exceptions::describe_error;
+pub use exceptions::{describe_error, log_caught_error};
 
 use super::executor::{LocalRelation, LocalVersion, TableWriter};
 use super::owner::OwnerSwitch;

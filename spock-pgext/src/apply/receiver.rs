@@ -83,6 +83,53 @@ pub struct Receiver<'a> {
     prober: Prober,
     /// The writers of a parallel apply (apply::parallel), if any.
     pool: Option<Pool>,
+    /// The messages of the remote transaction being applied, kept (up to
+    /// HELD_MAX bytes) so that a failure is replayed at once, from memory, per
+    /// `spock.exception_behaviour`, without a restart (as Spock's replay queue).
+    held: Held,
+}
+
+/// Most bytes of one transaction's messages kept for a replay from memory; a
+/// larger transaction that fails is replayed after the worker's restart instead.
+const HELD_MAX: usize = 64 << 20;
+
+/// See [`Receiver::held`].
+#[derive(Default)]
+struct Held {
+    messages: Vec<Bytes>,
+    bytes: usize,
+    /// From a BEGIN to its COMMIT, while under HELD_MAX.
+    holding: bool,
+    /// Replaying the held messages now: a failure goes the restart way.
+    replaying: bool,
+}
+
+impl Held {
+    /// Keeps `payload` when it belongs to the transaction being held.
+    fn note(&mut self, payload: &Bytes, message: &Message) {
+        if self.replaying {
+            return;
+        }
+        if let Message::Begin(_) = message {
+            self.forget();
+            self.holding = true;
+        }
+        if !self.holding {
+            return;
+        }
+        self.bytes += payload.len();
+        if self.bytes > HELD_MAX {
+            self.forget();
+        } else {
+            self.messages.push(payload.clone());
+        }
+    }
+
+    fn forget(&mut self) {
+        self.messages = Vec::new();
+        self.bytes = 0;
+        self.holding = false;
+    }
 }
 
 /// Streams from the provider and applies until the worker must stop or reconnect.
@@ -200,6 +247,7 @@ impl<'a> Receiver<'a> {
             reconnect: false,
             prober: Prober::new(),
             pool,
+            held: Held::default(),
         }
     }
 
@@ -295,6 +343,25 @@ impl<'a> Receiver<'a> {
             // The provider agreed to batches (a Spock provider never does).
             self.batched = s.get(batch::BATCH_PARAM) == Some("t");
         }
+        // Writers of a parallel apply replay their own failures the restart way.
+        if self.pool.is_none() {
+            self.held.note(payload, &decoded.message);
+        }
+        let ends = matches!(decoded.message, Message::Commit(_));
+        let r = self.route_message(payload, decoded, session);
+        if ends {
+            self.held.forget();
+        }
+        r
+    }
+
+    /// Gives a decoded message to the writers of a parallel apply, or applies it here.
+    fn route_message(
+        &mut self,
+        payload: &Bytes,
+        decoded: spock_core::proto::Decoded,
+        session: &mut ApplySession,
+    ) -> Result<(), Exit> {
         if let Some(pool) = self.pool.as_mut() {
             if let Message::Begin(_) = decoded.message {
                 // An eagerly applied stream gives way (apply::stream).
@@ -334,11 +401,22 @@ impl<'a> Receiver<'a> {
             };
             streams.dispatch(payload, decoded, version, session, &mut keepalive)
         }));
-        let outcome = r.unwrap_or_else(|e| {
-            let (code, msg) = handlers::describe_error(e.as_ref());
-            session.note_failure(&code, &msg);
-            std::panic::resume_unwind(e)
-        });
+        let outcome = match r {
+            Ok(o) => o,
+            Err(e) => {
+                let (code, msg) = handlers::describe_error(e.as_ref());
+                // Once: a replay that fails too goes the restart way, in the next mode.
+                let from_memory = self.held.holding
+                    && !self.held.replaying
+                    && !self.streams.any_open()
+                    && !session.replaying_failed_transaction();
+                if session.note_failure(&code, &msg, !from_memory) && from_memory {
+                    handlers::log_caught_error(&self.sub.name, e.as_ref());
+                    return self.replay_held(session);
+                }
+                std::panic::resume_unwind(e)
+            }
+        };
         match outcome {
             // Changes of a transaction to apply again are ignored until its commit.
             Outcome::Continue | Outcome::NeedsCommit | Outcome::ApplyAgain => Ok(()),
@@ -354,6 +432,33 @@ impl<'a> Receiver<'a> {
             // applied (its commit would move the origin past the failed one).
             Outcome::Stop => Err(Exit::Stop),
         }
+    }
+
+    /// Replays the transaction that just failed from its held messages, in the mode
+    /// note_failure chose: its local transaction is rolled back, its messages so
+    /// far are applied again (each change protected), the rest follows from the
+    /// stream. A failure during the replay stops the worker, whose restart replays
+    /// the transaction in the next mode.
+    fn replay_held(&mut self, session: &mut ApplySession) -> Result<(), Exit> {
+        session.abandon_failed();
+        let held = std::mem::take(&mut self.held.messages);
+        pgrx::log!(
+            "spock subscription {}: replaying the failed transaction from memory ({} messages so far)",
+            self.sub.name,
+            held.len()
+        );
+        self.held.replaying = true;
+        let mut r = Ok(());
+        for p in &held {
+            let d = self.decoder.decode(p).unwrap_or_else(|e| protocol_violation(self.sub, e));
+            r = self.apply_decoded(p, d, session);
+            if r.is_err() {
+                break;
+            }
+        }
+        self.held.replaying = false;
+        self.held.messages = held;
+        r
     }
 
     /// Between transactions (no stream open either: an eagerly applied one keeps a

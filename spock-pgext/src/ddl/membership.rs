@@ -44,7 +44,10 @@ pub unsafe fn refuse_restricted_drop(parsetree: *mut pg_sys::Node) {
         match (*parsetree).type_ {
             pg_sys::NodeTag::T_DropStmt => {
                 let drop = &*parsetree.cast::<pg_sys::DropStmt>();
+                // With AutoDDL on, a DROP cascades to memberships as if it said
+                // CASCADE (Spock: replicated tables drop without it there).
                 if drop.behavior == pg_sys::DropBehavior::DROP_RESTRICT
+                    && !crate::gucs::ENABLE_DDL_REPLICATION.get()
                     && matches!(drop.removeType, OBJECT_TABLE | OBJECT_SEQUENCE | OBJECT_FOREIGN_TABLE)
                 {
                     for names in PgList::<pg_sys::List>::from_pg(drop.objects).iter_ptr() {

@@ -345,8 +345,13 @@ unsafe extern "C-unwind" fn spock_output_begin(
     let st = unsafe { state(ctx) };
     st.txn_started = false;
     // The startup reply goes out first, even when this transaction sends nothing.
-    // SAFETY: inside a callback.
-    unsafe { st.sink.send_startup(ctx) };
+    // In text (json) form it comes with the first transaction that sends
+    // something, as Spock's does: pg_logical_slot_get_changes(upto_nchanges)
+    // callers see it with that transaction's rows.
+    if !st.sink.is_json() {
+        // SAFETY: inside a callback.
+        unsafe { st.sink.send_startup(ctx) };
+    }
 }
 
 #[pg_guard]

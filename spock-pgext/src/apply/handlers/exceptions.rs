@@ -12,14 +12,21 @@ impl ApplySession {
         self.s.exception.is_some()
     }
 
-    /// Records, before the worker stops on `error`, where the open remote
-    /// transaction failed, so that the next attempt replays it per
-    /// `spock.exception_behaviour` (a transient error is simply retried).
-    pub fn note_failure(&mut self, sqlstate: &str, message: &str) {
+    /// Whether the open remote transaction is a replay of one that failed.
+    pub fn replaying_failed_transaction(&self) -> bool {
+        self.s.txn.remote.as_ref().is_some_and(|r| r.replay.is_some())
+    }
+
+    /// Records where the open remote transaction failed with `error`, so that the
+    /// next attempt (from memory at once, or after the worker's restart) replays
+    /// it per `spock.exception_behaviour`; true when it is to be replayed (a
+    /// transient error is simply retried). `stopping`: the worker stops now, so a
+    /// subscription to be disabled gets its SUB_DISABLE row at once.
+    pub fn note_failure(&mut self, sqlstate: &str, message: &str, stopping: bool) -> bool {
         let s = &self.s;
-        let (Some(remote), Some(slot)) = (s.txn.remote.as_ref(), s.progress_slot) else { return };
+        let (Some(remote), Some(slot)) = (s.txn.remote.as_ref(), s.progress_slot) else { return false };
         if remote.skip {
-            return;
+            return false;
         }
         if exc::is_transient(sqlstate) {
             pgrx::log!(
@@ -27,7 +34,7 @@ impl ApplySession {
                 s.sub.name,
                 remote.xid
             );
-            return;
+            return false;
         }
         let next = match remote.replay {
             None => ReplayMode::for_behaviour(gucs::exception_behaviour()),
@@ -37,7 +44,7 @@ impl ApplySession {
         crate::workers::shmem::record_exception(slot, remote.final_lsn, s.txn.current_change, next.code(), &message);
         let (xid, final_lsn) = (remote.xid, remote.final_lsn);
         pgrx::log!(
-            "spock subscription {}: remote transaction {xid} (commit LSN {}) failed at change {}; it will be replayed in {} mode",
+            "spock subscription {}: remote transaction {xid} (commit LSN {}) failed at change {}: {message}; it will be replayed in {} mode",
             s.sub.name,
             proto::format_lsn(final_lsn),
             s.txn.current_change,
@@ -47,9 +54,24 @@ impl ApplySession {
                 ReplayMode::Disable => "sub_disable",
             }
         );
-        if next == ReplayMode::Disable && gucs::exception_logging() != exc::ExceptionLogging::None {
+        if stopping && next == ReplayMode::Disable && gucs::exception_logging() != exc::ExceptionLogging::None {
             self.log_disable_at_failure(slot);
         }
+        self.s.exception = crate::workers::shmem::pending_exception(slot);
+        true
+    }
+
+    /// Rolls back the local transaction of a remote transaction that just failed
+    /// (its error caught) and forgets it, for a replay from memory.
+    pub fn abandon_failed(&mut self) {
+        if let Some(r) = self.s.txn.remote.as_mut() {
+            r.local_started = false;
+        }
+        self.abandon_remote();
+        // SAFETY: the error was caught (and its state flushed) by the caller's
+        // catch_unwind; whatever transaction is open, and any subtransaction of
+        // it, is rolled back as PG_CATCH blocks do before new work.
+        unsafe { pg_sys::AbortOutOfAnyTransaction() };
     }
 
     /// The subscription will be disabled (`sub_disable`): its SUB_DISABLE row of
@@ -189,11 +211,12 @@ impl ApplySession {
         // SAFETY: SPI needs an active snapshot; pushed and popped around it.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         Spi::connect_mut(|client| {
-            // Local type names, when the table exists here.
-            let types: HashMap<String, String> = match (&schema, &table) {
+            // Local types (name, oid, typmod), when the table exists here.
+            let types: HashMap<String, (String, i64, i32)> = match (&schema, &table) {
                 (Some(sch), Some(tab)) => client
                     .select(
-                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod)
+                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
+                                a.atttypid::int8, a.atttypmod
                            FROM pg_catalog.pg_attribute a
                           WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
                             AND a.attnum > 0 AND NOT a.attisdropped",
@@ -202,7 +225,10 @@ impl ApplySession {
                     )
                     .map(|t| {
                         t.into_iter()
-                            .filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<String>(2).ok()??)))
+                            .filter_map(|r| {
+                                let ty = (r.get::<String>(2).ok()??, r.get::<i64>(3).ok()??, r.get::<i32>(4).ok()??);
+                                Some((r.get::<String>(1).ok()??, ty))
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),
@@ -210,10 +236,24 @@ impl ApplySession {
             };
             let labels: Vec<exc::ColumnLabel> = columns
                 .iter()
-                .map(|(name, _)| exc::ColumnLabel { name: name.clone(), type_name: types.get(name).cloned() })
+                .map(|(name, _)| exc::ColumnLabel {
+                    name: name.clone(),
+                    type_name: types.get(name).map(|t| t.0.clone()),
+                })
                 .collect();
-            let old_json = old.as_ref().map(|t| exc::tuple_json(&labels, t));
-            let new_json = new.as_ref().map(|t| exc::tuple_json(&labels, t));
+            // Values that came in binary are shown as text, as they are after a
+            // restart (which asks for text transfer).
+            let readable = |t: &proto::Tuple| {
+                let mut t = t.clone();
+                for (d, (name, _)) in t.columns.iter_mut().zip(&columns) {
+                    if let (proto::Datum::Binary(b), Some(&(_, oid, typmod))) = (&*d, types.get(name)) {
+                        *d = proto::Datum::Text(binary_as_text(pg_sys::Oid::from(oid as u32), typmod, b).into());
+                    }
+                }
+                t
+            };
+            let old_json = old.as_ref().map(|t| exc::tuple_json(&labels, &readable(t)));
+            let new_json = new.as_ref().map(|t| exc::tuple_json(&labels, &readable(t)));
             client
                 .update(
                     "INSERT INTO spock.exception_log (remote_origin, remote_commit_ts, command_counter, retry_errored_at,
@@ -303,6 +343,28 @@ impl ApplySession {
     }
 }
 
+/// The text output of a value received in a type's binary format, through the
+/// type's receive and output functions (the receive function validates it, as
+/// when the change applied).
+fn binary_as_text(typoid: pg_sys::Oid, typmod: i32, bytes: &[u8]) -> String {
+    // SAFETY: catalog lookups of an existing type; the value is a palloc'd,
+    // NUL-terminated copy in a StringInfo, as receive functions expect; the
+    // output is a palloc'd C string.
+    unsafe {
+        let (mut recv, mut ioparam, mut out, mut varlena) =
+            (pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::InvalidOid, false);
+        pg_sys::getTypeBinaryInputInfo(typoid, &mut recv, &mut ioparam);
+        pg_sys::getTypeOutputInfo(typoid, &mut out, &mut varlena);
+        let len = bytes.len();
+        let data = pg_sys::palloc(len + 1) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, len);
+        *data.add(len) = 0;
+        let mut buf = pg_sys::StringInfoData { data: data.cast(), len: len as i32, maxlen: len as i32 + 1, cursor: 0 };
+        let value = pg_sys::OidReceiveFunctionCall(recv, &mut buf, ioparam, typmod);
+        std::ffi::CStr::from_ptr(pg_sys::OidOutputFunctionCall(out, value)).to_string_lossy().into_owned()
+    }
+}
+
 impl SessionState {
     /// Forgets the failed transaction once it (replayed or skipped) is done.
     pub(super) fn forget_exception(&mut self) {
@@ -312,6 +374,29 @@ impl SessionState {
             }
         }
     }
+}
+
+/// Writes a caught error to the server log (LOG) with its SQLSTATE, DETAIL and
+/// HINT, as the worker's exit would have: the failed transaction is replayed
+/// without one.
+pub fn log_caught_error(subscription: &str, payload: &(dyn std::any::Any + Send)) {
+    use pgrx::pg_sys::panic::{CaughtError, ErrorReport as Report, ErrorReportWithLevel};
+    let (_, msg) = describe_error(payload);
+    let report: Option<&ErrorReportWithLevel> = match payload.downcast_ref::<CaughtError>() {
+        Some(
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. },
+        ) => Some(r),
+        None => payload.downcast_ref::<ErrorReportWithLevel>(),
+    };
+    let code = report.map_or(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, |r| r.sql_error_code());
+    let mut out = Report::new(code, format!("spock subscription {subscription}: {msg}"), "spock");
+    if let Some(d) = report.and_then(|r| r.detail()) {
+        out = out.set_detail(d.to_string());
+    }
+    if let Some(h) = report.and_then(|r| r.hint()) {
+        out = out.set_hint(h.to_string());
+    }
+    out.report(PgLogLevel::LOG);
 }
 
 /// SQLSTATE and message of a caught error (a PostgreSQL ERROR turned into a panic

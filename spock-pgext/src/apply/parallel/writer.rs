@@ -195,7 +195,7 @@ impl Writer<'_> {
                     if earlier_pending || spock_core::exception::is_transient(&code) {
                         slot.fail(WriterState::Retry, &code, &msg);
                     } else {
-                        self.session.note_failure(&code, &msg);
+                        self.session.note_failure(&code, &msg, true);
                         slot.fail(WriterState::Failed, &code, &msg);
                     }
                     wake(self.shared.leader_procno);
