@@ -481,10 +481,14 @@ BEGIN
                CASE WHEN d.schema_name = ANY (spock._statement_search_path()) THEN ''
                     ELSE quote_ident(d.schema_name) || '.' END
                || quote_ident(d.address_names[2]) AS name
-          FROM pg_catalog.pg_event_trigger_dropped_objects() d
+          FROM pg_catalog.pg_event_trigger_dropped_objects() WITH ORDINALITY
+               AS d(classid, objid, objsubid, original, normal, is_temporary, object_type, schema_name,
+                    object_name, object_identity, address_names, address_args, n)
          WHERE d.classid = 'pg_catalog.pg_class'::regclass
            AND ((d.objsubid = 0 AND d.object_type IN ('table', 'sequence', 'foreign table'))
                 OR (d.objsubid > 0 AND d.object_type = 'table column'))
+         -- (the statement's order: DROP TABLE a, b tells of a first, as Spock does)
+         ORDER BY d.n DESC
     LOOP
         IF v_drop.objsubid = 0 THEN
             v_oids := v_oids || v_drop.objid;

@@ -673,6 +673,17 @@ fn dropping_a_replicated_table_column_or_sequence_needs_cascade() {
         "NOTICE:  drop cascades to sequence sq membership in replication set default"
     );
     assert_eq!(count(a, "SELECT count(*) FROM spock.replication_set_seq"), 0);
+    // One NOTICE per membership, in the order the statement names the tables.
+    a.execute(
+        "CREATE TABLE d1 (id int PRIMARY KEY); CREATE TABLE d2 (id int PRIMARY KEY);
+         SELECT spock.repset_add_table('default', 'd2'); SELECT spock.repset_add_table('default', 'd1');",
+    )
+    .unwrap();
+    assert_eq!(
+        psql_messages(a, "DROP TABLE d1, d2 CASCADE"),
+        "NOTICE:  drop cascades to table d1 membership in replication set default\n\
+         NOTICE:  drop cascades to table d2 membership in replication set default"
+    );
 
     // Through replicate_ddl the same rules hold on the provider; the subscriber's
     // apply cascades by itself.
