@@ -875,3 +875,48 @@ REVOKE ALL ON FUNCTION spock._reserved_object_guard() FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock._is_reserved(text, text, name) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock.reserved_object_add(name, text, boolean, boolean, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock.reserved_object_remove(name, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION spock._sync_event_reached(p_origin oid, p_lsn pg_lsn, p_wait_if_disabled boolean)
+RETURNS boolean VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub record;
+BEGIN
+    IF p_origin IS NULL THEN
+        RAISE EXCEPTION 'Invalid NULL origin_id' USING ERRCODE = 'null_value_not_allowed';  -- (Spock's wording)
+    END IF;
+    SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
+      FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
+     WHERE s.sub_origin = p_origin;
+    IF NOT FOUND AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'no subscription from node % on this node', p_origin USING ERRCODE = 'undefined_object';
+    ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT p_wait_if_disabled THEN
+        RAISE EXCEPTION 'the subscription from node % is disabled', p_origin USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF FOUND AND v_sub.sub_enabled THEN
+        RETURN spock._subscription_progress(v_sub.sub_slot_name) >= p_lsn;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+CREATE FUNCTION spock._sync_origin_id(p_name name) RETURNS oid
+STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.node WHERE node_name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Origin node ''%'' not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_id;
+END;
+$$;
+REVOKE ALL ON FUNCTION spock._sync_origin_id(name) FROM PUBLIC;
+
+-- wait_for_sync_event with Spock's errors for an unknown node or a NULL id.
+CREATE OR REPLACE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin name, lsn pg_lsn,
+    timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
+LANGUAGE plpgsql AS $$
+BEGIN
+    CALL spock.wait_for_sync_event(result, spock._sync_origin_id(origin), lsn, timeout, wait_if_disabled);
+END;
+$$;

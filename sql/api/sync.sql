@@ -174,7 +174,7 @@ DECLARE
     v_sub record;
 BEGIN
     IF p_origin IS NULL THEN
-        RAISE EXCEPTION 'origin_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+        RAISE EXCEPTION 'Invalid NULL origin_id' USING ERRCODE = 'null_value_not_allowed';  -- (Spock's wording)
     END IF;
     SELECT s.sub_enabled, s.sub_slot_name INTO v_sub
       FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
@@ -187,6 +187,20 @@ BEGIN
         RETURN spock._subscription_progress(v_sub.sub_slot_name) >= p_lsn;
     END IF;
     RETURN false;
+END;
+$$;
+
+-- The id of node p_name for wait_for_sync_event (Spock's error when unknown).
+CREATE FUNCTION spock._sync_origin_id(p_name name) RETURNS oid
+STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id oid;
+BEGIN
+    SELECT node_id INTO v_id FROM spock.node WHERE node_name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Origin node ''%'' not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_id;
 END;
 $$;
 
@@ -225,7 +239,7 @@ CREATE PROCEDURE spock.wait_for_sync_event(OUT result bool, origin name, lsn pg_
     timeout int DEFAULT 0, wait_if_disabled bool DEFAULT false)
 LANGUAGE plpgsql AS $$
 BEGIN
-    CALL spock.wait_for_sync_event(result, spock._node_id(origin), lsn, timeout, wait_if_disabled);
+    CALL spock.wait_for_sync_event(result, spock._sync_origin_id(origin), lsn, timeout, wait_if_disabled);
 END;
 $$;
 

@@ -259,7 +259,9 @@ fn progress_views_sync_events_and_waiting() {
     assert_eq!(lag, "(n1,n2,t)");
     // an unknown origin is a clear error
     let err = b.execute("CALL spock.wait_for_sync_event(NULL, 'nope'::name, '0/0'::pg_lsn, 1)").unwrap_err().0;
-    assert!(err.contains("42704"), "{err}");
+    assert!(err.contains("42704") && err.contains("Origin node 'nope' not found"), "{err}");
+    let err = b.execute("CALL spock.wait_for_sync_event(NULL, NULL::oid, '0/0'::pg_lsn, 1)").unwrap_err().0;
+    assert!(err.contains("22004") && err.contains("Invalid NULL origin_id"), "{err}");
 }
 
 #[test]
