@@ -738,19 +738,23 @@ CREATE OR REPLACE FUNCTION spock.repset_add_all_tables(set_name name, schema_nam
 RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_rel regclass;
+    v_schemas text[];
 BEGIN
     PERFORM spock._repset(set_name);
     PERFORM spock._check_schemas(schema_names);
+    v_schemas := spock._unreserved_schemas(schema_names);
     FOR v_rel IN
         SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind IN ('r', 'p')
+         WHERE n.nspname = ANY (v_schemas) AND c.relkind IN ('r', 'p')
            AND c.relpersistence = 'p' AND c.oid >= 16384
-           AND NOT c.relispartition AND NOT spock._reserved_extension_member(c.oid)
+           AND NOT c.relispartition
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_table t JOIN spock.replication_set s USING (set_id)
                             WHERE t.set_reloid = c.oid AND s.set_name = repset_add_all_tables.set_name
                               AND s.set_nodeid = spock._local_node_id())
          ORDER BY n.nspname, c.relname
     LOOP
+        -- (here, not in the query: the WARNING is for the listed schemas only)
+        CONTINUE WHEN spock._reserved_extension_member(v_rel);
         IF spock._repset_add_relation(set_name, v_rel, NULL, NULL, true) THEN
             PERFORM spock._repset_add_relation(set_name, p.relid, NULL, NULL, true)
                FROM pg_partition_tree(v_rel) p WHERE p.relid <> v_rel AND p.isleaf;
@@ -769,15 +773,19 @@ RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, p
 DECLARE
     v_set record;
     v_seq regclass;
+    v_schemas text[];
 BEGIN
     SELECT * INTO v_set FROM spock._repset(set_name);
     PERFORM spock._check_schemas(schema_names);
+    v_schemas := spock._unreserved_schemas(schema_names);
     FOR v_seq IN
         SELECT DISTINCT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = ANY (spock._unreserved_schemas(schema_names)) AND c.relkind = 'S'
-           AND c.relpersistence = 'p' AND c.oid >= 16384 AND NOT spock._reserved_extension_member(c.oid)
+         WHERE n.nspname = ANY (v_schemas) AND c.relkind = 'S'
+           AND c.relpersistence = 'p' AND c.oid >= 16384
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
     LOOP
+        -- (here, not in the query: the WARNING is for the listed schemas only)
+        CONTINUE WHEN spock._reserved_extension_member(v_seq);
         PERFORM spock._repset_add_seq(v_set.set_id, set_name, v_seq, synchronize_data);
     END LOOP;
     RETURN true;
