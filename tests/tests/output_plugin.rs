@@ -687,6 +687,7 @@ fn proto_format_json_for_sql_decoding() {
     // the first one that does (upto_nchanges = 1 returns it with that one, S B I C).
     node.execute("CREATE TABLE unpublished(x int)").unwrap();
     node.execute("INSERT INTO unpublished VALUES (1)").unwrap();
+    node.execute("SELECT spock.sync_event()").unwrap(); // (no json form)
     for sql in [
         "INSERT INTO t VALUES (1, 'a \"q\"', true, '{\"k\": [1]}', 'NaN')",
         "UPDATE t SET v = NULL WHERE id = 1",

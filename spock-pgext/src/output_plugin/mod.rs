@@ -669,6 +669,9 @@ unsafe extern "C-unwind" fn spock_output_message(
                 return;
             }
         };
+        if st.sink.is_json() {
+            return; // (no json form: neither it nor the startup message goes out)
+        }
         let content = bytes::Bytes::copy_from_slice(&event.encode());
         let xid = if transactional && !txn.is_null() { (*txn).xid.into_inner() } else { 0 };
         if transactional && !txn.is_null() {
