@@ -316,7 +316,11 @@ BEGIN
                   HINT = 'Add a PRIMARY KEY to the table, or nominate a unique index on NOT NULL columns with ALTER TABLE ... REPLICA IDENTITY USING INDEX.';
     END IF;
     IF EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = p_rel) THEN
-        RAISE EXCEPTION 'table % is already in replication set %', p_rel, p_set_name USING ERRCODE = 'duplicate_object';
+        -- (the catalog's own unique violation, as Spock reports it)
+        RAISE EXCEPTION 'duplicate key value violates unique constraint "replication_set_table_pkey"'
+            USING ERRCODE = 'unique_violation', SCHEMA = 'spock', TABLE = 'replication_set_table',
+                  CONSTRAINT = 'replication_set_table_pkey',
+                  DETAIL = format('Key (set_id, set_reloid)=(%s, %s) already exists.', v_set.set_id, p_rel);
     END IF;
     IF p_columns IS NOT NULL THEN
         FOREACH v_col IN ARRAY p_columns LOOP
@@ -338,8 +342,8 @@ BEGIN
                                        (SELECT relreplident FROM pg_class WHERE oid = p_rel) = 'd')))
            AND NOT (a.attname = ANY (p_columns));
         IF v_missing IS NOT NULL THEN
-            RAISE EXCEPTION 'REPLICA IDENTITY columns must be replicated'
-                USING ERRCODE = 'invalid_column_reference', DETAIL = format('Missing: %s.', v_missing);
+            -- (Spock's error: no DETAIL naming them)
+            RAISE EXCEPTION 'REPLICA IDENTITY columns must be replicated' USING ERRCODE = 'invalid_column_reference';
         END IF;
     END IF;
     IF p_row_filter IS NOT NULL THEN
@@ -928,3 +932,23 @@ BEGIN
     CALL spock.wait_for_sync_event(result, spock._sync_origin_id(origin), lsn, timeout, wait_if_disabled);
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION spock.repset_add_seq(set_name name, relation regclass, synchronize_data boolean DEFAULT false)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_set record;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    PERFORM spock._check_sequence(relation);
+    IF EXISTS (SELECT 1 FROM spock.replication_set_seq WHERE set_id = v_set.set_id AND set_seqoid = relation) THEN
+        -- (the catalog's own unique violation, as Spock reports it)
+        RAISE EXCEPTION 'duplicate key value violates unique constraint "replication_set_seq_pkey"'
+            USING ERRCODE = 'unique_violation', SCHEMA = 'spock', TABLE = 'replication_set_seq',
+                  CONSTRAINT = 'replication_set_seq_pkey',
+                  DETAIL = format('Key (set_id, set_seqoid)=(%s, %s) already exists.', v_set.set_id, relation);
+    END IF;
+    PERFORM spock._repset_add_seq(v_set.set_id, set_name, relation, synchronize_data);
+    RETURN true;
+END;
+$$;
+

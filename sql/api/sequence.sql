@@ -59,7 +59,11 @@ BEGIN
     SELECT * INTO v_set FROM spock._repset(set_name);
     PERFORM spock._check_sequence(relation);
     IF EXISTS (SELECT 1 FROM spock.replication_set_seq WHERE set_id = v_set.set_id AND set_seqoid = relation) THEN
-        RAISE EXCEPTION 'sequence % is already in replication set %', relation, set_name USING ERRCODE = 'duplicate_object';
+        -- (the catalog's own unique violation, as Spock reports it)
+        RAISE EXCEPTION 'duplicate key value violates unique constraint "replication_set_seq_pkey"'
+            USING ERRCODE = 'unique_violation', SCHEMA = 'spock', TABLE = 'replication_set_seq',
+                  CONSTRAINT = 'replication_set_seq_pkey',
+                  DETAIL = format('Key (set_id, set_seqoid)=(%s, %s) already exists.', v_set.set_id, relation);
     END IF;
     PERFORM spock._repset_add_seq(v_set.set_id, set_name, relation, synchronize_data);
     RETURN true;

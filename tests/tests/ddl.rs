@@ -462,7 +462,7 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 'tab')"), "42809");
     assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 'nosuchseq')"), "42P01");
     assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "ok");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "42710");
+    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "23505");
     assert_eq!(sqlstate(a, "SELECT spock.repset_add_all_seqs('default', '{nosuchschema}')"), "3F000");
     assert_eq!(sqlstate(a, "SELECT spock.repset_add_all_seqs('nosuchset', '{public}')"), "42704");
     assert_eq!(sqlstate(a, "SELECT spock.repset_remove_seq('default_insert_only', 's')"), "42704");
