@@ -408,7 +408,7 @@ BEGIN
         RETURN;  -- spock itself is being dropped
     END IF;
     FOR v_drop IN
-        SELECT d.objid, d.objsubid, d.object_type,
+        SELECT d.objid, d.objsubid, d.object_type, d.schema_name, d.address_names[2] AS relname,
                -- (qualified unless the statement's search_path had the schema)
                CASE WHEN d.schema_name = ANY (spock._statement_search_path()) THEN ''
                     ELSE quote_ident(d.schema_name) || '.' END
@@ -424,6 +424,12 @@ BEGIN
     LOOP
         IF v_drop.objsubid = 0 THEN
             v_oids := v_oids || v_drop.objid;
+            -- Its table-sync state goes too (as in Spock): a table of that name
+            -- made later starts afresh.
+            IF v_drop.object_type = 'table' THEN
+                DELETE FROM spock.local_sync_status
+                 WHERE sync_nspname = v_drop.schema_name AND sync_relname = v_drop.relname;
+            END IF;
             WITH gone AS (
                 DELETE FROM spock.replication_set_table WHERE set_reloid::oid = v_drop.objid RETURNING set_id)
             SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)

@@ -466,7 +466,8 @@ LANGUAGE sql STABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
      ORDER BY 2;
 $$;
 
--- A dropped table or sequence leaves its replication sets and its sequence state,
+-- A dropped table or sequence leaves its replication sets, its table-sync state
+-- and its sequence state,
 -- a dropped column the sets whose row filter reads it (Spock tracks this in
 -- spock.depend), each with a NOTICE as PostgreSQL gives for what a drop cascades
 -- to (a RESTRICT drop of a member never gets here: see _dependent_memberships).
@@ -484,7 +485,7 @@ BEGIN
         RETURN;  -- spock itself is being dropped
     END IF;
     FOR v_drop IN
-        SELECT d.objid, d.objsubid, d.object_type,
+        SELECT d.objid, d.objsubid, d.object_type, d.schema_name, d.address_names[2] AS relname,
                -- (qualified unless the statement's search_path had the schema)
                CASE WHEN d.schema_name = ANY (spock._statement_search_path()) THEN ''
                     ELSE quote_ident(d.schema_name) || '.' END
@@ -500,6 +501,12 @@ BEGIN
     LOOP
         IF v_drop.objsubid = 0 THEN
             v_oids := v_oids || v_drop.objid;
+            -- Its table-sync state goes too (as in Spock): a table of that name
+            -- made later starts afresh.
+            IF v_drop.object_type = 'table' THEN
+                DELETE FROM spock.local_sync_status
+                 WHERE sync_nspname = v_drop.schema_name AND sync_relname = v_drop.relname;
+            END IF;
             WITH gone AS (
                 DELETE FROM spock.replication_set_table WHERE set_reloid::oid = v_drop.objid RETURNING set_id)
             SELECT array_agg(format('table %s membership in replication set %s', v_drop.name, s.set_name)

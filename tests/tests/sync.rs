@@ -147,6 +147,11 @@ fn structure_and_data_while_the_provider_writes() {
         )
         .unwrap();
     assert_eq!(origin, 10);
+    // A dropped table's sync state goes with it (as in Spock).
+    let synced = "SELECT count(*) FROM spock.local_sync_status WHERE sync_relname = 'narrow'";
+    assert_eq!(count(s, synced), 1);
+    s.execute("DROP TABLE narrow").unwrap();
+    assert_eq!(count(s, synced), 0);
 }
 
 #[test]
