@@ -180,7 +180,7 @@ BEGIN
         IF ifexists THEN
             RETURN 0;
         END IF;
-        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM spock._stop_apply_worker(v.sub_slot_name);
     SELECT if_dsn INTO v_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if;
@@ -211,37 +211,43 @@ DECLARE
     v_skip text[];
     v_workers integer;
 BEGIN
+    -- (Spock's wording for every error)
     IF jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'subscription options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF options = '{}'::jsonb THEN
         RETURN false;
     END IF;
     FOR v_key IN SELECT jsonb_object_keys(options) LOOP
         IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema', 'parallel_apply_workers') THEN
-            RAISE EXCEPTION 'unknown subscription option "%"', v_key
+            RAISE EXCEPTION 'unrecognized subscription option "%"', v_key
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Known options: forward_origins, apply_delay, skip_schema, parallel_apply_workers.';
         END IF;
     END LOOP;
     IF options ? 'forward_origins' THEN
-        v_forward := spock._option_text_array(options, 'forward_origins', 'forward_origins must be an array: ["all"] or []');
-        PERFORM spock._check_forward_origins(v_forward);
+        v_forward := spock._option_text_array(options, 'forward_origins',
+                                              'option "forward_origins" must be a JSON array of strings');
+        SELECT f INTO v_key FROM unnest(v_forward) f WHERE f <> 'all' LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'invalid value "%" for option "forward_origins"', v_key
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Only "all" is allowed.';
+        END IF;
         -- (NULL when empty, as Spock keeps it)
         UPDATE spock.subscription SET sub_forward_origins = CASE WHEN cardinality(v_forward) > 0 THEN v_forward END
          WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'apply_delay' THEN
-        BEGIN
-            v_delay := (options->>'apply_delay')::interval;
-        EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
-            RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
-        END;
+        IF jsonb_typeof(options->'apply_delay') <> 'string' THEN
+            RAISE EXCEPTION 'option "apply_delay" must be a string' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- (an invalid interval gets the cast's own error, as in Spock)
+        v_delay := (options->>'apply_delay')::interval;
         PERFORM spock._check_apply_delay(v_delay);
         UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'skip_schema' THEN
-        v_skip := spock._option_text_array(options, 'skip_schema', 'skip_schema must be an array of schema names');
+        v_skip := spock._option_text_array(options, 'skip_schema', 'option "skip_schema" must be a JSON array of strings');
         UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'parallel_apply_workers' THEN
@@ -955,6 +961,91 @@ BEGIN
     END IF;
     PERFORM spock._repset_add_seq(v_set.set_id, set_name, relation, synchronize_data);
     RETURN true;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock._subscription(p_name name) RETURNS spock.subscription
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription;
+BEGIN
+    SELECT * INTO v FROM spock.subscription WHERE sub_name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscriber % not found', p_name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.sub_wait_for_sync(subscription_name name)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_enabled boolean;
+    v_status "char";
+BEGIN
+    LOOP
+        SELECT s.sub_enabled, y.sync_status INTO v_enabled, v_status
+          FROM spock.subscription s
+          LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+         WHERE s.sub_name = sub_wait_for_sync.subscription_name;
+        IF NOT FOUND THEN
+            -- also when it is dropped while we wait: its synchronisation never ends
+            RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
+        END IF;
+        EXIT WHEN v_status IS NULL OR v_status = 'r';
+        IF NOT v_enabled THEN
+            RAISE EXCEPTION 'subscription % is disabled; its synchronisation cannot finish', subscription_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.2);
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock.sub_show_table(subscription_name name, relation regclass,
+    OUT nspname text, OUT relname text, OUT status text)
+RETURNS record STRICT STABLE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription;
+    v_status "char";
+BEGIN
+    -- Read-only: no internal helper, so that a role granted SELECT on the
+    -- subscription catalogs can call it.
+    SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_show_table.subscription_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
+    END IF;
+    SELECT n.nspname::text, c.relname::text INTO nspname, relname
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = relation;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'relation with OID % does not exist', relation::oid USING ERRCODE = 'undefined_table';
+    END IF;
+    SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+     WHERE y.sync_subid = v.sub_id AND y.sync_nspname = sub_show_table.nspname AND y.sync_relname = sub_show_table.relname;
+    IF v_status IS NULL THEN
+        -- No table-level row: the table follows the subscription.
+        SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+         WHERE y.sync_subid = v.sub_id AND y.sync_nspname IS NULL;
+    END IF;
+    -- Spock's names of the sync status codes.
+    status := CASE v_status
+        WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
+        WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION spock._option_text_array(p_options jsonb, p_key text, p_error text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF jsonb_typeof(p_options->p_key) <> 'array' THEN
+        RAISE EXCEPTION '%', p_error USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_options->p_key) x WHERE jsonb_typeof(x) <> 'string') THEN
+        RAISE EXCEPTION 'option "%" must contain only strings', p_key USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(p_options->p_key) x);
 END;
 $$;
 

@@ -11,7 +11,7 @@ DECLARE
 BEGIN
     SELECT * INTO v FROM spock.subscription WHERE sub_name = p_name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'subscription % not found', p_name USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'subscriber % not found', p_name USING ERRCODE = 'undefined_object';
     END IF;
     RETURN v;
 END;
@@ -78,6 +78,9 @@ LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF jsonb_typeof(p_options->p_key) <> 'array' THEN
         RAISE EXCEPTION '%', p_error USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_options->p_key) x WHERE jsonb_typeof(x) <> 'string') THEN
+        RAISE EXCEPTION 'option "%" must contain only strings', p_key USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN (SELECT coalesce(array_agg(x), '{}') FROM jsonb_array_elements_text(p_options->p_key) x);
 END;
@@ -198,7 +201,7 @@ BEGIN
         IF ifexists THEN
             RETURN 0;
         END IF;
-        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM spock._stop_apply_worker(v.sub_slot_name);
     SELECT if_dsn INTO v_dsn FROM spock.node_interface WHERE if_id = v.sub_origin_if;
@@ -317,37 +320,43 @@ DECLARE
     v_skip text[];
     v_workers integer;
 BEGIN
+    -- (Spock's wording for every error)
     IF jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'subscription options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF options = '{}'::jsonb THEN
         RETURN false;
     END IF;
     FOR v_key IN SELECT jsonb_object_keys(options) LOOP
         IF v_key NOT IN ('forward_origins', 'apply_delay', 'skip_schema', 'parallel_apply_workers') THEN
-            RAISE EXCEPTION 'unknown subscription option "%"', v_key
+            RAISE EXCEPTION 'unrecognized subscription option "%"', v_key
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Known options: forward_origins, apply_delay, skip_schema, parallel_apply_workers.';
         END IF;
     END LOOP;
     IF options ? 'forward_origins' THEN
-        v_forward := spock._option_text_array(options, 'forward_origins', 'forward_origins must be an array: ["all"] or []');
-        PERFORM spock._check_forward_origins(v_forward);
+        v_forward := spock._option_text_array(options, 'forward_origins',
+                                              'option "forward_origins" must be a JSON array of strings');
+        SELECT f INTO v_key FROM unnest(v_forward) f WHERE f <> 'all' LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'invalid value "%" for option "forward_origins"', v_key
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'Only "all" is allowed.';
+        END IF;
         -- (NULL when empty, as Spock keeps it)
         UPDATE spock.subscription SET sub_forward_origins = CASE WHEN cardinality(v_forward) > 0 THEN v_forward END
          WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'apply_delay' THEN
-        BEGIN
-            v_delay := (options->>'apply_delay')::interval;
-        EXCEPTION WHEN invalid_datetime_format OR invalid_parameter_value OR datetime_field_overflow THEN
-            RAISE EXCEPTION 'apply_delay "%" is not an interval', options->>'apply_delay' USING ERRCODE = 'invalid_parameter_value';
-        END;
+        IF jsonb_typeof(options->'apply_delay') <> 'string' THEN
+            RAISE EXCEPTION 'option "apply_delay" must be a string' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- (an invalid interval gets the cast's own error, as in Spock)
+        v_delay := (options->>'apply_delay')::interval;
         PERFORM spock._check_apply_delay(v_delay);
         UPDATE spock.subscription SET sub_apply_delay = v_delay WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'skip_schema' THEN
-        v_skip := spock._option_text_array(options, 'skip_schema', 'skip_schema must be an array of schema names');
+        v_skip := spock._option_text_array(options, 'skip_schema', 'option "skip_schema" must be a JSON array of strings');
         UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'parallel_apply_workers' THEN

@@ -14,7 +14,7 @@ BEGIN
     -- subscription catalogs can call it.
     SELECT * INTO v FROM spock.subscription s WHERE s.sub_name = sub_show_table.subscription_name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
     END IF;
     SELECT n.nspname::text, c.relname::text INTO nspname, relname
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -50,7 +50,7 @@ BEGIN
          WHERE s.sub_name = sub_wait_for_sync.subscription_name;
         IF NOT FOUND THEN
             -- also when it is dropped while we wait: its synchronisation never ends
-            RAISE EXCEPTION 'subscription % not found', subscription_name USING ERRCODE = 'undefined_object';
+            RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
         END IF;
         EXIT WHEN v_status IS NULL OR v_status = 'r';
         IF NOT v_enabled THEN

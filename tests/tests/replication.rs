@@ -489,10 +489,14 @@ fn apply_delay_and_sub_alter_options() {
     let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"forward_origins\": [\"x\"]}')").unwrap_err().0;
     assert!(err.contains("22023"), "{err}");
     let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"soon\"}')").unwrap_err().0;
-    assert!(err.contains("22023"), "{err}");
+    assert!(err.contains("22007") && err.contains("invalid input syntax for type interval"), "{err}");
+    let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": 5}')").unwrap_err().0;
+    assert!(err.contains("22023") && err.contains("option \"apply_delay\" must be a string"), "{err}");
+    let err = b.execute("SELECT spock.sub_alter_options('s1', '{\"forward_origins\": [1]}')").unwrap_err().0;
+    assert!(err.contains("22023") && err.contains("must contain only strings"), "{err}");
     assert!(!b.query_one::<bool>("SELECT spock.sub_alter_options('s1', '{}')").unwrap());
     let err = b.execute("SELECT spock.sub_alter_options('nosuch', '{\"apply_delay\": \"0\"}')").unwrap_err().0;
-    assert!(err.contains("42704"), "{err}");
+    assert!(err.contains("42704") && err.contains("subscriber nosuch not found"), "{err}");
     // Without the delay rows arrive at once again (the worker restarts with it).
     assert!(b
         .query_one::<bool>("SELECT spock.sub_alter_options('s1', '{\"apply_delay\": \"0\", \"skip_schema\": [\"x\"]}')")
