@@ -199,21 +199,9 @@ pub fn tuple_json(columns: &[ColumnLabel], tuple: &Tuple) -> String {
     s
 }
 
-/// Appends `v` as a JSON string literal.
+/// Appends `v` as a JSON string literal (escaped as [`crate::ddl::json_string`] does).
 pub fn push_json_string(out: &mut String, v: &str) {
-    out.push('"');
-    for c in v.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    out.push_str(&crate::ddl::json_string(v));
 }
 
 #[cfg(test)]
