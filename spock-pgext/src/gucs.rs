@@ -162,6 +162,20 @@ pub static EXCEPTION_LOGGING: GucSetting<ExceptionLoggingGuc> =
 /// stopped on an exception is started again to replay the failed transaction.
 pub static RESTART_DELAY_ON_EXCEPTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `spock.exception_replay_queue_size` (MB, Spock's name): most memory the messages
+/// of the transaction being applied may take to be replayed from memory if it
+/// fails; a larger one is replayed after the worker's restart instead (the
+/// provider sends it again). 0: no limit.
+pub static EXCEPTION_REPLAY_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+
+/// [`EXCEPTION_REPLAY_QUEUE_SIZE`] in bytes (`usize::MAX`: no limit).
+pub fn exception_replay_queue_bytes() -> usize {
+    match EXCEPTION_REPLAY_QUEUE_SIZE.get() {
+        n if n <= 0 => usize::MAX,
+        n => (n as usize) << 20,
+    }
+}
+
 /// `spock.pause_timeout`: longest pause of apply workers (`spock.pause_apply_workers()`),
 /// in milliseconds; a pause that is not resumed ends by itself.
 pub static PAUSE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
@@ -241,6 +255,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"spock.exception_replay_queue_size",
+        c"Most memory a transaction's messages may take to be replayed from memory if it fails.",
+        c"A larger failed transaction is replayed after the apply worker restarts. 0: no limit.",
+        &EXCEPTION_REPLAY_QUEUE_SIZE,
+        0,
+        i32::MAX / 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
     );
     GucRegistry::define_int_guc(
         c"spock.restart_delay_on_exception",

@@ -179,6 +179,30 @@ fn a_failed_transaction_is_replayed_without_a_restart() {
     assert!(new_tup.contains("\"value\": \"bad\"") && new_tup.contains("\"value\": \"1\""), "{new_tup}");
 }
 
+/// A failed transaction larger than spock.exception_replay_queue_size is replayed
+/// after a restart instead, with the same outcome.
+#[test]
+fn a_failed_transaction_over_the_replay_queue_size_is_replayed_after_a_restart() {
+    let c = setup("transdiscard");
+    let (p, s) = (c.node(0), c.node(1));
+    s.execute("ALTER SYSTEM SET spock.exception_replay_queue_size = '1MB'").unwrap();
+    s.execute("SELECT pg_reload_conf()").unwrap();
+    let pid = || s.query_one::<i32>("SELECT pid FROM pg_stat_activity WHERE backend_type = 'spock apply'").unwrap();
+    let before = pid();
+    let offset = s.log_offset();
+    p.execute(
+        "BEGIN; INSERT INTO t1 SELECT g, repeat('x', 500) FROM generate_series(1, 4000) g;
+         INSERT INTO t2 VALUES (1, 'bad'); COMMIT; INSERT INTO t3 VALUES (1, 'after')",
+    )
+    .unwrap();
+    wait_for("the transaction after the failed one", || rows(s, "t3"), "1:after".into());
+    assert_eq!(rows(s, "t2"), "");
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM t1").unwrap(), 0, "nothing of it applied");
+    assert_eq!(s.query_one::<i64>("SELECT count(*) FROM spock.exception_log").unwrap(), 4001);
+    assert_ne!(pid(), before, "replayed by the restarted worker");
+    assert!(!s.log_since(offset).contains("replaying the failed transaction from memory"));
+}
+
 /// A transaction replayed after a restart (here a streamed one, applied from its
 /// spill file or eagerly) gets its SUB_DISABLE row, with the skip_lsn, as soon as
 /// the failure is caught, before the worker comes back (Spock's tests look for it

@@ -84,21 +84,17 @@ pub struct Receiver<'a> {
     /// The writers of a parallel apply (apply::parallel), if any.
     pool: Option<Pool>,
     /// The messages of the remote transaction being applied, kept (up to
-    /// HELD_MAX bytes) so that a failure is replayed at once, from memory, per
+    /// `spock.exception_replay_queue_size`) so that a failure is replayed at once, from memory, per
     /// `spock.exception_behaviour`, without a restart (as Spock's replay queue).
     held: Held,
 }
-
-/// Most bytes of one transaction's messages kept for a replay from memory; a
-/// larger transaction that fails is replayed after the worker's restart instead.
-const HELD_MAX: usize = 64 << 20;
 
 /// See [`Receiver::held`].
 #[derive(Default)]
 struct Held {
     messages: Vec<Bytes>,
     bytes: usize,
-    /// From a BEGIN to its COMMIT, while under HELD_MAX.
+    /// From a BEGIN to its COMMIT, while under the limit.
     holding: bool,
     /// Replaying the held messages now: a failure goes the restart way.
     replaying: bool,
@@ -118,7 +114,7 @@ impl Held {
             return;
         }
         self.bytes += payload.len();
-        if self.bytes > HELD_MAX {
+        if self.bytes > crate::gucs::exception_replay_queue_bytes() {
             self.forget();
         } else {
             self.messages.push(payload.clone());
