@@ -1049,3 +1049,27 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION spock.table_wait_for_sync(subscription_name name, relation regclass)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_status text;
+BEGIN
+    LOOP
+        -- 42704 / 42P01 for a missing subscription or relation
+        SELECT t.status INTO v_status FROM spock.sub_show_table(subscription_name, relation) t;
+        -- (as Spock's: copied and caught up with the stream)
+        EXIT WHEN v_status = 'replicating';
+        IF v_status = 'sync_failed' THEN
+            RAISE EXCEPTION 'synchronisation of table % for subscription % failed; see the server log', relation, subscription_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM spock.subscription s
+                        WHERE s.sub_name = table_wait_for_sync.subscription_name AND s.sub_enabled) THEN
+            RAISE EXCEPTION 'subscription % is disabled; table % cannot finish synchronising', subscription_name, relation
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.2);
+    END LOOP;
+END;
+$$;
+

@@ -70,7 +70,8 @@ BEGIN
     LOOP
         -- 42704 / 42P01 for a missing subscription or relation
         SELECT t.status INTO v_status FROM spock.sub_show_table(subscription_name, relation) t;
-        EXIT WHEN v_status IN ('replicating', 'synchronized');
+        -- (as Spock's: copied and caught up with the stream)
+        EXIT WHEN v_status = 'replicating';
         IF v_status = 'sync_failed' THEN
             RAISE EXCEPTION 'synchronisation of table % for subscription % failed; see the server log', relation, subscription_name
                 USING ERRCODE = 'object_not_in_prerequisite_state';

@@ -374,6 +374,12 @@ fn test_settings() -> Vec<(String, String)> {
     .collect()
 }
 
+/// Whether this run's servers apply with several writers per subscription
+/// (`SPOCK_TEST_PARALLEL_APPLY` above 1).
+pub fn parallel_apply() -> bool {
+    parallel_apply_setting().is_some_and(|(_, n)| n != "1")
+}
+
 /// `SPOCK_TEST_PARALLEL_APPLY=N`: every test server applies with N writers per
 /// subscription (`spock.parallel_apply_workers`), so that the suite runs once
 /// serially and once in parallel.

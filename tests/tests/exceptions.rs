@@ -171,8 +171,11 @@ fn a_failed_transaction_is_replayed_without_a_restart() {
     bad_then_good(p);
     wait_for("the transaction after the failed one", || rows(s, "t1"), "2:after".into());
     assert_eq!(exception_log(s), "t1/INSERT/collateral,t2/INSERT/failed,t3/INSERT/collateral");
-    assert_eq!(pid(), before, "the worker that failed replayed the transaction");
-    assert!(s.log_since(offset).contains("replaying the failed transaction from memory"));
+    // (writers of a parallel apply replay after a restart: docs/apply.md)
+    if !spock_tests::parallel_apply() {
+        assert_eq!(pid(), before, "the worker that failed replayed the transaction");
+        assert!(s.log_since(offset).contains("replaying the failed transaction from memory"));
+    }
     // Values that came in binary are logged as text.
     let new_tup: String =
         s.query_one("SELECT remote_new_tup::text FROM spock.exception_log WHERE table_name = 't2'").unwrap();

@@ -494,6 +494,10 @@ impl<'a> Receiver<'a> {
         if idle && !session.has_unflushed() {
             // Idle: everything sent to us is applied and durable.
             self.positions.note_idle();
+            // The provider has sent everything up to here: a table copied at an
+            // LSN below it is past its catch-up even when no transaction came
+            // since (Spock's tables become ready so too).
+            session.tables_caught_up_at(self.positions.received());
         }
         Ok(())
     }

@@ -197,6 +197,12 @@ impl ApplySession {
         }
     }
 
+    /// Between transactions, with everything received applied: tables whose copy
+    /// LSN `received` passed are replicating.
+    pub fn tables_caught_up_at(&mut self, received: u64) {
+        self.s.note_tables_caught_up(received);
+    }
+
     /// Records the last position received from the provider.
     pub fn note_received(&mut self, lsn: u64) {
         if let Some(i) = self.s.progress_slot {

@@ -38,7 +38,7 @@ impl SessionState {
 
     /// After the transaction that committed at `final_lsn`: tables whose copy it
     /// passed are replicating.
-    pub(super) fn note_tables_caught_up(&mut self, final_lsn: u64) {
+    pub(in crate::apply) fn note_tables_caught_up(&mut self, final_lsn: u64) {
         if self.table_skips.values().any(|&s| table_skip::caught_up(s, final_lsn)) {
             let id = self.sub.id;
             pgrx::bgworkers::BackgroundWorker::transaction(|| crate::apply::sync::tables_caught_up(id, final_lsn));
