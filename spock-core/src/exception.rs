@@ -11,6 +11,7 @@
 //! subscription in a restart loop: the last mode applies nothing and disables the
 //! subscription.
 
+use crate::proto::json::JsonValue;
 use crate::proto::{Datum, Tuple};
 
 /// `spock.exception_behaviour`.
@@ -153,15 +154,18 @@ pub fn disable_message(subscription: &str, commit_lsn: &str) -> String {
 pub struct ColumnLabel {
     /// Column name.
     pub name: String,
-    /// Local type name, when the table exists here.
+    /// Local type name (pg_type.typname), when the table exists here.
     pub type_name: Option<String>,
+    /// Local type's oid and pg_type.typcategory, when known: values are then
+    /// written as `to_json` writes them (numbers and booleans bare).
+    pub json_type: Option<(u32, u8)>,
 }
 
 /// `spock.exception_log` tuple columns (`remote_old_tup`, `remote_new_tup`): a JSON
-/// array of `{"attname", "atttype", "value"}`, like Spock's. Values are the
-/// transferred text (the worker replays failed transactions in text format); binary
-/// values are shown as `\x` hex; unchanged TOAST values as null with
-/// `"unchanged": true`.
+/// array of `{"attname", "atttype", "value"}`, like Spock's: values as `to_json`
+/// writes them when the local type is known (a string of the text output
+/// otherwise); binary values the subscriber could not read as `\x` hex;
+/// unchanged TOAST values as null with `"unchanged": true`.
 pub fn tuple_json(columns: &[ColumnLabel], tuple: &Tuple) -> String {
     let mut s = String::from("[");
     for (i, d) in tuple.columns.iter().enumerate() {
@@ -183,7 +187,17 @@ pub fn tuple_json(columns: &[ColumnLabel], tuple: &Tuple) -> String {
         match d {
             Datum::Null => s.push_str("null"),
             Datum::UnchangedToast => s.push_str("null, \"unchanged\": true"),
-            Datum::Text(b) => push_json_string(&mut s, &String::from_utf8_lossy(b)),
+            Datum::Text(b) => {
+                let text = String::from_utf8_lossy(b).into_owned();
+                match columns.get(i).and_then(|c| c.json_type) {
+                    Some((oid, category)) => match JsonValue::from_text(category, oid, text) {
+                        JsonValue::Literal(l) => s.push_str(&l),
+                        JsonValue::Text(t) => push_json_string(&mut s, &t),
+                        JsonValue::Null => s.push_str("null"),
+                    },
+                    None => push_json_string(&mut s, &text),
+                }
+            }
             Datum::Binary(b) | Datum::Internal(b) => {
                 let mut hex = String::with_capacity(2 + b.len() * 2);
                 hex.push_str("\\x");
@@ -250,11 +264,13 @@ mod tests {
     #[test]
     fn tuple_json_escapes_and_labels() {
         let cols = vec![
-            ColumnLabel { name: "id".into(), type_name: Some("integer".into()) },
-            ColumnLabel { name: "na\"me".into(), type_name: None },
-            ColumnLabel { name: "b".into(), type_name: Some("bytea".into()) },
-            ColumnLabel { name: "t".into(), type_name: Some("text".into()) },
-            ColumnLabel { name: "n".into(), type_name: Some("text".into()) },
+            ColumnLabel { name: "id".into(), type_name: Some("int4".into()), json_type: Some((23, b'N')) },
+            ColumnLabel { name: "na\"me".into(), type_name: None, json_type: None },
+            ColumnLabel { name: "b".into(), type_name: Some("bytea".into()), json_type: Some((17, b'U')) },
+            ColumnLabel { name: "t".into(), type_name: Some("text".into()), json_type: Some((25, b'S')) },
+            ColumnLabel { name: "n".into(), type_name: Some("text".into()), json_type: Some((25, b'S')) },
+            ColumnLabel { name: "ok".into(), type_name: Some("bool".into()), json_type: Some((16, b'B')) },
+            ColumnLabel { name: "s".into(), type_name: None, json_type: None },
         ];
         let t = Tuple::new(vec![
             Datum::Text(Bytes::from_static(b"42")),
@@ -262,15 +278,19 @@ mod tests {
             Datum::Binary(Bytes::from_static(&[0, 255])),
             Datum::UnchangedToast,
             Datum::Null,
+            Datum::Text(Bytes::from_static(b"t")),
+            Datum::Text(Bytes::from_static(b"7")),
         ]);
         let j = tuple_json(&cols, &t);
         assert_eq!(
             j,
-            "[{\"attname\": \"id\", \"atttype\": \"integer\", \"value\": \"42\"}, \
+            "[{\"attname\": \"id\", \"atttype\": \"int4\", \"value\": 42}, \
              {\"attname\": \"na\\\"me\", \"atttype\": null, \"value\": \"a\\\"b\\\\c\\nd\\u0001\"}, \
              {\"attname\": \"b\", \"atttype\": \"bytea\", \"value\": \"\\\\x00ff\"}, \
              {\"attname\": \"t\", \"atttype\": \"text\", \"value\": null, \"unchanged\": true}, \
-             {\"attname\": \"n\", \"atttype\": \"text\", \"value\": null}]"
+             {\"attname\": \"n\", \"atttype\": \"text\", \"value\": null}, \
+             {\"attname\": \"ok\", \"atttype\": \"bool\", \"value\": true}, \
+             {\"attname\": \"s\", \"atttype\": null, \"value\": \"7\"}]"
         );
     }
 

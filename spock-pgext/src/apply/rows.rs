@@ -12,7 +12,6 @@ use pgrx::pg_sys;
 struct TextColumn {
     name: String,
     type_oid: pg_sys::Oid,
-    typmod: i32,
     value: Option<String>,
 }
 
@@ -48,7 +47,6 @@ unsafe fn text_columns(slot: *mut pg_sys::TupleTableSlot) -> Vec<TextColumn> {
             out.push(TextColumn {
                 name: CStr::from_ptr(att.attname.data.as_ptr()).to_string_lossy().into_owned(),
                 type_oid: att.atttypid,
-                typmod: att.atttypmod,
                 value,
             });
         }
@@ -56,10 +54,29 @@ unsafe fn text_columns(slot: *mut pg_sys::TupleTableSlot) -> Vec<TextColumn> {
     out
 }
 
-/// The slot's values as a JSON object of text values.
+// PostgreSQL's SQL-callable `row_to_json` itself (pgrx's binding wraps it in a
+// guard, which is not a `PGFunction`), called through the function manager.
+unsafe extern "C-unwind" {
+    #[link_name = "row_to_json"]
+    fn row_to_json_c(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+}
+
+/// The slot's row as `row_to_json` writes it (`{"id":3,"v":"x"}`, as Spock's
+/// spock.resolutions shows rows); a JSON object of text values when the slot's
+/// row type is anonymous.
 ///
 /// SAFETY: as [`text_columns`].
 pub unsafe fn slot_json(slot: *mut pg_sys::TupleTableSlot) -> String {
+    // SAFETY: the slot's descriptor names its row type (a table's); the composite
+    // datum and the json text are palloc'd in the caller's memory context.
+    unsafe {
+        if (*(*slot).tts_tupleDescriptor).tdtypeid != pg_sys::RECORDOID {
+            let row = pg_sys::ExecFetchSlotHeapTupleDatum(slot);
+            let json = pg_sys::DirectFunctionCall1Coll(Some(row_to_json_c), pg_sys::InvalidOid, row);
+            let text = pg_sys::text_to_cstring(json.cast_mut_ptr());
+            return CStr::from_ptr(text).to_string_lossy().into_owned();
+        }
+    }
     let mut out = String::from("{");
     // SAFETY: forwarded.
     for (i, c) in unsafe { text_columns(slot) }.iter().enumerate() {
@@ -79,7 +96,7 @@ pub unsafe fn slot_json(slot: *mut pg_sys::TupleTableSlot) -> String {
 
 /// The slot's values as `spock.exception_log` shows tuples
 /// (spock_core::exception::tuple_json): an array of `{"attname", "atttype",
-/// "value"}` with the local column types and the values' text output.
+/// "value"}` with the local column types and the values as `to_json` writes them.
 ///
 /// SAFETY: as [`text_columns`].
 pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
@@ -87,15 +104,27 @@ pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
     let (labels, columns): (Vec<_>, Vec<_>) = unsafe { text_columns(slot) }
         .into_iter()
         .map(|c| {
-            // SAFETY: a catalog lookup in the caller's transaction; the palloc'd
-            // string is freed once copied.
-            let type_name = unsafe {
-                let p = pg_sys::format_type_with_typemod(c.type_oid, c.typmod);
-                let t = CStr::from_ptr(p).to_string_lossy().into_owned();
-                pg_sys::pfree(p.cast());
-                t
+            // SAFETY: a syscache lookup in the caller's transaction, released
+            // after the fields are copied.
+            let (type_name, category) = unsafe {
+                let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, c.type_oid.into());
+                if tup.is_null() {
+                    (u32::from(c.type_oid).to_string(), b'X')
+                } else {
+                    let typ = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
+                    let t = (
+                        CStr::from_ptr(typ.typname.data.as_ptr()).to_string_lossy().into_owned(),
+                        typ.typcategory as u8,
+                    );
+                    pg_sys::ReleaseSysCache(tup);
+                    t
+                }
             };
-            let label = spock_core::exception::ColumnLabel { name: c.name, type_name: Some(type_name) };
+            let label = spock_core::exception::ColumnLabel {
+                name: c.name,
+                type_name: Some(type_name),
+                json_type: Some((u32::from(c.type_oid), category)),
+            };
             let datum = c.value.map_or(spock_core::proto::Datum::Null, |v| spock_core::proto::Datum::Text(v.into()));
             (label, datum)
         })

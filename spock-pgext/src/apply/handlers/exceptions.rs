@@ -211,13 +211,12 @@ impl ApplySession {
         // SAFETY: SPI needs an active snapshot; pushed and popped around it.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         Spi::connect_mut(|client| {
-            // Local types (name, oid, typmod), when the table exists here.
-            let types: HashMap<String, (String, i64, i32)> = match (&schema, &table) {
+            // Local types (typname, oid, typmod, typcategory), when the table exists here.
+            let types: HashMap<String, (String, i64, i32, u8)> = match (&schema, &table) {
                 (Some(sch), Some(tab)) => client
                     .select(
-                        "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod),
-                                a.atttypid::int8, a.atttypmod
-                           FROM pg_catalog.pg_attribute a
+                        "SELECT a.attname::text, t.typname::text, a.atttypid::int8, a.atttypmod, t.typcategory::text
+                           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
                           WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
                             AND a.attnum > 0 AND NOT a.attisdropped",
                         None,
@@ -226,7 +225,13 @@ impl ApplySession {
                     .map(|t| {
                         t.into_iter()
                             .filter_map(|r| {
-                                let ty = (r.get::<String>(2).ok()??, r.get::<i64>(3).ok()??, r.get::<i32>(4).ok()??);
+                                let category = r.get::<String>(5).ok()??.bytes().next()?;
+                                let ty = (
+                                    r.get::<String>(2).ok()??,
+                                    r.get::<i64>(3).ok()??,
+                                    r.get::<i32>(4).ok()??,
+                                    category,
+                                );
                                 Some((r.get::<String>(1).ok()??, ty))
                             })
                             .collect()
@@ -239,6 +244,7 @@ impl ApplySession {
                 .map(|(name, _)| exc::ColumnLabel {
                     name: name.clone(),
                     type_name: types.get(name).map(|t| t.0.clone()),
+                    json_type: types.get(name).map(|t| (t.1 as u32, t.3)),
                 })
                 .collect();
             // Values that came in binary are shown as text, as they are after a
@@ -246,7 +252,7 @@ impl ApplySession {
             let readable = |t: &proto::Tuple| {
                 let mut t = t.clone();
                 for (d, (name, _)) in t.columns.iter_mut().zip(&columns) {
-                    if let (proto::Datum::Binary(b), Some(&(_, oid, typmod))) = (&*d, types.get(name)) {
+                    if let (proto::Datum::Binary(b), Some(&(_, oid, typmod, _))) = (&*d, types.get(name)) {
                         *d = proto::Datum::Text(binary_as_text(pg_sys::Oid::from(oid as u32), typmod, b).into());
                     }
                 }
