@@ -2,7 +2,8 @@
 //! `user`) and `all`, the transactions of non-superuser sessions are read-only, as
 //! PostgreSQL's `transaction_read_only` makes them (DML, DDL, nextval() fail with
 //! 25006 "cannot execute ... in a read-only transaction"; reads, VACUUM and ANALYZE
-//! work); with `all` the apply workers stop too (the managers start none). The
+//! work); with `all` the apply workers apply nothing too (they stay connected and
+//! wait, telling their providers they are alive, as Spock's do). The
 //! ExecutorStart and ProcessUtility hooks call [`enforce`] before each statement;
 //! background workers (apply) are left alone. A transaction made read-only stays so
 //! to its end, as in Spock.
@@ -31,7 +32,7 @@ pub unsafe fn enforce() {
     }
 }
 
-/// Whether the apply workers must stand still (`spock.readonly = all`).
+/// Whether the apply workers must apply nothing (`spock.readonly = all`).
 pub fn stops_apply() -> bool {
     READONLY.get() == ReadonlyGuc::All
 }

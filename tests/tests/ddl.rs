@@ -826,21 +826,35 @@ fn readonly_modes() {
     let e = b.connect().unwrap().batch_execute("SELECT spock.sub_resync_table('sub_n2_n1', 't')").unwrap_err();
     assert_eq!(code(e), "55000");
 
-    // all: the apply worker stops; back to off, it catches up.
+    // all: the apply worker applies nothing but stays connected (as Spock's waits);
+    // back to off, it catches up on the same connection.
+    let walsender = || a.query_one::<i32>("SELECT pid FROM pg_stat_replication").unwrap();
+    let before = walsender();
     b.execute("ALTER SYSTEM SET spock.readonly = 'all'").unwrap();
     b.execute("SELECT pg_reload_conf()").unwrap();
     wait_for(
-        "apply stopped",
+        "apply holding",
         WAIT,
-        || count(b, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply'"),
-        0,
+        || {
+            count(b, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'spock apply' AND query ~ 'readonly is all'")
+        },
+        1,
     );
     a.execute("INSERT INTO t VALUES (2, 'while all')").unwrap();
+    let lsn: String = a.query_one("SELECT pg_current_wal_insert_lsn()::text").unwrap();
+    // The provider sent it; the subscriber does not apply it.
+    wait_for(
+        "sent",
+        WAIT,
+        || a.query_one::<bool>(&format!("SELECT sent_lsn >= '{lsn}' FROM pg_stat_replication")).unwrap(),
+        true,
+    );
     assert_eq!(count(b, "SELECT count(*) FROM t"), 1);
     b.execute("ALTER SYSTEM RESET spock.readonly").unwrap();
     b.execute("SELECT pg_reload_conf()").unwrap();
     a.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
     assert_eq!(count(b, "SELECT count(*) FROM t"), 2);
+    assert_eq!(walsender(), before, "the same connection throughout");
     let mut p = b.connect_as("postgres", "plain").unwrap();
     p.batch_execute("INSERT INTO mine VALUES (4)").unwrap();
 }

@@ -253,6 +253,10 @@ impl<'a> Receiver<'a> {
             // A reload first: a setting changed before data arrived applies to that
             // data (SIGHUP wakes the wait below, and the next read may bring it).
             crate::workers::reload_config_if_asked();
+            if crate::readonly::stops_apply() && self.idle(session) {
+                self.hold(session)?;
+                continue;
+            }
             let drained = self.receive(session)?;
             self.between_transactions(session)?;
             self.prober.step(self.sub, session.progress_slot(), self.positions.flushed(), session.flushed_stamp());
@@ -521,6 +525,22 @@ impl<'a> Receiver<'a> {
         if crate::workers::sigterm_received() {
             return Err(Exit::Stop);
         }
+        Ok(())
+    }
+
+    /// `spock.readonly = all`: applies nothing and reads nothing more, but stays
+    /// connected, telling the provider every second that it is alive (and how far
+    /// it applied, which does not move), as Spock's worker waits.
+    fn hold(&mut self, session: &mut ApplySession) -> Result<(), Exit> {
+        report_activity("waiting: spock.readonly is all");
+        if let Some(f) = session.flushed_remote_lsn() {
+            self.positions.note_flushed(f);
+        }
+        let _ = self.conn.write_copy_data(&feedback(self.positions.received(), self.positions.flushed()));
+        if !crate::workers::sleep(Duration::from_secs(1)) {
+            return Err(Exit::Stop);
+        }
+        stream::exit_if_postmaster_died();
         Ok(())
     }
 

@@ -97,20 +97,21 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             let installed = system::extension_installed();
             (installed, if installed { subscriptions::all_subscriptions() } else { Vec::new() })
         });
-        // spock.readonly = all: no apply worker runs (those running are stopped).
+        // spock.readonly = all: the apply workers stay connected and apply nothing
+        // until it changes (apply::receiver holds them).
         let readonly = crate::readonly::stops_apply();
         if readonly != readonly_logged {
             readonly_logged = readonly;
             if readonly {
                 pgrx::log!(
-                    "{MANAGER_TYPE}: spock.readonly is \"all\": the apply workers of database {} stop until it changes",
+                    "{MANAGER_TYPE}: spock.readonly is \"all\": the apply workers of database {} apply nothing until it changes",
                     u32::from(db)
                 );
             }
         }
         let enabled: Vec<(u32, String)> =
             subs.iter().filter(|(_, _, enabled)| *enabled).map(|(id, name, _)| (*id, name.clone())).collect();
-        let wanted: Vec<(u32, String)> = if readonly { Vec::new() } else { enabled.clone() };
+        let wanted: Vec<(u32, String)> = enabled.clone();
         // Stop workers of subscriptions no longer enabled; forget ended ones.
         let ids: Vec<u32> = workers.keys().copied().collect();
         for sub_id in ids {
