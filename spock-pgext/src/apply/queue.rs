@@ -92,6 +92,17 @@ pub fn handle_queued_row(sub: &SubscriptionInfo, row: QueuedRow) {
 pub fn table_sync_requested(sub: &SubscriptionInfo, schema: &str, table: &str) {
     pgrx::log!("spock subscription {}: the provider asks for a sync of table {schema}.{table}", sub.name);
     super::sync::request_table_sync(sub.id, schema, table, false);
+    SYNC_REQUESTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A table sync was requested since the last [`take_sync_request`]: the worker
+/// looks for waiting tables at the next point between transactions instead of
+/// at its next periodic check.
+static SYNC_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a table sync was requested (and forgets it).
+pub fn take_sync_request() -> bool {
+    SYNC_REQUESTED.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Moves sequence `schema.name` to `last_value` unless it is already there or past

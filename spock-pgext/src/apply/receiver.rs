@@ -481,7 +481,7 @@ impl<'a> Receiver<'a> {
             self.positions.note_flushed(f);
         }
         let idle = self.idle(session);
-        if idle && self.sync_check_due() {
+        if idle && (self.sync_check_due() || super::queue::take_sync_request()) {
             self.sync_checked = Instant::now();
             if BackgroundWorker::transaction(|| !sync::pending_tables(self.sub.id).is_empty()) {
                 self.reconnect = true;
