@@ -267,6 +267,16 @@ impl Decision {
     pub fn needs_warning(&self) -> bool {
         self.reason == Reason::EqualTiebreakers
     }
+
+    /// Whether this is the normal flow of replication rather than a conflict to
+    /// record: a row last written by another node, changed by a later remote
+    /// change that applies (every write by a different node than the last one
+    /// looks so). As in Spock 6, it is counted but neither logged nor saved in
+    /// spock.resolutions; a remote change that loses (keep_local) is.
+    pub fn is_normal_flow(&self) -> bool {
+        matches!(self.kind, ConflictKind::UpdateOriginDiffers | ConflictKind::DeleteOriginDiffers)
+            && self.resolution == Resolution::ApplyRemote
+    }
 }
 
 /// A conflict that no row choice resolves: the transaction must fail and go to

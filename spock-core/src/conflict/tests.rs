@@ -177,6 +177,20 @@ fn equal_tiebreaker_decision_warns() {
     assert!(d.needs_warning() && d.applies_remote());
 }
 
+#[test]
+fn a_later_write_by_another_node_is_normal_flow_a_lost_one_is_not() {
+    let p = ConflictPolicy::LastUpdateWins;
+    let t = Tiebreakers { local_node: 1, remote_node: 2 };
+    let later = decide(ConflictKind::UpdateOriginDiffers, Some(v(5, A)), v(6, B), p, t).unwrap();
+    assert!(later.is_normal_flow());
+    let delete = decide(ConflictKind::DeleteOriginDiffers, Some(v(5, A)), v(6, B), p, t).unwrap();
+    assert!(delete.is_normal_flow());
+    let lost = decide(ConflictKind::UpdateOriginDiffers, Some(v(7, A)), v(6, B), p, t).unwrap();
+    assert!(!lost.is_normal_flow() && lost.resolution == Resolution::KeepLocal);
+    let insert = decide(ConflictKind::InsertExists, Some(v(5, A)), v(6, B), p, t).unwrap();
+    assert!(!insert.is_normal_flow(), "an INSERT meeting a row is a conflict");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 

@@ -96,12 +96,15 @@ impl SessionState {
                     remote.commit_ts,
                     d.resolution
                 );
-                log_conflict(&msg);
                 if d.needs_warning() {
                     pgrx::warning!("spock: nodes writing the conflicting versions of a row in {relation} have equal tiebreakers; set distinct spock.node info->'tiebreaker' values");
                 }
-                if gucs::SAVE_RESOLUTIONS.get() {
-                    self.save_resolution(&d, local, relation);
+                // (counted above; a later write by another node is not a conflict to record)
+                if !d.is_normal_flow() {
+                    log_conflict(&msg);
+                    if gucs::SAVE_RESOLUTIONS.get() {
+                        self.save_resolution(&d, local, relation);
+                    }
                 }
                 d
             }
