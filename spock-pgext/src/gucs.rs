@@ -162,6 +162,10 @@ pub static EXCEPTION_LOGGING: GucSetting<ExceptionLoggingGuc> =
 /// stopped on an exception is started again to replay the failed transaction.
 pub static RESTART_DELAY_ON_EXCEPTION: GucSetting<i32> = GucSetting::<i32>::new(0);
 
+/// `spock.output_delay` (ms, Spock's testing setting): the output plugin waits this
+/// long before each transaction it decodes, so that tests can make changes cross.
+pub static OUTPUT_DELAY: GucSetting<i32> = GucSetting::<i32>::new(0);
+
 /// `spock.exception_replay_queue_size` (MB, Spock's name): most memory the messages
 /// of the transaction being applied may take to be replayed from memory if it
 /// fails; a larger one is replayed after the worker's restart instead (the
@@ -255,6 +259,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"spock.output_delay",
+        c"For testing conflicts, delay in output plugin in ms",
+        c"The output plugin waits this long before each transaction it decodes.",
+        &OUTPUT_DELAY,
+        0,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"spock.exception_replay_queue_size",

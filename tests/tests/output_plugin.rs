@@ -695,6 +695,10 @@ fn proto_format_json_for_sql_decoding() {
     ] {
         node.execute(sql).unwrap();
     }
+    // spock.output_delay (Spock's testing setting, in ms) only slows decoding.
+    node.execute("ALTER SYSTEM SET spock.output_delay = 200").unwrap();
+    node.reload_conf().unwrap();
+    assert_eq!(node.query_one::<String>("SHOW spock.output_delay").unwrap(), "200ms");
     let first = node
         .query_one::<String>(
             "SELECT string_agg(coalesce(data::json->>'action', '?'), ' ' ORDER BY lsn)

@@ -344,6 +344,13 @@ unsafe extern "C-unwind" fn spock_output_begin(
     // SAFETY: startup ran for this context.
     let st = unsafe { state(ctx) };
     st.txn_started = false;
+    let delay = crate::gucs::OUTPUT_DELAY.get();
+    if delay > 0 {
+        // SAFETY: a plain sleep (spock.output_delay, for tests), then the usual
+        // interrupt check.
+        unsafe { pg_sys::pg_usleep(i64::from(delay) * 1000) };
+        pgrx::check_for_interrupts!();
+    }
     // The startup reply goes out first, even when this transaction sends nothing.
     // In text (json) form it comes with the first transaction that sends
     // something, as Spock's does: pg_logical_slot_get_changes(upto_nchanges)
