@@ -157,6 +157,42 @@ fn repset_functions() {
         );
         assert!(err.starts_with("42601") || err.starts_with("42703") || err.starts_with("0A000"), "{bad}: {err}");
     }
+    // As a publication's WHERE clause (and Spock's row filters): columns, constants,
+    // built-in operators, types and collations, immutable built-in functions; the
+    // walsender must not run user code or see mutable results while decoding.
+    node.execute(
+        "CREATE FUNCTION app.user_fn(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1';
+         CREATE FUNCTION app.neq(int, int) RETURNS bool IMMUTABLE LANGUAGE sql AS 'SELECT $1 <> $2';
+         CREATE OPERATOR app.<~> (LEFTARG = int, RIGHTARG = int, FUNCTION = app.neq);",
+    )
+    .unwrap();
+    for (filter, detail) in [
+        ("id > app.user_fn(1)", "User-defined or built-in mutable functions are not allowed."),
+        ("id > random() * 10", "User-defined or built-in mutable functions are not allowed."),
+        ("v = current_user", "Only columns, constants, built-in operators, built-in data types, built-in collations, and immutable built-in functions are allowed."),
+        ("id OPERATOR(app.<~>) 1", "User-defined operators are not allowed."),
+    ] {
+        let e = node
+            .connect()
+            .unwrap()
+            .batch_execute(&format!(
+                "SELECT spock.repset_add_table('default', 'app.with_pk', row_filter := '{}')",
+                filter.replace('\'', "''")
+            ))
+            .unwrap_err();
+        let db = e.as_db_error().unwrap();
+        assert_eq!(
+            (db.code().code(), db.message(), db.detail().unwrap_or("")),
+            ("0A000", "invalid publication WHERE expression", detail),
+            "{filter}"
+        );
+    }
+    // (system columns are refused by the parser already, as in a CHECK constraint)
+    let err = error_of(
+        &node,
+        r#"SELECT spock.repset_add_table('default', 'app.with_pk', row_filter := 'xmin::text <> $$0$$')"#,
+    );
+    assert!(err.starts_with("42P10"), "{err}");
     let err = error_of(&node, "SELECT spock.repset_add_table('default', 'app.with_pk', synchronize_data := NULL)");
     assert!(err.starts_with("22023"), "{err}");
     node.execute("SELECT spock.repset_add_table('default', 'app.with_pk', row_filter := 'id > 0')").unwrap();

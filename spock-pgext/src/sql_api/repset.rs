@@ -200,9 +200,98 @@ fn with_parsed_row_filter<R>(
         let expr = pg_sys::transformExpr(pstate, expr, pg_sys::ParseExprKind::EXPR_KIND_CHECK_CONSTRAINT);
         let expr = pg_sys::coerce_to_boolean(pstate, expr, c"row_filter".as_ptr());
         pg_sys::assign_expr_collations(pstate, expr);
+        require_simple_row_filter(expr);
         let result = f(rel, expr);
         pg_sys::free_parsestate(pstate);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         result
     }
+}
+
+/// What a row filter may contain, as PostgreSQL allows in a publication's WHERE
+/// clause (and Spock in its row filters): the table's own columns, constants,
+/// built-in operators, types and collations, and immutable built-in functions.
+/// The output plugin evaluates the filter while decoding, as the replication role,
+/// under a historic snapshot: a user-defined function there would run arbitrary
+/// code as that role, and a mutable one would not see what the transaction saw.
+///
+/// SAFETY: `expr` is an analysed expression; inside a transaction.
+unsafe fn require_simple_row_filter(expr: *mut pg_sys::Node) {
+    let mut problem: Option<&'static str> = None;
+    // SAFETY: walks the expression with a callback that only reads it and writes
+    // `problem`, which outlives the walk.
+    unsafe { simple_row_filter_walker(expr, (&mut problem as *mut Option<&'static str>).cast()) };
+    if let Some(detail) = problem {
+        PgError::new(PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED, "invalid publication WHERE expression")
+            .detail(detail)
+            .raise();
+    }
+}
+
+/// Expression-walker callback of [`require_simple_row_filter`]: stores the first
+/// reason the filter is refused in `*context` (an `Option<&'static str>`) and stops.
+///
+/// SAFETY: `node` is null or part of an analysed expression; `context` points to the
+/// caller's `Option<&'static str>`.
+#[pg_guard]
+unsafe extern "C-unwind" fn simple_row_filter_walker(node: *mut pg_sys::Node, context: *mut std::ffi::c_void) -> bool {
+    use pg_sys::NodeTag::*;
+    if node.is_null() {
+        return false;
+    }
+    let user_defined = |oid: pg_sys::Oid| u32::from(oid) >= pg_sys::FirstNormalObjectId;
+    // SAFETY: each arm reads the node type its tag names; the checks are catalog
+    // lookups of what the expression references.
+    unsafe {
+        let problem = &mut *context.cast::<Option<&'static str>>();
+        let tag = (*node).type_;
+        *problem = match tag {
+            T_Var if (*node.cast::<pg_sys::Var>()).varattno < 0 => Some("System columns are not allowed."),
+            T_OpExpr | T_DistinctExpr | T_NullIfExpr if user_defined((*node.cast::<pg_sys::OpExpr>()).opno) => {
+                Some("User-defined operators are not allowed.")
+            }
+            T_ScalarArrayOpExpr if user_defined((*node.cast::<pg_sys::ScalarArrayOpExpr>()).opno) => {
+                Some("User-defined operators are not allowed.")
+            }
+            T_RowCompareExpr
+                if PgList::<std::ffi::c_void>::from_pg((*node.cast::<pg_sys::RowCompareExpr>()).opnos)
+                    .iter_oid()
+                    .any(user_defined) =>
+            {
+                Some("User-defined operators are not allowed.")
+            }
+            T_Var | T_OpExpr | T_DistinctExpr | T_NullIfExpr | T_ScalarArrayOpExpr | T_RowCompareExpr | T_Const
+            | T_FuncExpr | T_BoolExpr | T_RelabelType | T_CollateExpr | T_CaseExpr | T_CaseTestExpr | T_ArrayExpr
+            | T_RowExpr | T_CoalesceExpr | T_MinMaxExpr | T_XmlExpr | T_NullTest | T_BooleanTest | T_List => None,
+            _ => Some(
+                "Only columns, constants, built-in operators, built-in data types, built-in collations, and immutable built-in functions are allowed.",
+            ),
+        };
+        if problem.is_none() && tag != T_List {
+            *problem = if user_defined(pg_sys::exprType(node)) {
+                Some("User-defined types are not allowed.")
+            } else if pg_sys::check_functions_in_node(node, Some(mutable_or_user_function), std::ptr::null_mut()) {
+                Some("User-defined or built-in mutable functions are not allowed.")
+            } else if user_defined(pg_sys::exprCollation(node)) || user_defined(pg_sys::exprInputCollation(node)) {
+                Some("User-defined collations are not allowed.")
+            } else {
+                None
+            };
+        }
+        if problem.is_some() {
+            return true;
+        }
+        pg_sys::expression_tree_walker_impl(node, Some(simple_row_filter_walker), context)
+    }
+}
+
+/// Function callback of [`simple_row_filter_walker`]: a user-defined function, or a
+/// built-in one that is not immutable.
+///
+/// SAFETY: `func` is a function the expression calls.
+#[pg_guard]
+unsafe extern "C-unwind" fn mutable_or_user_function(func: pg_sys::Oid, _context: *mut std::ffi::c_void) -> bool {
+    // SAFETY: a syscache lookup of an existing function.
+    u32::from(func) >= pg_sys::FirstNormalObjectId
+        || unsafe { pg_sys::func_volatile(func) } != pg_sys::PROVOLATILE_IMMUTABLE as std::ffi::c_char
 }
