@@ -992,7 +992,22 @@ BEGIN
             -- also when it is dropped while we wait: its synchronisation never ends
             RAISE EXCEPTION 'subscriber % not found', subscription_name USING ERRCODE = 'undefined_object';
         END IF;
-        EXIT WHEN v_status IS NULL OR v_status = 'r';
+        -- Ready once the subscription and each of its tables are (as Spock's):
+        -- tables a provider asked to sync ('A') count too.
+        IF v_status IS NULL OR v_status = 'r' THEN
+            SELECT t.sync_status INTO v_status
+              FROM spock.local_sync_status t JOIN spock.subscription s ON s.sub_id = t.sync_subid
+             WHERE s.sub_name = sub_wait_for_sync.subscription_name AND t.sync_nspname IS NOT NULL
+               AND t.sync_status <> 'r'
+             ORDER BY t.sync_status = 'f' DESC
+             LIMIT 1;
+            EXIT WHEN NOT FOUND;
+            IF v_status = 'f' THEN
+                RAISE EXCEPTION 'synchronisation of a table of subscription % failed; see spock.sub_show_table() and the server log',
+                                subscription_name
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+        END IF;
         IF NOT v_enabled THEN
             RAISE EXCEPTION 'subscription % is disabled; its synchronisation cannot finish', subscription_name
                 USING ERRCODE = 'object_not_in_prerequisite_state';

@@ -686,3 +686,23 @@ fn resync_with_truncate_of_a_table_the_worker_writes_to() {
     assert_eq!(digest(p, "SELECT id, v FROM t"), digest(s, "SELECT id, v FROM t"));
     assert!(!s.log_since(log).contains("being used by active queries"), "{}", s.log_since(log));
 }
+
+/// A table the provider adds to a set with its data (`repset_add_table(...,
+/// synchronize_data := true)`, an 'A' message) is copied before
+/// `sub_wait_for_sync` returns on the subscriber, as in Spock.
+#[test]
+fn sub_wait_for_sync_waits_for_tables_the_provider_adds_with_their_data() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    spock_tests::fixtures::subscribed_pair(p, s);
+    p.execute("SELECT spock.replicate_ddl('CREATE TABLE public.added (id int PRIMARY KEY, v text)')").unwrap();
+    p.execute("INSERT INTO added SELECT g, 'before' FROM generate_series(1, 500) g").unwrap();
+    p.execute("SELECT spock.repset_add_table('default', 'added', synchronize_data := true)").unwrap();
+    p.execute("SELECT spock.wait_slot_confirm_lsn(NULL, NULL)").unwrap();
+    s.execute("SELECT spock.sub_wait_for_sync('sub_n2_n1')").unwrap();
+    assert_eq!(count(s, "SELECT count(*) FROM added"), 500);
+    assert_eq!(
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub_n2_n1', 'added')").unwrap(),
+        "replicating"
+    );
+}
