@@ -279,6 +279,14 @@ impl Decision {
     }
 }
 
+/// The conflict kind a change's failure counts as in the statistics
+/// (`get_subscription_stats`), as Spock counts it: an UPDATE that violates a unique
+/// constraint here (a row another unique index finds) is `update_exists`; the
+/// failure itself goes on to exception handling.
+pub fn failure_counts_as(sqlstate: &str, is_update: bool) -> Option<ConflictKind> {
+    (is_update && sqlstate == "23505").then_some(ConflictKind::UpdateExists)
+}
+
 /// A conflict that no row choice resolves: the transaction must fail and go to
 /// exception handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -171,7 +171,7 @@ BEGIN
         sub_force_text_transfer, sub_skip_lsn, sub_skip_schema, sub_created_at)
     VALUES (v_id, subscription_name, v_provider.node_id, v_local, v_if, v_local_if, enabled, v_slot,
         replication_sets, CASE WHEN cardinality(forward_origins) > 0 THEN forward_origins END, apply_delay,
-        force_text_transfer, '0/0', skip_schema, now());
+        force_text_transfer, '0/0', CASE WHEN cardinality(skip_schema) > 0 THEN skip_schema END, now());
     -- 'i': the apply worker creates the slot (and synchronises structure 's', data
     -- 'd' or both 'f'); a disabled subscription is ready at once (the operator
     -- manages the slot, as with Spock).
@@ -357,7 +357,9 @@ BEGIN
     END IF;
     IF options ? 'skip_schema' THEN
         v_skip := spock._option_text_array(options, 'skip_schema', 'option "skip_schema" must be a JSON array of strings');
-        UPDATE spock.subscription SET sub_skip_schema = v_skip WHERE sub_id = v.sub_id;
+        -- (NULL when empty, as Spock keeps it)
+        UPDATE spock.subscription SET sub_skip_schema = CASE WHEN cardinality(v_skip) > 0 THEN v_skip END
+         WHERE sub_id = v.sub_id;
     END IF;
     IF options ? 'parallel_apply_workers' THEN
         -- null: the node's spock.parallel_apply_workers again.

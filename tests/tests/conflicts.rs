@@ -279,6 +279,22 @@ fn conflict_statistics_and_resolutions_cleanup() {
     b.execute("SELECT spock.reset_subscription_stats()").unwrap();
     assert_eq!(stats(), "0,0,0,0,0,0,0");
 
+    // An UPDATE that a unique index here refuses counts as update_exists (as in
+    // Spock), and goes to exception handling.
+    a.execute("SELECT spock.replicate_ddl('CREATE TABLE public.w (id int PRIMARY KEY, u int)')").unwrap();
+    a.execute("SELECT spock.repset_add_table('default', 'w')").unwrap();
+    a.execute("INSERT INTO w VALUES (2, 200)").unwrap();
+    wait_for("w on b", || b.query_one::<i64>("SELECT count(*) FROM w").unwrap(), 1);
+    b.execute("INSERT INTO w VALUES (3, 300); CREATE UNIQUE INDEX w_u ON w (u)").unwrap();
+    a.execute("UPDATE w SET u = 300 WHERE id = 2").unwrap();
+    wait_for(
+        "the failed UPDATE logged",
+        || b.query_one::<i64>("SELECT count(*) FROM spock.exception_log WHERE table_name = 'w'").unwrap(),
+        1,
+    );
+    assert_eq!(stats(), "0,0,1,0,0,0,0");
+    b.execute("SELECT spock.reset_subscription_stats()").unwrap();
+
     // cleanup_resolutions: rows older than the retention go.
     let saved = b.query_one::<i64>("SELECT count(*) FROM spock.resolutions").unwrap();
     assert!(saved >= 3, "{saved} resolutions saved");

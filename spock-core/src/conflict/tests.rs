@@ -255,3 +255,10 @@ proptest! {
         prop_assert_eq!(writers, on_c);
     }
 }
+
+#[test]
+fn a_unique_violation_of_an_update_counts_as_update_exists() {
+    assert_eq!(failure_counts_as("23505", true), Some(ConflictKind::UpdateExists));
+    assert_eq!(failure_counts_as("23505", false), None);
+    assert_eq!(failure_counts_as("23514", true), None);
+}

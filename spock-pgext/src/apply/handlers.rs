@@ -99,6 +99,7 @@ impl ApplySession {
         let n = remote.changes;
         let replay = remote.replay;
         self.s.txn.current_change = n;
+        self.s.txn.current_is_update = matches!(c, Change::Update(_));
         match replay {
             None if eager => {
                 // An error while a stream is applied eagerly: its transaction is

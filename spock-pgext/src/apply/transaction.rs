@@ -64,6 +64,9 @@ pub(super) struct TxnState {
     pub(super) local_txns: u64,
     /// The change being applied (1-based; 0 between changes): where an error struck.
     pub(super) current_change: u32,
+    /// The change being applied is an UPDATE (a unique violation then counts as
+    /// update_exists).
+    pub(super) current_is_update: bool,
     /// The rows of the conflict being decided (local, remote; null when absent),
     /// for spock.resolutions.
     pub(super) conflict_rows: (*mut pg_sys::TupleTableSlot, *mut pg_sys::TupleTableSlot),
@@ -78,6 +81,7 @@ impl TxnState {
             remote: None,
             local_txns: 0,
             current_change: 0,
+            current_is_update: false,
             conflict_rows: (std::ptr::null_mut(), std::ptr::null_mut()),
             as_owner: None,
         }
@@ -86,6 +90,7 @@ impl TxnState {
     /// The change is over: forgets its rows.
     pub(super) fn end_change(&mut self) {
         self.current_change = 0;
+        self.current_is_update = false;
         self.conflict_rows = (std::ptr::null_mut(), std::ptr::null_mut());
     }
 }

@@ -82,12 +82,11 @@ impl SessionState {
                 // Spock's statistics count its seven kinds. An UPDATE of a row
                 // deleted here is update_missing there (Spock keeps no deleted
                 // versions); an INSERT of a deleted key is no conflict for Spock.
-                let counted = if d.kind == ConflictKind::UpdateDeleted { ConflictKind::UpdateMissing } else { d.kind };
-                let kind =
-                    ConflictKind::ALL[..crate::workers::shmem::CONFLICT_COUNTERS].iter().position(|k| *k == counted);
-                if let (Some(k), Some(slot)) = (kind, self.progress_slot) {
-                    crate::workers::shmem::update_progress(slot, |p| p.conflicts[k] += 1);
-                }
+                self.count_conflict(if d.kind == ConflictKind::UpdateDeleted {
+                    ConflictKind::UpdateMissing
+                } else {
+                    d.kind
+                });
                 let msg = format!(
                     "CONFLICT: remote {} on relation {relation} (local origin {}, ts {}; remote node {remote_node}, ts {}). Resolution: {}",
                     d.kind,
@@ -113,6 +112,15 @@ impl SessionState {
                 format!("spock: {e} on relation {relation}"),
             )
             .raise(),
+        }
+    }
+
+    /// Counts a conflict of `kind` in this subscription's statistics
+    /// (`get_subscription_stats`: Spock's seven kinds; others are not counted).
+    pub(super) fn count_conflict(&self, kind: ConflictKind) {
+        let k = ConflictKind::ALL[..crate::workers::shmem::CONFLICT_COUNTERS].iter().position(|c| *c == kind);
+        if let (Some(k), Some(slot)) = (k, self.progress_slot) {
+            crate::workers::shmem::update_progress(slot, |p| p.conflicts[k] += 1);
         }
     }
 

@@ -36,6 +36,12 @@ impl ApplySession {
             );
             return false;
         }
+        // (counted once, on the first attempt, as Spock counts it)
+        if let Some(kind) = spock_core::conflict::failure_counts_as(sqlstate, s.txn.current_is_update) {
+            if remote.replay.is_none() {
+                s.count_conflict(kind);
+            }
+        }
         let next = match remote.replay {
             None => ReplayMode::for_behaviour(gucs::exception_behaviour()),
             Some(m) => m.escalate().unwrap_or(ReplayMode::Disable),
