@@ -128,6 +128,15 @@ pub fn is_transient(code: &str) -> bool {
         || code.starts_with("08")
 }
 
+/// Whether a table sync that failed with SQLSTATE `code` would fail again the same
+/// way until someone changes this node: the copied data or the table's definition
+/// here refuse it (data exceptions, integrity constraints, a column or privilege
+/// missing). Those mark the table failed (Spock's FAILED); anything else (the
+/// provider's connection, resources) is retried.
+pub fn table_sync_failure_is_permanent(code: &str) -> bool {
+    !is_transient(code) && (code.starts_with("22") || code.starts_with("23") || code.starts_with("42"))
+}
+
 /// The error_message of a change discarded only because another change of its
 /// transaction failed.
 pub fn collateral_message(mode: ReplayMode, failed_change: u32, error: &str) -> String {
@@ -292,6 +301,16 @@ mod tests {
              {\"attname\": \"ok\", \"atttype\": \"bool\", \"value\": true}, \
              {\"attname\": \"s\", \"atttype\": null, \"value\": \"7\"}]"
         );
+    }
+
+    #[test]
+    fn only_data_and_definition_errors_fail_a_table_sync() {
+        for c in ["23514", "23505", "22P02", "42703", "42501"] {
+            assert!(table_sync_failure_is_permanent(c), "{c}");
+        }
+        for c in ["08006", "55000", "53100", "40P01", "XX000"] {
+            assert!(!table_sync_failure_is_permanent(c), "{c}");
+        }
     }
 
     #[test]

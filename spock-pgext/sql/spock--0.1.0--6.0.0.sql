@@ -1077,8 +1077,12 @@ BEGIN
         -- (as Spock's: copied and caught up with the stream)
         EXIT WHEN v_status = 'replicating';
         IF v_status = 'sync_failed' THEN
-            RAISE EXCEPTION 'synchronisation of table % for subscription % failed; see the server log', relation, subscription_name
-                USING ERRCODE = 'object_not_in_prerequisite_state';
+            -- (Spock's wording)
+            RAISE EXCEPTION 'synchronization of table %.% failed on subscription %',
+                            (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation),
+                            (SELECT c.relname FROM pg_class c WHERE c.oid = relation), subscription_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Check the server log for details, resolve the issue, and retry.';
         END IF;
         IF NOT EXISTS (SELECT 1 FROM spock.subscription s
                         WHERE s.sub_name = table_wait_for_sync.subscription_name AND s.sub_enabled) THEN
@@ -1089,4 +1093,3 @@ BEGIN
     END LOOP;
 END;
 $$;
-

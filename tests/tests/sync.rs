@@ -706,3 +706,40 @@ fn sub_wait_for_sync_waits_for_tables_the_provider_adds_with_their_data() {
         "replicating"
     );
 }
+
+/// A table sync that this node refuses (here a CHECK constraint only the subscriber
+/// has) marks the table failed, as in Spock, instead of retrying forever: the
+/// table is unchanged (the emptying and the copy are one transaction), the rest
+/// of the subscription goes on, and once the cause is fixed a resync works.
+#[test]
+fn a_table_sync_refused_here_marks_the_table_failed() {
+    let c = Cluster::start_n(2).unwrap();
+    let (p, s) = (c.node(0), c.node(1));
+    spock_tests::fixtures::subscribed_pair(p, s);
+    p.execute("SELECT spock.replicate_ddl('CREATE TABLE public.chk (x int PRIMARY KEY)')").unwrap();
+    p.execute("SELECT spock.repset_add_table('default', 'chk')").unwrap();
+    p.execute("INSERT INTO chk SELECT generate_series(1, 6)").unwrap();
+    spock_tests::fixtures::sync_through(p, s);
+    assert_eq!(count(s, "SELECT count(*) FROM chk"), 6);
+    s.execute("ALTER TABLE chk ADD CONSTRAINT chk_x CHECK (x < 5) NOT VALID").unwrap();
+    let offset = s.log_offset();
+    s.execute("SELECT spock.sub_resync_table('sub_n2_n1', 'chk')").unwrap();
+    let e = s.connect().unwrap().batch_execute("SELECT spock.table_wait_for_sync('sub_n2_n1', 'chk')").unwrap_err();
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.message(), "synchronization of table public.chk failed on subscription sub_n2_n1");
+    assert!(s.log_since(offset).contains("violates check constraint"), "the cause is in the log");
+    assert_eq!(
+        s.query_one::<String>("SELECT status FROM spock.sub_show_table('sub_n2_n1', 'chk')").unwrap(),
+        "sync_failed"
+    );
+    assert_eq!(count(s, "SELECT count(*) FROM chk"), 6, "the table is unchanged");
+    // The subscription goes on.
+    p.execute("INSERT INTO t VALUES (1, 'after')").unwrap();
+    spock_tests::fixtures::sync_through(p, s);
+    assert_eq!(count(s, "SELECT count(*) FROM t"), 1);
+    // Fixed, the resync works.
+    s.execute("ALTER TABLE chk DROP CONSTRAINT chk_x").unwrap();
+    s.execute("SELECT spock.sub_resync_table('sub_n2_n1', 'chk')").unwrap();
+    s.execute("SELECT spock.table_wait_for_sync('sub_n2_n1', 'chk')").unwrap();
+    assert_eq!(count(s, "SELECT count(*) FROM chk"), 6);
+}

@@ -746,39 +746,40 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
         set_table_status(sub.id, nsp, rel, 'r');
         return;
     };
-    let copied = BackgroundWorker::transaction(AssertUnwindSafe(|| {
-        // The origin's progress is not moved (0/0): the stream is still behind the copy.
-        copy_from::commit_as_provider(&sub.slot_name, 0);
-        let relid = local_table(sub, &name);
-        if truncate {
-            // As the table's owner, as its copy (its TRUNCATE triggers run with its rights).
-            // SAFETY: inside the transaction.
-            unsafe { as_table_owner(relid, || Spi::run(&format!("TRUNCATE ONLY {name}"))) }
-                .unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
-        }
-        // Rows exist here: merge by key (the provider's version wins), never mix
-        // silently or fail on duplicates; without a key the table is marked failed
-        // (nothing was written: the commit is empty).
-        let key = if has_rows(&name) {
-            match merge_key(relid) {
-                Some(key) => Some(key),
-                None => return false,
+    let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            // The origin's progress is not moved (0/0): the stream is still behind the copy.
+            copy_from::commit_as_provider(&sub.slot_name, 0);
+            let relid = local_table(sub, &name);
+            if truncate {
+                // As the table's owner, as its copy (its TRUNCATE triggers run with its rights).
+                // SAFETY: inside the transaction.
+                unsafe { as_table_owner(relid, || Spi::run(&format!("TRUNCATE ONLY {name}"))) }
+                    .unwrap_or_else(|e| sync_error(sub, &format!("emptying {name}"), e));
             }
-        } else {
-            None
-        };
-        if let Some(key) = key {
-            Spi::run(&format!(
-                "CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA",
-                t.columns
-            ))
-            .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
-            copy_table(sub, &provider, &t, &name, local_table(sub, "pg_temp.spock_sync_rows"));
-            let set = t.columns.split(", ").map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
-            // The merge writes the table as its owner, as the copy does (its triggers,
-            // defaults and constraints run with the owner's rights), who may read the
-            // worker's merge table for that.
-            Spi::get_one_with_args::<String>(
+            // Rows exist here: merge by key (the provider's version wins), never mix
+            // silently or fail on duplicates; without a key the table is marked failed
+            // (nothing was written: the commit is empty).
+            let key = if has_rows(&name) {
+                match merge_key(relid) {
+                    Some(key) => Some(key),
+                    None => return false,
+                }
+            } else {
+                None
+            };
+            if let Some(key) = key {
+                Spi::run(&format!(
+                    "CREATE TEMP TABLE spock_sync_rows ON COMMIT DROP AS SELECT {} FROM {name} WITH NO DATA",
+                    t.columns
+                ))
+                .unwrap_or_else(|e| sync_error(sub, "creating the merge table", e));
+                copy_table(sub, &provider, &t, &name, local_table(sub, "pg_temp.spock_sync_rows"));
+                let set = t.columns.split(", ").map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+                // The merge writes the table as its owner, as the copy does (its triggers,
+                // defaults and constraints run with the owner's rights), who may read the
+                // worker's merge table for that.
+                Spi::get_one_with_args::<String>(
                 "SELECT (SELECT pg_catalog.format('GRANT SELECT ON pg_temp.spock_sync_rows TO %s', c.relowner::regrole)
                            FROM pg_catalog.pg_class c
                           WHERE c.oid = $1 AND c.relowner <> (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))",
@@ -786,24 +787,50 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             )
             .and_then(|grant| grant.map_or(Ok(()), |g| Spi::run(&g)))
             .unwrap_or_else(|e| sync_error(sub, "granting the table's owner the merge table", e));
-            let merge = format!(
+                let merge = format!(
                 "INSERT INTO {name} ({cols}) SELECT {cols} FROM pg_temp.spock_sync_rows ON CONFLICT ({key}) DO UPDATE SET {set}",
                 cols = t.columns
             );
-            // SAFETY: inside the transaction.
-            unsafe { as_table_owner(relid, || Spi::run(&merge)) }
-                .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
-        } else {
-            copy_table(sub, &provider, &t, &name, relid);
-        }
-        Spi::run_with_args(
-            "UPDATE spock.local_sync_status SET sync_status = 'y', sync_statuslsn = $4::text::pg_lsn
+                // SAFETY: inside the transaction.
+                unsafe { as_table_owner(relid, || Spi::run(&merge)) }
+                    .unwrap_or_else(|e| sync_error(sub, &format!("merging the copy into {name}"), e));
+            } else {
+                copy_table(sub, &provider, &t, &name, relid);
+            }
+            Spi::run_with_args(
+                "UPDATE spock.local_sync_status SET sync_status = 'y', sync_statuslsn = $4::text::pg_lsn
               WHERE sync_subid = $1::int8::oid AND sync_nspname = $2 AND sync_relname = $3",
-            &[i64::from(sub.id).into(), nsp.into(), rel.into(), format_lsn(lsn).into()],
-        )
-        .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
-        true
+                &[i64::from(sub.id).into(), nsp.into(), rel.into(), format_lsn(lsn).into()],
+            )
+            .unwrap_or_else(|e| sync_error(sub, &format!("committing the copy of {name}"), e));
+            true
+        }))
     }));
+    let copied = match attempt {
+        Ok(copied) => copied,
+        Err(e) => {
+            let (code, msg) = super::handlers::describe_error(e.as_ref());
+            // A row a constraint here refuses, say, would fail every time: the
+            // table is marked failed, as in Spock, and the rest goes on; nothing of
+            // the attempt stays (one transaction). Anything else (the provider's
+            // connection, resources): the worker's restart tries again.
+            if !spock_core::exception::table_sync_failure_is_permanent(&code) {
+                std::panic::resume_unwind(e);
+            }
+            // SAFETY: the error was caught; its transaction is rolled back before
+            // the next one, and the copy's origin set-up is undone.
+            unsafe { pg_sys::AbortOutOfAnyTransaction() };
+            copy_from::after_copy_commit();
+            set_table_status(sub.id, nsp, rel, 'f');
+            pgrx::warning!(
+                "spock subscription {}: synchronization of table {name} failed: {msg} (SQLSTATE {code}); the table is unchanged. \
+                 Fix the cause and resynchronise it: SELECT spock.sub_resync_table('{}', '{name}')",
+                sub.name,
+                sub.name
+            );
+            return;
+        }
+    };
     copy_from::after_copy_commit();
     if !copied {
         set_table_status(sub.id, nsp, rel, 'f');
