@@ -1093,3 +1093,28 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+CREATE OR REPLACE FUNCTION spock.repset_remove_table(set_name name, relation regclass, include_partitions boolean DEFAULT true)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_set record;
+    v_rel regclass;
+BEGIN
+    SELECT * INTO v_set FROM spock._repset(set_name);
+    IF NOT EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = relation) THEN
+        -- (Spock's wording)
+        RAISE EXCEPTION 'Table % not found in replication set %', (SELECT c.relname FROM pg_class c WHERE c.oid = relation),
+                        set_name USING ERRCODE = 'undefined_object';
+    END IF;
+    FOR v_rel IN
+        SELECT relation
+        UNION ALL
+        SELECT p.relid FROM pg_partition_tree(relation) p WHERE include_partitions AND p.relid <> relation
+    LOOP
+        DELETE FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = v_rel;
+        PERFORM spock._invalidate_relcache(v_rel);
+    END LOOP;
+    RETURN true;
+END;
+$$;
+

@@ -389,7 +389,9 @@ DECLARE
 BEGIN
     SELECT * INTO v_set FROM spock._repset(set_name);
     IF NOT EXISTS (SELECT 1 FROM spock.replication_set_table WHERE set_id = v_set.set_id AND set_reloid = relation) THEN
-        RAISE EXCEPTION 'table % is not in replication set %', relation, set_name USING ERRCODE = 'undefined_object';
+        -- (Spock's wording)
+        RAISE EXCEPTION 'Table % not found in replication set %', (SELECT c.relname FROM pg_class c WHERE c.oid = relation),
+                        set_name USING ERRCODE = 'undefined_object';
     END IF;
     FOR v_rel IN
         SELECT relation
