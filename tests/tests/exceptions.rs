@@ -295,12 +295,22 @@ fn schema_mismatches_give_clean_errors() {
     let log_from = s.log_offset();
     p.execute("INSERT INTO t3 VALUES (1, 'not a number')").unwrap();
     p.execute("INSERT INTO t1 VALUES (1, 'no such column here')").unwrap();
+    // A table that does not exist here: its values are logged with the provider's
+    // (built-in) types.
+    p.execute("CREATE TABLE t4 (x int PRIMARY KEY, v text); SELECT spock.repset_add_table('default', 't4')").unwrap();
+    p.execute("INSERT INTO t4 VALUES (7, 'gone')").unwrap();
     p.execute("INSERT INTO t2 VALUES (1, 'after')").unwrap();
     wait_for("the change after the mismatches", || rows(s, "t2"), "1:after".into());
     let logged: String = s
         .query_one("SELECT string_agg(table_name || ': ' || error_message, ' | ' ORDER BY table_name) FROM spock.exception_log")
         .unwrap();
-    assert!(logged.starts_with("t1: ") && logged.contains(" | t3: "), "{logged}");
+    assert!(logged.starts_with("t1: ") && logged.contains(" | t3: ") && logged.contains(" | t4: "), "{logged}");
+    let t4: String =
+        s.query_one("SELECT remote_new_tup::text FROM spock.exception_log WHERE table_name = 't4'").unwrap();
+    assert_eq!(
+        t4,
+        r#"[{"value": 7, "attname": "x", "atttype": "int4"}, {"value": "gone", "attname": "v", "atttype": "text"}]"#
+    );
     let log = s.log_since(log_from);
     for bad in ["XX000", "panicked", "terminated by signal", "PANIC"] {
         assert!(!log.contains(bad), "{bad} in the subscriber's log:\n{log}");

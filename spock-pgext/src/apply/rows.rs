@@ -104,22 +104,8 @@ pub unsafe fn slot_json_array(slot: *mut pg_sys::TupleTableSlot) -> String {
     let (labels, columns): (Vec<_>, Vec<_>) = unsafe { text_columns(slot) }
         .into_iter()
         .map(|c| {
-            // SAFETY: a syscache lookup in the caller's transaction, released
-            // after the fields are copied.
-            let (type_name, category) = unsafe {
-                let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, c.type_oid.into());
-                if tup.is_null() {
-                    (u32::from(c.type_oid).to_string(), b'X')
-                } else {
-                    let typ = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
-                    let t = (
-                        CStr::from_ptr(typ.typname.data.as_ptr()).to_string_lossy().into_owned(),
-                        typ.typcategory as u8,
-                    );
-                    pg_sys::ReleaseSysCache(tup);
-                    t
-                }
-            };
+            let (type_name, category) =
+                type_name_and_category(c.type_oid).unwrap_or_else(|| (u32::from(c.type_oid).to_string(), b'X'));
             let label = spock_core::exception::ColumnLabel {
                 name: c.name,
                 type_name: Some(type_name),
@@ -145,5 +131,21 @@ pub unsafe fn slot_xmin(slot: *mut pg_sys::TupleTableSlot) -> u32 {
             pg_sys::heap_freetuple(tup);
         }
         xmin
+    }
+}
+
+/// pg_type.typname and typcategory of type `oid`, if it exists.
+pub fn type_name_and_category(oid: pg_sys::Oid) -> Option<(String, u8)> {
+    // SAFETY: a syscache lookup in the caller's transaction, released after the
+    // fields are copied.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, oid.into());
+        if tup.is_null() {
+            return None;
+        }
+        let typ = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
+        let t = (CStr::from_ptr(typ.typname.data.as_ptr()).to_string_lossy().into_owned(), typ.typcategory as u8);
+        pg_sys::ReleaseSysCache(tup);
+        Some(t)
     }
 }

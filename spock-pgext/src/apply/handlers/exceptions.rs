@@ -210,8 +210,9 @@ impl ApplySession {
         let operation = c.map_or("SUB_DISABLE", |c| c.operation());
         let (origin, commit_time, xid) = (i64::from(remote.origin_node), remote.commit_time, i64::from(remote.xid));
         let (old, new) = (c.and_then(|c| c.old_tuple()).cloned(), c.and_then(|c| c.new_tuple()).cloned());
-        let columns: Vec<(String, String)> = match rel {
-            Some(r) => r.columns.iter().map(|col| (col.name.clone(), String::new())).collect(),
+        // Column names with the provider's type (oid, typmod).
+        let columns: Vec<(String, (u32, i32))> = match rel {
+            Some(r) => r.columns.iter().map(|col| (col.name.clone(), (col.type_oid, col.typmod))).collect(),
             None => Vec::new(),
         };
         // SAFETY: SPI needs an active snapshot; pushed and popped around it.
@@ -245,6 +246,18 @@ impl ApplySession {
                     .unwrap_or_default(),
                 _ => HashMap::new(),
             };
+            // Without the table here, a built-in type of the provider is the same
+            // type here (an oid below FirstNormalObjectId).
+            let mut types = types;
+            for (name, (oid, typmod)) in &columns {
+                if !types.contains_key(name) && *oid < pg_sys::FirstNormalObjectId {
+                    if let Some((typname, category)) =
+                        crate::apply::rows::type_name_and_category(pg_sys::Oid::from(*oid))
+                    {
+                        types.insert(name.clone(), (typname, i64::from(*oid), *typmod, category));
+                    }
+                }
+            }
             let labels: Vec<exc::ColumnLabel> = columns
                 .iter()
                 .map(|(name, _)| exc::ColumnLabel {
