@@ -537,9 +537,10 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
                 );
             }
             copy_table(sub, &provider, t, &name, relid);
+            // (kind 'f' for the tables of an initial sync, as Spock records them)
             Spi::run_with_args(
                 "INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
-                 VALUES ('d', $1::int8::oid, $2, $3, 'r', $4::text::pg_lsn)
+                 VALUES ('f', $1::int8::oid, $2, $3, 'r', $4::text::pg_lsn)
                  ON CONFLICT (sync_subid, sync_nspname, sync_relname) DO UPDATE SET sync_status = 'r', sync_statuslsn = EXCLUDED.sync_statuslsn",
                 &[i64::from(sub.id).into(), t.nspname.as_str().into(), t.relname.as_str().into(), format_lsn(lsn).into()],
             )
