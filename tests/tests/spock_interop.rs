@@ -458,6 +458,22 @@ fn join(a: &TestNode, b: &TestNode, c: &TestNode) {
     for n in [a, b] {
         sub_create(n, c, false, false);
     }
+    // The new node's writes reach a subscriber once its slot exists (made by the
+    // subscriber's worker, as Spock's): the caller writes on `c` only after that.
+    for n in [a, b] {
+        let sub = format!("sub_{}_{}", n.name, c.name);
+        wait_for(
+            &format!("{sub} replicating"),
+            WAIT,
+            || {
+                n.query_one::<i64>(&format!(
+                "SELECT count(*) FROM spock.sub_show_status() WHERE subscription_name = '{sub}' AND status = 'replicating'"
+            ))
+            .unwrap()
+            },
+            1,
+        );
+    }
 }
 
 /// Node `gone` leaves: its writes stopped, every node has them, then the

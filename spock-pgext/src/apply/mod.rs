@@ -98,7 +98,8 @@ pub(crate) fn create_slot(sub: &SubscriptionInfo) {
             &[sub.slot_name.as_str().into(), format_lsn(lsn).into()],
         )
         .unwrap_or_else(|e| spi_failed("starting the origin at the slot's consistent point", e));
-        subscription::set_sync_status(sub.id, 'r', lsn);
+        // (ready: the position is the origin's; 0/0 here, as Spock keeps it)
+        subscription::set_sync_status(sub.id, 'r', 0);
     });
     pgrx::log!("spock subscription {}: created slot {} at {}", sub.name, sub.slot_name, format_lsn(lsn));
 }

@@ -289,7 +289,8 @@ fn finish(sub: &SubscriptionInfo, lsn: u64, dump: &Path) {
             &[sub.slot_name.as_str().into(), format_lsn(lsn).into()],
         )
         .unwrap_or_else(|e| spi_failed("starting the origin at the slot's consistent point", e));
-        set_sync_status(sub.id, 'r', lsn);
+        // (ready: the position is the origin's now; 0/0 here, as Spock keeps it)
+        set_sync_status(sub.id, 'r', 0);
     });
     // The dump goes only once the status that no longer needs it is durable: apply
     // commits need not wait for their WAL flush, and a crash that lost this commit
