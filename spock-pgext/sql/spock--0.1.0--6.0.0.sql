@@ -1118,3 +1118,27 @@ BEGIN
 END;
 $$;
 
+
+-- Row filters accept only what a publication's WHERE clause accepts (6.0.0): a
+-- filter stored before that uses something else (a user-defined function, a
+-- mutable one) still works, but is named here so that it can be replaced.
+DO $check_filters$
+DECLARE
+    v_row record;
+BEGIN
+    FOR v_row IN
+        SELECT s.set_name, t.set_reloid, pg_catalog.pg_get_expr(t.set_row_filter, t.set_reloid) AS filter
+          FROM spock.replication_set_table t JOIN spock.replication_set s ON s.set_id = t.set_id
+         WHERE t.set_row_filter IS NOT NULL
+    LOOP
+        BEGIN
+            PERFORM spock._parse_row_filter(v_row.set_reloid, v_row.filter);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'row filter of table % in replication set % is no longer accepted: %',
+                          v_row.set_reloid, v_row.set_name, SQLERRM
+                USING DETAIL = format('The filter is %s.', v_row.filter),
+                      HINT = 'Replace it (repset_remove_table, then repset_add_table with a filter of columns, constants, built-in operators and immutable built-in functions).';
+        END;
+    END LOOP;
+END
+$check_filters$;

@@ -173,3 +173,35 @@ fn a_0_1_0_pair_upgrades_and_replicates_with_the_objects_of_a_fresh_install() {
     assert_eq!(n1.query_text("SELECT count(*) FROM t WHERE v LIKE '% updated'").unwrap(), "20");
     assert_eq!(n2.query_text("SELECT v FROM t WHERE id = 1").unwrap(), "before 1");
 }
+
+/// A row filter stored by 0.1.0 that the 6.0.0 rule refuses (a user-defined
+/// function) is named by a WARNING of `ALTER EXTENSION spock UPDATE`; it is kept.
+#[test]
+fn the_upgrade_names_row_filters_the_new_rule_refuses() {
+    let cluster = Cluster::start_n(1).unwrap();
+    let n = cluster.node(0);
+    setup_old_node(n);
+    // (the new rule applies to 0.1.0's SQL too, being in spock.so: the old filter is
+    // stored as 0.1.0 stored it, as the tree of a CHECK expression over the table)
+    n.execute(
+        "CREATE FUNCTION public.lim() RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT 10';
+         CREATE TABLE f(id int PRIMARY KEY);
+         ALTER TABLE f ADD CONSTRAINT old_filter CHECK (id > public.lim()) NOT VALID;
+         SELECT spock.repset_add_table('default', 'f');
+         UPDATE spock.replication_set_table SET set_row_filter = (SELECT conbin FROM pg_constraint WHERE conname = 'old_filter')
+          WHERE set_reloid = 'f'::regclass;
+         ALTER TABLE f DROP CONSTRAINT old_filter;",
+    )
+    .unwrap();
+    let (_, _, err) =
+        n.run_tool("psql", &["-X", "-q", "-d", &n.dsn("postgres"), "-c", "ALTER EXTENSION spock UPDATE"]).unwrap();
+    assert!(
+        err.contains("WARNING:  row filter of table public.f in replication set default is no longer accepted: invalid publication WHERE expression"),
+        "{err}"
+    );
+    assert_eq!(n.query_text("SELECT extversion FROM pg_extension WHERE extname = 'spock'").unwrap(), "6.0.0");
+    assert_eq!(
+        n.query_text("SELECT count(*) FROM spock.replication_set_table WHERE set_row_filter IS NOT NULL").unwrap(),
+        "1"
+    );
+}
