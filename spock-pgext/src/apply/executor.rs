@@ -97,6 +97,21 @@ impl Drop for RelationMemory {
     }
 }
 
+/// A value received in binary as receive functions read it: a StringInfo over a
+/// palloc'd, NUL-terminated copy (receive functions may keep pointers into it).
+///
+/// SAFETY: inside a memory context that outlives the value received from it.
+pub(crate) unsafe fn string_info_copy(bytes: &[u8]) -> pg_sys::StringInfoData {
+    let len = bytes.len();
+    // SAFETY: a fresh allocation of len + 1 bytes, filled and terminated here.
+    unsafe {
+        let data = pg_sys::palloc(len + 1) as *mut u8;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, len);
+        *data.add(len) = 0;
+        pg_sys::StringInfoData { data: data.cast(), len: len as i32, maxlen: len as i32 + 1, cursor: 0 }
+    }
+}
+
 fn err(code: PgSqlErrorCode, msg: String) -> ! {
     PgError::new(code, msg).raise()
 }
@@ -395,17 +410,7 @@ impl LocalRelation {
                         let Some(recv) = &col.binary_in else {
                             err(PgSqlErrorCode::ERRCODE_PROTOCOL_VIOLATION, format!("spock: binary value for column \"{}\" whose type has no receive function", col.name));
                         };
-                        // A palloc'd copy: receive functions may keep pointers into it.
-                        let len = bytes.len();
-                        let data = pg_sys::palloc(len + 1) as *mut u8;
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, len);
-                        *data.add(len) = 0;
-                        let mut buf = pg_sys::StringInfoData {
-                            data: data.cast(),
-                            len: len as i32,
-                            maxlen: len as i32 + 1,
-                            cursor: 0,
-                        };
+                        let mut buf = string_info_copy(bytes);
                         values[li] = pg_sys::ReceiveFunctionCall(recv.as_ref() as *const _ as *mut _, &mut buf, col.typioparam, col.typmod);
                         if buf.cursor != buf.len {
                             err(

@@ -70,14 +70,23 @@ impl ApplySession {
     /// Rolls back the local transaction of a remote transaction that just failed
     /// (its error caught) and forgets it, for a replay from memory.
     pub fn abandon_failed(&mut self) {
+        self.roll_back_failure();
+        self.abandon_remote();
+    }
+
+    /// Rolls back the local transaction of the remote transaction that just failed
+    /// (its error caught), keeping the remote transaction itself.
+    fn roll_back_failure(&mut self) {
         if let Some(r) = self.s.txn.remote.as_mut() {
             r.local_started = false;
         }
-        self.abandon_remote();
+        self.s.txn.as_owner = None;
+        self.rels.forget_transaction();
         // SAFETY: the error was caught (and its state flushed) by the caller's
         // catch_unwind; whatever transaction is open, and any subtransaction of
         // it, is rolled back as PG_CATCH blocks do before new work.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
+        self.rels.forget_mappings();
     }
 
     /// The subscription will be disabled (`sub_disable`): its SUB_DISABLE row of
@@ -87,18 +96,10 @@ impl ApplySession {
     /// failed local transaction is rolled back first; the replay after the restart
     /// logs the changes and disables the subscription without a second row.
     fn log_disable_at_failure(&mut self, slot: usize) {
-        let Some(mut remote) = self.s.txn.remote.take() else { return };
-        remote.local_started = false;
-        self.s.txn.as_owner = None;
-        self.rels.forget_transaction();
-        // SAFETY: the error was caught (and its state flushed) by the caller's
-        // catch_unwind; whatever transaction is open, and any subtransaction of it,
-        // is rolled back as PG_CATCH blocks do before new work.
-        unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        self.rels.forget_mappings();
-        let msg = exc::disable_message(&self.s.sub.name, &proto::format_lsn(remote.final_lsn));
+        let Some(final_lsn) = self.s.txn.remote.as_ref().map(|r| r.final_lsn) else { return };
+        self.roll_back_failure();
+        let msg = exc::disable_message(&self.s.sub.name, &proto::format_lsn(final_lsn));
         let n = self.s.txn.current_change;
-        self.s.txn.remote = Some(remote);
         let logged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.log_exception(None, n, &msg);
             // SAFETY: commits the row alone, without origin progress.
@@ -218,12 +219,14 @@ impl ApplySession {
         // SAFETY: SPI needs an active snapshot; pushed and popped around it.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
         Spi::connect_mut(|client| {
-            // Local types (typname, oid, typmod, typcategory), when the table exists here.
-            let types: HashMap<String, (String, i64, i32, u8)> = match (&schema, &table) {
+            // Local types (oid, typmod), when the table exists here; without it, a
+            // built-in type of the provider is the same type here (an oid below
+            // FirstNormalObjectId).
+            let local_types: HashMap<String, (u32, i32)> = match (&schema, &table) {
                 (Some(sch), Some(tab)) => client
                     .select(
-                        "SELECT a.attname::text, t.typname::text, a.atttypid::int8, a.atttypmod, t.typcategory::text
-                           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+                        "SELECT a.attname::text, a.atttypid::int8, a.atttypmod
+                           FROM pg_catalog.pg_attribute a
                           WHERE a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, $2))
                             AND a.attnum > 0 AND NOT a.attisdropped",
                         None,
@@ -232,13 +235,7 @@ impl ApplySession {
                     .map(|t| {
                         t.into_iter()
                             .filter_map(|r| {
-                                let category = r.get::<String>(5).ok()??.bytes().next()?;
-                                let ty = (
-                                    r.get::<String>(2).ok()??,
-                                    r.get::<i64>(3).ok()??,
-                                    r.get::<i32>(4).ok()??,
-                                    category,
-                                );
+                                let ty = (r.get::<i64>(2).ok()?? as u32, r.get::<i32>(3).ok()??);
                                 Some((r.get::<String>(1).ok()??, ty))
                             })
                             .collect()
@@ -246,24 +243,24 @@ impl ApplySession {
                     .unwrap_or_default(),
                 _ => HashMap::new(),
             };
-            // Without the table here, a built-in type of the provider is the same
-            // type here (an oid below FirstNormalObjectId).
-            let mut types = types;
-            for (name, (oid, typmod)) in &columns {
-                if !types.contains_key(name) && *oid < pg_sys::FirstNormalObjectId {
-                    if let Some((typname, category)) =
-                        crate::apply::rows::type_name_and_category(pg_sys::Oid::from(*oid))
-                    {
-                        types.insert(name.clone(), (typname, i64::from(*oid), *typmod, category));
-                    }
-                }
-            }
+            // (typname, oid, typmod, typcategory) per column
+            let types: HashMap<String, (String, u32, i32, u8)> = columns
+                .iter()
+                .filter_map(|(name, remote)| {
+                    let (oid, typmod) = local_types
+                        .get(name)
+                        .copied()
+                        .or_else(|| (remote.0 < pg_sys::FirstNormalObjectId).then_some(*remote))?;
+                    let (typname, category) = crate::apply::rows::type_name_and_category(pg_sys::Oid::from(oid))?;
+                    Some((name.clone(), (typname, oid, typmod, category)))
+                })
+                .collect();
             let labels: Vec<exc::ColumnLabel> = columns
                 .iter()
                 .map(|(name, _)| exc::ColumnLabel {
                     name: name.clone(),
                     type_name: types.get(name).map(|t| t.0.clone()),
-                    json_type: types.get(name).map(|t| (t.1 as u32, t.3)),
+                    json_type: types.get(name).map(|t| (t.1, t.3)),
                 })
                 .collect();
             // Values that came in binary are shown as text, as they are after a
@@ -272,7 +269,7 @@ impl ApplySession {
                 let mut t = t.clone();
                 for (d, (name, _)) in t.columns.iter_mut().zip(&columns) {
                     if let (proto::Datum::Binary(b), Some(&(_, oid, typmod, _))) = (&*d, types.get(name)) {
-                        *d = proto::Datum::Text(binary_as_text(pg_sys::Oid::from(oid as u32), typmod, b).into());
+                        *d = proto::Datum::Text(binary_as_text(pg_sys::Oid::from(oid), typmod, b).into());
                     }
                 }
                 t
@@ -372,19 +369,15 @@ impl ApplySession {
 /// type's receive and output functions (the receive function validates it, as
 /// when the change applied).
 fn binary_as_text(typoid: pg_sys::Oid, typmod: i32, bytes: &[u8]) -> String {
-    // SAFETY: catalog lookups of an existing type; the value is a palloc'd,
-    // NUL-terminated copy in a StringInfo, as receive functions expect; the
-    // output is a palloc'd C string.
+    // SAFETY: catalog lookups of an existing type; the value is a palloc'd copy
+    // in a StringInfo, as receive functions expect; the output is a palloc'd C
+    // string.
     unsafe {
         let (mut recv, mut ioparam, mut out, mut varlena) =
             (pg_sys::InvalidOid, pg_sys::InvalidOid, pg_sys::InvalidOid, false);
         pg_sys::getTypeBinaryInputInfo(typoid, &mut recv, &mut ioparam);
         pg_sys::getTypeOutputInfo(typoid, &mut out, &mut varlena);
-        let len = bytes.len();
-        let data = pg_sys::palloc(len + 1) as *mut u8;
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, len);
-        *data.add(len) = 0;
-        let mut buf = pg_sys::StringInfoData { data: data.cast(), len: len as i32, maxlen: len as i32 + 1, cursor: 0 };
+        let mut buf = crate::apply::executor::string_info_copy(bytes);
         let value = pg_sys::OidReceiveFunctionCall(recv, &mut buf, ioparam, typmod);
         std::ffi::CStr::from_ptr(pg_sys::OidOutputFunctionCall(out, value)).to_string_lossy().into_owned()
     }
