@@ -196,12 +196,24 @@ impl Applied {
         })
     }
 
-    fn passed(self, at: PgTimestamp) -> bool {
+    /// Whether every subscription has applied what its provider committed before `at`.
+    pub fn passed(self, at: PgTimestamp) -> bool {
         match self {
             Applied::NoSubscriptions => true,
             Applied::Before(t) => t >= at,
         }
     }
+}
+
+/// Whether nothing needs keeping at all: every removal made before `fresh` (a
+/// candidate just taken) is older than what every subscription has applied. The
+/// keeper then lets the horizon go instead of holding it at `fresh`, and the next
+/// transaction that removes rows holds it again before it commits (from the
+/// horizon of the moment it was let go, which is no newer than that transaction):
+/// a node whose writes remove nothing (updates of non-key columns, inserts) keeps
+/// no old versions at all, as without spock.
+pub fn nothing_to_keep(applied: Applied, fresh: Candidate) -> bool {
+    applied.passed(fresh.removed_before)
 }
 
 /// What [`Horizon::advance`] decided.
@@ -240,6 +252,13 @@ impl Horizon {
     /// The oldest candidate waiting: what the horizon moves to next.
     pub fn oldest_waiting(&self) -> Option<Candidate> {
         self.candidates.front().copied()
+    }
+
+    /// The horizon was let go ([`nothing_to_keep`]): every candidate waiting is
+    /// passed, none is in force.
+    pub fn release(&mut self) {
+        self.candidates.clear();
+        self.installed = None;
     }
 
     /// Notes a candidate taken now. Candidates come in time order with horizons
@@ -376,6 +395,23 @@ mod tests {
         assert_eq!(removal_bound(committing, 100 * S), 100 * S, "a local removal of unknown time: now");
         let floor = Removers { floor: 50 * S, ..quiet };
         assert_eq!(removal_bound(floor, 100 * S), 50 * S);
+    }
+
+    #[test]
+    fn nothing_is_kept_once_every_removal_before_now_is_applied_everywhere() {
+        let fresh = Candidate { xid: 30, taken_at: 100 * S, removed_before: 40 * S };
+        assert!(nothing_to_keep(Applied::Before(40 * S), fresh));
+        assert!(!nothing_to_keep(Applied::Before(39 * S), fresh), "a subscription still owes a change");
+        assert!(!nothing_to_keep(Applied::of([Some(50 * S), None]), fresh), "one not known holds");
+        assert!(nothing_to_keep(Applied::NoSubscriptions, fresh));
+        // A local removal committing now bounds at now: held until applied past it.
+        let committing = Candidate { removed_before: 100 * S, ..fresh };
+        assert!(!nothing_to_keep(Applied::Before(99 * S), committing));
+        let mut h = Horizon::new();
+        h.note(c(10, 1));
+        h.note(c(20, 2));
+        h.release();
+        assert_eq!((h.waiting(), h.installed()), (0, None));
     }
 
     #[test]

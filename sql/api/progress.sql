@@ -57,7 +57,7 @@ CREATE VIEW spock.lag_tracker AS
       LEFT JOIN spock.node r ON r.node_id = p.node_id
      GROUP BY o.node_name, r.node_name;
 -- How long this database keeps deleted row versions, and which subscriptions hold
--- them: the manager's slot, its xmin, the time of the oldest versions kept, when
+-- them: the manager's slot, its xmin, the time of the oldest versions kept (NULL while none are), when
 -- the manager last looked, the subscriptions that have not applied what their
 -- provider committed before the oldest removal still kept, and up to when rows
 -- were removed here (the newest commit timestamp of a removal the manager knew of

@@ -67,10 +67,16 @@ fn older_update_meets_vacuumed_delete(c: &Cluster) {
     let (n1, n2) = (c.node(0), c.node(1));
     n1.execute("INSERT INTO t VALUES (1, 'original'), (2, 'other')").unwrap();
     sync_mesh(&[n1, n2]);
+    older_update_meets_vacuumed_delete_of(c, 1);
+}
+
+/// The same for row `id`, which both nodes have.
+fn older_update_meets_vacuumed_delete_of(c: &Cluster, id: i32) {
+    let (n1, n2) = (c.node(0), c.node(1));
     pause_pair(n1, n2);
-    n2.execute("UPDATE t SET v = 'updated first' WHERE id = 1").unwrap();
+    n2.execute(&format!("UPDATE t SET v = 'updated first' WHERE id = {id}")).unwrap();
     next_commit_is_later(n2, n1);
-    n1.execute("DELETE FROM t WHERE id = 1").unwrap();
+    n1.execute(&format!("DELETE FROM t WHERE id = {id}")).unwrap();
     n1.execute("VACUUM t").unwrap();
 }
 
@@ -121,9 +127,9 @@ fn removals_until(n: &TestNode) -> String {
 #[test]
 fn versions_are_kept_after_what_removed_rows_not_after_every_write() {
     // What a candidate horizon must wait for is bounded by the commit timestamps of
-    // the removals before it (workers::removals): local UPDATE/DELETE statements
-    // and applied transactions count; local inserts and spock's own catalog writes
-    // do not.
+    // the removals before it (workers::removals): local DELETEs and UPDATEs of a
+    // key, applied DELETEs and key changes count; inserts, updates of other
+    // columns and spock's own catalog writes do not.
     let c = pair("600");
     let (n1, n2) = (c.node(0), c.node(1));
     // Whether n's manager, looking after now, bounds removals at `than` or later.
@@ -137,22 +143,71 @@ fn versions_are_kept_after_what_removed_rows_not_after_every_write() {
     assert!(!later(n1, &t0), "an INSERT and catalog writes removed nothing: {}", removals_until(n1));
 
     let t1: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
-    n1.execute("DELETE FROM t WHERE id = 5").unwrap();
+    n1.execute("UPDATE t SET v = 'w' WHERE id = 5").unwrap();
+    n1.execute("INSERT INTO t VALUES (5, 'x2') ON CONFLICT (id) DO UPDATE SET v = excluded.v").unwrap();
+    assert!(!later(n1, &t1), "updates of a non-key column removed no key: {}", removals_until(n1));
+    n1.execute("UPDATE t SET id = 7 WHERE id = 5").unwrap();
+    assert!(later(n1, &t1), "an UPDATE of the key counts from its commit: {}", removals_until(n1));
+    let t1: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
+    n1.execute("DELETE FROM t WHERE id = 7").unwrap();
     assert!(later(n1, &t1), "a local DELETE counts from its commit: {}", removals_until(n1));
 
-    // A transaction n2 applies counts with n1's commit timestamp.
+    // What n2 applies counts when it removes a key, with n1's commit timestamp.
     n1.execute("INSERT INTO t VALUES (6, 'y')").unwrap();
     sync_mesh(&[n1, n2]);
     let t2: String = n1.query_one("SELECT clock_timestamp()::text").unwrap();
     n1.execute("UPDATE t SET v = 'z' WHERE id = 6").unwrap();
-    let committed: String = n1.query_one("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 6").unwrap();
     sync_mesh(&[n1, n2]);
-    assert!(later(n2, &t2), "an applied UPDATE counts: {}", removals_until(n2));
+    assert!(!later(n2, &t2), "an applied UPDATE of a non-key column removed no key: {}", removals_until(n2));
+    let xid: i64 = n1.query_one("WITH d AS (DELETE FROM t WHERE id = 6 RETURNING 1) SELECT txid_current()").unwrap();
+    let committed: String =
+        n1.query_text(&format!("SELECT pg_xact_commit_timestamp('{xid}'::text::xid)::text")).unwrap();
+    sync_mesh(&[n1, n2]);
+    assert!(later(n2, &t2), "an applied DELETE counts: {}", removals_until(n2));
     let until = removals_until(n2);
     assert!(
         n2.query_one::<bool>(&format!("SELECT '{until}'::timestamptz = '{committed}'")).unwrap(),
         "with its provider's commit timestamp {committed}: {until}"
     );
+}
+
+/// Whether n's manager, looking after now, keeps no versions (the horizon let go).
+fn nothing_kept(n: &TestNode) -> bool {
+    horizon_checked(n);
+    n.query_one::<bool>("SELECT kept_since IS NULL FROM spock.retention").unwrap()
+}
+
+#[test]
+fn where_nothing_removes_a_key_no_old_version_is_kept_and_the_next_delete_is() {
+    let c = pair("600");
+    let (n1, n2) = (c.node(0), c.node(1));
+    n1.execute("INSERT INTO t VALUES (1, 'original'), (2, 'other')").unwrap();
+    sync_mesh(&[n1, n2]);
+    for n in [n1, n2] {
+        wait_for("the horizon to be let go", Duration::from_secs(60), || nothing_kept(n), true);
+    }
+    // Hot rows updated on both nodes, none of it removing a key: every old version
+    // is gone at the next VACUUM, on the node that wrote it and the one that
+    // applied it (with the horizon held, the manager's last candidate, up to a
+    // second old, would keep them).
+    for i in 0..50 {
+        n1.execute(&format!("UPDATE t SET v = 'n1 {i}' WHERE id = 1")).unwrap();
+        n2.execute(&format!("UPDATE t SET v = 'n2 {i}' WHERE id = 2")).unwrap();
+    }
+    sync_mesh(&[n1, n2]);
+    assert_eq!(kept_dead_versions(n1), 0, "n1 kept old versions of updated rows");
+    assert_eq!(kept_dead_versions(n2), 0, "n2 kept old versions of updated rows");
+    assert!(nothing_kept(n1) && nothing_kept(n2));
+
+    // Let go, the horizon is held again by the first DELETE, before it commits:
+    // the deleted version a lagging peer needs survives VACUUM as before.
+    older_update_meets_vacuumed_delete_of(&c, 2);
+    assert!(kept_dead_versions(n1) >= 1, "VACUUM removed the deleted version n2's update needs");
+    assert!(!nothing_kept(n1), "the horizon is held while n2 owes an older change");
+    resume_pair(n1, n2);
+    sync_mesh(&[n1, n2]);
+    assert_eq!(rows(n1), "1=n1 49");
+    assert_eq!(rows(n2), rows(n1));
 }
 
 #[test]

@@ -1042,6 +1042,7 @@ impl TableWriter {
         if map.identity_index == pg_sys::InvalidOid || tombstone == 0 || !unsafe { pg_sys::track_commit_timestamp } {
             return;
         }
+        crate::workers::removals::note_apply_removal();
         struct Origin(pg_sys::RepOriginId);
         impl Drop for Origin {
             fn drop(&mut self) {
@@ -1079,9 +1080,48 @@ impl TableWriter {
     /// Replaces the row in `self.local` by `new`.
     ///
     /// SAFETY: `self.local` holds a row found by [`find`](Self::find); `new` a full row.
-    pub unsafe fn update(&mut self, new: *mut pg_sys::TupleTableSlot) {
+    pub unsafe fn update(&mut self, map: &LocalRelation, new: *mut pg_sys::TupleTableSlot) {
+        // SAFETY: both slots hold rows of the table.
+        if unsafe { self.changes_key(map, new) } {
+            crate::workers::removals::note_apply_removal();
+        }
         // SAFETY: see TableWriter::open; `self.local` and `new` as the caller says.
         unsafe { self.with_epq(|w, epq| pg_sys::ExecSimpleRelationUpdate(w.rri, w.estate, epq, w.local, new)) }
+    }
+
+    /// Whether replacing `self.local` by `new` may make the row's key disappear
+    /// (workers::removals): a column of the identity index differs (binary
+    /// comparison), or a BEFORE UPDATE row trigger may change it. No for a table
+    /// without an identity index: nothing looks for its deleted versions.
+    ///
+    /// SAFETY: both slots hold rows of the table (`self.local` found, `new` full).
+    unsafe fn changes_key(&self, map: &LocalRelation, new: *mut pg_sys::TupleTableSlot) -> bool {
+        if map.identity_index == pg_sys::InvalidOid {
+            return false;
+        }
+        // SAFETY: the writer's result relation and the two slots' values.
+        unsafe {
+            let triggers = (*self.rri).ri_TrigDesc;
+            if !triggers.is_null() && (*triggers).trig_update_before_row {
+                return true;
+            }
+            pg_sys::slot_getallattrs(self.local);
+            pg_sys::slot_getallattrs(new);
+            let desc = (*new).tts_tupleDescriptor;
+            map.search_atts.iter().enumerate().filter(|(_, key)| **key).any(|(i, _)| {
+                let (a_null, b_null) = (*(*self.local).tts_isnull.add(i), *(*new).tts_isnull.add(i));
+                if a_null || b_null {
+                    return a_null != b_null;
+                }
+                let att = pg_sys::TupleDescAttr(desc, i as i32);
+                !datumIsEqual(
+                    *(*self.local).tts_values.add(i),
+                    *(*new).tts_values.add(i),
+                    (*att).attbyval,
+                    (*att).attlen.into(),
+                )
+            })
+        }
     }
 
     /// Runs `f` with an EvalPlanQual state for this writer's executor state (what
@@ -1111,6 +1151,7 @@ impl TableWriter {
     ///
     /// SAFETY: `self.local` holds a row found by [`find`](Self::find).
     pub unsafe fn delete(&mut self) {
+        crate::workers::removals::note_apply_removal();
         // SAFETY: see TableWriter::open; `self.local` as the caller says.
         unsafe { self.with_epq(|w, epq| pg_sys::ExecSimpleRelationDelete(w.rri, w.estate, epq, w.local)) }
     }
@@ -1310,4 +1351,10 @@ impl Drop for TableWriter {
             pg_sys::CurrentResourceOwner = tx_owner;
         }
     }
+}
+
+// PostgreSQL's binary equality of two values of one type (utils/datum.h), not in
+// pgrx's bindings: a value stored differently (compressed, say) compares unequal.
+unsafe extern "C-unwind" {
+    fn datumIsEqual(value1: pg_sys::Datum, value2: pg_sys::Datum, by_val: bool, len: std::ffi::c_int) -> bool;
 }

@@ -274,7 +274,7 @@ impl ApplySession {
                     };
                     if apply {
                         map.fill_slot(w.new, &i.new, Some(w.local), w.econtext);
-                        w.update(w.new);
+                        w.update(map, w.new);
                     }
                     return None;
                 }
@@ -336,7 +336,7 @@ impl ApplySession {
                 let apply =
                     s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
                 if apply {
-                    w.update(w.new);
+                    w.update(map, w.new);
                 }
             })
         }

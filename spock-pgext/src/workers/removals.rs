@@ -3,26 +3,41 @@
 //! keeper: workers::retention).
 //!
 //! A deleted version must stay while some subscription may still bring a change
-//! older than its removal. Bounding removals by the clock works, but holds every
-//! version made while a subscription catches up, until it is done: the rows it
-//! updates then carry its provider's older timestamps, and nothing else removes
-//! rows. So the server counts what removes rows:
+//! older than its removal. A *removal* is what makes a key disappear from a table:
+//! a DELETE, or an UPDATE that changes a key (the versions a later change of that
+//! key looks for, apply::executor's `find_deleted`); an UPDATE of other columns
+//! leaves the key live, and its old versions are never looked for. Bounding
+//! removals by the clock works, but holds every version made while a subscription
+//! catches up, until it is done: the rows it changes then carry its provider's
+//! older timestamps. So the server counts what removes rows:
 //!
-//! * local statements: an executor hook marks a transaction that runs an UPDATE,
-//!   DELETE, MERGE or INSERT ... ON CONFLICT DO UPDATE on a table outside spock's
-//!   own schema and the system catalogs; at its pre-commit it joins the local
-//!   removers that are committing, and when its commit (or abort) is over it
-//!   leaves them and publishes the time as the latest local removal;
-//! * apply workers (which change rows without the executor's statements): before
-//!   each commit, the provider's commit timestamp ([`note_applied`]).
+//! * local statements: an executor hook marks a transaction that runs a DELETE or
+//!   MERGE, or an UPDATE or INSERT ... ON CONFLICT DO UPDATE that may change an
+//!   indexed column (the statement's updated columns against the table's indexed
+//!   ones; any BEFORE UPDATE row trigger, stored generated column or partitioned
+//!   target counts as may), on a table outside spock's own schema and the system
+//!   catalogs; at its pre-commit it joins the local removers that are committing,
+//!   and when its commit (or abort) is over it leaves them and publishes the time
+//!   as the latest local removal;
+//! * apply workers (which change rows without the executor's statements): a
+//!   transaction that deleted a row, left a deleted version, or changed a row's
+//!   identity ([`note_apply_removal`]) publishes its provider's commit timestamp
+//!   before it commits ([`note_applied`]).
+//!
+//! When nothing removed since every subscription last caught up, the keeper lets
+//! the horizon go altogether (spock_core::retention::nothing_to_keep): the slot's
+//! effective xmin is cleared, its stored xmin stays at the horizon of that moment.
+//! A removing transaction then holds it again at its pre-commit ([`hold_horizon`]),
+//! before its versions can be pruned; a counter of removing commits
+//! ([`quiet_since`]) keeps the keeper from letting go while one is on its way.
 //!
 //! Rows removed by anything else (another extension writing through the heap
 //! directly, PostgreSQL's own logical replication into the same database) are not
 //! counted: with those, set `spock.deleted_version_retention` knowing that.
 //! With `max_prepared_transactions` above zero, a prepared transaction's removal
-//! time is taken as the current time.
+//! time is taken as the current time (and the horizon is never let go).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use pgrx::atomics::PgAtomic;
@@ -38,6 +53,13 @@ static LOCAL_LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"spock latest l
 /// The newest provider commit timestamp an apply worker committed with.
 static APPLIED_LAST: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"spock latest applied removal") };
 
+/// Removing transactions that reached their pre-commit, ever: the keeper lets the
+/// horizon go only while this has not moved since it looked (see [`quiet_since`]).
+static GENERATION: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"spock removing commits") };
+
+/// This process's apply transaction removed a row (see [`note_apply_removal`]).
+static APPLIED_REMOVAL: AtomicBool = AtomicBool::new(false);
+
 /// This backend's transaction ran a statement that may remove rows.
 static REMOVING: AtomicBool = AtomicBool::new(false);
 /// It joined COMMITTING at its pre-commit.
@@ -52,6 +74,7 @@ pub fn init_shmem() {
     pgrx::pg_shmem_init!(COMMITTING);
     pgrx::pg_shmem_init!(LOCAL_LAST);
     pgrx::pg_shmem_init!(APPLIED_LAST);
+    pgrx::pg_shmem_init!(GENERATION);
 }
 
 /// Installs the executor hook and the transaction callback (in the postmaster:
@@ -67,12 +90,32 @@ pub fn install() {
     }
 }
 
+/// The apply transaction in progress deleted a row, left a deleted version or
+/// changed a row's key.
+pub fn note_apply_removal() {
+    APPLIED_REMOVAL.store(true, Ordering::Relaxed);
+}
+
 /// An apply worker is about to commit a transaction its provider committed at
-/// `commit_ts`.
+/// `commit_ts`: if it removed rows, that is the newest applied removal.
 pub fn note_applied(commit_ts: i64) {
-    if crate::workers::shmem::preloaded() {
+    if APPLIED_REMOVAL.load(Ordering::Relaxed) && crate::workers::shmem::preloaded() {
         APPLIED_LAST.get().fetch_max(commit_ts, Ordering::SeqCst);
     }
+}
+
+/// The count of removing commits, read by the keeper before it takes a candidate.
+pub fn generation() -> u64 {
+    GENERATION.get().load(Ordering::SeqCst)
+}
+
+/// No removing transaction reached its pre-commit since [`generation`] returned
+/// `seen`, and none is committing. Read by the keeper under its slot's mutex,
+/// where a removing transaction looks after counting itself ([`hold_horizon`]):
+/// either the keeper sees the count move, or the transaction sees the horizon
+/// let go and holds it again.
+pub fn quiet_since(seen: u64) -> bool {
+    GENERATION.get().load(Ordering::SeqCst) == seen && COMMITTING.get().load(Ordering::SeqCst) == 0
 }
 
 /// The counters, read right after the candidate horizon was taken; `floor` is the
@@ -142,22 +185,30 @@ unsafe fn may_remove(query: *mut pg_sys::QueryDesc) -> bool {
         if stmt.is_null() {
             return false;
         }
+        // What the statement does to its result relations: Some(true) removes,
+        // Some(false) updates (removes only what changes an indexed column), None
+        // nothing.
         let removes = match (*query).operation {
-            pg_sys::CmdType::CMD_UPDATE | pg_sys::CmdType::CMD_DELETE | pg_sys::CmdType::CMD_MERGE => true,
+            pg_sys::CmdType::CMD_DELETE | pg_sys::CmdType::CMD_MERGE => Some(true),
+            pg_sys::CmdType::CMD_UPDATE => Some((*stmt).hasModifyingCTE),
             pg_sys::CmdType::CMD_INSERT => {
                 let top = (*stmt).planTree;
-                (*stmt).hasModifyingCTE
-                    || top.is_null()
-                    || (*top).type_ != pg_sys::NodeTag::T_ModifyTable
-                    || (*top.cast::<pg_sys::ModifyTable>()).onConflictAction
-                        == pg_sys::OnConflictAction::ONCONFLICT_UPDATE
+                if (*stmt).hasModifyingCTE || top.is_null() || (*top).type_ != pg_sys::NodeTag::T_ModifyTable {
+                    Some(true)
+                } else if (*top.cast::<pg_sys::ModifyTable>()).onConflictAction
+                    == pg_sys::OnConflictAction::ONCONFLICT_UPDATE
+                {
+                    Some(false)
+                } else {
+                    None
+                }
             }
-            pg_sys::CmdType::CMD_SELECT => (*stmt).hasModifyingCTE,
-            _ => false,
+            pg_sys::CmdType::CMD_SELECT => (*stmt).hasModifyingCTE.then_some(true),
+            _ => None,
         };
-        if !removes {
+        let Some(removes) = removes else {
             return false;
-        }
+        };
         let spock = pg_sys::get_namespace_oid(c"spock".as_ptr(), true);
         let results = (*stmt).resultRelations;
         let n = if results.is_null() { 0 } else { (*results).length };
@@ -171,8 +222,91 @@ unsafe fn may_remove(query: *mut pg_sys::QueryDesc) -> bool {
                 return true;
             }
             let ns = pg_sys::get_rel_namespace((*rte).relid);
-            ns != pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE) && (ns != spock || spock == pg_sys::InvalidOid)
+            let user_table =
+                ns != pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE) && (ns != spock || spock == pg_sys::InvalidOid);
+            user_table && (removes || update_may_change_key(stmt, rte))
         })
+    }
+}
+
+/// Whether an UPDATE of result relation `rte` may change a column some index of
+/// the table holds (so a key may disappear): its updated columns against the
+/// table's indexed ones; yes when a BEFORE UPDATE row trigger or a stored generated
+/// column may change more, for a partitioned table or a partition reached through
+/// its parent (their columns are not listed here), and when in doubt.
+///
+/// SAFETY: `stmt` is a valid planned statement and `rte` one of its result
+/// relations, locked by the planner.
+unsafe fn update_may_change_key(stmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> bool {
+    // SAFETY: plan fields; the relation cache entry is referenced and released here.
+    unsafe {
+        let index = (*rte).perminfoindex;
+        if index == 0 || (*stmt).permInfos.is_null() {
+            return true;
+        }
+        let perm = pg_sys::list_nth((*stmt).permInfos, index as i32 - 1).cast::<pg_sys::RTEPermissionInfo>();
+        let rel = pg_sys::RelationIdGetRelation((*rte).relid);
+        if perm.is_null() || rel.is_null() {
+            return true;
+        }
+        let kind = (*(*rel).rd_rel).relkind as u8;
+        let triggers = (*rel).trigdesc;
+        let constr = (*(*rel).rd_att).constr;
+        let may = kind != pg_sys::RELKIND_RELATION
+            || (!triggers.is_null() && (*triggers).trig_update_before_row)
+            || (!constr.is_null() && (*constr).has_generated_stored)
+            || {
+                let indexed = pg_sys::RelationGetIndexAttrBitmap(
+                    rel,
+                    pg_sys::IndexAttrBitmapKind::INDEX_ATTR_BITMAP_HOT_BLOCKING,
+                );
+                let overlap = pg_sys::bms_overlap((*perm).updatedCols, indexed);
+                pg_sys::bms_free(indexed);
+                overlap
+            };
+        pg_sys::RelationClose(rel);
+        may
+    }
+}
+
+/// Holds this database's horizon of deleted versions again if its keeper let it
+/// go (the slot's effective xmin cleared): back at the xmin the slot kept, the
+/// horizon of the moment it was let go, which is no newer than this transaction
+/// (it was running then or started later). Called at the pre-commit of a
+/// removing transaction, after it counted itself in [`GENERATION`].
+///
+/// SAFETY: in a backend connected to a database, inside its transaction.
+unsafe fn hold_horizon() {
+    static NAME: OnceLock<(pg_sys::Oid, std::ffi::CString)> = OnceLock::new();
+    // SAFETY: reads this backend's database.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    let (named_db, name) = NAME.get_or_init(|| {
+        let name = crate::workers::retention::slot_name(db);
+        (db, std::ffi::CString::new(name).expect("no NUL in a slot name"))
+    });
+    if *named_db != db {
+        return;
+    }
+    // SAFETY: the slot array lives in shared memory for the life of the server; a
+    // slot found is checked under its mutex to still be ours (in use, same name)
+    // before its xmin is read or written, and the horizon is recomputed after.
+    unsafe {
+        let slot = pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true);
+        if slot.is_null() {
+            return;
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let ours = (*slot).in_use && std::ffi::CStr::from_ptr((*slot).data.name.data.as_ptr()) == name.as_c_str();
+        let held = ours
+            && (*slot).effective_xmin == pg_sys::InvalidTransactionId
+            && (*slot).data.xmin != pg_sys::InvalidTransactionId;
+        if held {
+            (*slot).effective_xmin = (*slot).data.xmin;
+        }
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        if held {
+            pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+        }
     }
 }
 
@@ -185,9 +319,15 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             // SAFETY: reads this backend's transaction state.
             let has_xid = unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
-            if REMOVING.load(Ordering::Relaxed) && has_xid && !COUNTED.load(Ordering::Relaxed) {
-                COMMITTING.get().fetch_add(1, Ordering::SeqCst);
-                COUNTED.store(true, Ordering::Relaxed);
+            let local = REMOVING.load(Ordering::Relaxed);
+            if (local || APPLIED_REMOVAL.load(Ordering::Relaxed)) && has_xid {
+                if local && !COUNTED.load(Ordering::Relaxed) {
+                    COMMITTING.get().fetch_add(1, Ordering::SeqCst);
+                    COUNTED.store(true, Ordering::Relaxed);
+                }
+                GENERATION.get().fetch_add(1, Ordering::SeqCst);
+                // SAFETY: inside the committing transaction of a connected backend.
+                unsafe { hold_horizon() };
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT
@@ -203,6 +343,7 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
                 COUNTED.store(false, Ordering::Relaxed);
             }
             REMOVING.store(false, Ordering::Relaxed);
+            APPLIED_REMOVAL.store(false, Ordering::Relaxed);
         }
         _ => {}
     }

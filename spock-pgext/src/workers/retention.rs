@@ -11,6 +11,13 @@
 //! keep versions longer than `spock.deleted_version_retention`, to what the cap
 //! allows, with a warning naming the subscriptions that are behind.
 //!
+//! When every removal made so far is older than what every subscription has
+//! applied, nothing needs keeping: the keeper lets the horizon go (clears the
+//! slot's effective xmin) and the next removing transaction holds it again before
+//! it commits (workers::removals). A node whose writes remove no keys keeps no old
+//! versions, and hot rows updated thousands of times a second stay as short as
+//! without spock.
+//!
 //! The slot exists while retention is on and the database has a subscription; it
 //! is dropped when either stops, and when the extension is dropped. The supervisor
 //! drops the slot of a database that no longer exists.
@@ -22,7 +29,7 @@
 use pgrx::bgworkers::BackgroundWorker;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use spock_core::retention::{removal_bound, Applied, Candidate, Horizon};
+use spock_core::retention::{nothing_to_keep, removal_bound, Applied, Candidate, Horizon};
 
 use super::shmem;
 use crate::error::spi_failed;
@@ -32,7 +39,7 @@ use crate::gucs;
 const SLOT_PREFIX: &str = "spock_retain_";
 
 /// The slot name of database `db`.
-fn slot_name(db: pg_sys::Oid) -> String {
+pub(crate) fn slot_name(db: pg_sys::Oid) -> String {
     format!("{SLOT_PREFIX}{}", u32::from(db))
 }
 
@@ -46,8 +53,11 @@ pub struct Keeper {
     cap_warned: bool,
     /// Why the slot could not be had was logged.
     unavailable_warned: bool,
-    /// When the horizon in force was taken (0: when the slot was taken).
+    /// When the horizon in force was taken (0: none is, the horizon is let go).
     kept_since: i64,
+    /// When the horizon was last let go: a removing transaction holds it again
+    /// from the horizon of that moment (workers::removals).
+    released_at: i64,
     /// When the slot was taken: removals from before are bounded by this time
     /// only (nothing counted them for this keeper).
     floor: i64,
@@ -63,6 +73,7 @@ impl Keeper {
             cap_warned: false,
             unavailable_warned: false,
             kept_since: 0,
+            released_at: 0,
             floor: 0,
         }
     }
@@ -78,18 +89,35 @@ impl Keeper {
             return;
         }
         let now = now();
+        // Before the horizon: a removal that commits from here on moves it.
+        let generation = super::removals::generation();
         // SAFETY: reads the proc array under its lock.
         let xid = unsafe { pg_sys::GetOldestActiveTransactionId() };
         // Read after the horizon: what every transaction older than it removed.
         let removed_before = removal_bound(super::removals::removers(self.floor), now);
-        self.horizon.note(Candidate { xid: u32::from(xid), taken_at: now, removed_before });
+        let fresh = Candidate { xid: u32::from(xid), taken_at: now, removed_before };
         let ids: Vec<u32> = subs.iter().map(|(id, _, _)| *id).collect();
         let safe = shmem::safe_times(u32::from(self.db), &ids);
-        let advance = self.horizon.advance(Applied::of(safe.iter().copied()), now, cap);
-        if let Some(c) = advance.install {
-            set_xmin(pg_sys::TransactionId::from(c.xid));
-            self.kept_since = c.taken_at;
-        }
+        let applied = Applied::of(safe.iter().copied());
+        let advance = if nothing_to_keep(applied, fresh) && release(xid, generation) {
+            self.horizon.release();
+            self.kept_since = 0;
+            self.released_at = now;
+            spock_core::retention::Advance { install: None, capped: false }
+        } else {
+            if self.kept_since == 0 {
+                // Let go at the last step, and something keeps it now (a removal
+                // held it again, or a subscription fell behind): from then on.
+                self.kept_since = self.released_at;
+            }
+            self.horizon.note(fresh);
+            let advance = self.horizon.advance(applied, now, cap);
+            if let Some(c) = advance.install {
+                set_xmin(pg_sys::TransactionId::from(c.xid));
+                self.kept_since = c.taken_at;
+            }
+            advance
+        };
         // The subscriptions behind the oldest candidate waiting hold the horizon.
         let oldest = self.horizon.oldest_waiting().map_or(removed_before, |c| c.removed_before);
         let mut state = shmem::RetentionState {
@@ -146,8 +174,8 @@ impl Keeper {
         self.acquired = true;
         self.unavailable_warned = false;
         self.horizon = Horizon::new();
-        self.kept_since = 0;
         self.floor = now();
+        self.kept_since = self.floor;
         // A new slot has no xmin: hold from the oldest running transaction on, and
         // write that to disk at once. Later moves reach the disk with the next
         // checkpoint; after a crash the older xmin on disk keeps more, but a slot
@@ -242,6 +270,32 @@ fn set_xmin(xid: pg_sys::TransactionId) {
         pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
         pg_sys::ReplicationSlotMarkDirty();
         pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+    }
+}
+
+/// Lets the horizon go (spock_core::retention::nothing_to_keep): clears the held
+/// slot's effective xmin and keeps `xid`, the oldest transaction running now, as
+/// its stored xmin, unless a removing transaction reached its pre-commit since
+/// `generation` was read (workers::removals::quiet_since, read under the slot's
+/// mutex, where such a transaction holds the horizon again). The stored xmin is
+/// what a restart after a crash holds from: no newer than any removal since.
+fn release(xid: pg_sys::TransactionId, generation: u64) -> bool {
+    // SAFETY: MyReplicationSlot is the slot this process acquired; its fields are
+    // written under its mutex (only atomics are read while it is held).
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+        let quiet = super::removals::quiet_since(generation);
+        if quiet {
+            (*slot).effective_xmin = pg_sys::InvalidTransactionId;
+            (*slot).data.xmin = xid;
+        }
+        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        if quiet {
+            pg_sys::ReplicationSlotMarkDirty();
+            pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+        }
+        quiet
     }
 }
 

@@ -159,7 +159,7 @@ pub struct RetentionState {
     /// Database (0: free).
     pub dbid: u32,
     /// Deleted versions of transactions that ended after this time are kept (0:
-    /// since the slot was taken).
+    /// none, the horizon is let go).
     pub kept_since: i64,
     /// When the manager last moved or checked the horizon.
     pub checked_at: i64,
