@@ -272,8 +272,10 @@ unsafe fn update_may_change_key(stmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys
 /// Holds this database's horizon of deleted versions again if its keeper let it
 /// go (the slot's effective xmin cleared): back at the xmin the slot kept, the
 /// horizon of the moment it was let go, which is no newer than this transaction
-/// (it was running then or started later). Called at the pre-commit of a
-/// removing transaction, after it counted itself in [`GENERATION`].
+/// (it was running then or started later), and published to the server before
+/// this transaction commits (workers::retention::hold_xmin). Called at the
+/// pre-commit of a removing transaction, after it counted itself in
+/// [`GENERATION`]; costs a look under the slot's mutex while the horizon is held.
 ///
 /// SAFETY: in a backend connected to a database, inside its transaction.
 unsafe fn hold_horizon() {
@@ -295,18 +297,10 @@ unsafe fn hold_horizon() {
         if slot.is_null() {
             return;
         }
-        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        let ours = (*slot).in_use && std::ffi::CStr::from_ptr((*slot).data.name.data.as_ptr()) == name.as_c_str();
-        let held = ours
-            && (*slot).effective_xmin == pg_sys::InvalidTransactionId
-            && (*slot).data.xmin != pg_sys::InvalidTransactionId;
-        if held {
-            (*slot).effective_xmin = (*slot).data.xmin;
-        }
-        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
-        if held {
-            pg_sys::ReplicationSlotsComputeRequiredXmin(false);
-        }
+        let ours = |s: &pg_sys::ReplicationSlot| {
+            s.in_use && std::ffi::CStr::from_ptr(s.data.name.data.as_ptr()) == name.as_c_str()
+        };
+        crate::workers::retention::hold_xmin(slot, None, ours);
     }
 }
 

@@ -257,19 +257,74 @@ fn current_xmin() -> Option<pg_sys::TransactionId> {
     }
 }
 
+/// PostgreSQL's individual LWLocks by their number in `storage/lwlocklist.h` (the
+/// same in PostgreSQL 15 to 18): `ProcArrayLock` and `ReplicationSlotControlLock`.
+const PROC_ARRAY_LOCK: usize = 4;
+const REPLICATION_SLOT_CONTROL_LOCK: usize = 37;
+
+/// Gives slot `slot` an xmin while it has none (the horizon let go or never set)
+/// and makes the server's horizon include it before returning: `xid` (None: the
+/// slot's stored xmin, which must be set). Moving a horizon back is done as
+/// PostgreSQL does for a new slot: under ReplicationSlotControlLock and
+/// ProcArrayLock held exclusively, so that no backend recomputing the horizon
+/// from an older reading publishes it after us (a recomputation holds the first
+/// lock, shared, until it has published). `check` says whether the slot is still
+/// the one meant (read under its mutex). Returns whether it set one.
+///
+/// SAFETY: `slot` points into the slot array (it may have been dropped since it
+/// was found: `check` tells); not holding either lock.
+pub(crate) unsafe fn hold_xmin(
+    slot: *mut pg_sys::ReplicationSlot,
+    xid: Option<pg_sys::TransactionId>,
+    check: impl Fn(&pg_sys::ReplicationSlot) -> bool,
+) -> bool {
+    // SAFETY: the lock array is the server's; the slot's fields are read and
+    // written under its mutex, with both locks held for the change and the
+    // recomputation (which expects them when told they are held).
+    unsafe {
+        let lock = |i: usize| &raw mut (*pg_sys::MainLWLockArray.add(i)).lock;
+        let unset = |s: *mut pg_sys::ReplicationSlot| {
+            pg_sys::SpinLockAcquire(&raw mut (*s).mutex);
+            let want = check(&*s) && (*s).effective_xmin == pg_sys::InvalidTransactionId;
+            let xmin = xid.unwrap_or((*s).data.xmin);
+            pg_sys::SpinLockRelease(&raw mut (*s).mutex);
+            (want && xmin != pg_sys::InvalidTransactionId).then_some(xmin)
+        };
+        if unset(slot).is_none() {
+            return false;
+        }
+        pg_sys::LWLockAcquire(lock(REPLICATION_SLOT_CONTROL_LOCK), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        pg_sys::LWLockAcquire(lock(PROC_ARRAY_LOCK), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let set = unset(slot);
+        if let Some(xmin) = set {
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            (*slot).effective_xmin = xmin;
+            (*slot).data.xmin = xmin;
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredXmin(true);
+        }
+        pg_sys::LWLockRelease(lock(PROC_ARRAY_LOCK));
+        pg_sys::LWLockRelease(lock(REPLICATION_SLOT_CONTROL_LOCK));
+        set.is_some()
+    }
+}
+
 /// Moves the held slot's xmin to `xid` and recomputes the server's horizon.
 fn set_xmin(xid: pg_sys::TransactionId) {
-    // SAFETY: MyReplicationSlot is the slot this process acquired; the fields are
-    // written under its mutex, as the walsender does for a standby's feedback, and
-    // the slot is marked dirty so that the next checkpoint saves them.
+    // SAFETY: MyReplicationSlot is the slot this process acquired. With no xmin the
+    // horizon moves back, as PostgreSQL moves it for a new slot (hold_xmin); with
+    // one it moves on, under the slot's mutex as the walsender moves it for a
+    // standby's feedback. Marked dirty: the next checkpoint saves it.
     unsafe {
         let slot = pg_sys::MyReplicationSlot;
-        pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
-        (*slot).effective_xmin = xid;
-        (*slot).data.xmin = xid;
-        pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+        if !hold_xmin(slot, Some(xid), |_| true) {
+            pg_sys::SpinLockAcquire(&raw mut (*slot).mutex);
+            (*slot).effective_xmin = xid;
+            (*slot).data.xmin = xid;
+            pg_sys::SpinLockRelease(&raw mut (*slot).mutex);
+            pg_sys::ReplicationSlotsComputeRequiredXmin(false);
+        }
         pg_sys::ReplicationSlotMarkDirty();
-        pg_sys::ReplicationSlotsComputeRequiredXmin(false);
     }
 }
 
