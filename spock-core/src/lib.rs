@@ -36,6 +36,7 @@
 pub mod conflict;
 pub mod conninfo;
 pub mod ddl;
+pub mod diff;
 pub mod eager;
 pub mod error_context;
 pub mod exception;

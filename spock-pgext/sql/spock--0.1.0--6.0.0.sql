@@ -1142,3 +1142,67 @@ BEGIN
     END LOOP;
 END
 $check_filters$;
+
+-- Finding divergence between nodes (6.0.0): table_diff over _table_diff, mesh_diff.
+CREATE FUNCTION spock._table_diff(relation regclass, peer text, recheck_timeout_ms int8,
+    OUT key text, OUT status text, OUT local_row text, OUT peer_row text,
+    OUT local_commit_ts text, OUT peer_commit_ts text, OUT local_origin text, OUT peer_origin text)
+RETURNS SETOF record VOLATILE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO' SET TimeZone = 'UTC' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET IntervalStyle = 'postgres' SET lc_monetary = 'C' SET standard_conforming_strings = on
+AS 'MODULE_PATHNAME', 'table_diff_rows_wrapper';
+REVOKE ALL ON FUNCTION spock._table_diff(regclass, text, int8) FROM PUBLIC;
+
+CREATE FUNCTION spock.table_diff(relation regclass, peer text, recheck_timeout interval DEFAULT '10 seconds',
+    OUT key jsonb, OUT status text, OUT local_row jsonb, OUT peer_row jsonb,
+    OUT local_commit_ts timestamptz, OUT peer_commit_ts timestamptz, OUT local_origin text, OUT peer_origin text)
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.key::jsonb, d.status, d.local_row::jsonb, d.peer_row::jsonb,
+           d.local_commit_ts::timestamptz, d.peer_commit_ts::timestamptz, d.local_origin, d.peer_origin
+      FROM spock._table_diff(relation, peer,
+               coalesce((extract(epoch FROM recheck_timeout) * 1000)::int8, 0)) d;
+$$;
+
+CREATE FUNCTION spock.mesh_diff(recheck_timeout interval DEFAULT '10 seconds',
+    OUT relation regclass, OUT peer text, OUT only_local bigint, OUT only_peer bigint, OUT differs bigint,
+    OUT error text)
+RETURNS SETOF record VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rel regclass;
+    v_peer text;
+BEGIN
+    FOR v_rel IN
+        SELECT x.r FROM (SELECT DISTINCT t.set_reloid AS r
+                           FROM spock.replication_set_table t
+                           JOIN spock.replication_set s ON s.set_id = t.set_id
+                           JOIN spock.local_node l ON l.node_id = s.set_nodeid) x
+         ORDER BY x.r::text
+    LOOP
+        FOR v_peer IN
+            SELECT n.node_name::text FROM spock.node n JOIN spock.local_node l ON n.node_id <> l.node_id
+             WHERE EXISTS (SELECT FROM spock.node_interface i WHERE i.if_nodeid = n.node_id)
+             ORDER BY 1
+        LOOP
+            relation := v_rel;
+            peer := v_peer;
+            error := NULL;
+            BEGIN
+                SELECT count(*) FILTER (WHERE d.status = 'only_local'),
+                       count(*) FILTER (WHERE d.status = 'only_peer'),
+                       count(*) FILTER (WHERE d.status = 'differs')
+                  INTO only_local, only_peer, differs
+                  FROM spock.table_diff(v_rel, v_peer, recheck_timeout) d;
+            EXCEPTION WHEN OTHERS THEN
+                only_local := NULL;
+                only_peer := NULL;
+                differs := NULL;
+                error := SQLERRM;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock.table_diff(regclass, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION spock.mesh_diff(interval) FROM PUBLIC;

@@ -60,3 +60,13 @@ pub fn code_for_sqlstate(sqlstate: &str) -> PgSqlErrorCode {
 pub fn spi_failed(what: &str, e: impl std::fmt::Display) -> ! {
     PgError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("spock: {what} failed: {e}")).raise()
 }
+
+/// The packed error code of a five-character SQLSTATE (PostgreSQL's
+/// MAKE_SQLSTATE), internal_error for anything else.
+pub fn sqlstate_code(sqlstate: &str) -> i32 {
+    let b = sqlstate.as_bytes();
+    if b.len() != 5 || !b.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
+        return sqlstate_code("XX000");
+    }
+    b.iter().enumerate().map(|(i, c)| (((*c - b'0') & 0x3f) as i32) << (6 * i)).sum()
+}

@@ -663,6 +663,13 @@ impl Connection {
         Ok(())
     }
 
+    /// Waits (interruptibly) for the outcome of the query sent with
+    /// [`Connection::send_query`] and returns its rows.
+    pub fn finish_query(&self) -> Result<Rows, LibpqError> {
+        let r = self.outcome(PgResult(std::ptr::null_mut()))?;
+        self.rows(&r)
+    }
+
     /// The outcome of the query sent with [`Connection::send_query`] once it has
     /// arrived; `None` while it has not (never waits for the provider).
     pub fn poll_query(&self) -> Option<Result<Rows, LibpqError>> {

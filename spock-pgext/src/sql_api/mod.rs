@@ -5,6 +5,7 @@
 //! every function of the schema) last.
 
 mod ddl;
+mod diff;
 mod info;
 mod node;
 mod pause;
@@ -52,5 +53,11 @@ pgrx::extension_sql_file!(
     "../../../sql/api/ddl.sql",
     name = "api_ddl",
     requires = ["api_progress", sql_api::ddl::replicate_ddl]
+);
+// table_diff() and mesh_diff() (LANGUAGE sql / plpgsql) call _table_diff().
+pgrx::extension_sql_file!(
+    "../../../sql/api/operations.sql",
+    name = "api_operations",
+    requires = ["api_ddl", sql_api::diff::table_diff_rows]
 );
 pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);

@@ -541,7 +541,7 @@ impl Pool {
         // The writer's error, with its SQLSTATE (recorded for replay as in serial
         // apply); the worker restarts.
         PgError::new(
-            PgSqlErrorCode::from(shared::sqlstate_code(&sqlstate)),
+            PgSqlErrorCode::from(crate::error::sqlstate_code(&sqlstate)),
             format!("spock subscription {}: parallel apply writer {}: {message}", self.sub_name, i + 1),
         )
         .raise()

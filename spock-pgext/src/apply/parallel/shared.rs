@@ -279,16 +279,6 @@ impl WriterSlot {
     }
 }
 
-/// The packed error code of a five-character SQLSTATE (PostgreSQL's
-/// MAKE_SQLSTATE), internal_error for anything else.
-pub(super) fn sqlstate_code(sqlstate: &str) -> i32 {
-    let b = sqlstate.as_bytes();
-    if b.len() != 5 || !b.iter().all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) {
-        return sqlstate_code("XX000");
-    }
-    b.iter().enumerate().map(|(i, c)| (((*c - b'0') & 0x3f) as i32) << (6 * i)).sum()
-}
-
 /// Sets the latch of the process with number `procno` (no-op for -1).
 pub(super) fn wake(procno: i32) {
     if procno < 0 {

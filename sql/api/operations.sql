@@ -1,0 +1,66 @@
+-- Operating a mesh (docs/operations.md): finding divergence between nodes.
+--
+-- table_diff(relation, peer): the rows in which this node's copy of a table and a
+-- peer's differ, found without shipping the table (spock._table_diff in
+-- sql_api/diff.rs; the method in spock_core::diff). peer is a node name (its
+-- interface) or a connection string. key is the row's key as JSON; status says
+-- whether only this node has it (only_local), only the peer (only_peer) or both
+-- with different contents (differs); each side's row, the commit timestamp and the
+-- node that wrote it (as commit timestamps record them: track_commit_timestamp).
+-- Differences are confirmed after each node has applied what the other had
+-- committed (a sync event each way, waited for at most recheck_timeout; 0: no
+-- wait), so that rows replication is still carrying are not reported. Not for
+-- PUBLIC: the peer is read as the role of its connection string.
+CREATE FUNCTION spock.table_diff(relation regclass, peer text, recheck_timeout interval DEFAULT '10 seconds',
+    OUT key jsonb, OUT status text, OUT local_row jsonb, OUT peer_row jsonb,
+    OUT local_commit_ts timestamptz, OUT peer_commit_ts timestamptz, OUT local_origin text, OUT peer_origin text)
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.key::jsonb, d.status, d.local_row::jsonb, d.peer_row::jsonb,
+           d.local_commit_ts::timestamptz, d.peer_commit_ts::timestamptz, d.local_origin, d.peer_origin
+      FROM spock._table_diff(relation, peer,
+               coalesce((extract(epoch FROM recheck_timeout) * 1000)::int8, 0)) d;
+$$;
+
+-- mesh_diff(): table_diff of every table in a replication set of this node against
+-- every other node that has an interface, one summary row each (error: why that
+-- pair could not be compared; the counts are NULL then).
+CREATE FUNCTION spock.mesh_diff(recheck_timeout interval DEFAULT '10 seconds',
+    OUT relation regclass, OUT peer text, OUT only_local bigint, OUT only_peer bigint, OUT differs bigint,
+    OUT error text)
+RETURNS SETOF record VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_rel regclass;
+    v_peer text;
+BEGIN
+    FOR v_rel IN
+        SELECT x.r FROM (SELECT DISTINCT t.set_reloid AS r
+                           FROM spock.replication_set_table t
+                           JOIN spock.replication_set s ON s.set_id = t.set_id
+                           JOIN spock.local_node l ON l.node_id = s.set_nodeid) x
+         ORDER BY x.r::text
+    LOOP
+        FOR v_peer IN
+            SELECT n.node_name::text FROM spock.node n JOIN spock.local_node l ON n.node_id <> l.node_id
+             WHERE EXISTS (SELECT FROM spock.node_interface i WHERE i.if_nodeid = n.node_id)
+             ORDER BY 1
+        LOOP
+            relation := v_rel;
+            peer := v_peer;
+            error := NULL;
+            BEGIN
+                SELECT count(*) FILTER (WHERE d.status = 'only_local'),
+                       count(*) FILTER (WHERE d.status = 'only_peer'),
+                       count(*) FILTER (WHERE d.status = 'differs')
+                  INTO only_local, only_peer, differs
+                  FROM spock.table_diff(v_rel, v_peer, recheck_timeout) d;
+            EXCEPTION WHEN OTHERS THEN
+                only_local := NULL;
+                only_peer := NULL;
+                differs := NULL;
+                error := SQLERRM;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END;
+$$;

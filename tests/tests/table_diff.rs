@@ -1,0 +1,146 @@
+//! spock.table_diff() and spock.mesh_diff(): the rows in which two nodes' copies of
+//! a table differ, with both versions, their commit timestamps and origins;
+//! differences replication is still carrying are not reported.
+
+use std::time::Duration;
+
+use spock_tests::fixtures::{mutual_pair, sync_mesh};
+use spock_tests::{wait_for, Cluster, TestNode};
+
+/// table_diff of t on `n` against `peer`, one line per row: key, status, v here,
+/// v there, who wrote each.
+fn diff(n: &TestNode, peer: &str, recheck: &str) -> String {
+    n.query_text(&format!(
+        "SELECT coalesce(string_agg(format('%s %s %s/%s %s/%s', key->>'id', status, local_row->>'v', peer_row->>'v',
+                                           local_origin, peer_origin), E'\\n' ORDER BY (key->>'id')::int), '')
+           FROM spock.table_diff('t', '{peer}', '{recheck}')"
+    ))
+    .unwrap()
+}
+
+fn sqlstate(n: &TestNode, sql: &str) -> String {
+    match n.connect().unwrap().batch_execute(sql) {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+#[test]
+fn table_diff_finds_each_kind_of_difference_and_only_those() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    mutual_pair(n1, n2);
+    n1.execute("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 20000) g").unwrap();
+    n1.execute("ANALYZE t").unwrap();
+    sync_mesh(&[n1, n2]);
+    assert_eq!(diff(n1, "n2", "10 s"), "", "identical copies");
+
+    // Diverge by hand: repair mode keeps these changes on their node.
+    n2.execute(
+        "BEGIN; SELECT spock.repair_mode(true);
+         UPDATE t SET v = 'changed on n2' WHERE id = 5;
+         DELETE FROM t WHERE id = 7;
+         INSERT INTO t VALUES (30000, 'only on n2');
+         COMMIT",
+    )
+    .unwrap();
+    n1.execute("BEGIN; SELECT spock.repair_mode(true); INSERT INTO t VALUES (40000, 'only on n1'); COMMIT").unwrap();
+    sync_mesh(&[n1, n2]);
+    let expected = "5 differs row 5/changed on n2 n1/n2\n\
+                    7 only_local row 7/ n1/\n\
+                    30000 only_peer /only on n2 /n2\n\
+                    40000 only_local only on n1/ n1/";
+    assert_eq!(diff(n1, "n2", "10 s"), expected);
+    // The peer as a connection string; from the other side, the mirror image.
+    assert_eq!(diff(n1, &n2.dsn("postgres"), "0"), expected);
+    assert_eq!(
+        diff(n2, "n1", "10 s"),
+        "5 differs changed on n2/row 5 n2/n1\n\
+         7 only_peer /row 7 /n1\n\
+         30000 only_local only on n2/ n2/\n\
+         40000 only_peer /only on n1 /n1"
+    );
+    // Commit timestamps are those of the writes.
+    let ts_ok: bool = n1
+        .query_one(
+            "SELECT bool_and(coalesce(local_commit_ts, peer_commit_ts) > now() - interval '10 min')
+               FROM spock.table_diff('t', 'n2')",
+        )
+        .unwrap();
+    assert!(ts_ok);
+
+    // mesh_diff: every replicated table against every peer.
+    let summary: String =
+        n1.query_text("SELECT string_agg(format('%s %s %s %s %s %s', relation, peer, only_local, only_peer, differs, coalesce(error, '-')), ',') FROM spock.mesh_diff()").unwrap();
+    assert_eq!(summary, "t n2 2 1 1 -");
+}
+
+#[test]
+fn rows_replication_is_still_carrying_are_not_reported() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    mutual_pair(n1, n2);
+    n1.execute("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 1000) g").unwrap();
+    sync_mesh(&[n1, n2]);
+    // n2's apply of n1's next transaction waits on a row lock held here: when the
+    // tables are hashed, n2 does not have it yet.
+    let mut locker = n2.connect().unwrap();
+    locker.batch_execute("BEGIN; SELECT 1 FROM t WHERE id = 10 FOR UPDATE").unwrap();
+    n1.execute("UPDATE t SET v = 'late' WHERE id = 10; INSERT INTO t VALUES (5000, 'late too')").unwrap();
+    let apply_waits =
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'spock apply' AND wait_event_type = 'Lock'";
+    wait_for(
+        "n2's apply to wait on the lock",
+        Duration::from_secs(60),
+        || n2.query_one::<bool>(apply_waits).unwrap(),
+        true,
+    );
+    assert_eq!(
+        diff(n1, "n2", "0"),
+        "10 differs late/row 10 n1/n1\n5000 only_local late too/ n1/",
+        "without the re-check"
+    );
+
+    // With it: the lock goes once table_diff waits for n2 to catch up, and the rows
+    // it found are then the same on both nodes.
+    let mut watcher = n2.connect().unwrap();
+    let release = std::thread::spawn(move || {
+        let waiting = "SELECT count(*) > 0 FROM pg_stat_activity
+                        WHERE application_name = 'spock table_diff' AND query LIKE 'CALL spock.wait_for_sync_event%'";
+        let started = std::time::Instant::now();
+        while !watcher.query_one(waiting, &[]).unwrap().get::<_, bool>(0) {
+            assert!(started.elapsed() < Duration::from_secs(60), "table_diff never waited for n2");
+            std::thread::yield_now();
+        }
+        locker.batch_execute("COMMIT").unwrap();
+    });
+    assert_eq!(diff(n1, "n2", "60 s"), "", "re-checked once n2 applied what n1 had");
+    release.join().unwrap();
+    assert_eq!(n2.query_text("SELECT v FROM t WHERE id = 5000").unwrap(), "late too");
+}
+
+#[test]
+fn table_diff_refuses_what_it_cannot_compare_and_is_not_for_public() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    mutual_pair(n1, n2);
+    assert_eq!(sqlstate(n1, "SELECT * FROM spock.table_diff('t', 'nowhere')"), "42704");
+    assert_eq!(
+        sqlstate(n1, "SELECT * FROM spock.table_diff('t', 'host=127.0.0.1 port=1 dbname=x connect_timeout=2')"),
+        "08006"
+    );
+    n1.execute("CREATE TABLE nokey(a int, b text)").unwrap();
+    assert_eq!(sqlstate(n1, "SELECT * FROM spock.table_diff('nokey', 'n2')"), "55000");
+    n1.execute("CREATE TABLE here_only(a int PRIMARY KEY)").unwrap();
+    assert_eq!(sqlstate(n1, "SELECT * FROM spock.table_diff('here_only', 'n2')"), "42P01");
+    n2.execute("CREATE TABLE other_key(a int, b int PRIMARY KEY)").unwrap();
+    n1.execute("CREATE TABLE other_key(a int PRIMARY KEY, b int)").unwrap();
+    assert_eq!(sqlstate(n1, "SELECT * FROM spock.table_diff('other_key', 'n2')"), "55000");
+    // A plain role may not read a peer through the node's connection string.
+    n1.execute("CREATE ROLE plain LOGIN; GRANT SELECT ON t TO plain").unwrap();
+    let mut plain = n1.connect_as("postgres", "plain").unwrap();
+    let e = plain.batch_execute("SELECT * FROM spock.table_diff('t', 'n2')").unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42501"));
+    let e = plain.batch_execute("SELECT * FROM spock.mesh_diff()").unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42501"));
+}
