@@ -1206,3 +1206,30 @@ $$;
 
 REVOKE ALL ON FUNCTION spock.table_diff(regclass, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock.mesh_diff(interval) FROM PUBLIC;
+
+-- Repairing a table from another node (6.0.0).
+CREATE FUNCTION spock._table_repair(relation regclass, source text, recheck_timeout_ms int8, dry_run boolean,
+    OUT key text, OUT action text, OUT origin text, OUT commit_ts text)
+RETURNS SETOF record VOLATILE STRICT LANGUAGE c
+SET search_path = pg_catalog, pg_temp SET DateStyle = 'ISO' SET TimeZone = 'UTC' SET extra_float_digits = 3
+SET bytea_output = 'hex' SET IntervalStyle = 'postgres' SET lc_monetary = 'C' SET standard_conforming_strings = on
+AS 'MODULE_PATHNAME', 'table_repair_rows_wrapper';
+REVOKE ALL ON FUNCTION spock._table_repair(regclass, text, int8, boolean) FROM PUBLIC;
+CREATE FUNCTION spock._repair_session(origin_node text) RETURNS boolean
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'repair_session_wrapper';
+ALTER FUNCTION spock._repair_session(text) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._repair_session(text) FROM PUBLIC;
+CREATE FUNCTION spock._repair_row(relation regclass, key text, new_row text, commit_ts text) RETURNS text
+VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'repair_row_wrapper';
+REVOKE ALL ON FUNCTION spock._repair_row(regclass, text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION spock.table_repair(relation regclass, source_node text,
+    recheck_timeout interval DEFAULT '10 seconds', dry_run boolean DEFAULT false,
+    OUT key jsonb, OUT action text, OUT origin text, OUT commit_ts timestamptz)
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.key::jsonb, r.action, r.origin, r.commit_ts::timestamptz
+      FROM spock._table_repair(relation, source_node,
+               coalesce((extract(epoch FROM recheck_timeout) * 1000)::int8, 0), coalesce(dry_run, false)) r;
+$$;
+
+REVOKE ALL ON FUNCTION spock.table_repair(regclass, text, interval, boolean) FROM PUBLIC;

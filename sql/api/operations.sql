@@ -64,3 +64,21 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- table_repair(relation, source_node): makes this node's rows of the table that
+-- differ from source_node's (table_diff) equal to them: updates and inserts the
+-- source's rows, deletes the rows only this node has. Each row is written with the
+-- source row's commit timestamp, under the origin of this node's subscription
+-- from the node that wrote it, so that later last-update-wins decisions come out
+-- as on the source; in spock.repair_mode, so nothing of it is replicated (repair
+-- each node that differs). With dry_run only says what it would do. action:
+-- updated, inserted or deleted. Connects to this node through its interface (the
+-- role there must be a superuser). Not for PUBLIC.
+CREATE FUNCTION spock.table_repair(relation regclass, source_node text,
+    recheck_timeout interval DEFAULT '10 seconds', dry_run boolean DEFAULT false,
+    OUT key jsonb, OUT action text, OUT origin text, OUT commit_ts timestamptz)
+RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.key::jsonb, r.action, r.origin, r.commit_ts::timestamptz
+      FROM spock._table_repair(relation, source_node,
+               coalesce((extract(epoch FROM recheck_timeout) * 1000)::int8, 0), coalesce(dry_run, false)) r;
+$$;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use spock_tests::fixtures::{mutual_pair, sync_mesh};
+use spock_tests::fixtures::{full_mesh, mutual_pair, sync_mesh};
 use spock_tests::{wait_for, Cluster, TestNode};
 
 /// table_diff of t on `n` against `peer`, one line per row: key, status, v here,
@@ -88,7 +88,7 @@ fn rows_replication_is_still_carrying_are_not_reported() {
     locker.batch_execute("BEGIN; SELECT 1 FROM t WHERE id = 10 FOR UPDATE").unwrap();
     n1.execute("UPDATE t SET v = 'late' WHERE id = 10; INSERT INTO t VALUES (5000, 'late too')").unwrap();
     let apply_waits =
-        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'spock apply' AND wait_event_type = 'Lock'";
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'spock apply%' AND wait_event_type = 'Lock'";
     wait_for(
         "n2's apply to wait on the lock",
         Duration::from_secs(60),
@@ -143,4 +143,78 @@ fn table_diff_refuses_what_it_cannot_compare_and_is_not_for_public() {
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42501"));
     let e = plain.batch_execute("SELECT * FROM spock.mesh_diff()").unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("42501"));
+}
+
+/// Commit timestamp and writing node of row `id` of t on `n`, as table_diff shows
+/// writers (the node, or this node's subscription origin).
+fn version(n: &TestNode, id: i32) -> String {
+    n.query_text(&format!("SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = {id}")).unwrap()
+}
+
+#[test]
+fn table_repair_makes_rows_equal_with_the_sources_versions_and_replicates_nothing() {
+    let c = Cluster::start_n(3).unwrap();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    full_mesh(&[n1, n2, n3]);
+    n1.execute("INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g").unwrap();
+    sync_mesh(&[n1, n2, n3]);
+    n2.execute("UPDATE t SET v = 'by n2' WHERE id = 5").unwrap();
+    n3.execute("UPDATE t SET v = 'by n3' WHERE id = 6").unwrap();
+    sync_mesh(&[n1, n2, n3]);
+    // n1 diverges on its own.
+    n1.execute(
+        "BEGIN; SELECT spock.repair_mode(true);
+         UPDATE t SET v = 'broken' WHERE id IN (5, 6);
+         DELETE FROM t WHERE id = 7;
+         INSERT INTO t VALUES (500, 'stray');
+         COMMIT",
+    )
+    .unwrap();
+    let n3_before = n3.query_text("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM t").unwrap();
+    let plan = "SELECT string_agg(format('%s %s %s', key->>'id', action, coalesce(origin, '-')), ',' ORDER BY (key->>'id')::int)
+                  FROM spock.table_repair('t', 'n2', dry_run := true)";
+    assert_eq!(n1.query_text(plan).unwrap(), "5 updated n2,6 updated n3,7 inserted n1,500 deleted -");
+    assert_eq!(diff(n1, "n2", "10 s").lines().count(), 4, "a dry run changes nothing");
+
+    let done: String = n1
+        .query_text("SELECT string_agg(action, ',' ORDER BY (key->>'id')::int) FROM spock.table_repair('t', 'n2')")
+        .unwrap();
+    assert_eq!(done, "updated,updated,inserted,deleted");
+    assert_eq!(diff(n1, "n2", "10 s"), "", "equal after the repair");
+    assert_eq!(diff(n1, "n3", "10 s"), "");
+    // Each row carries the version it has on the source: commit timestamp and
+    // writer, so that last-update-wins decides later changes as there.
+    for id in [5, 6] {
+        assert_eq!(version(n1, id), version(n2, id), "commit timestamp of row {id}");
+    }
+    assert_eq!(
+        diff_origins(n1),
+        "5 n2,6 n3",
+        "writers as recorded on n1 (row 7 was written by n1 itself: its time is the repair's)"
+    );
+    // Nothing of the repair was replicated.
+    sync_mesh(&[n1, n2, n3]);
+    assert_eq!(n3.query_text("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM t").unwrap(), n3_before);
+
+    // Later changes resolve as on the other nodes.
+    n3.execute("UPDATE t SET v = 'later' WHERE id = 5").unwrap();
+    sync_mesh(&[n1, n2, n3]);
+    let all = "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM t";
+    assert_eq!(n1.query_text(all).unwrap(), n2.query_text(all).unwrap());
+    assert_eq!(n1.query_text(all).unwrap(), n3.query_text(all).unwrap());
+    assert_eq!(n1.query_text("SELECT v FROM t WHERE id = 5").unwrap(), "later");
+}
+
+/// The writer of rows 5 and 6 on `n` as table_diff reports it (against itself:
+/// every row agrees, so read it through the origin function directly).
+fn diff_origins(n: &TestNode) -> String {
+    n.query_text(
+        "SELECT string_agg(t.id || ' ' || coalesce(n.node_name::text, '?'), ',' ORDER BY t.id)
+           FROM t CROSS JOIN LATERAL pg_xact_commit_timestamp_origin(t.xmin) o
+           LEFT JOIN pg_replication_origin r ON r.roident = o.roident
+           LEFT JOIN spock.subscription s ON s.sub_slot_name = r.roname
+           LEFT JOIN spock.node n ON n.node_id = s.sub_origin
+          WHERE t.id IN (5, 6)",
+    )
+    .unwrap()
 }

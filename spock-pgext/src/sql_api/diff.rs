@@ -30,7 +30,7 @@ use crate::error::{spi_failed, PgError};
 use crate::libpq::{Connection, Rows};
 
 /// Output settings both sides use (the local ones are the function's SET clauses).
-const PEER_SETTINGS: &str = "SET DateStyle = ISO; SET TimeZone = UTC; SET extra_float_digits = 3;
+pub(crate) const PEER_SETTINGS: &str = "SET DateStyle = ISO; SET TimeZone = UTC; SET extra_float_digits = 3;
     SET bytea_output = hex; SET IntervalStyle = postgres; SET lc_monetary = 'C';
     SET standard_conforming_strings = on; SET search_path = pg_catalog";
 
@@ -94,7 +94,7 @@ fn local_rows(sql: &str, what: &str) -> Rows {
 }
 
 /// A string literal (standard_conforming_strings is on on both sides).
-fn lit(s: &str) -> String {
+pub(crate) fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
@@ -151,6 +151,27 @@ fn peer_dsn(peer: &str) -> String {
     })
 }
 
+/// What [`compute_diff`] found: the differing rows, in key order.
+pub(crate) struct Diff {
+    pub rows: Vec<DiffRow>,
+}
+
+/// One key whose rows differ.
+pub(crate) struct DiffRow {
+    /// The key as a JSON object.
+    pub key: String,
+    pub status: Status,
+    pub local: Option<Side>,
+    pub peer: Option<Side>,
+}
+
+/// One side's row.
+pub(crate) struct Side {
+    pub json: String,
+    pub commit_ts: Option<String>,
+    pub origin: Option<String>,
+}
+
 /// `spock._table_diff(relation, peer, recheck_timeout)`: see the module. Every
 /// column is text; the SQL function spock.table_diff() types them.
 #[pg_extern(
@@ -181,6 +202,17 @@ fn table_diff_rows(
         name!(peer_origin, Option<String>),
     ),
 > {
+    let diff = compute_diff(relation, peer, recheck_timeout_ms);
+    let split = |s: Option<Side>| s.map_or((None, None, None), |s| (Some(s.json), s.commit_ts, s.origin));
+    TableIterator::new(diff.rows.into_iter().map(move |r| {
+        let (lj, lts, lo) = split(r.local);
+        let (pj, pts, po) = split(r.peer);
+        (r.key, r.status.as_str().to_string(), lj, pj, lts, pts, lo, po)
+    }))
+}
+
+/// Compares `relation` here and on `peer` (the steps of the module's comment).
+pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms: i64) -> Diff {
     // Even where EXECUTE was granted: the server connects to the peer, as the role
     // of a node's stored connection string or of any string given.
     crate::privilege::require_superuser("compare a table with a peer");
@@ -271,13 +303,13 @@ fn table_diff_rows(
             .collect()
     };
     let differing = differing_buckets(&summaries(mine), &summaries(peers));
-    let mut out = Vec::new();
+    let mut out = Diff { rows: Vec::new() };
     if differing.is_empty() {
         pgrx::debug1!(
             "spock.table_diff {q}: {buckets} buckets, none differ; {} bytes from peer {peer}",
             sides.received
         );
-        return TableIterator::new(out);
+        return out;
     }
 
     // 2. Row hashes of the differing buckets.
@@ -308,7 +340,7 @@ fn table_diff_rows(
     let compared = mine.len() + peers.len();
     let suspects = differing_keys(&mine, &peers);
     if suspects.is_empty() {
-        return TableIterator::new(out);
+        return out;
     }
 
     // 3. Let replication catch up both ways, then read the rows whole.
@@ -367,27 +399,21 @@ fn table_diff_rows(
     for (k, _) in &suspects {
         let (l, p) = (mine.remove(k), peers.remove(k));
         let Some(status) = Status::of(l.as_ref().map(|r| r.hash), p.as_ref().map(|r| r.hash)) else { continue };
-        let (l, p) = (l.map(|r| (r.json, r.commit_ts, r.origin)), p.map(|r| (r.json, r.commit_ts, r.origin)));
-        let (lj, lts, lo) = l.map_or((None, None, None), |(a, b, c)| (Some(a), b, c));
-        let (pj, pts, po) = p.map_or((None, None, None), |(a, b, c)| (Some(a), b, c));
-        out.push((
-            keys_json.get(k).cloned().unwrap_or_default(),
-            status.as_str().to_string(),
-            lj,
-            pj,
-            lts,
-            pts,
-            lo,
-            po,
-        ));
+        let side = |r: Row| Side { json: r.json, commit_ts: r.commit_ts, origin: r.origin };
+        out.rows.push(DiffRow {
+            key: keys_json.get(k).cloned().unwrap_or_default(),
+            status,
+            local: l.map(side),
+            peer: p.map(side),
+        });
     }
     pgrx::debug1!(
         "spock.table_diff {q}: {buckets} buckets, {} differ, {compared} rows compared by hash, {} rows differ; {} bytes from peer {peer}",
         differing.len(),
-        out.len(),
+        out.rows.len(),
         sides.received
     );
-    TableIterator::new(out)
+    out
 }
 
 /// Waits, at most `timeout`, until this node has applied what the peer had

@@ -10,6 +10,7 @@ mod info;
 mod node;
 mod pause;
 mod progress;
+mod repair;
 mod repset;
 mod retention;
 mod sequence;
@@ -54,10 +55,11 @@ pgrx::extension_sql_file!(
     name = "api_ddl",
     requires = ["api_progress", sql_api::ddl::replicate_ddl]
 );
-// table_diff() and mesh_diff() (LANGUAGE sql / plpgsql) call _table_diff().
+// table_diff(), mesh_diff() and table_repair() (LANGUAGE sql / plpgsql) call
+// _table_diff() and _table_repair().
 pgrx::extension_sql_file!(
     "../../../sql/api/operations.sql",
     name = "api_operations",
-    requires = ["api_ddl", sql_api::diff::table_diff_rows]
+    requires = ["api_ddl", sql_api::diff::table_diff_rows, sql_api::repair::table_repair_rows]
 );
 pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);
