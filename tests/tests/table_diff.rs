@@ -69,10 +69,23 @@ fn table_diff_finds_each_kind_of_difference_and_only_those() {
         .unwrap();
     assert!(ts_ok);
 
+    // A composite key of two types, one row differing.
+    for n in [n1, n2] {
+        n.execute("CREATE TABLE ck(a text, b int, v text, PRIMARY KEY (a, b)); SELECT spock.repset_add_table('default', 'ck')")
+            .unwrap();
+        n.execute("BEGIN; SELECT spock.repair_mode(true); INSERT INTO ck SELECT 'k' || g % 7, g, 'x' FROM generate_series(1, 500) g; COMMIT")
+            .unwrap();
+    }
+    n2.execute("BEGIN; SELECT spock.repair_mode(true); UPDATE ck SET v = 'y' WHERE a = 'k3' AND b = 10; COMMIT")
+        .unwrap();
+    let ck: String =
+        n1.query_text("SELECT string_agg(key::text || ' ' || status, ',') FROM spock.table_diff('ck', 'n2')").unwrap();
+    assert_eq!(ck, r#"{"a": "k3", "b": 10} differs"#);
+
     // mesh_diff: every replicated table against every peer.
     let summary: String =
         n1.query_text("SELECT string_agg(format('%s %s %s %s %s %s', relation, peer, only_local, only_peer, differs, coalesce(error, '-')), ',') FROM spock.mesh_diff()").unwrap();
-    assert_eq!(summary, "t n2 2 1 1 -");
+    assert_eq!(summary, "ck n2 0 0 1 -,t n2 2 1 1 -");
 }
 
 #[test]

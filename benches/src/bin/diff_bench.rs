@@ -72,9 +72,10 @@ fn load(n: &TestNode, rows: u64) {
         "BEGIN; SELECT spock.repair_mode(true);
          INSERT INTO big SELECT g, g % 1000, md5(g::text), '2026-01-01'::timestamptz + g * interval '1 s'
            FROM generate_series(1, {rows}) g;
-         COMMIT; VACUUM ANALYZE big"
+         COMMIT"
     ))
     .expect("load");
+    n.execute("VACUUM ANALYZE big").expect("vacuum");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -112,6 +113,9 @@ fn main() {
     let mut config = a.config("postgres");
     let sink = received.clone();
     config.notice_callback(move |n| {
+        if std::env::var_os("DIFF_BENCH_VERBOSE").is_some() {
+            eprintln!("{}", n.message());
+        }
         if let Some(bytes) = n
             .message()
             .split("; ")

@@ -39,6 +39,9 @@ struct Table {
     qualified: String,
     reltuples: f64,
     key: Vec<String>,
+    /// Per key column, the extended hash function of its type's default hash
+    /// operator class, when it has one (else its text is hashed).
+    key_hashes: Vec<Option<String>>,
     columns: Vec<String>,
 }
 
@@ -108,7 +111,13 @@ fn table_spec(rel: &str, run: &mut dyn FnMut(&str) -> Rows) -> Option<Table> {
     ));
     let first = head.into_iter().next()?;
     let key = run(&format!(
-        "SELECT a.attname::text FROM pg_catalog.pg_index i
+        "SELECT a.attname::text,
+                (SELECT p.amproc::pg_catalog.regproc::text FROM pg_catalog.pg_opclass c
+                   JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily AND p.amproclefttype = c.opcintype
+                                              AND p.amprocrighttype = c.opcintype AND p.amprocnum = 2
+                  WHERE c.opcmethod = (SELECT oid FROM pg_catalog.pg_am WHERE amname = 'hash')
+                    AND c.opcdefault AND c.opcintype = a.atttypid)
+           FROM pg_catalog.pg_index i
           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey::pg_catalog.int2[]) WITH ORDINALITY AS k(attnum, ord)
            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
           WHERE i.indexrelid = (SELECT j.indexrelid FROM pg_catalog.pg_index j
@@ -124,6 +133,7 @@ fn table_spec(rel: &str, run: &mut dyn FnMut(&str) -> Rows) -> Option<Table> {
     Some(Table {
         qualified: first[0].clone().unwrap_or_default(),
         reltuples: first[1].as_deref().and_then(|s| s.parse().ok()).unwrap_or(-1.0),
+        key_hashes: key.iter().map(|r| r.get(1).cloned().flatten()).collect(),
         key: texts(key),
         columns: texts(columns),
     })
@@ -283,10 +293,26 @@ pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms
     let row_expr = format!("ROW({})::text", cols("t", &common));
     let buckets = bucket_count(local.reltuples.max(theirs.reltuples));
     let mask = buckets - 1;
-    let bucket_expr = format!("(pg_catalog.hashtextextended({key_expr}, 0) & {mask})");
+    // The key's own types' hash functions (no text output; this node's choice,
+    // run on both): the pass of step 2 computes only this for the rows outside the
+    // differing buckets.
+    let key_hash = local
+        .key
+        .iter()
+        .zip(&local.key_hashes)
+        .enumerate()
+        .map(|(i, (c, f))| match f {
+            Some(f) => format!("{f}(t.{}, {i})", ident(c)),
+            None => format!("pg_catalog.hashtextextended(t.{}::text, {i})", ident(c)),
+        })
+        .collect::<Vec<_>>()
+        .join(" # ");
+    let bucket_expr = format!("(({key_hash}) & {mask})");
     let row_hash = format!("pg_catalog.hashtextextended({row_expr}, 0)");
 
     // 1. Bucket summaries.
+    let started = Instant::now();
+    let mut steps: Vec<u128> = Vec::new();
     let (mine, peers) = sides.both(
         &format!(
             "SELECT {bucket_expr}::text, pg_catalog.count(*)::text, pg_catalog.bit_xor({row_hash})::text
@@ -312,6 +338,7 @@ pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms
         return out;
     }
 
+    steps.push(started.elapsed().as_millis());
     // 2. Row hashes of the differing buckets.
     let list = differing.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
     let key_json = format!(
@@ -343,6 +370,7 @@ pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms
         return out;
     }
 
+    steps.push(started.elapsed().as_millis());
     // 3. Let replication catch up both ways, then read the rows whole.
     if recheck_timeout_ms > 0 {
         catch_up(&mut sides, Duration::from_millis(recheck_timeout_ms as u64));
@@ -378,6 +406,7 @@ pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms
         )
     };
     let track_sql = "SELECT current_setting('track_commit_timestamp')::bool::text";
+    steps.push(started.elapsed().as_millis());
     let tracks_here =
         local_rows(track_sql, "reading a setting").first().and_then(|r| r[0].clone()) == Some("true".into());
     let tracks_there =
@@ -407,8 +436,9 @@ pub(crate) fn compute_diff(relation: pg_sys::Oid, peer: &str, recheck_timeout_ms
             peer: p.map(side),
         });
     }
+    steps.push(started.elapsed().as_millis());
     pgrx::debug1!(
-        "spock.table_diff {q}: {buckets} buckets, {} differ, {compared} rows compared by hash, {} rows differ; {} bytes from peer {peer}",
+        "spock.table_diff {q}: {buckets} buckets, {} differ, {compared} rows compared by hash, {} rows differ (steps done at {steps:?} ms); {} bytes from peer {peer}",
         differing.len(),
         out.rows.len(),
         sides.received
