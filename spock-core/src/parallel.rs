@@ -20,6 +20,7 @@
 //! applied in order), never remove one.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::proto::{Datum, Message, Relation, Tuple};
 
@@ -399,6 +400,137 @@ impl Unit {
     }
 }
 
+/// Who applies the next transactions of a subscription with writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Handed to the writers.
+    Writers,
+    /// Applied by the leader itself, as serial apply does.
+    Alone,
+}
+
+impl Mode {
+    fn index(self) -> usize {
+        match self {
+            Mode::Writers => 0,
+            Mode::Alone => 1,
+        }
+    }
+
+    fn other(self) -> Mode {
+        match self {
+            Mode::Writers => Mode::Alone,
+            Mode::Alone => Mode::Writers,
+        }
+    }
+}
+
+/// Writers are kept only when they apply at least this much faster than the
+/// leader alone (measurements are noisy, and alone costs less memory and latency).
+pub const WRITERS_MARGIN: f64 = 1.10;
+/// A decision stands this long before the mode not chosen is measured again.
+pub const SETTLE: Duration = Duration::from_secs(60);
+/// Fewest transactions a measurement needs.
+const MIN_TRANSACTIONS: u64 = 100;
+
+/// Chooses between the writers and the leader alone by measured throughput.
+///
+/// Writers pay only where the hand-over between them (each transaction waits for
+/// the one before it to commit, then wakes the next) costs less than the apply
+/// work they share out: transactions of some size, and cores to spare beside the
+/// walsender and the leader. Where they do not (small transactions on a machine
+/// of two cores: docs/benchmarks.md), they are slower than the leader alone. So
+/// while a backlog is applied the leader measures both: windows of fixed length
+/// count the transactions begun in each mode, a window counts only if the whole of
+/// it had a backlog (else the provider, not the apply, set the pace), and the
+/// faster mode is kept (writers by [`WRITERS_MARGIN`]) for [`SETTLE`], after which
+/// the other is measured again. It starts with the writers.
+#[derive(Debug, Clone)]
+pub struct Chooser {
+    mode: Mode,
+    window: Duration,
+    started: Option<Instant>,
+    begun: u64,
+    backlog_throughout: bool,
+    /// The last measured transactions per second of each mode ([`Mode::index`]).
+    rate: [Option<f64>; 2],
+    decided_at: Option<Instant>,
+    /// Both modes were measured at the last window's end (see [`Chooser::take_decided`]).
+    decided_now: bool,
+}
+
+impl Chooser {
+    /// Measuring in windows of `window`.
+    pub fn new(window: Duration) -> Chooser {
+        Chooser {
+            mode: Mode::Writers,
+            window,
+            started: None,
+            begun: 0,
+            backlog_throughout: true,
+            rate: [None, None],
+            decided_at: None,
+            decided_now: false,
+        }
+    }
+
+    /// Whether a measurement of both modes was completed since the last call (the
+    /// moment to say which one was kept).
+    pub fn take_decided(&mut self) -> bool {
+        std::mem::take(&mut self.decided_now)
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The last measurements: transactions per second with the writers and alone.
+    pub fn rates(&self) -> (Option<f64>, Option<f64>) {
+        (self.rate[0], self.rate[1])
+    }
+
+    /// A transaction begins at `now`; `backlog`: the provider had written well past
+    /// it. Returns who applies it, and whether the mode changed with it.
+    pub fn begin(&mut self, now: Instant, backlog: bool) -> (Mode, bool) {
+        let before = self.mode;
+        let started = *self.started.get_or_insert(now);
+        self.backlog_throughout &= backlog;
+        let elapsed = now.saturating_duration_since(started);
+        if elapsed >= self.window {
+            if self.backlog_throughout && self.begun >= MIN_TRANSACTIONS {
+                self.rate[self.mode.index()] = Some(self.begun as f64 / elapsed.as_secs_f64());
+                self.decide(now);
+            }
+            self.started = Some(now);
+            self.begun = 0;
+            self.backlog_throughout = backlog;
+        }
+        self.begun += 1;
+        (self.mode, self.mode != before)
+    }
+
+    /// After a measurement: measure the mode not measured yet, or keep the faster.
+    fn decide(&mut self, now: Instant) {
+        if self.decided_at.is_some_and(|t| now.saturating_duration_since(t) >= SETTLE) {
+            // Time to look at the other mode again.
+            self.rate[self.mode.other().index()] = None;
+            self.decided_at = None;
+        }
+        match self.rate {
+            [Some(w), Some(a)] => {
+                if self.decided_at.is_none() {
+                    self.decided_at = Some(now);
+                    self.decided_now = true;
+                }
+                self.mode = if w >= a * WRITERS_MARGIN { Mode::Writers } else { Mode::Alone };
+            }
+            [None, _] => self.mode = Mode::Writers,
+            [_, None] => self.mode = Mode::Alone,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,5 +726,61 @@ mod tests {
         assert!(!b.take().barrier, "the relation again keeps its unique keys");
         b.note(&insert(1, &["4", "7", "w"]));
         assert_eq!(b.take().keys.len(), 2);
+    }
+
+    fn run(c: &mut Chooser, t: &mut Instant, secs: f64, rate: f64, backlog: bool) -> Vec<Mode> {
+        let n = (secs * rate) as u64;
+        let step = Duration::from_secs_f64(1.0 / rate);
+        (0..n)
+            .map(|_| {
+                *t += step;
+                c.begin(*t, backlog).0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_leader_applies_alone_where_it_is_faster_and_measures_again_later() {
+        let mut c = Chooser::new(Duration::from_secs(2));
+        let mut t = Instant::now();
+        // Writers first: 20k tx/s over a window; then alone is measured: 40k tx/s.
+        let first = run(&mut c, &mut t, 1.99, 20_000.0, true);
+        assert!(first.iter().all(|m| *m == Mode::Writers));
+        run(&mut c, &mut t, 0.1, 20_000.0, true);
+        assert_eq!(c.mode(), Mode::Alone, "the other mode is measured next");
+        run(&mut c, &mut t, 2.1, 40_000.0, true);
+        assert_eq!(c.mode(), Mode::Alone, "alone is faster");
+        assert!(c.take_decided() && !c.take_decided(), "said once");
+        let (w, a) = c.rates();
+        assert!(w.unwrap() < a.unwrap());
+        // It stays alone, re-measuring itself, until the decision has settled.
+        run(&mut c, &mut t, 50.0, 40_000.0, true);
+        assert_eq!(c.mode(), Mode::Alone);
+        run(&mut c, &mut t, 10.5, 40_000.0, true);
+        assert_eq!(c.mode(), Mode::Writers, "after SETTLE the writers are measured again");
+        // Now writers are much faster (a bigger machine, larger transactions).
+        run(&mut c, &mut t, 2.1, 90_000.0, true);
+        assert_eq!(c.mode(), Mode::Writers);
+    }
+
+    #[test]
+    fn without_a_backlog_nothing_is_measured_and_writers_win_only_by_the_margin() {
+        let mut c = Chooser::new(Duration::from_secs(1));
+        let mut t = Instant::now();
+        run(&mut c, &mut t, 10.0, 500.0, false);
+        assert_eq!(c.rates(), (None, None), "the provider set the pace");
+        assert_eq!(c.mode(), Mode::Writers);
+        // A window with a moment without backlog does not count either.
+        run(&mut c, &mut t, 0.5, 20_000.0, true);
+        run(&mut c, &mut t, 0.1, 20_000.0, false);
+        run(&mut c, &mut t, 0.5, 20_000.0, true);
+        assert_eq!(c.rates(), (None, None));
+        run(&mut c, &mut t, 1.1, 21_000.0, true);
+        run(&mut c, &mut t, 1.1, 20_000.0, true);
+        assert_eq!(c.mode(), Mode::Alone, "5 % faster is within the noise: alone");
+        let mut c = Chooser::new(Duration::from_secs(1));
+        run(&mut c, &mut t, 1.1, 30_000.0, true);
+        run(&mut c, &mut t, 1.1, 20_000.0, true);
+        assert_eq!(c.mode(), Mode::Writers);
     }
 }

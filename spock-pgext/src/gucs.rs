@@ -212,6 +212,25 @@ pub static DELETED_VERSION_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(6
 /// `sub_alter_options` overrides it per subscription.
 pub static PARALLEL_APPLY_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 
+/// `spock.parallel_apply_adaptive` (spock-rs): with several writers, the leader
+/// measures while a backlog is applied whether the writers or itself alone apply
+/// faster, and keeps the faster (spock_core::parallel::Chooser).
+pub static PARALLEL_APPLY_ADAPTIVE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `spock.parallel_apply_window` (spock-rs): how long each of those measurements
+/// lasts (milliseconds).
+pub static PARALLEL_APPLY_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(2000);
+
+/// Whether parallel apply chooses between its writers and the leader alone.
+pub fn parallel_apply_adaptive() -> bool {
+    PARALLEL_APPLY_ADAPTIVE.get()
+}
+
+/// The length of a parallel apply measurement.
+pub fn parallel_apply_window() -> std::time::Duration {
+    std::time::Duration::from_millis(PARALLEL_APPLY_WINDOW.get().max(1) as u64)
+}
+
 /// Registers the parameters; called from `_PG_init`.
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -249,6 +268,24 @@ pub fn init() {
         crate::apply::MAX_WRITERS as i32,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"spock.parallel_apply_adaptive",
+        c"Parallel apply uses its writers only where they apply faster than the subscription's worker alone.",
+        c"While a backlog is applied, the subscription's worker measures both ways in turn and keeps the faster (writers by at least 10 %), and measures again a minute later. Off: the writers always apply.",
+        &PARALLEL_APPLY_ADAPTIVE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"spock.parallel_apply_window",
+        c"How long each throughput measurement of spock.parallel_apply_adaptive lasts.",
+        c"A measurement counts only if a backlog was applied throughout it.",
+        &PARALLEL_APPLY_WINDOW,
+        100,
+        600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"spock.deleted_version_retention",

@@ -14,13 +14,30 @@ fn writers(n: &TestNode) -> i64 {
 }
 
 /// Sets the subscription of `b` to `a` to `n` writers and waits until they run.
+/// The writers apply whatever this machine measures (`spock.parallel_apply_adaptive
+/// = off`): these tests are about them.
 fn use_writers(a: &TestNode, b: &TestNode, n: i64) {
+    set_adaptive(b, false);
     b.execute(&format!(
         "SELECT spock.sub_alter_options('sub_{}_{}', '{{\"parallel_apply_workers\": {n}}}')",
         b.name, a.name
     ))
     .unwrap();
     wait_for("writers running", Duration::from_secs(60), || writers(b), if n > 1 { n } else { 0 });
+}
+
+/// Sets `spock.parallel_apply_adaptive` on `n` and waits until new processes
+/// (workers started from now on) have it.
+fn set_adaptive(n: &TestNode, on: bool) {
+    let v = if on { "on" } else { "off" };
+    n.execute(&format!("ALTER SYSTEM SET spock.parallel_apply_adaptive = {v}")).unwrap();
+    n.execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "the setting to be in force",
+        Duration::from_secs(60),
+        || n.query_text("SHOW spock.parallel_apply_adaptive").unwrap(),
+        v.to_string(),
+    );
 }
 
 /// Creates `sql`'s table on both nodes and adds it to the default set on `a`.
@@ -350,4 +367,37 @@ fn a_conflicting_two_node_workload_ends_as_with_serial_apply() {
     assert!(!serial[2].is_empty() && !serial[3].is_empty(), "conflicts were resolved: {serial:?}");
     let parallel = crossing_workload(4);
     assert_eq!(parallel, serial, "four writers: the same rows and the same resolutions as one");
+}
+
+#[test]
+fn the_leader_measures_writers_against_itself_and_keeps_the_faster() {
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    table_on_both(a, b, "small", "CREATE TABLE small(id int PRIMARY KEY, v text)");
+    b.execute("ALTER SYSTEM SET spock.parallel_apply_window = 200").unwrap();
+    set_adaptive(b, true);
+    let offset = b.log_offset();
+    b.execute("SELECT spock.sub_alter_options('sub_n2_n1', '{\"parallel_apply_workers\": 4}')").unwrap();
+    b.wait_for_log(offset, "applying with 4 parallel writers", 1, Duration::from_secs(60));
+    // A backlog of small transactions, long enough for a window of each mode.
+    set_enabled(a, b, false);
+    a.execute(
+        "CREATE PROCEDURE fill(n int) LANGUAGE plpgsql AS $$
+         BEGIN FOR i IN 1..n LOOP INSERT INTO small VALUES (i, repeat('x', 100)); COMMIT; END LOOP; END $$",
+    )
+    .unwrap();
+    a.execute("CALL fill(60000)").unwrap();
+    set_enabled(a, b, true);
+    // Both measured, one kept: said in the log with the two rates.
+    b.wait_for_log(offset, ", the leader alone ", 1, Duration::from_secs(120));
+    sync_through(a, b);
+    let log = b.log_since(offset);
+    let decided = log
+        .lines()
+        .find(|l| l.contains("parallel apply: ") && !l.contains("not measured"))
+        .unwrap_or_else(|| panic!("no decision with both rates in:\n{log}"));
+    eprintln!("{decided}");
+    assert!(decided.contains(" tx/s, the leader alone ") && decided.contains(" tx/s)"), "{decided}");
+    assert_eq!(count(b, "SELECT count(*) FROM small"), 60000);
+    assert_eq!(md5(a, "small", "id"), md5(b, "small", "id"));
 }

@@ -3,7 +3,7 @@
 //! native logical replication (DESIGN.md section 6; method in docs/benchmarks.md).
 //!
 //! ```text
-//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4]
+//! replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4,spock-p4a]
 //!                   [--workloads replication,deletes,parallel,join,decode] [--data-root DIR]
 //!                   [--out DIR] [--no-install] [--no-decode] [--keep]
 //!                   [--scale N] [--backlog-secs N] [--steady-secs N] [--steady-rate N]
@@ -17,8 +17,9 @@
 //! PostgreSQL 18, when the installed extension has `spock.sub_create`; otherwise
 //! reported as not available and skipped), `spock-noretain` (spock-rs keeping no
 //! deleted row versions; only when named in `--systems`), `spock-p2` and
-//! `spock-p4` (spock-rs applying with 2 and 4 writers per subscription; only when
-//! named in `--systems`).
+//! `spock-p4` (spock-rs applying with 2 and 4 writers per subscription, always;
+//! only when named in `--systems`), `spock-p4a` (4 writers, used only where they
+//! are faster: `spock.parallel_apply_adaptive`; only when named).
 //!
 //! Workloads (`--workloads`, default all of them; quick mode: replication,
 //! deletes, parallel, join): `replication` (backlog catch-up, steady lag, one large
@@ -49,7 +50,7 @@ use replication::systems::{self, Env};
 use replication::{join, workload, Config, WORKLOADS};
 use spock_tests::PgInstall;
 
-const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4] \
+const USAGE: &str = "usage: replication-bench [--quick] [--rounds N] [--systems native,pglogical,spock,spock-noretain,spock-p2,spock-p4,spock-p4a] \
 [--workloads replication,deletes,parallel,join,decode] [--data-root DIR] [--out DIR] [--no-install] [--no-decode] [--keep] [--scale N] [--backlog-secs N] \
 [--steady-secs N] [--steady-rate N] [--large-rows N] | --report-from FILE [--out DIR]";
 

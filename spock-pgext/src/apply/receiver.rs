@@ -367,7 +367,7 @@ impl<'a> Receiver<'a> {
                 // An eagerly applied stream gives way (apply::stream).
                 self.streams.other_arrived(session);
             }
-            match pool.route(payload, &decoded.message, session)? {
+            match pool.route(payload, &decoded.message, decoded.remote_insert_lsn, session)? {
                 Route::Taken => return Ok(()),
                 Route::Local => {}
                 Route::Replay(held) => {

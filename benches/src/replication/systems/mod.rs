@@ -163,6 +163,7 @@ pub fn all() -> Vec<Box<dyn System>> {
         Box::new(spock::Spock::without_retention()),
         Box::new(spock::Spock::parallel(2)),
         Box::new(spock::Spock::parallel(4)),
+        Box::new(spock::Spock::adaptive()),
     ]
 }
 

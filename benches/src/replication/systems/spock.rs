@@ -46,14 +46,29 @@ impl Spock {
         Spock { install: None, name: "spock-noretain", extra: &[("spock.deleted_version_retention", "0")] }
     }
 
-    /// spock-rs applying with `n` (2 or 4) writers per subscription
-    /// (`spock.parallel_apply_workers`; `spock` itself applies with one process).
-    /// Runs only when named in `--systems`.
+    /// spock-rs applying with `n` (2 or 4) writers per subscription, always
+    /// (`spock.parallel_apply_workers`, `spock.parallel_apply_adaptive = off`; `spock`
+    /// itself applies with one process). Runs only when named in `--systems`.
     pub fn parallel(n: u32) -> Spock {
         match n {
-            2 => Spock { install: None, name: "spock-p2", extra: &[("spock.parallel_apply_workers", "2")] },
-            _ => Spock { install: None, name: "spock-p4", extra: &[("spock.parallel_apply_workers", "4")] },
+            2 => Spock {
+                install: None,
+                name: "spock-p2",
+                extra: &[("spock.parallel_apply_workers", "2"), ("spock.parallel_apply_adaptive", "off")],
+            },
+            _ => Spock {
+                install: None,
+                name: "spock-p4",
+                extra: &[("spock.parallel_apply_workers", "4"), ("spock.parallel_apply_adaptive", "off")],
+            },
         }
+    }
+
+    /// spock-rs with 4 writers per subscription that the subscription's worker uses
+    /// only where they apply faster than itself (`spock.parallel_apply_adaptive`,
+    /// the default). Runs only when named in `--systems`.
+    pub fn adaptive() -> Spock {
+        Spock { install: None, name: "spock-p4a", extra: &[("spock.parallel_apply_workers", "4")] }
     }
 }
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pgrx::pg_sys;
 use pgrx::PgSqlErrorCode;
-use spock_core::parallel::{Assigner, Dependencies, FootprintBuilder, Unit};
+use spock_core::parallel::{Assigner, Chooser, Dependencies, FootprintBuilder, Mode, Unit};
 use spock_core::proto::{format_lsn, Message};
 
 pub use shared::MAX_WRITERS;
@@ -48,6 +48,9 @@ use crate::error::PgError;
 const MAX_HELD_BYTES: usize = 8 << 20;
 /// How often a waiting leader checks that its writers live.
 const HEALTH_CHECK: Duration = Duration::from_millis(500);
+/// A transaction begins within a backlog when the provider's WAL had gone this far
+/// past its commit (spock_core::parallel::Chooser).
+const BACKLOG_BYTES: u64 = 1 << 20;
 
 /// What the receiver does with a message the pool saw.
 pub enum Route {
@@ -98,6 +101,11 @@ pub struct Pool {
     progress_slot: Option<usize>,
     dbid: u32,
     health_checked: Instant,
+    /// With `spock.parallel_apply_adaptive`: whether the writers or the leader
+    /// alone apply, by measured throughput.
+    chooser: Option<Chooser>,
+    /// The provider's WAL end as last reported.
+    wal_end: u64,
 }
 
 fn internal(msg: impl Into<String>) -> ! {
@@ -252,6 +260,8 @@ impl Pool {
             progress_slot: session.progress_slot(),
             dbid,
             health_checked: Instant::now(),
+            chooser: crate::gucs::parallel_apply_adaptive().then(|| Chooser::new(crate::gucs::parallel_apply_window())),
+            wal_end: 0,
         };
         for i in 0..n {
             // SAFETY: queue `i` of the segment, created before its writer starts.
@@ -295,8 +305,16 @@ impl Pool {
         self.committed < self.dispatched
     }
 
-    /// Routes one decoded message of the stream.
-    pub fn route(&mut self, payload: &Bytes, m: &Message, session: &mut ApplySession) -> Result<Route, Exit> {
+    /// Routes one decoded message of the stream; `wal_end`: the provider's WAL end
+    /// its frame reported.
+    pub fn route(
+        &mut self,
+        payload: &Bytes,
+        m: &Message,
+        wal_end: Option<u64>,
+        session: &mut ApplySession,
+    ) -> Result<Route, Exit> {
+        self.wal_end = self.wal_end.max(wal_end.unwrap_or(0));
         // Relation messages: every writer needs them, and the leader, in stream
         // order. Inside a held transaction they stay in it, in place (its changes
         // before one use the relation as it was), and go to the others when the
@@ -345,6 +363,15 @@ impl Pool {
             // After a lock wait between writers, and while a synchronised table
             // waits for the stream to pass its copy: the leader alone.
             Message::Begin(b) if b.final_lsn <= session.serial_until() || session.catching_up_tables() => {
+                if let Some(c) = self.chooser.as_mut() {
+                    // Not a measure of either mode.
+                    c.begin(Instant::now(), false);
+                }
+                self.drain(session)?;
+                self.local = true;
+                Ok(Route::Local)
+            }
+            Message::Begin(b) if self.choose(b.final_lsn) == Mode::Alone => {
                 self.drain(session)?;
                 self.local = true;
                 Ok(Route::Local)
@@ -366,6 +393,30 @@ impl Pool {
             }
             _ => Ok(Route::Local),
         }
+    }
+
+    /// Who applies the transaction that commits at `final_lsn` (the writers
+    /// without `spock.parallel_apply_adaptive`); says so when that changes.
+    fn choose(&mut self, final_lsn: u64) -> Mode {
+        let backlog = self.wal_end.saturating_sub(final_lsn) >= BACKLOG_BYTES;
+        let Some(c) = self.chooser.as_mut() else { return Mode::Writers };
+        let (mode, changed) = c.begin(Instant::now(), backlog);
+        if c.take_decided() || changed {
+            let (w, a) = c.rates();
+            let rate = |r: Option<f64>| r.map_or("not measured".to_string(), |r| format!("{r:.0} tx/s"));
+            pgrx::log!(
+                "spock subscription {}: parallel apply: {} (measured while applying a backlog: {} writers {}, the leader alone {})",
+                self.sub_name,
+                match mode {
+                    Mode::Writers => "the writers apply",
+                    Mode::Alone => "the leader applies alone",
+                },
+                self.writers.len(),
+                rate(w),
+                rate(a)
+            );
+        }
+        mode
     }
 
     /// The held transaction's COMMIT arrived: hand it to a writer, or back to the
