@@ -219,7 +219,7 @@ pub static PARALLEL_APPLY_ADAPTIVE: GucSetting<bool> = GucSetting::<bool>::new(t
 
 /// `spock.parallel_apply_window` (spock-rs): how long each of those measurements
 /// lasts (milliseconds).
-pub static PARALLEL_APPLY_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static PARALLEL_APPLY_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(500);
 
 /// Whether parallel apply chooses between its writers and the leader alone.
 pub fn parallel_apply_adaptive() -> bool {
