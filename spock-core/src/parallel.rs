@@ -491,22 +491,32 @@ impl Chooser {
     }
 
     /// A transaction begins at `now`; `backlog`: the provider had written well past
-    /// it. Returns who applies it, and whether the mode changed with it.
-    pub fn begin(&mut self, now: Instant, backlog: bool) -> (Mode, bool) {
+    /// it; `completed`: transactions applied and committed since the last call
+    /// (with the writers, their commits: what they were handed but have not
+    /// committed does not count; alone, the one before this). Returns who applies
+    /// it, and whether the mode changed with it. A window starts at the first
+    /// transaction after a change (once the writers' queue drained, for the leader
+    /// alone).
+    pub fn begin(&mut self, now: Instant, backlog: bool, completed: u64) -> (Mode, bool) {
         let before = self.mode;
-        let started = *self.started.get_or_insert(now);
+        let Some(started) = self.started else {
+            self.started = Some(now);
+            self.begun = 0;
+            self.backlog_throughout = backlog;
+            return (self.mode, false);
+        };
         self.backlog_throughout &= backlog;
+        self.begun += completed;
         let elapsed = now.saturating_duration_since(started);
         if elapsed >= self.window {
             if self.backlog_throughout && self.begun >= MIN_TRANSACTIONS {
                 self.rate[self.mode.index()] = Some(self.begun as f64 / elapsed.as_secs_f64());
                 self.decide(now);
             }
-            self.started = Some(now);
+            self.started = (self.mode == before).then_some(now);
             self.begun = 0;
             self.backlog_throughout = backlog;
         }
-        self.begun += 1;
         (self.mode, self.mode != before)
     }
 
@@ -734,7 +744,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 *t += step;
-                c.begin(*t, backlog).0
+                c.begin(*t, backlog, 1).0
             })
             .collect()
     }

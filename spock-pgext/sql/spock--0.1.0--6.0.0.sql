@@ -1233,3 +1233,57 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
 $$;
 
 REVOKE ALL ON FUNCTION spock.table_repair(regclass, text, interval, boolean) FROM PUBLIC;
+
+-- Removing a node (6.0.0): remove_node over _remote_query.
+CREATE FUNCTION spock._remote_query(dsn text, sql text) RETURNS SETOF text
+STRICT VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'remote_query_wrapper';
+ALTER FUNCTION spock._remote_query(text, text) SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._remote_query(text, text) FROM PUBLIC;
+CREATE PROCEDURE spock.remove_node(target_node_name text, target_node_dsn text, verbose_mode boolean DEFAULT true)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_local text;
+    v_peer record;
+    v_sub record;
+BEGIN
+    SELECT n.node_name::text INTO v_local
+      FROM spock.local_node l JOIN spock.node n ON n.node_id OPERATOR(pg_catalog.=) l.node_id;
+    IF v_local IS NULL OR v_local OPERATOR(pg_catalog.<>) target_node_name THEN
+        RAISE EXCEPTION 'This procedure must be run on the node being removed (%). Current node is %',
+                        target_node_name, coalesce(v_local, '(none)')
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    FOR v_peer IN
+        SELECT n.node_name::text AS name,
+               (SELECT i.if_dsn FROM spock.node_interface i WHERE i.if_nodeid OPERATOR(pg_catalog.=) n.node_id
+                 ORDER BY (i.if_name OPERATOR(pg_catalog.=) n.node_name) DESC, i.if_id LIMIT 1) AS dsn
+          FROM spock.node n WHERE n.node_name::text OPERATOR(pg_catalog.<>) v_local ORDER BY 1
+    LOOP
+        IF v_peer.dsn IS NULL THEN
+            RAISE WARNING 'node % has no interface: remove node % there by hand', v_peer.name, target_node_name;
+            CONTINUE;
+        END IF;
+        IF verbose_mode THEN
+            RAISE NOTICE 'node %: dropping its subscriptions from node % and forgetting it', v_peer.name, target_node_name;
+        END IF;
+        PERFORM spock._remote_query(v_peer.dsn, pg_catalog.format(
+            'SELECT spock.sub_drop(s.sub_name)::text FROM spock.subscription s
+               JOIN spock.node n ON n.node_id = s.sub_origin WHERE n.node_name = %L', target_node_name));
+        PERFORM spock._remote_query(v_peer.dsn, pg_catalog.format('SELECT spock.node_drop(%L, true)::text', target_node_name));
+    END LOOP;
+    FOR v_sub IN SELECT s.sub_name FROM spock.subscription s ORDER BY 1 LOOP
+        IF verbose_mode THEN
+            RAISE NOTICE 'dropping subscription %', v_sub.sub_name;
+        END IF;
+        PERFORM spock.sub_drop(v_sub.sub_name);
+    END LOOP;
+    FOR v_peer IN SELECT n.node_name FROM spock.node n WHERE n.node_name::text OPERATOR(pg_catalog.<>) v_local LOOP
+        PERFORM spock.node_drop(v_peer.node_name, true);
+    END LOOP;
+    PERFORM spock.node_drop(v_local::name, true);
+    IF verbose_mode THEN
+        RAISE NOTICE 'node % removed', target_node_name;
+    END IF;
+END;
+$$;
+REVOKE ALL ON PROCEDURE spock.remove_node(text, text, boolean) FROM PUBLIC;

@@ -82,3 +82,57 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
       FROM spock._table_repair(relation, source_node,
                coalesce((extract(epoch FROM recheck_timeout) * 1000)::int8, 0), coalesce(dry_run, false)) r;
 $$;
+
+-- remove_node(target_node_name, target_node_dsn): Zodan's procedure, run on the
+-- node that leaves. Every other node drops its subscriptions from it (each drop
+-- removes its slot here and its origin there) and forgets it; then this node drops
+-- its own subscriptions (each drop removes its slot on the provider), forgets the
+-- other nodes and drops its own node and sets. Its tables and rows stay. A
+-- procedure cannot pin search_path: every name and operator is schema-qualified.
+CREATE PROCEDURE spock.remove_node(target_node_name text, target_node_dsn text, verbose_mode boolean DEFAULT true)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_local text;
+    v_peer record;
+    v_sub record;
+BEGIN
+    SELECT n.node_name::text INTO v_local
+      FROM spock.local_node l JOIN spock.node n ON n.node_id OPERATOR(pg_catalog.=) l.node_id;
+    IF v_local IS NULL OR v_local OPERATOR(pg_catalog.<>) target_node_name THEN
+        RAISE EXCEPTION 'This procedure must be run on the node being removed (%). Current node is %',
+                        target_node_name, coalesce(v_local, '(none)')
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    FOR v_peer IN
+        SELECT n.node_name::text AS name,
+               (SELECT i.if_dsn FROM spock.node_interface i WHERE i.if_nodeid OPERATOR(pg_catalog.=) n.node_id
+                 ORDER BY (i.if_name OPERATOR(pg_catalog.=) n.node_name) DESC, i.if_id LIMIT 1) AS dsn
+          FROM spock.node n WHERE n.node_name::text OPERATOR(pg_catalog.<>) v_local ORDER BY 1
+    LOOP
+        IF v_peer.dsn IS NULL THEN
+            RAISE WARNING 'node % has no interface: remove node % there by hand', v_peer.name, target_node_name;
+            CONTINUE;
+        END IF;
+        IF verbose_mode THEN
+            RAISE NOTICE 'node %: dropping its subscriptions from node % and forgetting it', v_peer.name, target_node_name;
+        END IF;
+        PERFORM spock._remote_query(v_peer.dsn, pg_catalog.format(
+            'SELECT spock.sub_drop(s.sub_name)::text FROM spock.subscription s
+               JOIN spock.node n ON n.node_id = s.sub_origin WHERE n.node_name = %L', target_node_name));
+        PERFORM spock._remote_query(v_peer.dsn, pg_catalog.format('SELECT spock.node_drop(%L, true)::text', target_node_name));
+    END LOOP;
+    FOR v_sub IN SELECT s.sub_name FROM spock.subscription s ORDER BY 1 LOOP
+        IF verbose_mode THEN
+            RAISE NOTICE 'dropping subscription %', v_sub.sub_name;
+        END IF;
+        PERFORM spock.sub_drop(v_sub.sub_name);
+    END LOOP;
+    FOR v_peer IN SELECT n.node_name FROM spock.node n WHERE n.node_name::text OPERATOR(pg_catalog.<>) v_local LOOP
+        PERFORM spock.node_drop(v_peer.node_name, true);
+    END LOOP;
+    PERFORM spock.node_drop(v_local::name, true);
+    IF verbose_mode THEN
+        RAISE NOTICE 'node % removed', target_node_name;
+    END IF;
+END;
+$$;

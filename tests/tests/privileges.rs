@@ -60,6 +60,7 @@ const GUARDED: &[(&str, &str)] = &[
     ("_provider_tables", "SELECT * FROM spock._provider_tables($DSN, ARRAY['default'])"),
     ("_drop_provider_slot", "SELECT spock._drop_provider_slot($DSN, $SLOT)"),
     ("_table_diff", "SELECT * FROM spock._table_diff('t'::regclass, $DSN, 0)"),
+    ("_remote_query", "SELECT * FROM spock._remote_query($DSN, 'SELECT 1')"),
     ("_hold_subscription", "SELECT spock._hold_subscription(1::oid)"),
     ("_wake_workers", "SELECT spock._wake_workers()"),
     ("_invalidate_all", "SELECT spock._invalidate_all()"),

@@ -231,3 +231,53 @@ fn diff_origins(n: &TestNode) -> String {
     )
     .unwrap()
 }
+
+/// What of node n3 node `n` still has: subscriptions, slots, origins, node rows.
+fn traces_of_n3(n: &TestNode) -> String {
+    n.query_text(
+        "SELECT format('subs %s slots %s origins %s nodes %s',
+                (SELECT count(*) FROM spock.subscription WHERE sub_name LIKE '%n3%'),
+                (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE '%n3%'),
+                (SELECT count(*) FROM pg_replication_origin WHERE roname LIKE '%n3%'),
+                (SELECT count(*) FROM spock.node WHERE node_name = 'n3'))",
+    )
+    .unwrap()
+}
+
+#[test]
+fn remove_node_leaves_no_subscription_slot_or_origin_of_it_on_any_node() {
+    let c = Cluster::start_n(3).unwrap();
+    let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
+    full_mesh(&[n1, n2, n3]);
+    n3.execute("INSERT INTO t SELECT g, 'from n3' FROM generate_series(1, 10) g").unwrap();
+    sync_mesh(&[n1, n2, n3]);
+    assert_eq!(
+        n1.query_text("CALL spock.remove_node('n3', 'x')")
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .unwrap_err()
+            .contains("55000"),
+        true,
+        "run on the node that leaves"
+    );
+    n3.execute(&format!("CALL spock.remove_node('n3', '{}')", n3.dsn("postgres"))).unwrap();
+    for n in [n1, n2] {
+        assert_eq!(traces_of_n3(n), "subs 0 slots 0 origins 0 nodes 0", "on {}", n.name);
+    }
+    assert_eq!(
+        n3.query_text(
+            "SELECT format('%s %s %s', (SELECT count(*) FROM spock.subscription), (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'spk%'), (SELECT count(*) FROM spock.node))"
+        )
+        .unwrap(),
+        "0 0 0"
+    );
+    assert_eq!(n3.query_text("SELECT count(*)::text FROM t").unwrap(), "10", "its rows stay");
+    // The others still replicate both ways, and n3's writes reach nobody.
+    n3.execute("INSERT INTO t VALUES (100, 'after')").unwrap();
+    n1.execute("INSERT INTO t VALUES (101, 'n1')").unwrap();
+    n2.execute("INSERT INTO t VALUES (102, 'n2')").unwrap();
+    sync_mesh(&[n1, n2]);
+    let ids = "SELECT string_agg(id::text, ',' ORDER BY id) FROM t WHERE id > 99";
+    assert_eq!(n1.query_text(ids).unwrap(), "101,102");
+    assert_eq!(n2.query_text(ids).unwrap(), "101,102");
+}

@@ -10,6 +10,7 @@ mod info;
 mod node;
 mod pause;
 mod progress;
+mod remote;
 mod repair;
 mod repset;
 mod retention;
@@ -55,11 +56,12 @@ pgrx::extension_sql_file!(
     name = "api_ddl",
     requires = ["api_progress", sql_api::ddl::replicate_ddl]
 );
-// table_diff(), mesh_diff() and table_repair() (LANGUAGE sql / plpgsql) call
-// _table_diff() and _table_repair().
+// table_diff(), mesh_diff(), table_repair() and remove_node() (LANGUAGE sql /
+// plpgsql) call _table_diff(), _table_repair() and _remote_query().
 pgrx::extension_sql_file!(
     "../../../sql/api/operations.sql",
     name = "api_operations",
-    requires = ["api_ddl", sql_api::diff::table_diff_rows, sql_api::repair::table_repair_rows]
+    requires =
+        ["api_ddl", sql_api::diff::table_diff_rows, sql_api::repair::table_repair_rows, sql_api::remote::remote_query]
 );
 pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);

@@ -106,6 +106,8 @@ pub struct Pool {
     chooser: Option<Chooser>,
     /// The provider's WAL end as last reported.
     wal_end: u64,
+    /// `committed` when the chooser last counted the writers' commits.
+    measured_commits: u64,
 }
 
 fn internal(msg: impl Into<String>) -> ! {
@@ -262,6 +264,7 @@ impl Pool {
             health_checked: Instant::now(),
             chooser: crate::gucs::parallel_apply_adaptive().then(|| Chooser::new(crate::gucs::parallel_apply_window())),
             wal_end: 0,
+            measured_commits: 0,
         };
         for i in 0..n {
             // SAFETY: queue `i` of the segment, created before its writer starts.
@@ -365,7 +368,7 @@ impl Pool {
             Message::Begin(b) if b.final_lsn <= session.serial_until() || session.catching_up_tables() => {
                 if let Some(c) = self.chooser.as_mut() {
                     // Not a measure of either mode.
-                    c.begin(Instant::now(), false);
+                    c.begin(Instant::now(), false, 0);
                 }
                 self.drain(session)?;
                 self.local = true;
@@ -399,8 +402,18 @@ impl Pool {
     /// without `spock.parallel_apply_adaptive`); says so when that changes.
     fn choose(&mut self, final_lsn: u64) -> Mode {
         let backlog = self.wal_end.saturating_sub(final_lsn) >= BACKLOG_BYTES;
+        // The writers' commits as published (observe() may not have run lately).
+        let committed = self.shared().committed_seq();
         let Some(c) = self.chooser.as_mut() else { return Mode::Writers };
-        let (mode, changed) = c.begin(Instant::now(), backlog);
+        // With the writers, what they committed; alone, the transaction before.
+        let completed = match c.mode() {
+            Mode::Writers => committed.saturating_sub(std::mem::replace(&mut self.measured_commits, committed)),
+            Mode::Alone => 1,
+        };
+        let (mode, changed) = c.begin(Instant::now(), backlog, completed);
+        if changed {
+            self.measured_commits = committed;
+        }
         if c.take_decided() || changed {
             let (w, a) = c.rates();
             let rate = |r: Option<f64>| r.map_or("not measured".to_string(), |r| format!("{r:.0} tx/s"));
