@@ -251,15 +251,8 @@ fn remove_node_leaves_no_subscription_slot_or_origin_of_it_on_any_node() {
     full_mesh(&[n1, n2, n3]);
     n3.execute("INSERT INTO t SELECT g, 'from n3' FROM generate_series(1, 10) g").unwrap();
     sync_mesh(&[n1, n2, n3]);
-    assert_eq!(
-        n1.query_text("CALL spock.remove_node('n3', 'x')")
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-            .unwrap_err()
-            .contains("55000"),
-        true,
-        "run on the node that leaves"
-    );
+    let refused = n1.query_text("CALL spock.remove_node('n3', 'x')").map(|_| ()).map_err(|e| e.to_string());
+    assert!(refused.unwrap_err().contains("55000"), "run on the node that leaves");
     n3.execute(&format!("CALL spock.remove_node('n3', '{}')", n3.dsn("postgres"))).unwrap();
     for n in [n1, n2] {
         assert_eq!(traces_of_n3(n), "subs 0 slots 0 origins 0 nodes 0", "on {}", n.name);
