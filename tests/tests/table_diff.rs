@@ -183,6 +183,11 @@ fn table_repair_makes_rows_equal_with_the_sources_versions_and_replicates_nothin
          COMMIT",
     )
     .unwrap();
+    // A column only n1 has keeps its values (updated rows) or gets its default
+    // (inserted ones).
+    n1.execute("BEGIN; SELECT spock.repair_mode(true); ALTER TABLE t ADD COLUMN note text DEFAULT 'mine'; COMMIT")
+        .unwrap();
+    n1.execute("BEGIN; SELECT spock.repair_mode(true); UPDATE t SET note = 'kept' WHERE id = 5; COMMIT").unwrap();
     let n3_before = n3.query_text("SELECT string_agg(xmin::text, ',' ORDER BY id) FROM t").unwrap();
     let plan = "SELECT string_agg(format('%s %s %s', key->>'id', action, coalesce(origin, '-')), ',' ORDER BY (key->>'id')::int)
                   FROM spock.table_repair('t', 'n2', dry_run := true)";
@@ -204,6 +209,10 @@ fn table_repair_makes_rows_equal_with_the_sources_versions_and_replicates_nothin
         diff_origins(n1),
         "5 n2,6 n3",
         "writers as recorded on n1 (row 7 was written by n1 itself: its time is the repair's)"
+    );
+    assert_eq!(
+        n1.query_text("SELECT string_agg(id || ' ' || note, ',' ORDER BY id) FROM t WHERE id IN (5, 7)").unwrap(),
+        "5 kept,7 mine"
     );
     // Nothing of the repair was replicated.
     sync_mesh(&[n1, n2, n3]);

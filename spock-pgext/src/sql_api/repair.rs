@@ -246,6 +246,15 @@ fn repair_row(relation: pg_sys::Oid, key: &str, new_row: Option<&str>, commit_ts
             .unwrap_or_else(|e| spi_failed("deleting the row", e));
         return "deleted".into();
     };
+    // Only the columns the source's row has: a column this node has alone keeps
+    // its value (UPDATE) or gets its default (INSERT).
+    let sent: Vec<String> = Spi::connect(|c| {
+        c.select("SELECT pg_catalog.jsonb_object_keys($1::pg_catalog.jsonb)", None, &[row.into()])
+            .unwrap_or_else(|e| spi_failed("reading the source's row", e))
+            .filter_map(|r| r.get::<String>(1).ok().flatten())
+            .collect()
+    });
+    let assignable: Vec<String> = assignable.into_iter().filter(|c| sent.contains(c)).collect();
     let others: Vec<String> = assignable.iter().filter(|c| !keys.contains(c)).cloned().collect();
     let of_row = |cols: &[String]| {
         format!("SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{q}, $2::pg_catalog.jsonb) r", list("r.", cols))
