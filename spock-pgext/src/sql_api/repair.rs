@@ -183,6 +183,19 @@ VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 
 )]
 fn repair_row(relation: pg_sys::Oid, key: &str, new_row: Option<&str>, commit_ts: Option<&str>) -> String {
     crate::privilege::require_superuser("repair a table");
+    let q: String = Spi::get_one_with_args(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[relation.into()],
+    )
+    .unwrap_or_else(|e| match e {
+        pgrx::spi::SpiError::InvalidPosition => None,
+        e => spi_failed("reading the table", e),
+    })
+    .unwrap_or_else(|| {
+        PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {relation} does not exist"))
+            .raise()
+    });
     Spi::run(
         "SELECT spock.repair_mode(true); SELECT pg_catalog.set_config('session_replication_role', 'replica', true)",
     )
@@ -205,16 +218,6 @@ fn repair_row(relation: pg_sys::Oid, key: &str, new_row: Option<&str>, commit_ts
             pg_sys::replorigin_session_origin_timestamp = ts.unwrap_or_else(|| pg_sys::GetCurrentTimestamp());
         }
     }
-    let q: String = Spi::get_one_with_args(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-        &[relation.into()],
-    )
-    .unwrap_or_else(|e| spi_failed("reading the table", e))
-    .unwrap_or_else(|| {
-        PgError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {relation} does not exist"))
-            .raise()
-    });
     let names = |sql: &str| -> Vec<String> {
         Spi::connect(|c| {
             c.select(sql, None, &[relation.into()])
