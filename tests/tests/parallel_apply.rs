@@ -401,3 +401,27 @@ fn the_leader_measures_writers_against_itself_and_keeps_the_faster() {
     assert_eq!(count(b, "SELECT count(*) FROM small"), 60000);
     assert_eq!(md5(a, "small", "id"), md5(b, "small", "id"));
 }
+
+#[test]
+fn a_table_first_seen_inside_a_transaction_the_leader_applies_itself() {
+    // Above 8 MB the leader applies a transaction itself (as it does every one when
+    // it chose to apply alone); the relation message of a table the transaction
+    // reaches only then arrives inside it, and its unique indexes are looked up
+    // there.
+    let cluster = replicating_pair();
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    table_on_both(a, b, "bulk", "CREATE TABLE bulk(id int PRIMARY KEY, v text)");
+    table_on_both(a, b, "late", "CREATE TABLE late(id int PRIMARY KEY, v text UNIQUE)");
+    use_writers(a, b, 4);
+    let offset = b.log_offset();
+    a.execute(
+        "BEGIN; INSERT INTO bulk SELECT g, repeat('x', 200) FROM generate_series(1, 60000) g;
+         INSERT INTO late VALUES (1, 'after'); COMMIT",
+    )
+    .unwrap();
+    sync_through(a, b);
+    assert_eq!(count(b, "SELECT count(*) FROM late"), 1);
+    assert_eq!(count(b, "SELECT count(*) FROM bulk"), 60000);
+    let log = b.log_since(offset);
+    assert!(!log.contains("ERROR"), "{log}");
+}

@@ -185,7 +185,23 @@ fn unique_keys(r: &spock_core::proto::Relation) -> Vec<(u32, Vec<usize>)> {
     let identity: Vec<usize> = r.columns.iter().enumerate().filter(|(_, c)| c.is_identity()).map(|(i, _)| i).collect();
     // SAFETY: reads whether a transaction is open (the leader may be applying one).
     let found = if unsafe { pg_sys::IsTransactionState() } {
-        lookup()
+        // The leader applies this transaction itself (alone, a barrier, a large
+        // one): between two changes it holds no snapshot, which SPI needs.
+        // SAFETY: pushes the transaction's snapshot for the lookup and pops it; an
+        // error aborts the transaction, which clears the stack.
+        let pushed = unsafe {
+            let push = !pg_sys::ActiveSnapshotSet();
+            if push {
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
+            push
+        };
+        let found = lookup();
+        if pushed {
+            // SAFETY: the snapshot pushed above.
+            unsafe { pg_sys::PopActiveSnapshot() };
+        }
+        found
     } else {
         pgrx::bgworkers::BackgroundWorker::transaction(lookup)
     };
