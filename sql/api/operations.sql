@@ -136,3 +136,488 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- add_node(src_node_name, src_dsn, new_node_name, new_node_dsn, ...): Zodan's
+-- procedure, run on the node that joins (docs/operations.md). It does the steps of
+-- docs/sync.md "Adding a node to a running mesh" for every node of the mesh:
+--   1. this node's spock node (new_node_dsn must lead to this database);
+--   2. for every node P the source subscribes to: a disabled subscription from P
+--      (sub_<P>_<new>), committed, then its slot on P, then a sync event of P
+--      that the source must have applied (P's changes from then on come from P);
+--   3. structure and data from the source (sub_<src>_<new>), which moves the
+--      origins of the disabled subscriptions to what the copy holds;
+--   4. those subscriptions enabled; the source's replication sets copied here;
+--   5. every node subscribes to this one (sub_<new>_<node>), and the procedure
+--      returns once each of those subscriptions replicates: from then on what
+--      this node commits reaches everyone.
+-- Each step commits and checks what exists first, so calling it again after a
+-- failure goes on where it stopped; remove_node() undoes a join instead. A step
+-- that waits (the sync event, the peers' subscriptions) gives up after timeout
+-- seconds; the copy itself is not timed (it ends or fails). Must be CALLed
+-- outside a transaction block. add_node manages the other nodes over their DSNs
+-- (src_dsn, and the DSNs the source has for its providers), whose role must then
+-- be a superuser; admin_conninfo (say 'user=postgres password=...') is appended to
+-- each of those DSNs for that instead, while the subscriptions keep the DSNs as
+-- they are (a replication role's, for example). The helpers pin search_path; the
+-- procedure cannot (it commits), so it only calls them.
+
+-- The error of a failed step, with what to do next.
+CREATE FUNCTION spock._add_node_failed(step text, state text, message text, new_node_name text, new_node_dsn text)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'add_node: % failed: %', step, message
+        USING ERRCODE = state,
+              HINT = format('Fix the cause and CALL spock.add_node() on this node again: it resumes where it stopped. '
+                            'To give up instead, CALL spock.remove_node(%L, %L) here: it removes what the join created on every node.',
+                            new_node_name, new_node_dsn);
+END;
+$$;
+
+-- The names of the replication sets of the node at dsn.
+CREATE FUNCTION spock._remote_sets(dsn text) RETURNS text[]
+STRICT VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(q::text[], '{}')
+      FROM spock._remote_query(dsn,
+               'SELECT pg_catalog.array_agg(s.set_name::text ORDER BY s.set_name)::text
+                  FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid') q;
+$$;
+
+-- Step 0: the source is src_node_name, new_node_dsn leads here, this database is
+-- not another node already. Returns whether this node exists already (a resume).
+CREATE FUNCTION spock._add_node_check(src_node_name text, src_admin_dsn text, new_node_name text, new_node_dsn text)
+RETURNS boolean CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_here text;
+    v_there text;
+    v_local text;
+BEGIN
+    IF src_node_name IS NULL OR src_admin_dsn IS NULL OR new_node_name IS NULL OR new_node_dsn IS NULL THEN
+        RAISE EXCEPTION 'add_node: src_node_name, src_dsn, new_node_name and new_node_dsn are required'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF src_node_name = new_node_name THEN
+        RAISE EXCEPTION 'add_node: the new node cannot be its own source (%)', new_node_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT n.node_name::text INTO v_local FROM spock.local_node l JOIN spock.node n ON n.node_id = l.node_id;
+    IF v_local IS NOT NULL AND v_local <> new_node_name THEN
+        RAISE EXCEPTION 'add_node: this database is node % already, not %', v_local, new_node_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run add_node on the database that joins, with its node name.';
+    END IF;
+    SELECT s.system_identifier::text || ' ' || current_database() INTO v_here FROM pg_control_system() s;
+    BEGIN
+        SELECT q INTO v_there FROM spock._remote_query(new_node_dsn,
+            'SELECT s.system_identifier::text || '' '' || pg_catalog.current_database() FROM pg_catalog.pg_control_system() s') q;
+    EXCEPTION WHEN OTHERS THEN
+        -- (a load balancer's address may not be reachable from behind it)
+        RAISE WARNING 'add_node: could not check that new_node_dsn leads to this database: %', SQLERRM
+            USING HINT = 'The other nodes subscribe to this node with new_node_dsn: it must reach this database from them.';
+        v_there := v_here;
+    END;
+    IF v_there IS DISTINCT FROM v_here THEN
+        RAISE EXCEPTION 'add_node: new_node_dsn leads to another database (%), not this one (%)', v_there, v_here
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Run add_node on the database that joins.';
+    END IF;
+    BEGIN
+        SELECT q INTO v_there FROM spock._remote_query(src_admin_dsn,
+            'SELECT n.node_name::text FROM spock.local_node l JOIN spock.node n ON n.node_id = l.node_id') q;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'add_node: source node % (src_dsn): %', src_node_name, SQLERRM
+            USING ERRCODE = 'connection_failure';
+    END;
+    IF v_there IS DISTINCT FROM src_node_name THEN
+        RAISE EXCEPTION 'add_node: src_dsn leads to node %, not %', coalesce(v_there, '(none)'), src_node_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN v_local IS NOT NULL;
+END;
+$$;
+
+-- dsn with admin_conninfo appended (its keywords win): how add_node connects to
+-- manage a node.
+CREATE FUNCTION spock._admin_dsn(dsn text, admin_conninfo text) RETURNS text
+CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(admin_conninfo, '') = '' THEN
+        RETURN dsn;
+    END IF;
+    IF dsn ~* '^postgres(ql)?://' THEN
+        RAISE EXCEPTION 'add_node: admin_conninfo cannot be added to a connection URI (%)', split_part(dsn, '@', 2)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Give the nodes key=value connection strings.';
+    END IF;
+    RETURN dsn || ' ' || admin_conninfo;
+END;
+$$;
+
+-- The nodes the source subscribes to (but the new one), the DSN it reaches each
+-- one with, and that DSN with admin_conninfo.
+CREATE FUNCTION spock._add_node_peers(src_admin_dsn text, new_node_name text, admin_conninfo text,
+    OUT peer text, OUT dsn text, OUT admin_dsn text)
+RETURNS SETOF record CALLED ON NULL INPUT VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT j->>'peer', j->>'dsn', spock._admin_dsn(j->>'dsn', admin_conninfo)
+      FROM spock._remote_query(src_admin_dsn, format(
+               'SELECT DISTINCT ON (n.node_name) pg_catalog.json_build_object(''peer'', n.node_name, ''dsn'', i.if_dsn)::text
+                  FROM spock.subscription s
+                  JOIN spock.node n ON n.node_id = s.sub_origin
+                  JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
+                 WHERE n.node_name <> %L
+                 ORDER BY n.node_name, s.sub_enabled DESC, s.sub_name', new_node_name)) q,
+           LATERAL (SELECT q::jsonb AS j) x
+     ORDER BY 1;
+$$;
+
+-- Step 2a: this node's disabled subscription from peer. Returns its slot name.
+CREATE FUNCTION spock._add_node_peer_sub(new_node_name text, peer text, peer_dsn text, peer_admin_dsn text)
+RETURNS name STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub name := ('sub_' || peer || '_' || new_node_name)::name;
+    v_slot name;
+    v_origin text;
+BEGIN
+    SELECT s.sub_slot_name, n.node_name::text INTO v_slot, v_origin
+      FROM spock.subscription s JOIN spock.node n ON n.node_id = s.sub_origin WHERE s.sub_name = v_sub;
+    IF v_slot IS NULL THEN
+        PERFORM spock.sub_create(v_sub, peer_dsn, spock._remote_sets(peer_admin_dsn), false, false, '{}', '0', false,
+                                 enabled := false);
+        SELECT s.sub_slot_name INTO v_slot FROM spock.subscription s WHERE s.sub_name = v_sub;
+    ELSIF v_origin <> peer THEN
+        RAISE EXCEPTION 'subscription % exists already, from node % instead of %', v_sub, v_origin, peer
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    RETURN v_slot;
+END;
+$$;
+
+-- Step 2b: the slot of that subscription on peer, then a sync event of peer that
+-- the source has applied: the copy from the source will hold every change of peer
+-- that this slot does not. Skipped once the copy has started (the slot must
+-- exist then). Returns the sync event's LSN (NULL when skipped).
+CREATE FUNCTION spock._add_node_peer_slot(src_node_name text, src_admin_dsn text, new_node_name text, peer text,
+    peer_admin_dsn text, slot name, timeout integer)
+RETURNS pg_lsn STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_exists boolean;
+    v_lsn pg_lsn;
+    v_reached text;
+BEGIN
+    SELECT q::boolean INTO v_exists FROM spock._remote_query(peer_admin_dsn, format(
+        'SELECT pg_catalog.count(*) > 0 FROM pg_catalog.pg_replication_slots WHERE slot_name = %L', slot)) q;
+    IF EXISTS (SELECT FROM spock.subscription s WHERE s.sub_name = 'sub_' || src_node_name || '_' || new_node_name) THEN
+        IF NOT v_exists THEN
+            RAISE EXCEPTION 'slot % on node % is gone, but the copy from % has started: changes of % may be missing here',
+                            slot, peer, src_node_name, peer
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NOT v_exists THEN
+        PERFORM spock._remote_query(peer_admin_dsn, format(
+            'SELECT slot_name::text FROM pg_catalog.pg_create_logical_replication_slot(%L, ''spock_output'')', slot));
+    END IF;
+    SELECT q::pg_lsn INTO v_lsn FROM spock._remote_query(peer_admin_dsn, 'SELECT spock.sync_event()::text') q;
+    SELECT q INTO v_reached FROM spock._remote_query(src_admin_dsn, format(
+        'CALL spock.wait_for_sync_event(NULL, %L::name, %L::pg_lsn, %s)', peer, v_lsn, timeout)) q;
+    IF v_reached IS DISTINCT FROM 't' AND v_reached IS DISTINCT FROM 'true' THEN
+        RAISE EXCEPTION 'node % has not applied the changes of node % up to % within % s', src_node_name, peer, v_lsn, timeout
+            USING ERRCODE = 'query_canceled';
+    END IF;
+    RETURN v_lsn;
+END;
+$$;
+
+-- Step 3a: the subscription from the source with structure and data.
+CREATE FUNCTION spock._add_node_source_sub(src_dsn text, src_admin_dsn text, src_node_name text, new_node_name text)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub name := ('sub_' || src_node_name || '_' || new_node_name)::name;
+BEGIN
+    IF EXISTS (SELECT FROM spock.subscription s WHERE s.sub_name = v_sub) THEN
+        RETURN false;
+    END IF;
+    PERFORM spock.sub_create(v_sub, src_dsn, spock._remote_sets(src_admin_dsn), true, true);
+    RETURN true;
+END;
+$$;
+
+-- Step 3b: waits for the end of that copy (as sub_wait_for_sync). A copy that
+-- keeps failing restarts the apply worker every few seconds: after four
+-- attempts, gives up with what the worker's error says is in the log.
+CREATE FUNCTION spock._add_node_wait_copy(src_node_name text, new_node_name text)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub spock.subscription;
+    v_status "char";
+    v_pids int[] := '{}';
+    v_pid int;
+BEGIN
+    SELECT * INTO v_sub FROM spock.subscription s WHERE s.sub_name = 'sub_' || src_node_name || '_' || new_node_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'subscription % was dropped', 'sub_' || src_node_name || '_' || new_node_name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    LOOP
+        SELECT y.sync_status INTO v_status FROM spock.local_sync_status y
+         WHERE y.sync_subid = v_sub.sub_id AND y.sync_nspname IS NULL;
+        IF coalesce(v_status, 'r') = 'r' THEN
+            SELECT t.sync_status INTO v_status FROM spock.local_sync_status t
+             WHERE t.sync_subid = v_sub.sub_id AND t.sync_nspname IS NOT NULL AND t.sync_status <> 'r'
+             ORDER BY t.sync_status = 'f' DESC LIMIT 1;
+            EXIT WHEN NOT FOUND;
+            IF v_status = 'f' THEN
+                RAISE EXCEPTION 'the copy of a table failed; see spock.sub_show_table(%L, ...) and the server log', v_sub.sub_name
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+        END IF;
+        PERFORM pg_stat_clear_snapshot();
+        FOR v_pid IN SELECT a.pid FROM pg_stat_activity a
+                      WHERE a.backend_type = 'spock apply' AND a.application_name = v_sub.sub_slot_name LOOP
+            IF v_pid <> ALL (v_pids) THEN
+                v_pids := v_pids || v_pid;
+            END IF;
+        END LOOP;
+        IF cardinality(v_pids) > 4 THEN
+            RAISE EXCEPTION 'the copy from node % failed at least % times; the apply worker''s error (subscription %) is in this server''s log',
+                            src_node_name, cardinality(v_pids) - 1, v_sub.sub_name
+                USING ERRCODE = 'object_not_in_prerequisite_state';
+        END IF;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END;
+$$;
+
+-- Step 4a: enables this node's subscription from peer.
+CREATE FUNCTION spock._add_node_enable(new_node_name text, peer text)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_sub name := ('sub_' || peer || '_' || new_node_name)::name;
+BEGIN
+    IF EXISTS (SELECT FROM spock.subscription s WHERE s.sub_name = v_sub AND NOT s.sub_enabled) THEN
+        PERFORM spock.sub_enable(v_sub);
+        RETURN true;
+    END IF;
+    RETURN false;
+END;
+$$;
+
+-- Step 4b: this node's replication sets become the source's: the same sets with
+-- the same actions, tables (columns, row filter) and sequences; what the source's
+-- sets do not have leaves them here. Tables that are not here are reported.
+CREATE FUNCTION spock._add_node_copy_sets(src_admin_dsn text)
+RETURNS integer STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_set jsonb;
+    v_item jsonb;
+    v_name name;
+    v_rel regclass;
+    v_changes integer := 0;
+    v_cols text[];
+BEGIN
+    FOR v_set IN
+        SELECT q::jsonb FROM spock._remote_query(src_admin_dsn, $q$
+            SELECT pg_catalog.json_build_object(
+                'name', s.set_name, 'ins', s.replicate_insert, 'upd', s.replicate_update,
+                'del', s.replicate_delete, 'trunc', s.replicate_truncate,
+                'tables', (SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                              'rel', pg_catalog.quote_ident(c.relnamespace::regnamespace::text) || '.' || pg_catalog.quote_ident(c.relname),
+                              'cols', t.set_att_list,
+                              'filter', pg_catalog.pg_get_expr(t.set_row_filter, t.set_reloid)))
+                             FROM spock.replication_set_table t JOIN pg_catalog.pg_class c ON c.oid = t.set_reloid
+                            WHERE t.set_id = s.set_id),
+                'seqs', (SELECT pg_catalog.json_agg(pg_catalog.quote_ident(c.relnamespace::regnamespace::text) || '.' || pg_catalog.quote_ident(c.relname))
+                           FROM spock.replication_set_seq q JOIN pg_catalog.pg_class c ON c.oid = q.set_seqoid
+                          WHERE q.set_id = s.set_id))::text
+              FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid
+             ORDER BY s.set_name $q$) q
+    LOOP
+        v_name := (v_set->>'name')::name;
+        IF NOT EXISTS (SELECT FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid
+                        WHERE s.set_name = v_name) THEN
+            PERFORM spock.repset_create(v_name, (v_set->>'ins')::boolean, (v_set->>'upd')::boolean,
+                                        (v_set->>'del')::boolean, (v_set->>'trunc')::boolean);
+            v_changes := v_changes + 1;
+        ELSE
+            PERFORM spock.repset_alter(v_name, (v_set->>'ins')::boolean, (v_set->>'upd')::boolean,
+                                       (v_set->>'del')::boolean, (v_set->>'trunc')::boolean);
+        END IF;
+        FOR v_item IN SELECT jsonb_array_elements(CASE WHEN jsonb_typeof(v_set->'tables') = 'array' THEN v_set->'tables' ELSE '[]' END) LOOP
+            v_rel := to_regclass(v_item->>'rel');
+            IF v_rel IS NULL THEN
+                RAISE WARNING 'add_node: table % of replication set % on the source is not here', v_item->>'rel', v_name
+                    USING HINT = 'Create it and add it to the set (repset_add_table with synchronize_data).';
+                CONTINUE;
+            END IF;
+            IF EXISTS (SELECT FROM spock.replication_set_table t JOIN spock.replication_set s ON s.set_id = t.set_id
+                         JOIN spock.local_node l ON l.node_id = s.set_nodeid
+                        WHERE s.set_name = v_name AND t.set_reloid = v_rel) THEN
+                CONTINUE;
+            END IF;
+            v_cols := CASE WHEN jsonb_typeof(v_item->'cols') = 'array'
+                           THEN ARRAY(SELECT jsonb_array_elements_text(v_item->'cols')) END;
+            PERFORM spock.repset_add_table(v_name, v_rel, false, v_cols, v_item->>'filter', false);
+            v_changes := v_changes + 1;
+        END LOOP;
+        FOR v_item IN SELECT jsonb_array_elements(CASE WHEN jsonb_typeof(v_set->'seqs') = 'array' THEN v_set->'seqs' ELSE '[]' END) LOOP
+            v_rel := to_regclass(v_item #>> '{}');
+            IF v_rel IS NULL THEN
+                RAISE WARNING 'add_node: sequence % of replication set % on the source is not here', v_item #>> '{}', v_name;
+                CONTINUE;
+            END IF;
+            IF NOT EXISTS (SELECT FROM spock.replication_set_seq q JOIN spock.replication_set s ON s.set_id = q.set_id
+                             JOIN spock.local_node l ON l.node_id = s.set_nodeid
+                            WHERE s.set_name = v_name AND q.set_seqoid = v_rel) THEN
+                PERFORM spock.repset_add_seq(v_name, v_rel, false);
+                v_changes := v_changes + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN v_changes;
+END;
+$$;
+
+-- Step 5a: node (managed at node_admin_dsn) subscribes to the new node (at
+-- new_node_dsn), unless it does already.
+CREATE FUNCTION spock._add_node_subscribe(new_node_name text, new_node_dsn text, node text, node_admin_dsn text)
+RETURNS boolean STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_have text;
+BEGIN
+    SELECT q INTO v_have FROM spock._remote_query(node_admin_dsn, format(
+        'SELECT s.sub_name::text FROM spock.subscription s JOIN spock.node n ON n.node_id = s.sub_origin
+          WHERE n.node_name = %L LIMIT 1', new_node_name)) q;
+    IF v_have IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM spock._remote_query(node_admin_dsn, format(
+        'SELECT spock.sub_create(%L, %L, %L::text[], false, false)::text',
+        'sub_' || new_node_name || '_' || node, new_node_dsn,
+        (SELECT array_agg(s.set_name::text ORDER BY s.set_name)
+           FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid)));
+    RETURN true;
+END;
+$$;
+
+-- Step 5b: waits until node's subscription to the new node replicates (its slot
+-- here exists: what this node commits from then on reaches node).
+CREATE FUNCTION spock._add_node_wait_subscriber(new_node_name text, node text, node_admin_dsn text, timeout integer)
+RETURNS void STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_started timestamptz := clock_timestamp();
+    v_status text;
+BEGIN
+    LOOP
+        SELECT q INTO v_status FROM spock._remote_query(node_admin_dsn, format(
+            'SELECT s.status FROM spock.sub_show_status() s WHERE s.provider_node = %L
+              ORDER BY s.status = ''replicating'' DESC LIMIT 1', new_node_name)) q;
+        EXIT WHEN v_status = 'replicating';
+        IF clock_timestamp() - v_started > make_interval(secs => timeout) THEN
+            RAISE EXCEPTION 'the subscription of node % to this node is % after % s', node, coalesce(v_status, 'missing'), timeout
+                USING ERRCODE = 'query_canceled';
+        END IF;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END;
+$$;
+
+CREATE PROCEDURE spock.add_node(src_node_name text, src_dsn text, new_node_name text, new_node_dsn text,
+    verb boolean DEFAULT false, new_node_location text DEFAULT 'NY', new_node_country text DEFAULT 'USA',
+    new_node_info jsonb DEFAULT '{}'::jsonb, timeout integer DEFAULT 600, admin_conninfo text DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_src text := spock._admin_dsn(src_dsn, admin_conninfo);
+    v_peer record;
+    v_slot name;
+    v_lsn pg_lsn;
+    v_step text;
+BEGIN
+    -- Each step commits: fails here at once inside a transaction block.
+    COMMIT;
+    IF spock._add_node_check(src_node_name, v_src, new_node_name, new_node_dsn) THEN
+        RAISE NOTICE 'add_node: node % exists: resuming', new_node_name;
+    ELSE
+        PERFORM spock.node_create(new_node_name::name, new_node_dsn, new_node_location, new_node_country, new_node_info);
+        IF verb THEN
+            RAISE NOTICE 'add_node: node % created', new_node_name;
+        END IF;
+    END IF;
+    COMMIT;
+    FOR v_peer IN SELECT p.* FROM spock._add_node_peers(v_src, new_node_name, admin_conninfo) p LOOP
+        BEGIN
+            v_step := pg_catalog.format('subscription from node %s', v_peer.peer);
+            v_slot := spock._add_node_peer_sub(new_node_name, v_peer.peer, v_peer.dsn, v_peer.admin_dsn);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+        END;
+        COMMIT;
+        BEGIN
+            v_step := pg_catalog.format('slot on node %s and its sync event on node %s', v_peer.peer, src_node_name);
+            v_lsn := spock._add_node_peer_slot(src_node_name, v_src, new_node_name, v_peer.peer, v_peer.admin_dsn,
+                                               v_slot, timeout);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+        END;
+        IF verb AND v_lsn IS NOT NULL THEN
+            RAISE NOTICE 'add_node: slot % on node %; node % has applied node %''s changes up to %',
+                         v_slot, v_peer.peer, src_node_name, v_peer.peer, v_lsn;
+        END IF;
+        COMMIT;
+    END LOOP;
+    BEGIN
+        v_step := pg_catalog.format('subscription from the source node %s', src_node_name);
+        IF spock._add_node_source_sub(src_dsn, v_src, src_node_name, new_node_name) AND verb THEN
+            RAISE NOTICE 'add_node: copying structure and data from node %', src_node_name;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+    END;
+    COMMIT;
+    BEGIN
+        v_step := pg_catalog.format('copy from node %s', src_node_name);
+        PERFORM spock._add_node_wait_copy(src_node_name, new_node_name);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+    END;
+    IF verb THEN
+        RAISE NOTICE 'add_node: structure and data copied from node %', src_node_name;
+    END IF;
+    COMMIT;
+    FOR v_peer IN SELECT p.peer FROM spock._add_node_peers(v_src, new_node_name, admin_conninfo) p LOOP
+        IF spock._add_node_enable(new_node_name, v_peer.peer) AND verb THEN
+            RAISE NOTICE 'add_node: subscription from node % enabled', v_peer.peer;
+        END IF;
+    END LOOP;
+    COMMIT;
+    BEGIN
+        v_step := pg_catalog.format('copy of the replication sets of node %s', src_node_name);
+        PERFORM spock._add_node_copy_sets(v_src);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+    END;
+    COMMIT;
+    FOR v_peer IN SELECT src_node_name AS peer, v_src AS admin_dsn
+                  UNION ALL SELECT p.peer, p.admin_dsn FROM spock._add_node_peers(v_src, new_node_name, admin_conninfo) p LOOP
+        BEGIN
+            v_step := pg_catalog.format('subscription of node %s to this node', v_peer.peer);
+            IF spock._add_node_subscribe(new_node_name, new_node_dsn, v_peer.peer, v_peer.admin_dsn) AND verb THEN
+                RAISE NOTICE 'add_node: node % subscribes to node %', v_peer.peer, new_node_name;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+        END;
+    END LOOP;
+    COMMIT;
+    FOR v_peer IN SELECT src_node_name AS peer, v_src AS admin_dsn
+                  UNION ALL SELECT p.peer, p.admin_dsn FROM spock._add_node_peers(v_src, new_node_name, admin_conninfo) p LOOP
+        BEGIN
+            v_step := pg_catalog.format('subscription of node %s to this node', v_peer.peer);
+            PERFORM spock._add_node_wait_subscriber(new_node_name, v_peer.peer, v_peer.admin_dsn, timeout);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM spock._add_node_failed(v_step, SQLSTATE, SQLERRM, new_node_name, new_node_dsn);
+        END;
+        COMMIT;
+    END LOOP;
+    RAISE NOTICE 'add_node: node % has joined: it replicates with node % and % other node(s)', new_node_name,
+                 src_node_name, (SELECT pg_catalog.count(*) FROM spock._add_node_peers(v_src, new_node_name, admin_conninfo));
+END;
+$$;

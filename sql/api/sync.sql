@@ -200,9 +200,13 @@ BEGIN
       FROM spock.subscription s JOIN spock.local_node l ON l.node_id = s.sub_target
      WHERE s.sub_origin = p_origin;
     IF NOT FOUND AND NOT p_wait_if_disabled THEN
-        RAISE EXCEPTION 'no subscription from node % on this node', p_origin USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'no subscription from node % on this node',
+                        coalesce((SELECT n.node_name::text FROM spock.node n WHERE n.node_id = p_origin), p_origin::text)
+            USING ERRCODE = 'undefined_object';
     ELSIF FOUND AND NOT v_sub.sub_enabled AND NOT p_wait_if_disabled THEN
-        RAISE EXCEPTION 'the subscription from node % is disabled', p_origin USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION 'the subscription from node % is disabled',
+                        coalesce((SELECT n.node_name::text FROM spock.node n WHERE n.node_id = p_origin), p_origin::text)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
     ELSIF FOUND AND v_sub.sub_enabled THEN
         RETURN spock._subscription_progress(v_sub.sub_slot_name) >= p_lsn;
     END IF;

@@ -53,7 +53,8 @@ const MANAGEMENT: &[&str] = &[
 /// pg_stat_subscription_stats is public).
 const PURE_HELPERS: &[&str] = &["_gen_slot_name", "_conflict_counts"];
 
-/// Helpers that connect from the server, stop or wake workers, or touch caches:
+/// Helpers that connect from the server, stop or wake workers, or touch caches
+/// (pausing apply workers obeys grants: a provider's replication role may need it):
 /// they must refuse non-superusers even when EXECUTE has been granted.
 const GUARDED: &[(&str, &str)] = &[
     ("_provider_info", "SELECT * FROM spock._provider_info($DSN)"),
@@ -65,8 +66,6 @@ const GUARDED: &[(&str, &str)] = &[
     ("_wake_workers", "SELECT spock._wake_workers()"),
     ("_invalidate_all", "SELECT spock._invalidate_all()"),
     ("_invalidate_relcache", "SELECT spock._invalidate_relcache('t'::regclass)"),
-    ("pause_apply_workers", "SELECT spock.pause_apply_workers()"),
-    ("resume_apply_workers", "SELECT spock.resume_apply_workers()"),
 ];
 
 fn create_roles(n: &TestNode) {
@@ -205,6 +204,20 @@ fn granted_execute_does_not_let_a_role_connect_from_the_server_or_touch_workers(
     assert_eq!((slots(a), slots(b)), slots_before, "a slot was dropped");
     // A superuser still can: the check is about who asks.
     assert_eq!(outcome(&mut su, "SELECT spock._invalidate_all()"), "ok");
+    // Pausing apply workers obeys grants: a provider's replication role serves
+    // initial copies with it (docs/security.md); without a grant, nobody but a
+    // superuser.
+    let mut plain = b.connect_as("postgres", "plain").unwrap();
+    assert_eq!(outcome(&mut plain, "SELECT spock.pause_apply_workers()"), "42501");
+    su.batch_execute(
+        "GRANT EXECUTE ON FUNCTION spock.pause_apply_workers(), spock.resume_apply_workers() TO replicator",
+    )
+    .unwrap();
+    let mut replicator = b.connect_as("postgres", "replicator").unwrap();
+    assert_eq!(
+        outcome(&mut replicator, "SELECT spock.pause_apply_workers(); SELECT spock.resume_apply_workers()"),
+        "ok"
+    );
 }
 
 #[test]

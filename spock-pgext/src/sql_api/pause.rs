@@ -27,10 +27,12 @@ fn require_preload() {
 }
 
 /// Pauses this database's apply workers and returns once none of them is in the
-/// middle of a remote transaction.
+/// middle of a remote transaction. Obeys EXECUTE grants (not for PUBLIC): a
+/// provider's replication role needs it, with resume_apply_workers and
+/// _apply_workers_paused, to serve an initial copy (docs/security.md). Pausing
+/// lasts spock.pause_timeout at most and makes the server connect nowhere.
 #[pg_extern(volatile)]
 fn pause_apply_workers() {
-    crate::privilege::require_superuser("pause apply workers");
     require_preload();
     let timeout_us = i64::from(gucs::PAUSE_TIMEOUT.get()) * 1000;
     // SAFETY: reads the clock.
@@ -61,7 +63,6 @@ fn pause_apply_workers() {
 /// Lets this database's apply workers go on.
 #[pg_extern(volatile)]
 fn resume_apply_workers() {
-    crate::privilege::require_superuser("resume apply workers");
     require_preload();
     shmem::resume(my_db());
 }

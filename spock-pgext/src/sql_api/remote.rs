@@ -21,7 +21,9 @@ fn remote_query(dsn: &str, sql: &str) -> SetOfIterator<'static, Option<String>> 
         let code = e.sqlstate.as_deref().map_or(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, |s| {
             PgSqlErrorCode::from(crate::error::sqlstate_code(s))
         });
-        PgError::new(code, format!("on another node: {}", e.message)).raise()
+        // libpq's message starts with the severity ("ERROR:  ").
+        let message = ["ERROR:  ", "FATAL:  "].iter().find_map(|p| e.message.strip_prefix(p)).unwrap_or(&e.message);
+        PgError::new(code, format!("on another node: {message}")).raise()
     });
     SetOfIterator::new(rows.into_iter().map(|r| r.into_iter().next().flatten()))
 }
