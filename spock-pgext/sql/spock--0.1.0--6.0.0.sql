@@ -1792,3 +1792,147 @@ REVOKE ALL ON FUNCTION spock._add_node_copy_sets(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock._add_node_subscribe(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock._add_node_wait_subscriber(text, text, text, integer) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE spock.add_node(text, text, text, text, boolean, text, text, jsonb, integer, text) FROM PUBLIC;
+
+-- Recovering from a lost node (6.0.0).
+-- recover_lost_node(lost_node_name): after a node is gone for good (its server
+-- will not come back), makes the surviving nodes converge on every transaction of
+-- it that any of them has, then removes it everywhere (docs/operations.md). Run on
+-- any survivor; refuses while the lost node still answers at its DSN.
+--   1. every survivor (this node and each node it has an interface for) disables
+--      its subscriptions from the lost node and reports how far it applied the
+--      lost node's stream: the replication origin of that subscription;
+--   2. the survivor that applied most of it holds every transaction of the lost
+--      node that any survivor has (each applies that stream in order); every other
+--      survivor repairs each table of its replication sets from it (table_repair:
+--      rows written with their commit timestamp and under the writer's origin, not
+--      replicated), after a sync event each way;
+--   3. every survivor drops its subscriptions from the lost node, the lost node's
+--      slots on it (inactive spock_output slots named after the lost node's
+--      subscriptions and used by no survivor) and the node row.
+-- One row per step: node, action, detail. Superusers only (it connects to the
+-- survivors; admin_conninfo as for add_node).
+CREATE FUNCTION spock.recover_lost_node(lost_node_name text, admin_conninfo text DEFAULT NULL,
+    recheck_timeout interval DEFAULT '10 seconds', OUT node text, OUT action text, OUT detail text)
+RETURNS SETOF record CALLED ON NULL INPUT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_local text;
+    v_lost_dsn text;
+    v_answers boolean;
+    v_survivors jsonb := '[]';
+    v_s jsonb;
+    v_lsn pg_lsn;
+    v_best text;
+    v_best_lsn pg_lsn;
+    v_rel text;
+    v_used text[] := '{}';
+    v_word text := '(^|_)' || regexp_replace(lost_node_name, '([.*+?^${}()|\[\]\\])', '\\\1', 'g') || '(_|$)';
+BEGIN
+    IF lost_node_name IS NULL THEN
+        RAISE EXCEPTION 'lost_node_name is required' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT n.node_name::text INTO v_local FROM spock.local_node l JOIN spock.node n ON n.node_id = l.node_id;
+    IF v_local IS NULL THEN
+        RAISE EXCEPTION 'this database is not a spock node' USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF v_local = lost_node_name THEN
+        RAISE EXCEPTION 'node % cannot recover from losing itself: run recover_lost_node on a surviving node', v_local
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    ELSIF NOT EXISTS (SELECT FROM spock.node n WHERE n.node_name = lost_node_name) THEN
+        RAISE EXCEPTION 'node % not found', lost_node_name USING ERRCODE = 'undefined_object';
+    END IF;
+    -- A node that answers is not lost: its transactions would go on arriving.
+    FOR v_lost_dsn IN SELECT i.if_dsn FROM spock.node_interface i JOIN spock.node n ON n.node_id = i.if_nodeid
+                       WHERE n.node_name = lost_node_name LOOP
+        BEGIN
+            PERFORM spock._remote_query(spock._admin_dsn(v_lost_dsn, admin_conninfo), 'SELECT 1');
+            v_answers := true;
+        EXCEPTION WHEN OTHERS THEN
+            v_answers := false;
+        END;
+        IF v_answers THEN
+            RAISE EXCEPTION 'node % still answers at its DSN: it is not lost', lost_node_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'To take a running node out of the mesh, CALL spock.remove_node() on it.';
+        END IF;
+    END LOOP;
+
+    -- 1. The survivors and how far each applied the lost node's stream.
+    FOR v_s IN
+        SELECT jsonb_build_object('name', d.name, 'dsn', spock._admin_dsn(d.dsn, admin_conninfo))
+          FROM (SELECT n.node_name::text AS name,
+                       coalesce((SELECT x.if_dsn FROM spock.local_node l
+                                   JOIN spock.node_interface x ON x.if_id = l.node_local_interface
+                                  WHERE l.node_id = n.node_id),
+                                (SELECT x.if_dsn FROM spock.node_interface x WHERE x.if_nodeid = n.node_id
+                                  ORDER BY (x.if_name = n.node_name) DESC, x.if_id LIMIT 1)) AS dsn
+                  FROM spock.node n WHERE n.node_name <> lost_node_name) d
+         WHERE d.dsn IS NOT NULL
+         ORDER BY d.name
+    LOOP
+        PERFORM spock._remote_query(v_s->>'dsn', format(
+            'SELECT spock.sub_disable(s.sub_name, true)::text FROM spock.subscription s
+               JOIN spock.node n ON n.node_id = s.sub_origin WHERE n.node_name = %L AND s.sub_enabled', lost_node_name));
+        SELECT q::pg_lsn INTO v_lsn FROM spock._remote_query(v_s->>'dsn', format(
+            'SELECT pg_catalog.max(spock._subscription_progress(s.sub_slot_name))::text FROM spock.subscription s
+               JOIN spock.node n ON n.node_id = s.sub_origin WHERE n.node_name = %L', lost_node_name)) q;
+        v_survivors := v_survivors || jsonb_build_array(v_s || jsonb_build_object('lsn', v_lsn::text));
+        node := v_s->>'name';
+        action := 'applied';
+        detail := format('node %s''s changes up to %s', lost_node_name, coalesce(v_lsn::text, 'none (no subscription from it)'));
+        RETURN NEXT;
+        IF v_lsn IS NOT NULL AND (v_best_lsn IS NULL OR v_lsn > v_best_lsn) THEN
+            v_best := v_s->>'name';
+            v_best_lsn := v_lsn;
+        END IF;
+        SELECT v_used || coalesce(array_agg(x), '{}') INTO v_used FROM spock._remote_query(v_s->>'dsn',
+            'SELECT n.node_name || '' '' || s.sub_slot_name FROM spock.subscription s
+               JOIN spock.node n ON n.node_id = s.sub_origin') x;
+    END LOOP;
+
+    -- 2. Every survivor behind the most advanced one is repaired from it.
+    IF v_best IS NOT NULL THEN
+        FOR v_s IN SELECT e FROM jsonb_array_elements(v_survivors) e
+                    WHERE e->>'name' <> v_best AND (e->>'lsn' IS NULL OR (e->>'lsn')::pg_lsn < v_best_lsn) LOOP
+            FOR v_rel IN SELECT q FROM spock._remote_query(v_s->>'dsn',
+                'SELECT DISTINCT pg_catalog.quote_ident(c.relnamespace::regnamespace::text) || ''.'' || pg_catalog.quote_ident(c.relname)
+                   FROM spock.replication_set_table t
+                   JOIN spock.replication_set s ON s.set_id = t.set_id
+                   JOIN spock.local_node l ON l.node_id = s.set_nodeid
+                   JOIN pg_catalog.pg_class c ON c.oid = t.set_reloid ORDER BY 1') q LOOP
+                node := v_s->>'name';
+                action := 'repaired';
+                SELECT format('%s: %s rows from node %s', v_rel, q, v_best) INTO detail
+                  FROM spock._remote_query(v_s->>'dsn', format(
+                      'SELECT pg_catalog.count(*)::text FROM spock.table_repair(%L::regclass, %L, %L::interval)',
+                      v_rel, v_best, recheck_timeout)) q;
+                RETURN NEXT;
+            END LOOP;
+        END LOOP;
+    END IF;
+
+    -- 3. The lost node goes, everywhere.
+    FOR v_s IN SELECT e FROM jsonb_array_elements(v_survivors) e LOOP
+        node := v_s->>'name';
+        action := 'removed';
+        SELECT format('subscriptions from node %s: %s', lost_node_name, coalesce(string_agg(q, ', '), 'none')) INTO detail
+          FROM spock._remote_query(v_s->>'dsn', format(
+              'SELECT s.sub_name::text || pg_catalog.left(spock.sub_drop(s.sub_name)::text, 0) FROM spock.subscription s
+                 JOIN spock.node n ON n.node_id = s.sub_origin WHERE n.node_name = %L', lost_node_name)) q;
+        RETURN NEXT;
+        SELECT format('its slots here: %s', coalesce(string_agg(q, ', '), 'none')) INTO detail
+          FROM spock._remote_query(v_s->>'dsn', format(
+              'SELECT r.slot_name::text || pg_catalog.left(pg_catalog.pg_drop_replication_slot(r.slot_name)::text, 0)
+                 FROM pg_catalog.pg_replication_slots r
+                WHERE r.plugin = ''spock_output'' AND NOT r.active AND r.database = pg_catalog.current_database()
+                  AND r.slot_name ~ %L AND r.slot_name <> ALL (%L::text[])',
+              v_word,
+              (SELECT coalesce(array_agg(split_part(u, ' ', 2)), '{}') FROM unnest(v_used) u
+                WHERE split_part(u, ' ', 1) = v_s->>'name'))) q;
+        RETURN NEXT;
+        PERFORM spock._remote_query(v_s->>'dsn', format('SELECT spock.node_drop(%L, true)::text', lost_node_name));
+        detail := format('node %s forgotten', lost_node_name);
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock.recover_lost_node(text, text, interval) FROM PUBLIC;
