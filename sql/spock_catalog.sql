@@ -88,6 +88,14 @@ CREATE TABLE spock.sequence_state (
     last_value bigint NOT NULL
 ) WITH (user_catalog_table = true);
 
+-- Global sequences (spock.convert_sequence_to_global): here they hand out the ids
+-- whose low 16 bits are node_id, this node's id (spock_core::global_ids).
+CREATE TABLE spock.global_sequence (
+    seqoid oid NOT NULL PRIMARY KEY,
+    node_id integer NOT NULL,
+    converted_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE spock.queue (
     queued_at timestamp with time zone NOT NULL,
     role name NOT NULL,
@@ -252,4 +260,4 @@ CREATE VIEW spock.tables AS
 -- not superuser can stream (node_interface, with DSNs, stays private).
 GRANT USAGE ON SCHEMA spock TO PUBLIC;
 GRANT SELECT ON spock.node, spock.local_node, spock.replication_set, spock.replication_set_table,
-    spock.replication_set_seq, spock.tables TO PUBLIC;
+    spock.replication_set_seq, spock.tables, spock.global_sequence TO PUBLIC;

@@ -64,3 +64,20 @@ pub fn pgbench_like_transaction(version: ProtoVersion, xid: u32) -> Vec<Bytes> {
         })
         .collect()
 }
+
+/// `--name value` pairs of a benchmark's command line, each name one of `names`;
+/// prints `usage` and exits (status 2) on anything else.
+pub fn named_options(usage: &str, names: &[&str]) -> std::collections::HashMap<String, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let fail = || -> ! {
+        eprintln!("usage: {usage}");
+        std::process::exit(2)
+    };
+    let mut found = std::collections::HashMap::new();
+    for pair in args.chunks(2) {
+        let [name, value] = pair else { fail() };
+        let Some(name) = name.strip_prefix("--").filter(|n| names.contains(n)) else { fail() };
+        found.insert(name.to_string(), value.clone());
+    }
+    found
+}

@@ -40,6 +40,7 @@ pub mod diff;
 pub mod eager;
 pub mod error_context;
 pub mod exception;
+pub mod global_ids;
 pub mod holds;
 pub mod ident;
 pub mod names;

@@ -35,11 +35,86 @@ BEGIN
 END;
 $$;
 
+-- Whether p_seq is a global sequence here (its row and its step agree: an oid of
+-- a dropped global sequence used again is not).
+CREATE FUNCTION spock._is_global_sequence(p_seq oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM spock.global_sequence g JOIN pg_catalog.pg_sequence s ON s.seqrelid = g.seqoid
+                    WHERE g.seqoid = p_seq AND s.seqincrement = 65536);
+$$;
+
+-- Makes p_seq global on this node (docs/multimaster.md): from now on it hands out
+-- the ids above its current value whose low 16 bits are this node's id, stepping
+-- 65536 (spock_core::global_ids). Out of the replication sets (each node has its
+-- own). Returns the next id. Not replicated itself (convert_sequence_to_global
+-- queues it); the ALTER SEQUENCE it runs is not queued by AutoDDL either.
+CREATE FUNCTION spock._sequence_to_global(p_seq regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET spock.enable_ddl_replication = off AS $$
+DECLARE
+    v_node integer := spock._local_node_id()::int8::integer;
+    v_type regtype;
+    v_next bigint;
+BEGIN
+    PERFORM spock._check_sequence(p_seq);
+    SELECT s.seqtypid::regtype INTO v_type FROM pg_catalog.pg_sequence s WHERE s.seqrelid = p_seq;
+    IF v_type <> 'bigint'::regtype THEN
+        RAISE EXCEPTION 'sequence % is %, global ids need bigint', p_seq, v_type
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'ALTER SEQUENCE ... AS bigint, and make the columns it fills bigint too.';
+    END IF;
+    IF EXISTS (SELECT FROM spock.global_sequence g WHERE g.seqoid = p_seq AND g.node_id = v_node)
+       AND spock._is_global_sequence(p_seq) THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT FROM spock.replication_set_seq q WHERE q.set_seqoid = p_seq) THEN
+        DELETE FROM spock.replication_set_seq q WHERE q.set_seqoid = p_seq;
+        DELETE FROM spock.sequence_state q WHERE q.seqoid = p_seq;
+        RAISE NOTICE 'sequence % left its replication sets: a global sequence is not replicated', p_seq;
+    END IF;
+    v_next := spock._global_sequence_first(spock._sequence_last_value(p_seq), v_node);
+    EXECUTE format('ALTER SEQUENCE %s INCREMENT BY 65536 MINVALUE 1 MAXVALUE 9223372036854775807 NO CYCLE RESTART WITH %s',
+                   p_seq, v_next);
+    INSERT INTO spock.global_sequence (seqoid, node_id) VALUES (p_seq, v_node)
+        ON CONFLICT (seqoid) DO UPDATE SET node_id = EXCLUDED.node_id, converted_at = now();
+    RETURN v_next;
+END;
+$$;
+
+-- convert_sequence_to_global(relation): makes a sequence global on this node and,
+-- with replicate, queues the same for every node that subscribes to this one (set
+-- ddl_sql): each node then hands out its own ids, which never meet another node's.
+-- Returns the next id here (NULL: it was global already).
+CREATE FUNCTION spock.convert_sequence_to_global(relation regclass, replicate boolean DEFAULT true)
+RETURNS bigint STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_name text;
+    v_next bigint;
+BEGIN
+    v_next := spock._sequence_to_global(relation);
+    IF replicate THEN
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) INTO v_name
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = relation;
+        IF EXISTS (SELECT FROM spock.replication_set s JOIN spock.local_node l ON l.node_id = s.set_nodeid
+                    WHERE s.set_name = 'ddl_sql') THEN
+            PERFORM spock._queue_message(ARRAY['ddl_sql'], current_user, 'Q',
+                to_json(format('SELECT spock._sequence_to_global(%L::regclass)', v_name))::text);
+        ELSE
+            RAISE NOTICE 'no ddl_sql replication set here: convert % on the other nodes too', v_name;
+        END IF;
+    END IF;
+    RETURN v_next;
+END;
+$$;
+
 -- Adds one sequence to a set (and starts tracking its state); p_sync queues its
 -- current value for the set's subscribers.
 CREATE FUNCTION spock._repset_add_seq(p_set_id oid, p_set_name name, p_seq regclass, p_sync boolean)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF spock._is_global_sequence(p_seq) THEN
+        RAISE EXCEPTION 'sequence % is global: every node hands out its own ids, its value is not replicated', p_seq
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM spock.sequence_state WHERE seqoid = p_seq) THEN
         INSERT INTO spock.sequence_state (seqoid, cache_size, last_value)
         VALUES (p_seq, spock._sequence_sync_margin(), spock._sequence_last_value(p_seq));
@@ -85,6 +160,7 @@ BEGIN
          WHERE n.nspname = ANY (v_schemas) AND c.relkind = 'S'
            AND c.relpersistence = 'p' AND c.oid >= 16384
            AND NOT EXISTS (SELECT 1 FROM spock.replication_set_seq q WHERE q.set_id = v_set.set_id AND q.set_seqoid = c.oid)
+           AND NOT spock._is_global_sequence(c.oid)
     LOOP
         -- (here, not in the query: the WARNING is for the listed schemas only)
         CONTINUE WHEN spock._reserved_extension_member(v_seq);

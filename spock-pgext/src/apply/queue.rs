@@ -137,6 +137,18 @@ fn apply_sequence(sub: &SubscriptionInfo, schema: &str, name: &str, last_value: 
         .raise()
     };
     let qualified = format!("{}.{}", quote_identifier(schema), quote_identifier(name));
+    // A global sequence hands out this node's own ids: another node's value would
+    // put it among that node's (docs/multimaster.md).
+    let global = Spi::get_one_with_args::<bool>("SELECT spock._is_global_sequence($1::int8::oid)", &[oid.into()])
+        .unwrap_or_else(|e| spi_failed("looking up a sequence", e))
+        .unwrap_or(false);
+    if global {
+        pgrx::log!(
+            "spock subscription {}: sequence {qualified} is global here: its value from the provider is ignored",
+            sub.name
+        );
+        return;
+    }
     let current = Spi::get_one::<i64>(&format!("SELECT last_value FROM {qualified}"))
         .unwrap_or_else(|e| spi_failed("reading a sequence", e))
         .unwrap_or(min_value);

@@ -171,6 +171,7 @@ pub fn run(sub: &SubscriptionInfo) {
             );
         }
     }
+    let globals = global_sequences(sub, &ctl);
     drop(ctl);
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
     start_peer_subscriptions(sub, &peers);
@@ -188,6 +189,8 @@ pub fn run(sub: &SubscriptionInfo) {
             sub.name
         );
     }
+    // The provider's global sequences are global here too, with this node's ids.
+    make_global_here(sub, &globals);
     // 3. Data, one local transaction.
     let copied = if kind.data { copy_data(sub, &snapshot, lsn) } else { 0 };
     if !kind.data {
@@ -228,6 +231,39 @@ fn peer_progress(sub: &SubscriptionInfo, ctl: &Connection) -> Vec<(i64, String)>
     .into_iter()
     .filter_map(|r| Some((r.first().cloned().flatten()?.parse().ok()?, r.get(1).cloned().flatten()?)))
     .collect()
+}
+
+/// The provider's global sequences (schema-qualified names); none when it has no
+/// `spock.global_sequence` (an older spock-rs, pgEdge Spock).
+fn global_sequences(sub: &SubscriptionInfo, ctl: &Connection) -> Vec<String> {
+    let rows = ctl.query(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname)
+           FROM spock.global_sequence g
+           JOIN pg_catalog.pg_class c ON c.oid = g.seqoid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+    );
+    match rows {
+        Ok(rows) => rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect(),
+        Err(e) if e.sqlstate.as_deref() == Some("42P01") => Vec::new(),
+        Err(e) => sync_error(sub, "reading the provider's global sequences", e),
+    }
+}
+
+/// Makes the sequences `names` that exist here global (`spock._sequence_to_global`:
+/// this node's ids), before any row is copied or written here.
+fn make_global_here(sub: &SubscriptionInfo, names: &[String]) {
+    for name in names {
+        let next = BackgroundWorker::transaction(|| {
+            Spi::get_one_with_args::<i64>(
+                "SELECT spock._sequence_to_global(c) FROM pg_catalog.to_regclass($1) c WHERE c IS NOT NULL",
+                &[name.as_str().into()],
+            )
+            .unwrap_or_else(|e| no_row_or_raise(e, "making a sequence global"))
+        });
+        if let Some(next) = next {
+            pgrx::log!("spock subscription {}: sequence {name} is global here too; its next id is {next}", sub.name);
+        }
+    }
 }
 
 /// This node's (disabled) subscriptions to the nodes in `peers` start where the

@@ -33,3 +33,24 @@ fn queue_sequence(sets: Vec<String>, sequence: pg_sys::Oid, last_value: i64) {
         &QueuedMessage::Sequence { schema, name, last_value },
     );
 }
+
+/// `spock._global_sequence_first(floor, node_id)`: the first id a global sequence of
+/// node `node_id` hands out above `floor` ([`spock_core::global_ids::first_after`]);
+/// 22003 when none is left.
+#[pg_extern(immutable, strict, parallel_safe, name = "_global_sequence_first")]
+fn global_sequence_first(floor: i64, node_id: i32) -> i64 {
+    let node = u16::try_from(node_id).unwrap_or_else(|_| {
+        crate::error::PgError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("node id {node_id} is not a 16-bit node id"),
+        )
+        .raise()
+    });
+    spock_core::global_ids::first_after(floor, node).unwrap_or_else(|| {
+        crate::error::PgError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("no global id is left above {floor} for node id {node}"),
+        )
+        .raise()
+    })
+}
