@@ -796,6 +796,26 @@ impl TestNode {
         query_text(&mut self.connect()?, sql).map_err(|e| HarnessError(format!("on node {}: {e}", self.name)))
     }
 
+    /// How `sql` (simple protocol, database `postgres`) ends: `"ok"`, or the
+    /// SQLSTATE of its error.
+    pub fn sqlstate(&self, sql: &str) -> String {
+        match self.connect().map_err(|e| e.0).and_then(|mut c| {
+            c.batch_execute(sql)
+                .map_err(|e| e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string()))
+        }) {
+            Ok(()) => "ok".to_string(),
+            Err(code) => code,
+        }
+    }
+
+    /// SQLSTATE, message and hint of the error `sql` (simple protocol, database
+    /// `postgres`) must end with.
+    pub fn error_of(&self, sql: &str) -> (String, String, String) {
+        let e = self.connect().unwrap().batch_execute(sql).expect_err(sql);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error: {e}"));
+        (db.code().code().to_string(), db.message().to_string(), db.hint().unwrap_or_default().to_string())
+    }
+
     /// Runs `psql` (of the server's installation) with `sql` against database `db`;
     /// `replication` opens a replication connection (`replication=database`), where
     /// walsender commands such as `CREATE_REPLICATION_SLOT` work. Returns stdout,

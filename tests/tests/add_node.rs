@@ -43,17 +43,13 @@ fn add_node(new: &TestNode, src: &TestNode, extra: &str) -> Result<(), String> {
 
 /// SQLSTATE, message and hint of a failing `add_node` on `new` from `src`.
 fn add_node_error(new: &TestNode, src: &TestNode) -> (String, String, String) {
-    let mut client = new.connect().unwrap();
-    let sql = format!(
+    new.error_of(&format!(
         "CALL spock.add_node('{}', '{}', '{}', '{}')",
         src.name,
         src.dsn("postgres"),
         new.name,
         new.dsn("postgres")
-    );
-    let e = client.batch_execute(&sql).unwrap_err();
-    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
-    (db.code().code().to_string(), db.message().to_string(), db.hint().unwrap_or("").to_string())
+    ))
 }
 
 /// pgbench on `n` until `stop_pgbench` (a client per node: 2 vCPUs serve every

@@ -8,21 +8,6 @@ use spock_tests::{wait_for, Cluster, TestNode};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The SQLSTATE of `sql` on `n` ("ok" when it succeeds).
-fn sqlstate(n: &TestNode, sql: &str) -> String {
-    match n.connect().unwrap().batch_execute(sql) {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string()),
-    }
-}
-
-/// SQLSTATE, message and hint of a failing `sql` on `n`.
-fn error_of(n: &TestNode, sql: &str) -> (String, String, String) {
-    let e = n.connect().unwrap().batch_execute(sql).expect_err(sql);
-    let db = e.as_db_error().expect("a server error");
-    (db.code().code().to_string(), db.message().to_string(), db.hint().unwrap_or_default().to_string())
-}
-
 /// Every row of a spock catalog table, as text, in a stable order.
 fn rows(n: &TestNode, table: &str) -> String {
     n.query_one(&format!("SELECT coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '') FROM {table} x")).unwrap()
@@ -67,7 +52,7 @@ fn node_drop_checks_every_slot_before_dropping_any() {
     let slots = "SELECT string_agg(slot_name, ',' ORDER BY slot_name) FROM pg_replication_slots";
     let before: String = a.query_one(slots).unwrap();
     let catalog_before = catalogs(a);
-    let (code, message, _) = error_of(a, "SELECT spock.node_drop('n1')");
+    let (code, message, _) = a.error_of("SELECT spock.node_drop('n1')");
     assert_eq!(code, "55000");
     assert!(message.contains("replication slots for the node are still active"), "{message}");
     assert_eq!(a.query_one::<String>(slots).unwrap(), before, "no slot was dropped");
@@ -90,21 +75,21 @@ fn missing_relations_give_42p01_and_change_nothing() {
     // sub_resync_table with a missing table: no second subscription-level row.
     let before = catalogs(b);
     for oid in [999_999, dropped] {
-        assert_eq!(sqlstate(b, &format!("SELECT spock.sub_resync_table('{sub}', {oid})")), "42P01");
-        assert_eq!(sqlstate(b, &format!("SELECT * FROM spock.sub_show_table('{sub}', {oid})")), "42P01");
-        assert_eq!(sqlstate(b, &format!("SELECT spock.table_wait_for_sync('{sub}', {oid})")), "42P01");
+        assert_eq!(b.sqlstate(&format!("SELECT spock.sub_resync_table('{sub}', {oid})")), "42P01");
+        assert_eq!(b.sqlstate(&format!("SELECT * FROM spock.sub_show_table('{sub}', {oid})")), "42P01");
+        assert_eq!(b.sqlstate(&format!("SELECT spock.table_wait_for_sync('{sub}', {oid})")), "42P01");
     }
     assert_eq!(catalogs(b), before);
     assert_eq!(count(b, "SELECT count(*) FROM spock.local_sync_status WHERE sync_nspname IS NULL"), 1);
 
     let before = catalogs(a);
     for oid in [999_999, dropped_seq] {
-        assert_eq!(sqlstate(a, &format!("SELECT spock.repset_add_table('default', {oid})")), "42P01");
-        assert_eq!(sqlstate(a, &format!("SELECT * FROM spock.repset_show_table({oid}, '{{default}}')")), "42P01");
-        assert_eq!(sqlstate(a, &format!("SELECT spock.repset_add_seq('default', {oid})")), "42P01");
-        assert_eq!(sqlstate(a, &format!("SELECT spock.sync_seq({oid})")), "42P01");
-        assert_eq!(sqlstate(a, &format!("SELECT spock.repset_remove_table('default', {oid})")), "42704");
-        assert_eq!(sqlstate(a, &format!("SELECT spock.repset_remove_seq('default', {oid})")), "42704");
+        assert_eq!(a.sqlstate(&format!("SELECT spock.repset_add_table('default', {oid})")), "42P01");
+        assert_eq!(a.sqlstate(&format!("SELECT * FROM spock.repset_show_table({oid}, '{{default}}')")), "42P01");
+        assert_eq!(a.sqlstate(&format!("SELECT spock.repset_add_seq('default', {oid})")), "42P01");
+        assert_eq!(a.sqlstate(&format!("SELECT spock.sync_seq({oid})")), "42P01");
+        assert_eq!(a.sqlstate(&format!("SELECT spock.repset_remove_table('default', {oid})")), "42704");
+        assert_eq!(a.sqlstate(&format!("SELECT spock.repset_remove_seq('default', {oid})")), "42704");
     }
     assert_eq!(catalogs(a), before);
 
@@ -140,7 +125,7 @@ fn missing_relations_give_42p01_and_change_nothing() {
         assert!(calls.len() > 20, "{calls:?}");
         let before = catalogs(n);
         for call in &calls {
-            let code = sqlstate(n, call);
+            let code = n.sqlstate(call);
             assert!(["42P01", "42704", "ok"].contains(&code.as_str()), "{call}: {code}");
         }
         assert_eq!(catalogs(n), before, "no call changed the catalogs");
@@ -156,26 +141,22 @@ fn system_tables_cannot_join_a_set() {
     // As CREATE PUBLICATION: 22023 for catalogs (information_schema too, which every
     // node has anyway) and system schemas, 42809 for what is not a table.
     for rel in ["pg_catalog.pg_authid", "pg_catalog.pg_class", "information_schema.sql_features"] {
-        let (code, message, _) = error_of(&node, &format!("SELECT spock.repset_add_table('default', '{rel}')"));
+        let (code, message, _) = node.error_of(&format!("SELECT spock.repset_add_table('default', '{rel}')"));
         assert_eq!(code, "22023", "{rel}: {message}");
         assert!(message.starts_with("cannot add relation"), "{message}");
     }
-    assert_eq!(sqlstate(&node, "SELECT spock.repset_add_table('default', 'v')"), "42809");
+    assert_eq!(node.sqlstate("SELECT spock.repset_add_table('default', 'v')"), "42809");
     for schema in ["pg_catalog", "information_schema", "pg_toast"] {
         for f in ["repset_add_all_tables", "repset_add_all_seqs"] {
-            assert_eq!(
-                sqlstate(&node, &format!("SELECT spock.{f}('default', '{{{schema}}}')")),
-                "22023",
-                "{f} {schema}"
-            );
+            assert_eq!(node.sqlstate(&format!("SELECT spock.{f}('default', '{{{schema}}}')")), "22023", "{f} {schema}");
         }
     }
     // spock's own schema is reserved (spock.reserved_object): passed over with a
     // WARNING, as in Spock, adding nothing.
     for f in ["repset_add_all_tables", "repset_add_all_seqs"] {
-        assert_eq!(sqlstate(&node, &format!("SELECT spock.{f}('default', '{{spock}}')")), "ok", "{f}");
+        assert_eq!(node.sqlstate(&format!("SELECT spock.{f}('default', '{{spock}}')")), "ok", "{f}");
     }
-    assert_eq!(sqlstate(&node, "SELECT spock.repset_add_all_tables('default', '{public,NULL}')"), "22004");
+    assert_eq!(node.sqlstate("SELECT spock.repset_add_all_tables('default', '{public,NULL}')"), "22004");
     assert_eq!(catalogs(&node), before);
     // The public schema still works, and leaves the view alone.
     node.execute("CREATE TABLE t2 (id int PRIMARY KEY)").unwrap();
@@ -198,28 +179,28 @@ fn subscription_arguments_are_checked_before_anything_changes() {
     let origins_before = count(b, origins);
     for (sets, code) in [("'{default,NULL}'", "22004"), ("'{}'", "22023"), ("'{default,nosuch}'", "42704")] {
         let (got, message, hint) =
-            error_of(b, &format!("SELECT spock.sub_create('s2', '{dsn}', replication_sets := {sets})"));
+            b.error_of(&format!("SELECT spock.sub_create('s2', '{dsn}', replication_sets := {sets})"));
         assert_eq!(got, code, "{sets}: {message}");
         if code == "42704" {
             assert!(message.contains("nosuch"), "{message}");
             assert_eq!(hint, "The provider has: ddl_sql, default, default_insert_only.");
         }
     }
-    assert_eq!(sqlstate(b, &format!("SELECT spock.sub_create('s2', '{dsn}', forward_origins := '{{NULL}}')")), "22004");
-    assert_eq!(sqlstate(b, &format!("SELECT spock.sub_create('', '{dsn}')")), "22023");
+    assert_eq!(b.sqlstate(&format!("SELECT spock.sub_create('s2', '{dsn}', forward_origins := '{{NULL}}')")), "22004");
+    assert_eq!(b.sqlstate(&format!("SELECT spock.sub_create('', '{dsn}')")), "22023");
     for delay in ["infinity", "-infinity", "-1 second"] {
         assert_eq!(
-            sqlstate(b, &format!("SELECT spock.sub_create('s2', '{dsn}', apply_delay := '{delay}')")),
+            b.sqlstate(&format!("SELECT spock.sub_create('s2', '{dsn}', apply_delay := '{delay}')")),
             "22023",
             "{delay}"
         );
         assert_eq!(
-            sqlstate(b, &format!("SELECT spock.sub_alter_options('sub_n2_n1', '{{\"apply_delay\": \"{delay}\"}}')")),
+            b.sqlstate(&format!("SELECT spock.sub_alter_options('sub_n2_n1', '{{\"apply_delay\": \"{delay}\"}}')")),
             "22023",
             "{delay}"
         );
     }
-    let (code, message, hint) = error_of(b, "SELECT spock.sub_add_repset('sub_n2_n1', 'nosuch')");
+    let (code, message, hint) = b.error_of("SELECT spock.sub_add_repset('sub_n2_n1', 'nosuch')");
     assert_eq!(code, "42704", "{message}");
     assert_eq!(hint, "The provider has: ddl_sql, default, default_insert_only.");
     assert_eq!(catalogs(b), before);

@@ -25,19 +25,10 @@ fn table_exists(n: &TestNode, name: &str) -> bool {
     n.query_one::<bool>(&format!("SELECT to_regclass('{name}') IS NOT NULL")).unwrap()
 }
 
-/// The SQLSTATE `sql` fails with on `n` ("ok" when it succeeds).
-fn sqlstate(n: &TestNode, sql: &str) -> String {
-    match n.connect().unwrap().batch_execute(sql) {
-        Ok(()) => "ok".to_string(),
-        Err(e) => e.as_db_error().map(|d| d.code().code().to_string()).unwrap_or_else(|| e.to_string()),
-    }
-}
-
 /// The SQLSTATE and message `sql` fails with on `n`.
 fn error_of(n: &TestNode, sql: &str) -> (String, String) {
-    let e = n.connect().unwrap().batch_execute(sql).expect_err(sql);
-    let db = e.as_db_error().expect("a server error");
-    (db.code().code().to_string(), db.message().to_string())
+    let (code, message, _) = n.error_of(sql);
+    (code, message)
 }
 
 /// A row in `t` on `a` that `b` must receive: everything `a` committed before it was
@@ -441,7 +432,7 @@ fn sync_seq_puts_the_subscribers_sequence_ahead() {
     wait_for("seqs.s3 synchronized", WAIT, || count_when_there(b, "SELECT last_value FROM seqs.s3"), 1005);
     a.execute("SELECT spock.repset_remove_seq('default', 's2')").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.sequence_state WHERE seqoid = 's2'::regclass"), 0);
-    assert_eq!(sqlstate(a, "SELECT spock.sync_seq('s2')"), "55000");
+    assert_eq!(a.sqlstate("SELECT spock.sync_seq('s2')"), "55000");
     // A dropped sequence leaves its set and its state.
     a.execute("DROP SEQUENCE s1 CASCADE").unwrap();
     assert_eq!(count(a, "SELECT count(*) FROM spock.replication_set_seq"), 1);
@@ -454,31 +445,31 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     let a = cluster.node(0);
     a.execute("CREATE EXTENSION spock; CREATE SEQUENCE s; CREATE TABLE tab (id int)").unwrap();
     // Not a node yet.
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "55000");
-    assert_eq!(sqlstate(a, "SELECT spock.sync_seq('s')"), "55000");
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)')"), "55000");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('default', 's')"), "55000");
+    assert_eq!(a.sqlstate("SELECT spock.sync_seq('s')"), "55000");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE x (id int)')"), "55000");
     a.execute(&format!("SELECT spock.node_create('{}', '{}')", a.name, a.dsn("postgres"))).unwrap();
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('nosuchset', 's')"), "42704");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 'tab')"), "42809");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 'nosuchseq')"), "42P01");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "ok");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_seq('default', 's')"), "23505");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_all_seqs('default', '{nosuchschema}')"), "3F000");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_add_all_seqs('nosuchset', '{public}')"), "42704");
-    assert_eq!(sqlstate(a, "SELECT spock.repset_remove_seq('default_insert_only', 's')"), "42704");
-    assert_eq!(sqlstate(a, "SELECT spock.sync_seq('tab')"), "42809");
-    assert_eq!(sqlstate(a, "CREATE SEQUENCE s_other; SELECT spock.sync_seq('s_other')"), "55000");
-    assert_eq!(sqlstate(a, "CREATE TEMP SEQUENCE s_temp; SELECT spock.repset_add_seq('default', 's_temp')"), "22023");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('nosuchset', 's')"), "42704");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('default', 'tab')"), "42809");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('default', 'nosuchseq')"), "42P01");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('default', 's')"), "ok");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_seq('default', 's')"), "23505");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_all_seqs('default', '{nosuchschema}')"), "3F000");
+    assert_eq!(a.sqlstate("SELECT spock.repset_add_all_seqs('nosuchset', '{public}')"), "42704");
+    assert_eq!(a.sqlstate("SELECT spock.repset_remove_seq('default_insert_only', 's')"), "42704");
+    assert_eq!(a.sqlstate("SELECT spock.sync_seq('tab')"), "42809");
+    assert_eq!(a.sqlstate("CREATE SEQUENCE s_other; SELECT spock.sync_seq('s_other')"), "55000");
+    assert_eq!(a.sqlstate("CREATE TEMP SEQUENCE s_temp; SELECT spock.repset_add_seq('default', 's_temp')"), "22023");
     // replicate_ddl
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', '{nosuchset}')"), "42704");
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('INSERT INTO tab VALUES (1)')"), "42501");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE x (id int)', '{nosuchset}')"), "42704");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('INSERT INTO tab VALUES (1)')"), "42501");
     assert_eq!(
-        sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', search_path := '\"unterminated')"),
+        a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE x (id int)', search_path := '\"unterminated')"),
         "22023"
     );
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int)', role := 'nosuchrole')"), "42704");
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE tab (id int)')"), "42P07");
-    assert_eq!(sqlstate(a, "SELECT spock.replicate_ddl('CREATE TABLE x (id int')"), "42601");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE x (id int)', role := 'nosuchrole')"), "42704");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE tab (id int)')"), "42P07");
+    assert_eq!(a.sqlstate("SELECT spock.replicate_ddl('CREATE TABLE x (id int')"), "42601");
     assert_eq!(count(a, "SELECT count(*) FROM spock.queue"), 0, "a failed replicate_ddl queues nothing");
     // A role cannot run replicated DDL as a role it cannot become.
     a.execute(
@@ -495,8 +486,8 @@ fn sequence_and_ddl_functions_report_errors_with_sqlstates() {
     );
     assert!(table_exists(a, "tab"));
     // spock.deny_all_ddl
-    assert_eq!(sqlstate(a, "SET spock.deny_all_ddl = on; CREATE TABLE denied (id int)"), "42501");
-    assert_eq!(sqlstate(a, "SET ROLE weak; SET spock.deny_all_ddl = off"), "42501");
+    assert_eq!(a.sqlstate("SET spock.deny_all_ddl = on; CREATE TABLE denied (id int)"), "42501");
+    assert_eq!(a.sqlstate("SET ROLE weak; SET spock.deny_all_ddl = off"), "42501");
     // GUCs exist with Spock's defaults; all are superuser-only (docs/security.md).
     assert_eq!(
         a.query_one::<String>(
