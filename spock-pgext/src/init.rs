@@ -41,6 +41,7 @@ pub extern "C-unwind" fn _PG_init() {
     crate::gucs::init_ddl();
     crate::ddl::autoddl::install_hook();
     crate::error_context::install_hook();
+    crate::delta::install_label_provider();
     if loading_at_server_start() {
         crate::workers::shmem::init();
         crate::workers::removals::init_shmem();

@@ -11,6 +11,7 @@
 mod apply;
 mod catalog;
 mod ddl;
+mod delta;
 mod error;
 mod error_context;
 mod gucs;

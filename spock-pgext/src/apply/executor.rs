@@ -46,6 +46,9 @@ pub struct LocalRelation {
     /// Per local attribute: whether a search for a row needs it (the identity
     /// index's key columns; every column without an index).
     search_atts: Vec<bool>,
+    /// Columns applied as local + (new - old) (crate::delta): attribute index and
+    /// `spock.delta_apply` for its type.
+    deltas: Vec<(usize, Box<pg_sys::FmgrInfo>)>,
     /// The memory of the input functions and default expressions above, freed with
     /// the mapping (last: the fields above point into it).
     _memory: RelationMemory,
@@ -265,6 +268,24 @@ impl LocalRelation {
             } else {
                 index_key_atts(identity_index, natts)
             };
+            let mut deltas = Vec::new();
+            for (i, column) in columns.iter().enumerate() {
+                let Some(column) = column else { continue };
+                if !crate::delta::is_delta_column(relid, i as i32 + 1) {
+                    continue;
+                }
+                match crate::delta::delta_function(column.type_oid) {
+                    Some(f) => {
+                        let mut info = Box::new(pg_sys::FmgrInfo::default());
+                        pg_sys::fmgr_info_cxt(f, info.as_mut(), memory.0);
+                        deltas.push((i, info));
+                    }
+                    None => pgrx::warning!(
+                        "spock: column \"{}\" of table {qualified} is marked delta_apply, but spock has no delta_apply for its type: applied as is",
+                        column.name
+                    ),
+                }
+            }
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             LocalRelation {
                 relid,
@@ -276,8 +297,95 @@ impl LocalRelation {
                 identity_index,
                 identity_full,
                 search_atts,
+                deltas,
                 _memory: memory,
             }
+        }
+    }
+
+    /// Whether the table has delta-apply columns.
+    pub fn has_deltas(&self) -> bool {
+        !self.deltas.is_empty()
+    }
+
+    /// Sets each delta-apply column of `target` (the remote new row) to local +
+    /// (new - old) (`spock.delta_apply`), `old` holding the remote old row and
+    /// `local` the row here; a NULL anywhere leaves the new value. Returns whether
+    /// some column now differs from the local value (the row must be written even
+    /// when the local row wins the rest).
+    ///
+    /// SAFETY: the three slots have the local descriptor and are filled; `target`
+    /// is virtual.
+    pub unsafe fn apply_deltas(
+        &self,
+        target: *mut pg_sys::TupleTableSlot,
+        old: *mut pg_sys::TupleTableSlot,
+        local: *mut pg_sys::TupleTableSlot,
+    ) -> bool {
+        let mut changed = false;
+        // SAFETY: slot arrays have natts entries; the result is allocated in the
+        // current (per-change) memory context, as the other values of `target`.
+        unsafe {
+            pg_sys::slot_getallattrs(old);
+            pg_sys::slot_getallattrs(local);
+            for (i, f) in &self.deltas {
+                let i = *i;
+                if *(*target).tts_isnull.add(i) || *(*old).tts_isnull.add(i) || *(*local).tts_isnull.add(i) {
+                    continue;
+                }
+                let (o, n, l) = (*(*old).tts_values.add(i), *(*target).tts_values.add(i), *(*local).tts_values.add(i));
+                let sum = pg_sys::FunctionCall3Coll(
+                    (f.as_ref() as *const pg_sys::FmgrInfo).cast_mut(),
+                    pg_sys::InvalidOid,
+                    o,
+                    n,
+                    l,
+                );
+                *(*target).tts_values.add(i) = sum;
+                changed |= !self.same_value(i, sum, l);
+            }
+        }
+        changed
+    }
+
+    /// Fills `target` with the row `local` but for the delta-apply columns, taken
+    /// from `with_deltas` (what [`apply_deltas`](Self::apply_deltas) made).
+    ///
+    /// SAFETY: the three slots have the local descriptor; `local` and `with_deltas`
+    /// are filled.
+    pub unsafe fn keep_local_but_deltas(
+        &self,
+        target: *mut pg_sys::TupleTableSlot,
+        local: *mut pg_sys::TupleTableSlot,
+        with_deltas: *mut pg_sys::TupleTableSlot,
+    ) {
+        // SAFETY: copies the local row into `target` (materialized in its own
+        // memory), then overwrites values; the delta values live in the per-change
+        // memory context, which outlives the update.
+        unsafe {
+            pg_sys::slot_getallattrs(local);
+            pg_sys::ExecClearTuple(target);
+            std::ptr::copy_nonoverlapping((*local).tts_values, (*target).tts_values, self.natts);
+            std::ptr::copy_nonoverlapping((*local).tts_isnull, (*target).tts_isnull, self.natts);
+            for (i, _) in &self.deltas {
+                *(*target).tts_values.add(*i) = *(*with_deltas).tts_values.add(*i);
+                *(*target).tts_isnull.add(*i) = *(*with_deltas).tts_isnull.add(*i);
+            }
+            pg_sys::ExecStoreVirtualTuple(target);
+            pg_sys::ExecMaterializeSlot(target);
+        }
+    }
+
+    /// Whether two values of attribute `i` are the same (binary comparison).
+    ///
+    /// SAFETY: values of that attribute's type.
+    unsafe fn same_value(&self, i: usize, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
+        let Some(Some(c)) = self.columns.get(i) else { return false };
+        let (mut len, mut byval) = (0i16, false);
+        // SAFETY: type lookups and a comparison of two valid values.
+        unsafe {
+            pg_sys::get_typlenbyval(c.type_oid, &mut len, &mut byval);
+            datumIsEqual(a, b, byval, i32::from(len))
         }
     }
 

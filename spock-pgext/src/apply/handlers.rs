@@ -332,11 +332,24 @@ impl ApplySession {
                     return;
                 }
                 map.fill_slot(w.new, &u.new, Some(w.local), w.econtext);
+                // Delta-apply columns (crate::delta) take local + (new - old), with
+                // the old row the provider logs for REPLICA IDENTITY FULL.
+                let delta = match u.old.as_ref() {
+                    Some(old) if map.has_deltas() && old.kind == proto::OldTupleKind::Full => {
+                        map.fill_slot(w.remote, &old.tuple, Some(w.local), w.econtext);
+                        map.apply_deltas(w.new, w.remote, w.local)
+                    }
+                    _ => false,
+                };
                 s.txn.conflict_rows = (w.local, w.new);
                 let apply =
                     s.remote_wins_over(w.local_row_version(), ConflictKind::UpdateOriginDiffers, &map.qualified);
                 if apply {
                     w.update(map, w.new);
+                } else if delta {
+                    // The local row stays, but for the additions.
+                    map.keep_local_but_deltas(w.remote, w.local, w.new);
+                    w.update(map, w.remote);
                 }
             })
         }

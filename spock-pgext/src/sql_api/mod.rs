@@ -64,4 +64,6 @@ pgrx::extension_sql_file!(
     requires =
         ["api_ddl", sql_api::diff::table_diff_rows, sql_api::repair::table_repair_rows, sql_api::remote::remote_query]
 );
+// set_delta_apply() calls replicate_ddl().
+pgrx::extension_sql_file!("../../../sql/api/multimaster.sql", name = "api_multimaster", requires = ["api_operations"]);
 pgrx::extension_sql_file!("../../../sql/api/privileges.sql", name = "api_privileges", finalize);
