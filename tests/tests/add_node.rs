@@ -77,12 +77,19 @@ fn stop_pgbench(n: &TestNode, bench: &mut Child) {
     );
 }
 
-/// Subscriptions of `n` that replicate, and all of them.
-fn subscriptions(n: &TestNode) -> String {
-    n.query_text(
-        "SELECT format('%s of %s', count(*) FILTER (WHERE status = 'replicating'), count(*)) FROM spock.sub_show_status()",
-    )
-    .unwrap()
+/// Subscriptions of `n` that replicate, and all of them, once `want` (at most
+/// 60 s: an apply worker may be restarting after a deadlock between the workers
+/// of different subscriptions, which PostgreSQL resolves by cancelling one).
+fn subscriptions(n: &TestNode, want: &str) -> String {
+    let sql = "SELECT format('%s of %s', count(*) FILTER (WHERE status = 'replicating'), count(*)) FROM spock.sub_show_status()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = n.query_text(sql).unwrap();
+        if got == want || std::time::Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Until each node has confirmed everything the others have written.
@@ -137,7 +144,7 @@ fn a_fourth_node_joins_a_three_node_mesh_under_pgbench_on_every_node() {
     add_node_as_repl(n2, n1, "").unwrap();
     add_node_as_repl(n3, n1, "").unwrap();
     for n in [n1, n2, n3] {
-        assert_eq!(subscriptions(n), "2 of 2", "on {}", n.name);
+        assert_eq!(subscriptions(n, "2 of 2"), "2 of 2", "on {}", n.name);
     }
     let mut benches: Vec<Child> = [n1, n2, n3].iter().map(|n| pgbench(n)).collect();
     wait_for(
@@ -159,7 +166,7 @@ fn a_fourth_node_joins_a_three_node_mesh_under_pgbench_on_every_node() {
         panic!("add_node: {e}\n{}", n4.log_tail(40));
     }
     for n in [n1, n2, n3, n4] {
-        assert_eq!(subscriptions(n), "3 of 3", "on {}", n.name);
+        assert_eq!(subscriptions(n, "3 of 3"), "3 of 3", "on {}", n.name);
     }
     for n in [n1, n2, n3, n4] {
         assert_eq!(
@@ -279,7 +286,7 @@ fn a_failed_join_resumes_when_called_again_or_is_undone_by_remove_node() {
     lock.batch_execute("COMMIT").unwrap();
     add_node(n3, n1, "").unwrap();
     for n in [n1, n2, n3] {
-        assert_eq!(subscriptions(n), "2 of 2", "on {}", n.name);
+        assert_eq!(subscriptions(n, "2 of 2"), "2 of 2", "on {}", n.name);
     }
     n3.execute("INSERT INTO t SELECT g, 'n3' FROM generate_series(301, 400) g").unwrap();
     n1.execute("UPDATE t SET v = 'everywhere' WHERE id % 10 = 0").unwrap();
@@ -291,7 +298,7 @@ fn a_failed_join_resumes_when_called_again_or_is_undone_by_remove_node() {
     assert_eq!(count(n3, "SELECT count(*) FROM t"), 400);
     // A call on a node that has joined changes nothing.
     add_node(n3, n1, "").unwrap();
-    assert_eq!(subscriptions(n3), "2 of 2");
+    assert_eq!(subscriptions(n3, "2 of 2"), "2 of 2");
 }
 
 /// The script of the CloudNativePG join Job (deploy/cnpg/common/join-job.yaml),
@@ -379,7 +386,7 @@ fn the_cnpg_join_job_builds_the_mesh_with_add_node() {
     assert!(out3.contains("node n3 has joined"), "{out3}");
     assert!(out2.contains("node n2 has joined"), "{out2}");
     for n in [n1, n2, n3] {
-        assert_eq!(subscriptions(n), "2 of 2", "on {}", n.name);
+        assert_eq!(subscriptions(n, "2 of 2"), "2 of 2", "on {}", n.name);
         assert_eq!(
             n.query_text("SELECT string_agg(DISTINCT usename, ',') FROM pg_stat_replication").unwrap(),
             "spock_replicator",
@@ -395,5 +402,5 @@ fn the_cnpg_join_job_builds_the_mesh_with_add_node() {
     }
     // A Job run again changes nothing.
     finished(run_join_script(n3, Some(n1), "n2", &[n1, n2]), "the Job of n3 again");
-    assert_eq!(subscriptions(n3), "2 of 2");
+    assert_eq!(subscriptions(n3, "2 of 2"), "2 of 2");
 }

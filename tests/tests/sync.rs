@@ -743,3 +743,51 @@ fn a_table_sync_refused_here_marks_the_table_failed() {
     s.execute("SELECT spock.table_wait_for_sync('sub_n2_n1', 'chk')").unwrap();
     assert_eq!(count(s, "SELECT count(*) FROM chk"), 6);
 }
+
+/// The provider lags behind another node when a new node copies from it: n2 has
+/// not applied n1's update of row 1, but has n3's later one. The copied row must
+/// keep n3's version (its commit timestamp), so that n1's older update, which
+/// reaches the new node through its own subscription, loses there as it does on
+/// n2 (with the oldest timestamp it won: the new node kept n1's value).
+#[test]
+fn a_copied_row_keeps_its_version_against_an_older_change_the_provider_has_not_applied() {
+    let c = Cluster::start_n(4).unwrap();
+    let (n1, n2, n3, n4) = (c.node(0), c.node(1), c.node(2), c.node(3));
+    spock_tests::fixtures::full_mesh(&[n1, n2, n3]);
+    n1.execute("INSERT INTO t VALUES (1, 'first'), (2, 'other')").unwrap();
+    spock_tests::fixtures::sync_mesh(&[n1, n2, n3]);
+    // n2 stops applying n1; n1 updates row 1, then n3 updates it later.
+    n2.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    n1.execute("UPDATE t SET v = 'from n1' WHERE id = 1").unwrap();
+    spock_tests::fixtures::sync_through(n1, n3);
+    spock_tests::fixtures::next_commit_is_later(n1, n3);
+    n3.execute("UPDATE t SET v = 'from n3' WHERE id = 1").unwrap();
+    spock_tests::fixtures::sync_through(n3, n2);
+    spock_tests::fixtures::sync_through(n3, n1);
+    assert_eq!(n2.query_text("SELECT v FROM t WHERE id = 1").unwrap(), "from n3");
+
+    // n4 joins by hand: its subscription to n1 first (disabled, with its slot on
+    // n1), then the copy from n2, which starts it at n2's progress on n1.
+    n4.execute("CREATE EXTENSION spock").unwrap();
+    n4.execute(&format!("SELECT spock.node_create('n4', '{}')", n4.dsn("postgres"))).unwrap();
+    n4.execute("CREATE TABLE t(id int PRIMARY KEY, v text); SELECT spock.repset_add_table('default', 't')").unwrap();
+    for (p, name) in [(n1, "n4_from_n1"), (n3, "n4_from_n3")] {
+        n4.execute(&format!("SELECT spock.sub_create('{name}', '{}', enabled := false)", p.dsn("postgres"))).unwrap();
+        let slot: String = n4
+            .query_one(&format!("SELECT sub_slot_name::text FROM spock.subscription WHERE sub_name = '{name}'"))
+            .unwrap();
+        p.execute(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'spock_output')")).unwrap();
+    }
+    n4.execute(&format!("SELECT spock.sub_create('n4_from_n2', '{}', synchronize_data := true)", n2.dsn("postgres")))
+        .unwrap();
+    n4.execute("SELECT spock.sub_wait_for_sync('n4_from_n2')").unwrap();
+    let copied_ts = "SELECT pg_xact_commit_timestamp(xmin)::text FROM t WHERE id = 1";
+    assert_eq!(n4.query_text(copied_ts).unwrap(), n2.query_text(copied_ts).unwrap(), "the copied row's version");
+    n4.execute("SELECT spock.sub_enable('n4_from_n1'); SELECT spock.sub_enable('n4_from_n3')").unwrap();
+    n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    spock_tests::fixtures::sync_through(n1, n4);
+    spock_tests::fixtures::sync_through(n1, n2);
+    for n in [n1, n2, n3, n4] {
+        assert_eq!(n.query_text("SELECT v FROM t WHERE id = 1").unwrap(), "from n3", "on {}", n.name);
+    }
+}

@@ -154,6 +154,7 @@ pub fn run(sub: &SubscriptionInfo) {
         quote_identifier(&sub.slot_name)
     ));
     let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
+    let restamp = if can_pause && created.is_ok() { restamp_since(sub, &ctl) } else { Restamp::Nothing };
     if can_pause {
         let held = !has("spock._apply_workers_paused()")
             || ctl
@@ -192,7 +193,7 @@ pub fn run(sub: &SubscriptionInfo) {
     // The provider's global sequences are global here too, with this node's ids.
     make_global_here(sub, &globals);
     // 3. Data, one local transaction.
-    let copied = if kind.data { copy_data(sub, &snapshot, lsn) } else { 0 };
+    let (copied, stamps) = if kind.data { copy_data(sub, &snapshot, lsn, restamp) } else { (0, Vec::new()) };
     if !kind.data {
         BackgroundWorker::transaction(|| set_sync_status(sub.id, 'c', lsn));
     }
@@ -201,6 +202,8 @@ pub fn run(sub: &SubscriptionInfo) {
     if kind.structure {
         restore_section(sub, &dump, "post-data", 'w', lsn);
     }
+    // With their keys now, the rows that need their own version get it.
+    restamp_rows(sub, &stamps);
     finish(sub, lsn, &dump);
     pgrx::log!(
         "spock subscription {}: initial sync done ({copied} tables copied); streaming from {}",
@@ -556,7 +559,7 @@ fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection, only: Option<(&
 
 /// Copies every table of the subscribed sets in one local transaction; returns how
 /// many tables were copied.
-fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
+fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64, restamp: Restamp) -> (usize, Vec<StampRow>) {
     let appname = format!("{}_sync", sub.slot_name);
     let provider = provider_at_snapshot(sub, snapshot, &appname);
     let tables = tables_to_copy(sub, &provider, None);
@@ -591,8 +594,144 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64) -> usize {
     }));
     // Committed: the streaming session takes the origin next.
     copy_from::after_copy_commit();
+    let stamps = rows_to_restamp(sub, &provider, &tables, restamp);
     let _ = provider.query("COMMIT");
-    tables.len()
+    (tables.len(), stamps)
+}
+
+/// Which copied rows must carry their own commit timestamp and writer instead of
+/// the oldest one ([`restamp_rows`]).
+#[derive(Clone, Copy, Debug)]
+enum Restamp {
+    /// None: the provider subscribes to no other node.
+    Nothing,
+    /// The rows committed at or after this time (microseconds since 2000).
+    Since(i64),
+}
+
+/// While the provider's apply workers are paused: the rows the copy must stamp
+/// with their own version. A transaction of another node that the provider has
+/// not applied yet reaches this node through its own subscription, and
+/// last-update-wins compares it with the copied row: against the oldest
+/// timestamp it always wins, but on the provider it loses to a row written after
+/// it (by a third node, or the provider). Such rows are at most as old as the
+/// last transaction the provider applied from each node (less a margin for
+/// commit-time order and clocks), among the nodes whose progress it knows (all
+/// of them once each has sent a transaction since the provider started).
+fn restamp_since(sub: &SubscriptionInfo, ctl: &Connection) -> Restamp {
+    let row = ctl
+        .query(
+            "SELECT pg_catalog.count(*)::text, pg_catalog.bool_and(p.remote_commit_ts IS NULL)::text,
+                    ((pg_catalog.date_part('epoch', pg_catalog.min(p.remote_commit_ts)) - 946684800) * 1000000)::int8::text
+               FROM spock.progress p JOIN spock.local_node l ON l.node_id = p.node_id",
+        )
+        .ok()
+        .and_then(|rows| rows.into_iter().next());
+    let Some(row) = row else {
+        pgrx::log!(
+            "spock subscription {}: initial sync: the provider does not report its progress per node; copied rows keep the oldest commit timestamp",
+            sub.name
+        );
+        return Restamp::Nothing;
+    };
+    let field = |i: usize| row.get(i).cloned().flatten();
+    match (field(0).as_deref(), field(2).and_then(|v| v.parse::<i64>().ok())) {
+        (Some("0") | None, _) => Restamp::Nothing,
+        (_, Some(min)) => Restamp::Since(min - 10_000_000),
+        (_, None) => {
+            pgrx::log!(
+                "spock subscription {}: initial sync: the provider has applied nothing from its peers since it started; copied rows keep the oldest commit timestamp",
+                sub.name
+            );
+            Restamp::Nothing
+        }
+    }
+}
+
+/// A copied row to write again with its own version ([`restamp_since`]).
+struct StampRow {
+    table: String,
+    row: String,
+    commit_ts: String,
+    writer: String,
+}
+
+/// The copied rows `restamp` names, read under the copy's snapshot: the row, its
+/// commit timestamp and the node that wrote it (the provider for its own rows).
+/// Tables without a primary key or replica identity index keep the oldest
+/// timestamp (nothing finds their rows by key).
+fn rows_to_restamp(
+    sub: &SubscriptionInfo,
+    provider: &Connection,
+    tables: &[CopyTable],
+    restamp: Restamp,
+) -> Vec<StampRow> {
+    pgrx::debug1!("spock subscription {}: initial sync: rows to stamp again: {restamp:?}", sub.name);
+    let Restamp::Since(us) = restamp else { return Vec::new() };
+    let mut out = Vec::new();
+    for t in tables {
+        let name = format!("{}.{}", quote_identifier(&t.nspname), quote_identifier(&t.relname));
+        let rows = provider
+            .query(&format!(
+                "SELECT pg_catalog.to_jsonb(t)::text, o.\"timestamp\"::text,
+                        coalesce(n.node_name::text, {provider_name})
+                   FROM ONLY {name} t
+                  CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(t.xmin) o
+                   LEFT JOIN pg_catalog.pg_replication_origin r ON r.roident = o.roident
+                   LEFT JOIN spock.subscription s ON s.sub_slot_name = r.roname
+                   LEFT JOIN spock.node n ON n.node_id = s.sub_origin
+                  WHERE o.\"timestamp\" >= '2000-01-01 00:00:00+00'::timestamptz + {us} * interval '1 microsecond'
+                    AND EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid = {rel}::regclass
+                                   AND (i.indisprimary OR i.indisreplident))
+                  ORDER BY 3, 2",
+                provider_name = provider.literal(&sub.provider_name),
+                rel = provider.literal(&name),
+            ))
+            .unwrap_or_else(|e| sync_error(sub, &format!("reading the versions of the rows of {name}"), e));
+        for row in rows {
+            if let (Some(row), Some(commit_ts), Some(writer)) =
+                (row.first().cloned().flatten(), row.get(1).cloned().flatten(), row.get(2).cloned().flatten())
+            {
+                out.push(StampRow { table: name.clone(), row, commit_ts, writer });
+            }
+        }
+    }
+    out
+}
+
+/// Once the copied tables have their keys: writes each of `rows` again, the
+/// same values, with its commit timestamp and under the origin of this node's
+/// subscription from its writer (the provider's when there is none), nothing
+/// replicated (`sql_api::repair`), so that last-update-wins decides against it as
+/// the provider did.
+fn restamp_rows(sub: &SubscriptionInfo, rows: &[StampRow]) {
+    let (mut current, mut usable): (Option<&str>, bool) = (None, false);
+    let mut stamped = 0usize;
+    for r in rows {
+        if current != Some(r.writer.as_str()) {
+            crate::sql_api::repair::end_session_origin();
+            usable = BackgroundWorker::transaction(|| {
+                crate::sql_api::repair::session_origin_of(Some(&r.writer))
+                    || crate::sql_api::repair::session_origin_of(Some(&sub.provider_name))
+            });
+            current = Some(r.writer.as_str());
+        }
+        if !usable {
+            continue;
+        }
+        BackgroundWorker::transaction(|| {
+            let relid = local_table(sub, &r.table);
+            crate::sql_api::repair::rewrite_row(relid, &r.row, Some(&r.row), Some(&r.commit_ts));
+        });
+        stamped += 1;
+    }
+    crate::sql_api::repair::end_session_origin();
+    if stamped > 0 {
+        pgrx::log!(
+            "spock subscription {}: initial sync: {stamped} copied rows written again with their own commit timestamp",
+            sub.name
+        );
+    }
 }
 
 /// A normal connection to the provider inside a read-only transaction that sees

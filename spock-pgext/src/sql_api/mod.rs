@@ -11,7 +11,7 @@ mod node;
 mod pause;
 mod progress;
 mod remote;
-mod repair;
+pub(crate) mod repair;
 mod repset;
 mod retention;
 mod sequence;

@@ -134,6 +134,12 @@ fn local_dsn() -> String {
 #[pg_extern(volatile, name = "_repair_session")]
 fn repair_session(origin_node: Option<&str>) -> bool {
     crate::privilege::require_superuser("repair a table");
+    session_origin_of(origin_node)
+}
+
+/// [`repair_session`] for a process of the server (the initial sync restamping
+/// copied rows); ended by [`end_session_origin`].
+pub(crate) fn session_origin_of(origin_node: Option<&str>) -> bool {
     let Some(node) = origin_node else { return false };
     let this: Option<String> = Spi::get_one("SELECT node_name::text FROM spock.node_info()")
         .unwrap_or_else(|e| spi_failed("reading the local node", e));
@@ -160,7 +166,8 @@ fn repair_session(origin_node: Option<&str>) -> bool {
     }
     let holder = Spi::get_one_with_args::<i32>(
         "SELECT pid FROM pg_catalog.pg_stat_activity
-          WHERE backend_type = 'spock apply' AND application_name = $1 AND datname = pg_catalog.current_database()",
+          WHERE backend_type = 'spock apply' AND application_name = $1 AND datname = pg_catalog.current_database()
+            AND pid <> pg_catalog.pg_backend_pid()",
         &[slot.as_deref().unwrap_or_default().into()],
     )
     .unwrap_or(None);
@@ -183,6 +190,24 @@ VOLATILE LANGUAGE c SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 
 )]
 fn repair_row(relation: pg_sys::Oid, key: &str, new_row: Option<&str>, commit_ts: Option<&str>) -> String {
     crate::privilege::require_superuser("repair a table");
+    rewrite_row(relation, key, new_row, commit_ts)
+}
+
+/// Ends what [`session_origin_of`] set up: the session holds no origin again.
+pub(crate) fn end_session_origin() {
+    if REPAIR_ORIGIN.swap(0, Ordering::Relaxed) != 0 {
+        // SAFETY: outside a transaction; resets the origin this process set up.
+        unsafe {
+            pg_sys::replorigin_session_reset();
+            pg_sys::replorigin_session_origin = 0;
+            pg_sys::replorigin_session_origin_lsn = 0;
+            pg_sys::replorigin_session_origin_timestamp = 0;
+        }
+    }
+}
+
+/// [`repair_row`] without the privilege check, for the server's own processes.
+pub(crate) fn rewrite_row(relation: pg_sys::Oid, key: &str, new_row: Option<&str>, commit_ts: Option<&str>) -> String {
     let q: String = Spi::get_one_with_args(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
