@@ -186,3 +186,27 @@ fn a_joining_node_gets_the_marks_with_the_structure() {
         assert_eq!(sums(n), (1200, "600.0".to_string(), 1200), "on {}", n.name);
     }
 }
+
+#[test]
+fn autoddl_carries_a_security_label_that_marks_a_column() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    mutual_pair(n1, n2);
+    for n in [n1, n2] {
+        counters(n, 10);
+    }
+    n1.execute(
+        "SET spock.enable_ddl_replication = on; SECURITY LABEL FOR spock ON COLUMN counters.balance IS 'delta_apply'",
+    )
+    .unwrap();
+    sync_mesh(&[n1, n2]);
+    assert_eq!(
+        n2.query_text(
+            "SELECT string_agg(a.attname || '=' || l.label, ',') FROM pg_seclabel l
+               JOIN pg_attribute a ON a.attrelid = l.objoid AND a.attnum = l.objsubid
+              WHERE l.provider = 'spock' AND l.objoid = 'counters'::regclass"
+        )
+        .unwrap(),
+        "balance=delta_apply"
+    );
+}
