@@ -77,19 +77,19 @@ fn stop_pgbench(n: &TestNode, bench: &mut Child) {
     );
 }
 
-/// Subscriptions of `n` that replicate, and all of them, once `want` (at most
-/// 60 s: an apply worker may be restarting after a deadlock between the workers
-/// of different subscriptions, which PostgreSQL resolves by cancelling one).
+/// Waits until `n`'s subscriptions are as `want` says ("replicating of all", at
+/// most 60 s: an apply worker may be restarting after a deadlock between the
+/// workers of different subscriptions, which PostgreSQL resolves by cancelling
+/// one), and returns them.
 fn subscriptions(n: &TestNode, want: &str) -> String {
     let sql = "SELECT format('%s of %s', count(*) FILTER (WHERE status = 'replicating'), count(*)) FROM spock.sub_show_status()";
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = n.query_text(sql).unwrap();
-        if got == want || std::time::Instant::now() > deadline {
-            return got;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(
+        &format!("subscriptions of {}", n.name),
+        Duration::from_secs(60),
+        || n.query_text(sql).unwrap(),
+        want.to_string(),
+    );
+    n.query_text(sql).unwrap()
 }
 
 /// Until each node has confirmed everything the others have written.
