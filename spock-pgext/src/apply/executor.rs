@@ -46,9 +46,9 @@ pub struct LocalRelation {
     /// Per local attribute: whether a search for a row needs it (the identity
     /// index's key columns; every column without an index).
     search_atts: Vec<bool>,
-    /// Columns applied as local + (new - old) (crate::delta): attribute index and
-    /// `spock.delta_apply` for its type.
-    deltas: Vec<(usize, Box<pg_sys::FmgrInfo>)>,
+    /// Columns applied as local + (new - old) (crate::delta): attribute index,
+    /// `spock.delta_apply` for its type, and the type's length and by-value flag.
+    deltas: Vec<(usize, Box<pg_sys::FmgrInfo>, i16, bool)>,
     /// The memory of the input functions and default expressions above, freed with
     /// the mapping (last: the fields above point into it).
     _memory: RelationMemory,
@@ -278,7 +278,9 @@ impl LocalRelation {
                     Some(f) => {
                         let mut info = Box::new(pg_sys::FmgrInfo::default());
                         pg_sys::fmgr_info_cxt(f, info.as_mut(), memory.0);
-                        deltas.push((i, info));
+                        let (mut len, mut byval) = (0i16, false);
+                        pg_sys::get_typlenbyval(column.type_oid, &mut len, &mut byval);
+                        deltas.push((i, info, len, byval));
                     }
                     None => pgrx::warning!(
                         "spock: column \"{}\" of table {qualified} is marked delta_apply, but spock has no delta_apply for its type: applied as is",
@@ -328,7 +330,7 @@ impl LocalRelation {
         unsafe {
             pg_sys::slot_getallattrs(old);
             pg_sys::slot_getallattrs(local);
-            for (i, f) in &self.deltas {
+            for (i, f, len, byval) in &self.deltas {
                 let i = *i;
                 if *(*target).tts_isnull.add(i) || *(*old).tts_isnull.add(i) || *(*local).tts_isnull.add(i) {
                     continue;
@@ -342,7 +344,7 @@ impl LocalRelation {
                     l,
                 );
                 *(*target).tts_values.add(i) = sum;
-                changed |= !self.same_value(i, sum, l);
+                changed |= !datumIsEqual(sum, l, *byval, i32::from(*len));
             }
         }
         changed
@@ -367,25 +369,12 @@ impl LocalRelation {
             pg_sys::ExecClearTuple(target);
             std::ptr::copy_nonoverlapping((*local).tts_values, (*target).tts_values, self.natts);
             std::ptr::copy_nonoverlapping((*local).tts_isnull, (*target).tts_isnull, self.natts);
-            for (i, _) in &self.deltas {
+            for (i, ..) in &self.deltas {
                 *(*target).tts_values.add(*i) = *(*with_deltas).tts_values.add(*i);
                 *(*target).tts_isnull.add(*i) = *(*with_deltas).tts_isnull.add(*i);
             }
             pg_sys::ExecStoreVirtualTuple(target);
             pg_sys::ExecMaterializeSlot(target);
-        }
-    }
-
-    /// Whether two values of attribute `i` are the same (binary comparison).
-    ///
-    /// SAFETY: values of that attribute's type.
-    unsafe fn same_value(&self, i: usize, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
-        let Some(Some(c)) = self.columns.get(i) else { return false };
-        let (mut len, mut byval) = (0i16, false);
-        // SAFETY: type lookups and a comparison of two valid values.
-        unsafe {
-            pg_sys::get_typlenbyval(c.type_oid, &mut len, &mut byval);
-            datumIsEqual(a, b, byval, i32::from(len))
         }
     }
 
