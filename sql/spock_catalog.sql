@@ -96,6 +96,25 @@ CREATE TABLE spock.global_sequence (
     converted_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Why a subscription last failed (spock.sub_show_status, spock.subscription_status):
+-- the manager writes the error each attempt of the apply worker ended with; the
+-- worker itself writes the error that made it disable the subscription (reason:
+-- spock_core::status::Permanent::name, with the provider slot's state then).
+-- error_count: attempts in a row that ended with this SQLSTATE and message.
+CREATE TABLE spock.subscription_error (
+    sub_id oid NOT NULL PRIMARY KEY,
+    sqlstate text NOT NULL,
+    message text NOT NULL,
+    reason text,
+    first_at timestamptz NOT NULL,
+    last_at timestamptz NOT NULL,
+    error_count bigint NOT NULL DEFAULT 1,
+    next_attempt_at timestamptz,
+    disabled boolean NOT NULL DEFAULT false,
+    slot_wal_status text,
+    slot_invalidation_reason text
+);
+
 CREATE TABLE spock.queue (
     queued_at timestamp with time zone NOT NULL,
     role name NOT NULL,

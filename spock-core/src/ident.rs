@@ -144,6 +144,13 @@ pub fn quote_identifier(ident: &str) -> String {
     }
 }
 
+/// `s` as an SQL string literal (quotes doubled; backslashes are plain characters
+/// under `standard_conforming_strings`, PostgreSQL's default), for messages that
+/// show a statement to run.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

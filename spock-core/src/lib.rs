@@ -50,6 +50,7 @@ pub mod proto;
 pub mod repset;
 pub mod retention;
 pub mod spill;
+pub mod status;
 pub mod table_skip;
 pub mod walsender;
 

@@ -194,6 +194,7 @@ BEGIN
         PERFORM pg_catalog.pg_replication_origin_drop(v_origin);
     END LOOP;
     DELETE FROM spock.local_sync_status WHERE sync_subid = v.sub_id;
+    DELETE FROM spock.subscription_error WHERE sub_id = v.sub_id;
     DELETE FROM spock.subscription WHERE sub_id = v.sub_id;
     PERFORM spock._wake_workers();
     -- Spock's values: 1 dropped, 0 not there (with ifexists), not the id.
@@ -566,10 +567,35 @@ BEGIN
 END;
 $$;
 
+-- Why subscriptions fail (6.0.0): spock.subscription_error, spock._slot_status(),
+-- sub_show_status's new columns (its result type changes: dropped and created
+-- again) and the view spock.subscription_status.
+CREATE TABLE spock.subscription_error (
+    sub_id oid NOT NULL PRIMARY KEY,
+    sqlstate text NOT NULL,
+    message text NOT NULL,
+    reason text,
+    first_at timestamptz NOT NULL,
+    last_at timestamptz NOT NULL,
+    error_count bigint NOT NULL DEFAULT 1,
+    next_attempt_at timestamptz,
+    disabled boolean NOT NULL DEFAULT false,
+    slot_wal_status text,
+    slot_invalidation_reason text
+);
+CREATE FUNCTION spock._slot_status()
+RETURNS TABLE (sub_id oid, wal_status text, safe_wal_size bigint, checked_at bigint)
+STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'slot_status_wrapper';
+ALTER FUNCTION spock._slot_status() SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION spock._slot_status() FROM PUBLIC;
+DROP FUNCTION spock.sub_show_status(name);
 -- sub_show_status reads the workers afresh on each call.
 CREATE OR REPLACE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,
     OUT subscription_name text, OUT status text, OUT provider_node text, OUT provider_dsn text,
-    OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[])
+    OUT slot_name text, OUT replication_sets text[], OUT forward_origins text[],
+    OUT last_error_sqlstate text, OUT last_error text, OUT last_error_reason text,
+    OUT last_error_at timestamptz, OUT error_count bigint, OUT next_attempt_at timestamptz,
+    OUT slot_wal_status text, OUT slot_safe_wal_size bigint, OUT slot_invalidation_reason text)
 RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- The workers as they are now, also when called again in one transaction (a
     -- DO block waiting for 'replicating' would otherwise read its first snapshot
@@ -585,16 +611,30 @@ RETURNS SETOF record VOLATILE LANGUAGE sql SET search_path = pg_catalog, pg_temp
              WHEN w.query = 'replicating' THEN 'replicating'
              ELSE 'down'
            END,
-           n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins
+           n.node_name::text, i.if_dsn, s.sub_slot_name::text, s.sub_replication_sets, s.sub_forward_origins,
+           -- (spock-rs) why it last failed: spock.subscription_error
+           e.sqlstate, e.message, e.reason, e.last_at, e.error_count,
+           CASE WHEN s.sub_enabled AND w.query IS NULL THEN e.next_attempt_at END,
+           -- the provider slot as the worker last saw it, or when it stopped
+           coalesce(l.wal_status, e.slot_wal_status),
+           l.safe_wal_size,
+           e.slot_invalidation_reason
       FROM spock.subscription s
       JOIN spock.node n ON n.node_id = s.sub_origin
       JOIN spock.node_interface i ON i.if_id = s.sub_origin_if
       LEFT JOIN spock.local_sync_status y ON y.sync_subid = s.sub_id AND y.sync_nspname IS NULL
+      LEFT JOIN spock.subscription_error e ON e.sub_id = s.sub_id
+      LEFT JOIN spock._slot_status() l
+             ON l.sub_id = s.sub_id AND (e.last_at IS NULL
+                 OR l.checked_at > (pg_catalog.date_part('epoch', e.last_at) - 946684800) * 1000000)
       LEFT JOIN LATERAL (SELECT max(a.query) AS query FROM pg_catalog.pg_stat_activity a
                           WHERE a.backend_type = 'spock apply' AND a.application_name = s.sub_slot_name) w ON true
      WHERE $1 IS NULL OR s.sub_name = $1
      ORDER BY s.sub_name;
 $$;
+
+-- (spock-rs) Every subscription's state for monitoring: spock.sub_show_status().
+CREATE VIEW spock.subscription_status AS SELECT * FROM spock.sub_show_status();
 
 -- node_drop words an active slot as Spock does.
 CREATE OR REPLACE FUNCTION spock.node_drop(node_name name, ifexists boolean DEFAULT false)
@@ -1054,7 +1094,8 @@ BEGIN
     status := CASE v_status
         WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
         WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
-        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed'
+        WHEN 'm' THEN 'sync_merge' ELSE 'unknown' END;
 END;
 $$;
 
@@ -2121,3 +2162,22 @@ REVOKE ALL ON FUNCTION spock.delta_apply(double precision, double precision, dou
 REVOKE ALL ON FUNCTION spock.delta_apply(numeric, numeric, numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock.delta_apply(money, money, money) FROM PUBLIC;
 REVOKE ALL ON FUNCTION spock.set_delta_apply(regclass, name, boolean, boolean) FROM PUBLIC;
+
+CREATE FUNCTION spock.sub_resync(subscription_name name) RETURNS boolean
+STRICT VOLATILE LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v spock.subscription := spock._subscription(subscription_name);
+BEGIN
+    PERFORM spock._stop_apply_worker(v.sub_slot_name);
+    DELETE FROM spock.local_sync_status WHERE sync_subid = v.sub_id AND sync_nspname IS NULL;
+    INSERT INTO spock.local_sync_status (sync_kind, sync_subid, sync_nspname, sync_relname, sync_status, sync_statuslsn)
+    -- data ('d'), status 'm': merged, not copied (apply/sync.rs hands it to resync.rs)
+    VALUES ('d', v.sub_id, NULL, NULL, 'm', '0/0');
+    UPDATE spock.subscription SET sub_enabled = true WHERE sub_id = v.sub_id;
+    UPDATE spock.subscription_error SET disabled = false, next_attempt_at = NULL WHERE sub_id = v.sub_id;
+    PERFORM spock._wake_workers();
+    RETURN true;
+END;
+$$;
+
+REVOKE ALL ON FUNCTION spock.sub_resync(name) FROM PUBLIC;

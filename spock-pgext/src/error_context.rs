@@ -29,6 +29,62 @@ pub fn install_hook() {
     }
 }
 
+/// In an apply worker or writer: an error it reports (it ends the process: a
+/// worker has no outer error handler) is kept for its manager
+/// (`workers::shmem::record_worker_error`), which records it as the
+/// subscription's last error.
+///
+/// SAFETY: `edata` is the report being emitted (or null).
+unsafe fn note_worker_error(edata: *mut pg_sys::ErrorData) {
+    let Some((db, sub)) = crate::workers::worker_subscription() else { return };
+    // SAFETY: reading the report's fields; the message is a string in ErrorContext.
+    unsafe {
+        if edata.is_null() || (*edata).elevel < pgrx::PgLogLevel::ERROR as i32 {
+            return;
+        }
+        let code = (*edata).sqlerrcode;
+        let mut sqlstate = [0u8; 5];
+        for (i, c) in sqlstate.iter_mut().enumerate() {
+            *c = (((code >> (6 * i)) & 0x3f) as u8) + b'0';
+        }
+        if !spock_core::status::is_failure(std::str::from_utf8(&sqlstate).unwrap_or("")) {
+            return;
+        }
+        let message =
+            if (*edata).message.is_null() { "".into() } else { CStr::from_ptr((*edata).message).to_string_lossy() };
+        crate::workers::shmem::record_worker_error(db, sub, sqlstate, &message, pg_sys::GetCurrentTimestamp());
+    }
+}
+
+/// spock's own helper processes, asked to stop, log it as LOG instead of FATAL:
+/// a parallel apply writer whose leader stops it (PostgreSQL's `die()` on
+/// SIGTERM: every table sync, reconnect, disable or shutdown), and on a provider
+/// the idle session a subscriber's worker keeps there to ask its clock
+/// (application_name `<slot> probe`), ended by a fast shutdown. The message and
+/// the process's end are the same; only the severity, which log-based alerting
+/// reads as a failure, is not. Any other process's termination stays FATAL.
+///
+/// SAFETY: `edata` is the report being emitted (or null).
+unsafe fn relabel_expected_stop(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: reading the report's fields and this process's application_name.
+    unsafe {
+        if edata.is_null()
+            || (*edata).elevel != pgrx::PgLogLevel::FATAL as i32
+            || (*edata).sqlerrcode != crate::error::sqlstate_code("57P01")
+        {
+            return;
+        }
+        let writer = crate::workers::worker_subscription().is_some() && crate::workers::is_writer();
+        let probe = !pg_sys::application_name.is_null()
+            && CStr::from_ptr(pg_sys::application_name).to_bytes().ends_with(b" probe")
+            && pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND;
+        if writer || probe {
+            (*edata).elevel = pgrx::PgLogLevel::LOG as i32;
+            (*edata).output_to_client = false;
+        }
+    }
+}
+
 /// The hook: strips the context of the report, then calls the previous hook.
 ///
 /// Not `#[pg_guard]`: it runs while an error is being reported and must neither
@@ -37,6 +93,10 @@ pub fn install_hook() {
 ///
 /// SAFETY: called by PostgreSQL with the report being emitted.
 unsafe extern "C-unwind" fn emit_log(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: the report PostgreSQL passes.
+    let _ = std::panic::catch_unwind(|| unsafe { note_worker_error(edata) });
+    // SAFETY: as above.
+    let _ = std::panic::catch_unwind(|| unsafe { relabel_expected_stop(edata) });
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: the report PostgreSQL passes; its context is null or a string in
         // ErrorContext, replaced by a copy made there.

@@ -7,6 +7,10 @@ use spock_core::conflict::ConflictPolicy;
 /// started again.
 pub static RESTART_DELAY_DEFAULT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
+/// `spock.restart_delay_max` (spock-rs): milliseconds the delay before a failed
+/// apply worker starts again grows to, doubling with each failure in a row.
+pub static RESTART_DELAY_MAX: GucSetting<i32> = GucSetting::<i32>::new(60000);
+
 /// Values of `spock.conflict_resolution`.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ConflictResolutionGuc {
@@ -337,6 +341,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"spock.restart_delay_max",
+        c"Longest delay before a spock apply worker that keeps failing is restarted.",
+        c"In milliseconds. The delay starts at spock.restart_delay_default and doubles with each failure in a row.",
+        &RESTART_DELAY_MAX,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_enum_guc(
         c"spock.readonly",
         c"Controls cluster read-only mode.",
@@ -441,6 +455,11 @@ pub fn deleted_version_retention_us() -> Option<i64> {
 /// The restart delay in milliseconds.
 pub fn restart_delay_ms() -> u64 {
     RESTART_DELAY_DEFAULT.get().max(0) as u64
+}
+
+/// `spock.restart_delay_max` in milliseconds.
+pub fn restart_delay_max_ms() -> u64 {
+    RESTART_DELAY_MAX.get().max(0) as u64
 }
 
 /// The conflict policy in force.

@@ -40,6 +40,10 @@ const PGRES_COPY_IN: c_int = 4;
 const PGRES_FATAL_ERROR: c_int = 7;
 /// `PG_DIAG_SQLSTATE`.
 const PG_DIAG_SQLSTATE: c_int = b'C' as c_int;
+/// `PG_DIAG_MESSAGE_PRIMARY`.
+const PG_DIAG_MESSAGE_PRIMARY: c_int = b'M' as c_int;
+/// `PG_DIAG_MESSAGE_DETAIL`.
+const PG_DIAG_MESSAGE_DETAIL: c_int = b'D' as c_int;
 
 /// `connect_timeout` (seconds) when the DSN sets none: a provider that accepts the
 /// TCP connection and never answers fails the connection after this long.
@@ -589,7 +593,18 @@ impl Connection {
         unsafe {
             let (message, sqlstate) = match result {
                 Some(r) if !r.is_null() => {
-                    let m = CStr::from_ptr((api.result_error_message)(r)).to_string_lossy().trim().to_string();
+                    // The server's message and detail, without libpq's severity
+                    // prefix and line breaks (they end up inside spock's own
+                    // messages and the server log); libpq's whole text otherwise.
+                    let field = |code: c_int| {
+                        let f = (api.result_error_field)(r, code);
+                        (!f.is_null()).then(|| CStr::from_ptr(f).to_string_lossy().trim().to_string())
+                    };
+                    let m = match (field(PG_DIAG_MESSAGE_PRIMARY), field(PG_DIAG_MESSAGE_DETAIL)) {
+                        (Some(m), Some(d)) => format!("{m} ({d})"),
+                        (Some(m), None) => m,
+                        _ => CStr::from_ptr((api.result_error_message)(r)).to_string_lossy().trim().to_string(),
+                    };
                     let s = (api.result_error_field)(r, PG_DIAG_SQLSTATE);
                     (m, (!s.is_null()).then(|| CStr::from_ptr(s).to_string_lossy().into_owned()))
                 }

@@ -33,7 +33,8 @@ BEGIN
     status := CASE v_status
         WHEN 'i' THEN 'sync_init' WHEN 's' THEN 'sync_structure' WHEN 'd' THEN 'sync_data'
         WHEN 'c' THEN 'sync_constraints' WHEN 'w' THEN 'sync_waiting' WHEN 'u' THEN 'catchup'
-        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed' ELSE 'unknown' END;
+        WHEN 'y' THEN 'synchronized' WHEN 'r' THEN 'replicating' WHEN 'f' THEN 'sync_failed'
+        WHEN 'm' THEN 'sync_merge' ELSE 'unknown' END;
 END;
 $$;
 

@@ -26,6 +26,7 @@ mod owner;
 mod parallel;
 pub(crate) mod queue;
 mod receiver;
+mod resync;
 mod retention;
 mod rows;
 mod session;
@@ -42,7 +43,7 @@ use pgrx::PgSqlErrorCode;
 use spock_core::ident::quote_identifier;
 use spock_core::proto::{format_lsn, parse_lsn};
 
-use crate::error::{spi_failed, PgError};
+use crate::error::spi_failed;
 use crate::libpq::Connection;
 use crate::workers::APPLY_TYPE;
 pub use parallel::MAX_WRITERS;
@@ -66,9 +67,108 @@ pub(crate) fn origin_named(name: &str) -> pg_sys::RepOriginId {
     }
 }
 
+/// The provider cannot be reached or ended the conversation: the worker ends and
+/// its manager starts it again (later after each failure in a row). A WARNING,
+/// not an ERROR: a provider that restarts is normal operation, and the error is
+/// kept for `spock.sub_show_status` (errors that retrying cannot cure are
+/// handled before this, by [`disable_over`]).
 pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
-    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("spock subscription {}: {what}: {e}", sub.name))
-        .raise()
+    let message = format!("spock subscription {}: {what}: {e}", sub.name);
+    crate::workers::shmem::record_worker_error(u32::from(my_database()), sub.id, *b"08006", &message, now_pg());
+    pgrx::pg_sys::panic::ErrorReport::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, message, "spock")
+        .set_hint("The worker tries again after spock.restart_delay_default, twice as long after each failure in a row up to spock.restart_delay_max; spock.sub_show_status() shows the last error.")
+        .report(PgLogLevel::WARNING);
+    // SAFETY: ends this worker process: an open transaction is rolled back and
+    // the connections close with the process (nothing here runs after it).
+    unsafe { pg_sys::proc_exit(1) };
+    unreachable!("proc_exit does not return")
+}
+
+/// The provider answered with an error that retrying cannot cure (`why`): the
+/// subscription is disabled and the error recorded with its reason and the slot's
+/// state on the provider (`spock.subscription_error`, shown by
+/// `spock.sub_show_status`), in one transaction; a WARNING says what to do. The
+/// worker then ends without an error.
+pub(crate) fn disable_over(
+    sub: &SubscriptionInfo,
+    conn: &Connection,
+    why: spock_core::status::Permanent,
+    e: &crate::libpq::LibpqError,
+) {
+    // The slot's state as the provider reports it (a replication connection runs
+    // SQL too).
+    let slot = conn
+        .query(&format!(
+            "SELECT wal_status, invalidation_reason::text FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            conn.literal(&sub.slot_name)
+        ))
+        .ok()
+        .and_then(|rows| rows.into_iter().next());
+    let wal_status = slot.as_ref().and_then(|r| r.first().cloned().flatten());
+    let invalidation = slot.as_ref().and_then(|r| r.get(1).cloned().flatten());
+    let sqlstate = e.sqlstate.clone().unwrap_or_else(|| "08006".into());
+    BackgroundWorker::transaction(|| {
+        Spi::run_with_args(
+            "UPDATE spock.subscription SET sub_enabled = false WHERE sub_id = $1::int8::oid",
+            &[i64::from(sub.id).into()],
+        )
+        .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
+        Spi::run_with_args(
+            "INSERT INTO spock.subscription_error AS e (sub_id, sqlstate, message, reason, first_at, last_at, error_count,
+                                                        next_attempt_at, disabled, slot_wal_status, slot_invalidation_reason)
+             VALUES ($1::int8::oid, $2, $3, $4, pg_catalog.now(), pg_catalog.now(), 1, NULL, true, $5, $6)
+             ON CONFLICT (sub_id) DO UPDATE SET
+                 first_at = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
+                                 THEN e.first_at ELSE EXCLUDED.first_at END,
+                 error_count = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
+                                    THEN e.error_count + 1 ELSE 1 END,
+                 sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, reason = EXCLUDED.reason,
+                 last_at = EXCLUDED.last_at, next_attempt_at = NULL, disabled = true,
+                 slot_wal_status = EXCLUDED.slot_wal_status, slot_invalidation_reason = EXCLUDED.slot_invalidation_reason",
+            &[
+                i64::from(sub.id).into(),
+                sqlstate.as_str().into(),
+                e.message.as_str().into(),
+                why.name().into(),
+                wal_status.as_deref().into(),
+                invalidation.as_deref().into(),
+            ],
+        )
+        .unwrap_or_else(|e| spi_failed("recording why the subscription stopped", e));
+    });
+    if let Some(i) = crate::workers::shmem::progress_slot(u32::from(my_database()), sub.id) {
+        let status =
+            wal_status.as_deref().map_or(spock_core::status::WalStatus::Unknown, spock_core::status::WalStatus::parse);
+        crate::workers::shmem::update_progress(i, |p| {
+            p.slot_wal_status = status.code();
+            p.slot_safe_wal_size = None;
+            p.slot_checked_at = now_pg();
+        });
+    }
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!(
+            "spock subscription {} disabled: {} ({}): {}{}",
+            sub.name,
+            why.name(),
+            sqlstate,
+            e.message,
+            invalidation.map(|r| format!(" (slot invalidated: {r})")).unwrap_or_default()
+        ),
+        "spock",
+    )
+    .set_hint(why.hint(&sub.name))
+    .report(PgLogLevel::WARNING);
+}
+
+fn now_pg() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn my_database() -> pg_sys::Oid {
+    // SAFETY: reads this backend's database id.
+    unsafe { pg_sys::MyDatabaseId }
 }
 
 /// Creates the subscription's slot on the provider (dropping a leftover one from an
@@ -120,6 +220,7 @@ pub extern "C-unwind" fn spock_apply_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     crate::workers::pin_search_path();
     let sub_id: u32 = BackgroundWorker::get_extra().trim().parse().unwrap_or(0);
+    crate::workers::set_worker_subscription(u32::from(db), sub_id);
     let Some(sub) = BackgroundWorker::transaction(|| subscription::load(sub_id)) else {
         return;
     };

@@ -130,7 +130,11 @@ impl Held {
 
 /// Streams from the provider and applies until the worker must stop or reconnect.
 pub fn stream(sub: &SubscriptionInfo, session: &mut ApplySession) -> Exit {
-    match Receiver::start(sub, session).run(session) {
+    let mut receiver = match Receiver::start(sub, session) {
+        Ok(r) => r,
+        Err(exit) => return exit,
+    };
+    match receiver.run(session) {
         Ok(never) => match never {},
         Err(exit) => exit,
     }
@@ -198,7 +202,9 @@ fn start_replication_command(sub: &SubscriptionInfo, conn: &Connection, start: u
 
 impl<'a> Receiver<'a> {
     /// Connects and starts streaming from the subscription's progress.
-    fn start(sub: &'a SubscriptionInfo, session: &mut ApplySession) -> Receiver<'a> {
+    /// An error retrying cannot cure (spock_core::status::classify) disables the
+    /// subscription instead ([`super::disable_over`]): `Err(Exit::Stop)`.
+    fn start(sub: &'a SubscriptionInfo, session: &mut ApplySession) -> Result<Receiver<'a>, Exit> {
         let start = start_position(sub);
         let conn = Connection::connect(
             &sub.provider_dsn,
@@ -218,7 +224,13 @@ impl<'a> Receiver<'a> {
         // provider streams again from `start`.
         let streams = StreamReceiver::new(sub.id, &sub.name, eager, sub.provider_node_id);
         let cmd = start_replication_command(sub, &conn, start, text);
-        conn.start_copy_both(&cmd).unwrap_or_else(|e| fail(sub, "could not start replication", e));
+        if let Err(e) = conn.start_copy_both(&cmd) {
+            if let Some(why) = spock_core::status::classify(e.sqlstate.as_deref(), &e.message) {
+                super::disable_over(sub, &conn, why, &e);
+                return Err(Exit::Stop);
+            }
+            fail(sub, "could not start replication", e);
+        }
         // Writers apply in parallel unless a failed transaction is replayed or one
         // is to be skipped (both change by change, in this worker).
         let writers = sub.parallel_apply_workers();
@@ -232,7 +244,7 @@ impl<'a> Receiver<'a> {
             if text { " (text transfer, to replay a failed transaction)" } else { "" }
         );
         let now = Instant::now();
-        Receiver {
+        Ok(Receiver {
             sub,
             conn,
             decoder: StreamDecoder::new(),
@@ -244,7 +256,7 @@ impl<'a> Receiver<'a> {
             prober: Prober::new(),
             pool,
             held: Held::default(),
-        }
+        })
     }
 
     /// The loop: receive, housekeeping, feedback, wait; until an exit.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use spock_core::proto::{parse_lsn, Lsn};
 use spock_core::retention::{safe_after_applied, Probe, ProbeState};
+use spock_core::status::WalStatus;
 
 use super::subscription::SubscriptionInfo;
 use crate::libpq::{Connection, Rows};
@@ -26,10 +27,19 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// The provider's clock (PostgreSQL microseconds) first, then the position of a
-/// message written after it: the clock is read before the position is taken.
-const PROBE_SQL: &str = "SELECT (extract(epoch FROM s.t) * 1000000)::int8 - 946684800000000, \
-     pg_logical_emit_message(false, 'spock.probe', '')::text \
-     FROM (SELECT clock_timestamp() AS t OFFSET 0) s";
+/// message written after it: the clock is read before the position is taken; last
+/// the state of the subscription's slot (`wal_status` and `safe_wal_size`, for
+/// `spock.sub_show_status`).
+fn probe_sql(conn: &Connection, slot: &str) -> String {
+    format!(
+        "SELECT (extract(epoch FROM s.t) * 1000000)::int8 - 946684800000000, \
+         pg_logical_emit_message(false, 'spock.probe', '')::text, \
+         (SELECT r.wal_status || ' ' || coalesce(r.safe_wal_size::text, '') FROM pg_catalog.pg_replication_slots r \
+           WHERE r.slot_name = {}) \
+         FROM (SELECT clock_timestamp() AS t OFFSET 0) s",
+        conn.literal(slot)
+    )
+}
 
 /// The probe cycle of one apply worker.
 pub struct Prober {
@@ -65,7 +75,15 @@ impl Prober {
         if self.state.awaiting_answer() {
             let Some(answer) = self.conn.as_ref().and_then(|c| c.poll_query()) else { return };
             match answer.map_err(|e| e.to_string()).and_then(|rows| parse(&rows)) {
-                Ok(p) => {
+                Ok((p, wal)) => {
+                    if let Some((status, safe)) = wal {
+                        let at = now_pg();
+                        shmem::update_progress(slot, |s| {
+                            s.slot_wal_status = status.code();
+                            s.slot_safe_wal_size = safe;
+                            s.slot_checked_at = at;
+                        });
+                    }
                     self.state.answered(p);
                     self.warned = false;
                 }
@@ -84,7 +102,8 @@ impl Prober {
             }
         }
         self.state.sent(now);
-        if let Err(e) = self.conn.as_ref().expect("connected above").send_query(PROBE_SQL) {
+        let conn = self.conn.as_ref().expect("connected above");
+        if let Err(e) = conn.send_query(&probe_sql(conn, &sub.slot_name)) {
             self.failed(sub, &e.to_string());
         }
     }
@@ -104,12 +123,24 @@ impl Prober {
     }
 }
 
-fn parse(rows: &Rows) -> Result<Probe, String> {
+/// The probe's answer, and the slot's `wal_status` and `safe_wal_size` when the
+/// provider has the slot.
+#[allow(clippy::type_complexity)]
+fn parse(rows: &Rows) -> Result<(Probe, Option<(WalStatus, Option<i64>)>), String> {
     let row = rows.first().ok_or("the probe returned no row")?;
     let time = row.first().cloned().flatten().and_then(|s| s.parse::<i64>().ok());
     let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s));
+    let wal = row.get(2).cloned().flatten().map(|s| {
+        let (status, safe) = s.split_once(' ').unwrap_or((s.as_str(), ""));
+        (WalStatus::parse(status), safe.parse::<i64>().ok())
+    });
     match (time, lsn) {
-        (Some(provider_time), Some(lsn)) => Ok(Probe { lsn, provider_time }),
+        (Some(provider_time), Some(lsn)) => Ok((Probe { lsn, provider_time }, wal)),
         _ => Err(format!("unexpected probe answer {row:?}")),
     }
+}
+
+fn now_pg() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pgrx::pg_sys::GetCurrentTimestamp() }
 }

@@ -89,6 +89,11 @@ fn sync_row(sub: &SubscriptionInfo) -> (char, char, u64) {
 /// Brings a subscription whose status is not 'r' to 'r'.
 pub fn run(sub: &SubscriptionInfo) {
     let (kind_code, status, lsn) = sync_row(sub);
+    if kind_code == 'd' && status == 'm' {
+        // spock.sub_resync(): a new slot, and the provider's rows merged
+        super::resync::run(sub);
+        return;
+    }
     let kind = Kind { structure: matches!(kind_code, 's' | 'f'), data: matches!(kind_code, 'd' | 'f') };
     if !kind.structure && !kind.data {
         create_slot(sub);
@@ -124,7 +129,7 @@ pub fn run(sub: &SubscriptionInfo) {
     // progress read: the snapshot then holds exactly the other nodes' transactions
     // up to that progress, and this node's subscriptions to those nodes start there.
     let ctl = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider", e));
     // A slot left by an interrupted earlier attempt is dropped; asked first, so
     // that a first sync does not log an error on the provider for a slot that is not
     // there (log-based alerting trips on it).
@@ -214,7 +219,7 @@ pub fn run(sub: &SubscriptionInfo) {
 
 /// The consistent point (LSN) and exported snapshot of a `CREATE_REPLICATION_SLOT`
 /// result, or what is missing.
-fn consistent_point(rows: &[Vec<Option<String>>]) -> Result<(u64, String), &'static str> {
+pub(super) fn consistent_point(rows: &[Vec<Option<String>>]) -> Result<(u64, String), &'static str> {
     let row = rows.first().ok_or("no result row")?;
     let lsn = row.get(1).cloned().flatten().and_then(|s| parse_lsn(&s)).ok_or("no consistent point")?;
     let snapshot = row.get(2).cloned().flatten().ok_or("no exported snapshot")?;
@@ -337,6 +342,12 @@ fn finish(sub: &SubscriptionInfo, lsn: u64, dump: &Path) {
     // SAFETY: flushes WAL up to this backend's last commit record.
     unsafe { pg_sys::XLogFlush(pg_sys::XactLastCommitEnd) };
     let _ = std::fs::remove_file(dump);
+}
+
+/// The end of a resync (apply::resync): the origin at the new slot's consistent
+/// point, the subscription ready.
+pub(super) fn finish_resync(sub: &SubscriptionInfo, lsn: u64) {
+    finish(sub, lsn, &dump_path(sub));
 }
 
 /// `pg_spock/sync/<database oid>_<sub_id>.dump` in the data directory
@@ -502,15 +513,19 @@ fn skip_schemas(sub: &SubscriptionInfo) -> Vec<String> {
 }
 
 /// A table to copy: schema, name, quoted column list, row filter (None: all rows).
-struct CopyTable {
-    nspname: String,
-    relname: String,
-    columns: String,
-    filter: Option<String>,
+pub(super) struct CopyTable {
+    pub(super) nspname: String,
+    pub(super) relname: String,
+    pub(super) columns: String,
+    pub(super) filter: Option<String>,
 }
 
 /// The provider's tables in the subscribed sets, under the snapshot.
-fn tables_to_copy(sub: &SubscriptionInfo, provider: &Connection, only: Option<(&str, &str)>) -> Vec<CopyTable> {
+pub(super) fn tables_to_copy(
+    sub: &SubscriptionInfo,
+    provider: &Connection,
+    only: Option<(&str, &str)>,
+) -> Vec<CopyTable> {
     let sets = format!(
         "ARRAY[{}]::text[]",
         sub.replication_sets.iter().map(|s| provider.literal(s)).collect::<Vec<_>>().join(", ")
@@ -736,9 +751,9 @@ fn restamp_rows(sub: &SubscriptionInfo, rows: &[StampRow]) {
 
 /// A normal connection to the provider inside a read-only transaction that sees
 /// `snapshot` (exported by a slot on a replication connection kept open).
-fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -> Connection {
+pub(super) fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -> Connection {
     let provider = Connection::connect(&sub.provider_dsn, &[("application_name", appname)])
-        .unwrap_or_else(|e| sync_error(sub, "could not connect to the provider", e));
+        .unwrap_or_else(|e| fail(sub, "could not connect to the provider", e));
     provider
         .query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .and_then(|_| provider.query(&format!("SET TRANSACTION SNAPSHOT {}", provider.literal(snapshot))))
@@ -747,7 +762,7 @@ fn provider_at_snapshot(sub: &SubscriptionInfo, snapshot: &str, appname: &str) -
 }
 
 /// The oid of local table `name` (quoted); a clear error when it does not exist.
-fn local_table(sub: &SubscriptionInfo, name: &str) -> pg_sys::Oid {
+pub(super) fn local_table(sub: &SubscriptionInfo, name: &str) -> pg_sys::Oid {
     Spi::get_one_with_args::<pg_sys::Oid>("SELECT pg_catalog.to_regclass($1)::oid", &[name.into()])
         .unwrap_or_else(|e| spi_failed(&format!("looking up table {name}"), e))
         .unwrap_or_else(|| sync_error(sub, &format!("table {name} on this node"), "it does not exist"))
@@ -999,11 +1014,15 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
             unsafe { pg_sys::AbortOutOfAnyTransaction() };
             copy_from::after_copy_commit();
             set_table_status(sub.id, nsp, rel, 'f');
+            // The same request again: a merge stays a merge (the default empties
+            // the table first and would drop the rows only this node has).
             pgrx::warning!(
                 "spock subscription {}: synchronization of table {name} failed: {msg} (SQLSTATE {code}); the table is unchanged. \
-                 Fix the cause and resynchronise it: SELECT spock.sub_resync_table('{}', '{name}')",
+                 Fix the cause and resynchronise it: SELECT spock.sub_resync_table({}, {}{})",
                 sub.name,
-                sub.name
+                spock_core::ident::quote_literal(&sub.name),
+                spock_core::ident::quote_literal(&name),
+                if truncate { "" } else { ", truncate := false" }
             );
             return;
         }
@@ -1027,7 +1046,7 @@ fn sync_table(sub: &SubscriptionInfo, nsp: &str, rel: &str, truncate: bool) {
 
 /// The quoted columns of table `relid`'s primary key, or else of its replica
 /// identity index, to merge a copy by; None without either.
-fn merge_key(relid: pg_sys::Oid) -> Option<String> {
+pub(super) fn merge_key(relid: pg_sys::Oid) -> Option<String> {
     Spi::get_one_with_args::<String>(
         "SELECT string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY k.n)
            FROM pg_catalog.pg_index i

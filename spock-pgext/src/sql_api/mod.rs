@@ -27,11 +27,17 @@ pgrx::extension_sql_file!(
     requires = ["api_node", ddl::membership::row_filter_columns]
 );
 pgrx::extension_sql_file!("../../../sql/api/sequence.sql", name = "api_sequence", requires = ["api_repset"]);
-// _subscription_progress() (LANGUAGE sql) calls _is_subscription_origin().
+// _subscription_progress() (LANGUAGE sql) calls _is_subscription_origin();
+// sub_show_status() calls _slot_status().
 pgrx::extension_sql_file!(
     "../../../sql/api/subscription.sql",
     name = "api_subscription",
-    requires = ["api_sequence", sql_api::subscription::is_subscription_origin, sql_api::repset::spock_gen_slot_name]
+    requires = [
+        "api_sequence",
+        sql_api::subscription::is_subscription_origin,
+        sql_api::repset::spock_gen_slot_name,
+        sql_api::progress::slot_status
+    ]
 );
 // sync_event() (LANGUAGE sql) calls _sync_event_payload().
 pgrx::extension_sql_file!(

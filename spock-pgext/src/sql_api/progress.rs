@@ -80,3 +80,35 @@ fn reset_subscription_stats(subid: default!(Option<pg_sys::Oid>, "NULL")) {
     let (db, now) = unsafe { (u32::from(pg_sys::MyDatabaseId), pg_sys::GetCurrentTimestamp()) };
     crate::workers::shmem::reset_conflict_stats(db, subid.map(u32::from), now);
 }
+
+/// `spock._slot_status()`: per subscription of this database whose apply worker
+/// ran since the server started, the provider slot's `wal_status` and
+/// `safe_wal_size` as the worker last read them (NULL when not known), and when
+/// (microseconds since 2000-01-01); `spock.sub_show_status` shows them.
+#[pg_extern(name = "_slot_status", stable, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn slot_status() -> TableIterator<
+    'static,
+    (
+        name!(sub_id, pg_sys::Oid),
+        name!(wal_status, Option<String>),
+        name!(safe_wal_size, Option<i64>),
+        name!(checked_at, Option<i64>),
+    ),
+> {
+    // SAFETY: reads this backend's database id.
+    let db = u32::from(unsafe { pg_sys::MyDatabaseId });
+    let rows: Vec<_> = crate::workers::shmem::all_progress()
+        .into_iter()
+        .filter(|p| p.dbid == db && p.slot_checked_at != 0)
+        .map(|p| {
+            (
+                pg_sys::Oid::from(p.sub_id),
+                spock_core::status::WalStatus::from_code(p.slot_wal_status).name().map(String::from),
+                p.slot_safe_wal_size,
+                Some(p.slot_checked_at),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}

@@ -42,6 +42,51 @@ fn trim_resolutions() {
 
 struct Worker {
     handle: DynamicBackgroundWorker,
+    started: Instant,
+}
+
+/// A worker that ran this long before it failed starts the count of failures in
+/// a row again (the restart delay grows with that count).
+const FAILURES_RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// Records in `spock.subscription_error` the error the worker of `sub_id` ended
+/// with, and when the next attempt starts (none when the subscription is no longer
+/// enabled). A failure to record is a WARNING, never the manager's end.
+fn record_failure(sub_id: u32, e: &shmem::WorkerError, next_attempt_in: Option<Duration>) {
+    BackgroundWorker::transaction(|| {
+        let exists = Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('spock.subscription_error') IS NOT NULL")
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        if !exists {
+            return;
+        }
+        let next_ms = next_attempt_in.map(|d| d.as_millis() as i64);
+        let r = Spi::run_with_args(
+            "INSERT INTO spock.subscription_error AS e (sub_id, sqlstate, message, first_at, last_at, error_count, next_attempt_at)
+             SELECT s.sub_id, $2, $3, t, t, 1, pg_catalog.clock_timestamp() + $5 * interval '1 millisecond'
+               FROM spock.subscription s, pg_catalog.to_timestamp($4::float8 / 1000000 + 946684800) t
+              WHERE s.sub_id = $1::int8::oid
+             ON CONFLICT (sub_id) DO UPDATE SET
+                 first_at = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message) AND e.reason IS NULL
+                                 THEN e.first_at ELSE EXCLUDED.first_at END,
+                 error_count = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message) AND e.reason IS NULL
+                                    THEN e.error_count + 1 ELSE 1 END,
+                 sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, last_at = EXCLUDED.last_at,
+                 next_attempt_at = EXCLUDED.next_attempt_at, reason = NULL, disabled = false,
+                 slot_wal_status = NULL, slot_invalidation_reason = NULL",
+            &[
+                i64::from(sub_id).into(),
+                e.sqlstate().into(),
+                e.message().into(),
+                (e.at as f64).into(),
+                next_ms.into(),
+            ],
+        );
+        if let Err(err) = r {
+            pgrx::warning!("spock manager: could not record the error of subscription {sub_id}: {err}");
+        }
+    });
 }
 
 fn start_apply(db: pg_sys::Oid, sub_id: u32, sub_name: &str) -> Option<DynamicBackgroundWorker> {
@@ -61,6 +106,18 @@ fn start_apply(db: pg_sys::Oid, sub_id: u32, sub_name: &str) -> Option<DynamicBa
             pgrx::warning!("spock manager: could not start the apply worker of subscription {sub_name}: no background worker slot free (max_worker_processes)");
         })
         .ok()
+}
+
+/// How long after its last failure the worker of `sub_id` starts again
+/// (spock_core::status::restart_delay).
+fn restart_delay(db: pg_sys::Oid, sub_id: u32, failures: &HashMap<u32, u32>) -> Duration {
+    // A worker stopped by an exception comes back sooner to replay the failed
+    // transaction per spock.exception_behaviour.
+    if shmem::has_pending_exception(u32::from(db), sub_id) {
+        return Duration::from_millis(gucs::RESTART_DELAY_ON_EXCEPTION.get().max(0) as u64);
+    }
+    let n = failures.get(&sub_id).copied().unwrap_or(1);
+    Duration::from_millis(spock_core::status::restart_delay(gucs::restart_delay_ms(), gucs::restart_delay_max_ms(), n))
 }
 
 /// Entry point of a manager; the argument is the database oid.
@@ -86,6 +143,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
 
     let mut workers: HashMap<u32, Worker> = HashMap::new();
     let mut failed_at: HashMap<u32, Instant> = HashMap::new();
+    // Failures in a row per subscription (see FAILURES_RESET_AFTER).
+    let mut failures: HashMap<u32, u32> = HashMap::new();
     let mut keeper = retention::Keeper::new(db);
     let mut readonly_logged = false;
     // spock.resolutions is trimmed to spock.resolutions_retention_days once a day,
@@ -123,10 +182,24 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             let w = workers.remove(&sub_id).expect("key from the map");
             if running {
                 let _ = w.handle.terminate();
-            } else if enabled && !shmem::take_stopped_on_request(u32::from(db), sub_id) {
-                // Ended by an error: start again after the restart delay. A worker
-                // stopped on request (spock._stop_apply_worker) comes back at once.
+                continue;
+            }
+            let error = shmem::take_worker_error(u32::from(db), sub_id);
+            let retried = enabled && !shmem::take_stopped_on_request(u32::from(db), sub_id);
+            if retried {
+                // Ended by an error: start again after the restart delay, longer
+                // after each failure in a row. A worker stopped on request
+                // (spock._stop_apply_worker) comes back at once.
                 failed_at.insert(sub_id, Instant::now());
+                let n = if w.started.elapsed() >= FAILURES_RESET_AFTER {
+                    1
+                } else {
+                    failures.get(&sub_id).copied().unwrap_or(0).saturating_add(1)
+                };
+                failures.insert(sub_id, n);
+            }
+            if let Some(e) = error {
+                record_failure(sub_id, &e, retried.then(|| restart_delay(db, sub_id, &failures)));
             }
         }
         // (the shared state of subscriptions stopped by spock.readonly stays)
@@ -142,25 +215,18 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             resolutions_trimmed = Some(Instant::now());
             trim_resolutions();
         }
-        let delay = Duration::from_millis(gucs::restart_delay_ms());
         for (sub_id, name) in &wanted {
             // A transaction that stopped the worker is still changing the subscription.
             if workers.contains_key(sub_id) || shmem::is_held(u32::from(db), *sub_id) {
                 continue;
             }
-            // A worker stopped by an exception comes back sooner to replay the
-            // failed transaction per spock.exception_behaviour.
-            let delay = if shmem::has_pending_exception(u32::from(db), *sub_id) {
-                Duration::from_millis(gucs::RESTART_DELAY_ON_EXCEPTION.get().max(0) as u64)
-            } else {
-                delay
-            };
+            let delay = restart_delay(db, *sub_id, &failures);
             if failed_at.get(sub_id).is_some_and(|t| t.elapsed() < delay) {
                 continue;
             }
             failed_at.remove(sub_id);
             if let Some(handle) = start_apply(db, *sub_id, name) {
-                workers.insert(*sub_id, Worker { handle });
+                workers.insert(*sub_id, Worker { handle, started: Instant::now() });
             }
         }
         if !super::sleep(NAPTIME) {

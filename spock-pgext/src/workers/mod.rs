@@ -121,6 +121,34 @@ pub fn sleep(timeout: Duration) -> bool {
     go_on
 }
 
+/// The subscription (database, id) of this process when it is an apply worker or
+/// a writer (0: neither), for the error hook (`crate::error_context`).
+static WORKER_SUBSCRIPTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Marks this process as working for subscription `sub_id` of `db`.
+pub fn set_worker_subscription(db: u32, sub_id: u32) {
+    WORKER_SUBSCRIPTION.store((u64::from(db) << 32) | u64::from(sub_id), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process is a parallel apply writer (set with [`set_worker_subscription`]).
+static IS_WRITER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as a parallel apply writer.
+pub fn set_writer() {
+    IS_WRITER.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_writer`].
+pub fn is_writer() -> bool {
+    IS_WRITER.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// See [`set_worker_subscription`].
+pub fn worker_subscription() -> Option<(u32, u32)> {
+    let v = WORKER_SUBSCRIPTION.load(std::sync::atomic::Ordering::Relaxed);
+    (v != 0).then_some(((v >> 32) as u32, v as u32))
+}
+
 /// Set once this worker has seen SIGTERM (pgrx's flag is reset when read).
 static SIGTERM_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -52,6 +52,14 @@ pub struct SubProgress {
     pub conflicts: [u64; CONFLICT_COUNTERS],
     /// When the counters were last reset (0: never since the server started).
     pub stats_reset: i64,
+    /// The provider slot's `wal_status` as last read
+    /// (`spock_core::status::WalStatus::code`; 0: not known).
+    pub slot_wal_status: u8,
+    /// The provider slot's `safe_wal_size` as last read (`None`: not known, or
+    /// no limit on the provider).
+    pub slot_safe_wal_size: Option<i64>,
+    /// When the slot's state was last read (0: never).
+    pub slot_checked_at: i64,
 }
 
 /// Conflict counters per subscription: Spock's seven kinds.
@@ -148,6 +156,96 @@ impl ExceptionSlot {
     }
 }
 
+/// The error an apply worker (or one of its writers) ended with, kept for its
+/// manager, which records it in `spock.subscription_error` and waits longer before
+/// each new attempt. Under a lock of its own: the error is recorded while the error
+/// is being reported (an `emit_log_hook`), possibly by code that holds
+/// [`WORKER_STATE`]'s lock.
+#[derive(Copy, Clone)]
+pub struct WorkerError {
+    /// Database (0: free).
+    pub dbid: u32,
+    /// Subscription.
+    pub sub_id: u32,
+    /// SQLSTATE.
+    pub sqlstate: [u8; 5],
+    /// When (PostgreSQL timestamp).
+    pub at: i64,
+    msg_len: u16,
+    msg: [u8; EXCEPTION_MSG_LEN],
+}
+
+impl Default for WorkerError {
+    fn default() -> Self {
+        WorkerError { dbid: 0, sub_id: 0, sqlstate: [b'0'; 5], at: 0, msg_len: 0, msg: [0; EXCEPTION_MSG_LEN] }
+    }
+}
+
+impl WorkerError {
+    /// The message.
+    pub fn message(&self) -> String {
+        String::from_utf8_lossy(&self.msg[..usize::from(self.msg_len)]).into_owned()
+    }
+
+    /// The SQLSTATE as text.
+    pub fn sqlstate(&self) -> String {
+        String::from_utf8_lossy(&self.sqlstate).into_owned()
+    }
+}
+
+/// The errors workers ended with, not yet taken by their managers.
+#[derive(Copy, Clone)]
+pub struct WorkerErrors {
+    /// One per subscription at most.
+    pub errors: [WorkerError; MAX_SUBSCRIPTIONS],
+}
+
+impl Default for WorkerErrors {
+    fn default() -> Self {
+        WorkerErrors { errors: [WorkerError::default(); MAX_SUBSCRIPTIONS] }
+    }
+}
+
+// SAFETY: a plain-old-data struct without pointers.
+unsafe impl PGRXSharedMemory for WorkerErrors {}
+
+/// See [`WorkerError`].
+// SAFETY: the name is unique to spock; pg_shmem_init! registers it in _PG_init.
+pub static WORKER_ERRORS: PgLwLock<WorkerErrors> = unsafe { PgLwLock::new(c"spock worker errors") };
+
+/// Keeps the first error subscription `sub_id` of `dbid` ended with since its
+/// manager last took one (a writer's error comes before its leader's, which only
+/// says a writer failed). Never raises: called while an error is reported.
+pub fn record_worker_error(dbid: u32, sub_id: u32, sqlstate: [u8; 5], message: &str, at: i64) {
+    if !preloaded() {
+        return;
+    }
+    let mut s = WORKER_ERRORS.exclusive();
+    if s.errors.iter().any(|e| e.dbid == dbid && e.sub_id == sub_id) {
+        return;
+    }
+    let Some(e) = s.errors.iter_mut().find(|e| e.dbid == 0) else { return };
+    let mut n = message.len().min(EXCEPTION_MSG_LEN);
+    while !message.is_char_boundary(n) {
+        n -= 1;
+    }
+    *e = WorkerError { dbid, sub_id, sqlstate, at, ..WorkerError::default() };
+    e.msg[..n].copy_from_slice(&message.as_bytes()[..n]);
+    e.msg_len = n as u16;
+}
+
+/// Takes the error subscription `sub_id` of `dbid` ended with, if one was kept.
+pub fn take_worker_error(dbid: u32, sub_id: u32) -> Option<WorkerError> {
+    if !preloaded() {
+        return None;
+    }
+    let mut s = WORKER_ERRORS.exclusive();
+    let e = s.errors.iter_mut().find(|e| e.dbid == dbid && e.sub_id == sub_id)?;
+    let taken = *e;
+    *e = WorkerError::default();
+    Some(taken)
+}
+
 /// Databases whose horizon of deleted row versions is shown (`spock.retention`).
 const MAX_RETENTION: usize = 64;
 /// Subscriptions named as holding one database's horizon.
@@ -222,6 +320,7 @@ static PRELOADED: AtomicBool = AtomicBool::new(false);
 #[allow(unexpected_cfgs)]
 pub fn init() {
     pgrx::pg_shmem_init!(WORKER_STATE);
+    pgrx::pg_shmem_init!(WORKER_ERRORS);
     PRELOADED.store(true, Ordering::Relaxed);
 }
 

@@ -92,6 +92,8 @@ pub extern "C-unwind" fn spock_apply_writer_main(arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     let Some((db, sub_id, index)) = parse_extra(BackgroundWorker::get_extra()) else { return };
+    crate::workers::set_worker_subscription(db, sub_id);
+    crate::workers::set_writer();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     crate::workers::pin_search_path();
     let handle = arg.value() as pg_sys::dsm_handle;
