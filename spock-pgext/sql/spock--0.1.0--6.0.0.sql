@@ -587,7 +587,6 @@ CREATE FUNCTION spock._slot_status()
 RETURNS TABLE (sub_id oid, wal_status text, safe_wal_size bigint, checked_at bigint)
 STRICT STABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'slot_status_wrapper';
 ALTER FUNCTION spock._slot_status() SET search_path = pg_catalog, pg_temp;
-REVOKE ALL ON FUNCTION spock._slot_status() FROM PUBLIC;
 DROP FUNCTION spock.sub_show_status(name);
 -- sub_show_status reads the workers afresh on each call.
 CREATE OR REPLACE FUNCTION spock.sub_show_status(subscription_name name DEFAULT NULL,

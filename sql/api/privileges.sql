@@ -55,7 +55,8 @@ BEGIN
                    'sub_wait_for_sync', 'table_wait_for_sync', 'wait_slot_confirm_lsn',
                    'spock_version', 'spock_version_num', 'spock_rs_version', 'spock_max_proto_version',
                    'spock_min_proto_version', 'spock_gen_slot_name', 'apply_group_progress',
-                   'retention_horizon', '_gen_slot_name', 'get_subscription_stats', '_conflict_counts'
+                   'retention_horizon', '_gen_slot_name', 'get_subscription_stats', '_conflict_counts',
+                   '_slot_status'
                ]::pg_catalog.name[])
     LOOP
         EXECUTE pg_catalog.format('REVOKE EXECUTE ON %s spock.%I(%s) FROM PUBLIC',

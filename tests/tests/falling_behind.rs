@@ -55,6 +55,37 @@ fn lose_slot(provider: &TestNode, slot: &str, keep_up: &[&TestNode]) {
     );
 }
 
+/// Runs the CloudNativePG monitoring query `name` of deploy/cnpg/common/monitoring.yaml
+/// on `n` (after its predicate_query, when it has one): its rows, each column as
+/// text, by column name.
+fn monitoring_query(n: &TestNode, name: &str) -> Vec<std::collections::HashMap<String, String>> {
+    use yaml_rust2::YamlLoader;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/cnpg/common/monitoring.yaml");
+    let config = YamlLoader::load_from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let queries = config[0]["data"]["queries.yaml"].as_str().expect("data.queries.yaml");
+    let queries = YamlLoader::load_from_str(queries).unwrap();
+    let q = &queries[0][name];
+    let mut client = n.connect().unwrap();
+    if let Some(p) = q["predicate_query"].as_str() {
+        let holds: bool = client.query_one(p, &[]).unwrap().get(0);
+        assert!(holds, "the predicate of {name} is false");
+    }
+    let sql = q["query"].as_str().unwrap_or_else(|| panic!("no query {name}"));
+    let rows = client.simple_query(sql).unwrap_or_else(|e| panic!("{name}: {e}"));
+    rows.into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_string(), r.get(i).unwrap_or("").to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 fn status(n: &TestNode, sub: &str, column: &str) -> Option<String> {
     n.query_one::<Option<String>>(&format!("SELECT {column}::text FROM spock.sub_show_status('{sub}')")).unwrap()
 }
@@ -95,6 +126,16 @@ fn a_lost_slot_disables_the_subscription_and_says_why() {
         "slot_invalidated"
     );
     n2.wait_for_log(offset, "spock.sub_resync('sub_n2_n1')", 1, Duration::from_secs(10));
+    // The CloudNativePG monitoring queries say it too: on n2 the subscription, on
+    // n1 the slot.
+    let subs = monitoring_query(n2, "spock_subscriptions");
+    let sub = subs.iter().find(|r| r["subscription_name"] == "sub_n2_n1").unwrap();
+    assert_eq!((sub["slot_lost"].as_str(), sub["disabled"].as_str(), sub["replicating"].as_str()), ("1", "1", "0"));
+    let slots = monitoring_query(n1, "spock_slots");
+    let lost = slots.iter().find(|r| r["slot_name"] == slot).unwrap();
+    assert_eq!(lost["wal_status"], "3");
+    let other = monitoring_query(n2, "spock_slots");
+    assert!(other.iter().all(|r| r["wal_status"] == "0"), "{other:?}");
     let log = n2.log_since(offset);
     assert!(!log.contains("ERROR:") && !log.contains("FATAL:"), "errors logged:\n{log}");
     // The other direction is not affected.
@@ -263,4 +304,44 @@ fn sub_resync_in_a_three_node_mesh_keeps_the_lagging_nodes_own_rows() {
     let (n1, n2, n3) = (c.node(0), c.node(1), c.node(2));
     full_mesh(&[n1, n2, n3]);
     lose_and_resync(&[n1, n2, n3]);
+}
+
+#[test]
+fn a_replication_set_dropped_on_the_provider_disables_the_subscription_with_the_reason() {
+    let c = Cluster::start_n(2).unwrap();
+    let (n1, n2) = (c.node(0), c.node(1));
+    mutual_pair(n1, n2);
+    n1.execute("SELECT spock.repset_create('extra')").unwrap();
+    n2.execute("SELECT spock.sub_add_repset('sub_n2_n1', 'extra')").unwrap();
+    wait_for(
+        "replicating with the new set",
+        Duration::from_secs(60),
+        || status(n2, "sub_n2_n1", "status"),
+        Some("replicating".to_string()),
+    );
+    n2.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
+    n1.execute("SELECT spock.repset_drop('extra')").unwrap();
+    let offset = n2.log_offset();
+    n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    wait_for(
+        "the subscription disabled by its worker",
+        Duration::from_secs(60),
+        || status(n2, "sub_n2_n1", "last_error_reason"),
+        Some("replication_set_missing".to_string()),
+    );
+    assert_eq!(status(n2, "sub_n2_n1", "status").as_deref(), Some("disabled"));
+    assert_eq!(status(n2, "sub_n2_n1", "last_error_sqlstate").as_deref(), Some("42704"));
+    n2.wait_for_log(offset, "sub_remove_repset('sub_n2_n1', <set>)", 1, Duration::from_secs(10));
+    // The way out the message gives works.
+    n2.execute("SELECT spock.sub_remove_repset('sub_n2_n1', 'extra')").unwrap();
+    n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
+    wait_for(
+        "replicating again",
+        Duration::from_secs(60),
+        || status(n2, "sub_n2_n1", "status"),
+        Some("replicating".to_string()),
+    );
+    n1.execute("INSERT INTO t VALUES (1, 'back')").unwrap();
+    sync_through(n1, n2);
+    assert_eq!(value(n2, 1).as_deref(), Some("back"));
 }

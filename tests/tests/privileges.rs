@@ -42,6 +42,7 @@ const MANAGEMENT: &[&str] = &[
     "sub_alter_skiplsn",
     "sub_alter_sync",
     "sub_resync_table",
+    "sub_resync",
     "sync_seq",
     "pause_apply_workers",
     "resume_apply_workers",
@@ -49,9 +50,10 @@ const MANAGEMENT: &[&str] = &[
 
 /// Internal helpers that PUBLIC may run, called by a public function in LANGUAGE
 /// sql: a pure function of its arguments (for spock_gen_slot_name(name, name,
-/// name)) and the conflict counters (for get_subscription_stats, as PostgreSQL's
-/// pg_stat_subscription_stats is public).
-const PURE_HELPERS: &[&str] = &["_gen_slot_name", "_conflict_counts"];
+/// name)), the conflict counters (for get_subscription_stats, as PostgreSQL's
+/// pg_stat_subscription_stats is public) and the provider slots' state (for
+/// sub_show_status, as pg_replication_slots is public).
+const PURE_HELPERS: &[&str] = &["_gen_slot_name", "_conflict_counts", "_slot_status"];
 
 /// Helpers that connect from the server, stop or wake workers, or touch caches
 /// (pausing apply workers obeys grants: a provider's replication role may need it):

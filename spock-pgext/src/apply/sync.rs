@@ -588,7 +588,7 @@ fn copy_data(sub: &SubscriptionInfo, snapshot: &str, lsn: u64, restamp: Restamp)
                 sync_error(
                     sub,
                     &format!("table {name} already has rows on this node"),
-                    "empty it (or drop it when synchronize_structure is used) and enable the subscription again",
+                    "empty it (or drop it when synchronize_structure is used): the worker tries again by itself (spock.sub_show_status() shows when)",
                 );
             }
             copy_table(sub, &provider, t, &name, relid);
