@@ -19,10 +19,10 @@ use std::time::Duration;
 use spock_tests::fixtures::{full_mesh, mutual_pair, next_commit_is_later, sync_mesh, sync_through};
 use spock_tests::{wait_for, Cluster, NodeOptions, TestNode};
 
-/// A node whose slots lose their WAL soon: 48 MB (three WAL segments) beyond
+/// A node whose slots lose their WAL soon: 128 MB (eight WAL segments) beyond
 /// what they need.
 fn forgetful(name: &str) -> NodeOptions {
-    NodeOptions::new(name).setting("max_slot_wal_keep_size", "48MB").setting("spock.restart_delay_default", "200")
+    NodeOptions::new(name).setting("max_slot_wal_keep_size", "128MB").setting("spock.restart_delay_default", "200")
 }
 
 /// Writes on `provider` until the slot `slot` is invalidated: rows, a WAL switch
@@ -233,6 +233,10 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     }
     sync_through(n2, n1);
     lose_slot(n1, &slot, &nodes[2..]);
+    // n2 deletes a row n1 wrote before, and n1 does not hear of it before the
+    // resync: the merge must not bring n1's older row back.
+    n1.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
+    n2.execute("DELETE FROM t WHERE id = 11").unwrap();
     n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
     wait_for(
         "the subscription disabled by its worker",
@@ -250,6 +254,14 @@ fn lose_and_resync(nodes: &[&TestNode]) {
         Some("replicating".to_string()),
     );
     n2.wait_for_log(offset, "resync done", 1, Duration::from_secs(10));
+    assert_eq!(value(n2, 11), None);
+    n1.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
+    wait_for(
+        "n1 replicating from n2 again",
+        Duration::from_secs(60),
+        || status(n1, "sub_n1_n2", "status"),
+        Some("replicating".to_string()),
+    );
     // Exactly once from the new slot: written after the resync, seen once.
     n1.execute("INSERT INTO t VALUES (500, 'after resync')").unwrap();
     n1.execute("UPDATE t SET v = 'n1 after' WHERE id = 1").unwrap();
@@ -266,6 +278,7 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     assert_eq!(value(n2, 7).as_deref(), Some("n2 later"));
     assert_eq!(value(n2, 8).as_deref(), Some("n1 later"));
     assert_eq!(value(n2, 9), None);
+    assert_eq!(value(n1, 11), None);
     assert_eq!(value(n1, 205).as_deref(), Some("n2 own 205"));
     assert_eq!(value(n2, 500).as_deref(), Some("after resync"));
     assert_eq!(
@@ -288,6 +301,10 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     };
     assert!(number_before(" rows from the provider applied") >= 15, "{done}");
     assert_eq!(number_before(" rows deleted on the provider removed"), if nodes.len() > 2 { 3 } else { 2 }, "{done}");
+    // Row 11, deleted here, is known deleted (this node applied n1's version).
+    let table = log.lines().find(|l| l.contains("resync: public.t:")).unwrap();
+    let at = table.find(" rows deleted here kept deleted").unwrap();
+    assert_eq!(table[..at].split_whitespace().last(), Some("1"), "{table}");
 }
 
 #[test]

@@ -64,6 +64,9 @@ struct AtSnapshot {
     /// Per node the provider subscribes to: the commit time of the last
     /// transaction it applied from it.
     progress: HashMap<u16, i64>,
+    /// The same for this node (read before the merge), from what this node's
+    /// workers applied since it started.
+    applied_here: HashMap<u16, i64>,
 }
 
 /// Merges the provider's rows as of a new slot's snapshot (see the module), then
@@ -161,7 +164,22 @@ fn new_slot(sub: &SubscriptionInfo, repl: &Connection, ctl: &Connection) -> AtSn
     }
     BackgroundWorker::transaction(|| set_sync_status(sub.id, 'm', lsn));
     pgrx::log!("spock subscription {}: resync: slot {} created at {}", sub.name, sub.slot_name, proto::format_lsn(lsn));
-    AtSnapshot { lsn, snapshot, clock, progress }
+    let applied_here = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT p.remote_node_id::int8,
+                        ((pg_catalog.date_part('epoch', p.remote_commit_ts) - 946684800) * 1000000)::int8
+                   FROM spock.progress p JOIN spock.local_node l ON l.node_id = p.node_id
+                  WHERE p.remote_commit_ts IS NOT NULL",
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| spi_failed("reading this node's progress", e))
+            .filter_map(|r| Some((r.get::<i64>(1).ok()?? as u16, r.get::<i64>(2).ok()??)))
+            .collect()
+        })
+    });
+    AtSnapshot { lsn, snapshot, clock, progress, applied_here }
 }
 
 /// Which node wrote the rows of each replication origin here: this node for none
@@ -266,7 +284,7 @@ fn merge_table(
     let filter = t.filter.as_deref().map(|f| format!(" AND ({f})")).unwrap_or_default();
 
     // 1. The provider's rows with their commit time and writer, into a table here.
-    let (differing, only_here) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
+    let (differing, only_here, newest) = BackgroundWorker::transaction(std::panic::AssertUnwindSafe(|| {
         Spi::run(&format!(
             "DROP TABLE IF EXISTS pg_temp.spock_resync_rows;
              CREATE TEMP TABLE spock_resync_rows AS SELECT {} FROM {name} WITH NO DATA;
@@ -302,10 +320,13 @@ fn merge_table(
         // 2. Provider rows this node has not in the same version (values as text).
         let texts =
             cols.iter().map(|c| format!("m.{}::text", quote_identifier(&c.name))).collect::<Vec<_>>().join(", ");
-        let differing: Vec<VersionedRow> = Spi::connect(|c| {
+        // With each: whether this node has the key at all.
+        let differing: Vec<(VersionedRow, bool)> = Spi::connect(|c| {
             c.select(
                 &format!(
-                    "SELECT {texts}, m.spock_resync_ts, m.spock_resync_writer FROM pg_temp.spock_resync_rows m
+                    "SELECT {texts}, m.spock_resync_ts, m.spock_resync_writer,
+                            EXISTS (SELECT 1 FROM ONLY {name} l WHERE ({l_keys}) = ({m_keys}))
+                       FROM pg_temp.spock_resync_rows m
                       WHERE NOT EXISTS (SELECT 1 FROM ONLY {name} l
                                          WHERE ({l_keys}) = ({m_keys}) AND ROW({l_all})::text = ROW({m_all})::text)"
                 ),
@@ -316,7 +337,8 @@ fn merge_table(
             .map(|r| {
                 let n = cols.len();
                 let values = (1..=n).map(|i| r.get::<String>(i).ok().flatten()).collect();
-                (values, r.get::<i64>(n + 1).ok().flatten(), r.get::<i64>(n + 2).ok().flatten())
+                let here = r.get::<bool>(n + 3).ok().flatten().unwrap_or(true);
+                ((values, r.get::<i64>(n + 1).ok().flatten(), r.get::<i64>(n + 2).ok().flatten()), here)
             })
             .collect()
         });
@@ -345,11 +367,36 @@ fn merge_table(
             })
             .collect()
         });
+        // 4. Per writing node, the newest version of it this table has here, less
+        // 10 ms (commit times of concurrent commits may be a little out of commit
+        // order): this node applied every transaction of that node before it.
+        let newest: Vec<(i64, i64)> = Spi::connect(|c| {
+            c.select(
+                &format!(
+                    "SELECT o.roident::int8,
+                            pg_catalog.max(((pg_catalog.date_part('epoch', o.\"timestamp\") - 946684800) * 1000000)::int8)
+                       FROM ONLY {name} l CROSS JOIN LATERAL pg_catalog.pg_xact_commit_timestamp_origin(l.xmin) o
+                      WHERE o.roident <> 0 GROUP BY 1"
+                ),
+                None,
+                &[],
+            )
+            .unwrap_or_else(|e| resync_error(sub, &format!("reading the versions of {name}"), e))
+            .filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<i64>(2).ok()??)))
+            .collect()
+        });
         Spi::run("DROP TABLE pg_temp.spock_resync_rows").unwrap_or_else(|e| spi_failed("dropping the merge table", e));
-        (differing, only_here)
+        (differing, only_here, newest)
     }));
+    let mut applied_here = at.applied_here.clone();
+    for (origin, ts) in newest {
+        if let Some(node) = writers.get(&(origin as u32)) {
+            let t = ts - 10_000;
+            applied_here.entry(*node).and_modify(|a| *a = (*a).max(t)).or_insert(t);
+        }
+    }
 
-    // 4. Applied through the apply path, one transaction per row.
+    // 5. Applied through the apply path, one transaction per row.
     let relation = Relation {
         flags: 0,
         relid: relid_for_stream,
@@ -368,8 +415,19 @@ fn merge_table(
     feed(sub, session, Message::Relation(relation));
     let text = |v: &Option<String>| v.as_ref().map_or(Datum::Null, |s| Datum::Text(Bytes::from(s.clone())));
     let mut applied = 0;
-    for (values, ts, writer) in &differing {
+    let mut known_deleted = 0;
+    for ((values, ts, writer), here) in &differing {
         let writer = writer.map_or(sub.provider_node_id, |w| w as u16);
+        // A version this node applied or wrote itself and no longer has was
+        // deleted here since (or lost to a newer DELETE): that DELETE is newer and
+        // reaches the provider on its own way, whether or not its deleted version
+        // is still kept here.
+        if !here
+            && (writer == sub.local_node_id || ts.is_some_and(|t| applied_here.get(&writer).is_some_and(|a| t <= *a)))
+        {
+            known_deleted += 1;
+            continue;
+        }
         let new = Tuple::new(values.iter().map(text).collect());
         one_transaction(
             sub,
@@ -411,9 +469,10 @@ fn merge_table(
         );
         deleted += 1;
     }
-    if applied + deleted > 0 {
+    if applied + deleted + known_deleted > 0 {
         pgrx::log!(
-            "spock subscription {}: resync: {name}: {applied} rows of the provider applied, {deleted} rows deleted there removed",
+            "spock subscription {}: resync: {name}: {applied} rows of the provider applied, {deleted} rows deleted there removed, \
+             {known_deleted} rows deleted here kept deleted",
             sub.name
         );
     }

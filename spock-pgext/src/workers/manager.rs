@@ -203,7 +203,11 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             }
         }
         // (the shared state of subscriptions stopped by spock.readonly stays)
-        shmem::retain_progress(u32::from(db), &enabled.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        shmem::retain_progress(
+            u32::from(db),
+            &subs.iter().map(|(id, _, _)| *id).collect::<Vec<_>>(),
+            &enabled.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        );
         if !installed {
             pgrx::log!("{MANAGER_TYPE}: extension spock was dropped in database {}; stopping", u32::from(db));
             shmem::mark_no_spock(db);

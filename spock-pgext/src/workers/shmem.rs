@@ -378,15 +378,23 @@ pub fn update_progress(i: usize, f: impl FnOnce(&mut SubProgress)) {
     f(&mut s.progress[i]);
 }
 
-/// Releases the progress slots of subscriptions that no longer exist in `dbid`.
-pub fn retain_progress(dbid: u32, keep: &[u32]) {
+/// Releases the progress slots of subscriptions that no longer exist in `dbid`
+/// (not in `exist`). Those of subscriptions that exist but are not `enabled` keep
+/// their progress and counters (`spock.progress`, `get_subscription_stats`, what a
+/// resync needs to know of what was applied) but no failed transaction to replay,
+/// no mark of being inside one, and no safe time.
+pub fn retain_progress(dbid: u32, exist: &[u32], enabled: &[u32]) {
     let mut s = WORKER_STATE.exclusive();
-    for p in s.progress.iter_mut() {
-        if p.in_use && p.dbid == dbid && !keep.contains(&p.sub_id) {
-            *p = SubProgress::default();
-        }
-    }
     for i in 0..MAX_SUBSCRIPTIONS {
+        let p = s.progress[i];
+        if p.in_use && p.dbid == dbid && !exist.contains(&p.sub_id) {
+            s.progress[i] = SubProgress::default();
+        } else if p.in_use && p.dbid == dbid && !enabled.contains(&p.sub_id) {
+            s.progress[i].in_txn = false;
+            // Not applying: its safe time is not known (it holds deleted versions).
+            s.progress[i].safe_ts = 0;
+            s.exceptions[i] = ExceptionSlot::default();
+        }
         if !s.progress[i].in_use {
             s.exceptions[i] = ExceptionSlot::default();
         }
