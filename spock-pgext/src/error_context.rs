@@ -56,7 +56,10 @@ unsafe fn note_worker_error(edata: *mut pg_sys::ErrorData) {
     }
 }
 
-/// spock's own helper processes, asked to stop, log it as LOG instead of FATAL:
+/// An apply worker that lost or cannot reach its provider logs it as a WARNING
+/// (SQLSTATE 08006, `apply::fail`): its manager starts it again, and a provider's
+/// restart is normal operation. spock's own helper processes, asked to stop, log
+/// it as LOG instead of FATAL:
 /// a parallel apply writer whose leader stops it (PostgreSQL's `die()` on
 /// SIGTERM: every table sync, reconnect, disable or shutdown), and on a provider
 /// the idle session a subscriber's worker keeps there to ask its clock
@@ -65,20 +68,29 @@ unsafe fn note_worker_error(edata: *mut pg_sys::ErrorData) {
 /// reads as a failure, is not. Any other process's termination stays FATAL.
 ///
 /// SAFETY: `edata` is the report being emitted (or null).
-unsafe fn relabel_expected_stop(edata: *mut pg_sys::ErrorData) {
+unsafe fn relabel_expected(edata: *mut pg_sys::ErrorData) {
     // SAFETY: reading the report's fields and this process's application_name.
     unsafe {
-        if edata.is_null()
-            || (*edata).elevel != pgrx::PgLogLevel::FATAL as i32
-            || (*edata).sqlerrcode != crate::error::sqlstate_code("57P01")
-        {
+        if edata.is_null() {
             return;
         }
-        let writer = crate::workers::worker_subscription().is_some() && crate::workers::is_writer();
+        let worker = crate::workers::worker_subscription().is_some();
+        // An apply worker that lost or cannot reach its provider (apply::fail):
+        // retried by its manager, a WARNING.
+        if worker
+            && (*edata).elevel >= pgrx::PgLogLevel::ERROR as i32
+            && (*edata).sqlerrcode == crate::error::sqlstate_code("08006")
+        {
+            (*edata).elevel = pgrx::PgLogLevel::WARNING as i32;
+            return;
+        }
+        let writer = worker && crate::workers::is_writer();
         let probe = !pg_sys::application_name.is_null()
             && CStr::from_ptr(pg_sys::application_name).to_bytes().ends_with(b" probe")
             && pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND;
-        if writer || probe {
+        let stopped = (*edata).elevel == pgrx::PgLogLevel::FATAL as i32
+            && (*edata).sqlerrcode == crate::error::sqlstate_code("57P01");
+        if stopped && (writer || probe) {
             (*edata).elevel = pgrx::PgLogLevel::LOG as i32;
             (*edata).output_to_client = false;
         }
@@ -96,7 +108,7 @@ unsafe extern "C-unwind" fn emit_log(edata: *mut pg_sys::ErrorData) {
     // SAFETY: the report PostgreSQL passes.
     let _ = std::panic::catch_unwind(|| unsafe { note_worker_error(edata) });
     // SAFETY: as above.
-    let _ = std::panic::catch_unwind(|| unsafe { relabel_expected_stop(edata) });
+    let _ = std::panic::catch_unwind(|| unsafe { relabel_expected(edata) });
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: the report PostgreSQL passes; its context is null or a string in
         // ErrorContext, replaced by a copy made there.

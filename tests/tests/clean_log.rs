@@ -1,7 +1,8 @@
 //! Normal operation leaves no ERROR in any server log: on real servers, a node
 //! that already has rows is copied (structure and data) by a second one and the
 //! two replicate both ways; both write; a table is resynchronised (emptied first,
-//! then merged by key); a subscription is disabled and enabled again; a third node
+//! then merged by key); a subscription is disabled and enabled again, then
+//! resynchronised whole (`sub_resync`); a third node
 //! joins with `CALL spock.add_node`; the three write; one node is restarted cleanly
 //! and they write again; the third node leaves with `CALL spock.remove_node`.
 //! Once everything has replicated, no node has logged a line with `ERROR:`,
@@ -185,6 +186,14 @@ fn normal_operation_logs_no_error_on_any_node() {
     n2.execute("INSERT INTO t SELECT g, 'n2 while disabled' FROM generate_series(3051, 3100) g").unwrap();
     n1.execute("SELECT spock.sub_enable('sub_n2_n1', immediate := true)").unwrap();
     wait_replicating(n1, 1);
+    sync_mesh(&[n1, n2]);
+    assert_eq!(rows(n1), rows(n2));
+
+    steps.step("sub_resync (the way back from a lost slot, here with the slot intact)");
+    n2.execute("SELECT spock.sub_resync('sub_n1_n2')").unwrap();
+    n2.execute("SELECT spock.sub_wait_for_sync('sub_n1_n2')").unwrap();
+    wait_replicating(n2, 1);
+    n1.execute("INSERT INTO t SELECT g, 'n1 after resync' FROM generate_series(3101, 3150) g").unwrap();
     sync_mesh(&[n1, n2]);
     assert_eq!(rows(n1), rows(n2));
 

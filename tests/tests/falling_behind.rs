@@ -255,6 +255,9 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     );
     n2.wait_for_log(offset, "resync done", 1, Duration::from_secs(10));
     assert_eq!(value(n2, 11), None);
+    let subs = monitoring_query(n2, "spock_subscriptions");
+    let sub = subs.iter().find(|r| r["subscription_name"] == "sub_n2_n1").unwrap();
+    assert_eq!((sub["slot_lost"].as_str(), sub["replicating"].as_str()), ("0", "1"), "{sub:?}");
     n1.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
     wait_for(
         "n1 replicating from n2 again",

@@ -43,7 +43,7 @@ use pgrx::PgSqlErrorCode;
 use spock_core::ident::quote_identifier;
 use spock_core::proto::{format_lsn, parse_lsn};
 
-use crate::error::spi_failed;
+use crate::error::{spi_failed, PgError};
 use crate::libpq::Connection;
 use crate::workers::APPLY_TYPE;
 pub use parallel::MAX_WRITERS;
@@ -67,21 +67,20 @@ pub(crate) fn origin_named(name: &str) -> pg_sys::RepOriginId {
     }
 }
 
-/// The provider cannot be reached or ended the conversation: the worker ends and
-/// its manager starts it again (later after each failure in a row). A WARNING,
-/// not an ERROR: a provider that restarts is normal operation, and the error is
-/// kept for `spock.sub_show_status` (errors that retrying cannot cure are
-/// handled before this, by [`disable_over`]).
+/// The provider cannot be reached or ended the conversation: the worker ends (an
+/// error, so that what it holds is let go on the way: its writers stopped, its
+/// transaction rolled back) and its manager starts it again, later after each
+/// failure in a row. Logged as a WARNING, not an ERROR (`crate::error_context`
+/// relabels SQLSTATE 08006 in apply workers): a provider that restarts is normal
+/// operation. The error is kept for `spock.sub_show_status`; errors that retrying
+/// cannot cure are handled before this, by [`disable_over`].
 pub(crate) fn fail(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
-    let message = format!("spock subscription {}: {what}: {e}", sub.name);
-    crate::workers::shmem::record_worker_error(u32::from(my_database()), sub.id, *b"08006", &message, now_pg());
-    pgrx::pg_sys::panic::ErrorReport::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, message, "spock")
-        .set_hint("The worker tries again after spock.restart_delay_default, twice as long after each failure in a row up to spock.restart_delay_max; spock.sub_show_status() shows the last error.")
-        .report(PgLogLevel::WARNING);
-    // SAFETY: ends this worker process: an open transaction is rolled back and
-    // the connections close with the process (nothing here runs after it).
-    unsafe { pg_sys::proc_exit(1) };
-    unreachable!("proc_exit does not return")
+    PgError::new(PgSqlErrorCode::ERRCODE_CONNECTION_FAILURE, format!("spock subscription {}: {what}: {e}", sub.name))
+        .hint(
+            "The worker tries again after spock.restart_delay_default, twice as long after each failure in a row \
+             up to spock.restart_delay_max; spock.sub_show_status() shows the last error.",
+        )
+        .raise()
 }
 
 /// The provider answered with an error that retrying cannot cure (`why`): the

@@ -236,6 +236,10 @@ impl<'a> Receiver<'a> {
         let writers = sub.parallel_apply_workers();
         let pool = (writers > 1 && !text && sub.skip_lsn == 0).then(|| Pool::start(sub, session, writers)).flatten();
         report_activity("replicating");
+        if let Some(i) = session.progress_slot() {
+            let now = now_pg();
+            crate::workers::shmem::update_progress(i, |p| p.streamed_at = now);
+        }
         pgrx::log!(
             "spock subscription {}: streaming from {} at {}{}",
             sub.name,

@@ -722,6 +722,8 @@ fn rows_to_restamp(
 fn restamp_rows(sub: &SubscriptionInfo, rows: &[StampRow]) {
     let (mut current, mut usable): (Option<&str>, bool) = (None, false);
     let mut stamped = 0usize;
+    // Each table's oid, looked up once (tables do not change while the worker syncs).
+    let mut relids: std::collections::HashMap<&str, pg_sys::Oid> = std::collections::HashMap::new();
     for r in rows {
         if current != Some(r.writer.as_str()) {
             crate::sql_api::repair::end_session_origin();
@@ -734,10 +736,11 @@ fn restamp_rows(sub: &SubscriptionInfo, rows: &[StampRow]) {
         if !usable {
             continue;
         }
-        BackgroundWorker::transaction(|| {
-            let relid = local_table(sub, &r.table);
+        // (an error ends the worker: the map is not used after an unwind)
+        BackgroundWorker::transaction(AssertUnwindSafe(|| {
+            let relid = *relids.entry(r.table.as_str()).or_insert_with(|| local_table(sub, &r.table));
             crate::sql_api::repair::rewrite_row(relid, &r.row, Some(&r.row), Some(&r.commit_ts));
-        });
+        }));
         stamped += 1;
     }
     crate::sql_api::repair::end_session_origin();

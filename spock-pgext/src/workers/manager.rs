@@ -42,12 +42,9 @@ fn trim_resolutions() {
 
 struct Worker {
     handle: DynamicBackgroundWorker,
-    started: Instant,
+    /// When it was started (PostgreSQL timestamp).
+    started: i64,
 }
-
-/// A worker that ran this long before it failed starts the count of failures in
-/// a row again (the restart delay grows with that count).
-const FAILURES_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// Records in `spock.subscription_error` the error the worker of `sub_id` ended
 /// with, and when the next attempt starts (none when the subscription is no longer
@@ -191,7 +188,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
                 // after each failure in a row. A worker stopped on request
                 // (spock._stop_apply_worker) comes back at once.
                 failed_at.insert(sub_id, Instant::now());
-                let n = if w.started.elapsed() >= FAILURES_RESET_AFTER {
+                // A worker that got as far as streaming starts the count again.
+                let n = if shmem::streamed_since(u32::from(db), sub_id, w.started) {
                     1
                 } else {
                     failures.get(&sub_id).copied().unwrap_or(0).saturating_add(1)
@@ -230,7 +228,8 @@ pub extern "C-unwind" fn spock_manager_main(arg: pg_sys::Datum) {
             }
             failed_at.remove(sub_id);
             if let Some(handle) = start_apply(db, *sub_id, name) {
-                workers.insert(*sub_id, Worker { handle, started: Instant::now() });
+                // SAFETY: reads the clock.
+                workers.insert(*sub_id, Worker { handle, started: unsafe { pg_sys::GetCurrentTimestamp() } });
             }
         }
         if !super::sleep(NAPTIME) {

@@ -60,6 +60,8 @@ pub struct SubProgress {
     pub slot_safe_wal_size: Option<i64>,
     /// When the slot's state was last read (0: never).
     pub slot_checked_at: i64,
+    /// When a worker of the subscription last started streaming (0: never).
+    pub streamed_at: i64,
 }
 
 /// Conflict counters per subscription: Spock's seven kinds.
@@ -232,6 +234,17 @@ pub fn record_worker_error(dbid: u32, sub_id: u32, sqlstate: [u8; 5], message: &
     *e = WorkerError { dbid, sub_id, sqlstate, at, ..WorkerError::default() };
     e.msg[..n].copy_from_slice(&message.as_bytes()[..n]);
     e.msg_len = n as u16;
+}
+
+/// Whether a worker of subscription `sub_id` of `dbid` started streaming at or
+/// after `since`.
+pub fn streamed_since(dbid: u32, sub_id: u32, since: i64) -> bool {
+    preloaded()
+        && WORKER_STATE
+            .share()
+            .progress
+            .iter()
+            .any(|p| p.in_use && p.dbid == dbid && p.sub_id == sub_id && p.streamed_at >= since)
 }
 
 /// Takes the error subscription `sub_id` of `dbid` ended with, if one was kept.

@@ -322,9 +322,15 @@ impl Writer<'_> {
         }
     }
 
+    /// Without its leader the writer ends at once, its transaction rolled back
+    /// and nothing recorded against it: the transaction did not fail, and the next
+    /// worker applies it again from the subscription's progress.
     fn check_leader(&self) {
         if !self.shared.leader_alive() {
-            internal("spock apply writer: the subscription's worker is gone".into());
+            pgrx::log!("spock apply writer: the subscription's worker is gone; stopping");
+            // SAFETY: ends this process; the open transaction is rolled back on
+            // the way out (no Rust state needs dropping: the segment goes with it).
+            unsafe { pg_sys::proc_exit(0) };
         }
     }
 }
