@@ -361,6 +361,8 @@ const PUBLIC_FUNCTIONS: &[&str] = &[
     "_conflict_counts",
     // (computes spock_gen_slot_name's result from its arguments)
     "_gen_slot_name",
+    // (the provider slots' wal_status as the workers read it, for sub_show_status)
+    "_slot_status",
     "apply_group_progress",
     "get_subscription_stats",
     "node_info",
