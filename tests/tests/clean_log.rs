@@ -137,7 +137,7 @@ fn normal_operation_logs_no_error_on_any_node() {
         n1.dsn("postgres")
     ))
     .unwrap();
-    n2.execute("SELECT spock.sub_wait_for_sync('sub_n1_n2')").unwrap();
+    n2.execute("SET statement_timeout = '120s'; SELECT spock.sub_wait_for_sync('sub_n1_n2')").unwrap();
     assert_eq!(count(n2, "SELECT count(*) FROM t"), 1000);
     // Sets are per node: n2 publishes the copied table, and n1 subscribes to n2.
     if count(n2, "SELECT count(*) FROM spock.replication_set_table WHERE set_reloid = 't'::regclass") == 0 {
@@ -191,7 +191,7 @@ fn normal_operation_logs_no_error_on_any_node() {
 
     steps.step("sub_resync (the way back from a lost slot, here with the slot intact)");
     n2.execute("SELECT spock.sub_resync('sub_n1_n2')").unwrap();
-    n2.execute("SELECT spock.sub_wait_for_sync('sub_n1_n2')").unwrap();
+    n2.execute("SET statement_timeout = '120s'; SELECT spock.sub_wait_for_sync('sub_n1_n2')").unwrap();
     wait_replicating(n2, 1);
     n1.execute("INSERT INTO t SELECT g, 'n1 after resync' FROM generate_series(3101, 3150) g").unwrap();
     sync_mesh(&[n1, n2]);

@@ -246,7 +246,8 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     );
     let offset = n2.log_offset();
     assert!(n2.query_one::<bool>("SELECT spock.sub_resync('sub_n2_n1')").unwrap());
-    n2.execute("SELECT spock.sub_wait_for_sync('sub_n2_n1')").unwrap();
+    // (bounded: a resync that keeps failing fails the test instead of hanging it)
+    n2.execute("SET statement_timeout = '120s'; SELECT spock.sub_wait_for_sync('sub_n2_n1')").unwrap();
     wait_for(
         "replicating again",
         Duration::from_secs(60),

@@ -50,7 +50,8 @@ fn copy_round(p: &TestNode, n3: &TestNode, r: u64) -> f64 {
         p.dsn("postgres")
     ))
     .expect("sub_create");
-    n3.execute(&format!("SELECT spock.sub_wait_for_sync('{name}')")).expect("wait for sync");
+    n3.execute(&format!("SET statement_timeout = '600s'; SELECT spock.sub_wait_for_sync('{name}')"))
+        .expect("wait for sync");
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(md5(n3), md5(p), "n3's copy differs");
     n3.execute(&format!("SELECT spock.sub_drop('{name}')")).expect("sub_drop");
@@ -71,13 +72,18 @@ fn resync_round(p: &TestNode, s: &TestNode, rows: u64, changed: u64, r: u64) -> 
         "SELECT pg_drop_replication_slot('{slot}') FROM pg_replication_slots WHERE slot_name = '{slot}'"
     ))
     .expect("lose the slot");
+    let offset = s.log_offset();
     let started = Instant::now();
     s.execute("SELECT spock.sub_resync('sub_n2_n1')").expect("sub_resync");
-    s.execute("SELECT spock.sub_wait_for_sync('sub_n2_n1')").expect("wait for sync");
+    s.execute("SET statement_timeout = '600s'; SELECT spock.sub_wait_for_sync('sub_n2_n1')").expect("wait for sync");
     let secs = started.elapsed().as_secs_f64();
     wait_replicating(s, 1);
     sync_through(p, s);
     assert_eq!(md5(s), md5(p), "n2 differs from n1 after the resync");
+    // Where the time went, as the worker logs it.
+    for line in s.log_since(offset).lines().filter(|l| l.contains("resync: public.acc")) {
+        eprintln!("  {}", line.split("LOG:  ").nth(1).unwrap_or(line));
+    }
     secs
 }
 
