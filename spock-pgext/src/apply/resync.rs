@@ -107,76 +107,49 @@ pub fn run(sub: &SubscriptionInfo) {
     );
 }
 
-/// Drops the old slot, pauses the provider's apply workers, creates the slot with
-/// an exported snapshot and reads the provider's clock and progress per node.
-fn new_slot(sub: &SubscriptionInfo, repl: &Connection, ctl: &Connection) -> AtSnapshot {
-    let exists = ctl
-        .query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            ctl.literal(&sub.slot_name)
-        ))
-        .unwrap_or_else(|e| fail(sub, "could not read the provider's slots", e));
-    if !exists.is_empty() {
-        repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)))
-            .unwrap_or_else(|e| resync_error(sub, "dropping the old slot", e));
-        pgrx::log!("spock subscription {}: resync: dropped the old slot {}", sub.name, sub.slot_name);
-    }
-    let can_pause = ctl
-        .query("SELECT pg_catalog.to_regprocedure('spock.pause_apply_workers()') IS NOT NULL")
+/// Per node a spock node subscribes to, the commit time of the last transaction it
+/// applied from it (microseconds since 2000): read on the provider and here.
+const PROGRESS_SQL: &str = "SELECT p.remote_node_id::int8,
+        ((pg_catalog.date_part('epoch', p.remote_commit_ts) - 946684800) * 1000000)::int8
+   FROM spock.progress p JOIN spock.local_node l ON l.node_id = p.node_id
+  WHERE p.remote_commit_ts IS NOT NULL";
+
+/// The provider's clock (microseconds since 2000) and its progress per node
+/// ([`PROGRESS_SQL`]; none when it cannot tell).
+fn provider_clock_and_progress(ctl: &Connection) -> (i64, HashMap<u16, i64>) {
+    let clock = ctl
+        .query("SELECT ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - 946684800) * 1000000)::int8")
         .ok()
         .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-        .as_deref()
-        == Some("t");
-    if can_pause {
-        ctl.query("SELECT spock.pause_apply_workers()")
-            .unwrap_or_else(|e| resync_error(sub, "pausing the provider's apply workers", e));
-    }
-    let created = repl.query(&format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
-        quote_identifier(&sub.slot_name)
-    ));
-    let clock_and_progress = ctl.query(
-        "SELECT ((pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) - 946684800) * 1000000)::int8::text,
-                NULL, NULL
-         UNION ALL
-         SELECT NULL, p.remote_node_id::int8::text,
-                ((pg_catalog.date_part('epoch', p.remote_commit_ts) - 946684800) * 1000000)::int8::text
-           FROM spock.progress p JOIN spock.local_node l ON l.node_id = p.node_id
-          WHERE p.remote_commit_ts IS NOT NULL",
-    );
-    if can_pause {
-        let _ = ctl.query("SELECT spock.resume_apply_workers()");
-    }
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let progress = ctl
+        .query(PROGRESS_SQL)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| Some((r.first().cloned().flatten()?.parse().ok()?, r.get(1).cloned().flatten()?.parse().ok()?)))
+        .collect();
+    (clock, progress)
+}
+
+/// The slot created again with an exported snapshot (sync::slot_with_snapshot:
+/// the old one dropped, the provider's apply workers paused), the provider's clock
+/// and progress per node read under the pause, and this node's progress.
+fn new_slot(sub: &SubscriptionInfo, repl: &Connection, ctl: &Connection) -> AtSnapshot {
+    let (created, read) = sync::slot_with_snapshot(sub, repl, ctl, "resync", provider_clock_and_progress);
+    // Without the pause (a provider without it): read right after the slot.
+    // Without the provider's progress no row of another writer is taken for deleted.
+    let (clock, progress) = read.unwrap_or_else(|| provider_clock_and_progress(ctl));
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
     let (lsn, snapshot) = sync::consistent_point(&rows).unwrap_or_else(|e| fail(sub, "CREATE_REPLICATION_SLOT", e));
-    let mut clock = 0;
-    let mut progress = HashMap::new();
-    // Without the provider's progress no row of another writer is taken for deleted.
-    for r in clock_and_progress.unwrap_or_default() {
-        let f = |i: usize| r.get(i).cloned().flatten();
-        if let Some(c) = f(0).and_then(|c| c.parse().ok()) {
-            clock = c;
-        } else if let (Some(node), Some(ts)) =
-            (f(1).and_then(|n| n.parse::<u16>().ok()), f(2).and_then(|t| t.parse::<i64>().ok()))
-        {
-            progress.insert(node, ts);
-        }
-    }
     BackgroundWorker::transaction(|| set_sync_status(sub.id, 'm', lsn));
     pgrx::log!("spock subscription {}: resync: slot {} created at {}", sub.name, sub.slot_name, proto::format_lsn(lsn));
     let applied_here = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
-            c.select(
-                "SELECT p.remote_node_id::int8,
-                        ((pg_catalog.date_part('epoch', p.remote_commit_ts) - 946684800) * 1000000)::int8
-                   FROM spock.progress p JOIN spock.local_node l ON l.node_id = p.node_id
-                  WHERE p.remote_commit_ts IS NOT NULL",
-                None,
-                &[],
-            )
-            .unwrap_or_else(|e| spi_failed("reading this node's progress", e))
-            .filter_map(|r| Some((r.get::<i64>(1).ok()?? as u16, r.get::<i64>(2).ok()??)))
-            .collect()
+            c.select(PROGRESS_SQL, None, &[])
+                .unwrap_or_else(|e| spi_failed("reading this node's progress", e))
+                .filter_map(|r| Some((r.get::<i64>(1).ok()?? as u16, r.get::<i64>(2).ok()??)))
+                .collect()
         })
     });
     AtSnapshot { lsn, snapshot, clock, progress, applied_here }

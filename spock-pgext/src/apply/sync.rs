@@ -130,53 +130,9 @@ pub fn run(sub: &SubscriptionInfo) {
     // up to that progress, and this node's subscriptions to those nodes start there.
     let ctl = Connection::connect(&sub.provider_dsn, &[("application_name", &format!("{}_sync", sub.slot_name))])
         .unwrap_or_else(|e| fail(sub, "could not connect to the provider", e));
-    // A slot left by an interrupted earlier attempt is dropped; asked first, so
-    // that a first sync does not log an error on the provider for a slot that is not
-    // there (log-based alerting trips on it).
-    let leftover = ctl
-        .query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            ctl.literal(&sub.slot_name)
-        ))
-        .is_ok_and(|rows| !rows.is_empty());
-    if leftover {
-        let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
-    }
-    let has = |f: &str| {
-        ctl.query(&format!("SELECT pg_catalog.to_regprocedure('{f}') IS NOT NULL"))
-            .ok()
-            .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-            .as_deref()
-            == Some("t")
-    };
-    let can_pause = has("spock.pause_apply_workers()");
-    if can_pause {
-        ctl.query("SELECT spock.pause_apply_workers()")
-            .unwrap_or_else(|e| sync_error(sub, "pausing the provider's apply workers", e));
-    }
-    let created = repl.query(&format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
-        quote_identifier(&sub.slot_name)
-    ));
-    let peers = if can_pause && created.is_ok() { peer_progress(sub, &ctl) } else { Vec::new() };
-    let restamp = if can_pause && created.is_ok() { restamp_since(sub, &ctl) } else { Restamp::Nothing };
-    if can_pause {
-        let held = !has("spock._apply_workers_paused()")
-            || ctl
-                .query("SELECT spock._apply_workers_paused()")
-                .ok()
-                .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
-                .as_deref()
-                == Some("t");
-        let _ = ctl.query("SELECT spock.resume_apply_workers()");
-        if created.is_ok() && !held {
-            sync_error(
-                sub,
-                "the provider's apply workers resumed before the snapshot was taken",
-                "raise spock.pause_timeout on the provider",
-            );
-        }
-    }
+    let (created, read) =
+        slot_with_snapshot(sub, &repl, &ctl, "initial sync", |ctl| (peer_progress(sub, ctl), restamp_since(sub, ctl)));
+    let (peers, restamp) = read.unwrap_or((Vec::new(), Restamp::Nothing));
     let globals = global_sequences(sub, &ctl);
     drop(ctl);
     let rows = created.unwrap_or_else(|e| fail(sub, "could not create the replication slot", e));
@@ -215,6 +171,77 @@ pub fn run(sub: &SubscriptionInfo) {
         sub.name,
         format_lsn(lsn)
     );
+}
+
+/// Whether the provider has function `f` (a regprocedure text).
+fn provider_has(ctl: &Connection, f: &str) -> bool {
+    ctl.query(&format!("SELECT pg_catalog.to_regprocedure({}) IS NOT NULL", ctl.literal(f)))
+        .ok()
+        .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
+        .as_deref()
+        == Some("t")
+}
+
+/// The slot of `sub` created on the provider (`repl`, a replication connection
+/// kept open while the snapshot is used) with an exported snapshot, while the
+/// provider's apply workers are paused (`ctl`, when it has spock-rs's pause), and
+/// what `read` reads on `ctl` then (`None` when it could not pause or the slot
+/// was not created): the snapshot holds exactly the other nodes' transactions up
+/// to the provider's progress read under the same pause. A slot left by an
+/// interrupted earlier attempt (or a lost one) is dropped first; asked first, so
+/// that a first sync does not log an error on the provider for a slot that is not
+/// there (log-based alerting trips on it). `phase` names the caller in errors.
+pub(super) fn slot_with_snapshot<T>(
+    sub: &SubscriptionInfo,
+    repl: &Connection,
+    ctl: &Connection,
+    phase: &str,
+    read: impl FnOnce(&Connection) -> T,
+) -> (Result<crate::libpq::Rows, crate::libpq::LibpqError>, Option<T>) {
+    let error = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        PgError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("spock subscription {}: {phase}: {what}: {e}", sub.name),
+        )
+        .raise()
+    };
+    let leftover = ctl
+        .query(&format!(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            ctl.literal(&sub.slot_name)
+        ))
+        .is_ok_and(|rows| !rows.is_empty());
+    if leftover {
+        let _ = repl.query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote_identifier(&sub.slot_name)));
+        pgrx::log!("spock subscription {}: {phase}: dropped the old slot {}", sub.name, sub.slot_name);
+    }
+    let can_pause = provider_has(ctl, "spock.pause_apply_workers()");
+    if can_pause {
+        ctl.query("SELECT spock.pause_apply_workers()")
+            .unwrap_or_else(|e| error("pausing the provider's apply workers", &e));
+    }
+    let created = repl.query(&format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
+        quote_identifier(&sub.slot_name)
+    ));
+    let read = (can_pause && created.is_ok()).then(|| read(ctl));
+    if can_pause {
+        let held = !provider_has(ctl, "spock._apply_workers_paused()")
+            || ctl
+                .query("SELECT spock._apply_workers_paused()")
+                .ok()
+                .and_then(|r| r.first().and_then(|r| r.first().cloned().flatten()))
+                .as_deref()
+                == Some("t");
+        let _ = ctl.query("SELECT spock.resume_apply_workers()");
+        if created.is_ok() && !held {
+            error(
+                "the provider's apply workers resumed before the snapshot was taken",
+                &"raise spock.pause_timeout on the provider",
+            );
+        }
+    }
+    (created, read)
 }
 
 /// The consistent point (LSN) and exported snapshot of a `CREATE_REPLICATION_SLOT`
