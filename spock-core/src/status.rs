@@ -113,15 +113,13 @@ pub enum WalStatus {
 }
 
 impl WalStatus {
+    /// Every status, in the order of their codes ([`WalStatus::code`]).
+    const ALL: [WalStatus; 5] =
+        [WalStatus::Unknown, WalStatus::Reserved, WalStatus::Extended, WalStatus::Unreserved, WalStatus::Lost];
+
     /// From `pg_replication_slots.wal_status`.
     pub fn parse(s: &str) -> WalStatus {
-        match s {
-            "reserved" => WalStatus::Reserved,
-            "extended" => WalStatus::Extended,
-            "unreserved" => WalStatus::Unreserved,
-            "lost" => WalStatus::Lost,
-            _ => WalStatus::Unknown,
-        }
+        WalStatus::ALL.into_iter().find(|w| w.name() == Some(s)).unwrap_or_default()
     }
 
     /// As `pg_replication_slots` writes it; `None` when unknown.
@@ -135,26 +133,14 @@ impl WalStatus {
         }
     }
 
-    /// The code kept in shared memory.
+    /// The code kept in shared memory (0: unknown).
     pub fn code(self) -> u8 {
-        match self {
-            WalStatus::Unknown => 0,
-            WalStatus::Reserved => 1,
-            WalStatus::Extended => 2,
-            WalStatus::Unreserved => 3,
-            WalStatus::Lost => 4,
-        }
+        WalStatus::ALL.iter().position(|w| *w == self).unwrap_or(0) as u8
     }
 
     /// From [`WalStatus::code`].
     pub fn from_code(c: u8) -> WalStatus {
-        match c {
-            1 => WalStatus::Reserved,
-            2 => WalStatus::Extended,
-            3 => WalStatus::Unreserved,
-            4 => WalStatus::Lost,
-            _ => WalStatus::Unknown,
-        }
+        WalStatus::ALL.get(usize::from(c)).copied().unwrap_or_default()
     }
 }
 

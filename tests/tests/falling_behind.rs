@@ -86,6 +86,18 @@ fn monitoring_query(n: &TestNode, name: &str) -> Vec<std::collections::HashMap<S
         .collect()
 }
 
+/// Waits (at most `secs` seconds) until `sub_show_status(sub)` of `n` says `want`
+/// in `column`.
+fn wait_status(n: &TestNode, sub: &str, column: &str, want: &str, what: &str, secs: u64) {
+    wait_for(what, Duration::from_secs(secs), || status(n, sub, column), Some(want.to_string()));
+}
+
+/// The number just before `what` in log line `line`.
+fn number_before(line: &str, what: &str) -> i64 {
+    let at = line.find(what).unwrap_or_else(|| panic!("{what:?} not in {line:?}"));
+    line[..at].split_whitespace().last().unwrap().parse().unwrap()
+}
+
 fn status(n: &TestNode, sub: &str, column: &str) -> Option<String> {
     n.query_one::<Option<String>>(&format!("SELECT {column}::text FROM spock.sub_show_status('{sub}')")).unwrap()
 }
@@ -103,11 +115,13 @@ fn a_lost_slot_disables_the_subscription_and_says_why() {
     lose_slot(n1, &slot, &[]);
     let offset = n2.log_offset();
     n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
-    wait_for(
+    wait_status(
+        n2,
+        "sub_n2_n1",
+        "last_error_reason",
+        "slot_invalidated",
         "the subscription disabled by its worker",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "last_error_reason"),
-        Some("slot_invalidated".to_string()),
+        60,
     );
     assert_eq!(status(n2, "sub_n2_n1", "status").as_deref(), Some("disabled"));
     assert_eq!(status(n2, "sub_n2_n1", "last_error_sqlstate").as_deref(), Some("55000"));
@@ -176,22 +190,12 @@ fn a_provider_that_is_down_is_retried_ever_later_and_the_error_shown() {
         true,
     );
     n1.restart().unwrap();
-    wait_for(
-        "replicating again",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "status"),
-        Some("replicating".to_string()),
-    );
+    wait_status(n2, "sub_n2_n1", "status", "replicating", "replicating again", 60);
     n1.execute("INSERT INTO t VALUES (1, 'after')").unwrap();
     sync_through(n1, n2);
     assert_eq!(n2.query_one::<String>("SELECT v FROM t WHERE id = 1").unwrap(), "after");
     // The slot's state as the worker reads it from the provider.
-    wait_for(
-        "the slot's wal_status shown",
-        Duration::from_secs(30),
-        || status(n2, "sub_n2_n1", "slot_wal_status"),
-        Some("reserved".to_string()),
-    );
+    wait_status(n2, "sub_n2_n1", "slot_wal_status", "reserved", "the slot's wal_status shown", 30);
 }
 
 /// md5 of table t, ordered by key.
@@ -238,34 +242,26 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     n1.execute("SELECT spock.sub_disable('sub_n1_n2', immediate := true)").unwrap();
     n2.execute("DELETE FROM t WHERE id = 11").unwrap();
     n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
-    wait_for(
+    wait_status(
+        n2,
+        "sub_n2_n1",
+        "last_error_reason",
+        "slot_invalidated",
         "the subscription disabled by its worker",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "last_error_reason"),
-        Some("slot_invalidated".to_string()),
+        60,
     );
     let offset = n2.log_offset();
     assert!(n2.query_one::<bool>("SELECT spock.sub_resync('sub_n2_n1')").unwrap());
     // (bounded: a resync that keeps failing fails the test instead of hanging it)
     n2.execute("SET statement_timeout = '120s'; SELECT spock.sub_wait_for_sync('sub_n2_n1')").unwrap();
-    wait_for(
-        "replicating again",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "status"),
-        Some("replicating".to_string()),
-    );
+    wait_status(n2, "sub_n2_n1", "status", "replicating", "replicating again", 60);
     n2.wait_for_log(offset, "resync done", 1, Duration::from_secs(10));
     assert_eq!(value(n2, 11), None);
     let subs = monitoring_query(n2, "spock_subscriptions");
     let sub = subs.iter().find(|r| r["subscription_name"] == "sub_n2_n1").unwrap();
     assert_eq!((sub["slot_lost"].as_str(), sub["replicating"].as_str()), ("0", "1"), "{sub:?}");
     n1.execute("SELECT spock.sub_enable('sub_n1_n2')").unwrap();
-    wait_for(
-        "n1 replicating from n2 again",
-        Duration::from_secs(60),
-        || status(n1, "sub_n1_n2", "status"),
-        Some("replicating".to_string()),
-    );
+    wait_status(n1, "sub_n1_n2", "status", "replicating", "n1 replicating from n2 again", 60);
     // Exactly once from the new slot: written after the resync, seen once.
     n1.execute("INSERT INTO t VALUES (500, 'after resync')").unwrap();
     n1.execute("UPDATE t SET v = 'n1 after' WHERE id = 1").unwrap();
@@ -299,16 +295,15 @@ fn lose_and_resync(nodes: &[&TestNode]) {
     // The merge itself did the work (not the stream): n1's rows applied, and the
     // rows n1 deleted (4, 5, and 301 in the mesh) removed.
     let done = log.lines().find(|l| l.contains("resync done")).unwrap();
-    let number_before = |what: &str| -> i64 {
-        let at = done.find(what).unwrap_or_else(|| panic!("{what:?} not in {done:?}"));
-        done[..at].split_whitespace().last().unwrap().parse().unwrap()
-    };
-    assert!(number_before(" rows from the provider applied") >= 15, "{done}");
-    assert_eq!(number_before(" rows deleted on the provider removed"), if nodes.len() > 2 { 3 } else { 2 }, "{done}");
+    assert!(number_before(done, " rows from the provider applied") >= 15, "{done}");
+    assert_eq!(
+        number_before(done, " rows deleted on the provider removed"),
+        if nodes.len() > 2 { 3 } else { 2 },
+        "{done}"
+    );
     // Row 11, deleted here, is known deleted (this node applied n1's version).
     let table = log.lines().find(|l| l.contains("resync: public.t:")).unwrap();
-    let at = table.find(" rows deleted here kept deleted").unwrap();
-    assert_eq!(table[..at].split_whitespace().last(), Some("1"), "{table}");
+    assert_eq!(number_before(table, " rows deleted here kept deleted"), 1, "{table}");
 }
 
 #[test]
@@ -334,21 +329,18 @@ fn a_replication_set_dropped_on_the_provider_disables_the_subscription_with_the_
     mutual_pair(n1, n2);
     n1.execute("SELECT spock.repset_create('extra')").unwrap();
     n2.execute("SELECT spock.sub_add_repset('sub_n2_n1', 'extra')").unwrap();
-    wait_for(
-        "replicating with the new set",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "status"),
-        Some("replicating".to_string()),
-    );
+    wait_status(n2, "sub_n2_n1", "status", "replicating", "replicating with the new set", 60);
     n2.execute("SELECT spock.sub_disable('sub_n2_n1', immediate := true)").unwrap();
     n1.execute("SELECT spock.repset_drop('extra')").unwrap();
     let offset = n2.log_offset();
     n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
-    wait_for(
+    wait_status(
+        n2,
+        "sub_n2_n1",
+        "last_error_reason",
+        "replication_set_missing",
         "the subscription disabled by its worker",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "last_error_reason"),
-        Some("replication_set_missing".to_string()),
+        60,
     );
     assert_eq!(status(n2, "sub_n2_n1", "status").as_deref(), Some("disabled"));
     assert_eq!(status(n2, "sub_n2_n1", "last_error_sqlstate").as_deref(), Some("42704"));
@@ -356,12 +348,7 @@ fn a_replication_set_dropped_on_the_provider_disables_the_subscription_with_the_
     // The way out the message gives works.
     n2.execute("SELECT spock.sub_remove_repset('sub_n2_n1', 'extra')").unwrap();
     n2.execute("SELECT spock.sub_enable('sub_n2_n1')").unwrap();
-    wait_for(
-        "replicating again",
-        Duration::from_secs(60),
-        || status(n2, "sub_n2_n1", "status"),
-        Some("replicating".to_string()),
-    );
+    wait_status(n2, "sub_n2_n1", "status", "replicating", "replicating again", 60);
     n1.execute("INSERT INTO t VALUES (1, 'back')").unwrap();
     sync_through(n1, n2);
     assert_eq!(value(n2, 1).as_deref(), Some("back"));

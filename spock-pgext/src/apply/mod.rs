@@ -112,27 +112,15 @@ pub(crate) fn disable_over(
             &[i64::from(sub.id).into()],
         )
         .unwrap_or_else(|e| spi_failed("disabling the subscription", e));
-        Spi::run_with_args(
-            "INSERT INTO spock.subscription_error AS e (sub_id, sqlstate, message, reason, first_at, last_at, error_count,
-                                                        next_attempt_at, disabled, slot_wal_status, slot_invalidation_reason)
-             VALUES ($1::int8::oid, $2, $3, $4, pg_catalog.now(), pg_catalog.now(), 1, NULL, true, $5, $6)
-             ON CONFLICT (sub_id) DO UPDATE SET
-                 first_at = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
-                                 THEN e.first_at ELSE EXCLUDED.first_at END,
-                 error_count = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
-                                    THEN e.error_count + 1 ELSE 1 END,
-                 sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, reason = EXCLUDED.reason,
-                 last_at = EXCLUDED.last_at, next_attempt_at = NULL, disabled = true,
-                 slot_wal_status = EXCLUDED.slot_wal_status, slot_invalidation_reason = EXCLUDED.slot_invalidation_reason",
-            &[
-                i64::from(sub.id).into(),
-                sqlstate.as_str().into(),
-                e.message.as_str().into(),
-                why.name().into(),
-                wal_status.as_deref().into(),
-                invalidation.as_deref().into(),
-            ],
-        )
+        crate::workers::record_subscription_error(&crate::workers::SubscriptionError {
+            sub_id: sub.id,
+            sqlstate: &sqlstate,
+            message: &e.message,
+            at: None,
+            next_attempt_ms: None,
+            reason: Some(why.name()),
+            slot: (wal_status.as_deref(), invalidation.as_deref()),
+        })
         .unwrap_or_else(|e| spi_failed("recording why the subscription stopped", e));
     });
     if let Some(i) = crate::workers::shmem::progress_slot(u32::from(my_database()), sub.id) {

@@ -58,28 +58,16 @@ fn record_failure(sub_id: u32, e: &shmem::WorkerError, next_attempt_in: Option<D
         if !exists {
             return;
         }
-        let next_ms = next_attempt_in.map(|d| d.as_millis() as i64);
-        let r = Spi::run_with_args(
-            "INSERT INTO spock.subscription_error AS e (sub_id, sqlstate, message, first_at, last_at, error_count, next_attempt_at)
-             SELECT s.sub_id, $2, $3, t, t, 1, pg_catalog.clock_timestamp() + $5 * interval '1 millisecond'
-               FROM spock.subscription s, pg_catalog.to_timestamp($4::float8 / 1000000 + 946684800) t
-              WHERE s.sub_id = $1::int8::oid
-             ON CONFLICT (sub_id) DO UPDATE SET
-                 first_at = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message) AND e.reason IS NULL
-                                 THEN e.first_at ELSE EXCLUDED.first_at END,
-                 error_count = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message) AND e.reason IS NULL
-                                    THEN e.error_count + 1 ELSE 1 END,
-                 sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, last_at = EXCLUDED.last_at,
-                 next_attempt_at = EXCLUDED.next_attempt_at, reason = NULL, disabled = false,
-                 slot_wal_status = NULL, slot_invalidation_reason = NULL",
-            &[
-                i64::from(sub_id).into(),
-                e.sqlstate().into(),
-                e.message().into(),
-                (e.at as f64).into(),
-                next_ms.into(),
-            ],
-        );
+        let (sqlstate, message) = (e.sqlstate(), e.message());
+        let r = super::record_subscription_error(&super::SubscriptionError {
+            sub_id,
+            sqlstate: &sqlstate,
+            message: &message,
+            at: Some(e.at),
+            next_attempt_ms: next_attempt_in.map(|d| d.as_millis() as i64),
+            reason: None,
+            slot: (None, None),
+        });
         if let Err(err) = r {
             pgrx::warning!("spock manager: could not record the error of subscription {sub_id}: {err}");
         }

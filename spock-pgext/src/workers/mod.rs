@@ -205,3 +205,59 @@ fn hold_subscription(sub_id: pg_sys::Oid) {
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, release.clone());
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, release);
 }
+
+/// One error of a subscription's apply worker, for `spock.subscription_error`.
+pub struct SubscriptionError<'a> {
+    /// The subscription.
+    pub sub_id: u32,
+    /// SQLSTATE and message.
+    pub sqlstate: &'a str,
+    /// The message.
+    pub message: &'a str,
+    /// When (PostgreSQL timestamp); `None`: now.
+    pub at: Option<i64>,
+    /// In how many milliseconds the manager starts the worker again (`None`: it
+    /// does not).
+    pub next_attempt_ms: Option<i64>,
+    /// Why the subscription was disabled (spock_core::status::Permanent::name);
+    /// `None` for an error that is retried.
+    pub reason: Option<&'a str>,
+    /// The provider slot's `wal_status` and `invalidation_reason` then.
+    pub slot: (Option<&'a str>, Option<&'a str>),
+}
+
+/// Records `e` as the last error of its subscription (nothing when the
+/// subscription no longer exists), in the current transaction: `error_count`
+/// and `first_at` go on while the same error (SQLSTATE, message and reason)
+/// repeats.
+pub fn record_subscription_error(e: &SubscriptionError<'_>) -> Result<(), pgrx::spi::SpiError> {
+    Spi::run_with_args(
+        "INSERT INTO spock.subscription_error AS e (sub_id, sqlstate, message, reason, first_at, last_at, error_count,
+                                                    next_attempt_at, disabled, slot_wal_status, slot_invalidation_reason)
+         SELECT s.sub_id, $2, $3, $4, t, t, 1, pg_catalog.clock_timestamp() + $6 * interval '1 millisecond',
+                $4 IS NOT NULL, $7, $8
+           FROM spock.subscription s,
+                coalesce(pg_catalog.to_timestamp($5::float8 / 1000000 + 946684800), pg_catalog.now()) t
+          WHERE s.sub_id = $1::int8::oid
+         ON CONFLICT (sub_id) DO UPDATE SET
+             first_at = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
+                                  AND e.reason IS NOT DISTINCT FROM EXCLUDED.reason
+                             THEN e.first_at ELSE EXCLUDED.first_at END,
+             error_count = CASE WHEN (e.sqlstate, e.message) = (EXCLUDED.sqlstate, EXCLUDED.message)
+                                     AND e.reason IS NOT DISTINCT FROM EXCLUDED.reason
+                                THEN e.error_count + 1 ELSE 1 END,
+             sqlstate = EXCLUDED.sqlstate, message = EXCLUDED.message, reason = EXCLUDED.reason,
+             last_at = EXCLUDED.last_at, next_attempt_at = EXCLUDED.next_attempt_at, disabled = EXCLUDED.disabled,
+             slot_wal_status = EXCLUDED.slot_wal_status, slot_invalidation_reason = EXCLUDED.slot_invalidation_reason",
+        &[
+            i64::from(e.sub_id).into(),
+            e.sqlstate.into(),
+            e.message.into(),
+            e.reason.into(),
+            e.at.map(|t| t as f64).into(),
+            e.next_attempt_ms.into(),
+            e.slot.0.into(),
+            e.slot.1.into(),
+        ],
+    )
+}
