@@ -29,8 +29,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use pgrx::bgworkers::BackgroundWorker;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgSqlErrorCode};
 use spock_core::ident::quote_identifier;
 use spock_core::proto::message::COLUMN_FLAG_REPLICA_IDENTITY;
 use spock_core::proto::{
@@ -42,15 +42,11 @@ use super::session::{ApplySession, Outcome};
 use super::subscription::{set_sync_status, SubscriptionInfo};
 use super::sync::{self, CopyTable};
 use super::{copy_from, fail};
-use crate::error::{spi_failed, PgError};
+use crate::error::spi_failed;
 use crate::libpq::Connection;
 
 fn resync_error(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
-    PgError::new(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("spock subscription {}: resync: {what}: {e}", sub.name),
-    )
-    .raise()
+    sync::phase_error(sub, "resync", what, e)
 }
 
 /// What the provider reported under the snapshot.

@@ -55,12 +55,17 @@ struct Kind {
     data: bool,
 }
 
-fn sync_error(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
+/// A failed step of `phase` (initial sync, resync) of `sub`.
+pub(super) fn phase_error(sub: &SubscriptionInfo, phase: &str, what: &str, e: impl std::fmt::Display) -> ! {
     PgError::new(
         PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        format!("spock subscription {}: initial sync: {what}: {e}", sub.name),
+        format!("spock subscription {}: {phase}: {what}: {e}", sub.name),
     )
     .raise()
+}
+
+fn sync_error(sub: &SubscriptionInfo, what: &str, e: impl std::fmt::Display) -> ! {
+    phase_error(sub, "initial sync", what, e)
 }
 
 /// The subscription-level sync row: kind, status, LSN.
@@ -198,13 +203,6 @@ pub(super) fn slot_with_snapshot<T>(
     phase: &str,
     read: impl FnOnce(&Connection) -> T,
 ) -> (Result<crate::libpq::Rows, crate::libpq::LibpqError>, Option<T>) {
-    let error = |what: &str, e: &dyn std::fmt::Display| -> ! {
-        PgError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("spock subscription {}: {phase}: {what}: {e}", sub.name),
-        )
-        .raise()
-    };
     let leftover = ctl
         .query(&format!(
             "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
@@ -218,7 +216,7 @@ pub(super) fn slot_with_snapshot<T>(
     let can_pause = provider_has(ctl, "spock.pause_apply_workers()");
     if can_pause {
         ctl.query("SELECT spock.pause_apply_workers()")
-            .unwrap_or_else(|e| error("pausing the provider's apply workers", &e));
+            .unwrap_or_else(|e| phase_error(sub, phase, "pausing the provider's apply workers", e));
     }
     let created = repl.query(&format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL spock_output (SNAPSHOT 'export')",
@@ -235,9 +233,11 @@ pub(super) fn slot_with_snapshot<T>(
                 == Some("t");
         let _ = ctl.query("SELECT spock.resume_apply_workers()");
         if created.is_ok() && !held {
-            error(
+            phase_error(
+                sub,
+                phase,
                 "the provider's apply workers resumed before the snapshot was taken",
-                &"raise spock.pause_timeout on the provider",
+                "raise spock.pause_timeout on the provider",
             );
         }
     }
